@@ -1,0 +1,81 @@
+"""The one catalogue of measured quantities.
+
+Every place that names a quantity (MQTT payload fields, storage fields, dashboard units, FHIR
+codes) takes the name from here, so the names cannot drift apart between components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Quantity", "QUANTITIES", "Measurement", "MEASUREMENTS", "TAGS"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """A measured quantity: its field name (unit in the name), UCUM unit, LOINC code, Grafana unit."""
+
+    field: str
+    description: str
+    ucum: str
+    loinc: str | None
+    grafana_unit: str
+
+
+QUANTITIES: dict[str, Quantity] = {
+    q.field: q
+    for q in (
+        Quantity("hr_bpm", "heart rate from ECG R-peaks or a heart-rate sensor", "/min", "8867-4", "bpm"),
+        Quantity("pr_bpm", "pulse rate from the PPG", "/min", "8889-8", "bpm"),
+        Quantity(
+            "spo2_pct",
+            "oxygen saturation by pulse oximetry (uncalibrated unless spo2_calibrated is true)",
+            "%",
+            "59408-5",
+            "percent",
+        ),
+        Quantity("pi_pct", "perfusion index (PPG AC/DC of the infrared channel)", "%", None, "percent"),
+        Quantity("rr_ms", "RR interval between consecutive beats", "ms", "8637-1", "ms"),
+        Quantity("sqi", "signal quality index, 0 (unusable) to 1 (clean)", "1", None, "percentunit"),
+        Quantity("battery_pct", "wearable battery level", "%", None, "percent"),
+        Quantity("signal_uv", "single-lead ECG voltage", "uV", "131329", "µV"),
+        Quantity("red_counts", "PPG red channel, raw ADC counts", "{counts}", None, "none"),
+        Quantity("ir_counts", "PPG infrared channel, raw ADC counts", "{counts}", None, "none"),
+        Quantity("spool_depth", "messages waiting in a gateway's on-disk spool", "{messages}", None, "short"),
+    )
+}
+
+# Tags are bounded identifiers only: never a value that grows without limit (no message ids, no times).
+TAGS: tuple[str, ...] = ("site", "patient", "device")
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """A storage measurement (InfluxDB line protocol) with its tags and fields."""
+
+    name: str
+    description: str
+    tags: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+MEASUREMENTS: dict[str, Measurement] = {
+    m.name: m
+    for m in (
+        Measurement("ecg", "raw ECG, one point per sample (250 Hz)", TAGS, ("signal_uv",)),
+        Measurement("ppg", "raw PPG, one point per sample (100 Hz)", TAGS, ("red_counts", "ir_counts")),
+        Measurement(
+            "device_vitals",
+            "values the wearable computed itself (Heart Rate and Pulse Oximeter services, battery)",
+            TAGS,
+            ("hr_bpm", "spo2_pct", "pr_bpm", "pi_pct", "battery_pct"),
+        ),
+        Measurement("rr", "RR intervals reported by a heart-rate sensor, one point per beat", TAGS, ("rr_ms",)),
+        Measurement(
+            "vitals",
+            "vitals derived by ingest from the raw waveforms",
+            ("site", "patient", "source"),
+            ("hr_bpm", "pr_bpm", "spo2_pct", "spo2_calibrated", "pi_pct", "sqi"),
+        ),
+    )
+}
