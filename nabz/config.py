@@ -83,6 +83,7 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hr_delay_s: float = 10.0
     clear_after_s: float = 10.0
     stale_after_s: float = 300.0
+    store_path: str = "var/alerts.sqlite"  # open alarms, audit log, notifications
     outbox_path: str = "var/outbox/sms.jsonl"
     on_call: list[str] = msgspec.field(default_factory=lambda: ["+923000000000"])
     timezone: str = "Asia/Karachi"

@@ -82,7 +82,7 @@ Samples = Annotated[list[Microvolts], msgspec.Meta(min_length=1, max_length=4096
 PpgSamples = Annotated[list[Counts], msgspec.Meta(min_length=1, max_length=4096)]
 
 
-class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="stream"):
+class _Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="stream"):
     """Fields every reading carries."""
 
     v: Literal[1]

@@ -1,0 +1,169 @@
+"""BLE notification bytes -> contract readings (docs/contract.md section 2). Pure: no I/O, no clock.
+
+Rules of this file:
+- Bytes in, readings out: a `Notification` goes in, an `EcgReading`/`PpgReading`/... or a
+  `Rejected` comes out. Nothing raises on bad bytes.
+- Device time becomes UTC here, through a per-device clock offset (`ClockSync`).
+- Message ids are minted here, once; the spool keeps them, so a resend is recognisably the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from firmware import nabz_codec as codec
+from nabz import contract
+from nabz.contract import (
+    BatteryReading,
+    EcgReading,
+    HrReading,
+    PpgReading,
+    Reading,
+    Rejected,
+    Spo2Reading,
+)
+
+__all__ = ["Notification", "ClockSync", "Decoder", "normalize_uuid", "utc_from_us"]
+
+_SIG_BASE_SUFFIX = "-0000-1000-8000-00805f9b34fb"
+
+
+def normalize_uuid(uuid: str) -> str:
+    """SIG UUIDs to their 16-bit form ('2a37'); vendor UUIDs lower-case in full."""
+    u = uuid.lower()
+    if u.startswith("0000") and u.endswith(_SIG_BASE_SUFFIX) and len(u) == 36:
+        return u[4:8]
+    if len(u) == 6 and u.startswith("0x"):
+        return u[2:]
+    return u
+
+
+_HRM = f"{codec.UUID_HEART_RATE_MEASUREMENT:04x}"
+_PLX_CONT = f"{codec.UUID_PLX_CONTINUOUS:04x}"
+_PLX_SPOT = f"{codec.UUID_PLX_SPOT_CHECK:04x}"
+_BATTERY = f"{codec.UUID_BATTERY_LEVEL:04x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One BLE notification as a transport delivered it. rx_us: gateway UTC clock, µs since epoch."""
+
+    device: str
+    char: str
+    data: bytes
+    rx_us: int
+
+
+def utc_from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+
+
+@dataclass(slots=True)
+class ClockSync:
+    """UTC minus device clock, per device: the smallest (receive time − sample time) seen.
+
+    Radio and queueing only ever delay a notification, so the minimum is the best estimate of the
+    true offset plus the least latency. `reset` after a reconnect (the device may have rebooted).
+    """
+
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def observe(self, device: str, device_t_end_us: int, rx_us: int) -> int:
+        seen = rx_us - device_t_end_us
+        best = self.offsets.get(device)
+        if best is None or seen < best:
+            self.offsets[device] = best = seen
+        return best
+
+    def reset(self, device: str) -> None:
+        self.offsets.pop(device, None)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+class Decoder:
+    """Decodes notifications for one gateway into contract readings."""
+
+    def __init__(self, site: str, gateway: str, new_id: Callable[[], str] = contract.new_id) -> None:
+        self.site = site
+        self.gateway = gateway
+        self.new_id = new_id
+        self.clock = ClockSync()
+
+    def decode(self, n: Notification) -> Reading | Rejected:
+        char = normalize_uuid(n.char)
+        try:
+            if char == codec.NABZ_ECG_WAVEFORM or char == codec.NABZ_PPG_WAVEFORM:
+                return self._wave(n, char)
+            if char == _HRM:
+                return self._hrm(n)
+            if char in (_PLX_CONT, _PLX_SPOT):
+                return self._plx(n, char == _PLX_SPOT)
+            if char == _BATTERY:
+                return BatteryReading(**self._envelope(n), battery_pct=codec.battery_decode(n.data))
+        except ValueError as exc:
+            return Rejected("ble_decode", f"{char}: {exc}")
+        return Rejected("unknown_characteristic", f"no decoder for characteristic {char}")
+
+    def _envelope(self, n: Notification) -> dict[str, object]:
+        rx = utc_from_us(n.rx_us)
+        return {
+            "v": 1,
+            "id": self.new_id(),
+            "site": self.site,
+            "gateway": self.gateway,
+            "device": n.device,
+            "t": rx,
+            "rx": rx,
+        }
+
+    def _wave(self, n: Notification, char: str) -> Reading | Rejected:
+        frame = codec.wave_decode(n.data)
+        want = codec.WAVE_KIND_ECG if char == codec.NABZ_ECG_WAVEFORM else codec.WAVE_KIND_PPG
+        if frame["kind"] != want:
+            return Rejected("ble_decode", f"{char}: frame of kind {frame['kind']} on the wrong characteristic")
+        rate = frame["rate_hz"]
+        count = frame["n"]
+        t0_us = frame["t0_us"]
+        t_end_us = t0_us + (count - 1) * 1_000_000 // rate
+        offset = self.clock.observe(n.device, t_end_us, n.rx_us)
+        env = self._envelope(n)
+        env["t"] = utc_from_us(t0_us + offset)
+        env["device_t_us"] = t0_us
+        env["clock_offset_us"] = offset
+        flags = codec.bits_to_names(frame["flags"], codec.WAVE_FLAG_NAMES)
+        samples = frame["samples"]
+        if frame["kind"] == codec.WAVE_KIND_ECG:
+            return EcgReading(**env, seq=frame["seq"], rate_hz=rate, flags=flags, signal_uv=samples)
+        return PpgReading(
+            **env, seq=frame["seq"], rate_hz=rate, flags=flags, red_counts=samples[0::2], ir_counts=samples[1::2]
+        )
+
+    def _hrm(self, n: Notification) -> Reading:
+        m = codec.hrm_decode(n.data)
+        return HrReading(
+            **self._envelope(n),
+            hr_bpm=m["hr_bpm"],
+            contact=m["contact"],
+            rr_ms=[rr * 1000 / 1024 for rr in m["rr_1024"]],
+            energy_kj=m["energy_kj"],
+        )
+
+    def _plx(self, n: Notification, spot: bool) -> Reading:
+        m = codec.plx_spot_check_decode(n.data) if spot else codec.plx_continuous_decode(n.data)
+        meas = m["meas_status"] or 0
+        dev = m["dev_status"] or 0
+        return Spo2Reading(
+            **self._envelope(n),
+            mode="spot" if spot else "continuous",
+            spo2_pct=_finite_or_none(m["spo2_pct"]),
+            pr_bpm=_finite_or_none(m["pr_bpm"]),
+            pi_pct=_finite_or_none(m["pai_pct"]),
+            meas_status=codec.bits_to_names(meas, codec.MEAS_STATUS_BITS),  # type: ignore[arg-type]
+            sensor_status=codec.bits_to_names(dev, codec.DEV_STATUS_BITS),  # type: ignore[arg-type]
+        )

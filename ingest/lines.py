@@ -1,0 +1,98 @@
+"""Readings and vitals -> InfluxDB line protocol (docs/contract.md section 3). Pure.
+
+Measurement, tag and field names come from nabz.catalogue. Tags are written in key order, as
+InfluxDB recommends; integers carry the `i` suffix and floats never do, so a field's type never
+changes between points.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from nabz.contract import (
+    BatteryReading,
+    EcgReading,
+    HrReading,
+    PpgReading,
+    Reading,
+    Spo2Reading,
+    Vitals,
+)
+
+__all__ = ["reading_lines", "vitals_lines", "to_ns"]
+
+
+def to_ns(t: datetime) -> int:
+    """Epoch nanoseconds of an aware datetime, exactly (no float rounding)."""
+    delta = t - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+def _escape_tag(value: str) -> str:
+    # Identifiers are validated against ID_PATTERN, which admits none of ',= '; escape anyway so
+    # this function is safe on its own.
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _series(measurement: str, tags: dict[str, str]) -> str:
+    parts = [measurement]
+    parts.extend(f"{k}={_escape_tag(tags[k])}" for k in sorted(tags))
+    return ",".join(parts)
+
+
+def _float(x: float) -> str:
+    return repr(float(x))
+
+
+def reading_lines(reading: Reading, patient: str) -> list[str]:
+    """The points one reading writes. A message with nothing to store as fields writes none."""
+    tags = {"site": reading.site, "patient": patient, "device": reading.device}
+    t_ns = to_ns(reading.t)
+    if isinstance(reading, EcgReading):
+        series = _series("ecg", tags)
+        step = 1_000_000_000 / reading.rate_hz
+        return [f"{series} signal_uv={v}i {t_ns + round(i * step)}" for i, v in enumerate(reading.signal_uv)]
+    if isinstance(reading, PpgReading):
+        series = _series("ppg", tags)
+        step = 1_000_000_000 / reading.rate_hz
+        return [
+            f"{series} red_counts={r}i,ir_counts={ir}i {t_ns + round(i * step)}"
+            for i, (r, ir) in enumerate(zip(reading.red_counts, reading.ir_counts, strict=True))
+        ]
+    series = _series("device_vitals", tags)
+    fields: dict[str, float | None]
+    if isinstance(reading, HrReading):
+        lines = [f"{series} hr_bpm={_float(reading.hr_bpm)} {t_ns}"]
+        rr_series = _series("rr", tags)
+        # RR intervals end at successive beats; the last one ends at the reading's time.
+        end_ns = t_ns
+        rr_lines = []
+        for rr in reversed(reading.rr_ms):
+            rr_lines.append(f"{rr_series} rr_ms={_float(rr)} {end_ns}")
+            end_ns -= round(rr * 1_000_000)
+        return lines + rr_lines[::-1]
+    if isinstance(reading, Spo2Reading):
+        fields = {"spo2_pct": reading.spo2_pct, "pr_bpm": reading.pr_bpm, "pi_pct": reading.pi_pct}
+    elif isinstance(reading, BatteryReading):
+        fields = {"battery_pct": float(reading.battery_pct)}
+    else:  # pragma: no cover - the Reading union is exhaustive
+        raise TypeError(type(reading))
+    present = ",".join(f"{k}={_float(v)}" for k, v in fields.items() if v is not None and math.isfinite(v))
+    return [f"{series} {present} {t_ns}"] if present else []
+
+
+def vitals_lines(v: Vitals) -> list[str]:
+    """The point one derived-vitals message writes (none if it carries no value)."""
+    series = _series("vitals", {"site": v.site, "patient": v.patient, "source": v.source})
+    values: list[str] = []
+    for name in ("hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi"):
+        x = getattr(v, name)
+        if x is not None and math.isfinite(x):
+            values.append(f"{name}={_float(x)}")
+    if v.spo2_pct is not None:
+        values.append(f"spo2_calibrated={'true' if v.spo2_calibrated else 'false'}")
+    return [f"{series} {','.join(values)} {to_ns(v.t)}"] if values else []

@@ -1,0 +1,250 @@
+"""What ingest does with a batch of MQTT messages, without knowing MQTT.
+
+validate (contract) -> enrolment -> dedup (message id) -> sinks (InfluxDB first, then the embedded
+store in one transaction) -> signal processing per device -> derived vitals.
+
+Rules of this file:
+- Nothing on input raises: each message ends as stored, duplicate, or dead-lettered with a reason.
+- The InfluxDB write of a batch happens before the store's commit, and the broker acknowledgement
+  after both (gateway QoS 1 + this order = at-least-once into InfluxDB, exactly once in the store;
+  a rewrite of the same InfluxDB points is an overwrite).
+- Signal processing runs once per stored message, after its commit, so a retried batch never feeds
+  a processor twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+
+from nabz import contract
+from nabz.contract import (
+    BatteryReading,
+    EcgReading,
+    HrReading,
+    PpgReading,
+    Reading,
+    Rejected,
+    Spo2Reading,
+    Vitals,
+)
+from ingest.dsp.streams import EcgProcessor, PpgProcessor
+from ingest.lines import reading_lines, to_ns, vitals_lines
+from ingest.store import Store
+
+__all__ = ["IngestCore", "Message", "BatchResult", "LineSink"]
+
+log = logging.getLogger(__name__)
+
+
+class LineSink(Protocol):
+    """Somewhere line protocol goes (ingest.influx.InfluxSink). `write` raises SinkError on failure."""
+
+    def write(self, lines: list[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    received_at: float  # ingest's clock, epoch seconds
+
+
+@dataclass(slots=True)
+class BatchResult:
+    stored: int = 0  # messages
+    stored_readings: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    vitals: list[Vitals] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Accepted:
+    msg: Message
+    reading: Reading
+    patient: str
+
+
+class IngestCore:
+    """Validation, dedup, storage and signal processing for one ingest worker."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        sink: LineSink | None = None,
+        enrolment: dict[str, str] | None = None,
+        new_id: Callable[[], str] = contract.new_id,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.new_id = new_id
+        for device, patient in (enrolment or {}).items():
+            store.enrol(device, patient)
+        self._enrolment = store.enrolment()
+        self._ecg: dict[str, EcgProcessor] = {}
+        self._ppg: dict[str, PpgProcessor] = {}
+
+    def refresh_enrolment(self) -> None:
+        self._enrolment = self.store.enrolment()
+
+    def handle_batch(self, batch: list[Message]) -> BatchResult:
+        """Store a batch; raises only if the sink fails (then nothing of the batch is committed)."""
+        result = BatchResult()
+        accepted: list[_Accepted] = []
+        rejected: list[tuple[Message, Rejected]] = []
+        ids_in_batch: set[str] = set()
+        for msg in batch:
+            outcome = contract.decode_reading(msg.topic, msg.payload)
+            if isinstance(outcome, Rejected):
+                rejected.append((msg, outcome))
+                continue
+            patient = self._enrolment.get(outcome.device)
+            if patient is None:
+                self.refresh_enrolment()
+                patient = self._enrolment.get(outcome.device)
+            if patient is None:
+                rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
+                continue
+            if outcome.id in ids_in_batch or self.store.seen(outcome.id):
+                result.duplicates += 1
+                continue
+            ids_in_batch.add(outcome.id)
+            accepted.append(_Accepted(msg, outcome, patient))
+
+        if self.sink is not None and accepted:
+            lines: list[str] = []
+            for a in accepted:
+                lines.extend(reading_lines(a.reading, a.patient))
+            self.sink.write(lines)
+
+        with self.store.batch():
+            for msg, why in rejected:
+                self.store.dead_letter(msg.topic, msg.payload, why.reason, why.detail, msg.received_at)
+                log.warning("dead letter (%s) on %s: %s", why.reason, msg.topic, why.detail)
+            for a in accepted:
+                r = a.reading
+                count = contract.reading_count(r)
+                self.store.add_message(
+                    r.id,
+                    site=r.site,
+                    gateway=r.gateway,
+                    device=r.device,
+                    patient=a.patient,
+                    stream=contract.stream_of(r),
+                    t_ns=to_ns(r.t),
+                    readings=count,
+                    payload=a.msg.payload,
+                    received_at=a.msg.received_at,
+                )
+                result.stored += 1
+                result.stored_readings += count
+        result.dead_lettered = len(rejected)
+
+        for a in accepted:
+            result.vitals.extend(self._derive(a.reading, a.patient))
+        if result.vitals:
+            self._store_vitals(result.vitals)
+        return result
+
+    # --- derived vitals ------------------------------------------------------------------------
+    def _derive(self, r: Reading, patient: str) -> list[Vitals]:
+        base = {"site": r.site, "patient": patient, "device": r.device}
+        out: list[Vitals] = []
+        t0 = r.t.timestamp()
+        if isinstance(r, EcgReading):
+            proc = self._ecg.get(r.device)
+            if proc is None or proc.sampling_rate != r.rate_hz:
+                proc = self._ecg[r.device] = EcgProcessor(float(r.rate_hz))
+            flags = list(r.flags)
+            for e in proc.push(np.asarray(r.signal_uv, dtype=np.float64), t0):
+                out.append(
+                    Vitals(
+                        **base,
+                        id=self.new_id(),
+                        t=_utc(e.t),
+                        source="ecg",
+                        hr_bpm=_round(e.hr_bpm),
+                        sqi=_round(e.sqi, 2),
+                        flags=flags,
+                    )
+                )
+        elif isinstance(r, PpgReading):
+            pproc = self._ppg.get(r.device)
+            if pproc is None or pproc.sampling_rate != r.rate_hz:
+                pproc = self._ppg[r.device] = PpgProcessor(float(r.rate_hz))
+            red = np.asarray(r.red_counts, dtype=np.float64)
+            ir = np.asarray(r.ir_counts, dtype=np.float64)
+            for p in pproc.push(red, ir, t0):
+                out.append(
+                    Vitals(
+                        **base,
+                        id=self.new_id(),
+                        t=_utc(p.t),
+                        source="ppg",
+                        pr_bpm=_round(p.pr_bpm),
+                        spo2_pct=_round(p.spo2_pct),
+                        spo2_calibrated=p.spo2_calibrated,
+                        pi_pct=_round(p.pi_pct, 2),
+                        sqi=_round(p.sqi, 2),
+                        flags=list(r.flags),
+                    )
+                )
+        elif isinstance(r, HrReading):
+            flags = [] if r.contact in (None, True) else ["no_contact"]
+            out.append(Vitals(**base, id=self.new_id(), t=r.t, source="device", hr_bpm=r.hr_bpm, flags=flags))
+        elif isinstance(r, Spo2Reading):
+            out.append(
+                Vitals(
+                    **base,
+                    id=self.new_id(),
+                    t=r.t,
+                    source="device",
+                    spo2_pct=r.spo2_pct,
+                    pr_bpm=r.pr_bpm,
+                    pi_pct=r.pi_pct,
+                    # Whether a wearable's own estimate was calibrated is not in the PLX data; claim nothing.
+                    spo2_calibrated=False,
+                    flags=list(r.sensor_status) + list(r.meas_status),
+                )
+            )
+        elif isinstance(r, BatteryReading):
+            out.append(Vitals(**base, id=self.new_id(), t=r.t, source="device", battery_pct=r.battery_pct))
+        return out
+
+    def _store_vitals(self, vitals: list[Vitals]) -> None:
+        rows = [
+            (
+                v.id, v.site, v.patient, v.device, v.source, to_ns(v.t), v.hr_bpm, v.pr_bpm, v.spo2_pct,
+                int(v.spo2_calibrated), v.pi_pct, v.sqi, v.battery_pct, ",".join(v.flags),
+            )
+            for v in vitals
+        ]  # fmt: skip
+        with self.store.batch():
+            self.store.add_vitals(rows)
+        if self.sink is not None:
+            lines: list[str] = []
+            for v in vitals:
+                lines.extend(vitals_lines(v))
+            try:
+                self.sink.write(lines)
+            except Exception as exc:  # derived values can be recomputed from stored raw data
+                log.warning("could not write %d derived vitals to InfluxDB: %s", len(vitals), exc)
+                self.store.bump("vitals_sink_failures", 1)
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _round(x: float | None, digits: int = 1) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), digits)

@@ -1,0 +1,165 @@
+"""The ingest runner: MQTT in (persistent session, manual acknowledgement), IngestCore, vitals out.
+
+Rules of this file:
+- A message is acknowledged to the broker only after its batch is stored (see ingest.pipeline),
+  so a crash at any point means redelivery, never loss; dedup makes redelivery harmless.
+- The session is persistent (MQTT v5 session expiry, or clean_session=False on 3.1.1) under a
+  fixed client id, so messages that arrive while ingest is down wait in the broker.
+- paho's thread only queues; one worker thread owns the batch loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+
+from nabz import contract
+from nabz.config import Config
+from nabz.mqtt import connect, make_client, reason_ok
+
+from ingest.influx import InfluxSink, SinkError
+from ingest.pipeline import BatchResult, IngestCore, Message
+from ingest.store import Store
+
+__all__ = ["IngestService"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_MAX = 500
+_BATCH_WAIT_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    msg: Message
+    mid: int
+    qos: int
+
+
+class IngestService:
+    """Subscribes to readings, stores them, publishes derived vitals."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        client_id: str | None = None,
+        on_vitals: Callable[[list[contract.Vitals]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store or Store(config.ingest.store_path)
+        self.sink = InfluxSink(config.influx) if config.influx.url else None
+        self.core = IngestCore(self.store, sink=self.sink, enrolment=config.enrolment)
+        self.on_vitals = on_vitals
+        self._queue: queue.SimpleQueue[_Incoming] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.totals = BatchResult()
+        self.client = make_client(
+            config.mqtt,
+            client_id=client_id or config.ingest.client_id,
+            persistent_session=True,
+            manual_ack=True,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- paho thread ---------------------------------------------------------------------------
+    def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if not reason_ok(reason):
+            log.warning("ingest: broker refused the connection: %s", reason)
+            return
+        client.subscribe([(contract.READINGS_FILTER, 1)])
+        self.connected.set()
+        log.info("ingest connected to %s", self.config.mqtt.url)
+
+    def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        self.connected.clear()
+        log.warning("ingest disconnected (%s); unacknowledged messages will be redelivered", reason)
+
+    def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        self._queue.put(_Incoming(Message(m.topic, bytes(m.payload), self.clock()), m.mid, m.qos))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        connect(self.client, self.config.mqtt, persistent_session=True)
+        self._worker = threading.Thread(target=self._run, name="nabz-ingest", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self.sink is not None:
+            self.sink.close()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    # --- worker --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        pending: list[_Incoming] = []
+        while not self._stop.is_set():
+            if not pending:
+                pending = self._take_batch()
+                if not pending:
+                    continue
+            try:
+                result = self.core.handle_batch([i.msg for i in pending])
+            except SinkError as exc:
+                log.error("ingest: %s; holding %d messages unacknowledged and retrying", exc, len(pending))
+                self._stop.wait(1.0)
+                continue
+            except Exception:
+                # A bug, not bad input (bad input is dead-lettered). Keep the messages unacknowledged
+                # so that nothing is lost, and back off.
+                log.exception("ingest: batch failed; retrying")
+                self._stop.wait(1.0)
+                continue
+            for item in pending:
+                if item.qos > 0:
+                    self.client.ack(item.mid, item.qos)
+            pending = []
+            self._account(result)
+            self._publish_vitals(result.vitals)
+
+    def _take_batch(self) -> list[_Incoming]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + _BATCH_WAIT_S
+        while len(batch) < _BATCH_MAX:
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _account(self, r: BatchResult) -> None:
+        t = self.totals
+        t.stored += r.stored
+        t.stored_readings += r.stored_readings
+        t.duplicates += r.duplicates
+        t.dead_lettered += r.dead_lettered
+
+    def _publish_vitals(self, vitals: list[contract.Vitals]) -> None:
+        for v in vitals:
+            self.client.publish(contract.vitals_topic(v.site, v.patient), contract.encode(v), qos=1)
+        if vitals and self.on_vitals is not None:
+            self.on_vitals(vitals)

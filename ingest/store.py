@@ -1,0 +1,198 @@
+"""The embedded store (SQLite, WAL): readings, derived vitals, dead letters, enrolment, dedup ledger.
+
+Rules of this file:
+- The `messages` table is both the store of readings and the dedup ledger: its primary key is the
+  message id, so a redelivered message cannot be stored twice.
+- Every write the ingest does for one batch of MQTT messages happens in one transaction
+  (`batch()`), committed before those messages are acknowledged to the broker.
+- Dead letters keep the raw payload as received, the topic, the reason and a detail for people.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Store", "DeadLetter"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    site TEXT NOT NULL,
+    gateway TEXT NOT NULL,
+    device TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    t_ns INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_patient_t ON messages (patient, stream, t_ns);
+CREATE TABLE IF NOT EXISTS vitals (
+    id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    device TEXT NOT NULL,
+    source TEXT NOT NULL,
+    t_ns INTEGER NOT NULL,
+    hr_bpm REAL, pr_bpm REAL, spo2_pct REAL, spo2_calibrated INTEGER,
+    pi_pct REAL, sqi REAL, battery_pct INTEGER, flags TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vitals_patient_t ON vitals (patient, t_ns);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enrolment (
+    device TEXT PRIMARY KEY,
+    patient TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    received_at: float
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+class Store:
+    """One SQLite file; safe to share between threads of one process (a lock serialises writers)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self.db.executescript(_SCHEMA)
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for a batch of writes."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # --- readings -----------------------------------------------------------------------------
+    def seen(self, message_id: str) -> bool:
+        with self.lock:
+            return self.db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
+
+    def add_message(
+        self,
+        message_id: str,
+        *,
+        site: str,
+        gateway: str,
+        device: str,
+        patient: str,
+        stream: str,
+        t_ns: int,
+        readings: int,
+        payload: bytes,
+        received_at: float,
+    ) -> bool:
+        """Store a reading message; False if this id is already stored (a redelivery)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO messages (id, received_at, site, gateway, device, patient, stream, t_ns, "
+            "readings, payload) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (message_id, received_at, site, gateway, device, patient, stream, t_ns, readings, payload),
+        )
+        stored = cur.rowcount == 1
+        self.bump("stored_messages" if stored else "duplicates", 1)
+        if stored:
+            self.bump("stored_readings", readings)
+        return stored
+
+    def add_vitals(self, rows: list[tuple[object, ...]]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO vitals (id, site, patient, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, "
+            "spo2_calibrated, pi_pct, sqi, battery_pct, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str, received_at: float) -> None:
+        self.db.execute(
+            "INSERT INTO dead_letter (received_at, topic, payload, reason, detail) VALUES (?,?,?,?,?)",
+            (received_at, topic, payload, reason, detail),
+        )
+        self.bump("dead_letters", 1)
+        self.bump(f"dead_letters.{reason}", 1)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT received_at, topic, payload, reason, detail FROM dead_letter ORDER BY seq"
+            ).fetchall()
+        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    def count_readings(self, stream: str | None = None) -> int:
+        with self.lock:
+            if stream is None:
+                row = self.db.execute("SELECT COALESCE(SUM(readings), 0) FROM messages").fetchone()
+            else:
+                row = self.db.execute(
+                    "SELECT COALESCE(SUM(readings), 0) FROM messages WHERE stream = ?", (stream,)
+                ).fetchone()
+        return int(row[0])
+
+    def message_ids(self) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT id FROM messages")]
+
+    # --- enrolment -----------------------------------------------------------------------------
+    def enrol(self, device: str, patient: str) -> None:
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO enrolment (device, patient, since) VALUES (?, ?, ?) "
+                "ON CONFLICT(device) DO UPDATE SET patient = excluded.patient, since = excluded.since",
+                (device, patient, time.time()),
+            )
+
+    def enrolment(self) -> dict[str, str]:
+        with self.lock:
+            return {r[0]: r[1] for r in self.db.execute("SELECT device, patient FROM enrolment")}
+
+    # --- counters --------------------------------------------------------------------------
+    def bump(self, name: str, by: int) -> None:
+        if by:
+            self.db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, by),
+            )
+
+    def counter(self, name: str) -> int:
+        with self.lock:
+            row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def counters(self) -> dict[str, int]:
+        with self.lock:
+            return {str(k): int(v) for k, v in self.db.execute("SELECT name, value FROM counters")}
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()

@@ -1,0 +1,104 @@
+"""The one place that knows paho-mqtt: a client built from configuration, and our exception.
+
+Reconnection is paho's (`loop_start` with a backoff from `reconnect_min_s` to `reconnect_max_s`,
+forever); what to resend after a reconnect is each caller's policy (the gateway's spool, the
+ingest's persistent session). Callbacks run on paho's network thread: callers only hand events
+to their own thread from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from nabz.config import MqttConfig
+
+__all__ = ["MqttError", "Will", "make_client", "connect", "reason_ok"]
+
+log = logging.getLogger(__name__)
+
+# A persistent session outlives a restart of its client by this long (MQTT v5 session expiry).
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class MqttError(Exception):
+    """The broker could not be reached or refused us; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def make_client(
+    config: MqttConfig,
+    client_id: str,
+    *,
+    persistent_session: bool = False,
+    will: Will | None = None,
+    manual_ack: bool = False,
+    max_inflight: int = 100,
+) -> paho.Client:
+    """A paho client configured for TLS, credentials, protocol version, Last Will and backoff."""
+    v5 = config.protocol == "5"
+    protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
+    kwargs: dict[str, object] = {}
+    if not v5:
+        kwargs["clean_session"] = not persistent_session
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+        manual_ack=manual_ack,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    client.enable_logger(logging.getLogger("paho"))
+    if config.username:
+        client.username_pw_set(config.username, config.password)
+    if config.tls:
+        context = ssl.create_default_context(cafile=config.ca_file)
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        client.tls_set_context(context)
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    client.reconnect_delay_set(max(1, int(config.reconnect_min_s)), max(1, int(config.reconnect_max_s)))
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)  # unbounded in paho; callers bound what they hand it
+    return client
+
+
+def connect(client: paho.Client, config: MqttConfig, *, persistent_session: bool = False) -> None:
+    """Start connecting in the background; paho retries forever with backoff until stopped."""
+    props = None
+    clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+    if config.protocol == "5":
+        props = Properties(PacketTypes.CONNECT)
+        if persistent_session:
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            clean_start = False
+    try:
+        client.connect_async(
+            config.host, config.port, keepalive=config.keepalive_s, clean_start=clean_start, properties=props
+        )
+    except (OSError, ValueError) as exc:
+        raise MqttError(f"cannot connect to {config.url}: {exc}") from exc
+    client.loop_start()
+
+
+def reason_ok(reason_code: object) -> bool:
+    """True for a successful CONNACK/PUBACK reason (v5 ReasonCode or a v3 int)."""
+    is_failure = getattr(reason_code, "is_failure", None)
+    if is_failure is not None:
+        return not bool(is_failure)
+    return reason_code == 0
+
