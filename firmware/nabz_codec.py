@@ -103,7 +103,8 @@ def sfloat_encode(value):
     exponent = 0
     while exponent > -3:
         scaled = value * (10 ** (-exponent))
-        if abs(scaled - round(scaled)) < 1e-6:
+        # 1e-4, not less: on the ESP32 floats are single precision (1.23 * 100 = 123.0000019).
+        if abs(scaled - round(scaled)) < 1e-4:
             break
         exponent -= 1
     mantissa = int(round(value * (10 ** (-exponent))))
@@ -183,6 +184,9 @@ def hrm_decode(data):
         while pos < n:
             rr.append(data[pos] | (data[pos + 1] << 8))
             pos += 2
+    elif pos != n:
+        # Without the RR flag the layout ends here; extra bytes mean a misread flags byte.
+        raise ValueError("heart rate measurement: %d unexpected trailing bytes" % (n - pos))
     return {"hr_bpm": hr, "contact": contact, "energy_kj": energy, "rr_1024": rr}
 
 
