@@ -14,14 +14,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from nabz import contract
-from nabz.config import AlertsConfig
-from nabz.contract import AlarmEvent, Vitals
-
 from alerts.lifecycle import Alarm, apply, to_event
 from alerts.notify import Notifier, sms_text
 from alerts.rules import Condition, StaleRule, ThresholdRule, default_rules
 from alerts.store import AlertStore
+from nabz import contract
+from nabz.config import AlertsConfig
+from nabz.contract import AlarmEvent, Vitals
 
 __all__ = ["AlertEngine"]
 

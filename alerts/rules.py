@@ -106,7 +106,9 @@ class ThresholdRule:
             return None
         if st.crossed_since is None:
             return None
-        clear_limit = self.limit + self.clear_margin if self.direction == "low" else self.limit - self.clear_margin
+        clear_limit = (
+            self.limit + self.clear_margin if self.direction == "low" else self.limit - self.clear_margin
+        )
         if self._beyond(x, clear_limit):
             st.recovered_since = None  # between the limit and the hysteresis band: neither
             return None
@@ -121,7 +123,9 @@ class ThresholdRule:
             return None
         return self._condition(v.patient, False, x, started, t, "recovered")
 
-    def _condition(self, patient: str, active: bool, x: float, started: float, t: float, how: str) -> Condition:
+    def _condition(
+        self, patient: str, active: bool, x: float, started: float, t: float, how: str
+    ) -> Condition:
         side = "below" if self.direction == "low" else "above"
         text = f"{self.label} {x:.0f}{self.unit} {side} {self.limit:.0f}{self.unit} {how}"
         if not active:
@@ -145,7 +149,9 @@ class StaleRule:
         self.last_seen[patient] = now
         if patient in self.raised:
             self.raised.discard(patient)
-            return Condition(patient, self.kind, False, "low", None, self.after_s, "s", now, now, "data again")
+            return Condition(
+                patient, self.kind, False, "low", None, self.after_s, "s", now, now, "data again"
+            )
         return None
 
     def tick(self, now: float) -> list[Condition]:
@@ -156,7 +162,15 @@ class StaleRule:
                 minutes = (now - last) / 60
                 out.append(
                     Condition(
-                        patient, self.kind, True, "medium", now - last, self.after_s, "s", last, now,
+                        patient,
+                        self.kind,
+                        True,
+                        "medium",
+                        now - last,
+                        self.after_s,
+                        "s",
+                        last,
+                        now,
                         f"no data for {minutes:.0f} min",
                     )  # fmt: skip
                 )

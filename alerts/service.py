@@ -15,14 +15,13 @@ from collections.abc import Callable
 import msgspec
 import paho.mqtt.client as paho
 
+from alerts.engine import AlertEngine
+from alerts.notify import Notifier, OutboxNotifier
+from alerts.store import AlertStore
 from nabz import contract
 from nabz.config import Config
 from nabz.contract import AlarmEvent, Vitals
 from nabz.mqtt import connect, make_client, reason_ok
-
-from alerts.engine import AlertEngine
-from alerts.notify import Notifier, OutboxNotifier
-from alerts.store import AlertStore
 
 __all__ = ["AlertService"]
 

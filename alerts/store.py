@@ -9,10 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from alerts.lifecycle import Alarm
 from nabz import contract
 from nabz.contract import AlarmEvent
-
-from alerts.lifecycle import Alarm
 
 __all__ = ["AlertStore"]
 
@@ -62,7 +61,15 @@ class AlertStore:
                 "INSERT INTO alarms (alarm_id, patient, kind, priority, state, raised_at, data) "
                 "VALUES (?,?,?,?,?,?,?) ON CONFLICT(alarm_id) DO UPDATE SET state=excluded.state, "
                 "data=excluded.data",
-                (alarm.alarm_id, alarm.patient, alarm.kind, alarm.priority, alarm.state, alarm.raised_at, data),
+                (
+                    alarm.alarm_id,
+                    alarm.patient,
+                    alarm.kind,
+                    alarm.priority,
+                    alarm.state,
+                    alarm.raised_at,
+                    data,
+                ),
             )
             self.db.execute(
                 "INSERT INTO audit (at, alarm_id, state, event) VALUES (?,?,?,?)",

@@ -341,7 +341,9 @@ def plx_continuous_decode(data):
     return out
 
 
-def plx_spot_check_encode(spo2, pr, timestamp=None, meas_status=None, dev_status=None, pai=None, clock_not_set=False):
+def plx_spot_check_encode(
+    spo2, pr, timestamp=None, meas_status=None, dev_status=None, pai=None, clock_not_set=False
+):
     """PLX Spot-Check Measurement bytes; timestamp is (year, month, day, hours, minutes, seconds)."""
     flags = 0
     if timestamp is not None:

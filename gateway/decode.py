@@ -126,7 +126,9 @@ class Decoder:
         frame = codec.wave_decode(n.data)
         want = codec.WAVE_KIND_ECG if char == codec.NABZ_ECG_WAVEFORM else codec.WAVE_KIND_PPG
         if frame["kind"] != want:
-            return Rejected("ble_decode", f"{char}: frame of kind {frame['kind']} on the wrong characteristic")
+            return Rejected(
+                "ble_decode", f"{char}: frame of kind {frame['kind']} on the wrong characteristic"
+            )
         rate = frame["rate_hz"]
         count = frame["n"]
         t0_us = frame["t0_us"]
@@ -141,7 +143,12 @@ class Decoder:
         if frame["kind"] == codec.WAVE_KIND_ECG:
             return EcgReading(**env, seq=frame["seq"], rate_hz=rate, flags=flags, signal_uv=samples)
         return PpgReading(
-            **env, seq=frame["seq"], rate_hz=rate, flags=flags, red_counts=samples[0::2], ir_counts=samples[1::2]
+            **env,
+            seq=frame["seq"],
+            rate_hz=rate,
+            flags=flags,
+            red_counts=samples[0::2],
+            ir_counts=samples[1::2],
         )
 
     def _hrm(self, n: Notification) -> Reading:

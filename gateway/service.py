@@ -21,14 +21,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from gateway.decode import Decoder, utc_from_us
+from gateway.spool import Spool
+from gateway.transport import Transport
 from nabz import contract
 from nabz.config import Config
 from nabz.contract import GatewayStatus, Rejected
 from nabz.mqtt import Will, connect, make_client, reason_ok
-
-from gateway.decode import Decoder, utc_from_us
-from gateway.spool import Spool
-from gateway.transport import Transport
 
 __all__ = ["Gateway", "GatewayStats"]
 
@@ -140,7 +139,9 @@ class Gateway:
         """Stop the transport; say goodbye (retained 'offline') when graceful; close the spool."""
         self.transport.stop()
         if graceful and self._connected:
-            info = self.client.publish(self.status_topic, self._status_payload("offline", "shutdown"), 1, True)
+            info = self.client.publish(
+                self.status_topic, self._status_payload("offline", "shutdown"), 1, True
+            )
             try:
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError):

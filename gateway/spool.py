@@ -162,12 +162,15 @@ class Spool:
         dropped_msgs = dropped_readings = 0
         with self._tx():
             while self._bytes > self.max_bytes:
-                row = self.db.execute(
-                    "SELECT seq, readings, LENGTH(payload) FROM spool WHERE stream IN (?, ?) ORDER BY seq LIMIT 1",
-                    _WAVEFORM_STREAMS,
-                ).fetchone() or self.db.execute(
-                    "SELECT seq, readings, LENGTH(payload) FROM spool ORDER BY seq LIMIT 1"
-                ).fetchone()
+                row = (
+                    self.db.execute(
+                        "SELECT seq, readings, LENGTH(payload) FROM spool WHERE stream IN (?, ?) ORDER BY seq LIMIT 1",
+                        _WAVEFORM_STREAMS,
+                    ).fetchone()
+                    or self.db.execute(
+                        "SELECT seq, readings, LENGTH(payload) FROM spool ORDER BY seq LIMIT 1"
+                    ).fetchone()
+                )
                 if row is None:
                     break
                 self.db.execute("DELETE FROM spool WHERE seq = ?", (row[0],))

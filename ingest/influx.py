@@ -52,7 +52,9 @@ class InfluxSink:
             except ApiException as exc:
                 retryable = exc.status is None or exc.status >= 500 or exc.status == 429
                 if not retryable or attempt == self.retries:
-                    raise SinkError(f"InfluxDB refused {len(chunk)} points: {exc.status} {exc.reason}") from exc
+                    raise SinkError(
+                        f"InfluxDB refused {len(chunk)} points: {exc.status} {exc.reason}"
+                    ) from exc
                 why = f"{exc.status} {exc.reason}"
             except Exception as exc:  # urllib3 connection errors and timeouts come in many types
                 if attempt == self.retries:

@@ -23,6 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ingest.dsp.streams import EcgProcessor, PpgProcessor
+from ingest.lines import reading_lines, to_ns, vitals_lines
+from ingest.store import Store
 from nabz import contract
 from nabz.contract import (
     BatteryReading,
@@ -34,9 +37,6 @@ from nabz.contract import (
     Spo2Reading,
     Vitals,
 )
-from ingest.dsp.streams import EcgProcessor, PpgProcessor
-from ingest.lines import reading_lines, to_ns, vitals_lines
-from ingest.store import Store
 
 __all__ = ["IngestCore", "Message", "BatchResult", "LineSink"]
 

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 
-from nabz import contract
-from nabz.config import Config
-from nabz.mqtt import connect, make_client, reason_ok
-
 from ingest.influx import InfluxSink, SinkError
 from ingest.pipeline import BatchResult, IngestCore, Message
 from ingest.store import Store
+from nabz import contract
+from nabz.config import Config
+from nabz.mqtt import connect, make_client, reason_ok
 
 __all__ = ["IngestService"]
 

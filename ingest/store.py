@@ -98,7 +98,9 @@ class Store:
     # --- readings -----------------------------------------------------------------------------
     def seen(self, message_id: str) -> bool:
         with self.lock:
-            return self.db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
+            return (
+                self.db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
+            )
 
     def add_message(
         self,

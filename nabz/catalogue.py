@@ -70,7 +70,9 @@ MEASUREMENTS: dict[str, Measurement] = {
             TAGS,
             ("hr_bpm", "spo2_pct", "pr_bpm", "pi_pct", "battery_pct"),
         ),
-        Measurement("rr", "RR intervals reported by a heart-rate sensor, one point per beat", TAGS, ("rr_ms",)),
+        Measurement(
+            "rr", "RR intervals reported by a heart-rate sensor, one point per beat", TAGS, ("rr_ms",)
+        ),
         Measurement(
             "vitals",
             "vitals derived by ingest from the raw waveforms",

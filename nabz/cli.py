@@ -42,13 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
         "everything in flight and (with --report) writes a JSON report.",
     )
     demo.add_argument("--patients", type=int, default=5, metavar="N", help="simulated patients (default 5)")
-    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="run time (default: until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, default=None, metavar="SECONDS", help="run time (default: until Ctrl-C)"
+    )
     demo.add_argument("--seed", type=int, default=1, help="seed for the simulated patients (default 1)")
-    demo.add_argument("--broker", metavar="URL", help="use this MQTT broker (mqtt://host:port) instead of the embedded one")
-    demo.add_argument("--influx", metavar="URL", help="also write to this InfluxDB-compatible server (/api/v2/write)")
+    demo.add_argument(
+        "--broker", metavar="URL", help="use this MQTT broker (mqtt://host:port) instead of the embedded one"
+    )
+    demo.add_argument(
+        "--influx", metavar="URL", help="also write to this InfluxDB-compatible server (/api/v2/write)"
+    )
     demo.add_argument("--influx-token", metavar="TOKEN", default=None, help="token for --influx")
     demo.add_argument("--report", metavar="FILE", help="write a JSON report of readings, alarms and SMS here")
-    demo.add_argument("--data-dir", metavar="DIR", default="var/demo", help="where the demo keeps its files (emptied at start)")
+    demo.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default="var/demo",
+        help="where the demo keeps its files (emptied at start)",
+    )
     demo.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
 
     gw = sub.add_parser("gateway", help="the home gateway")

@@ -283,7 +283,9 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
     if "v" not in raw:
         return Rejected("missing_version", "no schema version field 'v'")
     if raw["v"] != SCHEMA_VERSION:
-        return Rejected("unsupported_version", f"schema version {raw['v']!r}, this ingest reads {SCHEMA_VERSION}")
+        return Rejected(
+            "unsupported_version", f"schema version {raw['v']!r}, this ingest reads {SCHEMA_VERSION}"
+        )
     if not isinstance(raw.get("id"), str) or not raw["id"]:
         return Rejected("missing_id", "no message id 'id'")
     if "stream" not in raw:

@@ -67,7 +67,9 @@ class Demo:
             gateway=GatewayConfig(status_interval_s=5.0),
             ingest=IngestConfig(store_path=str(self.dir / "nabz.sqlite")),
             influx=InfluxConfig(url=opts.influx, token=opts.influx_token),
-            alerts=AlertsConfig(store_path=str(self.dir / "alerts.sqlite"), outbox_path=str(self.dir / "outbox" / "sms.jsonl")),
+            alerts=AlertsConfig(
+                store_path=str(self.dir / "alerts.sqlite"), outbox_path=str(self.dir / "outbox" / "sms.jsonl")
+            ),
             enrolment=enrolment,
         )
         self.ingest: IngestService | None = None
@@ -142,7 +144,12 @@ class Demo:
             },
             "duplicates_discarded": store.counter("duplicates"),
             "alarms": [
-                {"patient": a["patient"], "kind": a["kind"], "priority": a["priority"], "raised_at": _iso(a["raised_at"])}
+                {
+                    "patient": a["patient"],
+                    "kind": a["kind"],
+                    "priority": a["priority"],
+                    "raised_at": _iso(a["raised_at"]),
+                }
                 for a in self.alerts.store.alarms()
             ],
             "notifications": [
@@ -160,7 +167,9 @@ class Demo:
         out = []
         for p in self.patients:
             v = latest.get(p.patient_id, {})
-            alarms = sorted(f"{k}({a.priority})" for (pid, k), a in open_alarms.items() if pid == p.patient_id)
+            alarms = sorted(
+                f"{k}({a.priority})" for (pid, k), a in open_alarms.items() if pid == p.patient_id
+            )
             out.append(
                 {
                     "patient": p.patient_id,
@@ -194,12 +203,24 @@ def _live(demo: Demo, until: float | None) -> None:
     from rich.table import Table
 
     def table() -> Table:
-        t = Table(title=f"Nabz demo — broker {demo.config.mqtt.url}  (SpO2 is uncalibrated)", caption=demo.totals())
-        for col in ("patient", "HR /min (ECG)", "PR /min (PPG)", "SpO2 % (uncal.)", "ECG SQI", "battery %", "open alarms"):
+        t = Table(
+            title=f"Nabz demo — broker {demo.config.mqtt.url}  (SpO2 is uncalibrated)", caption=demo.totals()
+        )
+        for col in (
+            "patient",
+            "HR /min (ECG)",
+            "PR /min (PPG)",
+            "SpO2 % (uncal.)",
+            "ECG SQI",
+            "battery %",
+            "open alarms",
+        ):
             t.add_column(col)
         for r in demo.rows():
             style = "bold red" if "high" in r["alarms"] else "yellow" if r["alarms"] != "-" else None
-            t.add_row(r["patient"], r["hr"], r["pr"], r["spo2"], r["sqi"], r["battery"], r["alarms"], style=style)
+            t.add_row(
+                r["patient"], r["hr"], r["pr"], r["spo2"], r["sqi"], r["battery"], r["alarms"], style=style
+            )
         return t
 
     with Live(table(), console=Console(), refresh_per_second=2) as live:
@@ -220,7 +241,9 @@ def _plain(demo: Demo, until: float | None) -> None:
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     demo = Demo(opts)
     demo.start()
-    print(f"Nabz demo: {opts.patients} patients, broker {demo.config.mqtt.url}, files in {demo.dir}", flush=True)
+    print(
+        f"Nabz demo: {opts.patients} patients, broker {demo.config.mqtt.url}, files in {demo.dir}", flush=True
+    )
     until = None if opts.duration_s is None else time.monotonic() + opts.duration_s
     try:
         (_live if opts.live and sys.stdout.isatty() else _plain)(demo, until)

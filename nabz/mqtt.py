@@ -101,4 +101,3 @@ def reason_ok(reason_code: object) -> bool:
     if is_failure is not None:
         return not bool(is_failure)
     return reason_code == 0
-

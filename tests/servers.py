@@ -35,7 +35,9 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes], log: 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -152,4 +154,3 @@ class VictoriaMetrics:
             key = tuple(f"{k}={metric[k]}" for k in sorted(metric))
             out[key] = out.get(key, 0) + len(series["timestamps"])
         return out
-

@@ -49,7 +49,9 @@ def _feed(engine: AlertEngine, values: list[tuple[float, dict[str, object]]]) ->
 
 def test_a_brief_dip_below_the_limit_raises_nothing(engine) -> None:
     e, outbox = engine
-    seq = [(T0 + i, {"spo2_pct": 89.0}) for i in range(10)] + [(T0 + 10 + i, {"spo2_pct": 96.0}) for i in range(20)]
+    seq = [(T0 + i, {"spo2_pct": 89.0}) for i in range(10)] + [
+        (T0 + 10 + i, {"spo2_pct": 96.0}) for i in range(20)
+    ]
     assert _feed(e, seq) == []
     assert outbox.sent == []
 
@@ -91,7 +93,9 @@ def test_heart_rate_rules_use_the_ecg(engine) -> None:
     e, _ = engine
     events = _feed(e, [(T0 + i, {"hr_bpm": 160.0, "source": "ecg"}) for i in range(15)])
     assert [(ev.kind, ev.priority) for ev in events] == [("hr_high", "high")]
-    events = _feed(e, [(T0 + 100 + i, {"hr_bpm": 32.0, "source": "ecg", "patient": "p-0002"}) for i in range(15)])
+    events = _feed(
+        e, [(T0 + 100 + i, {"hr_bpm": 32.0, "source": "ecg", "patient": "p-0002"}) for i in range(15)]
+    )
     assert [(ev.kind, ev.patient) for ev in events] == [("hr_low", "p-0002")]
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from gateway.spool import Spool
 
 
-def _rows(n: int, stream: str = "ecg", size: int = 100, start: int = 0) -> list[tuple[str, str, bytes, str, int]]:
+def _rows(
+    n: int, stream: str = "ecg", size: int = 100, start: int = 0
+) -> list[tuple[str, str, bytes, str, int]]:
     return [(f"id-{start + i:06d}", f"t/{stream}", b"x" * size, stream, 10) for i in range(n)]
 
 
