@@ -10,6 +10,7 @@ Rules of this file:
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,24 +63,52 @@ def utc_from_us(us: int) -> datetime:
 
 
 @dataclass(slots=True)
-class ClockSync:
-    """UTC minus device clock, per device: the smallest (receive time − sample time) seen.
+class _DeviceClock:
+    offset: int
+    last_t0: int
+    recent: deque[int]
 
-    Radio and queueing only ever delay a notification, so the minimum is the best estimate of the
-    true offset plus the least latency. `reset` after a reconnect (the device may have rebooted).
+
+@dataclass(slots=True)
+class ClockSync:
+    """UTC minus device clock, per device, kept so that waveform timestamps never go backwards.
+
+    Radio and queueing only ever delay a notification, so the smallest (receive time − device time
+    of the frame's last sample) over recent frames estimates the offset plus the least latency. The
+    offset in use moves towards that estimate by at most `SLEW_US` per frame: less than one sample
+    period, so consecutive frames never overlap in time (an overlap would overwrite points in
+    InfluxDB). An error beyond `STEP_US` (the gateway's clock was stepped) is corrected at once and
+    counted in `steps`. Resent frames carry old samples: they use the offset but do not move it. A
+    device clock that runs backwards means the wearable restarted: its estimate starts afresh.
     """
 
-    offsets: dict[str, int] = field(default_factory=dict)
+    SLEW_US = 1_000
+    STEP_US = 2_000_000
+    WINDOW = 32
 
-    def observe(self, device: str, device_t_end_us: int, rx_us: int) -> int:
-        seen = rx_us - device_t_end_us
-        best = self.offsets.get(device)
-        if best is None or seen < best:
-            self.offsets[device] = best = seen
-        return best
+    devices: dict[str, _DeviceClock] = field(default_factory=dict)
+    steps: int = 0
+
+    def observe(self, device: str, t0_us: int, t_end_us: int, rx_us: int, resent: bool = False) -> int:
+        seen = rx_us - t_end_us
+        st = self.devices.get(device)
+        if st is None or (not resent and t0_us < st.last_t0):
+            st = self.devices[device] = _DeviceClock(seen, t0_us, deque([seen], maxlen=self.WINDOW))
+            return st.offset
+        if resent:
+            return st.offset
+        st.last_t0 = t0_us
+        st.recent.append(seen)
+        delta = min(st.recent) - st.offset
+        if abs(delta) > self.STEP_US:
+            st.offset += delta
+            self.steps += 1
+        else:
+            st.offset += max(-self.SLEW_US, min(self.SLEW_US, delta))
+        return st.offset
 
     def reset(self, device: str) -> None:
-        self.offsets.pop(device, None)
+        self.devices.pop(device, None)
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -133,7 +162,8 @@ class Decoder:
         count = frame["n"]
         t0_us = frame["t0_us"]
         t_end_us = t0_us + (count - 1) * 1_000_000 // rate
-        offset = self.clock.observe(n.device, t_end_us, n.rx_us)
+        resent = bool(frame["flags"] & codec.WAVE_FLAG_RESENT)
+        offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent)
         env = self._envelope(n)
         env["t"] = utc_from_us(t0_us + offset)
         env["device_t_us"] = t0_us

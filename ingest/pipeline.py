@@ -89,8 +89,9 @@ class IngestCore:
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)
         self._enrolment = store.enrolment()
-        self._ecg: dict[str, EcgProcessor] = {}
-        self._ppg: dict[str, PpgProcessor] = {}
+        # device -> (sample rate, processor); a new rate (reconfigured wearable) starts afresh
+        self._ecg: dict[str, tuple[int, EcgProcessor]] = {}
+        self._ppg: dict[str, tuple[int, PpgProcessor]] = {}
 
     def refresh_enrolment(self) -> None:
         self._enrolment = self.store.enrolment()
@@ -149,7 +150,14 @@ class IngestCore:
         result.dead_lettered = len(rejected)
 
         for a in accepted:
-            result.vitals.extend(self._derive(a.reading, a.patient))
+            try:
+                result.vitals.extend(self._derive(a.reading, a.patient))
+            except Exception:
+                # The reading is stored; a fault in signal processing must not hold up storage or
+                # acknowledgement. It is logged and counted for the operations board.
+                log.exception("signal processing failed on %s from %s", a.reading.id, a.reading.device)
+                with self.store.batch():
+                    self.store.bump("dsp_errors", 1)
         if result.vitals:
             self._store_vitals(result.vitals)
         return result
@@ -160,9 +168,10 @@ class IngestCore:
         out: list[Vitals] = []
         t0 = r.t.timestamp()
         if isinstance(r, EcgReading):
-            proc = self._ecg.get(r.device)
-            if proc is None or proc.sampling_rate != r.rate_hz:
-                proc = self._ecg[r.device] = EcgProcessor(float(r.rate_hz))
+            rate, proc = self._ecg.get(r.device, (0, None))  # type: ignore[arg-type]
+            if proc is None or rate != r.rate_hz:
+                proc = EcgProcessor(float(r.rate_hz))
+                self._ecg[r.device] = (r.rate_hz, proc)
             flags = list(r.flags)
             for e in proc.push(np.asarray(r.signal_uv, dtype=np.float64), t0):
                 out.append(
@@ -177,9 +186,10 @@ class IngestCore:
                     )
                 )
         elif isinstance(r, PpgReading):
-            pproc = self._ppg.get(r.device)
-            if pproc is None or pproc.sampling_rate != r.rate_hz:
-                pproc = self._ppg[r.device] = PpgProcessor(float(r.rate_hz))
+            prate, pproc = self._ppg.get(r.device, (0, None))  # type: ignore[arg-type]
+            if pproc is None or prate != r.rate_hz:
+                pproc = PpgProcessor(float(r.rate_hz))
+                self._ppg[r.device] = (r.rate_hz, pproc)
             red = np.asarray(r.red_counts, dtype=np.float64)
             ir = np.asarray(r.ir_counts, dtype=np.float64)
             for p in pproc.push(red, ir, t0):
