@@ -97,7 +97,10 @@ class Gateway:
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self._events.put(("connected", False))
-        log.warning("gateway %s disconnected (%s); the spool keeps everything", self.id, reason)
+        if reason_ok(reason):
+            log.info("gateway %s disconnected", self.id)
+        else:
+            log.warning("gateway %s disconnected (%s); the spool keeps everything", self.id, reason)
 
     def _on_publish(self, _c: paho.Client, _u: object, mid: int, reason: object, _p: object) -> None:
         self._events.put(("ack", (mid, reason_ok(reason))))

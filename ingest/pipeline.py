@@ -127,6 +127,7 @@ class IngestCore:
             self.sink.write(lines)
 
         with self.store.batch():
+            self.store.bump("duplicates", result.duplicates)
             for msg, why in rejected:
                 self.store.dead_letter(msg.topic, msg.payload, why.reason, why.detail, msg.received_at)
                 log.warning("dead letter (%s) on %s: %s", why.reason, msg.topic, why.detail)

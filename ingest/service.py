@@ -85,7 +85,8 @@ class IngestService:
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self.connected.clear()
-        log.warning("ingest disconnected (%s); unacknowledged messages will be redelivered", reason)
+        if not reason_ok(reason):
+            log.warning("ingest disconnected (%s); unacknowledged messages will be redelivered", reason)
 
     def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
         self._queue.put(_Incoming(Message(m.topic, bytes(m.payload), self.clock()), m.mid, m.qos))

@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # paho reports connection trouble that our own callbacks already log in plain words.
+    logging.getLogger("paho").setLevel(logging.DEBUG if args.verbose >= 2 else logging.CRITICAL)
     try:
         return _dispatch(args)
     except config_mod.ConfigError as exc:

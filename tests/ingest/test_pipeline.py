@@ -1,0 +1,88 @@
+"""IngestCore on the embedded store: every message ends stored once, as a duplicate, or in dead
+letter with its reason; derived vitals come from the stored waveforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.decode import Decoder, Notification
+from hardware import make_patients
+from ingest.pipeline import IngestCore, Message
+from ingest.store import Store
+from nabz import contract
+from nabz.contract import Rejected
+from tests.contract_doc import vectors
+
+T0_US = 1_795_597_200_000_000
+
+
+def _doc(name: str) -> Message:
+    (v,) = [v for v in vectors("mqtt:reading") if v.attrs["name"] == name]
+    return Message(v.attrs["topic"], v.body.encode(), 0.0)
+
+
+def test_redelivered_messages_are_stored_once(tmp_path: Path) -> None:
+    core = IngestCore(Store(tmp_path / "s.sqlite"), enrolment={"ecg-0001": "p-0001"})
+    first = core.handle_batch([_doc("ecg"), _doc("ecg")])  # QoS 1 duplicate within one batch
+    again = core.handle_batch([_doc("ecg")])  # and after a reconnect
+    assert (first.stored, first.duplicates, again.stored, again.duplicates) == (1, 1, 0, 1)
+    assert core.store.count_readings() == 5
+    assert core.store.counter("duplicates") == 2
+
+
+def test_malformed_messages_are_dead_lettered_with_reason_and_raw_payload(tmp_path: Path) -> None:
+    core = IngestCore(Store(tmp_path / "s.sqlite"), enrolment={"ecg-0001": "p-0001"})
+    topic = "nabz/v1/demo/gw/gw-0001/ecg-0001/hr"
+    good = _doc("hr").payload
+    bad = {
+        "not_json": good[:40],
+        "not_object": b"[1, 2, 3]",
+        "unsupported_version": good.replace(b'"v": 1', b'"v": 9'),
+        "missing_id": good.replace(b'"id": "0d6e1f2a3b4c4d5e8f6a7b8c9d0e1f2a", ', b""),
+        "schema": good.replace(b'"hr_bpm": 72', b'"hr_bpm": "72"'),
+        "out_of_range": good.replace(b'"hr_bpm": 72', b'"hr_bpm": 9000'),
+        "topic_mismatch": good.replace(b'"device": "ecg-0001"', b'"device": "ecg-0009"'),
+        "bad_topic": None,
+        "too_large": b" " * (300 * 1024),
+    }
+    batch = [
+        Message("nabz/v1/demo/gw/gw-0001" if reason == "bad_topic" else topic, payload or good, 1.0)
+        for reason, payload in bad.items()
+    ]
+    result = core.handle_batch(batch)
+    assert result.dead_lettered == len(bad) and result.stored == 0
+    letters = core.store.dead_letters()
+    assert [d.reason for d in letters] == list(bad)
+    assert letters[0].payload == good[:40]
+    assert core.store.counter("dead_letters.schema") == 1
+
+
+def test_a_device_that_is_not_enrolled_is_kept_not_stored_as_anybodys(tmp_path: Path) -> None:
+    core = IngestCore(Store(tmp_path / "s.sqlite"))
+    result = core.handle_batch([_doc("battery")])
+    assert result.stored == 0
+    assert [d.reason for d in core.store.dead_letters()] == ["not_enrolled"]
+    core.store.enrol("oxi-0001", "p-0001")
+    assert core.handle_batch([_doc("battery")]).stored == 1  # enrolment is picked up without a restart
+
+
+def test_vitals_are_derived_from_simulated_waveforms(tmp_path: Path) -> None:
+    (patient,) = make_patients(1, seed=3)
+    decoder = Decoder("demo", "gw-0001")
+    enrolment = {d.device_id: patient.patient_id for d in patient.devices}
+    core = IngestCore(Store(tmp_path / "s.sqlite"), enrolment=enrolment)
+    vitals = []
+    for second in range(15):
+        batch = []
+        for device in patient.devices:
+            for n in device.advance(1.0):
+                r = decoder.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + second * 1_000_000))
+                assert not isinstance(r, Rejected)
+                topic = contract.reading_topic("demo", "gw-0001", r.device, contract.stream_of(r))
+                batch.append(Message(topic, contract.encode(r), 0.0))
+        vitals += core.handle_batch(batch).vitals
+    ecg_hr = [v.hr_bpm for v in vitals if v.source == "ecg" and v.hr_bpm is not None]
+    spo2 = [v for v in vitals if v.source == "ppg" and v.spo2_pct is not None]
+    assert ecg_hr and abs(ecg_hr[-1] - patient.patient.hr_bpm) < 5
+    assert spo2 and abs(spo2[-1].spo2_pct - patient.patient.spo2_pct) < 2  # type: ignore[operator]
+    assert all(not v.spo2_calibrated for v in spo2)
