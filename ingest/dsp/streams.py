@@ -1,0 +1,283 @@
+"""Per-patient streaming state held by the ingest worker: samples in, vitals about once a second.
+
+Rules of this file:
+- Pure: time comes in as data (``t0``, UTC epoch seconds of the chunk's first sample); nothing
+  here reads a clock, a file or a socket. The worker keeps one processor per patient and stream.
+- Output depends only on the samples and their times, not on how they were cut into chunks:
+  chunks are split at emission boundaries, and the detector is itself chunk-invariant.
+- Timeline: a chunk that starts within ``gap_tolerance_s`` of where the previous one ended
+  continues the stream (its ``t0`` re-anchors the clock, so device clock drift never builds up).
+  A later start is missing data: the state is reset and the processor warms up again rather than
+  splice signal across the hole. An earlier start is a resend (MQTT QoS 1 delivers duplicates):
+  the samples already seen are dropped. A start more than 60 s early is a new session: reset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .ecg import _sqi_core, ecg_rate
+from .ppg import Calibration, _check_calibration, ppg_process
+from .qrs import EcgPeakStream
+
+__all__ = ["EcgVitals", "EcgProcessor", "PpgVitals", "PpgProcessor"]
+
+_NEW_SESSION_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EcgVitals:
+    """ECG-derived vitals of one analysis window."""
+
+    t: float  # UTC epoch seconds of the last sample of the analysis window
+    hr_bpm: float | None  # None with too few beats or SQI below the processor's min_sqi
+    rr_ms: list[float]  # RR intervals of the beats confirmed since the previous emission
+    sqi: float  # 0..1, see ecg.ecg_sqi
+    pause_s: float  # longest gap between beats in the window, including one still open at its end
+
+
+@dataclass(frozen=True, slots=True)
+class PpgVitals:
+    """PPG-derived vitals of one analysis window; values are None when the SQI is too low."""
+
+    t: float  # UTC epoch seconds of the last sample of the window
+    pr_bpm: float | None
+    spo2_pct: float | None
+    spo2_calibrated: bool  # False: generic curve 110 - 25 R, not a calibration of this sensor
+    pi_pct: float | None
+    sqi: float
+
+
+class _Timeline:
+    """Sample count since the last reset and the UTC time of each sample."""
+
+    def __init__(self, sampling_rate: float, tolerance_s: float) -> None:
+        self.fs = sampling_rate
+        self.tolerance_s = tolerance_s
+        self.n = 0
+        self._t_ref = 0.0
+        self._n_ref = 0
+
+    def time_of(self, index: int) -> float:
+        return self._t_ref + (index - self._n_ref) / self.fs
+
+    def place(self, t0: float, size: int) -> tuple[bool, int]:
+        """Where a chunk goes: (reset first?, samples to skip at its start)."""
+        if self.n == 0:
+            self._t_ref, self._n_ref = t0, 0
+            return False, 0
+        delta = t0 - self.time_of(self.n)
+        if abs(delta) <= self.tolerance_s:
+            self._t_ref, self._n_ref = t0, self.n
+            return False, 0
+        if delta > 0 or -delta > _NEW_SESSION_S:
+            self.n = 0
+            self._t_ref, self._n_ref = t0, 0
+            return True, 0
+        skip = round(-delta * self.fs)
+        if skip < size:
+            self._t_ref, self._n_ref = t0 + skip / self.fs, self.n
+        return False, skip
+
+
+class EcgProcessor:
+    """Heart rate, RR intervals, pause and SQI from a live single-lead ECG.
+
+    Parameters
+    ----------
+    sampling_rate : float
+        Sampling rate in Hz.
+    window_s : float
+        Analysis window for the rate, pause and SQI.
+    emit_every_s : float
+        Emission period in seconds of signal.
+    min_sqi : float
+        Below this SQI, ``hr_bpm`` is None and ``rr_ms`` is empty.
+    warmup_s : float
+        Signal needed after a (re)start before the first emission (the detector learns for 3 s).
+    gap_tolerance_s : float
+        Largest timing mismatch between chunks still treated as continuous.
+
+    Notes
+    -----
+    The analysis window ends ``lag`` samples before the newest sample, where ``lag`` is the
+    detector's confirmation delay (0.37 s at 250 Hz), so the beats in it have been decided.
+    Cost: about 0.25-0.3 ms of CPU per second of 250 Hz signal (one Xeon core, CPython 3.11).
+    """
+
+    def __init__(
+        self,
+        sampling_rate: float,
+        *,
+        window_s: float = 10.0,
+        emit_every_s: float = 1.0,
+        min_sqi: float = 0.5,
+        warmup_s: float = 5.0,
+        gap_tolerance_s: float = 0.1,
+    ) -> None:
+        self._fs = float(sampling_rate)
+        self._win = round(window_s * self._fs)
+        self._every = max(1, round(emit_every_s * self._fs))
+        self._min_sqi = min_sqi
+        self._warmup = round(warmup_s * self._fs)
+        self._clock = _Timeline(self._fs, gap_tolerance_s)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._stream = EcgPeakStream(self._fs)
+        self._lag = int(np.ceil(self._stream.max_delay_s * self._fs))
+        self._raw = np.zeros(0)
+        self._bp = np.zeros(0)
+        self._buf0 = 0
+        self._peaks: list[int] = []
+        self._last_peak: int | None = None
+        self._new_rr: list[float] = []
+
+    def push(self, samples: npt.ArrayLike, t0: float) -> list[EcgVitals]:
+        """Feed a chunk of ECG (µV) whose first sample was taken at `t0` (UTC epoch seconds).
+
+        Returns
+        -------
+        list of EcgVitals
+            One per emission boundary crossed by this chunk (usually zero or one).
+        """
+        x = np.asarray(samples, dtype=np.float64).ravel()
+        if x.size == 0:
+            return []
+        reset, skip = self._clock.place(float(t0), x.size)
+        if reset:
+            self._reset()
+        x = x[skip:]
+        out: list[EcgVitals] = []
+        i = 0
+        while i < x.size:
+            n = self._clock.n
+            take = min(x.size - i, (n // self._every + 1) * self._every - n)
+            self._feed(x[i : i + take])
+            i += take
+            if self._clock.n % self._every == 0 and self._clock.n >= self._warmup:
+                out.append(self._emit())
+        return out
+
+    def _feed(self, x: npt.NDArray[np.float64]) -> None:
+        peaks, bp = self._stream._push(x)
+        for p in peaks.tolist():
+            if self._last_peak is not None:
+                self._new_rr.append((p - self._last_peak) * 1000.0 / self._fs)
+            self._last_peak = p
+            self._peaks.append(p)
+        self._clock.n += x.size
+        keep = self._win + self._lag
+        self._raw = np.concatenate((self._raw, x))[-keep:]
+        self._bp = np.concatenate((self._bp, bp))[-keep:]
+        self._buf0 = self._clock.n - self._raw.size
+        start = self._clock.n - keep
+        while len(self._peaks) > 1 and self._peaks[1] < start:  # keep one beat before the window
+            self._peaks.pop(0)
+
+    def _emit(self) -> EcgVitals:
+        end = self._clock.n - self._lag  # exclusive: beats before `end` are decided
+        start = max(self._buf0, end - self._win)
+        raw = self._raw[start - self._buf0 : end - self._buf0]
+        bp = self._bp[start - self._buf0 : end - self._buf0]
+        peaks = np.asarray(self._peaks, dtype=np.int64)
+        inside = peaks[(peaks >= start) & (peaks < end)] - start
+        sqi = _sqi_core(raw, bp, inside, self._fs, self._stream.group_delay_samples)
+        rate = ecg_rate(peaks, self._fs, end=end - 1, window_s=self._win / self._fs)
+        ok = sqi >= self._min_sqi
+        rr, self._new_rr = self._new_rr, []
+        return EcgVitals(
+            t=self._clock.time_of(end - 1),
+            hr_bpm=rate.hr_bpm if ok else None,
+            rr_ms=rr if ok else [],
+            sqi=sqi,
+            pause_s=rate.pause_s,
+        )
+
+
+class PpgProcessor:
+    """Pulse rate, SpO2, perfusion index and SQI from a live red + infrared PPG.
+
+    Parameters
+    ----------
+    sampling_rate : float
+        Sampling rate in Hz.
+    calibration : sequence of (R, SpO2) pairs, optional
+        This sensor's SpO2 calibration (see `ppg.ppg_spo2`); without it SpO2 is flagged
+        uncalibrated.
+    window_s : float
+        Analysis window; the first emission comes once a whole window has arrived.
+    emit_every_s : float
+        Emission period in seconds of signal.
+    min_sqi : float
+        Below this SQI the values are None.
+    gap_tolerance_s : float
+        Largest timing mismatch between chunks still treated as continuous.
+    """
+
+    def __init__(
+        self,
+        sampling_rate: float,
+        *,
+        calibration: Calibration | None = None,
+        window_s: float = 8.0,
+        emit_every_s: float = 1.0,
+        min_sqi: float = 0.5,
+        gap_tolerance_s: float = 0.1,
+    ) -> None:
+        if calibration is not None:
+            _check_calibration(calibration)
+        self._fs = float(sampling_rate)
+        self._calibration = calibration
+        self._win = round(window_s * self._fs)
+        self._every = max(1, round(emit_every_s * self._fs))
+        self._min_sqi = min_sqi
+        self._clock = _Timeline(self._fs, gap_tolerance_s)
+        self._red = np.zeros(0)
+        self._ir = np.zeros(0)
+
+    def push(self, red: npt.ArrayLike, ir: npt.ArrayLike, t0: float) -> list[PpgVitals]:
+        """Feed a chunk of both channels (raw counts); `t0` is the UTC time of the first sample.
+
+        Returns
+        -------
+        list of PpgVitals
+            One per emission boundary crossed by this chunk.
+        """
+        r_ = np.asarray(red, dtype=np.float64).ravel()
+        i_ = np.asarray(ir, dtype=np.float64).ravel()
+        if r_.shape != i_.shape:
+            raise ValueError("red and ir chunks must have the same length")
+        if r_.size == 0:
+            return []
+        reset, skip = self._clock.place(float(t0), r_.size)
+        if reset:
+            self._red, self._ir = np.zeros(0), np.zeros(0)
+        r_, i_ = r_[skip:], i_[skip:]
+        out: list[PpgVitals] = []
+        i = 0
+        while i < r_.size:
+            n = self._clock.n
+            take = min(r_.size - i, (n // self._every + 1) * self._every - n)
+            self._red = np.concatenate((self._red, r_[i : i + take]))[-self._win :]
+            self._ir = np.concatenate((self._ir, i_[i : i + take]))[-self._win :]
+            self._clock.n += take
+            i += take
+            if self._clock.n % self._every == 0 and self._red.size >= self._win:
+                out.append(self._emit())
+        return out
+
+    def _emit(self) -> PpgVitals:
+        res = ppg_process(self._red, self._ir, self._fs, calibration=self._calibration, min_sqi=self._min_sqi)
+        spo2 = res.spo2.spo2_pct if res.spo2 is not None and np.isfinite(res.spo2.spo2_pct) else None
+        return PpgVitals(
+            t=self._clock.time_of(self._clock.n - 1),
+            pr_bpm=res.pr_bpm,
+            spo2_pct=spo2,
+            spo2_calibrated=self._calibration is not None,
+            pi_pct=res.pi_pct,
+            sqi=res.sqi,
+        )
