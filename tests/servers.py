@@ -7,6 +7,7 @@ never skips. `make test` installs both (Debian packages) when run as root.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -73,6 +74,9 @@ class Mosquitto:
             "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
             "log_dest stderr\n"
+            # As root, mosquitto drops to its own user, which cannot write under pytest's private
+            # temporary directory: the persistence file would silently never be saved.
+            f"{'user root' + chr(10) if os.geteuid() == 0 else ''}"
             f"{self.extra_config}"
         )
 
@@ -92,6 +96,8 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if "Error saving" in self.log.read_text(errors="replace"):
+            raise RuntimeError(f"mosquitto could not save its persistence file; see {self.log}")
 
     def restart(self, down_s: float = 0.0) -> None:
         self.stop()
