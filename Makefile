@@ -47,6 +47,8 @@ demo: venv
 	$(BIN)/nabz demo $(ARGS)
 
 test: venv npm debs
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -52,7 +52,7 @@ class ThresholdRule:
     """`field` below (direction 'low') or above ('high') a limit for a scaled delay."""
 
     kind: str
-    field: str
+    quantity: str  # the Vitals field this rule watches
     sources: tuple[str, ...]
     direction: Literal["low", "high"]
     limit: float
@@ -86,7 +86,7 @@ class ThresholdRule:
     def observe(self, v: Vitals) -> Condition | None:
         if v.source not in self.sources:
             return None
-        x = getattr(v, self.field)
+        x = getattr(v, self.quantity)
         if x is None or (v.sqi is not None and v.sqi < self.min_sqi):
             return None
         t = v.t.timestamp()
@@ -181,19 +181,19 @@ def default_rules(cfg: AlertsConfig) -> list[ThresholdRule]:
     """The physiological rules, with limits and delays from the configuration."""
     return [
         ThresholdRule(
-            kind="spo2_low", field="spo2_pct", sources=("ppg", "device"), direction="low",
+            kind="spo2_low", quantity="spo2_pct", sources=("ppg", "device"), direction="low",
             limit=cfg.spo2_low_pct, unit="%", label="SpO2", delay_s=cfg.spo2_delay_s,
             min_delay_s=cfg.spo2_min_delay_s, depth_for_min_delay=6.0, clear_margin=2.0,
             clear_after_s=cfg.clear_after_s, high_priority_beyond=88.0,
         ),
         ThresholdRule(
-            kind="hr_high", field="hr_bpm", sources=("ecg",), direction="high", limit=cfg.hr_high_bpm,
+            kind="hr_high", quantity="hr_bpm", sources=("ecg",), direction="high", limit=cfg.hr_high_bpm,
             unit="/min", label="HR", delay_s=cfg.hr_delay_s, min_delay_s=cfg.hr_delay_s / 2,
             depth_for_min_delay=30.0, clear_margin=5.0, clear_after_s=cfg.clear_after_s,
             high_priority_beyond=150.0,
         ),
         ThresholdRule(
-            kind="hr_low", field="hr_bpm", sources=("ecg",), direction="low", limit=cfg.hr_low_bpm,
+            kind="hr_low", quantity="hr_bpm", sources=("ecg",), direction="low", limit=cfg.hr_low_bpm,
             unit="/min", label="HR", delay_s=cfg.hr_delay_s, min_delay_s=cfg.hr_delay_s / 2,
             depth_for_min_delay=10.0, clear_margin=5.0, clear_after_s=cfg.clear_after_s,
             high_priority_beyond=35.0,

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal, NotRequired, TypedDict, cast
 
 from firmware import nabz_codec as codec
 from nabz import contract
@@ -21,10 +22,13 @@ from nabz.contract import (
     BatteryReading,
     EcgReading,
     HrReading,
+    MeasStatus,
     PpgReading,
     Reading,
     Rejected,
+    SensorStatus,
     Spo2Reading,
+    WaveFlag,
 )
 
 __all__ = ["Notification", "ClockSync", "Decoder", "normalize_uuid", "utc_from_us"]
@@ -115,6 +119,18 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+class _Envelope(TypedDict):
+    v: Literal[1]
+    id: str
+    site: str
+    gateway: str
+    device: str
+    t: datetime
+    rx: datetime
+    device_t_us: NotRequired[int]
+    clock_offset_us: NotRequired[int]
+
+
 class Decoder:
     """Decodes notifications for one gateway into contract readings."""
 
@@ -139,7 +155,7 @@ class Decoder:
             return Rejected("ble_decode", f"{char}: {exc}")
         return Rejected("unknown_characteristic", f"no decoder for characteristic {char}")
 
-    def _envelope(self, n: Notification) -> dict[str, object]:
+    def _envelope(self, n: Notification) -> _Envelope:
         rx = utc_from_us(n.rx_us)
         return {
             "v": 1,
@@ -168,7 +184,7 @@ class Decoder:
         env["t"] = utc_from_us(t0_us + offset)
         env["device_t_us"] = t0_us
         env["clock_offset_us"] = offset
-        flags = codec.bits_to_names(frame["flags"], codec.WAVE_FLAG_NAMES)
+        flags = cast(list[WaveFlag], codec.bits_to_names(frame["flags"], codec.WAVE_FLAG_NAMES))
         samples = frame["samples"]
         if frame["kind"] == codec.WAVE_KIND_ECG:
             return EcgReading(**env, seq=frame["seq"], rate_hz=rate, flags=flags, signal_uv=samples)
@@ -201,6 +217,6 @@ class Decoder:
             spo2_pct=_finite_or_none(m["spo2_pct"]),
             pr_bpm=_finite_or_none(m["pr_bpm"]),
             pi_pct=_finite_or_none(m["pai_pct"]),
-            meas_status=codec.bits_to_names(meas, codec.MEAS_STATUS_BITS),  # type: ignore[arg-type]
-            sensor_status=codec.bits_to_names(dev, codec.DEV_STATUS_BITS),  # type: ignore[arg-type]
+            meas_status=cast(list[MeasStatus], codec.bits_to_names(meas, codec.MEAS_STATUS_BITS)),
+            sensor_status=cast(list[SensorStatus], codec.bits_to_names(dev, codec.DEV_STATUS_BITS)),
         )

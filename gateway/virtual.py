@@ -18,17 +18,21 @@ __all__ = ["VirtualTransport", "Wearable"]
 
 
 class _SimNotification(Protocol):
-    device_id: str
-    char_uuid: str
-    data: bytes
-    device_t_us: int
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def char_uuid(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
 
 
 class Wearable(Protocol):
     """What the virtual transport needs from a simulated device (hardware.wearables)."""
 
-    device_id: str
-    readings_generated: int
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def readings_generated(self) -> int: ...
 
     def advance(self, seconds: float) -> Sequence[_SimNotification]: ...
 

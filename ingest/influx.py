@@ -65,4 +65,4 @@ class InfluxSink:
             delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
-        self.client.close()
+        self.client.close()  # type: ignore[no-untyped-call]

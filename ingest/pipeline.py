@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import numpy as np
 
@@ -70,6 +70,12 @@ class _Accepted:
     msg: Message
     reading: Reading
     patient: str
+
+
+class _Who(TypedDict):
+    site: str
+    patient: str
+    device: str
 
 
 class IngestCore:
@@ -165,15 +171,15 @@ class IngestCore:
 
     # --- derived vitals ------------------------------------------------------------------------
     def _derive(self, r: Reading, patient: str) -> list[Vitals]:
-        base = {"site": r.site, "patient": patient, "device": r.device}
+        base: _Who = {"site": r.site, "patient": patient, "device": r.device}
         out: list[Vitals] = []
         t0 = r.t.timestamp()
         if isinstance(r, EcgReading):
-            rate, proc = self._ecg.get(r.device, (0, None))  # type: ignore[arg-type]
+            rate, proc = self._ecg.get(r.device, (0, None))
             if proc is None or rate != r.rate_hz:
                 proc = EcgProcessor(float(r.rate_hz))
                 self._ecg[r.device] = (r.rate_hz, proc)
-            flags = list(r.flags)
+            flags: list[str] = [str(f) for f in r.flags]
             for e in proc.push(np.asarray(r.signal_uv, dtype=np.float64), t0):
                 out.append(
                     Vitals(
@@ -187,7 +193,7 @@ class IngestCore:
                     )
                 )
         elif isinstance(r, PpgReading):
-            prate, pproc = self._ppg.get(r.device, (0, None))  # type: ignore[arg-type]
+            prate, pproc = self._ppg.get(r.device, (0, None))
             if pproc is None or prate != r.rate_hz:
                 pproc = PpgProcessor(float(r.rate_hz))
                 self._ppg[r.device] = (r.rate_hz, pproc)
@@ -205,12 +211,14 @@ class IngestCore:
                         spo2_calibrated=p.spo2_calibrated,
                         pi_pct=_round(p.pi_pct, 2),
                         sqi=_round(p.sqi, 2),
-                        flags=list(r.flags),
+                        flags=[str(f) for f in r.flags],
                     )
                 )
         elif isinstance(r, HrReading):
-            flags = [] if r.contact in (None, True) else ["no_contact"]
-            out.append(Vitals(**base, id=self.new_id(), t=r.t, source="device", hr_bpm=r.hr_bpm, flags=flags))
+            contact_flags = [] if r.contact in (None, True) else ["no_contact"]
+            out.append(
+                Vitals(**base, id=self.new_id(), t=r.t, source="device", hr_bpm=r.hr_bpm, flags=contact_flags)
+            )
         elif isinstance(r, Spo2Reading):
             out.append(
                 Vitals(
@@ -223,7 +231,7 @@ class IngestCore:
                     pi_pct=r.pi_pct,
                     # Whether a wearable's own estimate was calibrated is not in the PLX data; claim nothing.
                     spo2_calibrated=False,
-                    flags=list(r.sensor_status) + list(r.meas_status),
+                    flags=[str(f) for f in (*r.sensor_status, *r.meas_status)],
                 )
             )
         elif isinstance(r, BatteryReading):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +128,7 @@ class Store:
             self.bump("stored_readings", readings)
         return stored
 
-    def add_vitals(self, rows: list[tuple[object, ...]]) -> None:
+    def add_vitals(self, rows: Sequence[tuple[object, ...]]) -> None:
         self.db.executemany(
             "INSERT OR IGNORE INTO vitals (id, site, patient, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, "
             "spo2_calibrated, pi_pct, sqi, battery_pct, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",

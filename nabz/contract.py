@@ -291,7 +291,7 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
     if "stream" not in raw:
         raw["stream"] = where.stream
     try:
-        reading = msgspec.convert(raw, Reading)
+        reading: Reading = msgspec.convert(raw, Reading)
     except msgspec.ValidationError as exc:
         text = str(exc)
         reason = "out_of_range" if _is_range_error(text) else "schema"

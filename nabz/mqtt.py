@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -80,9 +81,9 @@ def make_client(
 def connect(client: paho.Client, config: MqttConfig, *, persistent_session: bool = False) -> None:
     """Start connecting in the background; paho retries forever with backoff until stopped."""
     props = None
-    clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+    clean_start: bool | Literal[3] = paho.MQTT_CLEAN_START_FIRST_ONLY
     if config.protocol == "5":
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if persistent_session:
             props.SessionExpiryInterval = SESSION_EXPIRY_S
             clean_start = False
