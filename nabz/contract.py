@@ -152,6 +152,9 @@ class Vitals(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     pi_pct: float | None = None
     sqi: Unit | None = None
     battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    pause_s: Annotated[float, msgspec.Meta(ge=0)] | None = None  # longest RR gap in the ECG window
+    af_score: Unit | None = None  # atrial-fibrillation suspicion from RR irregularity, 0..1
+    resp_bpm: Annotated[float, msgspec.Meta(ge=0, le=120)] | None = None  # respiration, where derived
     flags: list[str] = []
 
 
