@@ -42,6 +42,11 @@ QUANTITIES: dict[str, Quantity] = {
         Quantity("red_counts", "PPG red channel, raw ADC counts", "{counts}", None, "none"),
         Quantity("ir_counts", "PPG infrared channel, raw ADC counts", "{counts}", None, "none"),
         Quantity("spool_depth", "messages waiting in a gateway's on-disk spool", "{messages}", None, "short"),
+        Quantity("online", "1 while a gateway's retained status says online, else 0", "1", None, "bool_on_off"),
+        Quantity("stored_readings", "readings stored by an ingest worker (counter)", "{readings}", None, "short"),
+        Quantity("stored_messages", "messages stored by an ingest worker (counter)", "{messages}", None, "short"),
+        Quantity("dead_letters", "messages an ingest worker dead-lettered (counter)", "{messages}", None, "short"),
+        Quantity("duplicates", "redelivered messages an ingest worker discarded (counter)", "{messages}", None, "short"),
     )
 }
 
@@ -78,6 +83,18 @@ MEASUREMENTS: dict[str, Measurement] = {
             "vitals derived by ingest from the raw waveforms",
             ("site", "patient", "source"),
             ("hr_bpm", "pr_bpm", "spo2_pct", "spo2_calibrated", "pi_pct", "sqi"),
+        ),
+        Measurement(
+            "ingest_stats",
+            "an ingest worker's running totals, written every few seconds (operations board)",
+            ("site", "worker"),
+            ("stored_readings", "stored_messages", "dead_letters", "duplicates"),
+        ),
+        Measurement(
+            "gateway_status",
+            "each gateway's retained status as ingest sees it (operations board)",
+            ("site", "gateway"),
+            ("online", "spool_depth"),
         ),
     )
 }

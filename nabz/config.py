@@ -89,6 +89,12 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timezone: str = "Asia/Karachi"
 
 
+class GrafanaConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: str | None = None  # e.g. http://127.0.0.1:3000, for `nabz dashboards push`
+    token: str | None = None  # a service-account token with Editor on the folder
+    folder: str = "Nabz"
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     site: str = "demo"
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
@@ -96,6 +102,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     influx: InfluxConfig = msgspec.field(default_factory=InfluxConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    grafana: GrafanaConfig = msgspec.field(default_factory=GrafanaConfig)
     enrolment: dict[str, str] = msgspec.field(default_factory=dict)  # device id -> patient id
 
 

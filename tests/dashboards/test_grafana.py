@@ -1,0 +1,217 @@
+"""The Grafana dashboards: generated JSON checked structurally and against the storage schema,
+and the push checked against a local HTTP server standing in for Grafana's API. (No Grafana server
+can be installed here; rendering in a real Grafana is not tested.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dashboards.commands import JSON_DIR
+from dashboards.grafana import DATASOURCE_UID, SchemaError, build_all, flux
+from nabz.catalogue import MEASUREMENTS, QUANTITIES
+
+ROOT = Path(__file__).parents[2]
+PROVISIONING = ROOT / "dashboards" / "provisioning"
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, dict[str, Any]]:
+    return build_all()
+
+
+def _panels(d: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(d["panels"])
+
+
+def test_the_committed_json_is_what_the_code_builds(built) -> None:  # type: ignore[no-untyped-def]
+    committed = {p.stem: json.loads(p.read_text()) for p in JSON_DIR.glob("*.json")}
+    assert committed == built, "run `nabz dashboards build` and commit dashboards/json"
+
+
+def test_three_dashboards_for_grafana_11_6(built) -> None:  # type: ignore[no-untyped-def]
+    assert set(built) == {"nabz-ward", "nabz-patient", "nabz-ops"}
+    for d in built.values():
+        assert d["schemaVersion"] == 41 and d["title"].startswith("Nabz") and _panels(d)
+
+
+def test_every_panel_uses_the_provisioned_datasource(built) -> None:  # type: ignore[no-untyped-def]
+    (source,) = yaml.safe_load((PROVISIONING / "datasources" / "nabz.yaml").read_text())["datasources"]
+    assert source["uid"] == DATASOURCE_UID and source["jsonData"]["version"] == "Flux"
+    for d in built.values():
+        for panel in _panels(d):
+            assert panel["datasource"]["uid"] == DATASOURCE_UID
+            assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == DATASOURCE_UID
+
+
+def test_queries_name_only_what_ingest_writes(built) -> None:  # type: ignore[no-untyped-def]
+    seen_measurements = set()
+    for d in built.values():
+        for panel in _panels(d):
+            for target in panel["targets"]:
+                q = target["query"]
+                (measurement,) = re.findall(r'r\._measurement == "([^"]+)"', q)
+                m = MEASUREMENTS[measurement]
+                seen_measurements.add(measurement)
+                fields = re.findall(r'r\._field == "([^"]+)"', q)
+                assert fields and set(fields) <= set(m.fields), q
+                tags = set(re.findall(r"r\.([a-z_]+) (?:==|=~)", q)) - {"_measurement", "_field"}
+                assert tags <= set(m.tags), q
+    assert {
+        "vitals",
+        "device_vitals",
+        "ecg",
+        "ppg",
+        "rr",
+        "ingest_stats",
+        "gateway_status",
+    } <= seen_measurements
+
+
+def test_units_come_from_the_catalogue(built) -> None:  # type: ignore[no-untyped-def]
+    known = {q.grafana_unit for q in QUANTITIES.values()} | {"s", "short"}
+    for d in built.values():
+        for panel in _panels(d):
+            unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+            assert unit is None or unit in known, (panel["title"], unit)
+            for o in panel["fieldConfig"].get("overrides", []):
+                for prop in o["properties"]:
+                    if prop["id"] == "unit":
+                        assert prop["value"] in known
+
+
+def test_patient_variables_and_repeats(built) -> None:  # type: ignore[no-untyped-def]
+    names = {d: [v["name"] for v in built[d]["templating"]["list"]] for d in built}
+    assert "patient" in names["nabz-patient"] and "patient" in names["nabz-ward"]
+    ward_patient = next(v for v in built["nabz-ward"]["templating"]["list"] if v["name"] == "patient")
+    assert ward_patient["multi"] and ward_patient["includeAll"]
+    assert all(p.get("repeat") == "patient" for p in _panels(built["nabz-ward"]))
+    detail = next(v for v in built["nabz-patient"]["templating"]["list"] if v["name"] == "patient")
+    assert not detail["multi"]
+
+
+def test_spo2_is_labelled_uncalibrated_wherever_shown(built) -> None:  # type: ignore[no-untyped-def]
+    for d in built.values():
+        for panel in _panels(d):
+            text = json.dumps(panel)
+            if "spo2_pct" in text:
+                assert "uncalibrated" in text.lower(), panel["title"]
+
+
+def test_a_stale_patient_turns_red(built) -> None:  # type: ignore[no-untyped-def]
+    stale = next(p for p in _panels(built["nabz-ward"]) if "since data" in p["title"])
+    steps = stale["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1] == {"color": "red", "value": 300}
+
+
+def test_a_query_for_a_name_ingest_does_not_write_does_not_build() -> None:
+    with pytest.raises(SchemaError, match="heart_rate"):
+        flux("vitals", ["heart_rate"])
+    with pytest.raises(SchemaError, match="ward"):
+        flux("vitals", ["hr_bpm"], where={"ward": "3"})
+    with pytest.raises(SchemaError, match="vital_signs"):
+        flux("vital_signs", ["hr_bpm"])
+
+
+def test_the_dashboard_provider_points_at_a_folder() -> None:
+    (provider,) = yaml.safe_load((PROVISIONING / "dashboards" / "nabz.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["folderUid"] == "nabz" and provider["options"]["path"]
+
+
+class _FakeGrafana(BaseHTTPRequestHandler):
+    requests: list[tuple[str, str, dict[str, str], Any]] = []
+    folder_exists = False
+    token = "glsa_test"
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        type(self).requests.append((self.command, self.path, dict(self.headers), body))
+        return body
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._record()
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._reply(401, {"message": "invalid API key"})
+        self._reply(200 if self.folder_exists else 404, {"uid": "nabz"} if self.folder_exists else {})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._record()
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._reply(401, {"message": "invalid API key"})
+        if self.headers.get("Content-Type") != "application/json":
+            return self._reply(415, {"message": "json only"})
+        if self.path == "/api/folders":
+            type(self).folder_exists = True
+            return self._reply(200, {"uid": body["uid"], "title": body["title"]})
+        if self.path == "/api/dashboards/db":
+            d = body["dashboard"]
+            ok = (
+                body.get("overwrite") is True
+                and body.get("folderUid") == "nabz"
+                and d.get("uid")
+                and d["panels"]
+            )
+            return self._reply(200 if ok else 400, {"status": "success", "url": f"/d/{d.get('uid')}/x"})
+        self._reply(404, {"message": "not found"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def grafana() -> Iterator[str]:
+    _FakeGrafana.requests = []
+    _FakeGrafana.folder_exists = False
+    server = HTTPServer(("127.0.0.1", 0), _FakeGrafana)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _push(url: str, token: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = dict(os.environ, NABZ_GRAFANA__TOKEN=token, NABZ_CONFIG="")
+    return subprocess.run(
+        [sys.executable, "-m", "nabz.cli", "dashboards", "push", "--url", url],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+    )  # fmt: skip
+
+
+def test_push_creates_the_folder_and_imports_each_dashboard(grafana: str) -> None:
+    out = _push(grafana, "glsa_test")
+    assert out.returncode == 0, out.stderr
+    calls = [(m, p) for m, p, _, _ in _FakeGrafana.requests]
+    assert calls[:2] == [("GET", "/api/folders/nabz"), ("POST", "/api/folders")]
+    posted = [b["dashboard"]["uid"] for m, p, _, b in _FakeGrafana.requests if p == "/api/dashboards/db"]
+    assert sorted(posted) == ["nabz-ops", "nabz-patient", "nabz-ward"]
+    assert out.stdout.splitlines() == [f"/d/{uid}/x" for uid in posted]
+    assert "glsa_test" not in out.stdout + out.stderr
+
+
+def test_push_with_a_bad_token_fails_with_grafanas_reason(grafana: str) -> None:
+    out = _push(grafana, "wrong")
+    assert out.returncode == 1
+    assert "401" in out.stderr and "Traceback" not in out.stderr
