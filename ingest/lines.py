@@ -89,7 +89,8 @@ def vitals_lines(v: Vitals) -> list[str]:
     """The point one derived-vitals message writes (none if it carries no value)."""
     series = _series("vitals", {"site": v.site, "patient": v.patient, "source": v.source})
     values: list[str] = []
-    for name in ("hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi"):
+    for name in ("hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi", "pause_s", "af_score", "hrv_sdnn_ms",
+                 "hrv_rmssd_ms", "resp_bpm"):  # fmt: skip
         x = getattr(v, name)
         if x is not None and math.isfinite(x):
             values.append(f"{name}={_float(x)}")

@@ -189,6 +189,10 @@ class IngestCore:
                         source="ecg",
                         hr_bpm=_round(e.hr_bpm),
                         sqi=_round(e.sqi, 2),
+                        pause_s=_round(e.pause_s, 2),
+                        af_score=_round(e.af_score, 2),
+                        hrv_sdnn_ms=_round(e.hrv_sdnn_ms),
+                        hrv_rmssd_ms=_round(e.hrv_rmssd_ms),
                         flags=flags,
                     )
                 )
@@ -243,6 +247,7 @@ class IngestCore:
             (
                 v.id, v.site, v.patient, v.device, v.source, to_ns(v.t), v.hr_bpm, v.pr_bpm, v.spo2_pct,
                 int(v.spo2_calibrated), v.pi_pct, v.sqi, v.battery_pct, ",".join(v.flags),
+                v.pause_s, v.af_score, v.hrv_sdnn_ms, v.hrv_rmssd_ms,
             )
             for v in vitals
         ]  # fmt: skip

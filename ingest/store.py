@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS vitals (
     source TEXT NOT NULL,
     t_ns INTEGER NOT NULL,
     hr_bpm REAL, pr_bpm REAL, spo2_pct REAL, spo2_calibrated INTEGER,
-    pi_pct REAL, sqi REAL, battery_pct INTEGER, flags TEXT NOT NULL
+    pi_pct REAL, sqi REAL, battery_pct INTEGER, flags TEXT NOT NULL,
+    pause_s REAL, af_score REAL, hrv_sdnn_ms REAL, hrv_rmssd_ms REAL
 );
 CREATE INDEX IF NOT EXISTS vitals_patient_t ON vitals (patient, t_ns);
 CREATE TABLE IF NOT EXISTS dead_letter (
@@ -60,6 +61,9 @@ CREATE TABLE IF NOT EXISTS enrolment (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+_VITALS_ADDED = ("pause_s", "af_score", "hrv_sdnn_ms", "hrv_rmssd_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,11 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self.db.executescript(_SCHEMA)
+        # Files made before the ECG rhythm columns existed get them (SQLite adds NULL columns in place).
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(vitals)")}
+        for column in _VITALS_ADDED:
+            if column not in have:
+                self.db.execute(f"ALTER TABLE vitals ADD COLUMN {column} REAL")
         self.lock = threading.RLock()
 
     @contextmanager
@@ -131,7 +140,8 @@ class Store:
     def add_vitals(self, rows: Sequence[tuple[object, ...]]) -> None:
         self.db.executemany(
             "INSERT OR IGNORE INTO vitals (id, site, patient, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, "
-            "spo2_calibrated, pi_pct, sqi, battery_pct, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "spo2_calibrated, pi_pct, sqi, battery_pct, flags, pause_s, af_score, hrv_sdnn_ms, hrv_rmssd_ms) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
 

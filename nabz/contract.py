@@ -154,6 +154,8 @@ class Vitals(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     pause_s: Annotated[float, msgspec.Meta(ge=0)] | None = None  # longest RR gap in the ECG window
     af_score: Unit | None = None  # atrial-fibrillation suspicion from RR irregularity, 0..1
+    hrv_sdnn_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None  # HRV over the last ~64 RR (ECG)
+    hrv_rmssd_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
     resp_bpm: Annotated[float, msgspec.Meta(ge=0, le=120)] | None = None  # respiration, where derived
     flags: list[str] = []
 

@@ -7,6 +7,7 @@ their modules.
 """
 
 from .ecg import EcgPeakStream, EcgRate, ecg_clean, ecg_peaks, ecg_rate, ecg_sqi
+from .hrv import Hrv, af_score, hrv_time_domain
 from .ppg import (
     Calibration,
     PpgResult,
@@ -28,6 +29,9 @@ __all__ = [
     "ecg_peaks",
     "ecg_rate",
     "ecg_sqi",
+    "Hrv",
+    "af_score",
+    "hrv_time_domain",
     "Calibration",
     "PpgResult",
     "Spo2Estimate",

@@ -14,12 +14,14 @@ Rules of this file:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from .ecg import _sqi_core, ecg_rate
+from .hrv import af_score, hrv_time_domain
 from .ppg import Calibration, _check_calibration, ppg_process
 from .qrs import EcgPeakStream
 
@@ -37,6 +39,9 @@ class EcgVitals:
     rr_ms: list[float]  # RR intervals of the beats confirmed since the previous emission
     sqi: float  # 0..1, see ecg.ecg_sqi
     pause_s: float  # longest gap between beats in the window, including one still open at its end
+    hrv_sdnn_ms: float | None = None  # over the last RR intervals (about a minute); None if too few
+    hrv_rmssd_ms: float | None = None
+    af_score: float | None = None  # 0..1 AF suspicion from RR irregularity (hrv.af_score); None: too few
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,8 @@ class EcgProcessor:
         self._peaks: list[int] = []
         self._last_peak: int | None = None
         self._new_rr: list[float] = []
+        # RR history for HRV and AF suspicion: the last 64 intervals (about a minute at 60 bpm)
+        self._rr_hist: deque[float] = deque(maxlen=64)
 
     def push(self, samples: npt.ArrayLike, t0: float) -> list[EcgVitals]:
         """Feed a chunk of ECG (µV) whose first sample was taken at `t0` (UTC epoch seconds).
@@ -166,7 +173,9 @@ class EcgProcessor:
         peaks, bp = self._stream._push(x)
         for p in peaks.tolist():
             if self._last_peak is not None:
-                self._new_rr.append((p - self._last_peak) * 1000.0 / self._fs)
+                rr_ms = (p - self._last_peak) * 1000.0 / self._fs
+                self._new_rr.append(rr_ms)
+                self._rr_hist.append(rr_ms)
             self._last_peak = p
             self._peaks.append(p)
         self._clock.n += x.size
@@ -189,12 +198,16 @@ class EcgProcessor:
         rate = ecg_rate(peaks, self._fs, end=end - 1, window_s=self._win / self._fs)
         ok = sqi >= self._min_sqi
         rr, self._new_rr = self._new_rr, []
+        hrv = hrv_time_domain(self._rr_hist) if ok else None
         return EcgVitals(
             t=self._clock.time_of(end - 1),
             hr_bpm=rate.hr_bpm if ok else None,
             rr_ms=rr if ok else [],
             sqi=sqi,
             pause_s=rate.pause_s,
+            hrv_sdnn_ms=hrv.sdnn_ms if hrv is not None else None,
+            hrv_rmssd_ms=hrv.rmssd_ms if hrv is not None else None,
+            af_score=af_score(self._rr_hist) if ok else None,
         )
 
 
