@@ -1,8 +1,9 @@
-"""`nabz ingest ...`, `nabz enrol`, `nabz deadletter`."""
+"""`nabz ingest ...`, `nabz enrol`, `nabz deadletter`, `nabz influx setup`, `nabz bench dsp|ingest`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from nabz.cli import add_config_option, load_config, serve
@@ -28,6 +29,15 @@ def register(sub: Any, bench: Any) -> None:
     dl.add_argument("--limit", type=int, default=20)
     dl.set_defaults(handler=_deadletter)
 
+    dsp = bench.add_parser(
+        "dsp",
+        help="ECG detector: EC57 scoring on MIT-BIH record 100 (clean, 24/12/6 dB) and HR error on simulated scenarios",
+    )
+    dsp.add_argument("--json", action="store_true", help="print the result as JSON")
+    dsp.add_argument("--mitdb", metavar="DIR", help="directory with record 100 (default: the tests' copy)")
+    dsp.add_argument("--seed", type=int, default=20261125, help="noise seed")
+    dsp.set_defaults(handler=_bench_dsp)
+
 
 def _run(args: argparse.Namespace) -> int:
     from ingest.service import IngestService
@@ -48,4 +58,24 @@ def _deadletter(args: argparse.Namespace) -> int:
 
     for d in Store(load_config(args).ingest.store_path).dead_letters()[-args.limit :]:
         print(f"{d.received_at:.3f} {d.reason:20s} {d.topic} {d.detail} {d.payload[:120]!r}")
+    return 0
+
+
+def _bench_dsp(args: argparse.Namespace) -> int:
+    from ingest.dsp.bench import run_dsp_bench
+
+    result = run_dsp_bench(args.mitdb, args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    for name, c in result["conditions"].items():
+        print(
+            f"{name:6s} Se {c['se']:6.2f} %  +P {c['ppv']:6.2f} %  SQI-unusable {c['unusable_pct']:5.1f} %  "
+            f"usable: Se {c['se_usable']:6.2f} %  +P {c['ppv_usable']:6.2f} %"
+        )
+    for name, s in result["scenarios"].items():
+        print(
+            f"{name:16s} HR error median {s['hr_abs_err_median_bpm']} p95 {s['hr_abs_err_p95_bpm']} "
+            f"max {s['hr_abs_err_max_bpm']} bpm; Se {s['se']} +P {s['ppv']}; longest pause {s['max_pause_reported_s']} s"
+        )
     return 0
