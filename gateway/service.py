@@ -2,15 +2,23 @@
 
 Rules of this file:
 - One thread owns the spool and calls `step()`; paho's network thread only puts acknowledgements
-  and connection changes on a queue.
+  and connection changes on a queue. Status messages are built and published by the owner thread.
 - A spool row is handed to paho once per process. paho resends unacknowledged QoS 1 messages
   itself after a reconnect; after a gateway restart every row still in the spool is sent again.
   Either way the message id is unchanged, so ingest stores it once.
 - Rows are deleted only on PUBACK, so a broker outage, a network outage or a `kill -9` loses nothing.
+- Waveform frames pass the gap tracker (gateway.gaps) before they get a message id: a duplicate
+  is dropped, a jump in sequence numbers becomes a RESEND request to the device, and frames that
+  never come back are counted and reported. The tracker's state and the transport's checkpoint are
+  stored in the same transaction as the readings they describe.
+- The status (retained) is published at birth, every `status_interval_s`, and at once when
+  something a person must know happens: a device lost or found, an unrecoverable gap, a spool
+  overflow, a message the broker refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -21,12 +29,14 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from gateway.decode import Decoder, utc_from_us
+from firmware import nabz_codec as codec
+from gateway.decode import Decoder, Notification, utc_from_us
+from gateway.gaps import GapTracker
 from gateway.spool import Spool
-from gateway.transport import Transport
+from gateway.transport import LinkHealth, Transport
 from nabz import contract
 from nabz.config import Config
-from nabz.contract import GatewayStatus, Rejected
+from nabz.contract import DeviceHealth, GatewayStatus, Rejected
 from nabz.mqtt import Will, connect, make_client, reason_ok
 
 __all__ = ["Gateway", "GatewayStats"]
@@ -34,6 +44,10 @@ __all__ = ["Gateway", "GatewayStats"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+_KIND = {"ecg": codec.WAVE_KIND_ECG, "ppg": codec.WAVE_KIND_PPG}
+_GAPS = "gaps/"  # spool marks: gap tracker state per device/stream
+_TRANSPORT = "transport/"  # spool marks: the transport's checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,10 @@ class GatewayStats:
     dead_letters: int
     dropped: int  # readings dropped by the spool's overflow policy (all time)
     connected: bool
+    duplicates: int = 0  # waveform frames received twice and dropped (this process)
+    resent_frames: int = 0  # missing frames the devices sent again (all time)
+    gap_frames: int = 0  # missing frames that never came back (all time)
+    refused: int = 0  # messages the broker refused (this process)
 
 
 class Gateway:
@@ -68,18 +86,28 @@ class Gateway:
         self.spool = Spool(
             spool_path or config.gateway.spool_path, max_bytes=config.gateway.spool_max_mb * 1024 * 1024
         )
+        self.gaps = GapTracker(timeout_s=config.gateway.resend_timeout_s)
+        for name, text in self.spool.marks(_GAPS).items():
+            device, _, stream = name[len(_GAPS) :].rpartition("/")
+            self.gaps.load((device, stream), text)
+        self.transport.restore({k[len(_TRANSPORT) :]: v for k, v in self.spool.marks(_TRANSPORT).items()})
         self.status_topic = contract.status_topic(self.site, self.id)
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
         self._sent_upto = 0  # highest spool seq handed to paho by this process
         self._connected = False
         self._spooled = 0
+        self._duplicates = 0
+        self._refused = 0
         self._next_status = 0.0
-        self._lock = threading.Lock()
+        self._last_status = float("-inf")
+        self._status_now = False
+        self._battery: dict[str, int] = {}
+        self._last_seen: dict[str, int] = {}  # device -> rx µs
         self.client = make_client(
             config.mqtt,
             client_id=f"nabz-gw-{self.site}-{self.id}",
-            will=Will(self.status_topic, self._status_payload("offline", "connection lost (last will)")),
+            will=Will(self.status_topic, self._offline_payload("connection lost (last will)")),
             max_inflight=config.gateway.max_inflight,
         )
         self.client.on_connect = self._on_connect
@@ -87,13 +115,12 @@ class Gateway:
         self.client.on_publish = self._on_publish
 
     # --- paho thread -----------------------------------------------------------------------
-    def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+    def _on_connect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
-            client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
             self._events.put(("connected", True))
             log.info("gateway %s connected to %s", self.id, self.config.mqtt.url)
         else:
-            log.warning("gateway %s: broker refused the connection: %s", self.id, reason)
+            log.error("gateway %s: broker refused the connection: %s (retrying)", self.id, reason)
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self._events.put(("connected", False))
@@ -103,23 +130,33 @@ class Gateway:
             log.warning("gateway %s disconnected (%s); the spool keeps everything", self.id, reason)
 
     def _on_publish(self, _c: paho.Client, _u: object, mid: int, reason: object, _p: object) -> None:
-        self._events.put(("ack", (mid, reason_ok(reason))))
+        self._events.put(("ack", (mid, reason_ok(reason), str(reason))))
 
     # --- owner thread ----------------------------------------------------------------------
     def start(self) -> None:
         self.transport.start(self._now_us())
         connect(self.client, self.config.mqtt)
+        log.info(
+            "gateway %s started: %d messages waiting in the spool, devices %s",
+            self.id,
+            self.spool.depth,
+            ", ".join(self.transport.devices) or "(none yet)",
+        )
 
     def step(self) -> int:
         """Poll, decode, spool, publish and process acknowledgements once; returns work done."""
         work = self._receive()
+        work += self._link_events()
         work += self._process_events()
         if self._connected:
             work += self._publish()
-            now = self.clock()
-            if now >= self._next_status:
-                self._next_status = now + self.config.gateway.status_interval_s
-                self.client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        now = self.clock()
+        # Urgent news goes out at once, but no more than once a second of gateway time.
+        if now >= self._next_status or (self._status_now and now - self._last_status >= 1.0):
+            self._next_status = now + self.config.gateway.status_interval_s
+            self._last_status = now
+            self._status_now = False
+            self._publish_status()
         return work
 
     def run(self, stop: threading.Event, period_s: float = 0.05) -> None:
@@ -142,9 +179,7 @@ class Gateway:
         """Stop the transport; say goodbye (retained 'offline') when graceful; close the spool."""
         self.transport.stop()
         if graceful and self._connected:
-            info = self.client.publish(
-                self.status_topic, self._status_payload("offline", "shutdown"), 1, True
-            )
+            info = self.client.publish(self.status_topic, self._offline_payload("shutdown"), 1, True)
             try:
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError):
@@ -154,6 +189,8 @@ class Gateway:
         self.spool.close()
 
     def stats(self) -> GatewayStats:
+        resent = sum(st.resent_frames for st in self.gaps.streams.values())
+        gap_frames = sum(st.gap_frames for st in self.gaps.streams.values())
         return GatewayStats(
             generated=int(getattr(self.transport, "readings_generated", 0)),
             spooled=self._spooled,
@@ -162,6 +199,28 @@ class Gateway:
             dead_letters=self.spool.counter("dead_letters"),
             dropped=self.spool.counter("dropped_readings"),
             connected=self._connected,
+            duplicates=self._duplicates,
+            resent_frames=resent,
+            gap_frames=gap_frames,
+            refused=self._refused,
+        )
+
+    def status(self) -> GatewayStatus:
+        """The status as it would be published now."""
+        now_us = self._now_us()
+        links = self.transport.health(now_us)
+        return GatewayStatus(
+            site=self.site,
+            gateway=self.id,
+            state="online",
+            t=utc_from_us(now_us),
+            spool_depth=self.spool.depth,
+            devices=self.transport.devices,
+            spool_bytes=self.spool.size_bytes,
+            spool_dropped_readings=self.spool.counter("dropped_readings"),
+            refused=self._refused,
+            dead_letters=self.spool.counter("dead_letters"),
+            health=[self._health(d, links.get(d)) for d in self.transport.devices],
         )
 
     # --- internals -------------------------------------------------------------------------
@@ -169,21 +228,82 @@ class Gateway:
         return int(self.clock() * 1_000_000)
 
     def _receive(self) -> int:
-        notes = self.transport.poll(self._now_us())
+        now_us = self._now_us()
+        notes = self.transport.poll(now_us)
         rows: list[tuple[str, str, bytes, str, int]] = []
+        resends: list[tuple[str, str, int, int]] = []
         for note in notes:
+            self._last_seen[note.device] = note.rx_us
+            wave = _peek_wave(note)
+            if wave is not None:
+                # Before decoding: a duplicate must not reach the clock estimate or get an id.
+                stream, seq, resent, n = wave
+                verdict = self.gaps.observe((note.device, stream), seq, resent, n, now_us / 1e6)
+                if not verdict.accept:
+                    self._duplicates += 1
+                    continue
+                if verdict.resend is not None:
+                    resends.append((note.device, stream, *verdict.resend))
+                    log.info(
+                        "gateway %s: %s %s frames %d..%d missing; asking the device to resend",
+                        self.id, note.device, stream, *verdict.resend,
+                    )  # fmt: skip
+                elif verdict.reason == "restart":
+                    log.warning("gateway %s: %s restarted its %s stream", self.id, note.device, stream)
             reading = self.decoder.decode(note)
             if isinstance(reading, Rejected):
-                self.spool.dead_letter(note.device, note.char, note.data, reading.reason, reading.detail)
-                log.warning("gateway %s: bad frame from %s: %s", self.id, note.device, reading.detail)
+                self._reject(note, reading)
                 continue
             stream = contract.stream_of(reading)
+            if isinstance(reading, contract.BatteryReading):
+                self._battery[reading.device] = reading.battery_pct
             topic = contract.reading_topic(self.site, self.id, reading.device, stream)
             count = contract.reading_count(reading)
             rows.append((reading.id, topic, contract.encode(reading), stream, count))
             self._spooled += count
-        self.spool.put(rows)
+        for bad in self.transport.take_rejects():
+            self.spool.dead_letter(bad.device, bad.char, bad.data, bad.reason, bad.detail)
+            log.warning("gateway %s: bad input on %s: %s (%s)", self.id, bad.device, bad.reason, bad.detail)
+        for lost in self.gaps.expire(now_us / 1e6):
+            device, stream = lost.key
+            self._status_now = True
+            log.error(
+                "gateway %s: %s %s: %d frames from seq %d (about %d samples) never came back: "
+                "an unrecoverable gap",
+                self.id, device, stream, lost.frames, lost.first_seq, lost.samples,
+            )  # fmt: skip
+        marks = {f"{_GAPS}{d}/{s}": text for (d, s), text in self.gaps.take_changed().items()}
+        marks.update({f"{_TRANSPORT}{k}": v for k, v in self.transport.checkpoint().items()})
+        if self.spool.put(rows, marks):
+            self._status_now = True  # the overflow policy dropped readings: say so now
+        for device, stream, first, last in resends:
+            self._ask_resend(device, stream, first, last)
         return len(notes)
+
+    def _reject(self, note: Notification, why: Rejected) -> None:
+        self.spool.dead_letter(note.device, note.char, note.data, why.reason, why.detail)
+        log.warning("gateway %s: bad frame from %s: %s", self.id, note.device, why.detail)
+
+    def _ask_resend(self, device: str, stream: str, first: int, last: int) -> None:
+        data = codec.control_resend_encode(_KIND[stream], first, last)
+        if not self.transport.write(device, codec.NABZ_CONTROL, data):
+            log.info("gateway %s: cannot ask %s to resend now; will ask when it is back", self.id, device)
+
+    def _link_events(self) -> int:
+        events = self.transport.take_events()
+        for ev in events:
+            if ev.kind == "connected":
+                # Ask again for what is still missing: a request sent just before a drop is lost.
+                for (device, stream), first, last in self.gaps.pending():
+                    if device == ev.device:
+                        self._ask_resend(device, stream, first, last)
+            elif ev.kind == "lost":
+                self._status_now = True
+                log.error("gateway %s: device %s lost (%s); still trying", self.id, ev.device, ev.detail)
+            elif ev.kind == "found":
+                self._status_now = True
+                log.warning("gateway %s: device %s is back", self.id, ev.device)
+        return len(events)
 
     def _process_events(self) -> int:
         acked: list[int] = []
@@ -197,18 +317,20 @@ class Gateway:
             if kind == "connected":
                 self._connected = bool(value)
                 if value:
-                    self._next_status = self.clock() + self.config.gateway.status_interval_s
+                    self._status_now = True  # the birth message, before anything else is sent
             elif kind == "ack":
-                mid, ok = value
+                mid, ok, reason = value
                 seq = self._inflight.pop(mid, None)
                 if seq is None:
                     continue
                 if ok:
                     acked.append(seq)
                 else:
-                    # The broker refused it (e.g. not authorised): keep it and say so loudly; it is
-                    # retried after a restart rather than in a tight loop.
-                    log.error("gateway %s: broker refused message (spool seq %d)", self.id, seq)
+                    # Refused (e.g. not authorised): kept in the spool, retried after a restart
+                    # rather than in a tight loop, and reported.
+                    self._refused += 1
+                    self._status_now = True
+                    log.error("gateway %s: broker refused message (spool seq %d): %s", self.id, seq, reason)
         self.spool.ack(acked)
         return n
 
@@ -223,16 +345,62 @@ class Gateway:
             self._sent_upto = msg.seq
         return len(batch)
 
-    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
-        online = state == "online"
+    def _publish_status(self) -> None:
+        status = self.status()
+        payload = contract.encode(status)
+        local = {
+            "status": json.loads(payload),
+            "mqtt": {
+                "url": self.config.mqtt.url,
+                "connected": self._connected,
+                "reconnect_waits_s": [round(w, 2) for w in getattr(self.client, "reconnect_waits", [])],
+            },
+            "published_readings": self.spool.counter("published_readings"),
+        }
+        self.spool.save_status(json.dumps(local).encode(), self.clock())
+        if self._connected:
+            self.client.publish(self.status_topic, payload, qos=1, retain=True)
+
+    def _health(self, device: str, link: LinkHealth | None) -> DeviceHealth:
+        link = link or LinkHealth("connecting")
+        totals = self.gaps.totals(device)
+        seen = self._last_seen.get(device)
+        return DeviceHealth(
+            device=device,
+            state=link.state,
+            since=utc_from_us(link.since_us) if link.since_us is not None else None,
+            last_seen=utc_from_us(seen) if seen is not None else None,
+            battery_pct=self._battery.get(device),
+            rssi_dbm=link.rssi_dbm,
+            mtu=link.mtu,
+            reconnects=link.reconnects,
+            gap_events=totals.gap_events,
+            resent_frames=totals.resent_frames,
+            gap_frames=totals.gap_frames,
+        )
+
+    def _offline_payload(self, reason: str) -> bytes:
         return contract.encode(
             GatewayStatus(
                 site=self.site,
                 gateway=self.id,
-                state="online" if online else "offline",
-                t=utc_from_us(self._now_us()) if online or reason == "shutdown" else None,
+                state="offline",
+                t=utc_from_us(self._now_us()) if reason == "shutdown" else None,
                 reason=reason,
-                spool_depth=self.spool.depth if online else None,
-                devices=self.transport.devices if online else [],
             )
         )
+
+
+_WAVE_CHARS = {codec.NABZ_ECG_WAVEFORM: "ecg", codec.NABZ_PPG_WAVEFORM: "ppg"}
+
+
+def _peek_wave(note: Notification) -> tuple[str, int, bool, int] | None:
+    """(stream, seq, resent, samples) from a waveform frame's header, or None if it is not one
+    (a malformed frame is left to the decoder, which says why)."""
+    stream = _WAVE_CHARS.get(note.char.lower())
+    data = note.data
+    if stream is None or len(data) < codec.WAVE_HEADER_SIZE or data[0] != codec.WAVE_VERSION:
+        return None
+    flags, n = data[2], data[3]
+    seq = int.from_bytes(data[6:10], "little")
+    return stream, seq, bool(flags & codec.WAVE_FLAG_RESENT), n

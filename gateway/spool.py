@@ -6,11 +6,16 @@ Rules of this file:
 - Rows leave only through `ack` (the broker's PUBACK for that message) or the documented overflow
   policy below. Order is insertion order (rowid), which keeps each device's readings in order.
 - One owner thread; other threads hand it acknowledgements through a queue (see gateway.service).
+- Marks (small named strings: a serial link's position, waveform sequence state) are written in
+  the same transaction as the rows they describe, so after a crash they agree exactly.
+- Other processes may read the file (`snapshot`, for `nabz gateway status`); only the gateway writes.
 
-Overflow policy (when the spool's readings exceed `max_bytes`): the oldest raw-waveform rows go
+Overflow policy (when the payloads waiting exceed `max_bytes`): the oldest raw-waveform rows go
 first, since vital-sign readings are small and clinically denser; if only vital signs remain, the
 oldest of those go. Every dropped row is counted (`dropped_messages`, `dropped_readings`), logged
-with counts, and reported in the gateway status, so an overflow is never silent.
+with counts, and reported in the gateway status at once, so an overflow is never silent. The
+limit counts payload bytes; SQLite's pages, index and write-ahead log add a bounded overhead on
+disk (measured in tests/gateway/test_spool.py; docs/gateway.md sizes a Pi's card with it).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Spool", "SpooledMessage"]
+__all__ = ["Spool", "SpooledMessage", "SpoolSnapshot", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     detail TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS status (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL, payload BLOB NOT NULL);
 """
 
 _WAVEFORM_STREAMS = ("ecg", "ppg")
@@ -69,25 +76,51 @@ class Spool:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        # After a checkpoint the write-ahead log is truncated to this, so it cannot grow unbounded
+        # while a long backlog drains.
+        self.db.execute("PRAGMA journal_size_limit=16777216")
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool").fetchone()
         self._depth, self._bytes = int(row[0]), int(row[1])
 
     # --- writing -------------------------------------------------------------------------
-    def put(self, items: list[tuple[str, str, bytes, str, int]]) -> None:
-        """Append (id, topic, payload, stream, readings) rows in one durable transaction."""
-        if not items:
-            return
+    def put(self, items: list[tuple[str, str, bytes, str, int]], marks: dict[str, str] | None = None) -> int:
+        """Append (id, topic, payload, stream, readings) rows and set `marks`, in one durable
+        transaction. Returns the readings the overflow policy dropped to make room (normally 0)."""
+        if not items and not marks:
+            return 0
         now = time.time()
         with self._tx():
             self.db.executemany(
                 "INSERT INTO spool (id, topic, payload, stream, readings, created) VALUES (?, ?, ?, ?, ?, ?)",
                 [(i, t, p, s, r, now) for (i, t, p, s, r) in items],
             )
+            if marks:
+                self.db.executemany(
+                    "INSERT INTO marks (name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    list(marks.items()),
+                )
         self._depth += len(items)
         self._bytes += sum(len(p) for (_, _, p, _, _) in items)
         if self._bytes > self.max_bytes:
-            self._overflow()
+            return self._overflow()
+        return 0
+
+    def marks(self, prefix: str = "") -> dict[str, str]:
+        """Marks whose name starts with `prefix`."""
+        rows = self.db.execute(
+            "SELECT name, value FROM marks WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return {str(k): str(v) for k, v in rows}
+
+    def save_status(self, payload: bytes, at: float) -> None:
+        """The latest status message, for `nabz gateway status` (read by another process)."""
+        self.db.execute(
+            "INSERT INTO status (id, at, payload) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET at = excluded.at, payload = excluded.payload",
+            (at, payload),
+        )
 
     def dead_letter(self, device: str, characteristic: str, data: bytes, reason: str, detail: str) -> None:
         """Keep a frame the gateway could not decode, with the reason, and count it."""
@@ -158,7 +191,7 @@ class Spool:
         self.db.close()
 
     # --- internals -------------------------------------------------------------------------
-    def _overflow(self) -> None:
+    def _overflow(self) -> int:
         dropped_msgs = dropped_readings = 0
         with self._tx():
             while self._bytes > self.max_bytes:
@@ -189,6 +222,7 @@ class Spool:
             dropped_readings,
             self.counter("dropped_readings"),
         )
+        return dropped_readings
 
     def _bump(self, name: str, by: int) -> None:
         if by:
@@ -200,6 +234,45 @@ class Spool:
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSnapshot:
+    """What another process can see of a spool (for `nabz gateway status`)."""
+
+    depth: int
+    payload_bytes: int
+    file_bytes: int
+    oldest_created: float | None
+    counters: dict[str, int]
+    status_at: float | None
+    status: bytes | None
+
+
+def snapshot(path: str | Path) -> SpoolSnapshot:
+    """Read a spool without writing to it (the gateway may be running)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no spool at {p}")
+    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)
+    try:
+        depth, size, oldest = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), MIN(created) FROM spool"
+        ).fetchone()
+        counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+        row = db.execute("SELECT at, payload FROM status WHERE id = 1").fetchone()
+    finally:
+        db.close()
+    files = sum(f.stat().st_size for f in p.parent.glob(p.name + "*") if f.is_file())
+    return SpoolSnapshot(
+        depth=int(depth),
+        payload_bytes=int(size),
+        file_bytes=files,
+        oldest_created=float(oldest) if oldest is not None else None,
+        counters=counters,
+        status_at=float(row[0]) if row else None,
+        status=bytes(row[1]) if row else None,
+    )
 
 
 class _Transaction:

@@ -3,7 +3,8 @@
 Each poll advances every wearable by the gateway time that passed, so the stream runs in real time
 under a wall clock and as fast as the machine allows under a compressed test clock. A wearable can
 be taken out of range (`disconnect`) and brought back: while it is away, its samples go nowhere,
-as over a real radio.
+as over a real radio, and when it is back the gateway can ask it for the frames it missed
+(`write` to its control characteristic; the wearable answers from its resend buffer).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.decode import Notification
-from gateway.transport import Transport
+from gateway.transport import LinkEvent, LinkHealth, Transport
 
 __all__ = ["VirtualTransport", "Wearable"]
 
@@ -44,6 +45,10 @@ class VirtualTransport(Transport):
         self.wearables = list(wearables)
         self._last_us: int | None = None
         self._away: set[str] = set()
+        self._since: dict[str, int] = {}
+        self._reconnects: dict[str, int] = {}
+        self._events: list[LinkEvent] = []
+        self._resent: list[_SimNotification] = []
         self.stopped = False
 
     @property
@@ -57,12 +62,48 @@ class VirtualTransport(Transport):
 
     def start(self, now_us: int) -> None:
         self._last_us = now_us
+        for d in self.devices:
+            self._since[d] = now_us
+            self._events.append(LinkEvent(d, "connected", now_us))
 
     def disconnect(self, device: str) -> None:
-        self._away.add(device)
+        """Take a wearable out of range (its notifications are lost until `reconnect`)."""
+        if device not in self._away:
+            self._away.add(device)
+            at = self._last_us or 0
+            self._since[device] = at
+            self._events.append(LinkEvent(device, "disconnected", at, "out of range"))
 
     def reconnect(self, device: str) -> None:
-        self._away.discard(device)
+        if device in self._away:
+            self._away.discard(device)
+            at = self._last_us or 0
+            self._since[device] = at
+            self._reconnects[device] = self._reconnects.get(device, 0) + 1
+            self._events.append(LinkEvent(device, "connected", at))
+
+    def write(self, device: str, char: str, data: bytes) -> bool:
+        """A write to a wearable in range; what it sends back arrives with the next poll."""
+        w = next((w for w in self.wearables if w.device_id == device), None)
+        write = getattr(w, "write", None)
+        if w is None or device in self._away or write is None:
+            return False
+        self._resent.extend(write(char, data))
+        return True
+
+    def health(self, now_us: int) -> dict[str, LinkHealth]:
+        return {
+            d: LinkHealth(
+                "reconnecting" if d in self._away else "connected",
+                since_us=self._since.get(d),
+                reconnects=self._reconnects.get(d, 0),
+            )
+            for d in self.devices
+        }
+
+    def take_events(self) -> list[LinkEvent]:
+        out, self._events = self._events, []
+        return out
 
     def poll(self, now_us: int) -> list[Notification]:
         if self.stopped:
@@ -71,10 +112,13 @@ class VirtualTransport(Transport):
             self._last_us = now_us
             return []
         elapsed = (now_us - self._last_us) / 1e6
+        out: list[Notification] = [
+            Notification(n.device_id, n.char_uuid, n.data, now_us) for n in self._resent
+        ]
+        self._resent.clear()
         if elapsed <= 0:
-            return []
+            return out
         self._last_us = now_us
-        out: list[Notification] = []
         for w in self.wearables:
             sent = w.advance(elapsed)
             if w.device_id in self._away:

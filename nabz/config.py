@@ -16,7 +16,17 @@ from urllib.parse import urlparse
 
 import msgspec
 
-__all__ = ["Config", "MqttConfig", "load", "ConfigError", "redacted"]
+__all__ = [
+    "Config",
+    "MqttConfig",
+    "GatewayConfig",
+    "BleConfig",
+    "SerialConfig",
+    "EnrolledDevice",
+    "load",
+    "ConfigError",
+    "redacted",
+]
 
 ENV_PREFIX = "NABZ_"
 
@@ -51,12 +61,45 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return urlparse(self.url).scheme == "mqtts"
 
 
+class EnrolledDevice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A wearable this gateway serves (its allowlist): matched by BLE address or advertised name."""
+
+    id: str  # the device id in topics, e.g. "ecg-0001"
+    address: str | None = None  # e.g. "C4:DE:E2:11:22:33" (case does not matter)
+    name: str | None = None  # advertised local name, e.g. "Nabz ecg-0001"
+
+
+class BleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """BLE transport (docs/gateway.md): bleak on the OS stack (BlueZ), or bumble on an HCI transport."""
+
+    backend: Literal["bleak", "bumble"] = "bleak"
+    hci: str = "usb:0"  # bumble only: usb:0, serial:/dev/ttyAMA0,1000000, tcp-client:127.0.0.1:9000
+    mtu: int = 247
+    connect_timeout_s: float = 20.0
+    retry_min_s: float = 1.0  # reconnect ladder: backoff from here...
+    retry_max_s: float = 30.0  # ...doubling up to here, with jitter
+    reset_after_failures: int = 3  # then drop the connection state and rediscover the device
+    lost_after_s: float = 60.0  # then report the device lost (and keep retrying)
+
+
+class SerialConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Serial transport for wired sensors (line protocol in docs/contract.md)."""
+
+    port: str = "/dev/ttyUSB0"
+    baudrate: int = 115200
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str = "gw-0001"
     spool_path: str = "var/gateway-spool.sqlite"
     spool_max_mb: int = 512
     max_inflight: int = 100  # unacknowledged QoS 1 publishes at once
     status_interval_s: float = 30.0
+    transport: Literal["virtual", "ble", "serial"] = "virtual"
+    devices: list[EnrolledDevice] = msgspec.field(default_factory=list)
+    resend_timeout_s: float = 10.0  # a requested waveform range not back by then is a gap
+    ble: BleConfig = msgspec.field(default_factory=BleConfig)
+    serial: SerialConfig = msgspec.field(default_factory=SerialConfig)
 
 
 class InfluxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

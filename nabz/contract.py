@@ -30,6 +30,7 @@ __all__ = [
     "Reading",
     "Vitals",
     "GatewayStatus",
+    "DeviceHealth",
     "AlarmEvent",
     "ReadingTopic",
     "Rejected",
@@ -160,6 +161,29 @@ class Vitals(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     flags: list[str] = []
 
 
+LinkState = Literal["connecting", "connected", "reconnecting", "lost"]
+
+
+class DeviceHealth(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One device as its gateway sees it, in the gateway status (docs/contract.md, docs/gateway.md).
+
+    `lost` is the technical alarm state: the device has been unreachable for the gateway's
+    `lost_after_s` (the gateway keeps trying). Gap counters are all-time waveform frames.
+    """
+
+    device: Id
+    state: LinkState
+    since: datetime | None = None  # when the link entered `state`
+    last_seen: datetime | None = None  # last notification received
+    battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    rssi_dbm: int | None = None  # from the latest advertisement (BLE only)
+    mtu: int | None = None  # negotiated ATT MTU (BLE only)
+    reconnects: int = 0
+    gap_events: int = 0  # drop-outs seen as a jump in sequence numbers
+    resent_frames: int = 0  # missing frames the device sent again on request
+    gap_frames: int = 0  # missing frames that never came back (unrecoverable)
+
+
 class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Retained gateway status: birth ('online'), updates, and the Last Will ('offline')."""
 
@@ -171,6 +195,11 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     reason: str | None = None
     spool_depth: int | None = None
     devices: list[str] = []
+    spool_bytes: int | None = None
+    spool_dropped_readings: int | None = None  # dropped by the overflow policy, all time
+    refused: int | None = None  # messages the broker refused (e.g. not authorised), kept in the spool
+    dead_letters: int | None = None  # frames the gateway could not decode, all time
+    health: list[DeviceHealth] = []
 
 
 AlarmState = Literal["active", "acknowledged", "cleared"]

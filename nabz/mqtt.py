@@ -1,26 +1,31 @@
 """The one place that knows paho-mqtt: a client built from configuration, and our exception.
 
-Reconnection is paho's (`loop_start` with a backoff from `reconnect_min_s` to `reconnect_max_s`,
-forever); what to resend after a reconnect is each caller's policy (the gateway's spool, the
-ingest's persistent session). Callbacks run on paho's network thread: callers only hand events
-to their own thread from there.
+Reconnection runs on paho's network thread (`loop_start`), forever, with our policy: exponential
+backoff from `reconnect_min_s` to `reconnect_max_s` with jitter (`Backoff`), so that a hundred
+gateways cut off by the same outage do not reconnect in lock-step when it ends. What to resend
+after a reconnect is each caller's policy (the gateway's spool, the ingest's persistent session).
+Callbacks run on paho's network thread: callers only hand events to their own thread from there.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import ssl
-from dataclasses import dataclass
-from typing import Literal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from nabz.config import MqttConfig
 
-__all__ = ["MqttError", "Will", "make_client", "connect", "reason_ok"]
+__all__ = ["MqttError", "Will", "Backoff", "Client", "make_client", "connect", "reason_ok"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,52 @@ class Will:
     retain: bool = True
 
 
+@dataclass
+class Backoff:
+    """Exponential backoff with "equal jitter": after the n-th failure in a row, wait a uniformly
+    random time in [d/2, d], where d = min(max_s, min_s * 2**(n-1)). Pure; `rand` is injected."""
+
+    min_s: float
+    max_s: float
+    rand: Callable[[], float] = field(default=random.random)
+
+    def delay(self, failures: int) -> float:
+        base = min(self.max_s, self.min_s * 2.0 ** min(max(failures, 1) - 1, 40))
+        return base / 2 + self.rand() * base / 2
+
+
+class Client(paho.Client):
+    """paho's client with our reconnect wait (`Backoff`); everything else is paho's.
+
+    paho calls `_reconnect_wait` between attempts on its network thread and resets
+    `_reconnect_delay` to None on every successful CONNACK, which restarts our count.
+    `reconnect_waits` keeps the latest waits (seconds) for status and tests.
+    """
+
+    def __init__(self, *args: Any, backoff: Backoff, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backoff = backoff
+        self.failures = 0
+        self.reconnect_waits: deque[float] = deque(maxlen=32)
+
+    def _reconnect_wait(self) -> None:
+        with self._reconnect_delay_mutex:
+            if self._reconnect_delay is None:
+                self.failures = 0
+            self.failures += 1
+            delay = self.backoff.delay(self.failures)
+            self._reconnect_delay = max(1, round(delay))  # non-None: "failing"; paho reads nothing else
+        self.reconnect_waits.append(delay)
+        log.debug("mqtt: reconnecting in %.2f s (failure %d in a row)", delay, self.failures)
+        deadline = time.monotonic() + delay
+        stopping = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
+        while not self._thread_terminate and self._state not in stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.1))
+
+
 def make_client(
     config: MqttConfig,
     client_id: str,
@@ -48,19 +99,20 @@ def make_client(
     will: Will | None = None,
     manual_ack: bool = False,
     max_inflight: int = 100,
-) -> paho.Client:
+) -> Client:
     """A paho client configured for TLS, credentials, protocol version, Last Will and backoff."""
     v5 = config.protocol == "5"
     protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
     kwargs: dict[str, object] = {}
     if not v5:
         kwargs["clean_session"] = not persistent_session
-    client = paho.Client(
+    client = Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
         manual_ack=manual_ack,
-        **kwargs,  # type: ignore[arg-type]
+        backoff=Backoff(config.reconnect_min_s, config.reconnect_max_s),
+        **kwargs,
     )
     client.enable_logger(logging.getLogger("paho"))
     if config.username:

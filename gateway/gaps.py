@@ -1,0 +1,201 @@
+"""Waveform sequence numbers: duplicates dropped, drop-outs turned into RESEND requests, and what
+never comes back counted as a gap.
+
+Rules of this file:
+- Pure: frames in (stream, seq, resent flag, samples, `now`), verdicts out. No I/O, no clock.
+- Sequence arithmetic is modulo 2**32 (the frame counter wraps, docs/contract.md).
+- A frame is accepted at most once per stream and sequence number. One already seen (a radio
+  duplicate, or a resent frame the gateway already has) is dropped here, before it is given a
+  message id, so ingest never receives the same samples twice under two ids.
+- A jump forward opens a gap [expected, seq - 1]: a RESEND request for it goes out at once and
+  the gap waits `timeout_s` for the frames. What has not come back by then is unrecoverable:
+  counted in frames and (estimated) samples, and reported - never hidden.
+- A frame far behind the expected one (more than `restart_window` frames) that is not a resend
+  means the device restarted: the stream starts afresh, and the gaps still open are given up.
+- The state is small and serialisable (`dump`/`load`): the gateway stores it in the spool's
+  database in the same transaction as the frames it describes. After a kill -9 nothing that was
+  accepted is accepted again, and a gap that opened while the gateway was down is still asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+__all__ = ["GapTracker", "StreamState", "Verdict", "Expired"]
+
+_MOD = 1 << 32
+_HALF = 1 << 31
+_MAX_RANGES = 64  # open gaps per stream; more means a link so bad that old gaps are given up
+
+
+def _ahead(a: int, b: int) -> int:
+    """How far `a` is ahead of `b` modulo 2**32 (in [0, 2**32))."""
+    return (a - b) % _MOD
+
+
+@dataclass
+class _Range:
+    first: int
+    count: int
+    deadline: float
+
+    def has(self, seq: int) -> bool:
+        return _ahead(seq, self.first) < self.count
+
+
+@dataclass
+class StreamState:
+    """One waveform stream of one device."""
+
+    next_seq: int | None = None
+    samples_per_frame: int = 0
+    missing: list[_Range] = field(default_factory=list)
+    gap_events: int = 0
+    resent_frames: int = 0
+    gap_frames: int = 0
+    gap_samples: int = 0
+    duplicates: int = 0
+    restarts: int = 0
+
+    def missing_frames(self) -> int:
+        return sum(r.count for r in self.missing)
+
+    def dump(self) -> str:
+        d = {k: v for k, v in self.__dict__.items() if k != "missing"}
+        d["missing"] = [[r.first, r.count, r.deadline] for r in self.missing]
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def load(cls, text: str) -> StreamState:
+        d = json.loads(text)
+        missing = [_Range(int(a), int(b), float(c)) for a, b, c in d.pop("missing", [])]
+        return cls(**d, missing=missing)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    accept: bool
+    resend: tuple[int, int] | None = None  # (first, last) inclusive, to ask the device for
+    reason: str = ""  # why a frame was dropped, or what it did ("gap", "recovered", "restart")
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Frames of one stream that did not come back in time: an unrecoverable gap."""
+
+    key: tuple[str, str]  # (device, stream)
+    first_seq: int
+    frames: int
+    samples: int
+
+
+@dataclass
+class GapTracker:
+    timeout_s: float = 10.0
+    restart_window: int = 1024
+    streams: dict[tuple[str, str], StreamState] = field(default_factory=dict)
+    changed: set[tuple[str, str]] = field(default_factory=set)  # streams to persist
+
+    def observe(self, key: tuple[str, str], seq: int, resent: bool, samples: int, now: float) -> Verdict:
+        """One waveform frame of stream `key` = (device, stream): keep it or drop it."""
+        st = self.streams.setdefault(key, StreamState())
+        self.changed.add(key)
+        st.samples_per_frame = samples if not resent else st.samples_per_frame or samples
+        if resent:
+            if self._fill(st, seq):
+                st.resent_frames += 1
+                return Verdict(True, reason="recovered")
+            if st.next_seq is None:
+                return Verdict(True, reason="resent, no history")
+            st.duplicates += 1
+            return Verdict(False, reason="duplicate (resent frame not missing)")
+        if st.next_seq is None:
+            st.next_seq = (seq + 1) % _MOD
+            return Verdict(True)
+        ahead = _ahead(seq, st.next_seq)
+        if ahead == 0:
+            st.next_seq = (seq + 1) % _MOD
+            return Verdict(True)
+        if ahead < _HALF:  # a jump forward: frames [next_seq, seq - 1] are missing
+            first = st.next_seq
+            st.missing.append(_Range(first, ahead, now + self.timeout_s))
+            st.gap_events += 1
+            st.next_seq = (seq + 1) % _MOD
+            while len(st.missing) > _MAX_RANGES:
+                self._give_up(st, st.missing.pop(0))
+            return Verdict(True, resend=(first, (seq - 1) % _MOD), reason="gap")
+        if self._fill(st, seq):  # late, but missing: welcome
+            return Verdict(True, reason="late")
+        if _MOD - ahead <= self.restart_window:
+            st.duplicates += 1
+            return Verdict(False, reason="duplicate")
+        for r in st.missing:
+            self._give_up(st, r)
+        st.missing.clear()
+        st.restarts += 1
+        st.next_seq = (seq + 1) % _MOD
+        return Verdict(True, reason="restart")
+
+    def expire(self, now: float) -> list[Expired]:
+        """Gaps whose time is up: counted as unrecoverable and forgotten."""
+        out: list[Expired] = []
+        for key, st in self.streams.items():
+            keep: list[_Range] = []
+            for r in st.missing:
+                if r.deadline <= now:
+                    out.append(Expired(key, r.first, r.count, self._give_up(st, r)))
+                    self.changed.add(key)
+                else:
+                    keep.append(r)
+            st.missing = keep
+        return out
+
+    def pending(self) -> list[tuple[tuple[str, str], int, int]]:
+        """Every open gap as (key, first, last): what to ask for again after a reconnection."""
+        return [
+            (key, r.first, (r.first + r.count - 1) % _MOD)
+            for key, st in self.streams.items()
+            for r in st.missing
+        ]
+
+    def totals(self, device: str) -> StreamState:
+        """All-time counters of a device, summed over its streams."""
+        total = StreamState()
+        for (dev, _), st in self.streams.items():
+            if dev == device:
+                total.gap_events += st.gap_events
+                total.resent_frames += st.resent_frames
+                total.gap_frames += st.gap_frames
+                total.gap_samples += st.gap_samples
+                total.duplicates += st.duplicates
+                total.restarts += st.restarts
+        return total
+
+    def take_changed(self) -> dict[tuple[str, str], str]:
+        """Serialised state of the streams changed since the last call (to persist)."""
+        out = {key: self.streams[key].dump() for key in self.changed}
+        self.changed.clear()
+        return out
+
+    def load(self, key: tuple[str, str], text: str) -> None:
+        self.streams[key] = StreamState.load(text)
+
+    # --- internals -----------------------------------------------------------------------------
+    @staticmethod
+    def _fill(st: StreamState, seq: int) -> bool:
+        for i, r in enumerate(st.missing):
+            if not r.has(seq):
+                continue
+            k = _ahead(seq, r.first)
+            parts = [_Range(r.first, k, r.deadline), _Range((seq + 1) % _MOD, r.count - k - 1, r.deadline)]
+            st.missing[i : i + 1] = [p for p in parts if p.count > 0]
+            return True
+        return False
+
+    @staticmethod
+    def _give_up(st: StreamState, r: _Range) -> int:
+        samples = r.count * st.samples_per_frame
+        st.gap_frames += r.count
+        st.gap_samples += samples
+        return samples

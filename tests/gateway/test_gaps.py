@@ -1,0 +1,71 @@
+"""Sequence tracking: each frame accepted once, drop-outs asked for again, what never comes back
+counted; state survives a restart of the gateway."""
+
+from __future__ import annotations
+
+from gateway.gaps import GapTracker, StreamState
+
+K = ("ecg-0001", "ecg")
+
+
+def test_in_order_frames_pass_and_duplicates_are_dropped() -> None:
+    g = GapTracker()
+    assert all(g.observe(K, s, False, 113, 0.0).accept for s in range(10))
+    v = g.observe(K, 7, False, 113, 0.0)
+    assert not v.accept and v.reason == "duplicate"
+    assert g.streams[K].duplicates == 1
+
+
+def test_a_drop_out_is_asked_for_once_and_filled_by_resent_frames_only_once() -> None:
+    g = GapTracker(timeout_s=10.0)
+    for s in range(5):
+        g.observe(K, s, False, 113, 0.0)
+    v = g.observe(K, 12, False, 113, 1.0)  # 5..11 lost in a drop-out
+    assert v.accept and v.resend == (5, 11)
+    assert g.streams[K].missing_frames() == 7
+    for s in range(5, 12):
+        assert g.observe(K, s, True, 113, 2.0).accept
+    assert not g.observe(K, 8, True, 113, 2.0).accept  # asked twice, answered twice: kept once
+    assert g.expire(100.0) == []
+    assert g.totals("ecg-0001").resent_frames == 7 and g.totals("ecg-0001").gap_frames == 0
+
+
+def test_what_does_not_come_back_in_time_is_counted_in_frames_and_samples() -> None:
+    g = GapTracker(timeout_s=10.0)
+    g.observe(K, 100, False, 113, 0.0)
+    g.observe(K, 200, False, 113, 5.0)  # 101..199 missing; the device kept only the last 64
+    for s in range(136, 200):
+        g.observe(K, s, True, 113, 6.0)
+    assert g.expire(14.9) == []
+    (lost,) = g.expire(15.0)
+    assert (lost.first_seq, lost.frames, lost.samples) == (101, 35, 35 * 113)
+    assert g.streams[K].gap_frames == 35 and g.streams[K].missing == []
+
+
+def test_sequence_numbers_wrap_and_a_restarted_device_starts_afresh() -> None:
+    g = GapTracker()
+    top = (1 << 32) - 2
+    for s in (top, top + 1, 0, 1):
+        assert g.observe(K, s % (1 << 32), False, 37, 0.0).accept
+    assert g.observe(K, 3, False, 37, 0.0).resend == (2, 2)
+    assert g.observe(K, 5_000_000, False, 37, 0.0).reason == "gap"  # far ahead: a long drop-out
+    v = g.observe(K, 0, False, 37, 1.0)  # far behind, not resent: the device restarted
+    assert v.accept and v.reason == "restart"
+    st = g.streams[K]
+    assert st.restarts == 1 and st.missing == [] and st.gap_frames == 1 + 5_000_000 - 4
+
+
+def test_state_round_trips_so_a_killed_gateway_neither_repeats_nor_forgets() -> None:
+    g = GapTracker(timeout_s=10.0)
+    for s in range(3):
+        g.observe(K, s, False, 113, 0.0)
+    g.observe(K, 9, False, 113, 1.0)
+    saved = g.take_changed()
+    assert g.take_changed() == {}
+    h = GapTracker(timeout_s=10.0)
+    for key, text in saved.items():
+        h.load(key, text)
+    assert not h.observe(K, 2, False, 113, 2.0).accept  # already spooled before the kill
+    assert h.pending() == [(K, 3, 8)]  # still asked for after the restart
+    assert h.observe(K, 4, True, 113, 2.0).accept
+    assert StreamState.load(h.streams[K].dump()) == h.streams[K]
