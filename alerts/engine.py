@@ -1,110 +1,322 @@
-"""The alert engine: rules -> lifecycle -> notifications, for all patients of a site. Pure but for
-the notifier and the store it is given; time comes in as arguments.
+"""The alert engine: rules -> alarms -> silences and inhibition -> escalation -> the notification
+queue, for all patients of a site. Time comes in as arguments; state lives in the store.
 
 Rules of this file:
-- One open alarm per patient and kind (`self.open`); a rule raising again while it is open
-  updates nothing and notifies nobody.
-- Every transition becomes an AlarmEvent (returned, for publishing) and a row in the audit log.
-- A notification is sent when an alarm is raised; `notified_at` records the first success.
+- One open alarm per patient and kind (`self.open`). A rule raising again while its alarm is open
+  changes nothing, unless at a higher priority (`worsen`).
+- Every transition becomes an AlarmEvent (returned, for publishing) and an audit row.
+- Conditions of a kind disabled for the patient are dropped; configured priorities replace the
+  rule's own.
+- Notifications are queued here and sent by `alerts.dispatch`; an alarm that is silenced or
+  inhibited (an open alarm of a kind that explains it, e.g. asystole explains a pause) is raised
+  and published but its escalation waits.
+- Acknowledgements and silences arrive as commands in the store (from the CLI or an SMS reply) and
+  are applied in `tick`, in order: one writer for alarm state.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import random
+import re
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
-from alerts.lifecycle import Alarm, apply, to_event
-from alerts.notify import Notifier, sms_text
-from alerts.rules import Condition, StaleRule, ThresholdRule, default_rules
+from alerts.grouping import Queued
+from alerts.lifecycle import PRIORITY_RANK, Alarm, LifecycleError, apply, to_event
+from alerts.oncall import Escalation, Schedule, advance
+from alerts.profile import Profiles
+from alerts.rules import BandRule, Condition, News2Rule, physiological_rules
+from alerts.silences import Silence, make_silence, silenced
 from alerts.store import AlertStore
+from alerts.technical import FlagRule, GapRule, GatewayTracker, StaleTracker, technical_rules
 from nabz import contract
-from nabz.config import AlertsConfig
-from nabz.contract import AlarmEvent, Vitals
+from nabz.config import Config, EscalationPolicy
+from nabz.contract import AlarmEvent, GatewayStatus, Vitals
 
-__all__ = ["AlertEngine"]
+__all__ = ["AlertEngine", "parse_sms_command"]
 
 log = logging.getLogger(__name__)
+
+Rule = BandRule | News2Rule | FlagRule | GapRule
+_SAVE_DEVICES_EVERY_S = 30.0
+
+
+def parse_sms_command(text: str) -> tuple[str, list[str], float | None] | None:
+    """'ACK 4821', 'ack 4821 4822', 'SNOOZE 4821 30' (minutes) -> (action, codes, minutes)."""
+    m = re.fullmatch(r"\s*(ack|snooze)\s+([0-9 ,]+?)\s*(?:\s(\d+)\s*m?(?:in)?)?\s*", text, re.IGNORECASE)
+    if m is None:
+        return None
+    action = m.group(1).lower()
+    codes = re.findall(r"\d+", m.group(2))
+    minutes: float | None = None
+    if action == "snooze":
+        if m.group(3) is None and len(codes) > 1:
+            minutes = float(codes.pop())
+        elif m.group(3) is not None:
+            minutes = float(m.group(3))
+        else:
+            minutes = 15.0
+    return action, codes, minutes
 
 
 class AlertEngine:
     def __init__(
         self,
-        cfg: AlertsConfig,
-        site: str,
-        notifier: Notifier,
+        config: Config,
         store: AlertStore,
         *,
         new_id: Callable[[], str] = contract.new_id,
+        rng: random.Random | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.site = site
-        self.notifier = notifier
+        self.config = config
+        self.cfg = config.alerts
+        self.site = config.site
         self.store = store
         self.new_id = new_id
-        self.rules: list[ThresholdRule] = default_rules(cfg)
-        self.stale = StaleRule(cfg.stale_after_s)
+        self.rng = rng or random.Random()
+        self.profiles = Profiles(self.cfg)
+        self.rules: list[Rule] = [*physiological_rules(self.cfg), *technical_rules(self.cfg)]
+        self.stale = StaleTracker(self.cfg.stale_after_s)
+        self.gateways = GatewayTracker(self.cfg.gateway_offline_after_s, self._patient_of)
+        self.schedule = Schedule(config.oncall, self.cfg.on_call)
         self.open: dict[tuple[str, str], Alarm] = {(a.patient, a.kind): a for a in store.open_alarms()}
         self.latest: dict[str, dict[str, object]] = {}  # patient -> latest values, for the console
+        self._by_kind: dict[str, Rule] = {r.kind: r for r in self.rules}
+        for a in self.open.values():  # rules resume where the alarms stand
+            rule = self._by_kind.get(a.kind)
+            if rule is not None:
+                rule.restore(a.patient, a.priority, a.condition_started_at)
+            elif a.kind == "stale_data":
+                self.stale.restore(a.patient, a.priority, a.condition_started_at)
+            elif a.kind in ("gateway_offline", "device_offline"):
+                self.gateways.restore(a.patient, a.kind, a.condition_started_at)
+        self._silences = store.silences()
+        self._started = False
+        self._devices_saved_at = float("-inf")
+        self._notified_seq = max((s for s, _, _ in store.notified_after(0)), default=0)
 
+    # --- inputs -------------------------------------------------------------------------------
     def observe(self, v: Vitals, now: float) -> list[AlarmEvent]:
         """Feed one derived-vitals message (received at `now`)."""
+        self._start(now)
         self._remember(v)
-        conditions: list[Condition] = []
-        back = self.stale.seen(v.patient, now)
-        if back is not None:
-            conditions.append(back)
-        for rule in self.rules:
-            c = rule.observe(v)
-            if c is not None and (c.active or not rule.any_raised(v.patient)):
-                conditions.append(c)
+        self.stale.seen(v.device, v.patient, now)
+        lim = self.profiles.get(v.patient)
+        conditions = [c for r in self.rules if (c := r.observe(v, lim)) is not None]
         return self._apply(conditions, now)
 
-    def tick(self, now: float) -> list[AlarmEvent]:
-        """Time-driven rules (stale data)."""
-        return self._apply(self.stale.tick(now), now)
+    def gateway_status(self, s: GatewayStatus, now: float) -> list[AlarmEvent]:
+        self._start(now)
+        self.gateways.status(s, now)
+        return self._apply(self.gateways.tick(now), now)
 
-    def acknowledge(self, alarm_id: str, by: str, now: float) -> AlarmEvent:
+    def tick(self, now: float) -> list[AlarmEvent]:
+        """Clock-driven work: stale data, offline gateways, commands, escalation, notified times."""
+        self._start(now)
+        events = self._apply(self.stale.tick(now) + self.gateways.tick(now), now)
+        for seq, action, args, source in self.store.pending_commands():
+            try:
+                result, evs = self._command(action, args, source, now)
+            except (KeyError, ValueError, LifecycleError) as exc:
+                result, evs = f"error: {exc}", []
+            self.store.command_done(seq, now, result)
+            events += evs
+        self._silences = self.store.silences(now)
+        for alarm in list(self.open.values()):
+            self._escalate(alarm, now)
+        events += self._notified()
+        if now - self._devices_saved_at >= _SAVE_DEVICES_EVERY_S:
+            self._devices_saved_at = now
+            self.store.save_devices({d: (p, self.stale.last_seen[d]) for d, p in self.stale.devices.items()})
+        return events
+
+    def acknowledge(self, code_or_id: str, by: str, now: float) -> AlarmEvent:
+        """Acknowledge one open alarm, by its ack code or alarm id; never any other alarm."""
         for key, alarm in self.open.items():
-            if alarm.alarm_id == alarm_id:
+            if code_or_id in (alarm.ack_code, alarm.alarm_id):
                 acked = apply(alarm, "ack", now, by)
                 self.open[key] = acked
                 return self._record(acked, now)
-        raise KeyError(f"no open alarm {alarm_id}")
+        raise KeyError(f"no open alarm with code or id {code_or_id}")
 
-    # --- internals -----------------------------------------------------------------------------
+    def silence(
+        self, patient: str, kind: str, duration_s: float, by: str, now: float, reason: str = ""
+    ) -> Silence:
+        s = make_silence(self.cfg, self.new_id(), patient, kind, now, duration_s, by, reason)
+        self.store.add_silence(s)
+        self.store.audit_add(now, "-", "silence", "created", json.dumps(_silence_dict(s)))
+        self._silences = self.store.silences(now)
+        return s
+
+    # --- internals ----------------------------------------------------------------------------
+    def _start(self, now: float) -> None:
+        if self._started:
+            return
+        self._started = True
+        for device, (patient, last) in self.store.devices().items():
+            self.stale.seen(device, patient, last)
+        for device, patient in self.config.enrolment.items():
+            self.stale.enrol(device, patient, now)
+        self.store.recover_interrupted(now)
+
+    def _patient_of(self, device: str) -> str | None:
+        return self.stale.devices.get(device) or self.config.enrolment.get(device)
+
     def _apply(self, conditions: list[Condition], now: float) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
         for c in conditions:
+            lim = self.profiles.get(c.patient)
+            if c.kind in lim.disabled:
+                continue
+            priority = lim.priority.get(c.kind, c.priority)
             key = (c.patient, c.kind)
             current = self.open.get(key)
-            if c.active:
-                if current is not None:
-                    continue
+            if c.active and current is None:
                 alarm = Alarm(
-                    alarm_id=self.new_id(), site=self.site, patient=c.patient, kind=c.kind, priority=c.priority,
+                    alarm_id=self.new_id(), site=self.site, patient=c.patient, kind=c.kind, priority=priority,
                     state="active", message=c.message, value=c.value, threshold=c.threshold, unit=c.unit,
-                    condition_started_at=c.started_at, raised_at=c.at,
+                    condition_started_at=c.started_at, raised_at=now, ack_code=self._ack_code(),
+                    technical=c.technical,
                 )  # fmt: skip
-                alarm = self._notify(alarm, now)
-                self.open[key] = alarm
-                events.append(self._record(alarm, now))
-            elif current is not None:
-                cleared = apply(current, "clear", c.at)
-                del self.open[key]
-                events.append(self._record(cleared, now))
+                with self.store.tx():
+                    self.open[key] = alarm
+                    events.append(self._record(alarm, now))
+                    self._escalate(alarm, now)
+            elif c.active and current is not None:
+                if PRIORITY_RANK[priority] <= PRIORITY_RANK[current.priority]:
+                    continue
+                worse = apply(current, "worsen", now, priority=priority, message=c.message, value=c.value)
+                with self.store.tx():
+                    self.open[key] = worse
+                    events.append(self._record(worse, now))
+                    esc = self.store.escalation(worse.alarm_id) or Escalation()
+                    esc.started_at, esc.steps_done, esc.paused_at = None, 0, None
+                    self.store.put_escalation(worse.alarm_id, esc)
+                    self._escalate(worse, now, reason_first="worse")
+            elif not c.active and current is not None:
+                cleared = apply(current, "clear", now)
+                with self.store.tx():
+                    del self.open[key]
+                    events.append(self._record(cleared, now))
+                    done = self.store.escalation(cleared.alarm_id)
+                    if done is not None and self.config.escalation.all_clear:
+                        for name, (phone, lang, _) in done.reached.items():
+                            self._queue(cleared, name, phone, lang, "cleared", now)
+                    self.store.drop_escalation(cleared.alarm_id)
         return events
 
-    def _notify(self, alarm: Alarm, now: float) -> Alarm:
-        text = sms_text(alarm, self.cfg.timezone)
-        for to in self.cfg.on_call:
-            result = self.notifier.send(to, text, alarm.alarm_id, now)
-            self.store.notification(alarm.alarm_id, to, text, now, result.ok, result.detail)
-            if result.ok and alarm.notified_at is None:
-                alarm = replace(alarm, notified_at=now)
-            elif not result.ok:
-                log.error("could not notify %s of alarm %s: %s", to, alarm.alarm_id, result.detail)
-        return alarm
+    def _suppressed(self, alarm: Alarm, now: float) -> bool:
+        if silenced(alarm, self._silences, now, self.cfg):
+            return True
+        for kind in self.profiles.inhibitors(alarm.kind):
+            other = self.open.get((alarm.patient, kind))
+            if other is not None and other.alarm_id != alarm.alarm_id:
+                return True
+        return False
+
+    def _policy(self, alarm: Alarm) -> EscalationPolicy:
+        esc_cfg = self.config.escalation
+        return {"high": esc_cfg.high, "medium": esc_cfg.medium, "low": esc_cfg.low}[alarm.priority]
+
+    def _escalate(self, alarm: Alarm, now: float, reason_first: str = "new") -> None:
+        if alarm.state != "active":
+            return
+        with self.store.tx():
+            esc = self.store.escalation(alarm.alarm_id) or Escalation()
+            before = (esc.started_at, esc.steps_done, esc.paused_at, dict(esc.reached))
+            due = advance(esc, self._policy(alarm), self.schedule, now, self._suppressed(alarm, now))
+            for person, why in due:
+                reason = reason_first if why == "new" else why
+                self._queue(alarm, person.name, person.phone, person.language, reason, now)
+            if due or before != (esc.started_at, esc.steps_done, esc.paused_at, esc.reached):
+                self.store.put_escalation(alarm.alarm_id, esc)
+
+    def _queue(self, alarm: Alarm, name: str, phone: str, lang: str, reason: str, now: float) -> None:
+        self.store.enqueue(
+            Queued(0, phone, name, lang, alarm.patient, alarm.alarm_id, alarm.priority, reason, now)
+        )
+
+    def _notified(self) -> list[AlarmEvent]:
+        """Alarms whose first SMS went out since the last look: their event gains `notified_at`."""
+        events: list[AlarmEvent] = []
+        for seq, alarm_id, at in self.store.notified_after(self._notified_seq):
+            self._notified_seq = max(self._notified_seq, seq)
+            for key, alarm in self.open.items():
+                if alarm.alarm_id == alarm_id and alarm.notified_at is None:
+                    self.open[key] = replace(alarm, notified_at=at)
+                    events.append(self._record(self.open[key], at))
+        return events
+
+    def _command(
+        self, action: str, args: dict[str, Any], source: str, now: float
+    ) -> tuple[str, list[AlarmEvent]]:
+        if action == "ack":
+            ev = self.acknowledge(str(args["code"]), str(args.get("by", source)), now)
+            return f"acknowledged {ev.kind} of {ev.patient}", [ev]
+        if action == "silence":
+            s = self.silence(str(args["patient"]), str(args.get("kind", "*")), float(args["duration_s"]),
+                             str(args.get("by", source)), now, str(args.get("reason", "")))  # fmt: skip
+            return f"silence {s.silence_id} until {s.ends_at:.0f}", []
+        if action == "unsilence":
+            ok = self.store.end_silence(str(args["silence_id"]), now)
+            return "ended" if ok else "no such active silence", []
+        if action == "sms_in":
+            return self._sms_in(str(args["phone"]), str(args["text"]), now)
+        raise ValueError(f"unknown command {action!r}")
+
+    def _sms_in(self, phone: str, text: str, now: float) -> tuple[str, list[AlarmEvent]]:
+        known = {p.phone: p for p in self.schedule.people.values()} or {
+            p.phone: p for p in self.schedule.fallback
+        }
+        person = known.get(phone)
+        parsed = parse_sms_command(text)
+        if person is None:
+            self.store.audit_add(
+                now, "-", "sms_in", "refused", json.dumps({"phone": phone, "text": text[:160]})
+            )
+            return f"refused: {phone} is not on the on-call list", []
+        if parsed is None:
+            self._reply(
+                person.name,
+                phone,
+                person.language,
+                "NABZ: reply ACK <code> to acknowledge, SNOOZE <code> <minutes> to snooze",
+                now,
+            )
+            return "not understood", []
+        action, codes, minutes = parsed
+        events: list[AlarmEvent] = []
+        done: list[str] = []
+        for code in codes:
+            alarm = next((a for a in self.open.values() if a.ack_code == code), None)
+            if alarm is None:
+                done.append(f"{code}: no open alarm")
+                continue
+            if action == "ack":
+                if alarm.state == "active":
+                    events.append(self.acknowledge(code, person.name, now))
+                done.append(f"ACK {code} {alarm.patient} {alarm.kind}")
+            else:
+                s = self.silence(
+                    alarm.patient, alarm.kind, (minutes or 15.0) * 60.0, person.name, now, "SMS snooze"
+                )
+                done.append(f"SNOOZED {code} {alarm.patient} {alarm.kind} {(s.ends_at - now) / 60:.0f} min")
+        self._reply(person.name, phone, person.language, "NABZ: " + "; ".join(done), now)
+        return "; ".join(done), events
+
+    def _reply(self, name: str, phone: str, lang: str, text: str, now: float) -> None:
+        self.store.enqueue(Queued(0, phone, name, lang, "-", "", "low", "ack_reply", now, text=text))
+
+    def _ack_code(self) -> str:
+        used = {a.ack_code for a in self.open.values()}
+        while True:
+            code = f"{self.rng.randrange(1000, 10000)}"
+            if code not in used:
+                return code
 
     def _record(self, alarm: Alarm, now: float) -> AlarmEvent:
         event = to_event(alarm, self.new_id())
@@ -113,9 +325,13 @@ class AlertEngine:
 
     def _remember(self, v: Vitals) -> None:
         row = self.latest.setdefault(v.patient, {})
-        for name in ("hr_bpm", "pr_bpm", "spo2_pct", "sqi", "battery_pct"):
+        for name in ("hr_bpm", "pr_bpm", "spo2_pct", "sqi", "battery_pct", "pause_s", "af_score", "resp_bpm"):
             x = getattr(v, name)
             if x is not None:
                 row[f"{v.source}.{name}"] = x
         row["t"] = v.t
         row["flags"] = v.flags
+
+
+def _silence_dict(s: Silence) -> dict[str, Any]:
+    return dataclasses.asdict(s)

@@ -4,9 +4,14 @@ Rules of this file:
 - TRANSITIONS is the whole state machine; `apply` refuses anything not in it.
 - An alarm is open until it is cleared; acknowledging one alarm never touches another.
 - `cleared` is final: a new occurrence of the same condition is a new alarm with a new id.
+- `worsen` raises an open alarm's priority (a desaturation that deepens from medium to high). A
+  worsening of an acknowledged alarm makes it unacknowledged again: the doctor acknowledged a
+  lesser condition than the one now present (IEC 60601-1-8 lets priority escalate).
 
     active --ack--> acknowledged --clear--> cleared
-    active --clear--> cleared            (the condition ended before anyone acknowledged it)
+    active --clear--> cleared                       (ended before anyone acknowledged it)
+    active --worsen--> active
+    acknowledged --worsen--> active                 (needs acknowledging again)
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ from typing import Literal
 
 from nabz.contract import AlarmEvent
 
-__all__ = ["Alarm", "TRANSITIONS", "LifecycleError", "apply", "to_event"]
+__all__ = ["Alarm", "TRANSITIONS", "LifecycleError", "Priority", "PRIORITY_RANK", "apply", "to_event"]
 
 State = Literal["active", "acknowledged", "cleared"]
-Event = Literal["ack", "clear"]
+Event = Literal["ack", "clear", "worsen"]
+Priority = Literal["high", "medium", "low"]
+PRIORITY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
     ("active", "ack"): "acknowledged",
     ("active", "clear"): "cleared",
     ("acknowledged", "clear"): "cleared",
+    ("active", "worsen"): "active",
+    ("acknowledged", "worsen"): "active",
 }
 
 
@@ -39,7 +48,7 @@ class Alarm:
     site: str
     patient: str
     kind: str
-    priority: Literal["high", "medium", "low"]
+    priority: Priority
     state: State
     message: str
     value: float | None
@@ -51,15 +60,40 @@ class Alarm:
     acknowledged_at: float | None = None
     acknowledged_by: str | None = None
     cleared_at: float | None = None
+    ack_code: str = ""  # what a doctor texts back ("ACK 4821"); unique among open alarms
+    technical: bool = False  # about the equipment or data, not the patient's physiology
 
 
-def apply(alarm: Alarm, event: Event, at: float, by: str | None = None) -> Alarm:
+def apply(
+    alarm: Alarm,
+    event: Event,
+    at: float,
+    by: str | None = None,
+    *,
+    priority: Priority | None = None,
+    message: str | None = None,
+    value: float | None = None,
+) -> Alarm:
     """The alarm after `event` at time `at`; raises LifecycleError if the table has no such move."""
     target = TRANSITIONS.get((alarm.state, event))
     if target is None:
         raise LifecycleError(f"alarm {alarm.alarm_id} is {alarm.state}; cannot {event} it")
     if event == "ack":
         return replace(alarm, state=target, acknowledged_at=at, acknowledged_by=by)
+    if event == "worsen":
+        if priority is None or PRIORITY_RANK[priority] <= PRIORITY_RANK[alarm.priority]:
+            raise LifecycleError(
+                f"alarm {alarm.alarm_id}: worsen needs a higher priority than {alarm.priority}"
+            )
+        return replace(
+            alarm,
+            state=target,
+            priority=priority,
+            message=message or alarm.message,
+            value=alarm.value if value is None else value,
+            acknowledged_at=None,
+            acknowledged_by=None,
+        )
     return replace(alarm, state=target, cleared_at=at)
 
 

@@ -1,201 +1,331 @@
-"""Alarm rules: derived vitals in, alarm conditions out. Pure; time is the vitals' own time or `now`.
+"""Physiological alarm rules: derived vitals in, alarm conditions out. Pure; time is the vitals' own.
 
 Rules of this file:
-- A rule sees one patient's vitals in time order and says when a condition starts to be an alarm
-  (after its delay) and when it ends (after its hysteresis).
-- Delays scale with how far a limit is crossed (Welch 2011: a 15 s SpO2 delay removed most false
-  alarms; a deep desaturation should not wait that long): at the limit the full delay applies,
-  `depth_for_min_delay` beyond it the minimum delay.
-- Physiological rules only use values whose signal quality index is at least `min_sqi`; poor
-  signal holds the rule where it is rather than starting or ending an alarm.
+- A rule sees one patient's vitals in time order and says when a condition becomes an alarm
+  (after its delay), when it worsens to a higher priority, and when it ends (after hysteresis).
+- Limits come in bands (e.g. SpO2 < 92 % medium after 60 s, < 88 % high after 15 s). Delays
+  scale with how far a limit is crossed (Welch 2011: a 15 s SpO2 delay removed most false alarms;
+  a deep desaturation should not wait that long): the full delay at the limit, `min_delay_s` at
+  `depth_for_min_delay` beyond it.
+- Signal-quality gating: a value whose SQI is below `min_sqi`, or whose flags say the sensor is
+  off or the reading questionable, is not used. It neither starts, continues nor ends an alarm;
+  the technical rules (alerts.technical) turn poor signal into a technical alarm instead.
+- Each source (ECG, PPG, the device's own numbers) keeps its own timers; one that recovers clears
+  the alarm only if no other source with recent valid data is still beyond the limit.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from alerts.lifecycle import PRIORITY_RANK, Priority
+from alerts.profile import Limits
 from nabz.config import AlertsConfig
 from nabz.contract import Vitals
 
-__all__ = ["Condition", "ThresholdRule", "StaleRule", "default_rules"]
+__all__ = [
+    "Condition", "Band", "BandRule", "News2Rule", "physiological_rules", "usable", "news2_pulse",
+    "news2_spo2", "news2_resp", "POOR_FLAGS",
+]  # fmt: skip
 
-Priority = Literal["high", "medium", "low"]
+# Flags (contract: wave flags, PLX sensor and measurement status, HRS contact) that make a value unusable.
+POOR_FLAGS = frozenset(
+    {
+        "leads_off", "sensor_off", "saturated", "no_contact", "sensor_unconnected_to_user",
+        "sensor_disconnected", "sensor_displaced", "sensor_malfunctioning", "equipment_malfunction",
+        "questionable", "invalid", "unavailable", "erratic_signal", "poor_signal", "inadequate_signal",
+        "nonpulsatile_signal", "questionable_pulse", "sensor_interference", "calibrating", "testing", "demo",
+    }
+)  # fmt: skip
+_RECENT_S = 60.0  # a source with valid data this recent can hold an alarm open
 
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """A rule's verdict for one patient: raise (active=True) or clear (active=False)."""
+    """A rule's verdict for one patient: raise or worsen (active=True) or clear (active=False)."""
 
     patient: str
     kind: str
     active: bool
     priority: Priority
     value: float | None
-    threshold: float
+    threshold: float | None
     unit: str
-    started_at: float  # when the value first crossed the limit (epoch s)
+    started_at: float  # when the condition began (the value first crossed the limit), epoch s
     at: float  # when the verdict was reached
     message: str
+    technical: bool = False
+
+
+def usable(v: Vitals, min_sqi: float) -> bool:
+    """Whether a vitals message may feed a physiological rule (signal-quality gate)."""
+    if v.sqi is not None and v.sqi < min_sqi:
+        return False
+    return not POOR_FLAGS.intersection(v.flags)
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    limit: float
+    priority: Priority
+    delay_s: float
 
 
 @dataclass(slots=True)
-class _State:
-    crossed_since: float | None = None
-    recovered_since: float | None = None
-    raised: bool = False
-    worst: float | None = None
+class _Source:
+    band_since: dict[int, float] = field(default_factory=dict)  # band index -> crossing start
+    since: float | None = None  # first crossing of the outermost limit
+    ok_since: float | None = None
+    raised: Priority | None = None
+    last_valid: float = float("-inf")
 
 
 @dataclass(slots=True)
-class ThresholdRule:
-    """`field` below (direction 'low') or above ('high') a limit for a scaled delay."""
+class BandRule:
+    """A quantity below ('low') or above ('high') banded limits for a depth-scaled delay."""
 
     kind: str
-    quantity: str  # the Vitals field this rule watches
-    sources: tuple[str, ...]
-    direction: Literal["low", "high"]
-    limit: float
-    unit: str
     label: str
-    delay_s: float
+    unit: str
+    direction: Literal["low", "high"]
+    bands: Callable[[Limits], list[Band]]  # outermost (mildest) band first
     min_delay_s: float
     depth_for_min_delay: float
     clear_margin: float
     clear_after_s: float
-    high_priority_beyond: float  # a value beyond this is high priority; otherwise medium
+    quantity: str = ""  # the Vitals field, for `observe`
+    sources: tuple[str, ...] = ()
     min_sqi: float = 0.5
-    states: dict[tuple[str, str], _State] = field(default_factory=dict)
-
-    def any_raised(self, patient: str) -> bool:
-        return any(st.raised for (p, _), st in self.states.items() if p == patient)
+    technical: bool = False
+    per_device: bool = False  # timers per device rather than per source (battery)
+    fmt: str = "{:.0f}"
+    states: dict[str, dict[str, _Source]] = field(default_factory=dict)  # patient -> source -> state
 
     def _beyond(self, x: float, limit: float) -> bool:
         return x < limit if self.direction == "low" else x > limit
 
-    def _depth(self, x: float) -> float:
-        return self.limit - x if self.direction == "low" else x - self.limit
+    def _depth(self, x: float, limit: float) -> float:
+        return limit - x if self.direction == "low" else x - limit
 
-    def delay_for(self, x: float) -> float:
-        frac = min(1.0, max(0.0, self._depth(x) / self.depth_for_min_delay))
-        return self.delay_s - (self.delay_s - self.min_delay_s) * frac
+    def _inside(self, limit: float, margin: float) -> float:
+        return limit + margin if self.direction == "low" else limit - margin
 
-    def priority_for(self, x: float) -> Priority:
-        return "high" if self._beyond(x, self.high_priority_beyond) else "medium"
+    def delay_for(self, band: Band, x: float) -> float:
+        if band.delay_s <= self.min_delay_s:
+            return band.delay_s
+        frac = min(1.0, max(0.0, self._depth(x, band.limit) / self.depth_for_min_delay))
+        return band.delay_s - (band.delay_s - self.min_delay_s) * frac
 
-    def observe(self, v: Vitals) -> Condition | None:
+    def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if v.source not in self.sources:
             return None
         x = getattr(v, self.quantity)
-        if x is None or (v.sqi is not None and v.sqi < self.min_sqi):
+        if x is None or not usable(v, self.min_sqi):
             return None
-        t = v.t.timestamp()
-        key = (v.patient, v.source)  # each source keeps its own timer; the engine merges them
-        st = self.states.setdefault(key, _State())
-        if self._beyond(x, self.limit):
-            st.recovered_since = None
-            if st.crossed_since is None:
-                st.crossed_since = t
-                st.worst = x
-            elif st.worst is None or self._depth(x) > self._depth(st.worst):
-                st.worst = x
-            if not st.raised and t - st.crossed_since >= self.delay_for(x):
-                st.raised = True
-                held = t - st.crossed_since
-                return self._condition(v.patient, True, x, st.crossed_since, t, f"for {held:.0f} s")
-            return None
-        if st.crossed_since is None:
-            return None
-        clear_limit = (
-            self.limit + self.clear_margin if self.direction == "low" else self.limit - self.clear_margin
-        )
-        if self._beyond(x, clear_limit):
-            st.recovered_since = None  # between the limit and the hysteresis band: neither
-            return None
-        if st.recovered_since is None:
-            st.recovered_since = t
-        if t - st.recovered_since < self.clear_after_s:
-            return None
-        started = st.crossed_since
-        was_raised = st.raised
-        self.states[key] = _State()
-        if not was_raised:
-            return None
-        return self._condition(v.patient, False, x, started, t, "recovered")
+        source = v.device if self.per_device else v.source
+        return self.update(v.patient, source, v.t.timestamp(), float(x), lim)
 
-    def _condition(
-        self, patient: str, active: bool, x: float, started: float, t: float, how: str
-    ) -> Condition:
-        side = "below" if self.direction == "low" else "above"
-        text = f"{self.label} {x:.0f}{self.unit} {side} {self.limit:.0f}{self.unit} {how}"
-        if not active:
-            text = f"{self.label} {x:.0f}{self.unit}, back within {self.limit:.0f}{self.unit}"
+    def restore(self, patient: str, priority: Priority, started_at: float) -> None:
+        """After a restart: an open alarm of this kind, which only valid recovered data may clear."""
+        self.states.setdefault(patient, {})["restored"] = _Source(since=started_at, raised=priority)
+
+    def update(self, patient: str, source: str, t: float, x: float, lim: Limits) -> Condition | None:
+        """One valid value of `source` at time `t`; the patient's verdict if it changed."""
+        per = self.states.setdefault(patient, {})
+        before = _worst(per)
+        st = per.setdefault(source, _Source())
+        st.last_valid = t
+        bands = self.bands(lim)
+        outer = bands[0].limit
+        if self._beyond(x, outer):
+            st.ok_since = None
+            if st.since is None:
+                st.since = t
+            reset = self.clear_margin / 2
+            for i, b in enumerate(bands):
+                if self._beyond(x, b.limit):
+                    st.band_since.setdefault(i, t)
+                elif not self._beyond(x, self._inside(b.limit, reset)):
+                    st.band_since.pop(i, None)
+            # The innermost band the value is beyond decides: a value deep enough for "high" waits
+            # for the high band's delay rather than raising "medium" first and worsening later.
+            i = max(j for j, b in enumerate(bands) if self._beyond(x, b.limit))
+            b = bands[i]
+            started = st.band_since.get(i)
+            if started is not None and t - started >= self.delay_for(b, x):
+                if st.raised is None or PRIORITY_RANK[b.priority] > PRIORITY_RANK[st.raised]:
+                    st.raised = b.priority
+        else:
+            st.band_since.clear()
+            if st.raised is None:
+                st.since = None
+            elif self._beyond(x, self._inside(outer, self.clear_margin)):
+                st.ok_since = None  # between the limit and the hysteresis band: neither
+            else:
+                if st.ok_since is None:
+                    st.ok_since = t
+                if t - st.ok_since >= self.clear_after_s:
+                    per[source] = _Source(last_valid=t)
+                    for name, other in list(per.items()):  # silent sources cannot hold it open
+                        if other.raised is not None and t - other.last_valid > _RECENT_S:
+                            per[name] = _Source(last_valid=other.last_valid)
+        after = _worst(per)
+        if after == before:
+            return None
+        if after is None:
+            text = f"{self.label} {self.fmt.format(x)}{self.unit}, back within {self.fmt.format(outer)}{self.unit}"
+            return Condition(patient, self.kind, False, before or "low", x, outer, self.unit,
+                             _since(per) or t, t, text, self.technical)  # fmt: skip
+        band = next(b for b in bands if b.priority == after)
+        side = "<" if self.direction == "low" else ">"
+        started = _since(per) or t
+        text = (
+            f"{self.label} {self.fmt.format(x)}{self.unit} ({side}{self.fmt.format(band.limit)}{self.unit}) "
+            f"for {t - started:.0f} s"
+        )
         return Condition(
-            patient, self.kind, active, self.priority_for(x) if active else "low", x, self.limit, self.unit,
-            started, t, text,
-        )  # fmt: skip
+            patient, self.kind, True, after, x, band.limit, self.unit, started, t, text, self.technical
+        )
+
+
+def _worst(per: dict[str, _Source]) -> Priority | None:
+    best: Priority | None = None
+    for st in per.values():
+        if st.raised is not None and (best is None or PRIORITY_RANK[st.raised] > PRIORITY_RANK[best]):
+            best = st.raised
+    return best
+
+
+def _since(per: dict[str, _Source]) -> float | None:
+    times = [st.since for st in per.values() if st.raised is not None and st.since is not None]
+    return min(times) if times else None
+
+
+# --- NEWS2 (Royal College of Physicians 2017), the parameters these wearables measure -------------
+def news2_pulse(bpm: float) -> int:
+    x = round(bpm)
+    return 3 if x <= 40 else 1 if x <= 50 else 0 if x <= 90 else 1 if x <= 110 else 2 if x <= 130 else 3
+
+
+def news2_spo2(pct: float, scale: int = 1) -> int:
+    """Scale 2 (prescribed 88-92 % target) assumes air: oxygen use is not known to the system."""
+    x = round(pct)
+    if scale == 2:
+        return 3 if x <= 83 else 2 if x <= 85 else 1 if x <= 87 else 0
+    return 3 if x <= 91 else 2 if x <= 93 else 1 if x <= 95 else 0
+
+
+def news2_resp(per_min: float) -> int:
+    x = round(per_min)
+    return 3 if x <= 8 else 1 if x <= 11 else 0 if x <= 20 else 2 if x <= 24 else 3
 
 
 @dataclass(slots=True)
-class StaleRule:
-    """No data from a patient's devices for `after_s`: the monitoring has gone quiet."""
+class News2Rule:
+    """The partial NEWS2 aggregate of pulse, SpO2 and (where derived) respiration, each the median
+    of its valid values over the last `window_s`, raising when it stays at or above a band."""
 
-    after_s: float
-    last_seen: dict[str, float] = field(default_factory=dict)  # patient -> ingest clock
-    raised: set[str] = field(default_factory=set)
-    kind: str = "stale_data"
+    inner: BandRule
+    min_sqi: float
+    window_s: float = 60.0
+    values: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
 
-    def seen(self, patient: str, now: float) -> Condition | None:
-        self.last_seen[patient] = now
-        if patient in self.raised:
-            self.raised.discard(patient)
-            return Condition(
-                patient, self.kind, False, "low", None, self.after_s, "s", now, now, "data again"
-            )
-        return None
+    @property
+    def kind(self) -> str:
+        return self.inner.kind
 
-    def tick(self, now: float) -> list[Condition]:
-        out = []
-        for patient, last in self.last_seen.items():
-            if patient not in self.raised and now - last >= self.after_s:
-                self.raised.add(patient)
-                minutes = (now - last) / 60
-                out.append(
-                    Condition(
-                        patient,
-                        self.kind,
-                        True,
-                        "medium",
-                        now - last,
-                        self.after_s,
-                        "s",
-                        last,
-                        now,
-                        f"no data for {minutes:.0f} min",
-                    )  # fmt: skip
-                )
-        return out
+    def restore(self, patient: str, priority: Priority, started_at: float) -> None:
+        self.inner.restore(patient, priority, started_at)
+
+    def observe(self, v: Vitals, lim: Limits) -> Condition | None:
+        if not usable(v, self.min_sqi):
+            return None
+        t = v.t.timestamp()
+        got = False
+        for param, x in (("pulse", v.hr_bpm if v.source == "ecg" else None), ("spo2", v.spo2_pct),
+                         ("resp", v.resp_bpm)):  # fmt: skip
+            if x is not None:
+                got = True
+                q = self.values.setdefault((v.patient, param), deque())
+                q.append((t, float(x)))
+        if not got:
+            return None
+        parts: dict[str, float] = {}
+        for param in ("pulse", "spo2", "resp"):
+            recent = self.values.get((v.patient, param))
+            if not recent:
+                continue
+            while recent and recent[0][0] < t - self.window_s:
+                recent.popleft()
+            if recent:
+                parts[param] = statistics.median(x for _, x in recent)
+        if "pulse" not in parts or "spo2" not in parts:
+            return None  # a partial score needs at least pulse and SpO2
+        score = news2_pulse(parts["pulse"]) + news2_spo2(parts["spo2"], lim.spo2_scale)
+        if "resp" in parts:
+            score += news2_resp(parts["resp"])
+        return self.inner.update(v.patient, "news2", t, float(score), lim)
 
 
-def default_rules(cfg: AlertsConfig) -> list[ThresholdRule]:
+def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule]:
     """The physiological rules, with limits and delays from the configuration."""
+    q = cfg.min_sqi
+    pause_wait = max(0.0, cfg.asystole_s - cfg.pause_s)  # a pause that becomes an asystole is one alarm
     return [
-        ThresholdRule(
-            kind="spo2_low", quantity="spo2_pct", sources=("ppg", "device"), direction="low",
-            limit=cfg.spo2_low_pct, unit="%", label="SpO2", delay_s=cfg.spo2_delay_s,
+        BandRule(
+            kind="spo2_low", label="SpO2", unit="%", direction="low", quantity="spo2_pct",
+            sources=("ppg", "device"), min_sqi=q,
+            bands=lambda lim: [Band(lim.spo2_low, "medium", cfg.spo2_sustained_s),
+                               Band(lim.spo2_critical, "high", cfg.spo2_delay_s)],
             min_delay_s=cfg.spo2_min_delay_s, depth_for_min_delay=6.0, clear_margin=2.0,
-            clear_after_s=cfg.clear_after_s, high_priority_beyond=88.0,
+            clear_after_s=cfg.clear_after_s,
         ),
-        ThresholdRule(
-            kind="hr_high", quantity="hr_bpm", sources=("ecg",), direction="high", limit=cfg.hr_high_bpm,
-            unit="/min", label="HR", delay_s=cfg.hr_delay_s, min_delay_s=cfg.hr_delay_s / 2,
-            depth_for_min_delay=30.0, clear_margin=5.0, clear_after_s=cfg.clear_after_s,
-            high_priority_beyond=150.0,
+        BandRule(
+            kind="hr_high", label="HR", unit="/min", direction="high", quantity="hr_bpm",
+            sources=("ecg", "device"), min_sqi=q,
+            bands=lambda lim: [Band(lim.hr_high, "medium", cfg.hr_delay_s),
+                               Band(lim.hr_critical_high, "high", cfg.hr_delay_s)],
+            min_delay_s=cfg.hr_min_delay_s, depth_for_min_delay=30.0, clear_margin=5.0,
+            clear_after_s=cfg.clear_after_s,
         ),
-        ThresholdRule(
-            kind="hr_low", quantity="hr_bpm", sources=("ecg",), direction="low", limit=cfg.hr_low_bpm,
-            unit="/min", label="HR", delay_s=cfg.hr_delay_s, min_delay_s=cfg.hr_delay_s / 2,
-            depth_for_min_delay=10.0, clear_margin=5.0, clear_after_s=cfg.clear_after_s,
-            high_priority_beyond=35.0,
+        BandRule(
+            kind="hr_low", label="HR", unit="/min", direction="low", quantity="hr_bpm",
+            sources=("ecg", "device"), min_sqi=q,
+            bands=lambda lim: [Band(lim.hr_low, "medium", cfg.hr_delay_s),
+                               Band(lim.hr_critical_low, "high", cfg.hr_delay_s)],
+            min_delay_s=cfg.hr_min_delay_s, depth_for_min_delay=10.0, clear_margin=5.0,
+            clear_after_s=cfg.clear_after_s,
+        ),
+        BandRule(
+            kind="asystole", label="No heartbeat", unit=" s", direction="high", quantity="pause_s",
+            sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.asystole_s, "high", 0.0)],
+            min_delay_s=0.0, depth_for_min_delay=1.0, clear_margin=1.0, clear_after_s=cfg.clear_after_s,
+            fmt="{:.1f}",
+        ),
+        BandRule(
+            kind="pause", label="Pause in heartbeat", unit=" s", direction="high", quantity="pause_s",
+            sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.pause_s, "medium", pause_wait)],
+            min_delay_s=pause_wait, depth_for_min_delay=1.0, clear_margin=0.5,
+            clear_after_s=cfg.clear_after_s, fmt="{:.1f}",
+        ),
+        BandRule(
+            kind="af_suspected", label="AF suspected, score", unit="", direction="high", quantity="af_score",
+            sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.af_score, "medium", cfg.af_sustained_s)],
+            min_delay_s=cfg.af_sustained_s, depth_for_min_delay=1.0, clear_margin=0.2, clear_after_s=60.0,
+            fmt="{:.2f}",
+        ),
+        News2Rule(
+            BandRule(
+                kind="news2", label="NEWS2 (partial)", unit="", direction="high",
+                bands=lambda lim: [Band(cfg.news2_medium - 0.5, "medium", cfg.news2_sustained_s),
+                                   Band(cfg.news2_high - 0.5, "high", cfg.news2_sustained_s)],
+                min_delay_s=cfg.news2_sustained_s, depth_for_min_delay=1.0, clear_margin=1.0,
+                clear_after_s=60.0,
+            ),
+            min_sqi=q,
         ),
     ]  # fmt: skip

@@ -1,7 +1,10 @@
-"""The alerts runner: derived vitals in over MQTT, the engine, alarm events out (retained).
+"""The alerts runner: derived vitals and gateway status in over MQTT, the engine, alarm events out
+(retained), and a dispatcher thread that owns the notifiers.
 
-paho's thread queues; one worker thread owns the engine, feeds it vitals and ticks it once a
-second for the time-driven rules.
+paho's thread queues; one worker thread owns the engine, feeds it vitals and status and ticks it
+once a second; the dispatcher thread sends what the engine queued (woken at once when it queues)
+and polls notifiers that receive (a modem's incoming SMS and delivery reports). The store is
+their only shared state.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from collections.abc import Callable
 import msgspec
 import paho.mqtt.client as paho
 
+from alerts.dispatch import Dispatcher, build_notifiers
 from alerts.engine import AlertEngine
-from alerts.notify import Notifier, OutboxNotifier
+from alerts.notify import Notifier
 from alerts.store import AlertStore
 from nabz import contract
 from nabz.config import Config
-from nabz.contract import AlarmEvent, Vitals
+from nabz.contract import AlarmEvent, GatewayStatus, Vitals
 from nabz.mqtt import connect, make_client, reason_ok
 
 __all__ = ["AlertService"]
@@ -28,6 +32,7 @@ __all__ = ["AlertService"]
 log = logging.getLogger(__name__)
 
 _vitals_decoder = msgspec.json.Decoder(Vitals)
+_status_decoder = msgspec.json.Decoder(GatewayStatus)
 
 
 class AlertService:
@@ -35,7 +40,7 @@ class AlertService:
         self,
         config: Config,
         *,
-        notifier: Notifier | None = None,
+        notifiers: list[Notifier] | None = None,
         store: AlertStore | None = None,
         clock: Callable[[], float] = time.time,
         client_id: str = "nabz-alerts",
@@ -43,32 +48,46 @@ class AlertService:
         self.config = config
         self.clock = clock
         self.store = store or AlertStore(config.alerts.store_path)
-        self.engine = AlertEngine(
-            config.alerts, config.site, notifier or OutboxNotifier(config.alerts.outbox_path), self.store
-        )
+        self.engine = AlertEngine(config, self.store)
+        self.dispatcher = Dispatcher(config, self.store, notifiers or build_notifiers(config))
         self._queue: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
         self.bad_messages = 0
+        self.published = 0
         self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload)))
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
-            client.subscribe([(contract.VITALS_FILTER, 1)])
+            client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1)])
 
     def start(self) -> None:
         connect(self.client, self.config.mqtt, persistent_session=True)
-        self._worker = threading.Thread(target=self._run, name="nabz-alerts", daemon=True)
-        self._worker.start()
+        for target, name in ((self._run, "nabz-alerts"), (self._dispatch, "nabz-alerts-dispatch")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=10)
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=10)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _handle(self, topic: str, payload: bytes, now: float) -> list[AlarmEvent]:
+        try:
+            if topic.endswith("/status"):
+                return self.engine.gateway_status(_status_decoder.decode(payload), now)
+            return self.engine.observe(_vitals_decoder.decode(payload), now)
+        except msgspec.DecodeError as exc:
+            self.bad_messages += 1
+            log.warning("alerts: ignoring a malformed message on %s: %s", topic, exc)
+            return []
 
     def _run(self) -> None:
         next_tick = 0.0
@@ -76,22 +95,30 @@ class AlertService:
             try:
                 topic, payload = self._queue.get(timeout=0.2)
             except queue.Empty:
-                topic = ""
-                payload = b""
+                topic, payload = "", b""
             now = self.clock()
-            events: list[AlarmEvent] = []
-            if topic:
-                try:
-                    vitals = _vitals_decoder.decode(payload)
-                except msgspec.DecodeError as exc:
-                    self.bad_messages += 1
-                    log.warning("alerts: ignoring malformed vitals on %s: %s", topic, exc)
-                else:
-                    events.extend(self.engine.observe(vitals, now))
+            events = self._handle(topic, payload, now) if topic else []
             if now >= next_tick:
                 next_tick = now + 1.0
                 events.extend(self.engine.tick(now))
+            if events:
+                self._wake.set()
             for e in events:
                 self.client.publish(
                     contract.alarm_topic(e.site, e.patient, e.kind), contract.encode(e), qos=1, retain=True
                 )
+                self.published += 1
+
+    def _dispatch(self, poll_every_s: float = 1.0) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            now = self.clock()
+            try:
+                self.dispatcher.step(now)
+                if now >= next_poll:
+                    next_poll = now + poll_every_s
+                    self.dispatcher.poll(now)
+            except Exception:  # a notifier bug must not stop the alarms: log, and go on
+                log.exception("alerts dispatcher")

@@ -109,6 +109,9 @@ class InfluxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bucket: str = "nabz"
     batch_size: int = 5000
     flush_interval_ms: int = 1000
+    timeout_ms: int = 10_000
+    spill_dir: str | None = None  # line protocol kept while the database is down (default: by the store)
+    waveforms: Literal["points", "chunks"] = "points"  # raw ECG/PPG: a point per sample, or per message
 
 
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,19 +120,162 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_id: str = "nabz-ingest"
 
 
+AlarmPriority = Literal["high", "medium", "low"]
+
+
+class PatientAlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-patient alarm settings (`[alerts.patients."p-0002"]`); unset values use the site's."""
+
+    label: str | None = None  # how SMS name the patient (default: the patient id; no names needed)
+    spo2_target_pct: tuple[float, float] | None = None  # e.g. [88, 92] in chronic lung disease
+    spo2_low_pct: float | None = None
+    spo2_critical_pct: float | None = None
+    hr_high_bpm: float | None = None
+    hr_critical_high_bpm: float | None = None
+    hr_low_bpm: float | None = None
+    hr_critical_low_bpm: float | None = None
+    priority: dict[str, AlarmPriority] = msgspec.field(default_factory=dict)  # alarm kind -> priority
+    disabled: list[str] = msgspec.field(default_factory=list)  # alarm kinds never raised for this patient
+
+
 class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    spo2_low_pct: float = 90.0
-    spo2_delay_s: float = 15.0  # at the threshold; shorter the deeper the desaturation (see alerts.rules)
+    """Alarm rules, priorities, silences, grouping and notifiers (docs/alerts.md explains each)."""
+
+    # SpO2: medium when below spo2_low_pct for spo2_sustained_s, high below spo2_critical_pct for
+    # spo2_delay_s; both delays shrink to spo2_min_delay_s the deeper the value (alerts.rules).
+    spo2_low_pct: float = 92.0
+    spo2_sustained_s: float = 60.0
+    spo2_critical_pct: float = 88.0
+    spo2_delay_s: float = 15.0
     spo2_min_delay_s: float = 5.0
-    hr_high_bpm: float = 130.0
-    hr_low_bpm: float = 40.0
+    hr_high_bpm: float = 130.0  # medium above (NEWS2 scores >= 131 as 3)
+    hr_critical_high_bpm: float = 150.0  # high above
+    hr_low_bpm: float = 40.0  # medium below
+    hr_critical_low_bpm: float = 30.0  # high below
     hr_delay_s: float = 10.0
-    clear_after_s: float = 10.0
-    stale_after_s: float = 300.0
+    hr_min_delay_s: float = 4.0
+    clear_after_s: float = 10.0  # a value must stay back inside its limit (plus hysteresis) this long
+    pause_s: float = 3.0  # longest RR gap that raises "pause" (medium)
+    asystole_s: float = 5.0  # ... and "asystole" (high)
+    af_score: float = 0.7  # AF suspicion (0..1) at or above which ...
+    af_sustained_s: float = 120.0  # ... sustained this long raises "af_suspected"
+    news2_medium: int = 5  # partial NEWS2 aggregate (pulse, SpO2, respiration) raising medium ...
+    news2_high: int = 7  # ... and high
+    news2_sustained_s: float = 120.0
+    min_sqi: float = 0.5  # below it a physiological value is not used; the signal counts as poor
+    poor_signal_after_s: float = 120.0
+    sensor_off_after_s: float = 30.0
+    leads_off_after_s: float = 30.0
+    stale_after_s: float = 300.0  # no data from an enrolled device this long, at any hour
+    gateway_offline_after_s: float = 60.0
+    battery_low_pct: float = 20.0
+    battery_critical_pct: float = 10.0
+    gap_alarm_s: float = 60.0  # a hole this long in a device's derived data that never came back
+    priority: dict[str, AlarmPriority] = msgspec.field(default_factory=dict)  # kind -> priority, site-wide
+    patients: dict[str, PatientAlertsConfig] = msgspec.field(default_factory=dict)
+    # An open alarm of the key's kind holds back notifications of these kinds for the same patient.
+    inhibit: dict[str, list[str]] = msgspec.field(
+        default_factory=lambda: {
+            "asystole": ["pause", "hr_low", "ppg_poor_signal", "sensor_off"],
+            "gateway_offline": ["stale_data", "data_gap", "device_offline"],
+            "leads_off": ["ecg_poor_signal", "pause", "asystole", "hr_low", "hr_high", "af_suspected"],
+            "sensor_off": ["ppg_poor_signal", "spo2_low"],
+            "battery_critical": ["battery_low"],
+        }
+    )
+    silence_max_s: float = 24 * 3600.0
+    silence_max_high_s: float = 3600.0  # a silence that covers high-priority alarms ends within this
+    group_interval_s: float = 60.0  # alarms of one patient this close after an SMS wait to share the next
+    max_sms_per_hour: int = 12  # per recipient; high priority always goes through
+    notifiers: list[Literal["gsm", "http", "outbox"]] = msgspec.field(default_factory=lambda: ["outbox"])
+    retry_min_s: float = 5.0
+    retry_max_s: float = 300.0
     store_path: str = "var/alerts.sqlite"  # open alarms, audit log, notifications
     outbox_path: str = "var/outbox/sms.jsonl"
+    # Without an [oncall] schedule these numbers are everybody's primary, backup and team.
     on_call: list[str] = msgspec.field(default_factory=lambda: ["+923000000000"])
+    timezone: str = "Asia/Karachi"  # for times in SMS
+
+
+class PersonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    phone: str  # E.164, e.g. "+923001234567"
+    language: Literal["en", "ur"] = "en"  # "ur": Urdu SMS (UCS-2, 70 characters per message)
+
+
+class RotationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    role: str = "primary"  # "primary", "backup" or any name an escalation step can notify
+    members: list[str]  # people, in turn
+    start: str  # local date-time of the first handoff, e.g. "2026-01-05T08:00"
+    shift_h: float = 24.0
+
+
+class OverrideConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    role: str = "primary"
+    person: str
+    start: str  # local date-times; the override holds on [start, end)
+    end: str
+
+
+class OncallConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Who is on call (docs/alerts.md "On call"): people, rotations per role, overrides."""
+
     timezone: str = "Asia/Karachi"
+    people: dict[str, PersonConfig] = msgspec.field(default_factory=dict)
+    rotations: list[RotationConfig] = msgspec.field(default_factory=list)
+    overrides: list[OverrideConfig] = msgspec.field(default_factory=list)
+    team: list[str] = msgspec.field(default_factory=list)
+
+
+class EscalationStep(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    after_s: float  # after the alarm was raised (and not silenced)
+    notify: list[str]  # roles ("primary", "backup"), "team", or people by name
+
+
+class EscalationPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    steps: list[EscalationStep]
+    renotify_s: float = 0.0  # re-notify everyone reached so far this often until acknowledged; 0: never
+
+
+def _policy(renotify_s: float, *steps: tuple[float, str]) -> EscalationPolicy:
+    return EscalationPolicy(
+        steps=[EscalationStep(after_s=a, notify=[who]) for a, who in steps], renotify_s=renotify_s
+    )
+
+
+class EscalationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Escalation per priority: primary, then backup, then the team, until acknowledged."""
+
+    high: EscalationPolicy = msgspec.field(
+        default_factory=lambda: _policy(300.0, (0.0, "primary"), (300.0, "backup"), (600.0, "team"))
+    )
+    medium: EscalationPolicy = msgspec.field(
+        default_factory=lambda: _policy(900.0, (0.0, "primary"), (900.0, "backup"))
+    )
+    low: EscalationPolicy = msgspec.field(default_factory=lambda: _policy(0.0, (0.0, "primary")))
+    all_clear: bool = False  # text everyone who was notified when the alarm clears
+
+
+class ModemConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A GSM modem on a serial port, driven with TS 27.005 text-mode AT commands (alerts.gsm)."""
+
+    port: str = "/dev/ttyUSB0"
+    baudrate: int = 115200
+    sim_pin: str | None = None
+    delivery_reports: bool = True
+    max_per_minute: int = 6  # operators block SIMs that send too fast
+    command_timeout_s: float = 10.0
+    send_timeout_s: float = 60.0
+
+
+class SmsHttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An HTTP SMS provider: a generic JSON webhook or a Twilio-compatible form API."""
+
+    url: str | None = None
+    kind: Literal["json", "twilio"] = "json"
+    account: str | None = None  # Twilio account SID (basic-auth user)
+    token: str | None = None  # bearer token (json) or auth token (twilio)
+    sender: str | None = None  # the "From" number or sender id
+    timeout_s: float = 10.0
 
 
 class GrafanaConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -145,6 +291,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     influx: InfluxConfig = msgspec.field(default_factory=InfluxConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    oncall: OncallConfig = msgspec.field(default_factory=OncallConfig)
+    escalation: EscalationConfig = msgspec.field(default_factory=EscalationConfig)
+    modem: ModemConfig = msgspec.field(default_factory=ModemConfig)
+    sms_http: SmsHttpConfig = msgspec.field(default_factory=SmsHttpConfig)
     grafana: GrafanaConfig = msgspec.field(default_factory=GrafanaConfig)
     enrolment: dict[str, str] = msgspec.field(default_factory=dict)  # device id -> patient id
 
@@ -191,7 +341,7 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
         raise ConfigError(f"{chosen or 'environment'}: {exc}") from exc
 
 
-_SECRET_KEYS = {"password", "token"}
+_SECRET_KEYS = {"password", "token", "sim_pin"}
 
 
 def redacted(config: Config) -> dict[str, Any]:

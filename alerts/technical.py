@@ -1,0 +1,253 @@
+"""Technical alarms: the equipment or the data, not the patient. Pure; time is injected.
+
+Rules of this file:
+- Vitals-driven rules (sensor off, leads off, poor signal, battery, data gaps) use the vitals' own
+  time; clock-driven ones (stale data, gateway and device offline) use `now` from the runner, so
+  they fire at any hour even when nothing arrives at all — the failure home users fear most.
+- A technical condition must persist (`after_s`) before it is an alarm: a finger moved for a
+  moment or a gateway reconnecting is not worth waking anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from alerts.lifecycle import Priority
+from alerts.rules import Band, BandRule, Condition
+from nabz.config import AlertsConfig
+from nabz.contract import GatewayStatus, Vitals
+
+__all__ = ["FlagRule", "GapRule", "StaleTracker", "GatewayTracker", "technical_rules"]
+
+_SENSOR_OFF = frozenset(
+    {"sensor_off", "sensor_unconnected_to_user", "sensor_disconnected", "sensor_displaced"}
+)
+_LEADS_OFF = frozenset({"leads_off", "no_contact"})
+
+
+@dataclass(slots=True)
+class _Episode:
+    since: float | None = None
+    ok_since: float | None = None
+    raised: bool = False
+
+
+@dataclass(slots=True)
+class FlagRule:
+    """`test(v)` says True (condition present), False (absent) or None (this message cannot tell)."""
+
+    kind: str
+    priority: Priority
+    after_s: float
+    clear_after_s: float
+    test: Callable[[Vitals], bool | None]
+    text: str
+    states: dict[str, _Episode] = field(default_factory=dict)
+
+    def restore(self, patient: str, priority: Priority, started_at: float) -> None:
+        self.states[patient] = _Episode(since=started_at, raised=True)
+
+    def observe(self, v: Vitals, lim: object = None) -> Condition | None:
+        present = self.test(v)
+        if present is None:
+            return None
+        t = v.t.timestamp()
+        st = self.states.setdefault(v.patient, _Episode())
+        if present:
+            st.ok_since = None
+            if st.since is None:
+                st.since = t
+            if not st.raised and t - st.since >= self.after_s:
+                st.raised = True
+                text = f"{self.text} for {t - st.since:.0f} s ({v.device})"
+                return Condition(v.patient, self.kind, True, self.priority, t - st.since, self.after_s, "s",
+                                 st.since, t, text, True)  # fmt: skip
+            return None
+        if not st.raised:
+            st.since = None
+            return None
+        if st.ok_since is None:
+            st.ok_since = t
+        if t - st.ok_since < self.clear_after_s:
+            return None
+        since = st.since or t
+        self.states[v.patient] = _Episode()
+        return Condition(v.patient, self.kind, False, self.priority, None, None, "s", since, t,
+                         f"{self.text}: resolved ({v.device})", True)  # fmt: skip
+
+
+@dataclass(slots=True)
+class GapRule:
+    """A hole of `gap_s` or more in one device's derived data that was never filled: the data in it
+    are lost for good (a late delivery from a gateway's spool arrives in order and leaves no hole)."""
+
+    gap_s: float
+    clear_after_s: float = 60.0
+    kind: str = "data_gap"
+    last: dict[tuple[str, str], float] = field(default_factory=dict)  # (device, source) -> vitals time
+    open_since: dict[str, float] = field(default_factory=dict)  # patient -> data back since
+
+    def restore(self, patient: str, priority: Priority, started_at: float) -> None:
+        self.open_since[patient] = started_at
+
+    def observe(self, v: Vitals, lim: object = None) -> Condition | None:
+        if v.source == "device":
+            return None  # device numbers come at irregular intervals (battery: on change)
+        t = v.t.timestamp()
+        key = (v.device, v.source)
+        prev = self.last.get(key)
+        if prev is None or t > prev:
+            self.last[key] = t
+        if prev is not None and t - prev >= self.gap_s:
+            self.open_since[v.patient] = t
+            text = f"{t - prev:.0f} s of {v.source.upper()} data lost ({v.device})"
+            return Condition(
+                v.patient, self.kind, True, "low", t - prev, self.gap_s, "s", prev, t, text, True
+            )
+        back = self.open_since.get(v.patient)
+        if back is not None and t - back >= self.clear_after_s:
+            del self.open_since[v.patient]
+            return Condition(v.patient, self.kind, False, "low", None, self.gap_s, "s", back, t,
+                             "data flowing again", True)  # fmt: skip
+        return None
+
+
+@dataclass(slots=True)
+class StaleTracker:
+    """No data from an enrolled device for `after_s` (by the runner's clock, at any hour)."""
+
+    after_s: float
+    devices: dict[str, str] = field(default_factory=dict)  # device -> patient
+    last_seen: dict[str, float] = field(default_factory=dict)  # device -> now when last heard
+    raised: dict[str, float] = field(default_factory=dict)  # patient -> since
+    kind: str = "stale_data"
+
+    def enrol(self, device: str, patient: str, now: float) -> None:
+        self.devices[device] = patient
+        self.last_seen.setdefault(device, now)  # never heard from: counts from now
+
+    def seen(self, device: str, patient: str, now: float) -> None:
+        self.devices[device] = patient
+        self.last_seen[device] = now
+
+    def restore(self, patient: str, priority: Priority, started_at: float) -> None:
+        self.raised[patient] = started_at
+
+    def tick(self, now: float) -> list[Condition]:
+        quiet: dict[str, list[tuple[str, float]]] = {}
+        for device, patient in self.devices.items():
+            last = self.last_seen.get(device, now)
+            if now - last >= self.after_s:
+                quiet.setdefault(patient, []).append((device, last))
+        out: list[Condition] = []
+        for patient, items in quiet.items():
+            if patient in self.raised:
+                continue
+            since = min(last for _, last in items)
+            self.raised[patient] = since
+            names = ", ".join(sorted(d for d, _ in items))
+            out.append(Condition(patient, self.kind, True, "medium", now - since, self.after_s, "s", since, now,
+                                 f"no data for {(now - since) / 60:.0f} min ({names})", True))  # fmt: skip
+        for patient in [p for p in self.raised if p not in quiet]:
+            since = self.raised.pop(patient)
+            out.append(Condition(patient, self.kind, False, "medium", None, self.after_s, "s", since, now,
+                                 "data flowing again", True))  # fmt: skip
+        return out
+
+
+@dataclass(slots=True)
+class GatewayTracker:
+    """Gateway offline (its Last Will, or a clean shutdown) and devices missing from an online
+    gateway's list, each for `after_s`; alarms are per patient behind that gateway."""
+
+    after_s: float
+    patient_of: Callable[[str], str | None]  # device -> patient
+    devices: dict[str, set[str]] = field(default_factory=dict)  # gateway -> devices last listed
+    offline: dict[str, tuple[float, str]] = field(default_factory=dict)  # gateway -> (since, reason)
+    missing: dict[str, float] = field(default_factory=dict)  # device -> since
+    raised: dict[tuple[str, str], float] = field(default_factory=dict)  # (patient, kind) -> since
+
+    def restore(self, patient: str, kind: str, started_at: float) -> None:
+        self.raised[(patient, kind)] = started_at
+
+    def status(self, s: GatewayStatus, now: float) -> None:
+        if s.state == "offline":
+            self.offline.setdefault(s.gateway, (now, s.reason or "offline"))
+            return
+        self.offline.pop(s.gateway, None)
+        listed = set(s.devices)
+        for d in self.devices.get(s.gateway, set()) - listed:
+            self.missing.setdefault(d, now)
+        for d in listed:
+            self.missing.pop(d, None)
+        self.devices[s.gateway] = self.devices.get(s.gateway, set()) | listed
+
+    def tick(self, now: float) -> list[Condition]:
+        want: dict[tuple[str, str], tuple[float, str]] = {}
+        for gw, (since, reason) in self.offline.items():
+            if now - since < self.after_s:
+                continue
+            for d in sorted(self.devices.get(gw, set())):
+                p = self.patient_of(d)
+                if p is not None:
+                    want.setdefault((p, "gateway_offline"), (since, f"home gateway {gw} offline: {reason}"))
+        for d, since in self.missing.items():
+            p = self.patient_of(d)
+            if p is not None and now - since >= self.after_s:
+                want.setdefault((p, "device_offline"), (since, f"{d} not connected to its gateway"))
+        out: list[Condition] = []
+        for (p, kind), (since, text) in want.items():
+            if (p, kind) not in self.raised:
+                self.raised[(p, kind)] = since
+                out.append(Condition(p, kind, True, "medium", now - since, self.after_s, "s", since, now,
+                                     f"{text} for {(now - since) / 60:.0f} min", True))  # fmt: skip
+        for key in [k for k in self.raised if k not in want]:
+            since = self.raised.pop(key)
+            out.append(Condition(key[0], key[1], False, "medium", None, self.after_s, "s", since, now,
+                                 "connected again", True))  # fmt: skip
+        return out
+
+
+def _sensor_off(v: Vitals) -> bool | None:
+    if v.source == "ecg" or v.battery_pct is not None:
+        return None
+    if _SENSOR_OFF.intersection(v.flags):
+        return True
+    return False if v.spo2_pct is not None else None
+
+
+def _leads_off(v: Vitals) -> bool | None:
+    if v.source == "ppg" or v.spo2_pct is not None or v.battery_pct is not None:
+        return None
+    if _LEADS_OFF.intersection(v.flags):
+        return True
+    return False if v.hr_bpm is not None else None
+
+
+def _poor(source: str, off: frozenset[str], min_sqi: float) -> Callable[[Vitals], bool | None]:
+    def test(v: Vitals) -> bool | None:
+        if v.source != source or v.sqi is None or off.intersection(v.flags):
+            return None
+        return v.sqi < min_sqi
+
+    return test
+
+
+def technical_rules(cfg: AlertsConfig) -> list[FlagRule | BandRule | GapRule]:
+    """The vitals-driven technical rules."""
+    return [
+        FlagRule("sensor_off", "low", cfg.sensor_off_after_s, 5.0, _sensor_off, "oximeter off the finger"),
+        FlagRule("leads_off", "low", cfg.leads_off_after_s, 5.0, _leads_off, "ECG leads off"),
+        FlagRule("ecg_poor_signal", "low", cfg.poor_signal_after_s, 10.0, _poor("ecg", _LEADS_OFF, cfg.min_sqi),
+                 "ECG signal too poor to use"),
+        FlagRule("ppg_poor_signal", "low", cfg.poor_signal_after_s, 10.0, _poor("ppg", _SENSOR_OFF, cfg.min_sqi),
+                 "oximeter signal too poor to use"),
+        BandRule(
+            kind="battery_low", label="battery", unit="%", direction="low", quantity="battery_pct",
+            sources=("device",), min_sqi=0.0, technical=True, per_device=True,
+            bands=lambda lim: [Band(cfg.battery_low_pct, "low", 0.0), Band(cfg.battery_critical_pct, "medium", 0.0)],
+            min_delay_s=0.0, depth_for_min_delay=1.0, clear_margin=5.0, clear_after_s=0.0,
+        ),
+        GapRule(cfg.gap_alarm_s),
+    ]  # fmt: skip
