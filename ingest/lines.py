@@ -7,8 +7,12 @@ changes between points.
 
 from __future__ import annotations
 
+import base64
 import math
 from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
 
 from nabz.contract import (
     BatteryReading,
@@ -20,7 +24,7 @@ from nabz.contract import (
     Vitals,
 )
 
-__all__ = ["reading_lines", "vitals_lines", "to_ns"]
+__all__ = ["reading_lines", "chunk_lines", "vitals_lines", "to_ns", "pack_samples", "unpack_samples"]
 
 
 def to_ns(t: datetime) -> int:
@@ -97,3 +101,65 @@ def vitals_lines(v: Vitals) -> list[str]:
     if v.spo2_pct is not None:
         values.append(f"spo2_calibrated={'true' if v.spo2_calibrated else 'false'}")
     return [f"{series} {','.join(values)} {to_ns(v.t)}"] if values else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Waveform chunks (docs/storage.md): one point per message instead of one per sample.
+def pack_samples(samples: list[int] | npt.NDArray[np.int64]) -> str:
+    """Integers -> base64 of zigzag varints of the first value and then successive differences.
+
+    ECG and PPG change little from one sample to the next, so most differences fit one byte.
+    """
+    x = np.asarray(samples, dtype=np.int64)
+    d = np.diff(x, prepend=np.int64(0))
+    z = ((d << 1) ^ (d >> 63)).astype(np.uint64)  # zigzag: small magnitudes -> small codes
+    out = bytearray()
+    if np.all(z < 0x80):
+        out = bytearray(z.astype(np.uint8).tobytes())
+    else:
+        for v in z.tolist():
+            while v >= 0x80:
+                out.append((v & 0x7F) | 0x80)
+                v >>= 7
+            out.append(v)
+    return base64.b64encode(bytes(out)).decode("ascii")
+
+
+def unpack_samples(text: str) -> list[int]:
+    """Inverse of `pack_samples`."""
+    data = base64.b64decode(text)
+    values: list[int] = []
+    acc = shift = prev = 0
+    for byte in data:
+        acc |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            continue
+        d = (acc >> 1) ^ -(acc & 1)
+        prev += d
+        values.append(prev)
+        acc = shift = 0
+    return values
+
+
+def chunk_lines(reading: Reading, patient: str) -> list[str]:
+    """Like `reading_lines`, but a waveform message is one point: its samples packed in a string.
+
+    ``ecg_chunk``: ``n`` (samples), ``rate_hz``, ``seq``, ``signal_uv`` (`pack_samples`);
+    ``ppg_chunk``: the same with ``red_counts`` and ``ir_counts``. The point's time is the first
+    sample's, so a redelivered message overwrites its own point. Other readings as `reading_lines`.
+    """
+    if isinstance(reading, EcgReading):
+        series = _series("ecg_chunk", {"site": reading.site, "patient": patient, "device": reading.device})
+        return [
+            f"{series} n={len(reading.signal_uv)}i,rate_hz={reading.rate_hz}i,seq={reading.seq}i,"
+            f'signal_uv="{pack_samples(reading.signal_uv)}" {to_ns(reading.t)}'
+        ]
+    if isinstance(reading, PpgReading):
+        series = _series("ppg_chunk", {"site": reading.site, "patient": patient, "device": reading.device})
+        return [
+            f"{series} n={len(reading.red_counts)}i,rate_hz={reading.rate_hz}i,seq={reading.seq}i,"
+            f'red_counts="{pack_samples(reading.red_counts)}",ir_counts="{pack_samples(reading.ir_counts)}" '
+            f"{to_ns(reading.t)}"
+        ]
+    return reading_lines(reading, patient)

@@ -24,7 +24,7 @@ from typing import Protocol, TypedDict
 import numpy as np
 
 from ingest.dsp.streams import EcgProcessor, PpgProcessor
-from ingest.lines import reading_lines, to_ns, vitals_lines
+from ingest.lines import chunk_lines, reading_lines, to_ns, vitals_lines
 from ingest.store import Store
 from nabz import contract
 from nabz.contract import (
@@ -88,9 +88,11 @@ class IngestCore:
         sink: LineSink | None = None,
         enrolment: dict[str, str] | None = None,
         new_id: Callable[[], str] = contract.new_id,
+        waveforms: str = "points",
     ) -> None:
         self.store = store
         self.sink = sink
+        self._lines = chunk_lines if waveforms == "chunks" else reading_lines
         self.new_id = new_id
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)
@@ -129,7 +131,7 @@ class IngestCore:
         if self.sink is not None and accepted:
             lines: list[str] = []
             for a in accepted:
-                lines.extend(reading_lines(a.reading, a.patient))
+                lines.extend(self._lines(a.reading, a.patient))
             self.sink.write(lines)
 
         with self.store.batch():

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as paho
 
@@ -30,8 +31,10 @@ __all__ = ["IngestService"]
 
 log = logging.getLogger(__name__)
 
-_BATCH_MAX = 500
-_BATCH_WAIT_S = 0.05
+# A batch grows while messages keep coming (each within _BATCH_GAP_S of the last), up to
+# _BATCH_MAX messages or the InfluxDB flush interval: big batches under load, low latency when quiet.
+_BATCH_MAX = 2000
+_BATCH_GAP_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +59,12 @@ class IngestService:
         self.config = config
         self.clock = clock
         self.store = store or Store(config.ingest.store_path)
-        self.sink = InfluxSink(config.influx) if config.influx.url else None
-        self.core = IngestCore(self.store, sink=self.sink, enrolment=config.enrolment)
+        cid = client_id or config.ingest.client_id
+        spill = config.influx.spill_dir or str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
+        self.sink = InfluxSink(config.influx, spill_dir=spill) if config.influx.url else None
+        self.core = IngestCore(
+            self.store, sink=self.sink, enrolment=config.enrolment, waveforms=config.influx.waveforms
+        )
         self.on_vitals = on_vitals
         self._queue: queue.SimpleQueue[_Incoming] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -143,10 +150,13 @@ class IngestService:
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + _BATCH_WAIT_S
+        deadline = time.monotonic() + self.config.influx.flush_interval_ms / 1000.0
         while len(batch) < _BATCH_MAX:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                batch.append(self._queue.get(timeout=min(_BATCH_GAP_S, left)))
             except queue.Empty:
                 break
         return batch

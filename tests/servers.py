@@ -108,8 +108,9 @@ class Mosquitto:
 class VictoriaMetrics:
     """VictoriaMetrics: accepts influxdb-client's `/api/v2/write`; read back with `/api/v1/export`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = require("victoria-metrics", "victoria-metrics")
+        self.extra_args = extra_args
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -129,6 +130,7 @@ class VictoriaMetrics:
                     f"-httpListenAddr=127.0.0.1:{self.port}",
                     "-retentionPeriod=100y",
                     "-search.latencyOffset=0s",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=log,
