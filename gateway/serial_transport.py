@@ -1,0 +1,264 @@
+"""The serial transport: wired sensors speaking the Nabz serial line protocol, through pyserial.
+
+Rules of this file:
+- A reader thread only moves bytes: it reads the port and queues (receive time, bytes). Framing,
+  checksums and the in-order link (gateway.serial_protocol) run in `poll`, on the gateway's
+  thread, so the link position handed to the spool (`checkpoint`) matches exactly the
+  notifications returned so far.
+- Bad lines are counted by reason, handed to the gateway's dead-letter table (`take_rejects`) and
+  skipped; they are never fatal. A port that fails (a USB adapter pulled out) is reopened along the
+  reconnect ladder (gateway.ladder), reported lost after `lost_after_s`, and never needs a restart.
+- After a (re)start the gateway asks the sensor to replay from the first line it has not spooled,
+  so the link loses nothing across a gateway kill -9, if the sensor still holds those lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import serial
+
+from gateway.decode import Notification
+from gateway.ladder import Ladder
+from gateway.serial_protocol import (
+    BadLine,
+    Command,
+    LineReader,
+    Notify,
+    ReplayStart,
+    SerialLink,
+    encode_replay,
+    encode_write,
+)
+from gateway.transport import LinkEvent, LinkHealth, Reject, Transport
+
+__all__ = ["SerialTransport"]
+
+log = logging.getLogger(__name__)
+
+OpenPort = Callable[[str, int], Any]
+
+
+def _open_port(port: str, baudrate: int) -> Any:
+    return serial.serial_for_url(port, baudrate=baudrate, timeout=0.05, write_timeout=2.0)
+
+
+class SerialTransport(Transport):
+    """Notifications from wired sensors on one serial port."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int = 115200,
+        devices: Sequence[str] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+        replay_timeout_s: float = 2.0,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 10.0,
+        lost_after_s: float = 60.0,
+        open_port: OpenPort = _open_port,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.port_name = port
+        self.baudrate = baudrate
+        self.allowlist = list(devices)
+        self.clock = clock
+        self.open_port = open_port
+        self.link = SerialLink(replay_timeout_s=replay_timeout_s)
+        self.reader = LineReader()
+        self.bad_lines: dict[str, int] = {}
+        self.unknown_devices = 0
+        self._key = f"serial:{port}"
+        self._seen: list[str] = []
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._events: list[LinkEvent] = []
+        self._rejects: list[Reject] = []
+        self._lock = threading.Lock()  # _chunks, _events, ladder and port state
+        self._write_lock = threading.Lock()
+        self._ladder = Ladder(
+            clock(), min_s=retry_min_s, max_s=retry_max_s, reset_after=3, lost_after_s=lost_after_s, rand=rand
+        )
+        self._port: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resume_sent_for: Any = None
+
+    # --- Transport ---------------------------------------------------------------------------
+    @property
+    def devices(self) -> list[str]:
+        return list(self.allowlist) if self.allowlist else list(self._seen)
+
+    def start(self, now_us: int) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"nabz-serial-{self.port_name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._close()
+
+    def restore(self, marks: Mapping[str, str]) -> None:
+        if self._key in marks:
+            self.link.restore(marks[self._key])
+
+    def checkpoint(self) -> dict[str, str]:
+        return {self._key: self.link.checkpoint()} if self.link.session else {}
+
+    def poll(self, now_us: int) -> list[Notification]:
+        with self._lock:
+            chunks = list(self._chunks)
+            self._chunks.clear()
+            port = self._port
+        if port is not None and port is not self._resume_sent_for:
+            # A freshly opened port: ask the sensor to continue right after what the spool holds.
+            self._resume_sent_for = port
+            resume = self.link.resume_request()
+            if resume is not None:
+                log.info("serial %s: asking the sensor to replay from line %d", self.port_name, resume[1])
+                self._send(encode_replay(*resume))
+        out: list[Notification] = []
+        for rx_us, data in chunks:
+            for frame in self.reader.feed(data):
+                if isinstance(frame, Notify):
+                    self._notify(frame, rx_us, out)
+                elif isinstance(frame, ReplayStart):
+                    self.link.on_replay_start(frame)
+                elif isinstance(frame, BadLine):
+                    self._bad(frame.reason, frame.line)
+                elif isinstance(frame, Command):
+                    self._bad("unexpected_command", frame.op.encode())
+        return out
+
+    def write(self, device: str, char: str, data: bytes) -> bool:
+        return self._send(encode_write(device, char, data))
+
+    def health(self, now_us: int) -> dict[str, LinkHealth]:
+        with self._lock:
+            lad = self._ladder
+            h = LinkHealth(
+                lad.link_state,
+                since_us=int(lad.since * 1e6),
+                reconnects=lad.reconnects,
+                reason=lad.last_reason,
+            )
+        return {d: h for d in self.devices}
+
+    def take_events(self) -> list[LinkEvent]:
+        with self._lock:
+            out, self._events = self._events, []
+        return out
+
+    def take_rejects(self) -> list[Reject]:
+        out, self._rejects = self._rejects, []
+        return out
+
+    # --- poll helpers (gateway thread) -------------------------------------------------------
+    def _notify(self, frame: Notify, rx_us: int, out: list[Notification]) -> None:
+        decision = self.link.on_notify(frame, rx_us / 1e6)
+        if decision.replay_from is not None and self.link.session is not None:
+            log.info(
+                "serial %s: lines from %d missing (%s); asking for a replay",
+                self.port_name,
+                decision.replay_from,
+                decision.note,
+            )
+            self._send(encode_replay(self.link.session, decision.replay_from))
+        if not decision.accept:
+            return
+        if self.allowlist and frame.device not in self.allowlist:
+            self.unknown_devices += 1
+            self._rejects.append(
+                Reject(frame.device, frame.char, frame.data, "unknown_device", "not on this gateway's list")
+            )
+            return
+        if frame.device not in self._seen:
+            self._seen.append(frame.device)
+        out.append(Notification(frame.device, frame.char, frame.data, rx_us))
+
+    def _bad(self, reason: str, line: bytes) -> None:
+        self.bad_lines[reason] = self.bad_lines.get(reason, 0) + 1
+        self._rejects.append(Reject(f"serial:{self.port_name}", "", line, f"serial_{reason}", line[:40].hex()))
+
+    def _send(self, line: bytes) -> bool:
+        port = self._port
+        if port is None:
+            return False
+        try:
+            with self._write_lock:
+                port.write(line)
+            return True
+        except (serial.SerialException, OSError) as exc:
+            log.warning("serial %s: write failed: %s", self.port_name, exc)
+            return False
+
+    # --- reader thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = self.clock()
+            with self._lock:
+                for action in self._ladder.tick(now):
+                    self._event(action, now)
+                due = self._port is None and self._ladder.attempt_due(now)
+                if due:
+                    self._ladder.on_attempt(now)
+            if due:
+                self._try_open(now)
+            port = self._port
+            if port is None:
+                self._stop.wait(0.05)
+                continue
+            try:
+                data = port.read(max(1, min(65536, port.in_waiting)))
+            except (serial.SerialException, OSError, TypeError) as exc:
+                self._lost_port(str(exc))
+                continue
+            if data:
+                with self._lock:
+                    self._chunks.append((int(self.clock() * 1_000_000), data))
+
+    def _try_open(self, now: float) -> None:
+        try:
+            port = self.open_port(self.port_name, self.baudrate)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            with self._lock:
+                for action in self._ladder.on_failed(now, str(exc)):
+                    self._event(action, now)
+            log.warning("serial %s: cannot open: %s", self.port_name, exc)
+            return
+        with self._lock:
+            self._port = port
+            for action in self._ladder.on_connected(now):
+                self._event(action, now)
+            self._events.extend(LinkEvent(d, "connected", int(now * 1e6)) for d in self.devices)
+        log.info("serial %s: open at %d baud", self.port_name, self.baudrate)
+
+    def _lost_port(self, reason: str) -> None:
+        now = self.clock()
+        self._close()
+        with self._lock:
+            for action in self._ladder.on_disconnected(now, reason):
+                self._event(action, now)
+            self._events.extend(LinkEvent(d, "disconnected", int(now * 1e6), reason) for d in self.devices)
+        log.warning("serial %s: port failed (%s); reopening", self.port_name, reason)
+
+    def _close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError):
+                pass
+
+    def _event(self, action: str, now: float) -> None:
+        kind = {"report_lost": "lost", "report_found": "found"}.get(action)
+        if kind is not None:
+            detail = f"serial port {self.port_name}: {self._ladder.last_reason}"
+            self._events.extend(LinkEvent(d, kind, int(now * 1e6), detail) for d in self.devices)  # type: ignore[arg-type]
