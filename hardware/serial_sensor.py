@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 from gateway.serial_protocol import Command, LineReader, encode_notify, encode_replay_start
 from hardware import _codec as codec
-from hardware.wearables import VirtualDevice
 from hardware.wearables import Notification as SimNotification
+from hardware.wearables import VirtualDevice
 
 __all__ = ["SerialSensor", "open_pty_pair"]
 
