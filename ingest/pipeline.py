@@ -104,6 +104,11 @@ class IngestCore:
     def refresh_enrolment(self) -> None:
         self._enrolment = self.store.enrolment()
 
+    @property
+    def enrolment(self) -> dict[str, str]:
+        """device -> patient, as last read from the store."""
+        return dict(self._enrolment)
+
     def handle_batch(self, batch: list[Message]) -> BatchResult:
         """Store a batch; raises only if the sink fails (then nothing of the batch is committed)."""
         result = BatchResult()
@@ -142,7 +147,7 @@ class IngestCore:
             for a in accepted:
                 r = a.reading
                 count = contract.reading_count(r)
-                self.store.add_message(
+                if not self.store.add_message(
                     r.id,
                     site=r.site,
                     gateway=r.gateway,
@@ -153,7 +158,9 @@ class IngestCore:
                     readings=count,
                     payload=a.msg.payload,
                     received_at=a.msg.received_at,
-                )
+                ):
+                    result.duplicates += 1  # stored meanwhile by another worker (a takeover)
+                    continue
                 result.stored += 1
                 result.stored_readings += count
         result.dead_lettered = len(rejected)

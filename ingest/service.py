@@ -21,6 +21,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from ingest.influx import InfluxSink, SinkError
+from ingest.partition import device_filter, owned_devices
 from ingest.pipeline import BatchResult, IngestCore, Message
 from ingest.store import Store
 from nabz import contract
@@ -60,6 +61,8 @@ class IngestService:
         self.clock = clock
         self.store = store or Store(config.ingest.store_path)
         cid = client_id or config.ingest.client_id
+        if config.ingest.workers > 1:  # one persistent session per worker slot
+            cid = f"{cid}-{config.ingest.worker}"
         spill = config.influx.spill_dir or str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
         self.sink = InfluxSink(config.influx, spill_dir=spill) if config.influx.url else None
         self.core = IngestCore(
@@ -71,9 +74,16 @@ class IngestService:
         self._worker: threading.Thread | None = None
         self.connected = threading.Event()
         self.totals = BatchResult()
+        ic = config.ingest
+        self._partitioned = ic.workers > 1
+        if self._partitioned and not 0 <= ic.worker < ic.workers:
+            raise ValueError(f"ingest.worker {ic.worker} outside 0..{ic.workers - 1}")
+        self._subscribed: set[str] = set()
+        self._sub_lock = threading.Lock()
+        self._next_sync = 0.0
         self.client = make_client(
             config.mqtt,
-            client_id=client_id or config.ingest.client_id,
+            client_id=cid,
             persistent_session=True,
             manual_ack=True,
         )
@@ -86,7 +96,12 @@ class IngestService:
         if not reason_ok(reason):
             log.warning("ingest: broker refused the connection: %s", reason)
             return
-        client.subscribe([(contract.READINGS_FILTER, 1)])
+        if self._partitioned:
+            with self._sub_lock:
+                self._subscribed = set()
+            self._sync_subscriptions()
+        else:
+            client.subscribe([(contract.READINGS_FILTER, 1)])
         self.connected.set()
         log.info("ingest connected to %s", self.config.mqtt.url)
 
@@ -118,9 +133,28 @@ class IngestService:
         return self._queue.qsize()
 
     # --- worker --------------------------------------------------------------------------------
+    def _sync_subscriptions(self) -> None:
+        """Subscribe to the devices of the patients this worker owns (ingest.partition)."""
+        ic = self.config.ingest
+        self.core.refresh_enrolment()
+        want = owned_devices(self.core.enrolment, ic.worker, ic.workers)
+        with self._sub_lock:
+            new, gone = sorted(want - self._subscribed), sorted(self._subscribed - want)
+            self._subscribed = want
+        group = ic.share_group
+        for i in range(0, len(new), 100):
+            self.client.subscribe([(device_filter(d, group), 1) for d in new[i : i + 100]])
+        if gone:
+            self.client.unsubscribe([device_filter(d, group) for d in gone])
+        if new or gone:
+            log.info("ingest worker %d/%d: +%d -%d devices", ic.worker, ic.workers, len(new), len(gone))
+
     def _run(self) -> None:
         pending: list[_Incoming] = []
         while not self._stop.is_set():
+            if self._partitioned and time.monotonic() >= self._next_sync and self.connected.is_set():
+                self._next_sync = time.monotonic() + 2.0  # enrolment changes are picked up this fast
+                self._sync_subscriptions()
             if not pending:
                 pending = self._take_batch()
                 if not pending:

@@ -121,6 +121,9 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_path: str = "var/nabz.sqlite"  # embedded store: readings, dead letters, dedup, enrolment
     dedup_window_h: float = 24.0 * 7
     client_id: str = "nabz-ingest"
+    workers: int = 1  # ingest workers sharing the readings (docs/scale.md); each has its own --worker
+    worker: int = 0  # this worker's slot, 0 .. workers - 1
+    share_group: str = "nabz-ingest"  # MQTT v5 shared-subscription group of the workers
 
 
 AlarmPriority = Literal["high", "medium", "low"]

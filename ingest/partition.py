@@ -1,0 +1,36 @@
+"""Which ingest worker owns which patient, and the MQTT subscriptions that follow. Pure.
+
+Mosquitto's shared subscriptions hand messages round-robin to the members of a group, which
+would scatter one patient's stream over all workers. So a worker never joins a group for all
+readings: it subscribes, in the shared group, to the reading topics of the devices of the patients
+it owns (``$share/<group>/nabz/v1/+/gw/+/<device>/+``). Each such (group, filter) subscription has
+exactly one member, its owner, so a patient's messages reach one worker, in order. The owner's
+session is persistent: while it is down the broker queues its patients' messages, and whichever
+process starts in its slot (a restart, or a standby) resumes them. On a broker with a hash or
+sticky strategy (EMQX) a standby can be a second live member of the same subscriptions.
+See docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+from nabz.contract import ROOT
+
+__all__ = ["owner_of", "owned_devices", "device_filter"]
+
+
+def owner_of(patient: str, workers: int) -> int:
+    """The worker slot (0 .. workers - 1) that owns a patient: CRC-32 of the id, modulo."""
+    return zlib.crc32(patient.encode()) % max(1, workers)
+
+
+def owned_devices(enrolment: Mapping[str, str], worker: int, workers: int) -> set[str]:
+    """Devices whose patient the given worker owns."""
+    return {d for d, p in enrolment.items() if owner_of(p, workers) == worker}
+
+
+def device_filter(device: str, group: str) -> str:
+    """The shared subscription to one device's readings."""
+    return f"$share/{group}/{ROOT}/+/gw/+/{device}/+"
