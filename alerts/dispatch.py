@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from alerts.grouping import Batch, plan
-from alerts.notify import DeliveryReport, Incoming, Notifier, Pollable
+from alerts.notify import Delivery, DeliveryReport, Incoming, Notifier, Pollable
 from alerts.profile import Profiles
 from alerts.smstext import Line, compose, split
 from alerts.store import AlertStore
@@ -53,8 +53,19 @@ class Dispatcher:
             elif a.state == "acknowledged" and q.reason != "cleared":
                 message += f" (ACKed by {a.acknowledged_by})"
             label = self.profiles.get(a.patient).label
+            value = None if a.technical else a.value
             lines.append(
-                Line(label, a.kind, a.priority, message, a.condition_started_at, a.ack_code, q.reason)
+                Line(
+                    label,
+                    a.kind,
+                    a.priority,
+                    message,
+                    a.condition_started_at,
+                    a.ack_code,
+                    q.reason,
+                    value,
+                    a.unit or "",
+                )
             )
         if not lines:
             return ""
@@ -85,7 +96,11 @@ class Dispatcher:
             ref: str | None = None
             failed = None
             for i, part in enumerate(parts):
-                d = n.send(b.phone, part, f"nabz-{seq}-{i + 1}", now)
+                try:
+                    d = n.send(b.phone, part, f"nabz-{seq}-{i + 1}", now)
+                except Exception as exc:  # a notifier's bug is a failed attempt, not a stuck SMS
+                    log.exception("notifier %s", n.name)
+                    d = Delivery(False, retryable=True, detail=f"{type(exc).__name__}: {exc}")
                 if not d.ok:
                     failed = d
                     break

@@ -47,20 +47,19 @@ _SAVE_DEVICES_EVERY_S = 30.0
 
 def parse_sms_command(text: str) -> tuple[str, list[str], float | None] | None:
     """'ACK 4821', 'ack 4821 4822', 'SNOOZE 4821 30' (minutes) -> (action, codes, minutes)."""
-    m = re.fullmatch(r"\s*(ack|snooze)\s+([0-9 ,]+?)\s*(?:\s(\d+)\s*m?(?:in)?)?\s*", text, re.IGNORECASE)
-    if m is None:
+    tokens = re.sub(r"(?i)\b(minutes|mins|min|m)\b", " ", text.replace(",", " ")).split()
+    if (
+        len(tokens) < 2
+        or tokens[0].lower() not in ("ack", "snooze")
+        or not all(t.isdigit() for t in tokens[1:])
+    ):
         return None
-    action = m.group(1).lower()
-    codes = re.findall(r"\d+", m.group(2))
-    minutes: float | None = None
-    if action == "snooze":
-        if m.group(3) is None and len(codes) > 1:
-            minutes = float(codes.pop())
-        elif m.group(3) is not None:
-            minutes = float(m.group(3))
-        else:
-            minutes = 15.0
-    return action, codes, minutes
+    action, numbers = tokens[0].lower(), tokens[1:]
+    if action == "ack":
+        return action, numbers, None
+    if len(numbers) > 1 and len(numbers[-1]) <= 3:
+        return action, numbers[:-1], float(numbers[-1])
+    return action, numbers, 15.0
 
 
 class AlertEngine:

@@ -71,6 +71,8 @@ class Line:
     since: float  # condition start, epoch s
     ack_code: str
     reason: str  # new, worse, escalation, repeat, cleared
+    value: float | None = None
+    unit: str = ""
 
 
 def _hhmm(t: float, tz: str) -> str:
@@ -88,13 +90,18 @@ def compose(lines: list[Line], tz: str = "Asia/Karachi", language: str = "en") -
     label = head.patient_label
     parts: list[str] = []
     for i, x in enumerate(ordered):
-        what = _KIND_UR.get(x.kind, x.message) + f" ({x.message})" if lang == "ur" else x.message
+        what = x.message
+        if lang == "ur":  # short: UCS-2 leaves 70 characters
+            what = _KIND_UR.get(x.kind, x.kind) + (
+                "" if x.value is None else f" {x.value:.0f}{x.unit.strip()}"
+            )
         tag = _REASON[lang].get(x.reason, "")
         if x.reason == "cleared":
             parts.append(f"{tag}{what}")
             continue
         prio = "" if i == 0 else f"{words.get(x.priority, x.priority)} "
-        parts.append(f"{tag}{prio}{what}, since {_hhmm(x.since, tz)}. ACK {x.ack_code}")
+        since = _hhmm(x.since, tz) if lang == "ur" else f"since {_hhmm(x.since, tz)}"
+        parts.append(f"{tag}{prio}{what}, {since}. ACK {x.ack_code}")
     if head.reason == "cleared":
         return f"NABZ {label}: " + "; ".join(parts)
     return f"NABZ {words.get(head.priority, head.priority)} {label}: " + "; ".join(parts)

@@ -83,6 +83,7 @@ class GapRule:
     are lost for good (a late delivery from a gateway's spool arrives in order and leaves no hole)."""
 
     gap_s: float
+    stale_s: float = float("inf")  # a longer silence is the stale-data alarm's to report
     clear_after_s: float = 60.0
     kind: str = "data_gap"
     last: dict[tuple[str, str], float] = field(default_factory=dict)  # (device, source) -> vitals time
@@ -99,7 +100,7 @@ class GapRule:
         prev = self.last.get(key)
         if prev is None or t > prev:
             self.last[key] = t
-        if prev is not None and t - prev >= self.gap_s:
+        if prev is not None and self.gap_s <= t - prev < self.stale_s:
             self.open_since[v.patient] = t
             text = f"{t - prev:.0f} s of {v.source.upper()} data lost ({v.device})"
             return Condition(
@@ -249,5 +250,5 @@ def technical_rules(cfg: AlertsConfig) -> list[FlagRule | BandRule | GapRule]:
             bands=lambda lim: [Band(cfg.battery_low_pct, "low", 0.0), Band(cfg.battery_critical_pct, "medium", 0.0)],
             min_delay_s=0.0, depth_for_min_delay=1.0, clear_margin=5.0, clear_after_s=0.0,
         ),
-        GapRule(cfg.gap_alarm_s),
+        GapRule(cfg.gap_alarm_s, cfg.stale_after_s),
     ]  # fmt: skip

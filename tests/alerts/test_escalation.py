@@ -1,0 +1,222 @@
+"""Lifecycle, on-call schedule, escalation, silences, grouping, caps, SMS acknowledgement, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from alerts.dispatch import Dispatcher
+from alerts.engine import parse_sms_command
+from alerts.lifecycle import Alarm, LifecycleError, apply
+from alerts.notify import Delivery
+from alerts.oncall import Schedule
+from nabz.config import AlertsConfig, EscalationConfig, OncallConfig, OverrideConfig
+from tests.alerts.helpers import PEOPLE, T0, Recorder, Rig, config, v
+
+FARAH, BILAL, AISHA, OMAR = (PEOPLE[n].phone for n in ("farah", "bilal", "aisha", "omar"))
+
+
+def desaturate(rig: Rig, patient: str = "p-0001", start: float = T0) -> str:
+    """A deep desaturation: one high-priority spo2_low alarm; returns its ack code."""
+    rig.feed([v(start + i, patient=patient, spo2_pct=82.0) for i in range(10)])
+    return rig.engine.open[(patient, "spo2_low")].ack_code
+
+
+def test_the_lifecycle_table_refuses_moves_it_does_not_have() -> None:
+    a = Alarm("a1", "demo", "p", "spo2_low", "medium", "active", "m", 90.0, 92.0, "%", T0, T0)
+    acked = apply(a, "ack", T0 + 1, "farah")
+    worse = apply(acked, "worsen", T0 + 2, priority="high")
+    assert (worse.state, worse.priority, worse.acknowledged_by) == ("active", "high", None)
+    cleared = apply(worse, "clear", T0 + 3)
+    assert cleared.state == "cleared"
+    with pytest.raises(LifecycleError):
+        apply(cleared, "ack", T0 + 4, "farah")
+    with pytest.raises(LifecycleError):
+        apply(a, "worsen", T0, priority="low")
+
+
+def test_rotation_and_override_in_karachi_time() -> None:
+    cfg = config().oncall
+    cfg = OncallConfig(
+        people=cfg.people, rotations=cfg.rotations, team=cfg.team,
+        overrides=[OverrideConfig(role="primary", person="omar", start="2026-11-25T20:00", end="2026-11-26T02:00")],
+    )  # fmt: skip
+    s = Schedule(cfg)
+    # Handoffs at 08:00 PKT (03:00 UTC): on 25 November it is Farah's day, on the 26th Aisha's.
+    assert [p.name for p in s.who("primary", T0)] == ["farah"]
+    assert [p.name for p in s.who("primary", T0 + 18 * 3600 - 1)] == ["farah"]  # 07:59 on the 26th
+    assert [p.name for p in s.who("primary", T0 + 18 * 3600)] == ["aisha"]
+    assert [p.name for p in s.who("primary", T0 + 7 * 3600)] == ["omar"]  # 21:00, overridden
+    assert [p.name for p in s.who("team", T0)] == ["aisha", "bilal", "farah", "omar"]
+
+
+def test_escalation_primary_then_backup_then_team_and_repeats_until_acknowledged(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    code = desaturate(rig)
+    raised = rig.engine.open[("p-0001", "spo2_low")].raised_at
+    rig.run(raised, raised + 299)
+    assert [p for p, _, _ in rig.notifier.sent] == [FARAH]
+    rig.run(raised + 300, raised + 599)
+    assert sorted(p for p, _, at in rig.notifier.sent if at == raised + 300) == sorted([BILAL, FARAH])
+    (urdu,) = rig.notifier.texts(BILAL)
+    assert "فوری" in urdu and f"ACK {code}" in urdu
+    assert any(t.startswith("NABZ HIGH p-0001: REPEAT") for t in rig.notifier.texts(FARAH))
+    rig.run(raised + 600, raised + 600)
+    assert {p for p, _, at in rig.notifier.sent if at == raised + 600} == {AISHA, OMAR, BILAL, FARAH}
+    rig.engine.acknowledge(code, "farah", raised + 700)
+    n = len(rig.notifier.sent)
+    rig.run(raised + 701, raised + 3000, step=10.0)
+    assert len(rig.notifier.sent) == n  # acknowledged: nobody is texted again
+
+
+def test_a_restart_mid_escalation_sends_the_same_sms_as_no_restart(tmp_path: Path) -> None:
+    def scenario(rig: Rig, restart_every: float | None) -> list[tuple[str, str, float]]:
+        desaturate(rig)
+        t = T0 + 10.0
+        last_restart = t
+        while t <= T0 + 1500:
+            if restart_every is not None and t - last_restart >= restart_every:
+                rig.restart()
+                last_restart = t
+            rig.at(t)
+            t += 7.0
+        return rig.notifier.sent
+
+    plain = scenario(Rig(tmp_path / "a"), None)
+    restarted = scenario(Rig(tmp_path / "b"), restart_every=50.0)
+    assert len(plain) >= 10
+    assert restarted == plain  # the same SMS, to the same people, at the same times: none twice, none missed
+
+
+class PowerCut(Recorder):
+    def send(self, to: str, text: str, key: str, at: float) -> Delivery:
+        raise SystemExit("the process is killed while the modem sends")
+
+
+def test_an_sms_interrupted_by_a_crash_is_sent_again_and_the_audit_says_so(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, notifier=PowerCut())
+    with pytest.raises(SystemExit):
+        desaturate(rig)
+    rig.notifier = Recorder()
+    rig.restart()
+    rig.at(T0 + 10)
+    assert len(rig.notifier.texts(FARAH)) == 1
+    assert [s["status"] for s in rig.store.sms()] == ["interrupted", "sent"]
+    assert any(a["state"] == "interrupted" for a in rig.store.audit())
+
+
+def test_each_alarm_is_acknowledged_on_its_own_by_sms_reply(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    code = desaturate(rig)
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=170.0) for i in range(20)])
+    hr = rig.engine.open[("p-0001", "hr_high")]
+    rig.store.add_command(T0 + 30, "sms_in", {"phone": FARAH, "text": f"ack {code}"}, "sms")
+    events = rig.at(T0 + 30)
+    assert {(e.kind, e.state, e.acknowledged_by) for e in events if e.state == "acknowledged"} == {
+        ("spo2_low", "acknowledged", "farah")
+    }
+    assert rig.engine.open[("p-0001", "hr_high")].state == "active" and hr.state == "active"
+    assert any(t.startswith(f"NABZ: ACK {code} p-0001 spo2_low") for t in rig.notifier.texts(FARAH))
+    rig.store.add_command(T0 + 31, "sms_in", {"phone": "+15550000000", "text": f"ACK {hr.ack_code}"}, "sms")
+    rig.at(T0 + 31)
+    assert rig.engine.open[("p-0001", "hr_high")].state == "active"  # a stranger cannot acknowledge
+    assert any(a["what"] == "sms_in" and a["state"] == "refused" for a in rig.store.audit())
+
+
+def test_sms_commands_parse() -> None:
+    assert parse_sms_command("ACK 4821") == ("ack", ["4821"], None)
+    assert parse_sms_command(" ack 4821 4822 ") == ("ack", ["4821", "4822"], None)
+    assert parse_sms_command("SNOOZE 4821 30") == ("snooze", ["4821"], 30.0)
+    assert parse_sms_command("thanks") is None
+
+
+def test_silences_expire_and_high_priority_cannot_be_silenced_past_the_maximum(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config(AlertsConfig(silence_max_high_s=1800.0, stale_after_s=1e7)))
+    rig.engine.silence("p-0001", "spo2_low", 4 * 3600, "farah", T0 - 1)
+    code = desaturate(rig)
+    rig.run(T0 + 10, T0 + 1790, step=30.0)
+    assert rig.notifier.sent == []  # silenced: raised and published, not texted
+    rig.run(T0 + 1800, T0 + 1800)
+    assert [p for p, _, _ in rig.notifier.sent] == [FARAH]  # a high alarm is silenced for 30 min at most
+    rig.engine.acknowledge(code, "farah", T0 + 1801)
+    rig.engine.silence("p-0002", "*", 2 * 3600, "farah", T0)
+    rig.feed([v(T0 + i, patient="p-0002", source="ecg", hr_bpm=140.0) for i in range(15)])  # medium
+    rig.run(T0 + 15, T0 + 7199, step=60.0)
+    assert not [t for t in rig.notifier.texts() if "p-0002" in t]
+    rig.run(T0 + 7200, T0 + 7200)
+    assert any("p-0002" in t for t in rig.notifier.texts(FARAH))
+
+
+def test_alarms_of_one_patient_close_together_share_one_sms_and_high_never_waits(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config(schedule=False))
+    off = [v(T0 + i, source="device", spo2_pct=None, flags=["sensor_unconnected_to_user"]) for i in range(31)]
+    rig.feed(off)  # sensor_off at T0+30: the first SMS about p-0001 goes at once
+    rig.feed(
+        [v(T0 + 31 + i, source="ecg", sqi=0.1, flags=["leads_off"]) for i in range(31)]
+    )  # leads_off at T0+61
+    rig.feed([v(T0 + 62 + i, source="device", battery_pct=15) for i in range(2)])  # battery_low at T0+62
+    assert len(rig.notifier.sent) == 1
+    rig.run(T0 + 63, T0 + 95)
+    assert len(rig.notifier.sent) == 2  # leads off and battery: one SMS, a group interval after the first
+    second = rig.notifier.sent[1][1]
+    assert "ECG leads off" in second and "battery" in second
+    rig.feed([v(T0 + 96 + i, source="ecg", hr_bpm=25.0) for i in range(12)])  # hr_low high: at once
+    assert len(rig.notifier.sent) == 3 and rig.notifier.sent[2][1].startswith("NABZ HIGH p-0001")
+
+
+def test_an_hourly_cap_per_recipient_but_high_priority_always_goes(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config(AlertsConfig(max_sms_per_hour=3, stale_after_s=1e7), schedule=False))
+    for k in range(1, 6):  # five patients' batteries run low within a minute
+        rig.feed([v(T0 + k, patient=f"p-000{k}", source="device", battery_pct=15)])
+    assert len(rig.notifier.sent) == 3
+    code = desaturate(rig, "p-0009", T0 + 10)
+    assert len(rig.notifier.sent) == 4 and "p-0009" in rig.notifier.sent[3][1]
+    rig.engine.acknowledge(code, "+923000000000", T0 + 20)
+    rig.run(T0 + 20, T0 + 3600, step=60.0)
+    assert len(rig.notifier.sent) == 4
+    rig.run(T0 + 3601, T0 + 3700, step=10.0)
+    assert {t.split(":")[0] for t in rig.notifier.texts()[4:]} == {"NABZ LOW p-0004", "NABZ LOW p-0005"}
+
+
+def test_failures_retry_with_backoff_and_fall_back_to_the_next_notifier(tmp_path: Path) -> None:
+    flaky = Recorder("modem", fail=Delivery(False, retryable=True, detail="+CMS ERROR: 331"))
+    rig = Rig(tmp_path, config(schedule=False), notifier=flaky)
+    desaturate(rig)
+    raised = rig.engine.open[("p-0001", "spo2_low")].raised_at
+    rig.run(raised, raised + 4)
+    assert flaky.sent == []
+    flaky.fail = None
+    rig.run(raised + 5, raised + 5)  # retried after retry_min_s
+    assert len(flaky.sent) == 1
+    dead = Recorder("modem", fail=Delivery(False, retryable=False, detail="+CMS ERROR: 310"))
+    spare = Recorder("outbox")
+    rig2 = Rig(tmp_path / "2", config(schedule=False), notifier=dead)
+    rig2.dispatcher = Dispatcher(rig2.cfg, rig2.store, [dead, spare])
+    desaturate(rig2)
+    assert len(spare.sent) == 1 and rig2.store.sms()[0]["notifier"] == "outbox"
+
+
+def test_all_clear_tells_everyone_who_was_texted(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config(escalation=EscalationConfig(all_clear=True)))
+    desaturate(rig)
+    rig.run(T0 + 10, T0 + 400, step=10.0)
+    rig.feed([v(T0 + 401 + i, spo2_pct=97.0) for i in range(15)])
+    rig.run(T0 + 420, T0 + 500, step=10.0)
+    assert rig.notifier.texts(FARAH)[-1].startswith("NABZ p-0001: CLEARED SpO2")
+    assert rig.notifier.texts(BILAL)[-1].startswith("NABZ p-0001: ٹھیک")
+
+
+def test_the_audit_log_is_append_only_and_records_every_transition_and_sms(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    code = desaturate(rig)
+    rig.at(T0 + 11)  # the engine learns the SMS went out: the alarm's event gains notified_at
+    rig.engine.acknowledge(code, "farah", T0 + 20)
+    audit = rig.store.audit()
+    assert [a["state"] for a in audit if a["what"] == "transition"] == ["active", "active", "acknowledged"]
+    assert [a["state"] for a in audit if a["what"] == "notification"] == ["sent"]
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        rig.store.db.execute("UPDATE audit SET state = 'x'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        rig.store.db.execute("DELETE FROM audit")
