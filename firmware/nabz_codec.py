@@ -473,6 +473,16 @@ def wave_max_samples(kind, att_mtu):
     return min(n, 255)
 
 
+def wave_header_into(buf, kind, flags, n, rate_hz, seq, t0_us):
+    """Write the 18-byte frame header into buf[0:18]; returns 18.
+
+    The firmware keeps its samples in wire format (int16 LE, or uint24 LE red then IR) and copies
+    them after this header, so a frame costs no per-sample encoding on the device.
+    """
+    struct.pack_into(WAVE_HEADER, buf, 0, WAVE_VERSION, kind, flags, n, rate_hz, seq & 0xFFFFFFFF, t0_us)
+    return WAVE_HEADER_SIZE
+
+
 def wave_pack_into(buf, kind, flags, rate_hz, seq, t0_us, samples, start, n):
     """Write one frame into buf (a bytearray); returns its length in bytes.
 
@@ -485,7 +495,7 @@ def wave_pack_into(buf, kind, flags, rate_hz, seq, t0_us, samples, start, n):
         raise ValueError("waveform: %d samples per frame, must be 1..255" % n)
     if len(buf) < total:
         raise ValueError("waveform: buffer of %d bytes, frame needs %d" % (len(buf), total))
-    struct.pack_into(WAVE_HEADER, buf, 0, WAVE_VERSION, kind, flags, n, rate_hz, seq & 0xFFFFFFFF, t0_us)
+    wave_header_into(buf, kind, flags, n, rate_hz, seq, t0_us)
     pos = WAVE_HEADER_SIZE
     if kind == WAVE_KIND_ECG:
         for i in range(start, start + n):
@@ -583,3 +593,73 @@ def control_decode(data):
             raise ValueError("control resend: unknown stream kind %d" % kind)
         return {"op": op, "kind": kind, "first_seq": first, "last_seq": last}
     raise ValueError("control: unknown op %d" % op)
+
+
+# Device -> gateway notifications on the same control characteristic (it is write + notify).
+#   op 0x81 RESEND_REPORT, after the device has answered a RESEND request:
+#     uint8 op, uint8 kind, uint32 first seq, uint32 last seq (as requested),
+#     uint32 first resent seq, uint32 resent count.
+#     The resent frames are first_resent .. first_resent + count - 1; every other frame of the
+#     request is not coming: those before them are older than the device's buffer (a gap the
+#     gateway must report), those after them were never produced.
+#   op 0x82 STATUS, when the device changes state: uint8 op, uint8 state, uint8 battery percent.
+CTRL_OP_RESEND_REPORT = const(0x81)
+CTRL_OP_STATUS = const(0x82)
+_CTRL_REPORT = "<BBIIII"
+_CTRL_STATUS = "<BBB"
+DEVICE_STATE_OK = const(0)
+DEVICE_STATE_LOW_BATTERY = const(1)  # reduced rates, frames carry the low-battery flag
+DEVICE_STATE_BATTERY_CRITICAL = const(2)  # the last status: sensors are being shut down
+DEVICE_STATE_SENSOR_FAULT = const(3)  # the sensor stopped answering; the device is recovering it
+DEVICE_STATE_NAMES = ("ok", "low_battery", "battery_critical", "sensor_fault")
+
+
+def control_report_encode(kind, first_seq, last_seq, resent_first, resent_count):
+    return struct.pack(
+        _CTRL_REPORT,
+        CTRL_OP_RESEND_REPORT,
+        kind,
+        first_seq & 0xFFFFFFFF,
+        last_seq & 0xFFFFFFFF,
+        resent_first & 0xFFFFFFFF,
+        resent_count,
+    )
+
+
+def control_status_encode(state, battery_pct):
+    if state < 0 or state >= len(DEVICE_STATE_NAMES):
+        raise ValueError("control status: unknown device state %d" % state)
+    return struct.pack(_CTRL_STATUS, CTRL_OP_STATUS, state, battery_pct)
+
+
+def control_notify_decode(data):
+    """A control notification from the device -> dict(op, ...); bad ones raise ValueError."""
+    if len(data) < 1:
+        raise ValueError("control notification: empty")
+    op = data[0]
+    if op == CTRL_OP_RESEND_REPORT:
+        if len(data) != 18:
+            raise ValueError("control resend report: %d bytes, expected 18" % len(data))
+        _, kind, first, last, resent_first, count = struct.unpack(_CTRL_REPORT, data)
+        if kind != WAVE_KIND_ECG and kind != WAVE_KIND_PPG:
+            raise ValueError("control resend report: unknown stream kind %d" % kind)
+        if count > ((last - first) & 0xFFFFFFFF) + 1:
+            raise ValueError("control resend report: %d frames resent of a shorter request" % count)
+        return {
+            "op": op,
+            "kind": kind,
+            "first_seq": first,
+            "last_seq": last,
+            "resent_first_seq": resent_first,
+            "resent_count": count,
+        }
+    if op == CTRL_OP_STATUS:
+        if len(data) != 3:
+            raise ValueError("control status: %d bytes, expected 3" % len(data))
+        _, state, battery = struct.unpack(_CTRL_STATUS, data)
+        if state >= len(DEVICE_STATE_NAMES):
+            raise ValueError("control status: unknown device state %d" % state)
+        if battery > 100:
+            raise ValueError("control status: battery %d %% is above 100" % battery)
+        return {"op": op, "state": DEVICE_STATE_NAMES[state], "battery_pct": battery}
+    raise ValueError("control notification: unknown op %d" % op)

@@ -94,6 +94,9 @@ WAVE_FLAG_NAMES: tuple[tuple[int, str], ...]
 
 def wave_sample_size(kind: int) -> int: ...
 def wave_max_samples(kind: int, att_mtu: int) -> int: ...
+def wave_header_into(
+    buf: bytearray, kind: int, flags: int, n: int, rate_hz: int, seq: int, t0_us: int
+) -> int: ...
 def wave_pack_into(
     buf: bytearray,
     kind: int,
@@ -114,3 +117,17 @@ CTRL_OP_RESEND: int
 
 def control_resend_encode(kind: int, first_seq: int, last_seq: int) -> bytes: ...
 def control_decode(data: bytes | bytearray | memoryview) -> dict[str, Any]: ...
+
+CTRL_OP_RESEND_REPORT: int
+CTRL_OP_STATUS: int
+DEVICE_STATE_OK: int
+DEVICE_STATE_LOW_BATTERY: int
+DEVICE_STATE_BATTERY_CRITICAL: int
+DEVICE_STATE_SENSOR_FAULT: int
+DEVICE_STATE_NAMES: tuple[str, ...]
+
+def control_report_encode(
+    kind: int, first_seq: int, last_seq: int, resent_first: int, resent_count: int
+) -> bytes: ...
+def control_status_encode(state: int, battery_pct: int) -> bytes: ...
+def control_notify_decode(data: bytes | bytearray | memoryview) -> dict[str, Any]: ...

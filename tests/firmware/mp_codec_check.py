@@ -20,6 +20,7 @@ _DECODERS = {
     "battery": codec.battery_decode,
     "wave": codec.wave_decode,
     "control": codec.control_decode,
+    "control_notify": codec.control_notify_decode,
 }
 _TABLES = {"meas": codec.MEAS_STATUS_BITS, "dev": codec.DEV_STATUS_BITS}
 _SPECIAL_VALUE = {"nan": "nan", "nres": "nan", "reserved": "nan", "+inf": "+inf", "-inf": "-inf"}
@@ -94,6 +95,12 @@ def encode_decoded(name, d):
         return codec.wave_encode(d["kind"], d["flags"], d["rate_hz"], d["seq"], d["t0_us"], d["samples"])
     if name == "control":
         return codec.control_resend_encode(d["kind"], d["first_seq"], d["last_seq"])
+    if name == "control_notify":
+        if d["op"] == codec.CTRL_OP_STATUS:
+            return codec.control_status_encode(codec.DEVICE_STATE_NAMES.index(d["state"]), d["battery_pct"])
+        return codec.control_report_encode(
+            d["kind"], d["first_seq"], d["last_seq"], d["resent_first_seq"], d["resent_count"]
+        )
     raise KeyError(name)
 
 

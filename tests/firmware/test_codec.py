@@ -32,6 +32,7 @@ DECODERS: dict[str, Callable[[Any], Any]] = {
     "battery": codec.battery_decode,
     "wave": codec.wave_decode,
     "control": codec.control_decode,
+    "control_notify": codec.control_notify_decode,
 }
 TABLES = {"meas": codec.MEAS_STATUS_BITS, "dev": codec.DEV_STATUS_BITS}
 MARKERS = {"nan": math.nan, "+inf": math.inf, "-inf": -math.inf}
@@ -105,6 +106,12 @@ def encode_decoded(name: str, d: Any) -> bytes:
     if name == "control":
         assert d["op"] == codec.CTRL_OP_RESEND
         return codec.control_resend_encode(d["kind"], d["first_seq"], d["last_seq"])
+    if name == "control_notify":
+        if d["op"] == codec.CTRL_OP_STATUS:
+            return codec.control_status_encode(codec.DEVICE_STATE_NAMES.index(d["state"]), d["battery_pct"])
+        return codec.control_report_encode(
+            d["kind"], d["first_seq"], d["last_seq"], d["resent_first_seq"], d["resent_count"]
+        )
     raise AssertionError(name)
 
 
