@@ -42,6 +42,8 @@ POOR_FLAGS = frozenset(
     }
 )  # fmt: skip
 _RECENT_S = 60.0  # a source with valid data this recent can hold an alarm open
+# ingest measures a pause over a 10 s ECG window: a gap left by lead noise stays in it that long.
+_ECG_WINDOW_S = 12.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,16 @@ class BandRule:
     min_sqi: float = 0.5
     technical: bool = False
     per_device: bool = False  # timers per device rather than per source (battery)
+    max_gap_s: float = 5.0  # a crossing not yet an alarm restarts after this long without valid data
+    clean_for_s: float = 0.0  # use a value only if the source had no unusable data this long before
+    # SpO2: our own estimate from the raw PPG is uncalibrated; while the oximeter itself reports
+    # (valid or flagged), alarms follow the oximeter, and the raw-PPG estimate only stands in for
+    # one that reports no SpO2 at all (or once a calibration is configured).
+    uncalibrated_fallback: str | None = None  # the source that only stands in
+    calibrated_seen: dict[str, float] = field(default_factory=dict)  # patient -> last oximeter report
     fmt: str = "{:.0f}"
     states: dict[str, dict[str, _Source]] = field(default_factory=dict)  # patient -> source -> state
+    dirty: dict[tuple[str, str], float] = field(default_factory=dict)  # (patient, source) -> last unusable
 
     def _beyond(self, x: float, limit: float) -> bool:
         return x < limit if self.direction == "low" else x > limit
@@ -123,11 +133,22 @@ class BandRule:
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if v.source not in self.sources:
             return None
-        x = getattr(v, self.quantity)
-        if x is None or not usable(v, self.min_sqi):
-            return None
         source = v.device if self.per_device else v.source
-        return self.update(v.patient, source, v.t.timestamp(), float(x), lim)
+        x = getattr(v, self.quantity)
+        t = v.t.timestamp()
+        if self.uncalibrated_fallback is not None:
+            if source != self.uncalibrated_fallback and (x is not None or v.flags):
+                self.calibrated_seen[v.patient] = t
+            elif source == self.uncalibrated_fallback and not v.spo2_calibrated:
+                if t - self.calibrated_seen.get(v.patient, float("-inf")) < _RECENT_S / 2:
+                    return None
+        if not usable(v, self.min_sqi):
+            if self.clean_for_s:
+                self.dirty[(v.patient, source)] = t
+            return None
+        if x is None or t - self.dirty.get((v.patient, source), float("-inf")) < self.clean_for_s:
+            return None
+        return self.update(v.patient, source, t, float(x), lim)
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         """After a restart: an open alarm of this kind, which only valid recovered data may clear."""
@@ -138,6 +159,9 @@ class BandRule:
         per = self.states.setdefault(patient, {})
         before = _worst(per)
         st = per.setdefault(source, _Source())
+        if st.raised is None and t - st.last_valid > self.max_gap_s:
+            st.band_since.clear()  # the delay counts valid data only: poor signal broke the run
+            st.since = None
         st.last_valid = t
         bands = self.bands(lim)
         outer = bands[0].limit
@@ -278,7 +302,7 @@ def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule]:
     return [
         BandRule(
             kind="spo2_low", label="SpO2", unit="%", direction="low", quantity="spo2_pct",
-            sources=("ppg", "device"), min_sqi=q,
+            sources=("ppg", "device"), min_sqi=q, uncalibrated_fallback="ppg",
             bands=lambda lim: [Band(lim.spo2_low, "medium", cfg.spo2_sustained_s),
                                Band(lim.spo2_critical, "high", cfg.spo2_delay_s)],
             min_delay_s=cfg.spo2_min_delay_s, depth_for_min_delay=6.0, clear_margin=2.0,
@@ -304,18 +328,20 @@ def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule]:
             kind="asystole", label="No heartbeat", unit=" s", direction="high", quantity="pause_s",
             sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.asystole_s, "high", 0.0)],
             min_delay_s=0.0, depth_for_min_delay=1.0, clear_margin=1.0, clear_after_s=cfg.clear_after_s,
-            fmt="{:.1f}",
+            fmt="{:.1f}", clean_for_s=_ECG_WINDOW_S,
         ),
         BandRule(
             kind="pause", label="Pause in heartbeat", unit=" s", direction="high", quantity="pause_s",
             sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.pause_s, "medium", pause_wait)],
             min_delay_s=pause_wait, depth_for_min_delay=1.0, clear_margin=0.5,
-            clear_after_s=cfg.clear_after_s, fmt="{:.1f}",
+            clear_after_s=cfg.clear_after_s, fmt="{:.1f}", clean_for_s=_ECG_WINDOW_S,
         ),
         BandRule(
             kind="af_suspected", label="AF suspected, score", unit="", direction="high", quantity="af_score",
             sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.af_score, "medium", cfg.af_sustained_s)],
-            min_delay_s=cfg.af_sustained_s, depth_for_min_delay=1.0, clear_margin=0.2, clear_after_s=60.0,
+            # The score halves when the turning-point test is unsure (ingest.dsp.hrv.af_score): a
+            # wide band keeps a sustained AF from restarting its delay at each such value.
+            min_delay_s=cfg.af_sustained_s, depth_for_min_delay=1.0, clear_margin=0.4, clear_after_s=60.0,
             fmt="{:.2f}",
         ),
         News2Rule(
