@@ -38,6 +38,31 @@ def register(sub: Any, bench: Any) -> None:
     dsp.add_argument("--seed", type=int, default=20261125, help="noise seed")
     dsp.set_defaults(handler=_bench_dsp)
 
+    load = bench.add_parser(
+        "ingest",
+        help="full ingest on real mosquitto and VictoriaMetrics: patients kept in real time, vs broker and naive",
+    )
+    load.add_argument("--json", action="store_true", help="print the result as JSON")
+    load.add_argument("--workers", type=int, default=2, help="ingest worker processes (default 2)")
+    load.add_argument("--seconds", type=int, default=20, help="length of each real-time run (default 20)")
+    load.add_argument(
+        "--start", type=int, default=None, metavar="N", help="patients in the first real-time run"
+    )
+    load.add_argument("--max-patients", type=int, default=4000)
+    load.set_defaults(handler=_bench_ingest)
+
+    influx = sub.add_parser("influx", help="InfluxDB 2 administration")
+    influx_sub = influx.add_subparsers(dest="action", required=True, metavar="ACTION")
+    setup = influx_sub.add_parser(
+        "setup", help="create the bucket with its retention, the trends bucket and the downsampling task"
+    )
+    add_config_option(setup)
+    setup.add_argument("--retention-days", type=float, default=30.0, help="raw data retention (default 30)")
+    setup.add_argument(
+        "--trends-days", type=float, default=730.0, help="1-minute trends retention (default 730)"
+    )
+    setup.set_defaults(handler=_influx_setup)
+
 
 def _run(args: argparse.Namespace) -> int:
     from ingest.service import IngestService
@@ -78,4 +103,28 @@ def _bench_dsp(args: argparse.Namespace) -> int:
             f"{name:16s} HR error median {s['hr_abs_err_median_bpm']} p95 {s['hr_abs_err_p95_bpm']} "
             f"max {s['hr_abs_err_max_bpm']} bpm; Se {s['se']} +P {s['ppv']}; longest pause {s['max_pause_reported_s']} s"
         )
+    return 0
+
+
+def _bench_ingest(args: argparse.Namespace) -> int:
+    from ingest.benchload import run_ingest_bench
+
+    result = run_ingest_bench(
+        workers=args.workers, seconds=args.seconds, start_patients=args.start, max_patients=args.max_patients
+    )
+    print(json.dumps(result, indent=2) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def _influx_setup(args: argparse.Namespace) -> int:
+    from ingest.influxsetup import InfluxSetupError, setup_influx
+
+    try:
+        for line in setup_influx(
+            load_config(args).influx, retention_days=args.retention_days, trends_days=args.trends_days
+        ):
+            print(line)
+    except InfluxSetupError as exc:
+        print(f"nabz influx setup: {exc}")
+        return 1
     return 0
