@@ -42,6 +42,11 @@ __all__ = ["IngestCore", "Message", "BatchResult", "LineSink"]
 
 log = logging.getLogger(__name__)
 
+# Bad-input policy (docs/operations.md "What happens to bad input"):
+FUTURE_S = 300.0  # a reading dated this far past ingest's clock is dead-lettered ("future_dated")
+LATE_DSP_S = 60.0  # a waveform this far behind its processor is stored but not fed to it ("late")
+RATES_HZ = {"ecg": (100, 1000), "ppg": (25, 1000)}  # waveform rates the signal processing takes
+
 
 class LineSink(Protocol):
     """Somewhere line protocol goes (ingest.influx.InfluxSink). `write` raises SinkError on failure."""
@@ -100,6 +105,7 @@ class IngestCore:
         # device -> (sample rate, processor); a new rate (reconfigured wearable) starts afresh
         self._ecg: dict[str, tuple[int, EcgProcessor]] = {}
         self._ppg: dict[str, tuple[int, PpgProcessor]] = {}
+        self._newest: dict[tuple[str, str], float] = {}  # (device, stream) -> newest t fed to DSP
 
     def refresh_enrolment(self) -> None:
         self._enrolment = self.store.enrolment()
@@ -126,6 +132,10 @@ class IngestCore:
                 patient = self._enrolment.get(outcome.device)
             if patient is None:
                 rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
+                continue
+            why = _implausible(outcome, msg.received_at)
+            if why is not None:
+                rejected.append((msg, why))
                 continue
             if outcome.id in ids_in_batch or self.store.seen(outcome.id):
                 result.duplicates += 1
@@ -165,7 +175,13 @@ class IngestCore:
                 result.stored_readings += count
         result.dead_lettered = len(rejected)
 
-        for a in accepted:
+        # Out of order within a batch (a gateway draining its spool after an outage, QoS 1
+        # redelivery): signal processing sees each device's messages in time order.
+        for a in sorted(accepted, key=lambda a: (a.reading.device, contract.stream_of(a.reading), a.reading.t)):
+            if self._late(a.reading):
+                with self.store.batch():
+                    self.store.bump("late_no_dsp", 1)
+                continue
             try:
                 result.vitals.extend(self._derive(a.reading, a.patient))
             except Exception:
@@ -177,6 +193,18 @@ class IngestCore:
         if result.vitals:
             self._store_vitals(result.vitals)
         return result
+
+    def _late(self, r: Reading) -> bool:
+        """A waveform far behind what its processor has seen (hours-late spool data): store only."""
+        if not isinstance(r, EcgReading | PpgReading):
+            return False
+        key = (r.device, contract.stream_of(r))
+        t = r.t.timestamp()
+        newest = self._newest.get(key)
+        if newest is not None and t < newest - LATE_DSP_S:
+            return True
+        self._newest[key] = t if newest is None else max(newest, t)
+        return False
 
     # --- derived vitals ------------------------------------------------------------------------
     def _derive(self, r: Reading, patient: str) -> list[Vitals]:
@@ -281,3 +309,15 @@ def _round(x: float | None, digits: int = 1) -> float | None:
     if x is None or not math.isfinite(x):
         return None
     return round(float(x), digits)
+
+
+def _implausible(r: Reading, received_at: float) -> Rejected | None:
+    """Valid by the schema, but not storable as it is: future-dated, or a rate DSP cannot take."""
+    t = r.t.timestamp()
+    if received_at and t > received_at + FUTURE_S:
+        return Rejected("future_dated", f"t is {t - received_at:.0f} s after ingest's clock (limit {FUTURE_S:g} s)")
+    if isinstance(r, EcgReading | PpgReading):
+        lo, hi = RATES_HZ[contract.stream_of(r)]
+        if not lo <= r.rate_hz <= hi:
+            return Rejected("wrong_rate", f"{contract.stream_of(r)} at {r.rate_hz} Hz; accepted {lo}-{hi} Hz")
+    return None

@@ -1,0 +1,104 @@
+"""Each kind of bad input has one defined outcome: accepted, reordered, or dead-lettered with a
+reason (docs/operations.md). Waveforms from the `hardware` simulator (synthetic)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+
+from gateway.decode import Decoder, Notification
+from hardware import make_patients
+from ingest.pipeline import IngestCore, Message
+from ingest.store import Store
+from nabz import contract
+from nabz.contract import EcgReading
+
+T0_US = 1_795_597_200_000_000
+T0 = T0_US / 1e6
+
+
+def _ecg(seconds: int) -> list[EcgReading]:
+    (p,) = make_patients(1, seed=4)
+    dec = Decoder("demo", "gw-0001")
+    out = []
+    for s in range(seconds):
+        for n in p.ecg.advance(1.0):
+            r = dec.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + s * 1_000_000))
+            if isinstance(r, EcgReading):
+                out.append(r)
+    return out
+
+
+def _msg(r: contract.Reading, now: float) -> Message:
+    topic = contract.reading_topic(r.site, r.gateway, r.device, contract.stream_of(r))
+    return Message(topic, contract.encode(r), now)
+
+
+def _core(tmp_path: Path) -> IngestCore:
+    return IngestCore(Store(tmp_path / "s.sqlite"), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
+
+
+def test_out_of_order_messages_are_stored_and_processed_in_time_order(tmp_path: Path) -> None:
+    frames = _ecg(20)
+    ordered = _core(tmp_path / "a")
+    shuffled = _core(tmp_path / "b")
+    a = ordered.handle_batch([_msg(r, T0 + 20) for r in frames])
+    swapped = list(frames)
+    for i in range(0, len(swapped) - 1, 2):  # every pair arrives the wrong way round
+        swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
+    b = shuffled.handle_batch([_msg(r, T0 + 20) for r in swapped])
+    assert a.stored == b.stored == len(frames)
+    strip = lambda v: (v.t, v.hr_bpm, v.sqi)  # noqa: E731
+    assert [strip(v) for v in a.vitals] == [strip(v) for v in b.vitals] and a.vitals  # reordered
+
+
+def test_duplicates_are_stored_once(tmp_path: Path) -> None:
+    frames = _ecg(3)
+    core = _core(tmp_path)
+    first = core.handle_batch([_msg(r, T0 + 3) for r in frames])
+    again = core.handle_batch([_msg(r, T0 + 4) for r in frames[:3]])
+    assert (first.stored, again.stored, again.duplicates) == (len(frames), 0, 3)
+
+
+def test_hours_late_readings_are_stored_but_do_not_disturb_live_processing(tmp_path: Path) -> None:
+    frames = _ecg(30)
+    cut = 2 * len(frames) // 3
+    core = _core(tmp_path)
+    live = core.handle_batch([_msg(r, T0 + 20) for r in frames[:cut]])
+    late = [msgspec.structs.replace(r, id=r.id + "L", t=r.t - timedelta(hours=3)) for r in frames[:10]]
+    result = core.handle_batch([_msg(r, T0 + 20) for r in late])
+    assert result.stored == 10 and result.dead_lettered == 0  # accepted: the history is kept
+    assert core.store.counter("late_no_dsp") == 10
+    after = core.handle_batch([_msg(r, T0 + 30) for r in frames[cut:]])
+    assert live.vitals and len(after.vitals) >= 8  # the live processor went on: no reset, no warm-up
+    assert all(v.hr_bpm is not None for v in after.vitals)
+
+
+def test_future_dated_readings_are_dead_lettered(tmp_path: Path) -> None:
+    (r,) = _ecg(1)[:1]
+    core = _core(tmp_path)
+    result = core.handle_batch([_msg(r, T0 - 3600)])  # ingest's clock says the reading is an hour ahead
+    assert result.dead_lettered == 1
+    (letter,) = core.store.dead_letters()
+    assert letter.reason == "future_dated" and "3600 s" in letter.detail
+    assert core.handle_batch([_msg(r, T0 - 60)]).stored == 1  # a minute of clock skew is tolerated
+
+
+def test_wrong_rate_is_dead_lettered(tmp_path: Path) -> None:
+    (r,) = _ecg(1)[:1]
+    core = _core(tmp_path)
+    slow = msgspec.structs.replace(r, rate_hz=50)
+    result = core.handle_batch([_msg(slow, T0 + 1)])
+    assert result.dead_lettered == 1
+    assert [(d.reason, d.detail) for d in core.store.dead_letters()] == [
+        ("wrong_rate", "ecg at 50 Hz; accepted 100-1000 Hz")
+    ]
+
+
+def test_oversized_messages_are_dead_lettered(tmp_path: Path) -> None:
+    core = _core(tmp_path)
+    big = Message("nabz/v1/demo/gw/gw-0001/ecg-0001/ecg", b'{"v": 1, "pad": "' + b"x" * 300_000 + b'"}', T0)
+    assert core.handle_batch([big]).dead_lettered == 1
+    assert core.store.dead_letters()[0].reason == "too_large"
