@@ -290,12 +290,12 @@ def _score(
             first_sms.setdefault(a, s)
     by_id = {a["alarm_id"]: a for a in alarms}
     latency, processing = [], []
-    for a, s in first_sms.items():
-        waited = s["sent_at"] - by_id[a]["raised_at"]
-        accepted = watch.accepted.get(f"nabz-{s['seq']}-1")
-        if accepted is None or a not in started:
+    for alarm_id, first in first_sms.items():
+        waited = first["sent_at"] - by_id[alarm_id]["raised_at"]
+        accepted = watch.accepted.get(f"nabz-{first['seq']}-1")
+        if accepted is None or alarm_id not in started:
             continue
-        proc = max(0.0, accepted - started[a]) if waited == 0 else 0.0
+        proc = max(0.0, accepted - started[alarm_id]) if waited == 0 else 0.0
         processing.append(proc)
         latency.append(waited + proc)
     days = patients * minutes / 1440.0

@@ -44,7 +44,13 @@ def modem(tmp_path: Path) -> Iterator[Modem]:
         tty.setraw(slave)
         log = tmp_path / f"modem-{len(started)}.jsonl"
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("fake_modem.py")), str(master), json.dumps(script), str(log)],
+            [
+                sys.executable,
+                str(Path(__file__).with_name("fake_modem.py")),
+                str(master),
+                json.dumps(script),
+                str(log),
+            ],
             pass_fds=[master],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -139,7 +145,9 @@ def test_the_send_rate_is_capped_per_minute(modem: Modem) -> None:
     assert n.send("+923001234567", "c", "k3", T0 + 61).ok
 
 
-def test_delivery_reports_and_an_ack_reply_close_the_loop_through_the_engine(modem: Modem, tmp_path: Path) -> None:
+def test_delivery_reports_and_an_ack_reply_close_the_loop_through_the_engine(
+    modem: Modem, tmp_path: Path
+) -> None:
     rng_code = str(random.Random(1).randrange(1000, 10000))
     port, log = modem(reports=True, inbox=[{"from": FARAH, "text": f"Ack {rng_code}"}])
     cfg = config()
@@ -160,7 +168,9 @@ def test_delivery_reports_and_an_ack_reply_close_the_loop_through_the_engine(mod
     (sms,) = store.sms()
     assert (sms["ref"], sms["delivery"]) == ("1", "delivered")
     events = engine.tick(T0 + 12)
-    assert {(e.state, e.acknowledged_by) for e in events if e.state == "acknowledged"} == {("acknowledged", "farah")}
+    assert {(e.state, e.acknowledged_by) for e in events if e.state == "acknowledged"} == {
+        ("acknowledged", "farah")
+    }
     dispatcher.step(T0 + 12)  # the confirmation goes back to the doctor
     texts = [e["sms"]["text"] for e in log_of(log) if "sms" in e]
     assert texts[-1].startswith(f"NABZ: ACK {rng_code} p-0001 spo2_low")

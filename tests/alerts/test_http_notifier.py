@@ -72,7 +72,9 @@ def test_json_webhook_with_bearer_token_and_idempotency_key(provider: Provider) 
 
 def test_twilio_compatible_form_with_basic_auth(provider: Provider) -> None:
     url = f"{provider.url}/2010-04-01/Accounts/AC123/Messages.json"
-    n = HttpSmsNotifier(SmsHttpConfig(url=url, kind="twilio", account="AC123", token="tok", sender="+15005550006"))
+    n = HttpSmsNotifier(
+        SmsHttpConfig(url=url, kind="twilio", account="AC123", token="tok", sender="+15005550006")
+    )
     assert n.send("+923001234567", "hello", "k", T0).ok
     (req,) = provider.requests
     assert req["headers"]["Authorization"] == "Basic " + base64.b64encode(b"AC123:tok").decode()

@@ -1,0 +1,152 @@
+"""The alert service on a real broker (mosquitto): vitals and gateway status in, retained alarm events
+out, SMS through the dispatcher thread, acknowledgement from the command line.
+
+The service's clock is injected (a value the test moves); waiting here is for messages to cross
+the broker, never for time to pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from alerts.service import AlertService
+from alerts.store import AlertStore
+from nabz import contract
+from nabz.cli import main
+from nabz.config import MqttConfig
+from nabz.contract import AlarmEvent, GatewayStatus
+from tests.alerts.helpers import PEOPLE, T0, Recorder, config, v
+from tests.servers import Mosquitto
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_for(what: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+class Watcher:
+    """Subscribes to every alarm topic; keeps the latest retained event per topic."""
+
+    def __init__(self, url: str) -> None:
+        self.latest: dict[str, AlarmEvent] = {}
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-watcher")
+        self.client.on_message = self._on_message
+        port = int(url.rsplit(":", 1)[1])
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(contract.ALARMS_FILTER, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
+        import msgspec
+
+        with self.lock:
+            self.latest[m.topic] = msgspec.json.decode(m.payload, type=AlarmEvent)
+
+    def get(self, patient: str, kind: str) -> AlarmEvent | None:
+        with self.lock:
+            return self.latest.get(contract.alarm_topic("demo", patient, kind))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def watcher(mosquitto: Mosquitto) -> Iterator[Watcher]:
+    w = Watcher(mosquitto.url)
+    yield w
+    w.close()
+
+
+def publisher(url: str) -> paho.Client:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-publisher")
+    c.connect("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    c.loop_start()
+    return c
+
+
+def test_vitals_in_alarm_out_sms_sent_and_acknowledged_from_the_command_line(
+    mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
+) -> None:
+    cfg = config(mqtt=MqttConfig(url=mosquitto.url), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
+    cfg.alerts.store_path = str(tmp_path / "alerts.sqlite")
+    clock = Clock(T0)
+    sms = Recorder()
+    service = AlertService(cfg, notifiers=[sms], clock=clock, client_id="test-alerts")
+    service.start()
+    pub = publisher(mosquitto.url)
+    try:
+        wait_for(lambda: service.client.is_connected())
+        time.sleep(0.2)  # the subscription is made in on_connect; give it the broker's round trip
+        for i in range(10):
+            clock.now = T0 + i
+            pub.publish(
+                contract.vitals_topic("demo", "p-0001"), contract.encode(v(T0 + i, spo2_pct=82.0)), qos=1
+            )
+        wait_for(lambda: (e := watcher.get("p-0001", "spo2_low")) is not None and e.notified_at is not None)
+        event = watcher.get("p-0001", "spo2_low")
+        assert event is not None and (event.state, event.priority) == ("active", "high")
+        assert sms.texts(PEOPLE["farah"].phone)[0].startswith("NABZ HIGH p-0001: SpO2 82%")
+        code = service.engine.open[("p-0001", "spo2_low")].ack_code
+
+        config_file = tmp_path / "nabz.toml"
+        config_file.write_text(f'[alerts]\nstore_path = "{cfg.alerts.store_path}"\n')
+        assert main(["alerts", "ack", code, "--by", "farah", "--config", str(config_file)]) == 0
+        wait_for(lambda: (e := watcher.get("p-0001", "spo2_low")) is not None and e.state == "acknowledged")
+        assert watcher.get("p-0001", "spo2_low").acknowledged_by == "farah"  # type: ignore[union-attr]
+        assert main(["alerts", "list", "--config", str(config_file)]) == 0
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        service.stop()
+
+
+def test_a_gateway_that_vanishes_raises_gateway_offline_from_its_retained_last_will(
+    mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
+) -> None:
+    cfg = config(mqtt=MqttConfig(url=mosquitto.url), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
+    cfg.alerts.store_path = str(tmp_path / "alerts.sqlite")
+    clock = Clock(T0)
+    service = AlertService(cfg, notifiers=[Recorder()], clock=clock, client_id="test-alerts-2")
+    topic = contract.status_topic("demo", "gw-0001")
+    # A real gateway connection with a Last Will, then cut without a goodbye.
+    gw = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gw-0001")
+    will = GatewayStatus(
+        site="demo", gateway="gw-0001", state="offline", reason="connection lost (last will)"
+    )
+    gw.will_set(topic, contract.encode(will), qos=1, retain=True)
+    gw.connect("127.0.0.1", mosquitto.port, keepalive=1)
+    gw.loop_start()
+    online = GatewayStatus(site="demo", gateway="gw-0001", state="online", devices=["ecg-0001", "oxi-0001"])
+    gw.publish(topic, contract.encode(online), qos=1, retain=True).wait_for_publish(5)
+    service.start()
+    try:
+        wait_for(lambda: "gw-0001" in service.engine.gateways.devices)
+        gw.loop_stop()
+        gw.socket().close()  # the gateway's link dies: the broker publishes its will (retained)
+        wait_for(lambda: "gw-0001" in service.engine.gateways.offline, timeout_s=15)
+        clock.now = T0 + 61 + 120  # a minute and more later, by the service's clock
+        wait_for(lambda: watcher.get("p-0001", "gateway_offline") is not None)
+        event = watcher.get("p-0001", "gateway_offline")
+        assert event is not None and event.state == "active" and "last will" in event.message
+        assert AlertStore(cfg.alerts.store_path).open_alarms()[0].kind == "gateway_offline"
+    finally:
+        service.stop()
