@@ -99,3 +99,9 @@ def run_micropython(
 def run_micropython_fixture() -> object:
     """The :func:`run_micropython` function, for tests under tests/firmware/."""
     return run_micropython
+
+
+@pytest.fixture(name="run_micropython_module", scope="module")
+def run_micropython_module_fixture() -> object:
+    """The same function, for module-scoped fixtures that run one script for many tests."""
+    return run_micropython
