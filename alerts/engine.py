@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Rule = BandRule | News2Rule | FlagRule | GapRule
 _SAVE_DEVICES_EVERY_S = 30.0
+_STARTUP_GRACE_S = 60.0
 
 
 def parse_sms_command(text: str) -> tuple[str, list[str], float | None] | None:
@@ -156,8 +157,11 @@ class AlertEngine:
         if self._started:
             return
         self._started = True
+        # Devices heard from before a restart: their silence counts, but a service that was down
+        # gives the data a minute to flow again before calling it stale.
+        floor = now - self.cfg.stale_after_s + _STARTUP_GRACE_S
         for device, (patient, last) in self.store.devices().items():
-            self.stale.seen(device, patient, last)
+            self.stale.seen(device, patient, max(last, floor))
         for device, patient in self.config.enrolment.items():
             self.stale.enrol(device, patient, now)
         self.store.recover_interrupted(now)

@@ -186,24 +186,31 @@ class GatewayTracker:
 
     def tick(self, now: float) -> list[Condition]:
         want: dict[tuple[str, str], tuple[float, str]] = {}
+        # An alarm already raised (or restored after a restart) stays while the cause lasts, even
+        # if this process has only just seen the cause again.
         for gw, (since, reason) in self.offline.items():
-            if now - since < self.after_s:
-                continue
             for d in sorted(self.devices.get(gw, set())):
                 p = self.patient_of(d)
-                if p is not None:
-                    want.setdefault((p, "gateway_offline"), (since, f"home gateway {gw} offline: {reason}"))
+                key = (p or "", "gateway_offline")
+                if p is not None and (now - since >= self.after_s or key in self.raised):
+                    want.setdefault(key, (since, f"home gateway {gw} offline: {reason}"))
         for d, since in self.missing.items():
             p = self.patient_of(d)
-            if p is not None and now - since >= self.after_s:
-                want.setdefault((p, "device_offline"), (since, f"{d} not connected to its gateway"))
+            key = (p or "", "device_offline")
+            if p is not None and (now - since >= self.after_s or key in self.raised):
+                want.setdefault(key, (since, f"{d} not connected to its gateway"))
         out: list[Condition] = []
         for (p, kind), (since, text) in want.items():
             if (p, kind) not in self.raised:
                 self.raised[(p, kind)] = since
                 out.append(Condition(p, kind, True, "medium", now - since, self.after_s, "s", since, now,
                                      f"{text} for {(now - since) / 60:.0f} min", True))  # fmt: skip
-        for key in [k for k in self.raised if k not in want]:
+        # Clear only on evidence: the patient's devices are listed by a gateway that is online
+        # (after a restart the retained Last Will names no devices; the alarm waits for a birth).
+        online = {
+            self.patient_of(d) for gw, devs in self.devices.items() if gw not in self.offline for d in devs
+        }
+        for key in [k for k in self.raised if k not in want and k[0] in online]:
             since = self.raised.pop(key)
             out.append(Condition(key[0], key[1], False, "medium", None, self.after_s, "s", since, now,
                                  "connected again", True))  # fmt: skip

@@ -123,13 +123,16 @@ def test_a_sim_that_wants_its_pin_needs_a_person_unless_the_pin_is_configured(mo
 
 def test_a_modem_that_stops_answering_times_out_retryably_and_is_initialised_again(modem: Modem) -> None:
     port, log = modem(no_prompt=True)
-    n = notifier(port, timeout=0.4)
+    n = notifier(port)
+    n.init()  # the modem process is up and answering; only then shorten the time limit
+    n.cfg.command_timeout_s = 0.4
     t = time.monotonic()
     d = n.send("+923001234567", "hello", "k1", T0)
     assert (d.ok, d.retryable) == (False, True) and "prompt" in d.detail
     assert time.monotonic() - t < 3.0
     port2, log2 = modem(silent_after_text=True)
-    n2 = notifier(port2, timeout=0.4, send_timeout_s=0.4)
+    n2 = notifier(port2, send_timeout_s=0.4)
+    n2.init()
     d2 = n2.send("+923001234567", "hello", "k1", T0)
     assert (d2.ok, d2.retryable) == (False, True) and "no answer" in d2.detail
     n2.send("+923001234567", "hello", "k2", T0 + 10)
