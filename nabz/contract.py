@@ -164,11 +164,12 @@ class Vitals(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 LinkState = Literal["connecting", "connected", "reconnecting", "lost"]
 
 
-class DeviceHealth(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class DeviceHealth(msgspec.Struct, frozen=True, kw_only=True):
     """One device as its gateway sees it, in the gateway status (docs/contract.md, docs/gateway.md).
 
     `lost` is the technical alarm state: the device has been unreachable for the gateway's
-    `lost_after_s` (the gateway keeps trying). Gap counters are all-time waveform frames.
+    `lost_after_s` (the gateway keeps trying). Gap counters are all-time waveform frames. Every
+    field is always present (null when unknown), so people reading the topic see zeros as zeros.
     """
 
     device: Id

@@ -35,6 +35,7 @@ class Collector:
 
     def __init__(self, url_host: str, port: int, **tls: Any) -> None:
         self.readings: dict[str, tuple[str, str, int, int | None]] = {}  # id -> device, stream, n, seq
+        self.bodies: dict[str, dict[str, Any]] = {}  # id -> payload, in arrival order
         self.deliveries = 0
         self.statuses: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -54,6 +55,7 @@ class Collector:
             stream = body["stream"]
             n = len(body[_SAMPLES[stream][0]]) if stream in _SAMPLES else 1
             self.readings[body["id"]] = (body["device"], stream, n, body.get("seq"))
+            self.bodies.setdefault(body["id"], body)
 
     def tally(self) -> Counter[tuple[str, str]]:
         with self._lock:
@@ -61,6 +63,11 @@ class Collector:
             for device, stream, n, _ in self.readings.values():
                 out[(device, stream)] += n
             return out
+
+    def of(self, device: str, stream: str) -> list[dict[str, Any]]:
+        """Payloads of one device's stream, in arrival order (each message id once)."""
+        with self._lock:
+            return [b for b in self.bodies.values() if b["device"] == device and b["stream"] == stream]
 
     def frames_twice(self) -> list[tuple[str, str, int]]:
         """Waveform frames that arrived under more than one message id (must never happen)."""

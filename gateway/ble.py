@@ -1,0 +1,412 @@
+"""The BLE transport: enrolled wearables through bleak's public API (BleakScanner, BleakClient).
+
+Rules of this file:
+- bleak is asyncio; the gateway is not. This transport runs its own event loop on a thread (or
+  the loop it is given) and only moves bytes: notification callbacks append to a queue that
+  `poll` drains on the gateway's thread, stamped with the gateway's clock when they arrived.
+- Allowlist: only enrolled devices (by address or advertised name) are connected to. One
+  scanner runs while any enrolled device is away; it pauses while a connection is being made
+  (many controllers and BlueZ behave badly when scanning and connecting at once), and connection
+  attempts are made one at a time.
+- Each device has its own task climbing the reconnect ladder (gateway.ladder): backoff with
+  jitter, a reset of the connection state (a fresh BleakClient, the cached device forgotten until
+  a new advertisement, the scanner restarted), then "lost" - while it keeps trying, forever.
+- On every connection: MTU (negotiated by the stack; the bumble backend asks for `mtu`), service
+  discovery, reads of Device Information, Battery Level, Body Sensor Location and PLX Features, and
+  subscriptions to every characteristic the decoder knows (notify or indicate).
+- `backend="bleak"` is the operating system's stack (BlueZ on the Pi); `backend="bumble"` runs
+  bumble's host on an HCI transport (`hci`) or an in-process virtual link (`link`, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+
+from firmware import nabz_codec as codec
+from gateway.decode import Notification, normalize_uuid
+from gateway.ladder import Action, Ladder
+from gateway.transport import LinkEvent, LinkHealth, Transport, TransportError
+from nabz.config import EnrolledDevice
+
+__all__ = ["BleTransport"]
+
+log = logging.getLogger(__name__)
+
+# What the decoder knows, and so what we subscribe to.
+SUBSCRIBE = {
+    f"{codec.UUID_HEART_RATE_MEASUREMENT:04x}",
+    f"{codec.UUID_PLX_CONTINUOUS:04x}",
+    f"{codec.UUID_PLX_SPOT_CHECK:04x}",
+    f"{codec.UUID_BATTERY_LEVEL:04x}",
+    codec.NABZ_ECG_WAVEFORM,
+    codec.NABZ_PPG_WAVEFORM,
+}
+_INFO = {
+    "2a24": "model",
+    "2a25": "serial",
+    "2a26": "firmware",
+    "2a27": "hardware",
+    "2a29": "manufacturer",
+    "2a38": "body_sensor_location",
+    "2a60": "plx_features",
+}
+_TEXT = {"2a24", "2a25", "2a26", "2a27", "2a29"}  # UTF-8 strings; the others are shown in hex
+_BATTERY = f"{codec.UUID_BATTERY_LEVEL:04x}"
+_FAILURES = (BleakError, TimeoutError, OSError, EOFError)
+_FRESH_S = 1.0  # an advertisement older than this does not count as "in range now"
+
+
+@dataclass
+class _Device:
+    cfg: EnrolledDevice
+    ladder: Ladder
+    ble_device: BLEDevice | None = None
+    seen_at: float = float("-inf")  # monotonic time of the latest advertisement
+    rssi: int | None = None
+    client: BleakClient | None = None
+    mtu: int | None = None
+    info: dict[str, str] = field(default_factory=dict)
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    subscribed: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+    def matches(self, device: BLEDevice, adv: AdvertisementData) -> bool:
+        if self.cfg.address and device.address.upper() == self.cfg.address.upper():
+            return True
+        name = adv.local_name or device.name
+        return bool(self.cfg.name and name == self.cfg.name)
+
+
+class BleTransport(Transport):
+    """Enrolled BLE wearables, several at once, through bleak."""
+
+    def __init__(
+        self,
+        devices: Sequence[EnrolledDevice],
+        *,
+        backend: str = "bleak",
+        hci: str | None = None,
+        link: Any = None,
+        mtu: int = 247,
+        connect_timeout_s: float = 20.0,
+        retry_min_s: float = 1.0,
+        retry_max_s: float = 30.0,
+        reset_after_failures: int = 3,
+        lost_after_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        loop: asyncio.AbstractEventLoop | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not devices:
+            raise TransportError(
+                "BLE transport: no enrolled devices ([[gateway.devices]] in the configuration)"
+            )
+        for d in devices:
+            if not (d.address or d.name):
+                raise TransportError(f"BLE transport: device {d.id} needs an address or a name")
+        if backend not in ("bleak", "bumble"):
+            raise TransportError(f"BLE transport: unknown backend {backend!r} (bleak or bumble)")
+        self.backend = backend
+        self.hci = hci
+        self.link = link
+        self.mtu = mtu
+        self.connect_timeout_s = connect_timeout_s
+        self.clock = clock
+        self._enrolled = list(devices)
+        self._ladder_args = dict(
+            min_s=retry_min_s, max_s=retry_max_s, reset_after=reset_after_failures, lost_after_s=lost_after_s
+        )
+        self._rand = rand
+        self._own_loop = loop is None
+        self.loop = loop or asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._queue: deque[Notification] = deque()
+        self._events: list[LinkEvent] = []
+        self._events_lock = threading.Lock()
+        self._devices: dict[str, _Device] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._adapter: Any = None
+        self._scanner: BleakScanner | None = None
+        self._scanning = False
+        self._connect_lock: asyncio.Lock | None = None
+        self.started = threading.Event()
+        self.start_error: BaseException | None = None
+
+    # --- Transport (gateway thread) -----------------------------------------------------------
+    @property
+    def devices(self) -> list[str]:
+        return [d.id for d in self._enrolled]
+
+    def start(self, now_us: int) -> None:
+        if self._own_loop:
+            self._thread = threading.Thread(target=self.loop.run_forever, name="nabz-ble", daemon=True)
+            self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._main(), self.loop)
+
+    def stop(self) -> None:
+        if self.loop.is_closed() or not self.loop.is_running():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(15)
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("BLE: shutdown did not finish cleanly: %s", exc)
+        if self._own_loop:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if self._thread is not None:
+                self._thread.join(5)
+
+    def poll(self, now_us: int) -> list[Notification]:
+        out: list[Notification] = []
+        q = self._queue
+        while q:
+            out.append(q.popleft())
+        return out
+
+    def write(self, device: str, char: str, data: bytes) -> bool:
+        dev = self._devices.get(device)
+        client = dev.client if dev is not None else None
+        if client is None or not client.is_connected:
+            return False
+        asyncio.run_coroutine_threadsafe(self._write(device, client, char, data), self.loop)
+        return True
+
+    def health(self, now_us: int) -> dict[str, LinkHealth]:
+        out: dict[str, LinkHealth] = {}
+        for cfg in self._enrolled:
+            dev = self._devices.get(cfg.id)
+            if dev is None:
+                out[cfg.id] = LinkHealth("connecting")
+                continue
+            lad = dev.ladder
+            out[cfg.id] = LinkHealth(
+                lad.link_state,
+                since_us=int(lad.since * 1_000_000),
+                rssi_dbm=dev.rssi,
+                mtu=dev.mtu,
+                reconnects=lad.reconnects,
+                reason=lad.last_reason,
+            )
+        return out
+
+    def take_events(self) -> list[LinkEvent]:
+        with self._events_lock:
+            out, self._events = self._events, []
+        return out
+
+    def device_info(self, device: str) -> dict[str, str]:
+        """What the device said about itself (Device Information and friends) when last connected."""
+        dev = self._devices.get(device)
+        return dict(dev.info) if dev is not None else {}
+
+    # --- the event loop ------------------------------------------------------------------------
+    async def _main(self) -> None:
+        try:
+            self._connect_lock = asyncio.Lock()
+            if self.backend == "bumble":
+                from gateway.ble_bumble import BumbleAdapter
+
+                self._adapter = await BumbleAdapter.open(self.hci, link=self.link)
+            now = self.clock()
+            for cfg in self._enrolled:
+                self._devices[cfg.id] = _Device(cfg, Ladder(now, rand=self._rand, **self._ladder_args))  # type: ignore[arg-type]
+            self._scanner = BleakScanner(self._on_advertisement, **self._backend_kwargs(scanner=True))
+            await self._scan(True)
+            self._tasks = [asyncio.create_task(self._run_device(d)) for d in self._devices.values()]
+        except BaseException as exc:
+            self.start_error = exc
+            log.error("BLE: cannot start (%s backend): %s", self.backend, exc)
+            raise
+        finally:
+            self.started.set()
+
+    def _backend_kwargs(self, scanner: bool = False) -> dict[str, Any]:
+        if self.backend != "bumble":
+            return {}
+        from gateway.ble_bumble import BumbleClient, BumbleScanner
+
+        if scanner:
+            return {"backend": BumbleScanner, "bumble": self._adapter}
+        return {"backend": BumbleClient, "bumble": self._adapter, "mtu": self.mtu}
+
+    async def _shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for dev in self._devices.values():
+            if dev.client is not None:
+                try:
+                    await dev.client.disconnect()
+                except _FAILURES:
+                    pass
+        await self._scan(False)
+        if self._adapter is not None:
+            await self._adapter.close()
+
+    async def _scan(self, on: bool) -> None:
+        if self._scanner is None or on == self._scanning:
+            return
+        try:
+            await (self._scanner.start() if on else self._scanner.stop())
+            self._scanning = on
+        except _FAILURES as exc:
+            log.warning("BLE: cannot %s scanning: %s", "start" if on else "stop", exc)
+
+    def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        for dev in self._devices.values():
+            if dev.matches(device, adv):
+                dev.ble_device = device
+                dev.rssi = adv.rssi
+                dev.seen_at = time.monotonic()
+                dev.seen.set()
+
+    async def _run_device(self, dev: _Device) -> None:
+        while True:
+            now = self.clock()
+            await self._act(dev, dev.ladder.tick(now), now)
+            if not dev.ladder.attempt_due(now):
+                await asyncio.sleep(min(0.5, max(0.02, dev.ladder.next_attempt - now)))
+                continue
+            dev.ladder.on_attempt(now)
+            failure = await self._attempt(dev)
+            now = self.clock()
+            if failure is not None:
+                log.info("BLE: %s: connection attempt failed: %s", dev.id, failure)
+                await self._act(dev, dev.ladder.on_failed(now, failure), now)
+                continue
+            await self._act(dev, dev.ladder.on_connected(now), now)
+            self._event(dev.id, "connected", now, f"MTU {dev.mtu}")
+            log.info(
+                "BLE: %s connected (%s, firmware %s), MTU %s, subscribed to %s",
+                dev.id,
+                dev.info.get("model", "?"),
+                dev.info.get("firmware", "?"),
+                dev.mtu,
+                ", ".join(dev.subscribed),
+            )
+            await dev.gone.wait()
+            now = self.clock()
+            dev.client = None
+            await self._act(dev, dev.ladder.on_disconnected(now, "link lost"), now)
+            self._event(dev.id, "disconnected", now, "link lost")
+            log.warning("BLE: %s disconnected; reconnecting", dev.id)
+            await self._scan(True)
+
+    async def _attempt(self, dev: _Device) -> str | None:
+        """One connection attempt: wait for an advertisement, connect, set up. None if it worked.
+
+        Only a device heard advertising a moment ago is connected to: paging one that is out of
+        range only ties up the controller's single pending connection until the timeout."""
+        if dev.ble_device is None or time.monotonic() - dev.seen_at > _FRESH_S:
+            await self._scan(True)
+            dev.seen.clear()
+            try:
+                await asyncio.wait_for(dev.seen.wait(), self.connect_timeout_s)
+            except TimeoutError:
+                return "not advertising (out of range or switched off)"
+        assert dev.ble_device is not None and self._connect_lock is not None
+        dev.gone = asyncio.Event()
+        gone = dev.gone
+
+        def on_disconnect(_client: BleakClient) -> None:
+            gone.set()
+
+        client = BleakClient(
+            dev.ble_device,
+            disconnected_callback=on_disconnect,
+            timeout=self.connect_timeout_s,
+            **self._backend_kwargs(),
+        )
+        try:
+            async with self._connect_lock:
+                await self._scan(False)
+                try:
+                    # The stack times the connection out itself (`timeout`); this bounds discovery too.
+                    await asyncio.wait_for(client.connect(), 2 * self.connect_timeout_s + 10)
+                finally:
+                    if any(d.client is None and d is not dev for d in self._devices.values()):
+                        await self._scan(True)
+            await self._setup(dev, client)
+        except _FAILURES as exc:
+            try:
+                await client.disconnect()
+            except _FAILURES:
+                pass
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if gone.is_set():
+            return "dropped during setup"
+        dev.client = client
+        if all(d.client is not None for d in self._devices.values()):
+            await self._scan(False)
+        return None
+
+    async def _setup(self, dev: _Device, client: BleakClient) -> None:
+        dev.mtu = client.mtu_size
+        dev.subscribed = []
+        for char in client.services.characteristics.values():
+            uuid = normalize_uuid(char.uuid)
+            if uuid in _INFO and "read" in char.properties:
+                value = bytes(await client.read_gatt_char(char))
+                dev.info[_INFO[uuid]] = value.decode("utf-8", "replace") if uuid in _TEXT else value.hex()
+        for char in client.services.characteristics.values():
+            uuid = normalize_uuid(char.uuid)
+            if uuid == _BATTERY and "read" in char.properties:
+                # The level now, not in a minute: the gateway's status carries it.
+                value = bytes(await client.read_gatt_char(char))
+                self._queue.append(Notification(dev.id, uuid, value, int(self.clock() * 1_000_000)))
+            if uuid in SUBSCRIBE and ("notify" in char.properties or "indicate" in char.properties):
+                await client.start_notify(char, self._deliver(dev.id, uuid))
+                dev.subscribed.append(uuid)
+
+    def _deliver(self, device: str, uuid: str) -> Callable[[BleakGATTCharacteristic, bytearray], None]:
+        queue, clock = self._queue, self.clock
+
+        def on_notify(_char: BleakGATTCharacteristic, data: bytearray) -> None:
+            queue.append(Notification(device, uuid, bytes(data), int(clock() * 1_000_000)))
+
+        return on_notify
+
+    async def _write(self, device: str, client: BleakClient, char: str, data: bytes) -> None:
+        try:
+            await client.write_gatt_char(char, data, response=True)
+        except _FAILURES as exc:
+            log.warning("BLE: %s: write to %s failed: %s", device, char, exc)
+
+    async def _act(self, dev: _Device, actions: list[Action], now: float) -> None:
+        for action in actions:
+            if action == "reset":
+                # Start over: a new client next time, the device must be seen advertising again,
+                # and a new scanner (the stack's cache of what it saw is dropped with the old one).
+                dev.ble_device = None
+                dev.client = None
+                await self._scan(False)
+                self._scanner = BleakScanner(self._on_advertisement, **self._backend_kwargs(scanner=True))
+                await self._scan(True)
+                log.warning(
+                    "BLE: %s: %d failed attempts; reset its connection state", dev.id, dev.ladder.failures
+                )
+            elif action == "report_lost":
+                self._event(dev.id, "lost", now, dev.ladder.last_reason)
+            elif action == "report_found":
+                self._event(dev.id, "found", now)
+
+    def _event(self, device: str, kind: str, now: float, detail: str = "") -> None:
+        with self._events_lock:
+            self._events.append(LinkEvent(device, kind, int(now * 1_000_000), detail))  # type: ignore[arg-type]

@@ -1,0 +1,516 @@
+"""Virtual BLE peripherals on bumble's virtual controller: the gateway's BLE code meets real GATT.
+
+Each peripheral is a bumble `Device` with its own virtual controller on a shared `LocalLink`, so
+the gateway's central (gateway.ble_bumble) scans, connects, negotiates the MTU, discovers services,
+subscribes and writes over real HCI, L2CAP, ATT and GATT - only the radio is simulated.
+
+- `NabzPeripheral` exposes the GATT table of our firmware (docs/contract.md section 1): Heart Rate
+  (ECG patch) or Pulse Oximeter with PLX Features and Spot-Check (oximeter), Battery, Device
+  Information, and the Nabz waveform service with its control characteristic. It is fed by the
+  simulated wearables (`VirtualEcgPatch`, `VirtualOximeter`) and answers control RESEND writes from
+  their resend buffer.
+- `HeartRateStrap` and `StandardOximeter` are off-the-shelf style devices: standard services only,
+  with the layouts such devices use (uint16 heart rate, energy expended, RR intervals, sensor
+  contact; PLX Continuous with fast/slow values and status fields, SFLOAT special values,
+  Spot-Check by indication with a timestamp). They keep what they sent in `sent`.
+- A peripheral can leave radio range (`leave`: the link drops with a supervision timeout, as the
+  central sees it, and it stops advertising) and come back (`come_back`).
+- `VirtualRadio` owns the link and the event loop thread everything runs on; it advances every
+  peripheral's simulation with the time that passed (`speed` times real time), and can give a
+  gateway in another process an HCI controller on this link over TCP (`serve_hci`), like a USB
+  dongle: `python -m hardware.ble_peripherals --patients 2 --hci-port 9000`.
+
+Synthetic data throughout; nothing here is a recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from bumble import att, core, gatt, hci
+from bumble.controller import Controller
+from bumble.device import Connection, Device
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.transport import open_transport
+from bumble.transport.common import AsyncPipeSink
+from bumble.transport.common import Transport as HciTransport
+
+from firmware import nabz_codec as codec
+from hardware.serial_sensor import stream_of
+from hardware.wearables import VirtualDevice, VirtualEcgPatch
+
+__all__ = [
+    "VirtualRadio",
+    "Peripheral",
+    "NabzPeripheral",
+    "HeartRateStrap",
+    "StandardOximeter",
+    "peripheral_address",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_U = core.UUID.from_16_bits
+_P = gatt.Characteristic.Properties
+_READABLE = gatt.Characteristic.READABLE
+_WRITEABLE = gatt.Characteristic.WRITEABLE
+_NONE = gatt.Characteristic.Permissions(0)
+_ADV_INTERVAL_MS = 50  # short: a virtual gateway finds its devices quickly
+
+
+def peripheral_address(index: int) -> str:
+    """A random static address (two top bits set) for the index-th virtual peripheral."""
+    return f"C0:4E:42:5A:{index >> 8 & 0xFF:02X}:{index & 0xFF:02X}"
+
+
+def _char(
+    uuid: core.UUID, props: gatt.Characteristic.Properties, value: Any = b"", perms: Any = None
+) -> gatt.Characteristic[Any]:
+    return gatt.Characteristic(uuid, props, perms if perms is not None else _READABLE, value)
+
+
+def _device_information(model: str, serial: str, firmware: str, hardware: str, maker: str) -> gatt.Service:
+    """Device Information 0x180A: model 2A24, serial 2A25, firmware 2A26, hardware 2A27, maker 2A29."""
+    chars = [
+        _char(_U(0x2A24), _P.READ, model.encode()),
+        _char(_U(0x2A25), _P.READ, serial.encode()),
+        _char(_U(0x2A26), _P.READ, firmware.encode()),
+        _char(_U(0x2A27), _P.READ, hardware.encode()),
+        _char(_U(0x2A29), _P.READ, maker.encode()),
+    ]
+    return gatt.Service(_U(codec.UUID_DEVICE_INFORMATION), chars)
+
+
+class Peripheral:
+    """One virtual BLE device: a bumble host and controller on the radio's link, advertising."""
+
+    def __init__(self, link: LocalLink, name: str, address: str, device_id: str) -> None:
+        self.device_id = device_id
+        self.name = name
+        self.address = address
+        controller = Controller(name, link=link)
+        self.device = Device(
+            name=name, address=hci.Address(address), host=Host(controller, AsyncPipeSink(controller))
+        )
+        self.device.advertising_interval_min = _ADV_INTERVAL_MS
+        self.device.advertising_interval_max = _ADV_INTERVAL_MS
+        self.battery = _char(_U(codec.UUID_BATTERY_LEVEL), _P.READ | _P.NOTIFY, bytes([100]))
+        self.in_range = True
+        self.connections_made = 0
+        self.notifications = 0
+        self.dropped = 0  # notifications the device made while nobody could hear them
+        self.device.on("connection", self._on_connection)
+
+    def services(self) -> list[gatt.Service]:
+        raise NotImplementedError
+
+    def advertised_uuids(self) -> list[core.UUID]:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self.device.add_services(self.services())
+        uuids16 = b"".join(bytes(u) for u in self.advertised_uuids() if len(bytes(u)) == 2)
+        uuids128 = b"".join(bytes(u) for u in self.advertised_uuids() if len(bytes(u)) == 16)
+        fields: list[tuple[int, bytes]] = [
+            (core.AdvertisingData.FLAGS, bytes([0x06])),
+            (core.AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()),
+        ]
+        if uuids16:
+            fields.append((core.AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS, uuids16))
+        self.device.advertising_data = bytes(core.AdvertisingData(fields))
+        if uuids128:  # a 128-bit UUID and a name do not fit 31 bytes together: scan response
+            self.device.scan_response_data = bytes(
+                core.AdvertisingData(
+                    [(core.AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS, uuids128)]
+                )
+            )
+        await self.device.power_on()
+        await self.device.start_advertising(auto_restart=False)
+
+    # --- radio range -------------------------------------------------------------------------
+    async def leave(self) -> None:
+        """Out of range: the link drops (the central sees a supervision timeout); no advertising."""
+        self.in_range = False
+        await self.device.stop_advertising()
+        for conn in list(self.device.connections.values()):
+            await conn.disconnect(reason=hci.HCI_CONNECTION_TIMEOUT_ERROR)
+
+    async def come_back(self) -> None:
+        self.in_range = True
+        if not self.device.connections:
+            await self.device.start_advertising(auto_restart=False)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.device.connections)
+
+    def _on_connection(self, connection: Connection) -> None:
+        self.connections_made += 1
+        connection.on("disconnection", lambda _reason: self._on_disconnection())
+
+    def _on_disconnection(self) -> None:
+        if self.in_range:  # dropped by the central or the link: be findable again
+            asyncio.get_running_loop().create_task(self.device.start_advertising(auto_restart=False))
+
+    # --- sending -----------------------------------------------------------------------------
+    async def notify(self, characteristic: gatt.Characteristic[Any], value: bytes) -> None:
+        characteristic.value = value
+        if not (self.in_range and self.device.connections):
+            self.dropped += 1
+            return
+        await self.device.notify_subscribers(characteristic, value)
+        self.notifications += 1
+
+    async def indicate(self, characteristic: gatt.Characteristic[Any], value: bytes) -> None:
+        characteristic.value = value
+        if not (self.in_range and self.device.connections):
+            self.dropped += 1
+            return
+        await self.device.indicate_subscribers(characteristic, value)
+        self.notifications += 1
+
+    async def pump(self, seconds: float) -> None:
+        """Let `seconds` of device time pass: sample, notify."""
+        raise NotImplementedError
+
+
+class NabzPeripheral(Peripheral):
+    """Our ECG patch or pulse oximeter with the firmware's GATT table, fed by a simulated wearable."""
+
+    def __init__(self, link: LocalLink, sim: VirtualDevice, address: str) -> None:
+        super().__init__(link, sim.name, address, sim.device_id)
+        self.sim = sim
+        ecg = isinstance(sim, VirtualEcgPatch)
+        self.wave = _char(
+            core.UUID(codec.NABZ_ECG_WAVEFORM if ecg else codec.NABZ_PPG_WAVEFORM), _P.NOTIFY, b"", _NONE
+        )
+        self.control = _char(
+            core.UUID(codec.NABZ_CONTROL),
+            _P.WRITE,
+            gatt.CharacteristicValue(write=self._on_control),
+            _WRITEABLE,
+        )
+        self.hrm = _char(_U(codec.UUID_HEART_RATE_MEASUREMENT), _P.NOTIFY, b"", _NONE)
+        self.plx_continuous = _char(_U(codec.UUID_PLX_CONTINUOUS), _P.NOTIFY, b"", _NONE)
+        self.plx_spot = _char(_U(codec.UUID_PLX_SPOT_CHECK), _P.INDICATE, b"", _NONE)
+        # PLX Features: measurement status and device & sensor status supported (bits 0, 1), then
+        # the supported measurement status bits (unavailable, questionable) and sensor status bits
+        # (erratic, nonpulsatile, unconnected to user) - the ones the firmware sets.
+        self.plx_features = _char(
+            _U(codec.UUID_PLX_FEATURES), _P.READ, struct.pack("<HHHB", 0x0003, 0x6000, 0x08C0, 0)
+        )
+        self.by_uuid: dict[str, gatt.Characteristic[Any]] = {
+            codec.NABZ_ECG_WAVEFORM: self.wave,
+            codec.NABZ_PPG_WAVEFORM: self.wave,
+            f"{codec.UUID_HEART_RATE_MEASUREMENT:04x}": self.hrm,
+            f"{codec.UUID_PLX_CONTINUOUS:04x}": self.plx_continuous,
+            f"{codec.UUID_BATTERY_LEVEL:04x}": self.battery,
+        }
+        self.resend_requests = 0
+        self.generated: Counter[str] = Counter()  # readings by stream, as docs/contract.md counts
+        self.heard: Counter[str] = Counter()  # ... of which sent while a central was connected
+
+    @property
+    def is_ecg(self) -> bool:
+        return isinstance(self.sim, VirtualEcgPatch)
+
+    def advertised_uuids(self) -> list[core.UUID]:
+        main = codec.UUID_HEART_RATE_SERVICE if self.is_ecg else codec.UUID_PULSE_OXIMETER_SERVICE
+        return [_U(main), core.UUID(codec.NABZ_WAVEFORM_SERVICE)]
+
+    def services(self) -> list[gatt.Service]:
+        if self.is_ecg:
+            vital = gatt.Service(
+                _U(codec.UUID_HEART_RATE_SERVICE),
+                [self.hrm, _char(_U(codec.UUID_BODY_SENSOR_LOCATION), _P.READ, bytes([1]))],  # 1: chest
+            )
+            model = "Nabz ECG patch"
+        else:
+            vital = gatt.Service(
+                _U(codec.UUID_PULSE_OXIMETER_SERVICE), [self.plx_continuous, self.plx_spot, self.plx_features]
+            )
+            model = "Nabz pulse oximeter"
+        return [
+            vital,
+            gatt.Service(_U(codec.UUID_BATTERY_SERVICE), [self.battery]),
+            _device_information(model, self.device_id, "1.0.0", "rev-b", "Nabz"),
+            gatt.Service(core.UUID(codec.NABZ_WAVEFORM_SERVICE), [self.wave, self.control]),
+        ]
+
+    async def pump(self, seconds: float) -> None:
+        for n in self.sim.advance(seconds):
+            stream, readings = stream_of(n.char_uuid, n.data)
+            self.generated[stream] += readings
+            if self.in_range and self.connected:
+                self.heard[stream] += readings
+            await self.notify(self.by_uuid[n.char_uuid], n.data)
+
+    def _on_control(self, connection: Connection, value: bytes) -> None:
+        try:
+            resent = self.sim.write(codec.NABZ_CONTROL, bytes(value))
+        except ValueError as exc:
+            raise att.ATT_Error(att.ErrorCode.VALUE_NOT_ALLOWED) from exc
+        self.resend_requests += 1
+        asyncio.get_running_loop().create_task(self._send_resent([n.data for n in resent]))
+
+    async def _send_resent(self, frames: list[bytes]) -> None:
+        for data in frames:
+            await self.notify(self.wave, data)
+
+
+class HeartRateStrap(Peripheral):
+    """An off-the-shelf chest strap: Heart Rate Service only (plus Battery and Device Information).
+
+    Once a second: heart rate (uint16 format from time to time, as some straps always use), sensor
+    contact (lost for a while), energy expended every 10 s, RR intervals in 1/1024 s.
+    """
+
+    def __init__(self, link: LocalLink, device_id: str, address: str, name: str = "HRM-Pro 4821") -> None:
+        super().__init__(link, name, address, device_id)
+        self.hrm = _char(_U(codec.UUID_HEART_RATE_MEASUREMENT), _P.NOTIFY, b"", _NONE)
+        self.t = 0.0
+        self.second = 0
+        self.energy_kj = 0
+        self.sent: list[tuple[str, bytes]] = []
+
+    def advertised_uuids(self) -> list[core.UUID]:
+        return [_U(codec.UUID_HEART_RATE_SERVICE)]
+
+    def services(self) -> list[gatt.Service]:
+        return [
+            gatt.Service(
+                _U(codec.UUID_HEART_RATE_SERVICE),
+                [self.hrm, _char(_U(codec.UUID_BODY_SENSOR_LOCATION), _P.READ, bytes([1]))],
+            ),
+            gatt.Service(_U(codec.UUID_BATTERY_SERVICE), [self.battery]),
+            _device_information("HRM-Pro", "4821-7781", "12.40", "3", "Generic Sports"),
+        ]
+
+    def measurement(self, second: int) -> bytes:
+        hr = round(68 + 12 * math.sin(second / 9.0))
+        contact = not 20 <= second % 60 < 24  # the strap slips for four seconds a minute
+        flags = 0x04 | (0x02 if contact else 0)  # contact supported; detected
+        wide = second % 7 == 0
+        body = struct.pack("<H", hr) if wide else bytes([hr])
+        flags |= 0x01 if wide else 0
+        self.energy_kj += 1
+        if second % 10 == 0:
+            flags |= 0x08
+            body += struct.pack("<H", self.energy_kj)
+        if contact:
+            flags |= 0x10
+            body += struct.pack("<H", round(60.0 / hr * 1024)) * (1 if second % 3 else 2)
+        return bytes([flags]) + body
+
+    async def pump(self, seconds: float) -> None:
+        self.t += seconds
+        while self.second < int(self.t):
+            self.second += 1
+            value = self.measurement(self.second)
+            heard = self.in_range and self.connected
+            await self.notify(self.hrm, value)
+            if heard:
+                self.sent.append(("2a37", value))
+            if self.second % 30 == 1:
+                level = max(5, 95 - self.second // 60)
+                await self.notify(self.battery, bytes([level]))
+                if heard:
+                    self.sent.append(("2a19", bytes([level])))
+
+
+class StandardOximeter(Peripheral):
+    """An off-the-shelf pulse oximeter: Pulse Oximeter Service (PLX Continuous with fast and slow
+    values, measurement and sensor status, pulse amplitude index; Spot-Check by indication with a
+    timestamp; PLX Features), Battery and Device Information. The finger comes out for a few
+    seconds each minute (NaN values, "unavailable", "sensor unconnected to user"), and the device
+    sends NRes while it settles after that."""
+
+    def __init__(self, link: LocalLink, device_id: str, address: str, name: str = "PO-60 1187") -> None:
+        super().__init__(link, name, address, device_id)
+        self.continuous = _char(_U(codec.UUID_PLX_CONTINUOUS), _P.NOTIFY, b"", _NONE)
+        self.spot = _char(_U(codec.UUID_PLX_SPOT_CHECK), _P.INDICATE, b"", _NONE)
+        # Features: measurement status, sensor status, timestamp support (bits 0, 1, 3).
+        self.features = _char(
+            _U(codec.UUID_PLX_FEATURES), _P.READ, struct.pack("<HHHB", 0x000B, 0xE000, 0x0FFE, 0)
+        )
+        self.t = 0.0
+        self.second = 0
+        self.sent: list[tuple[str, bytes]] = []
+
+    def advertised_uuids(self) -> list[core.UUID]:
+        return [_U(codec.UUID_PULSE_OXIMETER_SERVICE)]
+
+    def services(self) -> list[gatt.Service]:
+        return [
+            gatt.Service(_U(codec.UUID_PULSE_OXIMETER_SERVICE), [self.continuous, self.spot, self.features]),
+            gatt.Service(_U(codec.UUID_BATTERY_SERVICE), [self.battery]),
+            _device_information("PO-60", "1187-0042", "2.1", "A", "Generic Medical"),
+        ]
+
+    def measurement(self, second: int) -> bytes:
+        phase = second % 60
+        if 40 <= phase < 44:  # finger out
+            return codec.plx_continuous_encode(None, None, 1 << 13, 1 << 11)
+        if phase == 44:  # settling: "no result yet"
+            raw = struct.pack("<BHH", 0x04, codec.SFLOAT_NRES, codec.SFLOAT_NRES) + struct.pack("<H", 1 << 5)
+            return raw
+        spo2 = 97.0 - (1.5 if 10 <= phase < 20 else 0.0) + (0.5 if second % 2 else 0.0)
+        pr = 70.0 + (second % 5)
+        meas = (1 << 14) if phase == 5 else 0  # one questionable reading a minute
+        return codec.plx_continuous_encode(
+            spo2, pr, meas, 0, round(4.2 + (second % 3) / 10, 1), fast=(spo2, pr + 1), slow=(spo2, pr)
+        )
+
+    async def pump(self, seconds: float) -> None:
+        self.t += seconds
+        while self.second < int(self.t):
+            self.second += 1
+            value = self.measurement(self.second)
+            heard = self.in_range and self.connected
+            await self.notify(self.continuous, value)
+            if heard:
+                self.sent.append(("2a5f", value))
+            if self.second % 5 == 0:
+                stamp = (2026, 11, 25, 9, self.second // 60 % 60, self.second % 60)
+                spot = codec.plx_spot_check_encode(96.5, 71.0, timestamp=stamp, meas_status=1 << 7)
+                await self.indicate(self.spot, spot)
+                if heard:
+                    self.sent.append(("2a5e", spot))
+            if self.second % 30 == 1:
+                await self.notify(self.battery, bytes([88]))
+                if heard:
+                    self.sent.append(("2a19", bytes([88])))
+
+
+class VirtualRadio:
+    """The air: a LocalLink and the event loop thread its peripherals (and an in-process gateway
+    central) run on. Pumps every peripheral's simulation at `speed` times real time."""
+
+    def __init__(self, speed: float = 1.0, tick_s: float = 0.05) -> None:
+        self.speed = speed
+        self.tick_s = tick_s
+        self.link = LocalLink()  # type: ignore[no-untyped-call]
+        self.loop = asyncio.new_event_loop()
+        self.peripherals: list[Peripheral] = []
+        self._hci: list[HciTransport] = []
+        self._thread = threading.Thread(target=self.loop.run_forever, name="virtual-radio", daemon=True)
+        self._thread.start()
+        self._pump_task: asyncio.Task[None] | None = None
+        self.paused = False
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run a coroutine on the radio's loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def add(self, make: Callable[[LocalLink], Peripheral]) -> Peripheral:
+        """Create a peripheral on this link (on the radio's loop) and start it advertising."""
+
+        async def create() -> Peripheral:
+            p = make(self.link)
+            await p.start()
+            self.peripherals.append(p)
+            return p
+
+        return self.call(create())
+
+    def add_wearables(self, sims: Sequence[VirtualDevice], first_index: int = 0) -> list[NabzPeripheral]:
+        out = []
+        for i, sim in enumerate(sims, start=first_index):
+            p = self.add(lambda link, sim=sim, i=i: NabzPeripheral(link, sim, peripheral_address(i)))  # type: ignore[misc]
+            assert isinstance(p, NabzPeripheral)
+            out.append(p)
+        return out
+
+    def start(self) -> None:
+        async def begin() -> None:
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+        self.call(begin())
+
+    def leave(self, p: Peripheral) -> None:
+        self.call(p.leave())
+
+    def come_back(self, p: Peripheral) -> None:
+        self.call(p.come_back())
+
+    async def serve_hci(self, host: str, port: int) -> None:
+        """An HCI controller on this link for a host in another process (TCP, like a dongle)."""
+        transport = await open_transport(f"tcp-server:{host}:{port}")
+        Controller("gateway-dongle", host_source=transport.source, host_sink=transport.sink, link=self.link)
+        self._hci.append(transport)
+
+    async def _pump(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = time.monotonic()
+            dt, last = (now - last) * self.speed, now
+            if self.paused:
+                continue
+            for p in self.peripherals:
+                try:
+                    await p.pump(dt)
+                except core.BaseBumbleError as exc:  # a link that dropped mid-notification
+                    log.debug("%s: %s", p.device_id, exc)
+
+    def close(self) -> None:
+        async def end() -> None:
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+            for t in self._hci:
+                await t.close()
+
+        try:
+            self.call(end(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hardware import make_patients
+
+    ap = argparse.ArgumentParser(
+        description="Virtual BLE wearables on a virtual radio, for a gateway in another process."
+    )
+    ap.add_argument("--patients", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--speed", type=float, default=1.0, help="device time per real second")
+    ap.add_argument("--standard", action="store_true", help="also a standard chest strap and oximeter")
+    ap.add_argument("--hci-port", type=int, default=9000, help="TCP port of the gateway's HCI controller")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    radio = VirtualRadio(speed=args.speed)
+    sims = [d for p in make_patients(args.patients, args.seed) for d in p.devices]
+    radio.add_wearables(sims)
+    if args.standard:
+        radio.add(lambda link: HeartRateStrap(link, "strap-0001", peripheral_address(900)))
+        radio.add(lambda link: StandardOximeter(link, "po60-0001", peripheral_address(901)))
+    radio.call(radio.serve_hci("127.0.0.1", args.hci_port))
+    radio.start()
+    for p in radio.peripherals:
+        print(f"{p.device_id}\t{p.address}\t{p.name}", flush=True)
+    print(f"ready: HCI on tcp-client:127.0.0.1:{args.hci_port}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    radio.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""The BLE transport through bleak's public API on bumble's virtual controller (synthetic
+wearables): four at once, a drop-out filled by RESEND, a device that vanishes (reported lost, gaps
+counted) and returns on a new connection, and off-the-shelf standard devices decoded."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.ble import BleTransport
+from gateway.service import Gateway
+from hardware import make_patients
+from hardware.ble_peripherals import (
+    HeartRateStrap,
+    NabzPeripheral,
+    Peripheral,
+    StandardOximeter,
+    VirtualRadio,
+    peripheral_address,
+)
+from nabz.config import EnrolledDevice
+from tests.gateway.helpers import Collector, gateway_config, health, running
+from tests.servers import Mosquitto
+
+WAVES = ("ecg", "ppg")
+
+
+@pytest.fixture
+def radio() -> Iterator[VirtualRadio]:
+    r = VirtualRadio(speed=1.0)
+    yield r
+    r.close()
+
+
+def _gateway(radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path, peripherals: list[Any]) -> Gateway:
+    enrolled = [EnrolledDevice(id=p.device_id, address=p.address) for p in peripherals]
+    transport = BleTransport(
+        enrolled,
+        backend="bumble",
+        link=radio.link,
+        loop=radio.loop,
+        connect_timeout_s=1.0,
+        retry_min_s=0.2,
+        retry_max_s=1.0,
+        reset_after_failures=3,
+        lost_after_s=3.0,
+    )
+    cfg = gateway_config(mosquitto.url, spool_path=str(tmp_path / "spool.sqlite"), resend_timeout_s=3.0)
+    return Gateway(cfg, transport, gateway_id="gw-ble")
+
+
+def _all_connected(seen: Collector, peripherals: list[Any]) -> bool:
+    return all(health(seen.last_status(), p.device_id)["state"] == "connected" for p in peripherals)
+
+
+def _expected(p: NabzPeripheral, waves_from: str = "generated") -> Counter[tuple[str, str]]:
+    """What must arrive from a wearable: every waveform reading it generated (RESEND fills
+    drop-outs), every vital sign it sent while connected, and a battery reading per connection
+    (read on connect) on top of those it notified."""
+    out: Counter[tuple[str, str]] = Counter()
+    for stream, n in getattr(p, waves_from).items():
+        if stream in WAVES:
+            out[(p.device_id, stream)] += n
+    for stream, n in p.heard.items():
+        if stream not in WAVES:
+            out[(p.device_id, stream)] += n
+    out[(p.device_id, "battery")] += p.connections_made
+    return out
+
+
+def _settle(radio: VirtualRadio, seen: Collector, peripherals: list[NabzPeripheral], timeout_s: float = 20) -> None:
+    """Stop the wearables and wait until what they sent has arrived."""
+    radio.paused = True
+    time.sleep(0.3)
+    want = sum((_expected(p) for p in peripherals), Counter[tuple[str, str]]())
+    seen.wait_for(lambda: seen.tally() == want, timeout_s)
+
+
+def test_four_wearables_at_once_every_reading_arrives_with_mtu_rssi_and_battery(
+    radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    peripherals = radio.add_wearables([d for p in make_patients(2, seed=21) for d in p.devices])
+    gw = _gateway(radio, mosquitto, tmp_path, peripherals)
+    seen = Collector("127.0.0.1", mosquitto.port)
+    try:
+        with running(gw):
+            assert seen.wait_for(lambda: _all_connected(seen, peripherals), 20), seen.last_status()
+            radio.start()  # the wearables start streaming once all four are subscribed
+            time.sleep(5)
+            _settle(radio, seen, peripherals)
+        want = sum((_expected(p) for p in peripherals), Counter())
+        assert seen.tally() == want
+        assert all(seen.tally()[(p.device_id, "ecg" if p.is_ecg else "ppg")] > 400 for p in peripherals)
+        status = seen.last_status()
+        for p in peripherals:
+            h = health(status, p.device_id)
+            assert h["mtu"] == 247 and h["rssi_dbm"] == -50 and h["battery_pct"] == p.battery.value[0]
+            assert p.connected and p.connections_made == 1
+        assert seen.frames_twice() == []
+        info = gw.transport.device_info("ecg-0001")  # type: ignore[attr-defined]
+        assert info["model"] == "Nabz ECG patch" and info["serial"] == "ecg-0001"
+    finally:
+        gw.stop()
+        seen.close()
+
+
+def test_a_drop_out_is_reconnected_and_the_missed_frames_come_back_by_resend(
+    radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    peripherals = radio.add_wearables(make_patients(1, seed=22)[0].devices)
+    ecg = peripherals[0]
+    gw = _gateway(radio, mosquitto, tmp_path, peripherals)
+    seen = Collector("127.0.0.1", mosquitto.port)
+    try:
+        with running(gw):
+            assert seen.wait_for(lambda: _all_connected(seen, peripherals), 20)
+            radio.start()
+            time.sleep(2)
+            radio.leave(ecg)  # a second out of range: shorter than lost_after, inside the resend buffer
+            transport = gw.transport
+            assert isinstance(transport, BleTransport)
+            assert seen.wait_for(lambda: transport.health(0)[ecg.device_id].state == "reconnecting", 5)
+            time.sleep(1.0)
+            radio.come_back(ecg)
+            assert seen.wait_for(lambda: health(seen.last_status(), ecg.device_id)["state"] == "connected", 10)
+            time.sleep(2)
+            _settle(radio, seen, peripherals)
+            assert seen.wait_for(lambda: health(seen.last_status(), ecg.device_id)["resent_frames"] > 0, 5)
+        h = health(seen.last_status(), ecg.device_id)
+        assert (h["gap_events"], h["gap_frames"], h["reconnects"]) == (1, 0, 1)
+        assert ecg.resend_requests >= 1 and ecg.connections_made == 2
+        assert ecg.heard["ecg"] < ecg.generated["ecg"]  # something really was missed on air...
+        assert seen.tally() == _expected(ecg) + _expected(peripherals[1])  # ...and came back
+        assert seen.frames_twice() == []
+        resent = [b for b in seen.of(ecg.device_id, "ecg") if "resent" in b.get("flags", [])]
+        assert len(resent) == h["resent_frames"]
+    finally:
+        gw.stop()
+        seen.close()
+
+
+def _small_resend_buffer(p: NabzPeripheral, frames: int) -> None:
+    # The firmware keeps 60 s; a short buffer lets a test outlast it in seconds.
+    p.sim._resend = deque(maxlen=frames)
+
+
+def test_a_vanished_device_is_reported_lost_its_gap_counted_and_it_returns_on_a_new_connection(
+    radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    peripherals = radio.add_wearables(make_patients(1, seed=23)[0].devices)
+    oxi = peripherals[1]
+    _small_resend_buffer(oxi, 8)  # 8 PPG frames: about 3 s
+    gw = _gateway(radio, mosquitto, tmp_path, peripherals)
+    seen = Collector("127.0.0.1", mosquitto.port)
+    try:
+        with running(gw):
+            assert seen.wait_for(lambda: _all_connected(seen, peripherals), 20)
+            radio.start()
+            time.sleep(1.5)
+            radio.leave(oxi)
+            assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["state"] == "lost", 10)
+            lost = seen.last_status()
+            transport = gw.transport
+            assert isinstance(transport, BleTransport)
+            failures = transport.health(0)[oxi.device_id].reason
+            assert "advertising" in failures or "Error" in failures
+            time.sleep(2)  # still trying while lost: no restart needed
+            radio.come_back(oxi)
+            assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["state"] == "connected", 10)
+            time.sleep(1.5)
+            radio.paused = True
+            assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["gap_frames"] > 0, 10)
+            frame = oxi.sim.frame_samples
+            key = (oxi.device_id, "ppg")
+            # Every PPG sample generated either arrived or is counted in the gap, exactly.
+            assert seen.wait_for(
+                lambda: seen.tally()[key] + gw.stats().gap_frames * frame == oxi.generated["ppg"], 10
+            ), (seen.tally()[key], gw.stats().gap_frames, oxi.generated["ppg"])
+        assert lost is not None and health(lost, peripherals[0].device_id)["state"] == "connected"
+        h = health(seen.last_status(), oxi.device_id)
+        assert h["reconnects"] == 1 and oxi.connections_made == 2
+        assert h["gap_frames"] == gw.stats().gap_frames
+        others = _expected(peripherals[0]) + Counter({k: n for k, n in _expected(oxi).items() if k != key})
+        assert seen.tally() - Counter({key: seen.tally()[key]}) == others
+        assert h["resent_frames"] > 0  # the newest frames of the outage did come back
+        assert seen.frames_twice() == []
+    finally:
+        gw.stop()
+        seen.close()
+
+
+def test_off_the_shelf_chest_strap_and_oximeter_are_decoded(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    radio = VirtualRadio(speed=12.0)  # standard devices send once a second: 12 s per second here
+    try:
+        strap = radio.add(lambda link: HeartRateStrap(link, "strap-0001", peripheral_address(900)))
+        oxi = radio.add(lambda link: StandardOximeter(link, "po60-0001", peripheral_address(901)))
+        assert isinstance(strap, HeartRateStrap) and isinstance(oxi, StandardOximeter)
+        gw = _gateway(radio, mosquitto, tmp_path, [strap, oxi])
+        seen = Collector("127.0.0.1", mosquitto.port)
+        try:
+            with running(gw):
+                assert seen.wait_for(lambda: _all_connected(seen, [strap, oxi]), 20)
+                radio.start()
+                assert seen.wait_for(lambda: len(seen.of("po60-0001", "spo2")) >= 80, 30)
+                radio.paused = True
+                time.sleep(0.5)
+                hr = seen.of("strap-0001", "hr")
+                spo2 = seen.of("po60-0001", "spo2")
+                assert seen.wait_for(lambda: len(seen.of("strap-0001", "hr")) == _count(strap, "2a37"), 5)
+        finally:
+            gw.stop()
+            seen.close()
+    finally:
+        radio.close()
+    _check_strap(strap, seen.of("strap-0001", "hr"))
+    _check_oximeter(oxi, seen.of("po60-0001", "spo2"))
+    assert seen.of("strap-0001", "battery")[0]["battery_pct"] == 100  # read on connect
+    assert hr and spo2
+
+
+def _count(p: Peripheral, char: str) -> int:
+    return sum(1 for c, _ in getattr(p, "sent") if c == char)
+
+
+def _check_strap(strap: HeartRateStrap, got: list[dict[str, Any]]) -> None:
+    sent = [v for c, v in strap.sent if c == "2a37"]
+    assert len(got) == len(sent) > 60
+    wide = contactless = energy = 0
+    for value, r in zip(sent, got, strict=True):
+        flags = value[0]
+        hr = int.from_bytes(value[1:3], "little") if flags & 1 else value[1]
+        assert r["hr_bpm"] == hr
+        wide += flags & 1
+        if not flags & 0x02:
+            contactless += 1
+            assert r["contact"] is False and r.get("rr_ms", []) == []
+        else:
+            assert r["contact"] is True
+            rr = round(60.0 / hr * 1024) * 1000 / 1024
+            assert r["rr_ms"] and all(abs(x - rr) < 1e-9 for x in r["rr_ms"])
+        if flags & 0x08:
+            energy += 1
+            assert r["energy_kj"] > 0
+    assert wide and contactless and energy  # every layout variant was exercised
+
+
+def _check_oximeter(oxi: StandardOximeter, got: list[dict[str, Any]]) -> None:
+    sent = [(c, v) for c, v in oxi.sent if c in ("2a5f", "2a5e")]
+    assert len(got) == len(sent)
+    seen_kinds = Counter()
+    for (char, value), r in zip(sent, got, strict=True):
+        if char == "2a5e":
+            seen_kinds["spot"] += 1
+            assert r["mode"] == "spot" and r["spo2_pct"] == 96.5 and r["pr_bpm"] == 71.0
+            assert r["meas_status"] == ["validated"]
+        elif value[1:3] == b"\xff\x07":  # NaN: the finger is out
+            seen_kinds["finger_out"] += 1
+            assert r["spo2_pct"] is None and r["pr_bpm"] is None
+            assert r["meas_status"] == ["unavailable"] and r["sensor_status"] == ["sensor_unconnected_to_user"]
+        elif value[1:3] == b"\x00\x08":  # NRes: settling
+            seen_kinds["nres"] += 1
+            assert r["spo2_pct"] is None and r["meas_status"] == ["ongoing"]
+        else:
+            seen_kinds["value"] += 1
+            assert 94 <= r["spo2_pct"] <= 98 and 70 <= r["pr_bpm"] <= 74 and r.get("pi_pct")
+            if "questionable" in r.get("meas_status", []):
+                seen_kinds["questionable"] += 1
+    assert set(seen_kinds) == {"spot", "finger_out", "nres", "value", "questionable"}, seen_kinds
