@@ -18,7 +18,6 @@ from hardware import make_patients
 from hardware.ble_peripherals import (
     HeartRateStrap,
     NabzPeripheral,
-    Peripheral,
     StandardOximeter,
     VirtualRadio,
     peripheral_address,
@@ -99,7 +98,7 @@ def test_four_wearables_at_once_every_reading_arrives_with_mtu_rssi_and_battery(
         status = seen.last_status()
         for p in peripherals:
             h = health(status, p.device_id)
-            assert h["mtu"] == 247 and h["rssi_dbm"] == -50 and h["battery_pct"] == p.battery.value[0]
+            assert h["mtu"] == 247 and h["rssi_dbm"] == -50 and h["battery_pct"] == bytes(p.battery.value)[0]
             assert p.connected and p.connections_made == 1
         assert seen.frames_twice() == []
         info = gw.transport.device_info("ecg-0001")  # type: ignore[attr-defined]
@@ -223,8 +222,8 @@ def test_off_the_shelf_chest_strap_and_oximeter_are_decoded(mosquitto: Mosquitto
     assert hr and spo2
 
 
-def _count(p: Peripheral, char: str) -> int:
-    return sum(1 for c, _ in getattr(p, "sent") if c == char)
+def _count(p: HeartRateStrap | StandardOximeter, char: str) -> int:
+    return sum(1 for c, _ in p.sent if c == char)
 
 
 def _check_strap(strap: HeartRateStrap, got: list[dict[str, Any]]) -> None:
@@ -252,7 +251,7 @@ def _check_strap(strap: HeartRateStrap, got: list[dict[str, Any]]) -> None:
 def _check_oximeter(oxi: StandardOximeter, got: list[dict[str, Any]]) -> None:
     sent = [(c, v) for c, v in oxi.sent if c in ("2a5f", "2a5e")]
     assert len(got) == len(sent)
-    seen_kinds = Counter()
+    seen_kinds: Counter[str] = Counter()
     for (char, value), r in zip(sent, got, strict=True):
         if char == "2a5e":
             seen_kinds["spot"] += 1
