@@ -92,7 +92,7 @@ class AlertEngine:
                 rule.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind == "stale_data":
                 self.stale.restore(a.patient, a.priority, a.condition_started_at)
-            elif a.kind in ("gateway_offline", "device_offline"):
+            elif a.kind in ("gateway_offline", "device_offline", "gateway_data_gap"):
                 self.gateways.restore(a.patient, a.kind, a.condition_started_at)
         self._silences = store.silences()
         self._started = False

@@ -52,7 +52,7 @@ _KIND_UR = {
     "news2": "NEWS2 سکور زیادہ", "sensor_off": "آکسی میٹر اترا ہوا", "leads_off": "ECG لیڈز اتری ہوئی",
     "ecg_poor_signal": "ECG سگنل خراب", "ppg_poor_signal": "آکسی میٹر سگنل خراب",
     "stale_data": "ڈیٹا بند", "gateway_offline": "گیٹ وے بند", "device_offline": "آلہ منقطع",
-    "battery_low": "بیٹری کم", "data_gap": "ڈیٹا ضائع",
+    "battery_low": "بیٹری کم", "data_gap": "ڈیٹا ضائع", "gateway_data_gap": "ڈیٹا ضائع",
 }  # fmt: skip
 _REASON = {
     "en": {"repeat": "REPEAT ", "escalation": "ESCALATED ", "worse": "WORSE ", "cleared": "CLEARED "},

@@ -24,6 +24,8 @@ _SENSOR_OFF = frozenset(
     {"sensor_off", "sensor_unconnected_to_user", "sensor_disconnected", "sensor_displaced"}
 )
 _LEADS_OFF = frozenset({"leads_off", "no_contact"})
+_GAP_FRAMES = 20  # unrecoverable frames between two gateway status messages worth an alarm (~10 s of ECG)
+_GAP_CLEAR_S = 600.0  # ... cleared after ten minutes without more
 
 
 @dataclass(slots=True)
@@ -168,6 +170,8 @@ class GatewayTracker:
     offline: dict[str, tuple[float, str]] = field(default_factory=dict)  # gateway -> (since, reason)
     missing: dict[str, float] = field(default_factory=dict)  # device -> since
     raised: dict[tuple[str, str], float] = field(default_factory=dict)  # (patient, kind) -> since
+    gap_frames: dict[str, int] = field(default_factory=dict)  # device -> unrecoverable frames, all time
+    gaps: dict[str, tuple[float, int]] = field(default_factory=dict)  # device -> (when, frames lost)
 
     def restore(self, patient: str, kind: str, started_at: float) -> None:
         self.raised[(patient, kind)] = started_at
@@ -177,12 +181,19 @@ class GatewayTracker:
             self.offline.setdefault(s.gateway, (now, s.reason or "offline"))
             return
         self.offline.pop(s.gateway, None)
-        listed = set(s.devices)
-        for d in self.devices.get(s.gateway, set()) - listed:
-            self.missing.setdefault(d, now)
-        for d in listed:
+        listed = set(s.devices) | {h.device for h in s.health}
+        lost = {h.device for h in s.health if h.state == "lost"}
+        for d in (self.devices.get(s.gateway, set()) - listed) | lost:
+            # A device the gateway reports lost has been away its `lost_after_s` already.
+            self.missing.setdefault(d, now - (self.after_s if d in lost else 0.0))
+        for d in listed - lost:
             self.missing.pop(d, None)
         self.devices[s.gateway] = self.devices.get(s.gateway, set()) | listed
+        for h in s.health:  # waveform frames the gateway could not get back: lost for good
+            before = self.gap_frames.get(h.device)
+            self.gap_frames[h.device] = h.gap_frames
+            if before is not None and h.gap_frames - before >= _GAP_FRAMES:
+                self.gaps[h.device] = (now, h.gap_frames - before)
 
     def tick(self, now: float) -> list[Condition]:
         want: dict[tuple[str, str], tuple[float, str]] = {}
@@ -199,10 +210,21 @@ class GatewayTracker:
             key = (p or "", "device_offline")
             if p is not None and (now - since >= self.after_s or key in self.raised):
                 want.setdefault(key, (since, f"{d} not connected to its gateway"))
+        for d, (when, frames) in list(self.gaps.items()):
+            p = self.patient_of(d)
+            if p is None or now - when >= _GAP_CLEAR_S:
+                del self.gaps[d]
+                continue
+            want.setdefault(
+                (p, "gateway_data_gap"), (when, f"{frames} waveform frames from {d} lost for good")
+            )
         out: list[Condition] = []
         for (p, kind), (since, text) in want.items():
             if (p, kind) not in self.raised:
                 self.raised[(p, kind)] = since
+                if kind == "gateway_data_gap":
+                    out.append(Condition(p, kind, True, "low", None, None, "", since, now, text, True))
+                    continue
                 out.append(Condition(p, kind, True, "medium", now - since, self.after_s, "s", since, now,
                                      f"{text} for {(now - since) / 60:.0f} min", True))  # fmt: skip
         # Clear only on evidence: the patient's devices are listed by a gateway that is online
@@ -210,7 +232,9 @@ class GatewayTracker:
         online = {
             self.patient_of(d) for gw, devs in self.devices.items() if gw not in self.offline for d in devs
         }
-        for key in [k for k in self.raised if k not in want and k[0] in online]:
+        for key in [
+            k for k in self.raised if k not in want and (k[0] in online or k[1] == "gateway_data_gap")
+        ]:
             since = self.raised.pop(key)
             out.append(Condition(key[0], key[1], False, "medium", None, self.after_s, "s", since, now,
                                  "connected again", True))  # fmt: skip

@@ -219,3 +219,27 @@ def test_priorities_and_kinds_are_configurable_per_rule_and_per_patient(tmp_path
     assert kinds(rig.feed(off)) == [("sensor_off", "active", "medium")]
     fast = [v(T0 + i, patient="p-0002", source="ecg", hr_bpm=135.0, af_score=0.95) for i in range(200)]
     assert kinds(rig.feed(fast)) == [("hr_high", "active", "high")]
+
+
+def test_the_gateways_device_health_reports_a_lost_device_and_frames_lost_for_good(tmp_path: Path) -> None:
+    from nabz.contract import DeviceHealth
+
+    rig = Rig(tmp_path, config(enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"}))
+
+    def status(state: str, gaps: int) -> GatewayStatus:
+        health = [DeviceHealth(device="ecg-0001", state=state, gap_frames=gaps),  # type: ignore[arg-type]
+                  DeviceHealth(device="oxi-0001", state="connected")]  # fmt: skip
+        return GatewayStatus(
+            site="demo", gateway="gw-0001", state="online", devices=["ecg-0001", "oxi-0001"], health=health
+        )
+
+    assert rig.engine.gateway_status(status("connected", 3), T0) == []
+    events = rig.engine.gateway_status(status("connected", 40), T0 + 30)
+    assert (
+        kinds(events) == [("gateway_data_gap", "active", "low")] and "37 waveform frames" in events[0].message
+    )
+    lost = rig.engine.gateway_status(status("lost", 40), T0 + 60)  # the gateway already waited for it
+    assert kinds(lost) == [("device_offline", "active", "medium")]
+    back = rig.engine.gateway_status(status("connected", 40), T0 + 90)
+    assert kinds(back) == [("device_offline", "cleared", "medium")]
+    assert [(e.kind, e.state) for e in rig.at(T0 + 30 + 600)] == [("gateway_data_gap", "cleared")]
