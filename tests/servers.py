@@ -2,10 +2,16 @@
 
 A test that needs one of them and cannot start it fails with the command that installs it; it
 never skips. `make test` installs both (Debian packages) when run as root.
+
+`SecureMosquitto` is the production shape of the broker: TLS only (a throwaway CA made by
+`make_pki`), no anonymous clients, a password file, per-gateway ACLs, and optionally a second
+listener that authenticates by client certificate.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -15,12 +21,18 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from nabz.broker import free_port
 
-__all__ = ["Mosquitto", "VictoriaMetrics", "require"]
+__all__ = ["Mosquitto", "SecureMosquitto", "Pki", "make_pki", "VictoriaMetrics", "require"]
 
 
 def require(command: str, package: str) -> str:
@@ -103,6 +115,179 @@ class Mosquitto:
         self.stop()
         time.sleep(down_s)
         self.start()
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throwaway certificate authority and what it signed (PEM files in `dir`)."""
+
+    dir: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    other_ca: Path  # a CA that signed nothing here: trusting it must fail
+
+    def client(self, name: str) -> tuple[Path, Path]:
+        """(certificate, key) for a client whose certificate's common name is `name`."""
+        cert, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        if not cert.exists():
+            ca_key = _load_key(self.dir / "ca.key")
+            ca_cert = x509.load_pem_x509_certificate((self.dir / "ca.crt").read_bytes())
+            _issue(name, ca_cert, ca_key, cert, key, server=False)
+        return cert, key
+
+
+def make_pki(directory: Path) -> Pki:
+    """A CA, a server certificate for localhost / 127.0.0.1, and an unrelated second CA."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _self_signed("Nabz test CA", directory / "ca.crt", directory / "ca.key")
+    _issue("localhost", ca_cert, ca_key, directory / "server.crt", directory / "server.key", server=True)
+    _self_signed("Somebody else's CA", directory / "other-ca.crt", directory / "other-ca.key")
+    return Pki(
+        directory,
+        directory / "ca.crt",
+        directory / "server.crt",
+        directory / "server.key",
+        directory / "other-ca.crt",
+    )
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+def _write(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path) -> None:
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_path.chmod(0o600)
+
+
+def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(
+        now + datetime.timedelta(days=2)
+    )
+
+
+def _self_signed(
+    cn: str, cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write(cert, key, cert_path, key_path)
+    return cert, key
+
+
+def _issue(
+    cn: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    server: bool,
+) -> None:
+    key = _new_key()
+    builder = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    _write(builder.sign(ca_key, hashes.SHA256()), key, cert_path, key_path)
+
+
+class SecureMosquitto(Mosquitto):
+    """mosquitto as in production: TLS listeners only, no anonymous clients, a password file and
+    an ACL file; `cert_port` authenticates by client certificate (its common name is the user)."""
+
+    def __init__(self, workdir: Path, pki: Pki, users: dict[str, str], acl: str) -> None:
+        super().__init__(workdir)
+        self.pki = pki
+        self.users = users
+        self.acl = acl
+        self.cert_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    @property
+    def cert_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.cert_port}"
+
+    def config_text(self) -> str:
+        passwd = self.workdir / "passwd"
+        passwd.write_text("")
+        for user, password in self.users.items():
+            subprocess.run(
+                [require("mosquitto_passwd", "mosquitto"), "-b", str(passwd), user, password],
+                check=True,
+                capture_output=True,
+            )
+        (self.workdir / "acl").write_text(self.acl)
+        tls = (
+            f"cafile {self.pki.ca}\ncertfile {self.pki.server_cert}\nkeyfile {self.pki.server_key}\n"
+            "tls_version tlsv1.2\n"
+        )
+        return (
+            "per_listener_settings false\n"
+            "allow_anonymous false\n"
+            f"password_file {passwd}\n"
+            f"acl_file {self.workdir / 'acl'}\n"
+            "persistence false\n"
+            # Not 0 (unlimited) here: mosquitto 2.0.11 with `max_queued_messages 0` drops the
+            # connection of a client whose QoS 1 publish the ACL denies, instead of answering
+            # with PUBACK "not authorized" (found by tests/gateway/test_mqtt_security.py).
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 0\n"
+            "log_dest stderr\n"
+            f"{'user root' + chr(10) if os.geteuid() == 0 else ''}"
+            f"listener {self.port} 127.0.0.1\n{tls}"
+            f"listener {self.cert_port} 127.0.0.1\n{tls}"
+            "require_certificate true\nuse_identity_as_username true\n"
+        )
 
 
 class VictoriaMetrics:

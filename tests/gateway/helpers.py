@@ -33,7 +33,15 @@ def gateway_config(url: str, **gateway: Any) -> Config:
 class Collector:
     """Subscribes to everything under nabz/v1/ and keeps readings by message id, and statuses."""
 
-    def __init__(self, url_host: str, port: int, **tls: Any) -> None:
+    def __init__(
+        self,
+        url_host: str,
+        port: int,
+        *,
+        ca: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.readings: dict[str, tuple[str, str, int, int | None]] = {}  # id -> device, stream, n, seq
         self.bodies: dict[str, dict[str, Any]] = {}  # id -> payload, in arrival order
         self.deliveries = 0
@@ -41,6 +49,10 @@ class Collector:
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{time.monotonic_ns()}")
         self.client.on_message = self._on_message
+        if ca is not None:
+            self.client.tls_set(ca_certs=ca)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(url_host, port)
         self.client.subscribe("nabz/v1/#", qos=1)
         self.client.loop_start()

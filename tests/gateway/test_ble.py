@@ -72,7 +72,9 @@ def _expected(p: NabzPeripheral, waves_from: str = "generated") -> Counter[tuple
     return out
 
 
-def _settle(radio: VirtualRadio, seen: Collector, peripherals: list[NabzPeripheral], timeout_s: float = 20) -> None:
+def _settle(
+    radio: VirtualRadio, seen: Collector, peripherals: list[NabzPeripheral], timeout_s: float = 20
+) -> None:
     """Stop the wearables and wait until what they sent has arrived."""
     radio.paused = True
     time.sleep(0.3)
@@ -126,7 +128,9 @@ def test_a_drop_out_is_reconnected_and_the_missed_frames_come_back_by_resend(
             assert seen.wait_for(lambda: transport.health(0)[ecg.device_id].state == "reconnecting", 5)
             time.sleep(1.0)
             radio.come_back(ecg)
-            assert seen.wait_for(lambda: health(seen.last_status(), ecg.device_id)["state"] == "connected", 10)
+            assert seen.wait_for(
+                lambda: health(seen.last_status(), ecg.device_id)["state"] == "connected", 10
+            )
             time.sleep(2)
             _settle(radio, seen, peripherals)
             assert seen.wait_for(lambda: health(seen.last_status(), ecg.device_id)["resent_frames"] > 0, 5)
@@ -170,7 +174,9 @@ def test_a_vanished_device_is_reported_lost_its_gap_counted_and_it_returns_on_a_
             assert "advertising" in failures or "Error" in failures
             time.sleep(2)  # still trying while lost: no restart needed
             radio.come_back(oxi)
-            assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["state"] == "connected", 10)
+            assert seen.wait_for(
+                lambda: health(seen.last_status(), oxi.device_id)["state"] == "connected", 10
+            )
             time.sleep(1.5)
             radio.paused = True
             assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["gap_frames"] > 0, 10)
@@ -260,7 +266,9 @@ def _check_oximeter(oxi: StandardOximeter, got: list[dict[str, Any]]) -> None:
         elif value[1:3] == b"\xff\x07":  # NaN: the finger is out
             seen_kinds["finger_out"] += 1
             assert r["spo2_pct"] is None and r["pr_bpm"] is None
-            assert r["meas_status"] == ["unavailable"] and r["sensor_status"] == ["sensor_unconnected_to_user"]
+            assert r["meas_status"] == ["unavailable"] and r["sensor_status"] == [
+                "sensor_unconnected_to_user"
+            ]
         elif value[1:3] == b"\x00\x08":  # NRes: settling
             seen_kinds["nres"] += 1
             assert r["spo2_pct"] is None and r["meas_status"] == ["ongoing"]

@@ -37,7 +37,9 @@ def test_the_documented_example_lines_parse_to_what_the_contract_says() -> None:
         want = v.attrs["kind"]
         assert type(frame).__name__ == want, (line, frame)
         if isinstance(frame, Notify):
-            assert encode_notify(frame.session, frame.lseq, frame.device, frame.char, frame.data) == line + b"\n"
+            assert (
+                encode_notify(frame.session, frame.lseq, frame.device, frame.char, frame.data) == line + b"\n"
+            )
 
 
 def test_round_trips() -> None:
@@ -95,7 +97,9 @@ def test_mutated_lines_are_either_rejected_or_exactly_a_valid_frame() -> None:
     seed = random.randrange(2**32)
     print(f"fuzz seed {seed} (pin it with random.Random({seed}))")
     rng = random.Random(seed)
-    base = encode_notify(SESSION, 12345, "oxi-0001", "6e61627a-0102-4000-8000-00805f9b34fb", bytes(range(60)))[:-1]
+    base = encode_notify(
+        SESSION, 12345, "oxi-0001", "6e61627a-0102-4000-8000-00805f9b34fb", bytes(range(60))
+    )[:-1]
     accepted = 0
     for _ in range(3000):
         line = bytearray(base)

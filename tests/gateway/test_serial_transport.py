@@ -65,7 +65,9 @@ def socat(tmp_path: Path) -> Iterator[SocatPair]:
 
 def _gateway(mosquitto: Mosquitto, tmp_path: Path, port: Path, devices: list[str]) -> Gateway:
     cfg = gateway_config(mosquitto.url, spool_path=str(tmp_path / "spool.sqlite"))
-    transport = SerialTransport(str(port), devices=devices, retry_min_s=0.1, retry_max_s=0.5, lost_after_s=2.0)
+    transport = SerialTransport(
+        str(port), devices=devices, retry_min_s=0.1, retry_max_s=0.5, lost_after_s=2.0
+    )
     return Gateway(cfg, transport, gateway_id="gw-serial")
 
 
