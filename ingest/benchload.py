@@ -232,6 +232,8 @@ class _Workers:
         self.config.write_text(
             f'site = "{_SITE}"\n[mqtt]\nurl = "mqtt://127.0.0.1:{servers.mq_port}"\n'
             f'[ingest]\nstore_path = "{self.store}"\nworkers = {workers}\nclient_id = "bench-{patients}"\n'
+            # each run its own group: the stopped sessions of earlier runs stay members of theirs
+            f'share_group = "bench-{patients}"\n'
             f'[influx]\nurl = "http://127.0.0.1:{servers.vm_port}"\ntoken = "bench"\nwaveforms = "chunks"\n'
             "[enrolment]\n" + "".join(f'"{d}" = "{p}"\n' for d, p in _enrolment(patients).items())
         )

@@ -8,11 +8,11 @@ changes between points.
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from datetime import datetime
 
 import numpy as np
-import numpy.typing as npt
 
 from nabz.contract import (
     BatteryReading,
@@ -24,7 +24,16 @@ from nabz.contract import (
     Vitals,
 )
 
-__all__ = ["reading_lines", "chunk_lines", "vitals_lines", "to_ns", "pack_samples", "unpack_samples"]
+__all__ = [
+    "reading_lines",
+    "chunk_lines",
+    "chunk_lines_many",
+    "vitals_lines",
+    "to_ns",
+    "pack_samples",
+    "pack_many",
+    "unpack_samples",
+]
 
 
 def to_ns(t: datetime) -> int:
@@ -105,24 +114,48 @@ def vitals_lines(v: Vitals) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Waveform chunks (docs/storage.md): one point per message instead of one per sample.
-def pack_samples(samples: list[int] | npt.NDArray[np.int64]) -> str:
+def pack_samples(samples: list[int]) -> str:
     """Integers -> base64 of zigzag varints of the first value and then successive differences.
 
     ECG and PPG change little from one sample to the next, so most differences fit one byte.
     """
-    x = np.asarray(samples, dtype=np.int64)
+    return pack_many([samples])[0]
+
+
+def pack_many(runs: list[list[int]]) -> list[str]:
+    """`pack_samples` of several runs in one vectorised pass (one numpy pass per batch, not per message)."""
+    if not runs:
+        return []
+    lengths = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
+    x = np.fromiter(itertools.chain.from_iterable(runs), dtype=np.int64, count=int(lengths.sum()))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     d = np.diff(x, prepend=np.int64(0))
+    d[starts[lengths > 0]] = x[starts[lengths > 0]]  # each run starts from its own first value
     z = ((d << 1) ^ (d >> 63)).astype(np.uint64)  # zigzag: small magnitudes -> small codes
-    out = bytearray()
-    if np.all(z < 0x80):
-        out = bytearray(z.astype(np.uint8).tobytes())
-    else:
-        for v in z.tolist():
-            while v >= 0x80:
-                out.append((v & 0x7F) | 0x80)
-                v >>= 7
-            out.append(v)
-    return base64.b64encode(bytes(out)).decode("ascii")
+    # varint bytes: byte k of a value is bits 7k..7k+6, flagged 0x80 if more follow. Samples are
+    # int16 µV or 24-bit counts, so a difference needs at most 4 bytes; 5 cover any value < 2**35.
+    if z.size and int(z.max()) >= 1 << 35:
+        raise ValueError("sample differences beyond 2**34 cannot be packed")
+    nbytes = 1 + (z >= 1 << 7) + (z >= 1 << 14).astype(np.int64) + (z >= 1 << 21) + (z >= 1 << 28)
+    parts = (z[:, None] >> _SHIFTS) & np.uint64(0x7F)
+    parts |= (_COLS < (nbytes[:, None] - 1)).astype(np.uint64) << np.uint64(7)
+    data = parts[_COLS < nbytes[:, None]].astype(np.uint8).tobytes()
+    per_run = np.zeros(len(runs), dtype=np.int64)
+    if x.size:  # reduceat gives an empty run its neighbour's count: only take the non-empty ones
+        per_run[lengths > 0] = np.add.reduceat(nbytes, starts[lengths > 0])
+    ends = np.cumsum(per_run)
+    out, pos = [], 0
+    for n, end in zip(lengths.tolist(), ends.tolist(), strict=True):
+        if n == 0:
+            out.append("")
+            continue
+        out.append(base64.b64encode(data[pos:end]).decode("ascii"))
+        pos = end
+    return out
+
+
+_SHIFTS = np.arange(0, 35, 7, dtype=np.uint64)[None, :]
+_COLS = np.arange(5)[None, :]
 
 
 def unpack_samples(text: str) -> list[int]:
@@ -149,17 +182,32 @@ def chunk_lines(reading: Reading, patient: str) -> list[str]:
     ``ppg_chunk``: the same with ``red_counts`` and ``ir_counts``. The point's time is the first
     sample's, so a redelivered message overwrites its own point. Other readings as `reading_lines`.
     """
-    if isinstance(reading, EcgReading):
-        series = _series("ecg_chunk", {"site": reading.site, "patient": patient, "device": reading.device})
-        return [
-            f"{series} n={len(reading.signal_uv)}i,rate_hz={reading.rate_hz}i,seq={reading.seq}i,"
-            f'signal_uv="{pack_samples(reading.signal_uv)}" {to_ns(reading.t)}'
-        ]
-    if isinstance(reading, PpgReading):
-        series = _series("ppg_chunk", {"site": reading.site, "patient": patient, "device": reading.device})
-        return [
-            f"{series} n={len(reading.red_counts)}i,rate_hz={reading.rate_hz}i,seq={reading.seq}i,"
-            f'red_counts="{pack_samples(reading.red_counts)}",ir_counts="{pack_samples(reading.ir_counts)}" '
-            f"{to_ns(reading.t)}"
-        ]
-    return reading_lines(reading, patient)
+    return chunk_lines_many([(reading, patient)])
+
+
+def chunk_lines_many(items: list[tuple[Reading, str]]) -> list[str]:
+    """`chunk_lines` of a whole batch, packing every waveform in one pass."""
+    runs: list[list[int]] = []
+    for r, _ in items:
+        if isinstance(r, EcgReading):
+            runs.append(r.signal_uv)
+        elif isinstance(r, PpgReading):
+            runs += (r.red_counts, r.ir_counts)
+    packed = iter(pack_many(runs))
+    out: list[str] = []
+    for r, patient in items:
+        if isinstance(r, EcgReading):
+            series = _series("ecg_chunk", {"site": r.site, "patient": patient, "device": r.device})
+            out.append(
+                f"{series} n={len(r.signal_uv)}i,rate_hz={r.rate_hz}i,seq={r.seq}i,"
+                f'signal_uv="{next(packed)}" {to_ns(r.t)}'
+            )
+        elif isinstance(r, PpgReading):
+            series = _series("ppg_chunk", {"site": r.site, "patient": patient, "device": r.device})
+            out.append(
+                f"{series} n={len(r.red_counts)}i,rate_hz={r.rate_hz}i,seq={r.seq}i,"
+                f'red_counts="{next(packed)}",ir_counts="{next(packed)}" {to_ns(r.t)}'
+            )
+        else:
+            out.extend(reading_lines(r, patient))
+    return out

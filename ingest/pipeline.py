@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypedDict
 
+import msgspec
 import numpy as np
 
 from ingest.dsp.streams import EcgProcessor, PpgProcessor
-from ingest.lines import chunk_lines, reading_lines, to_ns, vitals_lines
+from ingest.lines import chunk_lines_many, reading_lines, to_ns, vitals_lines
 from ingest.store import Store
 from nabz import contract
 from nabz.contract import (
@@ -97,7 +98,7 @@ class IngestCore:
     ) -> None:
         self.store = store
         self.sink = sink
-        self._lines = chunk_lines if waveforms == "chunks" else reading_lines
+        self._chunks = waveforms == "chunks"
         self.new_id = new_id
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)
@@ -144,9 +145,10 @@ class IngestCore:
             accepted.append(_Accepted(msg, outcome, patient))
 
         if self.sink is not None and accepted:
-            lines: list[str] = []
-            for a in accepted:
-                lines.extend(self._lines(a.reading, a.patient))
+            if self._chunks:
+                lines = chunk_lines_many([(a.reading, a.patient) for a in accepted])
+            else:
+                lines = [line for a in accepted for line in reading_lines(a.reading, a.patient)]
             self.sink.write(lines)
 
         with self.store.batch():
@@ -177,11 +179,10 @@ class IngestCore:
 
         # Out of order within a batch (a gateway draining its spool after an outage, QoS 1
         # redelivery): signal processing sees each device's messages in time order.
-        for a in sorted(accepted, key=lambda a: (a.reading.device, contract.stream_of(a.reading), a.reading.t)):
-            if self._late(a.reading):
-                with self.store.batch():
-                    self.store.bump("late_no_dsp", 1)
-                continue
+        ordered = sorted(
+            accepted, key=lambda a: (a.reading.device, contract.stream_of(a.reading), a.reading.t)
+        )
+        for a in _merge_contiguous([a for a in ordered if not self._late_counted(a.reading)]):
             try:
                 result.vitals.extend(self._derive(a.reading, a.patient))
             except Exception:
@@ -193,6 +194,13 @@ class IngestCore:
         if result.vitals:
             self._store_vitals(result.vitals)
         return result
+
+    def _late_counted(self, r: Reading) -> bool:
+        if not self._late(r):
+            return False
+        with self.store.batch():
+            self.store.bump("late_no_dsp", 1)
+        return True
 
     def _late(self, r: Reading) -> bool:
         """A waveform far behind what its processor has seen (hours-late spool data): store only."""
@@ -315,9 +323,53 @@ def _implausible(r: Reading, received_at: float) -> Rejected | None:
     """Valid by the schema, but not storable as it is: future-dated, or a rate DSP cannot take."""
     t = r.t.timestamp()
     if received_at and t > received_at + FUTURE_S:
-        return Rejected("future_dated", f"t is {t - received_at:.0f} s after ingest's clock (limit {FUTURE_S:g} s)")
+        return Rejected(
+            "future_dated", f"t is {t - received_at:.0f} s after ingest's clock (limit {FUTURE_S:g} s)"
+        )
     if isinstance(r, EcgReading | PpgReading):
         lo, hi = RATES_HZ[contract.stream_of(r)]
         if not lo <= r.rate_hz <= hi:
             return Rejected("wrong_rate", f"{contract.stream_of(r)} at {r.rate_hz} Hz; accepted {lo}-{hi} Hz")
     return None
+
+
+_CONTIGUOUS_S = 0.05  # a frame starting this close to where the previous one ended continues it
+
+
+def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
+    """Join each device's back-to-back waveform messages of a batch into one chunk for DSP.
+
+    The processors give the same output for any chunking (ingest.dsp.streams), so this only saves
+    per-call work: a second of ECG arrives as two or three BLE frames. Flags are united.
+    """
+    out: list[_Accepted] = []
+    for a in ordered:
+        r, prev = a.reading, out[-1].reading if out else None
+        if (
+            isinstance(r, EcgReading | PpgReading)
+            and type(prev) is type(r)
+            and prev is not None
+            and isinstance(prev, EcgReading | PpgReading)
+            and prev.device == r.device
+            and prev.rate_hz == r.rate_hz
+            and abs((r.t - prev.t).total_seconds() - contract.reading_count(prev) / prev.rate_hz)
+            <= _CONTIGUOUS_S
+        ):
+            flags = list(dict.fromkeys([*prev.flags, *r.flags]))
+            if isinstance(r, EcgReading) and isinstance(prev, EcgReading):
+                merged: Reading = msgspec.structs.replace(
+                    prev, signal_uv=prev.signal_uv + r.signal_uv, flags=flags
+                )
+            elif isinstance(r, PpgReading) and isinstance(prev, PpgReading):
+                merged = msgspec.structs.replace(
+                    prev,
+                    red_counts=prev.red_counts + r.red_counts,
+                    ir_counts=prev.ir_counts + r.ir_counts,
+                    flags=flags,
+                )
+            else:  # pragma: no cover - guarded above
+                raise TypeError(type(r))
+            out[-1] = _Accepted(out[-1].msg, merged, out[-1].patient)
+        else:
+            out.append(a)
+    return out

@@ -16,8 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import butter, sosfiltfilt
+from scipy.signal import butter
 
+from ._filt import sosfiltfilt_odd
 from .similarity import beat_similarity
 
 __all__ = [
@@ -80,7 +81,7 @@ def _bandpass(x: npt.NDArray[np.float64], fs: float, band: tuple[float, float]) 
     if n < 4:
         return np.zeros_like(x)
     centred = x - np.mean(x, axis=-1, keepdims=True)
-    return np.asarray(sosfiltfilt(sos, centred, axis=-1, padtype="odd", padlen=min(n - 1, round(2 * fs))))
+    return sosfiltfilt_odd(sos, np.asarray(centred, dtype=np.float64), min(n - 1, round(2 * fs)))
 
 
 def ppg_clean(signal: npt.ArrayLike, sampling_rate: float) -> npt.NDArray[np.float64]:

@@ -44,6 +44,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, group_delay, sos2tf, sosfilt, sosfilt_zi
 
+from ._filt import sosfilt_state
+
 __all__ = ["EcgPeakStream"]
 
 _BAND_HZ = (5.0, 15.0)  # QRS energy band (Pan & Tompkins 1985)
@@ -240,7 +242,7 @@ class EcgPeakStream:
         if self._zi_bp is None:  # start the filter as if x[0] had always been there: no step transient
             self._zi_bp = self._zi_unit * x[0]
         self._last_raw = float(x[-1])
-        bp, self._zi_bp = sosfilt(self._sos, x, zi=self._zi_bp)
+        bp, self._zi_bp = sosfilt_state(self._sos, x, self._zi_bp)
         d, self._tail_d = _fir(self._tail_d, bp, self._deriv)
         f, self._tail_f = _fir(self._tail_f, d * d, self._mwi)
         if not self._ready:

@@ -1,0 +1,37 @@
+"""Waveform chunks (docs/storage.md): packed samples come back exactly, one point per message."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ingest.lines import chunk_lines, pack_many, pack_samples, reading_lines, unpack_samples
+from tests.contract_doc import vectors
+
+
+@given(st.lists(st.lists(st.integers(-(2**24), 2**24), max_size=300), max_size=8))
+def test_packing_round_trips_any_runs(runs: list[list[int]]) -> None:
+    packed = pack_many(runs)
+    assert [unpack_samples(p) for p in packed] == runs
+    assert packed == [pack_samples(r) for r in runs]  # batching changes nothing
+
+
+def test_a_chunk_holds_the_same_samples_as_the_points() -> None:
+    (v,) = [v for v in vectors("mqtt:reading") if v.attrs["name"] == "ecg"]
+    from nabz import contract
+
+    r = contract.decode_reading(v.attrs["topic"], v.body.encode())
+    assert not isinstance(r, contract.Rejected)
+    (line,) = chunk_lines(r, "p-0001")
+    points = reading_lines(r, "p-0001")
+    assert line.startswith("ecg_chunk,device=ecg-0001,patient=p-0001,site=demo n=5i,rate_hz=250i,seq=42i,")
+    assert line.endswith(" " + points[0].rsplit(" ", 1)[1])  # the first sample's time
+    packed = line.split('signal_uv="')[1].split('"')[0]
+    assert unpack_samples(packed) == [int(p.split("=")[-1].split("i")[0]) for p in points]
+
+
+def test_smooth_signals_pack_to_about_a_byte_and_a_half_per_sample() -> None:
+    t = np.arange(250) / 250.0
+    ecg = [int(x) for x in np.round(400 * np.sin(2 * np.pi * 1.2 * t) + 30 * np.sin(2 * np.pi * 9 * t))]
+    assert len(pack_samples(ecg)) * 3 / 4 < 1.5 * len(ecg)
