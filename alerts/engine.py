@@ -29,7 +29,7 @@ from alerts.grouping import Queued
 from alerts.lifecycle import PRIORITY_RANK, Alarm, LifecycleError, apply, to_event
 from alerts.oncall import Escalation, Schedule, advance
 from alerts.profile import Profiles
-from alerts.rules import BandRule, Condition, News2Rule, physiological_rules
+from alerts.rules import BandRule, Condition, News2Rule, NoBeatNoPulseRule, physiological_rules
 from alerts.silences import Silence, make_silence, silenced
 from alerts.store import AlertStore
 from alerts.technical import FlagRule, GapRule, GatewayTracker, StaleTracker, technical_rules
@@ -41,7 +41,7 @@ __all__ = ["AlertEngine", "parse_sms_command"]
 
 log = logging.getLogger(__name__)
 
-Rule = BandRule | News2Rule | FlagRule | GapRule
+Rule = BandRule | News2Rule | NoBeatNoPulseRule | FlagRule | GapRule
 _SAVE_DEVICES_EVERY_S = 30.0
 _STARTUP_GRACE_S = 60.0
 
@@ -85,11 +85,14 @@ class AlertEngine:
         self.schedule = Schedule(config.oncall, self.cfg.on_call)
         self.open: dict[tuple[str, str], Alarm] = {(a.patient, a.kind): a for a in store.open_alarms()}
         self.latest: dict[str, dict[str, object]] = {}  # patient -> latest values, for the console
-        self._by_kind: dict[str, Rule] = {r.kind: r for r in self.rules}
+        self._by_kind: dict[str, list[Rule]] = {}
+        for r in self.rules:
+            self._by_kind.setdefault(r.kind, []).append(r)
         for a in self.open.values():  # rules resume where the alarms stand
-            rule = self._by_kind.get(a.kind)
-            if rule is not None:
-                rule.restore(a.patient, a.priority, a.condition_started_at)
+            rules = self._by_kind.get(a.kind)
+            if rules:
+                for rule in rules:
+                    rule.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind == "stale_data":
                 self.stale.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind in ("gateway_offline", "device_offline", "gateway_data_gap"):

@@ -28,7 +28,7 @@ from nabz.config import AlertsConfig
 from nabz.contract import Vitals
 
 __all__ = [
-    "Condition", "Band", "BandRule", "News2Rule", "physiological_rules", "usable", "news2_pulse",
+    "Condition", "Band", "BandRule", "News2Rule", "NoBeatNoPulseRule", "physiological_rules", "usable", "news2_pulse",
     "news2_spo2", "news2_resp", "POOR_FLAGS",
 ]  # fmt: skip
 
@@ -295,7 +295,59 @@ class News2Rule:
         return self.inner.update(v.patient, "news2", t, float(score), lim)
 
 
-def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule]:
+@dataclass(slots=True)
+class NoBeatNoPulseRule:
+    """Asystole when the ECG waveform cannot be used (e.g. motion artefact): the ECG patch's own
+    heart rate, with skin contact, says no beat for `asystole_s` (60 / asystole_s per minute or
+    less) and the oximeter says no pulse, within `window_s` of each other. Two independent
+    sensors agreeing stand in for the ECG the artefact hid (Drew 2014: most false asystole alarms
+    are ECG artefact, which is why one sensor alone does not raise it here)."""
+
+    asystole_s: float
+    clear_after_s: float
+    window_s: float = 5.0
+    kind: str = "asystole"
+    no_beat_since: dict[str, float] = field(default_factory=dict)
+    no_beat_at: dict[str, float] = field(default_factory=dict)
+    no_pulse_at: dict[str, float] = field(default_factory=dict)
+    raised: dict[str, float] = field(default_factory=dict)
+    ok_since: dict[str, float] = field(default_factory=dict)
+
+    def restore(self, patient: str, priority: Priority, started_at: float) -> None:
+        self.raised[patient] = started_at
+
+    def observe(self, v: Vitals, lim: Limits) -> Condition | None:
+        if v.source != "device":
+            return None
+        p, t = v.patient, v.t.timestamp()
+        if v.hr_bpm is not None and "no_contact" not in v.flags and v.spo2_pct is None:  # the patch's HRM
+            if v.hr_bpm <= 60.0 / self.asystole_s:
+                self.no_beat_since.setdefault(p, t)
+                self.no_beat_at[p] = t
+                self.ok_since.pop(p, None)
+            else:
+                self.no_beat_since.pop(p, None)
+                if p in self.raised and v.hr_bpm >= 30.0:
+                    ok = self.ok_since.setdefault(p, t)
+                    if t - ok >= self.clear_after_s:
+                        since = self.raised.pop(p)
+                        del self.ok_since[p]
+                        return Condition(p, self.kind, False, "high", v.hr_bpm, None, "/min", since, t,
+                                         f"heartbeat back, HR {v.hr_bpm:.0f}/min")  # fmt: skip
+        if "nonpulsatile_signal" in v.flags or v.pr_bpm == 0.0:
+            self.no_pulse_at[p] = t
+        beat, pulse = self.no_beat_at.get(p), self.no_pulse_at.get(p)
+        if p in self.raised or beat is None or pulse is None or p not in self.no_beat_since:
+            return None
+        if abs(beat - pulse) <= self.window_s and t - max(beat, pulse) <= self.window_s:
+            since = self.no_beat_since[p] - self.asystole_s  # the last beat came that long before
+            self.raised[p] = since
+            return Condition(p, self.kind, True, "high", 0.0, self.asystole_s, " s", since, t,
+                             "No heartbeat (ECG patch) and no pulse (oximeter)")  # fmt: skip
+        return None
+
+
+def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule | NoBeatNoPulseRule]:
     """The physiological rules, with limits and delays from the configuration."""
     q = cfg.min_sqi
     pause_wait = max(0.0, cfg.asystole_s - cfg.pause_s)  # a pause that becomes an asystole is one alarm
@@ -342,8 +394,9 @@ def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule]:
             # The score halves when the turning-point test is unsure (ingest.dsp.hrv.af_score): a
             # wide band keeps a sustained AF from restarting its delay at each such value.
             min_delay_s=cfg.af_sustained_s, depth_for_min_delay=1.0, clear_margin=0.4, clear_after_s=60.0,
-            fmt="{:.2f}",
+            fmt="{:.2f}", max_gap_s=30.0,  # a rhythm over minutes: a short artefact does not restart it
         ),
+        NoBeatNoPulseRule(cfg.asystole_s, cfg.clear_after_s),
         News2Rule(
             BandRule(
                 kind="news2", label="NEWS2 (partial)", unit="", direction="high",

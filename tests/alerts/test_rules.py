@@ -243,3 +243,18 @@ def test_the_gateways_device_health_reports_a_lost_device_and_frames_lost_for_go
     back = rig.engine.gateway_status(status("connected", 40), T0 + 90)
     assert kinds(back) == [("device_offline", "cleared", "medium")]
     assert [(e.kind, e.state) for e in rig.at(T0 + 30 + 600)] == [("gateway_data_gap", "cleared")]
+
+
+def test_an_asystole_hidden_from_the_ecg_by_motion_is_caught_by_patch_and_oximeter_agreeing(rig: Rig) -> None:
+    seq = []
+    for i, hr in enumerate([80.0, 80.0, 29.0, 19.0, 15.0, 12.0, 10.0, 8.0, 0.0]):
+        seq.append(v(T0 + i, source="ecg", sqi=0.0))  # the waveform is swamped by motion
+        seq.append(v(T0 + i, source="device", device="ecg-0001", hr_bpm=hr))  # the patch's own HR
+        flags = ["nonpulsatile_signal", "unavailable"] if i >= 7 else ["erratic_signal", "questionable"]
+        seq.append(v(T0 + i, source="device", spo2_pct=None, flags=flags))
+    events = rig.feed(seq)
+    assert ("asystole", "active", "high") in kinds(events)
+    assert "no pulse" in next(e.message for e in events if e.kind == "asystole")
+    # One sensor alone is not enough: a patch HR of 0 with the oximeter still seeing a pulse.
+    lone = [v(T0 + i, patient="p-0002", source="device", device="ecg-0002", hr_bpm=0.0) for i in range(10)]
+    assert [k for k in kinds(rig.feed(lone)) if k[0] == "asystole"] == []
