@@ -56,6 +56,7 @@ class WaveRing:
         self.f_flags = bytearray(max_frames)  # status flags (OR over its samples, gap before)
         self.f_k = array("i", [0] * max_frames)  # sample index of the first sample
         self.f_t0 = array("q", [0] * max_frames)  # device time of the first sample, us (stamp())
+        self.f_rate = array("H", [0] * max_frames)  # sample rate the frame was taken at, Hz
         self.seq_start = seq_start & 0xFFFFFFFF
         self.frame_samples = 1
         self.set_frame_samples(frame_samples)
@@ -98,6 +99,16 @@ class WaveRing:
         self.anchor_k = k & _K_MASK
         self.anchor_us = t_us
         self.period_ns = period_ns
+
+    def set_rate(self, rate_hz, k, t_us):
+        """A new sample rate from sample k on (taken at t_us): closes the open frame first.
+
+        Task side, with the sampling path stopped (the oximeter's reader is task code).
+        """
+        self.close()
+        self.stamp()
+        self.rate_hz = rate_hz
+        self.set_time(k, t_us, 1000000000 // rate_hz)
 
     def time_of(self, k):
         """Device time (us) of sample index k by the current anchor."""
@@ -179,6 +190,7 @@ class WaveRing:
         self.f_n[s] = n
         self.f_flags[s] = self.open_flags | self.pending_flags
         self.f_k[s] = self.open_k
+        self.f_rate[s] = self.rate_hz
         self.pending_flags = 0
         self.open_n = 0
         self.open_flags = 0
@@ -235,7 +247,7 @@ class WaveRing:
         if len(buf) < total:
             raise ValueError("ring: buffer of %d bytes, frame needs %d" % (len(buf), total))
         codec.wave_header_into(
-            buf, self.kind, self.f_flags[s] | extra_flags, n, self.rate_hz, self.seq_of(fc), self.f_t0[s]
+            buf, self.kind, self.f_flags[s] | extra_flags, n, self.f_rate[s], self.seq_of(fc), self.f_t0[s]
         )
         a = self.f_start[s] * size
         nbytes = n * size

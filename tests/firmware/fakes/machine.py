@@ -18,6 +18,7 @@ DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
 _pins = {}
+_edges = {}  # pin number -> level changes driven on it, over every Pin object made for it
 _adcs = {}
 _i2c_devices = {}
 _timers = {}
@@ -39,6 +40,10 @@ def pin(n):
     return _pins[n]
 
 
+def edges(n):
+    return _edges.get(n, 0)
+
+
 def adc(n):
     return _adcs[n]
 
@@ -53,6 +58,7 @@ def add_i2c_device(addr, model):
 
 def clear():
     _pins.clear()
+    _edges.clear()
     _adcs.clear()
     _i2c_devices.clear()
     _timers.clear()
@@ -104,6 +110,7 @@ class Pin:
         v = 1 if v else 0
         if v != self.level:
             self.edges += 1
+            _edges[self.id] = _edges.get(self.id, 0) + 1
         self.level = v
         return None
 

@@ -1,0 +1,239 @@
+# Pulse oximeter sampling: MAX30102 FIFO -> waveform ring and SpO2 estimator, with the chip's own
+# clock tracked against the ESP32's, overflows turned into flagged gaps, and I2C recovery.
+#
+# Rules of this file:
+# - poll() is called when the chip's INT pin reports "FIFO almost full" (17 samples), and by a
+#   slower poll in case an edge is missed. It reads every unread sample; nothing is dropped on
+#   the ESP32 side. Samples the chip itself dropped (overflow counter) become a gap in the ring.
+# - Time: the MAX30102 samples on its own oscillator. Sample k's time comes from the ring's
+#   anchor; each read compares the newest sample's predicted time with the ESP32 clock. When the
+#   two drift more than two sample periods apart, the period is re-estimated from the whole run
+#   and the anchor moved (frames carry their own t0, so the gateway sees at most a step of two
+#   periods between frames, never a gap in the samples).
+# - I2C errors: each failed read is counted; after three in a row the bus is recovered (nine SCL
+#   clocks and a STOP free a slave holding SDA, then a new I2C object), the chip is reset and
+#   configured again, and the samples lost meanwhile become one flagged gap. While the sensor
+#   fails, the PLX status says "sensor malfunctioning".
+
+import nabz_codec as codec
+from max30102 import INT_ALC_OVF, MAX30102
+from nabz_ring import kdiff
+from nabz_spo2 import DEV_EQUIPMENT_MALFUNCTION, DEV_SENSOR_MALFUNCTIONING
+
+_RETRY_US = 1000000  # at most one recovery attempt a second
+_FAULT_AFTER = 3  # failed reads in a row before the bus is recovered
+
+
+class PpgSampler:
+    """make_i2c(): a new machine.I2C on the sensor's pins; bus_recover(): clocks the bus free.
+
+    ring: nabz_ring.WaveRing (PPG); estimator: nabz_spo2.Spo2Estimator; clock: nabz_clock.Clock.
+    settings: keyword arguments for MAX30102.configure (sample_rate_hz, led currents ...).
+    """
+
+    def __init__(self, make_i2c, ring, estimator, clock, settings, finger_on_counts=50000, bus_recover=None):
+        self.make_i2c = make_i2c
+        self.ring = ring
+        self.estimator = estimator
+        self.clock = clock
+        self.settings = settings
+        self.finger_on_counts = finger_on_counts
+        self.bus_recover = bus_recover
+        self.sensor = MAX30102(make_i2c())
+        self.extra_flags = 0  # low battery, set by the wearable
+        self.running = False
+        self.faulty = False  # the sensor is not answering (the wearable reports it)
+        self.errors = 0
+        self.errors_in_row = 0
+        self.recoveries = 0
+        self.next_try_us = 0
+        self.reads = 0
+        self.samples = 0
+        self.overflows = 0
+        self.reanchors = 0
+        self.max_drift_us = 0
+        self.full_scale = 0x3FFFF
+        self._fit_k = 0
+        self._fit_us = 0
+        self.period_us = 10000
+        self.stopped_us = None  # when the sensor failed: the time of the first sample missed
+
+    # -- start and stop ---------------------------------------------------------------------------
+    def start(self):
+        """Reset and configure the chip; the first sample is one period from now. OSError if it
+        does not answer (the caller keeps calling poll(), which retries)."""
+        s = self.sensor
+        s.reset()
+        s.check()
+        s.configure(**self.settings)
+        rate = s.sample_rate_hz
+        bits = (15, 16, 17, 18)[(69, 118, 215, 411).index(s.pulse_width_us)]
+        self.full_scale = (0x3FFFF >> (18 - bits)) << (18 - bits)
+        self.period_us = 1000000 // rate
+        now = self.clock.now_us()
+        ring = self.ring
+        if ring.rate_hz != rate:
+            ring.set_rate(rate, ring.k, now + self.period_us)
+            self.estimator.set_rate(rate)
+            self.estimator.reset()
+        else:
+            ring.stamp()
+            ring.set_time(ring.k, now + self.period_us, self.period_us * 1000)
+        self._fit_k = ring.k
+        self._fit_us = now + self.period_us
+        self.running = True
+        self.faulty = False
+        self.errors_in_row = 0
+        self.estimator.faults = 0
+
+    def stop(self):
+        """Power the sensor down (LEDs off). Errors are ignored: it may be what failed."""
+        self.running = False
+        try:
+            self.sensor.shutdown()
+        except OSError:
+            pass
+
+    def set_rate(self, rate_hz):
+        """Change the sample rate (low battery: 50 Hz); the chip restarts its FIFO."""
+        if self.settings.get("sample_rate_hz") == rate_hz:
+            return
+        self.settings["sample_rate_hz"] = rate_hz
+        if self.running:
+            self.poll()  # keep what the FIFO holds at the old rate
+            try:
+                self.start()
+            except OSError:
+                self._failed()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def poll(self):
+        """Read the FIFO into the ring and the estimator; returns samples read (-1 on an error)."""
+        if not self.running:
+            return self._retry()
+        try:
+            count = self.sensor.read_fifo()
+        except OSError:
+            self._failed()
+            return -1
+        self.errors_in_row = 0
+        self.reads += 1
+        lost = self.sensor.lost
+        ring = self.ring
+        est = self.estimator
+        if lost:
+            if lost >= 31:
+                # The counter saturated ("31 or more"): count the loss from the clock instead.
+                # The newest sample was taken less than a period before this read.
+                t_newest = ring.time_of((ring.k + count - 1) & 0x3FFFFFFF)
+                by_time = (self.clock.now_us() - t_newest) // self.period_us
+                if by_time > lost:
+                    lost = by_time
+            self.overflows += lost
+            ring.skip(lost)  # rollover: the lost samples came before the ones read now
+            est.gap()
+        flags = self.extra_flags
+        s = self.sensor
+        if s.status & INT_ALC_OVF:
+            est.interference_until = est.n + 2 * ring.rate_hz
+            flags |= codec.WAVE_FLAG_SATURATED
+        full = self.full_scale
+        off = self.finger_on_counts
+        for i in range(count):
+            red = s.red(i)
+            ir = s.ir(i)
+            f = flags
+            if ir < off:
+                f |= codec.WAVE_FLAG_SENSOR_OFF
+            if red >= full or ir >= full or red == 0 or ir == 0:
+                f |= codec.WAVE_FLAG_SATURATED
+            ring.put_ppg(red, ir, f)
+            est.update(red, ir)
+        self.samples += count
+        if count:
+            self._track_time(False)
+        return count
+
+    def _track_time(self, unknown_loss):
+        """Compare the newest sample's predicted time with now; re-anchor on drift or loss."""
+        ring = self.ring
+        now = self.clock.now_us()
+        newest = (ring.k - 1) & 0x3FFFFFFF
+        drift = now - ring.time_of(newest)
+        if abs(drift) > self.max_drift_us:
+            self.max_drift_us = abs(drift)
+        if not unknown_loss and -self.period_us <= drift <= 2 * self.period_us:
+            return
+        ring.stamp()
+        span = kdiff(newest, self._fit_k)
+        period_ns = self.period_us * 1000
+        if not unknown_loss and span > 5 * ring.rate_hz:
+            fitted = ((now - self._fit_us) * 1000) // span
+            if period_ns * 95 // 100 <= fitted <= period_ns * 105 // 100:
+                period_ns = fitted
+        ring.set_time(newest, now - self.period_us // 2, period_ns)
+        self.reanchors += 1
+        if unknown_loss:
+            self._fit_k = newest
+            self._fit_us = now
+
+    # -- faults -----------------------------------------------------------------------------------
+    def _failed(self):
+        self.errors += 1
+        self.errors_in_row += 1
+        self.estimator.faults = DEV_SENSOR_MALFUNCTIONING
+        if self.errors_in_row >= _FAULT_AFTER:
+            self.faulty = True
+            self.estimator.faults = DEV_SENSOR_MALFUNCTIONING | DEV_EQUIPMENT_MALFUNCTION
+            if self.running:
+                self.running = False
+                self.stopped_k = self.ring.k
+                self.stopped_us = self.ring.time_of(self.ring.k)
+
+    def _retry(self):
+        """While the sensor is down: recover the bus and restart, at most once a second."""
+        now = self.clock.now_us()
+        if now < self.next_try_us:
+            return 0
+        self.next_try_us = now + _RETRY_US
+        if self.bus_recover is not None:
+            self.bus_recover()
+        self.sensor.i2c = self.make_i2c()
+        stopped = self.stopped_us
+        try:
+            self.start()
+        except (OSError, ValueError):
+            self.errors += 1
+            return -1
+        self.recoveries += 1
+        if stopped is not None:
+            # The samples that would have been taken while the sensor was down: one gap.
+            missed = (self.ring.time_of(self.ring.k) - stopped) // self.period_us
+            if missed > 0:
+                self.ring.skip(missed)
+                self.estimator.gap()
+            self.ring.stamp()
+            self.ring.set_time(self.ring.k, now + self.period_us, self.period_us * 1000)
+            self._fit_k = self.ring.k
+            self._fit_us = now + self.period_us
+            self.stopped_us = None
+        return 0
+
+
+def i2c_bus_recover(scl_pin, sda_pin, half_period_us=5):
+    """Free an I2C bus whose slave holds SDA low (it stopped mid-byte): clock SCL nine times so it
+    finishes the byte and releases SDA, then send a STOP (SDA rising while SCL is high)."""
+    import time
+
+    import machine
+
+    scl = machine.Pin(scl_pin, machine.Pin.OPEN_DRAIN, value=1)
+    sda = machine.Pin(sda_pin, machine.Pin.OPEN_DRAIN, value=1)
+    for _ in range(9):
+        scl.value(0)
+        time.sleep_us(half_period_us)
+        scl.value(1)
+        time.sleep_us(half_period_us)
+    sda.value(0)
+    time.sleep_us(half_period_us)
+    sda.value(1)
