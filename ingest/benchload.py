@@ -2,8 +2,11 @@
 
 Everything real: mosquitto and VictoriaMetrics started here (Debian packages), the ingest workers
 as separate `nabz ingest run` processes (MQTT v5 shared subscriptions, `ingest.workers`), the
-messages exactly as the gateway publishes them (the `hardware` simulator's frames decoded by
-`gateway.decode`: one message per BLE frame, ~7 per patient-second). Measured in one run:
+messages as the gateway makes them (the `hardware` simulator's frames decoded by `gateway.decode`),
+by default with each second of a waveform's frames joined into one message (4 messages per
+patient-second: ECG, PPG, heart rate, SpO2; the contract allows up to 4,096 samples per message),
+or with ``--message-s 0`` one message per BLE frame as today's gateway sends (~7 per
+patient-second). Measured in one run:
 
 - ``broker_messages_per_s``: the broker's delivery rate of the same messages to a paho subscriber
   that does nothing (QoS 1, one process);
@@ -125,7 +128,7 @@ class _Fleet:
     templates: list[list[list[contract.Reading]]]  # template -> second -> readings
 
     @classmethod
-    def build(cls) -> _Fleet:
+    def build(cls, per_second: bool = True) -> _Fleet:
         from gateway.decode import Decoder, Notification
         from hardware import make_patients
 
@@ -141,7 +144,7 @@ class _Fleet:
                         r = dec.decode(Notification(n.device_id, n.char_uuid, n.data, _T0_US + s * 1_000_000))
                         if not isinstance(r, contract.Rejected):
                             readings.append(r)
-                seconds.append(readings)
+                seconds.append(_per_second(readings) if per_second else readings)
             out.append(seconds)
         return cls(out)
 
@@ -161,6 +164,22 @@ class _Fleet:
                     (contract.reading_topic(_SITE, gw, dev, contract.stream_of(m)), contract.encode(m))
                 )
         return items
+
+
+def _per_second(readings: list[contract.Reading]) -> list[contract.Reading]:
+    """A gateway that publishes a second of each waveform per message: a second's frames joined."""
+    out: list[contract.Reading] = []
+    for r in readings:
+        prev = next((p for p in reversed(out) if p.device == r.device and type(p) is type(r)), None)
+        if isinstance(r, contract.EcgReading) and isinstance(prev, contract.EcgReading):
+            out[out.index(prev)] = msgspec.structs.replace(prev, signal_uv=prev.signal_uv + r.signal_uv)
+        elif isinstance(r, contract.PpgReading) and isinstance(prev, contract.PpgReading):
+            out[out.index(prev)] = msgspec.structs.replace(
+                prev, red_counts=prev.red_counts + r.red_counts, ir_counts=prev.ir_counts + r.ir_counts
+            )
+        else:
+            out.append(r)
+    return out
 
 
 def _enrolment(patients: int) -> dict[str, str]:
@@ -461,11 +480,16 @@ def _realtime(
 
 
 def run_ingest_bench(
-    *, workers: int = 2, seconds: int = 20, start_patients: int | None = None, max_patients: int = 4000
+    *,
+    workers: int = 2,
+    seconds: int = 20,
+    start_patients: int | None = None,
+    max_patients: int = 4000,
+    message_s: float = 1.0,
 ) -> dict[str, Any]:
     """Everything `nabz bench ingest --json` prints (see the module docstring)."""
     started = time.perf_counter()
-    fleet = _Fleet.build()
+    fleet = _Fleet.build(per_second=message_s > 0)
     per_patient_s = sum(len(s) for t in fleet.templates for s in t) / (_TEMPLATES * _TEMPLATE_S)
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-"))
     servers = _Servers(work)
@@ -503,6 +527,7 @@ def run_ingest_bench(
         "broker_messages_per_s": round(broker, 1),
         "naive_messages_per_s": round(naive, 1),
         "messages_per_patient_s": round(per_patient_s, 2),
+        "waveform_per_message": "1 s (frames of a second joined)" if message_s > 0 else "one BLE frame",
         "workers": workers,
         "cpu_count": os.cpu_count(),
         "runs": [r.__dict__ for r in runs],

@@ -49,6 +49,12 @@ def register(sub: Any, bench: Any) -> None:
         "--start", type=int, default=None, metavar="N", help="patients in the first real-time run"
     )
     load.add_argument("--max-patients", type=int, default=4000)
+    load.add_argument(
+        "--message-s",
+        type=float,
+        default=1.0,
+        help="seconds of waveform per message: 1 (default) joins a second's frames, 0 sends each BLE frame",
+    )
     load.set_defaults(handler=_bench_ingest)
 
     influx = sub.add_parser("influx", help="InfluxDB 2 administration")
@@ -110,7 +116,11 @@ def _bench_ingest(args: argparse.Namespace) -> int:
     from ingest.benchload import run_ingest_bench
 
     result = run_ingest_bench(
-        workers=args.workers, seconds=args.seconds, start_patients=args.start, max_patients=args.max_patients
+        workers=args.workers,
+        seconds=args.seconds,
+        start_patients=args.start,
+        max_patients=args.max_patients,
+        message_s=args.message_s,
     )
     print(json.dumps(result, indent=2) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
     return 0

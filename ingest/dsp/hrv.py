@@ -111,7 +111,12 @@ def af_score(rr_ms: npt.ArrayLike) -> float | None:
     trimmed = rr[keep]
     d = np.diff(trimmed)
     nrmssd = math.sqrt(float(np.mean(d * d))) / float(np.mean(trimmed))
-    hist, _ = np.histogram(trimmed, bins=16)
+    # 16 equal bins from min to max (np.histogram's, the last bin closed), counted without its overhead
+    lo, span = float(trimmed.min()), float(trimmed.max() - trimmed.min())
+    idx = (
+        np.minimum((trimmed - lo) * (16.0 / span), 15).astype(np.int64) if span > 0 else np.zeros(1, np.int64)
+    )
+    hist = np.bincount(idx, minlength=16)
     p = hist[hist > 0] / trimmed.size
     entropy = float(-np.sum(p * np.log(p))) / math.log(16)
     n = trimmed.size - 2

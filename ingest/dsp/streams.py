@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .ecg import _sqi_core, ecg_rate
-from .hrv import af_score, hrv_time_domain
+from .hrv import Hrv, af_score, hrv_time_domain
 from .ppg import Calibration, _check_calibration, ppg_process
 from .qrs import EcgPeakStream
 
@@ -142,6 +142,9 @@ class EcgProcessor:
         self._new_rr: list[float] = []
         # RR history for HRV and AF suspicion: the last 64 intervals (about a minute at 60 bpm)
         self._rr_hist: deque[float] = deque(maxlen=64)
+        self._rr_seen = 0  # intervals appended to _rr_hist since the reset
+        self._rhythm_at = 0
+        self._rhythm: tuple[Hrv | None, float | None] | None = None
 
     def push(self, samples: npt.ArrayLike, t0: float) -> list[EcgVitals]:
         """Feed a chunk of ECG (µV) whose first sample was taken at `t0` (UTC epoch seconds).
@@ -176,6 +179,7 @@ class EcgProcessor:
                 rr_ms = (p - self._last_peak) * 1000.0 / self._fs
                 self._new_rr.append(rr_ms)
                 self._rr_hist.append(rr_ms)
+                self._rr_seen += 1
             self._last_peak = p
             self._peaks.append(p)
         self._clock.n += x.size
@@ -198,7 +202,11 @@ class EcgProcessor:
         rate = ecg_rate(peaks, self._fs, end=end - 1, window_s=self._win / self._fs)
         ok = sqi >= self._min_sqi
         rr, self._new_rr = self._new_rr, []
-        hrv = hrv_time_domain(self._rr_hist) if ok else None
+        # HRV and AF look at the last ~64 beats: recomputed every 4 new beats, not every second
+        if self._rr_seen - self._rhythm_at >= 4 or self._rhythm is None:
+            self._rhythm_at = self._rr_seen
+            self._rhythm = (hrv_time_domain(self._rr_hist), af_score(self._rr_hist))
+        hrv, af = self._rhythm if ok else (None, None)
         return EcgVitals(
             t=self._clock.time_of(end - 1),
             hr_bpm=rate.hr_bpm if ok else None,
@@ -207,7 +215,7 @@ class EcgProcessor:
             pause_s=rate.pause_s,
             hrv_sdnn_ms=hrv.sdnn_ms if hrv is not None else None,
             hrv_rmssd_ms=hrv.rmssd_ms if hrv is not None else None,
-            af_score=af_score(self._rr_hist) if ok else None,
+            af_score=af,
         )
 
 
