@@ -43,6 +43,10 @@ __all__ = ["SerialTransport"]
 log = logging.getLogger(__name__)
 
 OpenPort = Callable[[str, int], Any]
+# Bytes read but not yet polled. Beyond this the reader stops reading and the line's own flow
+# control (the OS buffer, then the sensor's) holds the rest: memory stays bounded on a small
+# gateway, and less is lost with the process if it is killed.
+_MAX_BUFFERED = 1 << 20
 
 
 def _open_port(port: str, baudrate: int) -> Any:
@@ -78,6 +82,7 @@ class SerialTransport(Transport):
         self._key = f"serial:{port}"
         self._seen: list[str] = []
         self._chunks: deque[tuple[int, bytes]] = deque()
+        self._buffered = 0
         self._events: list[LinkEvent] = []
         self._rejects: list[Reject] = []
         self._lock = threading.Lock()  # _chunks, _events, ladder and port state
@@ -116,6 +121,7 @@ class SerialTransport(Transport):
         with self._lock:
             chunks = list(self._chunks)
             self._chunks.clear()
+            self._buffered = 0
             port = self._port
         if port is not None and port is not self._resume_sent_for:
             # A freshly opened port: ask the sensor to continue right after what the spool holds.
@@ -185,7 +191,9 @@ class SerialTransport(Transport):
 
     def _bad(self, reason: str, line: bytes) -> None:
         self.bad_lines[reason] = self.bad_lines.get(reason, 0) + 1
-        self._rejects.append(Reject(f"serial:{self.port_name}", "", line, f"serial_{reason}", line[:40].hex()))
+        self._rejects.append(
+            Reject(f"serial:{self.port_name}", "", line, f"serial_{reason}", line[:40].hex())
+        )
 
     def _send(self, line: bytes) -> bool:
         port = self._port
@@ -215,6 +223,9 @@ class SerialTransport(Transport):
             if port is None:
                 self._stop.wait(0.05)
                 continue
+            if self._buffered > _MAX_BUFFERED:
+                self._stop.wait(0.005)
+                continue
             try:
                 data = port.read(max(1, min(65536, port.in_waiting)))
             except (serial.SerialException, OSError, TypeError) as exc:
@@ -223,6 +234,7 @@ class SerialTransport(Transport):
             if data:
                 with self._lock:
                     self._chunks.append((int(self.clock() * 1_000_000), data))
+                    self._buffered += len(data)
 
     def _try_open(self, now: float) -> None:
         try:
