@@ -38,20 +38,21 @@ class Dispatcher:
         self.profiles = Profiles(self.cfg)
         self._attempts: dict[int, int] = {}
 
-    def text_for(self, b: Batch) -> str:
+    def text_for(self, b: Batch) -> tuple[str, list[int]]:
+        """The SMS text, and the queued items it leaves out (acknowledged since they were queued)."""
         replies = [q.text for q in b.items if q.text]
         if replies:
-            return " ".join(replies)
+            return " ".join(replies), []
         lines: list[Line] = []
+        skipped: list[int] = []
         for q in b.items:
             a = self.store.alarm(q.alarm_id)
-            if a is None:
+            if a is None or (a.state == "acknowledged" and q.reason != "cleared"):
+                skipped.append(q.seq)  # someone has it in hand: no repeat, no escalation
                 continue
             message = a.message
             if a.state == "cleared" and q.reason != "cleared":
                 message += " (now cleared)"
-            elif a.state == "acknowledged" and q.reason != "cleared":
-                message += f" (ACKed by {a.acknowledged_by})"
             label = self.profiles.get(a.patient).label
             value = None if a.technical else a.value
             lines.append(
@@ -68,8 +69,8 @@ class Dispatcher:
                 )
             )
         if not lines:
-            return ""
-        return compose(lines, self.cfg.timezone, b.language)
+            return "", skipped
+        return compose(lines, self.cfg.timezone, b.language), skipped
 
     def step(self, now: float) -> int:
         """Send what is due now; the number of SMS accepted."""
@@ -81,11 +82,16 @@ class Dispatcher:
         )
         sent = 0
         for b in batches:
-            text = self.text_for(b)
+            text, skipped = self.text_for(b)
+            if skipped:
+                self.store.drop_queued(skipped, now, "acknowledged before it went out")
             if not text:
                 continue
+            keep = Batch(
+                b.phone, b.person, b.language, b.patient, tuple(q for q in b.items if q.seq not in skipped)
+            )
             encoding, parts = split(text)
-            seq = self.store.begin_sms(b, text, parts, encoding, now)
+            seq = self.store.begin_sms(keep, text, parts, encoding, now)
             sent += self._send(seq, b, parts, now)
         return sent
 

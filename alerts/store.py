@@ -203,6 +203,13 @@ class AlertStore:
                     )
         return len(rows)
 
+    def drop_queued(self, seqs: list[int], now: float, why: str) -> None:
+        with self.tx():
+            for seq in seqs:
+                self.db.execute("UPDATE queue SET status = 'dropped' WHERE seq = ?", (seq,))
+                row = self.db.execute("SELECT alarm_id FROM queue WHERE seq = ?", (seq,)).fetchone()
+                self.audit_add(now, row[0] if row else "-", "notification", "dropped", why)
+
     def begin_sms(self, b: Batch, text: str, parts: list[str], encoding: str, now: float) -> int:
         alarm_ids = sorted({q.alarm_id for q in b.items if q.alarm_id})
         with self.tx():

@@ -220,3 +220,15 @@ def test_the_audit_log_is_append_only_and_records_every_transition_and_sms(tmp_p
         rig.store.db.execute("UPDATE audit SET state = 'x'")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         rig.store.db.execute("DELETE FROM audit")
+
+
+def test_an_alarm_acknowledged_while_its_sms_waits_is_not_sent(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config(schedule=False))
+    rig.feed([v(T0, source="device", battery_pct=15)])  # the first SMS about p-0001 goes at once
+    rig.feed([v(T0 + 10 + i, source="ecg", hr_bpm=140.0) for i in range(12)])  # waits for the group interval
+    assert len(rig.notifier.sent) == 1
+    hr = rig.engine.open[("p-0001", "hr_high")]
+    rig.engine.acknowledge(hr.ack_code, "+923000000000", T0 + 30)
+    rig.run(T0 + 31, T0 + 120, step=5.0)
+    assert len(rig.notifier.sent) == 1
+    assert any(a["state"] == "dropped" and a["alarm_id"] == hr.alarm_id for a in rig.store.audit())
