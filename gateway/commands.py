@@ -235,7 +235,7 @@ def _scan(args: argparse.Namespace) -> int:
         )
     )
     enrolled = cfg.gateway.devices
-    rows = []
+    rows: list[dict[str, Any]] = []
     for address, (name, rssi, uuids) in sorted(found.items(), key=lambda kv: -(kv[1][1] or -999)):
         match = next((d.id for d in enrolled if _matches(d, address, name)), None)
         rows.append(

@@ -102,6 +102,7 @@ class Gateway:
         self._next_status = 0.0
         self._last_status = float("-inf")
         self._status_now = False
+        self._backlog: tuple[float, int, int] | None = None  # (since, messages, published readings)
         self._battery: dict[str, int] = {}
         self._last_seen: dict[str, int] = {}  # device -> rx µs
         self.client = make_client(
@@ -318,6 +319,9 @@ class Gateway:
                 self._connected = bool(value)
                 if value:
                     self._status_now = True  # the birth message, before anything else is sent
+                    if self.spool.depth > 2 * self.config.gateway.max_inflight:
+                        published = self.spool.counter("published_readings")
+                        self._backlog = (self.clock(), self.spool.depth, published)
             elif kind == "ack":
                 mid, ok, reason = value
                 seq = self._inflight.pop(mid, None)
@@ -332,7 +336,22 @@ class Gateway:
                     self._status_now = True
                     log.error("gateway %s: broker refused message (spool seq %d): %s", self.id, seq, reason)
         self.spool.ack(acked)
+        if self._backlog is not None and self.spool.depth <= self.config.gateway.max_inflight // 2:
+            self._drained()
         return n
+
+    def _drained(self) -> None:
+        assert self._backlog is not None
+        since, messages, published = self._backlog
+        self._backlog = None
+        took = max(self.clock() - since, 1e-6)
+        readings = self.spool.counter("published_readings") - published
+        log.info(
+            "gateway %s: backlog of %d messages delivered in %.1f s (%d readings, %.0f readings/s)",
+            self.id, messages, took, readings, readings / took,
+            extra={"drain_messages": messages, "drain_s": round(took, 3), "drain_readings": readings,
+                   "drain_readings_per_s": round(readings / took)},
+        )  # fmt: skip
 
     def _publish(self) -> int:
         room = self.config.gateway.max_inflight - len(self._inflight)
