@@ -3,11 +3,20 @@ overflows."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
-from gateway.spool import Spool
+import pytest
+
+from gateway.service import Gateway
+from gateway.spool import Spool, snapshot
+from gateway.virtual import VirtualTransport
+from hardware import make_patients
+from nabz.broker import free_port
+from nabz.config import Config, GatewayConfig, MqttConfig
 
 
 def _rows(
@@ -64,3 +73,43 @@ def test_bad_frames_are_kept_with_their_reason(tmp_path: Path) -> None:
     spool.dead_letter("ecg-0001", "2a37", b"\x10", "ble_decode", "2a37: truncated")
     assert spool.counter("dead_letters") == 1
     assert spool.dead_letters() == [("ecg-0001", "2a37", b"\x10", "ble_decode", "2a37: truncated")]
+
+
+def test_the_spool_stays_bounded_on_disk_while_it_overflows(tmp_path: Path) -> None:
+    limit = 4 * 1024 * 1024
+    spool = Spool(tmp_path / "s.sqlite", max_bytes=limit)
+    for batch in range(60):  # 60 batches of 500 ECG-sized messages: 24 MB offered, 4 MB allowed
+        spool.put(_rows(500, "ecg", size=800, start=batch * 500))
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    on_disk = sum(f.stat().st_size for f in tmp_path.glob("s.sqlite*"))
+    assert spool.size_bytes <= limit
+    assert spool.counter("dropped_messages") == 30_000 - spool.depth
+    assert on_disk < 1.6 * limit, on_disk  # pages, row headers, free pages: measured 1.42x here
+
+
+def test_an_overflow_is_said_at_once_in_the_status_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [1_795_597_200.0]
+    cfg = Config(
+        site="test",
+        mqtt=MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"),  # nobody there: an outage
+        gateway=GatewayConfig(spool_path=str(tmp_path / "s.sqlite"), spool_max_mb=1, status_interval_s=3600),
+    )
+    gw = Gateway(cfg, VirtualTransport(make_patients(1, 3)[0].devices), clock=lambda: clock[0])
+    gw.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.spool"):
+            gw.step()  # the birth of the local status
+            for _ in range(40):
+                clock[0] += 60.0  # a minute of readings per step
+                gw.step()
+        dropped = gw.stats().dropped
+        assert dropped > 0 and gw.spool.size_bytes <= 1024 * 1024
+        snap = snapshot(tmp_path / "s.sqlite")
+        assert snap.status is not None
+        status = json.loads(snap.status)["status"]
+        assert status["spool_dropped_readings"] == dropped  # the latest status already says it
+        assert any("spool full" in r.message and "dropped" in r.message for r in caplog.records)
+    finally:
+        gw.stop()
