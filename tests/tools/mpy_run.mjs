@@ -14,7 +14,11 @@
 //                      Command-line options add to it; a script on the command line wins.
 //   --heap BYTES       initial GC heap (suffix k or m allowed; default 1m). This port grows its heap on
 //                      demand, so it is not a memory limit: ESP32 memory budgets need their own check.
-//   --mem-report       after the script, print gc.mem_alloc() to stderr ("mpy_run: mem_alloc N").
+//   --mem-report       after the script, print gc.mem_alloc() to stderr ("mpy_run: mem_alloc N"): the
+//                      bytes still reachable (the script's globals stay alive). Measured in a separate
+//                      call once the script has returned: this port's collector cannot free anything
+//                      while Python code is running (it cannot scan the WebAssembly stack), so a
+//                      gc.mem_alloc() inside a script also counts every object made so far.
 //
 // Inside the interpreter: the script runs as __main__ from /main/<name> (its directory first on
 // sys.path, then '', '.frozen', '/lib'); sys.argv is [script, ARG...] (filled in place, since the
@@ -153,7 +157,7 @@ function sink(fd) {
 
 const py = (s) => JSON.stringify(s); // a JSON string is a valid Python string literal
 
-function wrapper(scriptFs, args, memReport) {
+function wrapper(scriptFs, args) {
   return `
 import sys
 sys.path.insert(0, ${py(path.posix.dirname(scriptFs))})
@@ -190,7 +194,6 @@ except BaseException as e:
         if not _mpy_run_line.startswith('  File "<stdin>"'):  # this wrapper's own frame
             print(_mpy_run_line, file=sys.stderr)
     _mpy_run_rc = 1
-${memReport ? 'import gc\ngc.collect()\nprint("mpy_run: mem_alloc", gc.mem_alloc(), file=sys.stderr)' : ""}
 `;
 }
 
@@ -218,8 +221,11 @@ async function main() {
 
   let rc;
   try {
-    await mp.runPythonAsync(wrapper(scriptFs, opts.args, opts.memReport));
+    await mp.runPythonAsync(wrapper(scriptFs, opts.args));
     rc = mp.globals.get("_mpy_run_rc");
+    if (opts.memReport) {
+      mp.runPython('import gc, sys\ngc.collect()\nprint("mpy_run: mem_alloc", gc.mem_alloc(), file=sys.stderr)');
+    }
   } catch (e) {
     // Only reached if the wrapper itself fails (or the wasm module aborts).
     out.flush();

@@ -27,6 +27,7 @@ class FakeMax30102:
         self.origin_us = None  # when sampling first started: source(i) is the sample i/rate later
         self.total_samples = 0
         self.clock_ppm = 0  # the chip's oscillator error: +20000 is 2 % fast
+        self.source_hz = 100  # source(i) is the signal at time i / source_hz after sampling began
         self.por()
 
     def por(self):
@@ -86,10 +87,13 @@ class FakeMax30102:
             self.produced = 0
             if self.origin_us is None:
                 self.origin_us = now_us
-        first = (self.start_us - self.origin_us) * rate // 1000000
+        offset_us = self.start_us - self.origin_us
         due = (now_us - self.start_us) * rate * (1000000 + ppm) // 1000000000000
         while self.produced < due:
-            self._push(self.source(first + self.produced))
+            # The source is a signal in time, sampled at source_hz: whatever rate the chip runs
+            # at, it sees the same finger.
+            t_us = offset_us + self.produced * 1000000 // rate
+            self._push(self.source(t_us * self.source_hz // 1000000))
             self.produced += 1
 
     def _push(self, sample):
