@@ -20,14 +20,22 @@ def battery_uv(mv):
 
 
 class EcgSource:
-    def __init__(self, data):
+    """The AD8232 output the ADC reads, from microvolts; flags (optional) drive the LO pins."""
+
+    def __init__(self, data, flags=None):
         self.data = data
+        self.flags = flags
         self.i = 0
 
     def __call__(self):
         v = self.data[self.i % len(self.data)]
         self.i += 1
         return REF + v * GAIN
+
+    def leads_off(self):
+        if self.flags is None or self.i == 0:
+            return 0
+        return self.flags[(self.i - 1) % len(self.flags)] & codec.WAVE_FLAG_LEADS_OFF
 
 
 class PpgSource:
@@ -45,6 +53,7 @@ class Gateway:
     def __init__(self, ble):
         self.ble = ble
         self.frames = []
+        self.raw_frames = []  # the waveform notifications' bytes, in order
         self.vitals = []
         self.battery = []
         self.control = []
@@ -56,6 +65,7 @@ class Gateway:
             uuid = b.chars[handle][0]
             if uuid in (codec.NABZ_ECG_WAVEFORM, codec.NABZ_PPG_WAVEFORM):
                 f = codec.wave_decode(data)
+                self.raw_frames.append(data)
                 self.frames.append(
                     [f["seq"], f["n"], f["flags"], f["rate_hz"], f["t0_us"], len(data), f["samples"][0]]
                 )
@@ -83,10 +93,19 @@ class Gateway:
 
 
 class Rig:
-    def __init__(self, sensor, mtu=247, battery_mv=4000, extra=None):
+    def __init__(
+        self,
+        sensor,
+        mtu=247,
+        battery_mv=4000,
+        extra=None,
+        start_us=3000000,
+        ecg_flags=None,
+        connect_first=False,
+    ):
         machine.clear()
         bluetooth.BLE.reset()
-        self.clock = FakeClock(3000000)
+        self.clock = FakeClock(start_us)
         raw = {"device_id": "ecg-0001" if sensor == "ecg" else "oxi-0001", "sensor": sensor, "mtu": 247}
         if sensor == "ecg":
             raw.update(
@@ -109,7 +128,9 @@ class Rig:
         self.wdt = machine.WDT(timeout=8000)
         self.w = build(self.cfg, self.clock, self.wdt)
         if sensor == "ecg":
-            machine.adc(36).source = EcgSource(ECG)
+            src = EcgSource(ECG, ecg_flags)
+            machine.adc(36).source = src
+            machine.pin(34).source = src.leads_off
         else:
             machine.pin(19).level = 1
         self.bat_adc = machine.adc(35)
@@ -117,6 +138,8 @@ class Rig:
         self.gw = Gateway(self.ble)
         self.slept = None
         self.timer_alive = True
+        if connect_first:
+            self.connect()
         self.w.begin()
 
     def forget(self):
@@ -125,6 +148,7 @@ class Rig:
         self.ble.adv_history = []
         if self.sensor == "ecg":
             machine.adc(36).source = None
+            machine.pin(34).source = None
         else:
             self.chip.source = None
         drop_data()
