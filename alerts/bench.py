@@ -293,6 +293,7 @@ def _score(
             first_sms.setdefault(a, s)
     by_id = {a["alarm_id"]: a for a in alarms}
     latency, processing = [], []
+    worst: list[tuple[float, str]] = []
     for alarm_id, first in first_sms.items():
         waited = first["sent_at"] - by_id[alarm_id]["raised_at"]
         accepted = watch.accepted.get(f"nabz-{first['seq']}-1")
@@ -301,6 +302,13 @@ def _score(
         proc = max(0.0, accepted - started[alarm_id]) if waited == 0 else 0.0
         processing.append(proc)
         latency.append(waited + proc)
+        a = by_id[alarm_id]
+        worst.append(
+            (
+                waited + proc,
+                f"{a['patient']} {a['kind']} {a['priority']}: {waited:.0f} s grouped, {proc * 1000:.1f} ms processing",
+            )
+        )
     days = patients * minutes / 1440.0
     false_by_kind: dict[str, int] = {}
     for a in false:
@@ -323,6 +331,7 @@ def _score(
         "alarms": len(alarms),
         "sms": len([s for s in sms if s["status"] == "sent"]),
         "latency_p50_s": round(_p(latency, 0.5), 4),
+        "latency_worst": [w for _, w in sorted(worst, reverse=True)[:5]],
         "processing_p99_s": round(_p(processing, 0.99), 4),
         "patients": patients,
         "patient_days": round(days, 3),

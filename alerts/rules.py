@@ -184,8 +184,11 @@ class BandRule:
                 if st.raised is None or PRIORITY_RANK[b.priority] > PRIORITY_RANK[st.raised]:
                     st.raised = b.priority
         else:
-            st.band_since.clear()
-            if st.raised is None:
+            reset = self.clear_margin / 2  # noise at the limit does not restart a delay
+            for i, b in enumerate(bands):
+                if not self._beyond(x, self._inside(b.limit, reset)):
+                    st.band_since.pop(i, None)
+            if st.raised is None and not st.band_since:
                 st.since = None
             elif self._beyond(x, self._inside(outer, self.clear_margin)):
                 st.ok_since = None  # between the limit and the hysteresis band: neither
@@ -393,7 +396,7 @@ def physiological_rules(cfg: AlertsConfig) -> list[BandRule | News2Rule | NoBeat
             sources=("ecg",), min_sqi=q, bands=lambda lim: [Band(cfg.af_score, "medium", cfg.af_sustained_s)],
             # The score halves when the turning-point test is unsure (ingest.dsp.hrv.af_score): a
             # wide band keeps a sustained AF from restarting its delay at each such value.
-            min_delay_s=cfg.af_sustained_s, depth_for_min_delay=1.0, clear_margin=0.4, clear_after_s=60.0,
+            min_delay_s=cfg.af_sustained_s, depth_for_min_delay=1.0, clear_margin=0.5, clear_after_s=60.0,
             fmt="{:.2f}", max_gap_s=30.0,  # a rhythm over minutes: a short artefact does not restart it
         ),
         NoBeatNoPulseRule(cfg.asystole_s, cfg.clear_after_s),
