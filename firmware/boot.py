@@ -3,7 +3,8 @@ import gc
 
 import micropython
 
-micropython.alloc_emergency_exception_buf(100)  # tracebacks from interrupt callbacks
+if hasattr(micropython, "alloc_emergency_exception_buf"):  # every board port; not the wasm one
+    micropython.alloc_emergency_exception_buf(100)  # tracebacks from interrupt callbacks
 gc.collect()
 # Collect when a quarter of the free heap has been used: more, shorter collections, so the ECG
 # timer callback is never held up long (each late callback is counted in the jitter statistics).

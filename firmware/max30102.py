@@ -19,6 +19,13 @@
 
 from micropython import const
 
+try:
+    from typing import TYPE_CHECKING
+except ImportError:  # MicroPython has no typing module; annotations are never evaluated there
+    TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import machine
+
 ADDRESS = const(0x57)
 PART_ID = const(0x15)
 
@@ -74,7 +81,7 @@ def led_code(ma):
 
 
 class MAX30102:
-    def __init__(self, i2c, address=ADDRESS):
+    def __init__(self, i2c: "machine.I2C", address: int = ADDRESS) -> None:
         self.i2c = i2c
         self.address = address
         self._reg = bytearray(1)

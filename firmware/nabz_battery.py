@@ -10,6 +10,13 @@
 
 from micropython import const
 
+try:
+    from typing import TYPE_CHECKING
+except ImportError:  # MicroPython has no typing module; annotations are never evaluated there
+    TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import machine
+
 STATE_OK = const(0)
 STATE_LOW = const(1)
 STATE_CRITICAL = const(2)
@@ -55,7 +62,9 @@ def percent_from_mv(mv):
 
 
 class Battery:
-    def __init__(self, adc, divider=2.0, low_pct=15, critical_pct=3):
+    def __init__(
+        self, adc: "machine.ADC", divider: float = 2.0, low_pct: int = 15, critical_pct: int = 3
+    ) -> None:
         self.adc = adc
         self.divider_x1000 = int(divider * 1000 + 0.5)
         self.low_pct = low_pct

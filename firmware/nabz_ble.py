@@ -7,8 +7,10 @@
 #   wearable's service loop acts on them. Nothing here knows about sensors.
 # - notify() returns False when the stack has no buffer left (NimBLE: ENOMEM) or the link is gone;
 #   the caller keeps the frame and tries later, so congestion never loses a frame.
-# - Stub bug worked around: micropython-esp32-stubs 1.27 declares gatts_notify(value_handle, data),
-#   but the port's call is gatts_notify(conn_handle, value_handle, data) (docs/firmware.md).
+# - Stub bugs worked around (micropython-esp32-stubs 1.27.0.post1, docs/firmware.md): gatts_notify
+#   is declared (value_handle, data) but the port's call is gatts_notify(conn_handle, value_handle,
+#   data); connection handles are declared memoryview but are ints; gap_advertise(None), which
+#   stops advertising, is declared to need an int.
 
 import struct
 
@@ -77,14 +79,14 @@ def plx_features():
 class Peripheral:
     """One wearable's GATT table on `ble` (bluetooth.BLE()), for sensor "ecg" or "oximeter"."""
 
-    def __init__(self, ble, cfg, firmware_rev, serial):
+    def __init__(self, ble: bluetooth.BLE, cfg: dict, firmware_rev: str, serial: str) -> None:
         self.ble = ble
         self.sensor = cfg["sensor"]
         self.name = "Nabz " + cfg["device_id"]
         self.preferred_mtu = cfg["mtu"]
-        self.conn = None
+        self.conn: int | None = None
         self.mtu = 23
-        self.events = []  # ("connect",) ("disconnect",) ("mtu", n) ("control", bytes)
+        self.events: list = []  # ("connect",) ("disconnect",) ("mtu", n) ("control", bytes)
         self.notify_refused = 0
         U = bluetooth.UUID
         if self.sensor == "ecg":
@@ -152,16 +154,17 @@ class Peripheral:
 
     # -- actions ----------------------------------------------------------------------------------
     def advertise(self, interval_ms):
-        self.ble.gap_advertise(interval_ms * 1000, adv_data=self.adv, resp_data=self.resp, connectable=True)
+        self.ble.gap_advertise(interval_ms * 1000, self.adv, resp_data=self.resp, connectable=True)
 
     def stop_advertising(self):
-        self.ble.gap_advertise(None)
+        # None stops advertising; the 1.27 stubs only allow an int here (docs/firmware.md).
+        self.ble.gap_advertise(None)  # type: ignore[arg-type]
 
     def exchange_mtu(self):
         """Ask the central for our preferred MTU (the ESP32 may start the exchange itself)."""
         if self.conn is not None:
             try:
-                self.ble.gattc_exchange_mtu(self.conn)
+                self.ble.gattc_exchange_mtu(self.conn)  # type: ignore[arg-type]  # stubs: handles are ints
             except OSError:
                 pass  # the central may already have started one
 
@@ -173,7 +176,9 @@ class Peripheral:
         if self.conn is None:
             return False
         try:
-            self.ble.gatts_notify(self.conn, handle, data)
+            # The 1.27 stubs declare gatts_notify(value_handle, data): the port's signature is
+            # gatts_notify(conn_handle, value_handle, data=None) (docs/firmware.md, "Stub bugs").
+            self.ble.gatts_notify(self.conn, handle, data)  # type: ignore[call-arg, arg-type]
         except OSError:
             self.notify_refused += 1  # ENOMEM: no buffer in the stack now; or the link just went
             return False
@@ -186,6 +191,6 @@ class Peripheral:
     def disconnect(self):
         if self.conn is not None:
             try:
-                self.ble.gap_disconnect(self.conn)
+                self.ble.gap_disconnect(self.conn)  # type: ignore[arg-type]  # stubs: handles are ints
             except OSError:
                 pass

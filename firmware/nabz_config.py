@@ -79,7 +79,7 @@ def validate(raw):
     unknown = [k for k in raw if k not in DEFAULTS]
     if unknown:
         raise ConfigError("device config: unknown keys %s" % ", ".join(sorted(unknown)))
-    cfg = {}
+    cfg: dict = {}
     for key, default in DEFAULTS.items():
         value = raw.get(key, default)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):

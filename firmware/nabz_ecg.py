@@ -15,6 +15,13 @@
 
 import nabz_codec as codec
 
+try:
+    from typing import TYPE_CHECKING
+except ImportError:  # MicroPython has no typing module; annotations are never evaluated there
+    TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import machine
+
 _LATE_BUCKETS_US = (250, 1000, 2000)  # histogram edges: <250 us, <1 ms, <2 ms, >= 2 ms
 
 
@@ -29,19 +36,19 @@ class EcgSampler:
 
     def __init__(
         self,
-        adc,
-        lo_plus,
-        lo_minus,
+        adc: "machine.ADC",
+        lo_plus: "machine.Pin",
+        lo_minus: "machine.Pin",
         ring,
         detector,
         clock,
-        ref_uv,
-        gain_x16,
-        adc_min_uv,
-        adc_max_uv,
-        rate_hz=250,
-        sdn=None,
-    ):
+        ref_uv: int,
+        gain_x16: int,
+        adc_min_uv: int,
+        adc_max_uv: int,
+        rate_hz: int = 250,
+        sdn: "machine.Pin | None" = None,
+    ) -> None:
         self.adc = adc
         self.lo_plus = lo_plus
         self.lo_minus = lo_minus
@@ -56,7 +63,7 @@ class EcgSampler:
         self.period_us = 1000000 // rate_hz
         self.sdn = sdn  # AD8232 SDN (shutdown, active low), or None
         self.extra_flags = 0  # set by the wearable (low battery)
-        self.timer = None
+        self.timer: machine.Timer | None = None
         self.due = 0
         self.leads_off = False
         self.last_uv = 0
@@ -69,7 +76,7 @@ class EcgSampler:
         self.leads_off_samples = 0
         self.saturated_samples = 0
 
-    def start(self, timer):
+    def start(self, timer: "machine.Timer") -> None:
         """Power the front end and start sampling; the first sample is due one period from now."""
         if self.sdn is not None:
             self.sdn.value(1)

@@ -14,7 +14,7 @@ _GC_EVERY = 50  # steps: a collection every second keeps each one short (a few m
 
 async def _loop(wearable):
     flag = None
-    if getattr(wearable, "int_pin", None) is not None:
+    if getattr(wearable, "int_pin", None) is not None and hasattr(asyncio, "ThreadSafeFlag"):
         flag = asyncio.ThreadSafeFlag()
         irq = wearable._irq
 

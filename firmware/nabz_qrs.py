@@ -21,13 +21,7 @@
 
 from array import array
 
-try:
-    from micropython import const
-except ImportError:  # CPython, for offline analysis of the same code
-
-    def const(x):
-        return x
-
+from micropython import const
 
 _FS = const(250)
 _LP_N = const(5)  # low-pass moving sum length

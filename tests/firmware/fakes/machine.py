@@ -26,10 +26,16 @@ wdt = None
 events = []  # (what, detail) for things a test may want to see happen: freq, deepsleep, reset
 _freq = 160000000
 _reset_cause = PWRON_RESET
+preset_levels = {}  # pin number -> the level an input reads when made (a button held at reset)
+preset_uv = {}  # pin number -> what an ADC made on it reads (a battery voltage through its divider)
 
 
 class DeepSleep(Exception):
     pass
+
+
+class StopRun(BaseException):
+    """Raised by WDT.feed() after WDT.stop_after feeds: ends a test of the endless main loop."""
 
 
 class Reset(Exception):
@@ -92,6 +98,8 @@ class Pin:
         self.trigger = 0
         if value is not None:
             self.level = 1 if value else 0
+        elif id in preset_levels:
+            self.level = preset_levels[id]
         _pins[id] = self
 
     def init(self, mode=-1, pull=-1, value=None):
@@ -144,7 +152,7 @@ class ADC:
     def __init__(self, pin, atten=0):
         self.pin = pin
         self.attenuation = atten
-        self.uv = 1650000
+        self.uv = preset_uv.get(pin.id if isinstance(pin, Pin) else pin, 1650000)
         self.source = None
         self.reads = 0
         _adcs[pin.id if isinstance(pin, Pin) else pin] = self
@@ -238,6 +246,8 @@ class SoftI2C(I2C):
 
 
 class WDT:
+    stop_after = None
+
     def __init__(self, id=0, timeout=5000):
         global wdt
         self.timeout = timeout
@@ -246,6 +256,8 @@ class WDT:
 
     def feed(self):
         self.feeds += 1
+        if WDT.stop_after is not None and self.feeds >= WDT.stop_after:
+            raise StopRun()
 
 
 def freq(hz=None):
