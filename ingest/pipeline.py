@@ -24,7 +24,7 @@ from typing import Protocol, TypedDict
 import msgspec
 import numpy as np
 
-from ingest.dsp.streams import EcgProcessor, PpgProcessor
+from ingest.dsp.streams import EcgProcessor, PpgProcessor, PpgWindow, analyse_many
 from ingest.lines import chunk_lines_many, reading_lines, to_ns, vitals_lines
 from ingest.store import Store
 from nabz import contract
@@ -107,6 +107,7 @@ class IngestCore:
         self._ecg: dict[str, tuple[int, EcgProcessor]] = {}
         self._ppg: dict[str, tuple[int, PpgProcessor]] = {}
         self._newest: dict[tuple[str, str], float] = {}  # (device, stream) -> newest t fed to DSP
+        self._pending_ppg: list[tuple[PpgWindow, _Who, list[str]]] = []
 
     def refresh_enrolment(self) -> None:
         self._enrolment = self.store.enrolment()
@@ -179,6 +180,7 @@ class IngestCore:
 
         # Out of order within a batch (a gateway draining its spool after an outage, QoS 1
         # redelivery): signal processing sees each device's messages in time order.
+        self._pending_ppg = []
         ordered = sorted(
             accepted, key=lambda a: (a.reading.device, contract.stream_of(a.reading), a.reading.t)
         )
@@ -191,9 +193,36 @@ class IngestCore:
                 log.exception("signal processing failed on %s from %s", a.reading.id, a.reading.device)
                 with self.store.batch():
                     self.store.bump("dsp_errors", 1)
+        if self._pending_ppg:
+            try:
+                result.vitals.extend(self._ppg_vitals())
+            except Exception:
+                log.exception("PPG analysis failed for %d windows", len(self._pending_ppg))
+                with self.store.batch():
+                    self.store.bump("dsp_errors", 1)
+            self._pending_ppg = []
         if result.vitals:
             self._store_vitals(result.vitals)
         return result
+
+    def _ppg_vitals(self) -> list[Vitals]:
+        pending = self._pending_ppg
+        analysed = analyse_many([w for w, _, _ in pending])
+        return [
+            Vitals(
+                **base,
+                id=self.new_id(),
+                t=_utc(p.t),
+                source="ppg",
+                pr_bpm=_round(p.pr_bpm),
+                spo2_pct=_round(p.spo2_pct),
+                spo2_calibrated=p.spo2_calibrated,
+                pi_pct=_round(p.pi_pct, 2),
+                sqi=_round(p.sqi, 2),
+                flags=flags,
+            )
+            for (_, base, flags), p in zip(pending, analysed, strict=True)
+        ]
 
     def _late_counted(self, r: Reading) -> bool:
         if not self._late(r):
@@ -248,21 +277,9 @@ class IngestCore:
                 self._ppg[r.device] = (r.rate_hz, pproc)
             red = np.asarray(r.red_counts, dtype=np.float64)
             ir = np.asarray(r.ir_counts, dtype=np.float64)
-            for p in pproc.push(red, ir, t0):
-                out.append(
-                    Vitals(
-                        **base,
-                        id=self.new_id(),
-                        t=_utc(p.t),
-                        source="ppg",
-                        pr_bpm=_round(p.pr_bpm),
-                        spo2_pct=_round(p.spo2_pct),
-                        spo2_calibrated=p.spo2_calibrated,
-                        pi_pct=_round(p.pi_pct, 2),
-                        sqi=_round(p.sqi, 2),
-                        flags=[str(f) for f in r.flags],
-                    )
-                )
+            # analysed later for the whole batch at once (streams.analyse_many): same values
+            for w in pproc.windows(red, ir, t0):
+                self._pending_ppg.append((w, base, [str(f) for f in r.flags]))
         elif isinstance(r, HrReading):
             contact_flags = [] if r.contact in (None, True) else ["no_contact"]
             out.append(

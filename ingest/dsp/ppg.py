@@ -32,6 +32,7 @@ __all__ = [
     "ppg_perfusion_index",
     "ppg_sqi",
     "ppg_process",
+    "ppg_process_many",
 ]
 
 #: SpO2 calibration table: (R, SpO2 %) points, R increasing; interpolated linearly, clamped at ends.
@@ -379,26 +380,72 @@ def ppg_process(
     PpgResult
         The values (or None), the SQI, and the IR peaks.
     """
+    r_ = np.asarray(red, dtype=np.float64)
+    i_ = np.asarray(ir, dtype=np.float64)
+    if r_.shape != i_.shape or r_.ndim != 1:
+        raise ValueError("red and ir must be 1-D and of the same length")
+    return ppg_process_many(
+        r_[None, :], i_[None, :], sampling_rate, calibration=calibration, min_sqi=min_sqi
+    )[0]
+
+
+def ppg_process_many(
+    red: npt.NDArray[np.float64],
+    ir: npt.NDArray[np.float64],
+    sampling_rate: float,
+    *,
+    calibration: Calibration | None = None,
+    min_sqi: float = 0.5,
+) -> list[PpgResult]:
+    """`ppg_process` of many windows at once, one per row (many patients' PPG in one ingest batch).
+
+    The filters run over all rows in one call (row by row, the same arithmetic), so each result
+    equals `ppg_process` of its row exactly; only the per-call overhead is shared.
+
+    Parameters
+    ----------
+    red, ir : ndarray, shape (windows, samples)
+        Raw counts; all windows of the same length.
+    sampling_rate : float
+        Sampling rate in Hz.
+    calibration, min_sqi
+        As for `ppg_process`.
+
+    Returns
+    -------
+    list of PpgResult
+        One per row.
+    """
     fs = float(sampling_rate)
     r_ = np.asarray(red, dtype=np.float64)
     i_ = np.asarray(ir, dtype=np.float64)
-    if r_.shape != i_.shape:
-        raise ValueError("red and ir must have the same length")
+    if r_.shape != i_.shape or r_.ndim != 2:
+        raise ValueError("red and ir must be 2-D arrays of the same shape")
     if calibration is not None:
         _check_calibration(calibration)
-    dc_red = float(np.mean(r_)) if r_.size else 0.0
-    dc_ir = float(np.mean(i_)) if i_.size else 0.0
-    ac_red, ac_ir = _bandpass(np.stack((r_, i_)), fs, _AC_BAND_HZ)
-    up_ir = -_bandpass(i_, fs, _PEAK_BAND_HZ)
-    peaks = _peaks_from_filtered(up_ir, fs)
-    pi = _pi_from(ac_ir, dc_ir)
-    sqi = _sqi_from(dc_red, dc_ir, pi, ac_red, ac_ir, up_ir, peaks, fs)
-    if sqi < min_sqi:
-        return PpgResult(pr_bpm=None, spo2=None, pi_pct=None, sqi=sqi, peaks=peaks)
-    return PpgResult(
-        pr_bpm=ppg_rate(peaks, fs),
-        spo2=_spo2_from(ac_red, ac_ir, dc_red, dc_ir, calibration),
-        pi_pct=pi,
-        sqi=sqi,
-        peaks=peaks,
-    )
+    k, n = r_.shape
+    if k == 0:
+        return []
+    dc_red = r_.mean(axis=1) if n else np.zeros(k)
+    dc_ir = i_.mean(axis=1) if n else np.zeros(k)
+    ac = _bandpass(np.concatenate((r_, i_)), fs, _AC_BAND_HZ)
+    up = -_bandpass(i_, fs, _PEAK_BAND_HZ)
+    out: list[PpgResult] = []
+    for j in range(k):
+        ac_red, ac_ir, up_ir = ac[j], ac[k + j], up[j]
+        peaks = _peaks_from_filtered(up_ir, fs)
+        pi = _pi_from(ac_ir, float(dc_ir[j]))
+        sqi = _sqi_from(float(dc_red[j]), float(dc_ir[j]), pi, ac_red, ac_ir, up_ir, peaks, fs)
+        if sqi < min_sqi:
+            out.append(PpgResult(pr_bpm=None, spo2=None, pi_pct=None, sqi=sqi, peaks=peaks))
+            continue
+        out.append(
+            PpgResult(
+                pr_bpm=ppg_rate(peaks, fs),
+                spo2=_spo2_from(ac_red, ac_ir, float(dc_red[j]), float(dc_ir[j]), calibration),
+                pi_pct=pi,
+                sqi=sqi,
+                peaks=peaks,
+            )
+        )
+    return out

@@ -22,10 +22,10 @@ import numpy.typing as npt
 
 from .ecg import _sqi_core, ecg_rate
 from .hrv import Hrv, af_score, hrv_time_domain
-from .ppg import Calibration, _check_calibration, ppg_process
+from .ppg import Calibration, _check_calibration, ppg_process_many
 from .qrs import EcgPeakStream
 
-__all__ = ["EcgVitals", "EcgProcessor", "PpgVitals", "PpgProcessor"]
+__all__ = ["EcgVitals", "EcgProcessor", "PpgVitals", "PpgProcessor", "PpgWindow", "analyse_many"]
 
 _NEW_SESSION_S = 60.0
 
@@ -268,6 +268,11 @@ class PpgProcessor:
         list of PpgVitals
             One per emission boundary crossed by this chunk.
         """
+        return self.finish(self.windows(red, ir, t0))
+
+    def windows(self, red: npt.ArrayLike, ir: npt.ArrayLike, t0: float) -> list[PpgWindow]:
+        """`push` without the analysis: the windows due for analysis, for `finish` (or for
+        `analyse_many` together with other patients' windows)."""
         r_ = np.asarray(red, dtype=np.float64).ravel()
         i_ = np.asarray(ir, dtype=np.float64).ravel()
         if r_.shape != i_.shape:
@@ -278,7 +283,7 @@ class PpgProcessor:
         if reset:
             self._red, self._ir = np.zeros(0), np.zeros(0)
         r_, i_ = r_[skip:], i_[skip:]
-        out: list[PpgVitals] = []
+        out: list[PpgWindow] = []
         i = 0
         while i < r_.size:
             n = self._clock.n
@@ -288,17 +293,56 @@ class PpgProcessor:
             self._clock.n += take
             i += take
             if self._clock.n % self._every == 0 and self._red.size >= self._win:
-                out.append(self._emit())
+                out.append(PpgWindow(self, self._clock.time_of(self._clock.n - 1), self._red, self._ir))
         return out
 
-    def _emit(self) -> PpgVitals:
-        res = ppg_process(self._red, self._ir, self._fs, calibration=self._calibration, min_sqi=self._min_sqi)
-        spo2 = res.spo2.spo2_pct if res.spo2 is not None and np.isfinite(res.spo2.spo2_pct) else None
-        return PpgVitals(
-            t=self._clock.time_of(self._clock.n - 1),
-            pr_bpm=res.pr_bpm,
-            spo2_pct=spo2,
-            spo2_calibrated=self._calibration is not None,
-            pi_pct=res.pi_pct,
-            sqi=res.sqi,
+    def finish(self, windows: list[PpgWindow]) -> list[PpgVitals]:
+        """Analyse this processor's pending windows."""
+        return analyse_many(windows)
+
+    @property
+    def key(self) -> tuple[float, tuple[tuple[float, float], ...] | None, float]:
+        """Windows with equal keys can be analysed together."""
+        cal = (
+            tuple((float(a), float(b)) for a, b in self._calibration)
+            if self._calibration is not None
+            else None
         )
+        return (self._fs, cal, self._min_sqi)
+
+
+@dataclass(frozen=True, slots=True)
+class PpgWindow:
+    """A PPG window due for analysis (the arrays are the processor's, never modified in place)."""
+
+    processor: PpgProcessor
+    t: float
+    red: npt.NDArray[np.float64]
+    ir: npt.NDArray[np.float64]
+
+
+def analyse_many(windows: list[PpgWindow]) -> list[PpgVitals]:
+    """PpgVitals of windows from any processors, in order; windows of one kind share one pass."""
+    groups: dict[tuple[float, tuple[tuple[float, float], ...] | None, float], list[int]] = {}
+    for i, w in enumerate(windows):
+        groups.setdefault(w.processor.key, []).append(i)
+    out: list[PpgVitals | None] = [None] * len(windows)
+    for (fs, cal, min_sqi), idx in groups.items():
+        results = ppg_process_many(
+            np.stack([windows[i].red for i in idx]),
+            np.stack([windows[i].ir for i in idx]),
+            fs,
+            calibration=list(cal) if cal is not None else None,
+            min_sqi=min_sqi,
+        )
+        for i, res in zip(idx, results, strict=True):
+            spo2 = res.spo2.spo2_pct if res.spo2 is not None and np.isfinite(res.spo2.spo2_pct) else None
+            out[i] = PpgVitals(
+                t=windows[i].t,
+                pr_bpm=res.pr_bpm,
+                spo2_pct=spo2,
+                spo2_calibrated=cal is not None,
+                pi_pct=res.pi_pct,
+                sqi=res.sqi,
+            )
+    return [v for v in out if v is not None]

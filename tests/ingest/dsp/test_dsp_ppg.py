@@ -17,6 +17,7 @@ from ingest.dsp import (
     ppg_spo2,
     ppg_sqi,
 )
+from ingest.dsp.ppg import ppg_process_many
 from ingest.dsp.synth import synth_ppg
 
 FS = 100
@@ -124,3 +125,20 @@ def test_motion_lowers_quality(rng: np.random.Generator) -> None:
         scores.append(ppg_sqi(red * (1 + motion), ir * (1 + motion), FS))
     print("motion SQIs", np.round(scores, 2))
     assert float(np.median(scores)) < 0.3
+
+
+def test_many_windows_at_once_equal_one_at_a_time() -> None:
+    # synthetic: a batch of patients' windows is analysed in one pass (ingest does this per batch)
+    pairs = [
+        synth_ppg(50 + 17 * k, 8.0, 100.0, r_ratio=0.5 + 0.05 * k, rng=np.random.default_rng(k))
+        for k in range(6)
+    ]
+    red = np.stack([p[0] for p in pairs])
+    ir = np.stack([p[1] for p in pairs])
+    red[3] = 900.0  # one window without a finger among them
+    many = ppg_process_many(red, ir, 100.0, calibration=[(0.4, 100.0), (1.0, 85.0)])
+    for k, got in enumerate(many):
+        one = ppg_process(red[k], ir[k], 100.0, calibration=[(0.4, 100.0), (1.0, 85.0)])
+        assert (got.pr_bpm, got.spo2, got.pi_pct, got.sqi) == (one.pr_bpm, one.spo2, one.pi_pct, one.sqi)
+        assert np.array_equal(got.peaks, one.peaks)
+    assert many[3].spo2 is None and many[0].spo2 is not None
