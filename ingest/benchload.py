@@ -474,7 +474,10 @@ def _realtime(
     cores = (_cpu_s(pids) - cpu0) / (time.perf_counter() - wall0)
     pub.close()
     w.stop()
-    growing = len(lags) > 6 and min(lags[-3:]) > max(lags[2:5]) + 2.0
+    # the backlog right after each second's burst, in seconds of messages: growing if the last
+    # quarter of the run sits more than a second above the second quarter
+    q = max(1, len(lags) // 4)
+    growing = len(lags) >= 8 and sum(lags[-q:]) / q > sum(lags[q : 2 * q]) / q + 1.0
     ok = lag_end <= _LAG_OK_S and not growing
     return _RealTime(patients, ok, round(lag_end, 2), round(sent / (end - start), 1), round(cores, 2))
 
