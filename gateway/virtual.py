@@ -88,7 +88,10 @@ class VirtualTransport(Transport):
         write = getattr(w, "write", None)
         if w is None or device in self._away or write is None:
             return False
-        self._resent.extend(write(char, data))
+        try:
+            self._resent.extend(write(char, data))
+        except ValueError:  # the wearable refused the write (the GATT error a real one returns)
+            return False
         return True
 
     def health(self, now_us: int) -> dict[str, LinkHealth]:
