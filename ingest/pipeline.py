@@ -24,6 +24,7 @@ from typing import Protocol, TypedDict
 import msgspec
 import numpy as np
 
+from ingest.decode import decode_reading
 from ingest.dsp.streams import EcgProcessor, PpgProcessor, PpgWindow, analyse_many
 from ingest.lines import chunk_lines_many, reading_lines, to_ns, vitals_lines
 from ingest.store import Store
@@ -124,7 +125,7 @@ class IngestCore:
         rejected: list[tuple[Message, Rejected]] = []
         ids_in_batch: set[str] = set()
         for msg in batch:
-            outcome = contract.decode_reading(msg.topic, msg.payload)
+            outcome = decode_reading(msg.topic, msg.payload)
             if isinstance(outcome, Rejected):
                 rejected.append((msg, outcome))
                 continue

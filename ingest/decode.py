@@ -1,0 +1,49 @@
+"""Contract validation on the ingest's hot path: the same answers as `contract.decode_reading`,
+three times faster for the messages that are valid.
+
+`contract.decode_reading` parses JSON into Python objects and then converts them, which names
+the exact reason for any bad message. Nearly every message is good, so this first decodes
+straight into the stream's payload type (msgspec validates while parsing) and applies the same
+post-checks; anything that fails, for whatever reason, goes through `contract.decode_reading`, so
+the dead-letter reason is always the contract's own.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import msgspec
+
+from nabz import contract
+from nabz.contract import PpgReading, Reading, Rejected
+
+__all__ = ["decode_reading"]
+
+_DECODERS = {
+    name: msgspec.json.Decoder(cls)
+    for name, cls in (
+        ("ecg", contract.EcgReading),
+        ("ppg", contract.PpgReading),
+        ("hr", contract.HrReading),
+        ("spo2", contract.Spo2Reading),
+        ("battery", contract.BatteryReading),
+    )
+}
+
+
+def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
+    """`contract.decode_reading`, with a fast path for valid messages."""
+    where = contract.parse_reading_topic(topic) if len(payload) <= contract.MAX_PAYLOAD_BYTES else None
+    if where is not None:
+        try:
+            r = cast(Reading, _DECODERS[where.stream].decode(payload))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        else:
+            if (
+                r.t.tzinfo is not None
+                and (not isinstance(r, PpgReading) or len(r.red_counts) == len(r.ir_counts))
+                and (r.site, r.gateway, r.device) == (where.site, where.gateway, where.device)
+            ):
+                return r
+    return contract.decode_reading(topic, payload)
