@@ -140,11 +140,16 @@ class IngestCore:
             if why is not None:
                 rejected.append((msg, why))
                 continue
-            if outcome.id in ids_in_batch or self.store.seen(outcome.id):
+            if outcome.id in ids_in_batch:
                 result.duplicates += 1
                 continue
             ids_in_batch.add(outcome.id)
             accepted.append(_Accepted(msg, outcome, patient))
+        if accepted:  # redeliveries of messages stored by an earlier batch
+            seen = self.store.seen_many([a.reading.id for a in accepted])
+            if seen:
+                result.duplicates += len(seen)
+                accepted = [a for a in accepted if a.reading.id not in seen]
 
         if self.sink is not None and accepted:
             if self._chunks:
@@ -158,25 +163,20 @@ class IngestCore:
             for msg, why in rejected:
                 self.store.dead_letter(msg.topic, msg.payload, why.reason, why.detail, msg.received_at)
                 log.warning("dead letter (%s) on %s: %s", why.reason, msg.topic, why.detail)
-            for a in accepted:
-                r = a.reading
-                count = contract.reading_count(r)
-                if not self.store.add_message(
-                    r.id,
-                    site=r.site,
-                    gateway=r.gateway,
-                    device=r.device,
-                    patient=a.patient,
-                    stream=contract.stream_of(r),
-                    t_ns=to_ns(r.t),
-                    readings=count,
-                    payload=a.msg.payload,
-                    received_at=a.msg.received_at,
-                ):
+            rows = [
+                (
+                    a.reading.id, a.msg.received_at, a.reading.site, a.reading.gateway, a.reading.device,
+                    a.patient, contract.stream_of(a.reading), to_ns(a.reading.t),
+                    contract.reading_count(a.reading), a.msg.payload,
+                )
+                for a in accepted
+            ]  # fmt: skip
+            for row, new in zip(rows, self.store.add_messages(rows), strict=True):
+                if new:
+                    result.stored += 1
+                    result.stored_readings += row[8]
+                else:
                     result.duplicates += 1  # stored meanwhile by another worker (a takeover)
-                    continue
-                result.stored += 1
-                result.stored_readings += count
         result.dead_lettered = len(rejected)
 
         # Out of order within a batch (a gateway draining its spool after an outage, QoS 1

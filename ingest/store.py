@@ -111,6 +111,42 @@ class Store:
                 self.db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
             )
 
+    def seen_many(self, message_ids: Sequence[str]) -> set[str]:
+        """Which of these message ids are stored already (one query per 500 ids)."""
+        found: set[str] = set()
+        with self.lock:
+            for i in range(0, len(message_ids), 500):
+                part = message_ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                found.update(
+                    r[0] for r in self.db.execute(f"SELECT id FROM messages WHERE id IN ({marks})", part)
+                )
+        return found
+
+    def add_messages(
+        self, rows: Sequence[tuple[str, float, str, str, str, str, str, int, int, bytes]]
+    ) -> list[bool]:
+        """Store reading messages (inside `batch()`); per row, False if its id was stored already.
+
+        A row is (id, received_at, site, gateway, device, patient, stream, t_ns, readings, payload).
+        """
+        stored: list[bool] = []
+        readings = 0
+        for row in rows:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO messages (id, received_at, site, gateway, device, patient, stream, "
+                "t_ns, readings, payload) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+            stored.append(cur.rowcount == 1)
+            if stored[-1]:
+                readings += row[8]
+        n = sum(stored)
+        self.bump("stored_messages", n)
+        self.bump("stored_readings", readings)
+        self.bump("duplicates", len(rows) - n)
+        return stored
+
     def add_message(
         self,
         message_id: str,
