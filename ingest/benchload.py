@@ -492,6 +492,7 @@ def run_ingest_bench(
 ) -> dict[str, Any]:
     """Everything `nabz bench ingest --json` prints (see the module docstring)."""
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     fleet = _Fleet.build(per_second=message_s > 0)
     per_patient_s = sum(len(s) for t in fleet.templates for s in t) / (_TEMPLATES * _TEMPLATE_S)
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-"))
@@ -534,5 +535,7 @@ def run_ingest_bench(
         "workers": workers,
         "cpu_count": os.cpu_count(),
         "runs": [r.__dict__ for r in runs],
+        # other work on the box competes for the same cores: the 1-minute load average around the run
+        "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
