@@ -113,3 +113,11 @@ def test_record_100_beats(ecg: dict[str, Any], truth: dict[str, Any]) -> None:
     err = np.array(got["beats"])[md] - truth["rec100"][mr]
     assert np.percentile(np.abs(err), 99) <= 2
     assert got["rr_1024_of_250"] == 1024
+
+
+def test_the_detector_keeps_going_past_its_counter_rebase(ecg: dict[str, Any]) -> None:
+    got = ecg["rebase"]
+    assert got["n_after"] < got["limit"] // 2 + 5000, "the counters were moved back"
+    assert got["beats"] >= 8 and got["alloc"] == 0
+    assert all(190 <= rr <= 230 for rr in got["rr"][1:]), got["rr"]  # 72 bpm: ~208 samples
+    assert all(68 <= hr <= 76 for hr in got["hr"])

@@ -167,3 +167,45 @@ emit(
     "record 100",
     {"beats": beats, "ms": time.ticks_diff(time.ticks_ms(), t_start), "rr_1024_of_250": rr_1024(250)},
 )
+
+# F. Twelve days in: the detector's sample counters are moved back before they leave the small-int
+# range. Jump them to just before that point (by a multiple of the history length) and go on.
+data = array("h", open("/ecg/hr72.bin", "rb").read())
+det = QrsDetector()
+for i in range(2500):
+    det.update(data[i])
+shift = ((0x20000000 - 300 - det.n) // 512) * 512
+det.n += shift
+det.k += shift
+det.peak_n += shift
+det.sb_n += shift
+det.last_qrs_n += shift
+det.last_r_k += shift
+before = det.beats_total
+rr = []
+hr = []
+pos = [2500]
+
+
+def feed_second(_):
+    for _ in range(250):
+        det.update(data[pos[0]])
+        pos[0] += 1
+
+
+alloc = alloc_of(feed_second, None, 4)
+for _ in range(4):
+    feed_second(None)
+    det.take(rr)
+    hr.append(det.hr_bpm())
+emit(
+    "rebase",
+    {
+        "n_after": det.n,
+        "limit": 0x20000000,
+        "beats": det.beats_total - before,
+        "rr": rr,
+        "hr": hr,
+        "alloc": alloc,
+    },
+)
