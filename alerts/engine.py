@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Rule = BandRule | News2Rule | NoBeatNoPulseRule | FlagRule | GapRule
 _SAVE_DEVICES_EVERY_S = 30.0
 _STARTUP_GRACE_S = 60.0
+_INHIBIT_GRACE_S = 30.0
+_SENSOR_INHIBITORS = frozenset({"leads_off", "sensor_off"})  # inhibit because the data were unusable
 
 
 def parse_sms_command(text: str) -> tuple[str, list[str], float | None] | None:
@@ -98,6 +100,7 @@ class AlertEngine:
             elif a.kind in ("gateway_offline", "device_offline", "gateway_data_gap"):
                 self.gateways.restore(a.patient, a.kind, a.condition_started_at)
         self._silences = store.silences()
+        self._cleared_at: dict[tuple[str, str], float] = {}
         self._started = False
         self._devices_saved_at = float("-inf")
         self._notified_seq = max((s for s, _, _ in store.notified_after(0)), default=0)
@@ -205,6 +208,7 @@ class AlertEngine:
                     self._escalate(worse, now, reason_first="worse")
             elif not c.active and current is not None:
                 cleared = apply(current, "clear", now)
+                self._cleared_at[key] = now
                 with self.store.tx():
                     del self.open[key]
                     events.append(self._record(cleared, now))
@@ -221,6 +225,17 @@ class AlertEngine:
         for kind in self.profiles.inhibitors(alarm.kind):
             other = self.open.get((alarm.patient, kind))
             if other is not None and other.alarm_id != alarm.alarm_id:
+                return True
+            # An episode's alarms end together but not in the same second (an asystole clears a
+            # little before the pause and the low rate inside it): an alarm raised while the alarm
+            # that explains it was open, and outlasting it by a moment, stays quiet. Not after a
+            # sensor came back: its data stand on their own then.
+            cleared = self._cleared_at.get((alarm.patient, kind), float("-inf"))
+            if (
+                kind not in _SENSOR_INHIBITORS
+                and alarm.raised_at <= cleared
+                and now - cleared < _INHIBIT_GRACE_S
+            ):
                 return True
         return False
 

@@ -258,3 +258,14 @@ def test_an_asystole_hidden_from_the_ecg_by_motion_is_caught_by_patch_and_oximet
     # One sensor alone is not enough: a patch HR of 0 with the oximeter still seeing a pulse.
     lone = [v(T0 + i, patient="p-0002", source="device", device="ecg-0002", hr_bpm=0.0) for i in range(10)]
     assert [k for k in kinds(rig.feed(lone)) if k[0] == "asystole"] == []
+
+
+def test_the_pause_inside_an_asystole_is_not_texted_when_the_asystole_clears_first(rig: Rig) -> None:
+    gaps = [float(i) for i in range(1, 9)] + [3.5] * 12 + [1.0] * 15  # the asystole clears first
+    events = rig.feed([v(T0 + i, source="ecg", hr_bpm=60.0, pause_s=p) for i, p in enumerate(gaps)])
+    rig.run(T0 + len(gaps), T0 + len(gaps) + 60)
+    assert [(e.kind, e.state) for e in events if e.kind in ("asystole", "pause")] == [
+        ("asystole", "active"), ("pause", "active"), ("asystole", "cleared"), ("pause", "cleared"),
+    ]  # fmt: skip
+    (text,) = rig.notifier.texts()
+    assert text.startswith("NABZ HIGH p-0001: No heartbeat")
