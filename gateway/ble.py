@@ -16,6 +16,9 @@ Rules of this file:
   subscriptions to every characteristic the decoder knows (notify or indicate).
 - `backend="bleak"` is the operating system's stack (BlueZ on the Pi); `backend="bumble"` runs
   bumble's host on an HCI transport (`hci`) or an in-process virtual link (`link`, tests).
+- The radio itself may be missing (BlueZ not up yet at boot, a dongle unplugged): opening it is
+  retried with backoff for as long as it takes, and a bumble HCI transport that dies is reopened
+  at the ladder's reset rung. The devices' ladders run meanwhile, so they are reported lost.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from gateway.decode import Notification, normalize_uuid
 from gateway.ladder import Action, Ladder
 from gateway.transport import LinkEvent, LinkHealth, Transport, TransportError
 from nabz.config import EnrolledDevice
+from nabz.mqtt import Backoff
 
 __all__ = ["BleTransport"]
 
@@ -147,8 +151,10 @@ class BleTransport(Transport):
         self._scanner: BleakScanner | None = None
         self._scanning = False
         self._connect_lock: asyncio.Lock | None = None
-        self.started = threading.Event()
-        self.start_error: BaseException | None = None
+        self._radio_ready: asyncio.Event | None = None
+        self._radio_error = "opening"
+        self._reopening: asyncio.Task[None] | None = None
+        self._radio_backoff = Backoff(retry_min_s, retry_max_s, rand)
 
     # --- Transport (gateway thread) -----------------------------------------------------------
     @property
@@ -218,24 +224,46 @@ class BleTransport(Transport):
 
     # --- the event loop ------------------------------------------------------------------------
     async def _main(self) -> None:
-        try:
-            self._connect_lock = asyncio.Lock()
-            if self.backend == "bumble":
-                from gateway.ble_bumble import BumbleAdapter
+        self._connect_lock = asyncio.Lock()
+        self._radio_ready = asyncio.Event()
+        now = self.clock()
+        for cfg in self._enrolled:
+            self._devices[cfg.id] = _Device(cfg, Ladder(now, rand=self._rand, **self._ladder_args))  # type: ignore[arg-type]
+        self._tasks = [asyncio.create_task(self._run_device(d)) for d in self._devices.values()]
+        self._reopening = asyncio.create_task(self._open_radio())
 
-                self._adapter = await BumbleAdapter.open(self.hci, link=self.link)
-            now = self.clock()
-            for cfg in self._enrolled:
-                self._devices[cfg.id] = _Device(cfg, Ladder(now, rand=self._rand, **self._ladder_args))  # type: ignore[arg-type]
-            self._scanner = BleakScanner(self._on_advertisement, **self._backend_kwargs(scanner=True))
-            await self._scan(True)
-            self._tasks = [asyncio.create_task(self._run_device(d)) for d in self._devices.values()]
-        except BaseException as exc:
-            self.start_error = exc
-            log.error("BLE: cannot start (%s backend): %s", self.backend, exc)
-            raise
-        finally:
-            self.started.set()
+    async def _open_radio(self) -> None:
+        """Open the adapter (bumble) and start scanning; retry with backoff until it works."""
+        assert self._radio_ready is not None
+        self._radio_ready.clear()
+        failures = 0
+        while True:
+            try:
+                if self.backend == "bumble":
+                    from gateway.ble_bumble import BumbleAdapter
+
+                    if self._adapter is not None:
+                        await self._adapter.close()
+                    self._adapter = await BumbleAdapter.open(self.hci, link=self.link)
+                self._scanner = BleakScanner(self._on_advertisement, **self._backend_kwargs(scanner=True))
+                self._scanning = False
+                await self._scanner.start()
+                self._scanning = True
+            except Exception as exc:  # whatever the stack says, the answer is: try again later
+                failures += 1
+                self._radio_error = f"Bluetooth adapter not available: {exc or type(exc).__name__}"
+                delay = self._radio_backoff.delay(failures)
+                log.error("BLE: %s (%s backend); retrying in %.1f s", self._radio_error, self.backend, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._radio_error = ""
+            self._radio_ready.set()
+            log.info("BLE: radio ready (%s backend%s)", self.backend, f", {self.hci}" if self.hci else "")
+            return
+
+    def _radio_dead(self) -> bool:
+        transport = getattr(self._adapter, "transport", None)
+        return transport is not None and transport.source.terminated.done()
 
     def _backend_kwargs(self, scanner: bool = False) -> dict[str, Any]:
         if self.backend != "bumble":
@@ -247,9 +275,10 @@ class BleTransport(Transport):
         return {"backend": BumbleClient, "bumble": self._adapter, "mtu": self.mtu}
 
     async def _shutdown(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._reopening] if self._reopening is not None else [])]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for dev in self._devices.values():
             if dev.client is not None:
                 try:
@@ -314,6 +343,12 @@ class BleTransport(Transport):
 
         Only a device heard advertising a moment ago is connected to: paging one that is out of
         range only ties up the controller's single pending connection until the timeout."""
+        assert self._radio_ready is not None
+        if not self._radio_ready.is_set():
+            try:
+                await asyncio.wait_for(self._radio_ready.wait(), self.connect_timeout_s)
+            except TimeoutError:
+                return self._radio_error
         if dev.ble_device is None or time.monotonic() - dev.seen_at > _FRESH_S:
             await self._scan(True)
             dev.seen.clear()
@@ -396,9 +431,13 @@ class BleTransport(Transport):
                 # and a new scanner (the stack's cache of what it saw is dropped with the old one).
                 dev.ble_device = None
                 dev.client = None
-                await self._scan(False)
-                self._scanner = BleakScanner(self._on_advertisement, **self._backend_kwargs(scanner=True))
-                await self._scan(True)
+                if self._radio_dead() and (self._reopening is None or self._reopening.done()):
+                    log.error("BLE: the HCI transport %s is gone; reopening it", self.hci)
+                    self._reopening = asyncio.create_task(self._open_radio())
+                elif self._radio_ready is not None and self._radio_ready.is_set():
+                    await self._scan(False)
+                    self._scanner = BleakScanner(self._on_advertisement, **self._backend_kwargs(scanner=True))
+                    await self._scan(True)
                 log.warning(
                     "BLE: %s: %d failed attempts; reset its connection state", dev.id, dev.ladder.failures
                 )

@@ -30,7 +30,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from firmware import nabz_codec as codec
-from gateway.decode import Decoder, Notification, utc_from_us
+from gateway.decode import Decoder, Notification, message_ids, utc_from_us
 from gateway.gaps import GapTracker
 from gateway.spool import Spool
 from gateway.transport import LinkHealth, Transport
@@ -82,7 +82,7 @@ class Gateway:
         self.id = gateway_id or config.gateway.id
         self.transport = transport
         self.clock = clock
-        self.decoder = Decoder(self.site, self.id)
+        self.decoder = Decoder(self.site, self.id, new_id=message_ids())
         self.spool = Spool(
             spool_path or config.gateway.spool_path, max_bytes=config.gateway.spool_max_mb * 1024 * 1024
         )

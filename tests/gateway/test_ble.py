@@ -4,6 +4,9 @@ counted) and returns on a new connection, and off-the-shelf standard devices dec
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from hardware.ble_peripherals import (
     VirtualRadio,
     peripheral_address,
 )
+from nabz.broker import free_port
 from nabz.config import EnrolledDevice
 from tests.gateway.helpers import Collector, gateway_config, health, running
 from tests.servers import Mosquitto
@@ -278,3 +282,44 @@ def _check_oximeter(oxi: StandardOximeter, got: list[dict[str, Any]]) -> None:
             if "questionable" in r.get("meas_status", []):
                 seen_kinds["questionable"] += 1
     assert set(seen_kinds) == {"spot", "finger_out", "nres", "value", "questionable"}, seen_kinds
+
+
+def test_a_radio_that_appears_late_is_waited_for_and_its_wearables_connect_across_processes() -> None:
+    """The gateway's HCI controller is in another process (TCP, as a dongle on USB) that starts
+    after the gateway: the devices are reported lost meanwhile, then connect and stream."""
+    port = free_port()
+    transport = BleTransport(
+        [EnrolledDevice(id=i, address=peripheral_address(n)) for n, i in enumerate(("ecg-0001", "oxi-0001"))],
+        backend="bumble",
+        hci=f"tcp-client:127.0.0.1:{port}",
+        connect_timeout_s=1.0,
+        retry_min_s=0.2,
+        retry_max_s=0.5,
+        lost_after_s=1.5,
+    )
+    transport.start(0)
+    radio: subprocess.Popen[bytes] | None = None
+    try:
+        time.sleep(2.5)
+        assert {h.state for h in transport.health(0).values()} == {"lost"}
+        assert "adapter not available" in transport.health(0)["ecg-0001"].reason
+        radio = subprocess.Popen(
+            [sys.executable, "-m", "hardware.ble_peripherals", "--patients", "1", "--hci-port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while {h.state for h in transport.health(0).values()} != {"connected"}:
+            assert time.monotonic() < deadline, transport.health(0)
+            time.sleep(0.1)
+        time.sleep(2.0)
+        notes = transport.poll(0)
+        kinds = {(n.device, n.char) for n in notes}
+        assert ("ecg-0001", "6e61627a-0101-4000-8000-00805f9b34fb") in kinds
+        assert ("oxi-0001", "6e61627a-0102-4000-8000-00805f9b34fb") in kinds
+        events = [(e.device, e.kind) for e in transport.take_events()]
+        assert ("ecg-0001", "lost") in events and ("ecg-0001", "found") in events
+    finally:
+        transport.stop()
+        if radio is not None:
+            radio.send_signal(signal.SIGINT)
+            radio.wait(10)

@@ -100,16 +100,19 @@ def test_mutated_lines_are_either_rejected_or_exactly_a_valid_frame() -> None:
     base = encode_notify(
         SESSION, 12345, "oxi-0001", "6e61627a-0102-4000-8000-00805f9b34fb", bytes(range(60))
     )[:-1]
-    accepted = 0
+    want = parse_line(base)
+    changed = 0
     for _ in range(3000):
         line = bytearray(base)
         for _ in range(rng.randint(1, 3)):
             line[rng.randrange(len(line))] = rng.randrange(256)
         frame = parse_line(bytes(line).replace(b"\n", b"?"))
         if not isinstance(frame, BadLine):
-            accepted += 1
-            assert bytes(line) == base  # a changed byte that still checks out would be a CRC miss
-    assert accepted < 5
+            # Hex digits may change case (or a byte be rewritten with itself): the same frame.
+            # Anything else that still checks out would be a CRC miss.
+            assert frame == want, (bytes(line), frame)
+        changed += bytes(line).lower() != base.lower()
+    assert changed > 2900
 
 
 def _n(lseq: int, session: str = SESSION) -> Notify:
