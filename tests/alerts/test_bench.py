@@ -21,3 +21,12 @@ def test_every_scripted_event_is_caught_and_nothing_else_alarms(capsys: pytest.C
         and r["time_to_alarm_s"]["desaturation"]["max"] <= 45.0
     )
     assert r["latency_p99_s"] <= 1.0
+
+
+def test_alarm_latency_end_to_end_under_load_on_mosquitto(mosquitto: object) -> None:
+    from alerts.loadbench import live_latency
+
+    r = live_latency(mosquitto.url, patients=200, seconds=10, desaturations=5)  # type: ignore[attr-defined]
+    assert r["load_vitals_per_s"] == 800.0 and r["bad_messages"] == 0
+    assert r["alarmed"] == r["desaturations"] == 5
+    assert 0.0 < r["live_latency_p99_s"] <= 1.0
