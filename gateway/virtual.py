@@ -25,6 +25,8 @@ class _SimNotification(Protocol):
     def char_uuid(self) -> str: ...
     @property
     def data(self) -> bytes: ...
+    @property
+    def device_t_us(self) -> int: ...
 
 
 class Wearable(Protocol):
@@ -34,6 +36,8 @@ class Wearable(Protocol):
     def device_id(self) -> str: ...
     @property
     def readings_generated(self) -> int: ...
+    @property
+    def device_t_us(self) -> int: ...
 
     def advance(self, seconds: float) -> Sequence[_SimNotification]: ...
 
@@ -126,7 +130,14 @@ class VirtualTransport(Transport):
             sent = w.advance(elapsed)
             if w.device_id in self._away:
                 continue
-            out.extend(Notification(n.device_id, n.char_uuid, n.data, now_us) for n in sent)
+            # Each notification arrives when the device sent it, not all at the poll's instant:
+            # two heart-rate values a second apart must not share a timestamp (that would
+            # overwrite a point in InfluxDB).
+            device_now = w.device_t_us
+            out.extend(
+                Notification(n.device_id, n.char_uuid, n.data, now_us - max(0, device_now - n.device_t_us))
+                for n in sent
+            )
         return out
 
     def stop(self) -> None:

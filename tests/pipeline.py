@@ -43,6 +43,10 @@ class TallyingWearable:
     def readings_generated(self) -> int:
         return int(self.inner.readings_generated)  # type: ignore[attr-defined]
 
+    @property
+    def device_t_us(self) -> int:
+        return int(self.inner.device_t_us)  # type: ignore[attr-defined]
+
     def advance(self, seconds: float) -> list[object]:
         sent = self.inner.advance(seconds)  # type: ignore[attr-defined]
         for n in sent:
