@@ -149,15 +149,16 @@ class Gateway:
         work = self._receive()
         work += self._link_events()
         work += self._process_events()
-        if self._connected:
-            work += self._publish()
         now = self.clock()
-        # Urgent news goes out at once, but no more than once a second of gateway time.
+        # Urgent news goes out at once, but no more than once a second of gateway time; after a
+        # (re)connection the birth goes out before any reading.
         if now >= self._next_status or (self._status_now and now - self._last_status >= 1.0):
             self._next_status = now + self.config.gateway.status_interval_s
             self._last_status = now
             self._status_now = False
             self._publish_status()
+        if self._connected:
+            work += self._publish()
         return work
 
     def run(self, stop: threading.Event, period_s: float = 0.05) -> None:
