@@ -53,7 +53,7 @@ def _gateway(radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path, peripher
         reset_after_failures=3,
         lost_after_s=3.0,
     )
-    cfg = gateway_config(mosquitto.url, spool_path=str(tmp_path / "spool.sqlite"), resend_timeout_s=3.0)
+    cfg = gateway_config(mosquitto.url, spool_path=str(tmp_path / "spool.sqlite"), resend_timeout_s=6.0)
     return Gateway(cfg, transport, gateway_id="gw-ble")
 
 
@@ -183,7 +183,7 @@ def test_a_vanished_device_is_reported_lost_its_gap_counted_and_it_returns_on_a_
             )
             time.sleep(1.5)
             radio.paused = True
-            assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["gap_frames"] > 0, 10)
+            assert seen.wait_for(lambda: health(seen.last_status(), oxi.device_id)["gap_frames"] > 0, 20)
             frame = oxi.sim.frame_samples
             key = (oxi.device_id, "ppg")
             # Every PPG sample generated either arrived or is counted in the gap, exactly.
