@@ -268,6 +268,7 @@ class IngestCore:
                         af_score=_round(e.af_score, 2),
                         hrv_sdnn_ms=_round(e.hrv_sdnn_ms),
                         hrv_rmssd_ms=_round(e.hrv_rmssd_ms),
+                        resp_bpm=_round(e.resp_bpm),
                         flags=flags,
                     )
                 )
@@ -310,7 +311,7 @@ class IngestCore:
             (
                 v.id, v.site, v.patient, v.device, v.source, to_ns(v.t), v.hr_bpm, v.pr_bpm, v.spo2_pct,
                 int(v.spo2_calibrated), v.pi_pct, v.sqi, v.battery_pct, ",".join(v.flags),
-                v.pause_s, v.af_score, v.hrv_sdnn_ms, v.hrv_rmssd_ms,
+                v.pause_s, v.af_score, v.hrv_sdnn_ms, v.hrv_rmssd_ms, v.resp_bpm,
             )
             for v in vitals
         ]  # fmt: skip

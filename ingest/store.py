@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS vitals (
     t_ns INTEGER NOT NULL,
     hr_bpm REAL, pr_bpm REAL, spo2_pct REAL, spo2_calibrated INTEGER,
     pi_pct REAL, sqi REAL, battery_pct INTEGER, flags TEXT NOT NULL,
-    pause_s REAL, af_score REAL, hrv_sdnn_ms REAL, hrv_rmssd_ms REAL
+    pause_s REAL, af_score REAL, hrv_sdnn_ms REAL, hrv_rmssd_ms REAL, resp_bpm REAL
 );
 CREATE INDEX IF NOT EXISTS vitals_patient_t ON vitals (patient, t_ns);
 CREATE TABLE IF NOT EXISTS dead_letter (
@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-_VITALS_ADDED = ("pause_s", "af_score", "hrv_sdnn_ms", "hrv_rmssd_ms")
+_VITALS_ADDED = ("pause_s", "af_score", "hrv_sdnn_ms", "hrv_rmssd_ms", "resp_bpm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +176,8 @@ class Store:
     def add_vitals(self, rows: Sequence[tuple[object, ...]]) -> None:
         self.db.executemany(
             "INSERT OR IGNORE INTO vitals (id, site, patient, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, "
-            "spo2_calibrated, pi_pct, sqi, battery_pct, flags, pause_s, af_score, hrv_sdnn_ms, hrv_rmssd_ms) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "spo2_calibrated, pi_pct, sqi, battery_pct, flags, pause_s, af_score, hrv_sdnn_ms, hrv_rmssd_ms, "
+            "resp_bpm) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
 

@@ -8,6 +8,7 @@ their modules.
 
 from .ecg import EcgPeakStream, EcgRate, ecg_clean, ecg_peaks, ecg_rate, ecg_sqi
 from .hrv import Hrv, af_score, hrv_time_domain
+from .resp import ecg_resp_rate
 from .ppg import (
     Calibration,
     PpgResult,
@@ -32,6 +33,7 @@ __all__ = [
     "Hrv",
     "af_score",
     "hrv_time_domain",
+    "ecg_resp_rate",
     "Calibration",
     "PpgResult",
     "Spo2Estimate",

@@ -24,6 +24,7 @@ from .ecg import _sqi_core, ecg_rate
 from .hrv import Hrv, af_score, hrv_time_domain
 from .ppg import Calibration, _check_calibration, ppg_process_many
 from .qrs import EcgPeakStream
+from .resp import ecg_resp_rate
 
 __all__ = ["EcgVitals", "EcgProcessor", "PpgVitals", "PpgProcessor", "PpgWindow", "analyse_many"]
 
@@ -42,6 +43,7 @@ class EcgVitals:
     hrv_sdnn_ms: float | None = None  # over the last RR intervals (about a minute); None if too few
     hrv_rmssd_ms: float | None = None
     af_score: float | None = None  # 0..1 AF suspicion from RR irregularity (hrv.af_score); None: too few
+    resp_bpm: float | None = None  # ECG-derived respiration (resp.ecg_resp_rate); None: not clear enough
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class EcgProcessor:
     def _reset(self) -> None:
         self._stream = EcgPeakStream(self._fs)
         self._lag = int(np.ceil(self._stream.max_delay_s * self._fs))
+        self._qrs_half = max(1, round(0.06 * self._fs))
         self._raw = np.zeros(0)
         self._bp = np.zeros(0)
         self._buf0 = 0
@@ -145,6 +148,10 @@ class EcgProcessor:
         self._rr_seen = 0  # intervals appended to _rr_hist since the reset
         self._rhythm_at = 0
         self._rhythm: tuple[Hrv | None, float | None] | None = None
+        # per beat (time in s since the reset, QRS peak-to-peak µV) for the ECG-derived respiration
+        self._beats: deque[tuple[float, float]] = deque(maxlen=160)
+        self._resp: float | None = None
+        self._resp_due = 0
 
     def push(self, samples: npt.ArrayLike, t0: float) -> list[EcgVitals]:
         """Feed a chunk of ECG (µV) whose first sample was taken at `t0` (UTC epoch seconds).
@@ -187,6 +194,11 @@ class EcgProcessor:
         self._raw = np.concatenate((self._raw, x))[-keep:]
         self._bp = np.concatenate((self._bp, bp))[-keep:]
         self._buf0 = self._clock.n - self._raw.size
+        half = self._qrs_half
+        for p in peaks.tolist():  # QRS peak-to-peak around each new beat (still in the buffer)
+            j = p - self._buf0
+            if j - half >= 0 and j + half < self._raw.size:
+                self._beats.append((p / self._fs, float(np.ptp(self._raw[j - half : j + half + 1]))))
         start = self._clock.n - keep
         while len(self._peaks) > 1 and self._peaks[1] < start:  # keep one beat before the window
             self._peaks.pop(0)
@@ -207,6 +219,11 @@ class EcgProcessor:
             self._rhythm_at = self._rr_seen
             self._rhythm = (hrv_time_domain(self._rr_hist), af_score(self._rr_hist))
         hrv, af = self._rhythm if ok else (None, None)
+        self._resp_due -= 1
+        if self._resp_due <= 0:  # breathing is slow: every 5 s is often enough
+            self._resp_due = 5
+            beats = np.asarray(self._beats, dtype=np.float64).reshape(-1, 2)
+            self._resp = ecg_resp_rate(beats[:, 0], beats[:, 1]) if beats.shape[0] else None
         return EcgVitals(
             t=self._clock.time_of(end - 1),
             hr_bpm=rate.hr_bpm if ok else None,
@@ -216,6 +233,7 @@ class EcgProcessor:
             hrv_sdnn_ms=hrv.sdnn_ms if hrv is not None else None,
             hrv_rmssd_ms=hrv.rmssd_ms if hrv is not None else None,
             af_score=af,
+            resp_bpm=self._resp if ok else None,
         )
 
 
