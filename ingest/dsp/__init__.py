@@ -8,7 +8,6 @@ their modules.
 
 from .ecg import EcgPeakStream, EcgRate, ecg_clean, ecg_peaks, ecg_rate, ecg_sqi
 from .hrv import Hrv, af_score, hrv_time_domain
-from .resp import ecg_resp_rate
 from .ppg import (
     Calibration,
     PpgResult,
@@ -21,6 +20,7 @@ from .ppg import (
     ppg_spo2,
     ppg_sqi,
 )
+from .resp import ecg_resp_rate
 from .streams import EcgProcessor, EcgVitals, PpgProcessor, PpgVitals
 
 __all__ = [
