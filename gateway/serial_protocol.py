@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "MAX_LINE",
@@ -283,13 +283,3 @@ class SerialLink:
         session, _, lseq = text.partition(":")
         if _SESSION.match(session) and lseq.isdigit():
             self.session, self.next_lseq = session, int(lseq) % _MOD
-
-
-@dataclass
-class BadLineCounter:
-    """Bad lines by reason (reported in the status and the dead-letter table)."""
-
-    by_reason: dict[str, int] = field(default_factory=dict)
-
-    def add(self, reason: str) -> None:
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1

@@ -9,10 +9,8 @@ subscribes and writes over real HCI, L2CAP, ATT and GATT - only the radio is sim
   Information, and the Nabz waveform service with its control characteristic. It is fed by the
   simulated wearables (`VirtualEcgPatch`, `VirtualOximeter`) and answers control RESEND writes from
   their resend buffer.
-- `HeartRateStrap` and `StandardOximeter` are off-the-shelf style devices: standard services only,
-  with the layouts such devices use (uint16 heart rate, energy expended, RR intervals, sensor
-  contact; PLX Continuous with fast/slow values and status fields, SFLOAT special values,
-  Spot-Check by indication with a timestamp). They keep what they sent in `sent`.
+- Off-the-shelf style devices (a chest strap, a pulse oximeter) with standard services only are in
+  `hardware.ble_standard`.
 - A peripheral can leave radio range (`leave`: the link drops with a supervision timeout, as the
   central sees it, and it stops advertising) and come back (`come_back`).
 - `VirtualRadio` owns the link and the event loop thread everything runs on; it advances every
@@ -28,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import struct
 import threading
 import time
@@ -53,9 +50,9 @@ __all__ = [
     "VirtualRadio",
     "Peripheral",
     "NabzPeripheral",
-    "HeartRateStrap",
-    "StandardOximeter",
     "peripheral_address",
+    "characteristic",
+    "device_information",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,20 +72,20 @@ def peripheral_address(index: int) -> str:
     return f"C0:4E:42:5A:{index >> 8 & 0xFF:02X}:{index & 0xFF:02X}"
 
 
-def _char(
+def characteristic(
     uuid: core.UUID, props: gatt.Characteristic.Properties, value: Any = b"", perms: Any = None
 ) -> gatt.Characteristic[Any]:
     return gatt.Characteristic(uuid, props, perms if perms is not None else _READABLE, value)
 
 
-def _device_information(model: str, serial: str, firmware: str, hardware: str, maker: str) -> gatt.Service:
+def device_information(model: str, serial: str, firmware: str, hardware: str, maker: str) -> gatt.Service:
     """Device Information 0x180A: model 2A24, serial 2A25, firmware 2A26, hardware 2A27, maker 2A29."""
     chars = [
-        _char(_U(0x2A24), _P.READ, model.encode()),
-        _char(_U(0x2A25), _P.READ, serial.encode()),
-        _char(_U(0x2A26), _P.READ, firmware.encode()),
-        _char(_U(0x2A27), _P.READ, hardware.encode()),
-        _char(_U(0x2A29), _P.READ, maker.encode()),
+        characteristic(_U(0x2A24), _P.READ, model.encode()),
+        characteristic(_U(0x2A25), _P.READ, serial.encode()),
+        characteristic(_U(0x2A26), _P.READ, firmware.encode()),
+        characteristic(_U(0x2A27), _P.READ, hardware.encode()),
+        characteristic(_U(0x2A29), _P.READ, maker.encode()),
     ]
     return gatt.Service(_U(codec.UUID_DEVICE_INFORMATION), chars)
 
@@ -106,7 +103,7 @@ class Peripheral:
         )
         self.device.advertising_interval_min = _ADV_INTERVAL_MS
         self.device.advertising_interval_max = _ADV_INTERVAL_MS
-        self.battery = _char(_U(codec.UUID_BATTERY_LEVEL), _P.READ | _P.NOTIFY, bytes([100]))
+        self.battery = characteristic(_U(codec.UUID_BATTERY_LEVEL), _P.READ | _P.NOTIFY, bytes([100]))
         self.in_range = True
         self.connections_made = 0
         self.notifications = 0
@@ -193,22 +190,22 @@ class NabzPeripheral(Peripheral):
         super().__init__(link, sim.name, address, sim.device_id)
         self.sim = sim
         ecg = isinstance(sim, VirtualEcgPatch)
-        self.wave = _char(
+        self.wave = characteristic(
             core.UUID(codec.NABZ_ECG_WAVEFORM if ecg else codec.NABZ_PPG_WAVEFORM), _P.NOTIFY, b"", _NONE
         )
-        self.control = _char(
+        self.control = characteristic(
             core.UUID(codec.NABZ_CONTROL),
             _P.WRITE,
             gatt.CharacteristicValue(write=self._on_control),
             _WRITEABLE,
         )
-        self.hrm = _char(_U(codec.UUID_HEART_RATE_MEASUREMENT), _P.NOTIFY, b"", _NONE)
-        self.plx_continuous = _char(_U(codec.UUID_PLX_CONTINUOUS), _P.NOTIFY, b"", _NONE)
-        self.plx_spot = _char(_U(codec.UUID_PLX_SPOT_CHECK), _P.INDICATE, b"", _NONE)
+        self.hrm = characteristic(_U(codec.UUID_HEART_RATE_MEASUREMENT), _P.NOTIFY, b"", _NONE)
+        self.plx_continuous = characteristic(_U(codec.UUID_PLX_CONTINUOUS), _P.NOTIFY, b"", _NONE)
+        self.plx_spot = characteristic(_U(codec.UUID_PLX_SPOT_CHECK), _P.INDICATE, b"", _NONE)
         # PLX Features: measurement status and device & sensor status supported (bits 0, 1), then
         # the supported measurement status bits (unavailable, questionable) and sensor status bits
         # (erratic, nonpulsatile, unconnected to user) - the ones the firmware sets.
-        self.plx_features = _char(
+        self.plx_features = characteristic(
             _U(codec.UUID_PLX_FEATURES), _P.READ, struct.pack("<HHHB", 0x0003, 0x6000, 0x08C0, 0)
         )
         self.by_uuid: dict[str, gatt.Characteristic[Any]] = {
@@ -234,7 +231,10 @@ class NabzPeripheral(Peripheral):
         if self.is_ecg:
             vital = gatt.Service(
                 _U(codec.UUID_HEART_RATE_SERVICE),
-                [self.hrm, _char(_U(codec.UUID_BODY_SENSOR_LOCATION), _P.READ, bytes([1]))],  # 1: chest
+                [
+                    self.hrm,
+                    characteristic(_U(codec.UUID_BODY_SENSOR_LOCATION), _P.READ, bytes([1])),
+                ],  # 1: chest
             )
             model = "Nabz ECG patch"
         else:
@@ -245,7 +245,7 @@ class NabzPeripheral(Peripheral):
         return [
             vital,
             gatt.Service(_U(codec.UUID_BATTERY_SERVICE), [self.battery]),
-            _device_information(model, self.device_id, "1.0.0", "rev-b", "Nabz"),
+            device_information(model, self.device_id, "1.0.0", "rev-b", "Nabz"),
             gatt.Service(core.UUID(codec.NABZ_WAVEFORM_SERVICE), [self.wave, self.control]),
         ]
 
@@ -268,130 +268,6 @@ class NabzPeripheral(Peripheral):
     async def _send_resent(self, frames: list[bytes]) -> None:
         for data in frames:
             await self.notify(self.wave, data)
-
-
-class HeartRateStrap(Peripheral):
-    """An off-the-shelf chest strap: Heart Rate Service only (plus Battery and Device Information).
-
-    Once a second: heart rate (uint16 format from time to time, as some straps always use), sensor
-    contact (lost for a while), energy expended every 10 s, RR intervals in 1/1024 s.
-    """
-
-    def __init__(self, link: LocalLink, device_id: str, address: str, name: str = "HRM-Pro 4821") -> None:
-        super().__init__(link, name, address, device_id)
-        self.hrm = _char(_U(codec.UUID_HEART_RATE_MEASUREMENT), _P.NOTIFY, b"", _NONE)
-        self.t = 0.0
-        self.second = 0
-        self.energy_kj = 0
-        self.sent: list[tuple[str, bytes]] = []
-
-    def advertised_uuids(self) -> list[core.UUID]:
-        return [_U(codec.UUID_HEART_RATE_SERVICE)]
-
-    def services(self) -> list[gatt.Service]:
-        return [
-            gatt.Service(
-                _U(codec.UUID_HEART_RATE_SERVICE),
-                [self.hrm, _char(_U(codec.UUID_BODY_SENSOR_LOCATION), _P.READ, bytes([1]))],
-            ),
-            gatt.Service(_U(codec.UUID_BATTERY_SERVICE), [self.battery]),
-            _device_information("HRM-Pro", "4821-7781", "12.40", "3", "Generic Sports"),
-        ]
-
-    def measurement(self, second: int) -> bytes:
-        hr = round(68 + 12 * math.sin(second / 9.0))
-        contact = not 20 <= second % 60 < 24  # the strap slips for four seconds a minute
-        flags = 0x04 | (0x02 if contact else 0)  # contact supported; detected
-        wide = second % 7 == 0
-        body = struct.pack("<H", hr) if wide else bytes([hr])
-        flags |= 0x01 if wide else 0
-        self.energy_kj += 1
-        if second % 10 == 0:
-            flags |= 0x08
-            body += struct.pack("<H", self.energy_kj)
-        if contact:
-            flags |= 0x10
-            body += struct.pack("<H", round(60.0 / hr * 1024)) * (1 if second % 3 else 2)
-        return bytes([flags]) + body
-
-    async def pump(self, seconds: float) -> None:
-        self.t += seconds
-        while self.second < int(self.t):
-            self.second += 1
-            value = self.measurement(self.second)
-            heard = self.in_range and self.connected
-            await self.notify(self.hrm, value)
-            if heard:
-                self.sent.append(("2a37", value))
-            if self.second % 30 == 1:
-                level = max(5, 95 - self.second // 60)
-                await self.notify(self.battery, bytes([level]))
-                if heard:
-                    self.sent.append(("2a19", bytes([level])))
-
-
-class StandardOximeter(Peripheral):
-    """An off-the-shelf pulse oximeter: Pulse Oximeter Service (PLX Continuous with fast and slow
-    values, measurement and sensor status, pulse amplitude index; Spot-Check by indication with a
-    timestamp; PLX Features), Battery and Device Information. The finger comes out for a few
-    seconds each minute (NaN values, "unavailable", "sensor unconnected to user"), and the device
-    sends NRes while it settles after that."""
-
-    def __init__(self, link: LocalLink, device_id: str, address: str, name: str = "PO-60 1187") -> None:
-        super().__init__(link, name, address, device_id)
-        self.continuous = _char(_U(codec.UUID_PLX_CONTINUOUS), _P.NOTIFY, b"", _NONE)
-        self.spot = _char(_U(codec.UUID_PLX_SPOT_CHECK), _P.INDICATE, b"", _NONE)
-        # Features: measurement status, sensor status, timestamp support (bits 0, 1, 3).
-        self.features = _char(
-            _U(codec.UUID_PLX_FEATURES), _P.READ, struct.pack("<HHHB", 0x000B, 0xE000, 0x0FFE, 0)
-        )
-        self.t = 0.0
-        self.second = 0
-        self.sent: list[tuple[str, bytes]] = []
-
-    def advertised_uuids(self) -> list[core.UUID]:
-        return [_U(codec.UUID_PULSE_OXIMETER_SERVICE)]
-
-    def services(self) -> list[gatt.Service]:
-        return [
-            gatt.Service(_U(codec.UUID_PULSE_OXIMETER_SERVICE), [self.continuous, self.spot, self.features]),
-            gatt.Service(_U(codec.UUID_BATTERY_SERVICE), [self.battery]),
-            _device_information("PO-60", "1187-0042", "2.1", "A", "Generic Medical"),
-        ]
-
-    def measurement(self, second: int) -> bytes:
-        phase = second % 60
-        if 40 <= phase < 44:  # finger out
-            return codec.plx_continuous_encode(None, None, 1 << 13, 1 << 11)
-        if phase == 44:  # settling: "no result yet"
-            raw = struct.pack("<BHH", 0x04, codec.SFLOAT_NRES, codec.SFLOAT_NRES) + struct.pack("<H", 1 << 5)
-            return raw
-        spo2 = 97.0 - (1.5 if 10 <= phase < 20 else 0.0) + (0.5 if second % 2 else 0.0)
-        pr = 70.0 + (second % 5)
-        meas = (1 << 14) if phase == 5 else 0  # one questionable reading a minute
-        return codec.plx_continuous_encode(
-            spo2, pr, meas, 0, round(4.2 + (second % 3) / 10, 1), fast=(spo2, pr + 1), slow=(spo2, pr)
-        )
-
-    async def pump(self, seconds: float) -> None:
-        self.t += seconds
-        while self.second < int(self.t):
-            self.second += 1
-            value = self.measurement(self.second)
-            heard = self.in_range and self.connected
-            await self.notify(self.continuous, value)
-            if heard:
-                self.sent.append(("2a5f", value))
-            if self.second % 5 == 0:
-                stamp = (2026, 11, 25, 9, self.second // 60 % 60, self.second % 60)
-                spot = codec.plx_spot_check_encode(96.5, 71.0, timestamp=stamp, meas_status=1 << 7)
-                await self.indicate(self.spot, spot)
-                if heard:
-                    self.sent.append(("2a5e", spot))
-            if self.second % 30 == 1:
-                await self.notify(self.battery, bytes([88]))
-                if heard:
-                    self.sent.append(("2a19", bytes([88])))
 
 
 class VirtualRadio:
@@ -496,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sims = [d for p in make_patients(args.patients, args.seed) for d in p.devices]
     radio.add_wearables(sims)
     if args.standard:
+        from hardware.ble_standard import HeartRateStrap, StandardOximeter
+
         radio.add(lambda link: HeartRateStrap(link, "strap-0001", peripheral_address(900)))
         radio.add(lambda link: StandardOximeter(link, "po60-0001", peripheral_address(901)))
     radio.call(radio.serve_hci("127.0.0.1", args.hci_port))

@@ -18,13 +18,8 @@ import pytest
 from gateway.ble import BleTransport
 from gateway.service import Gateway
 from hardware import make_patients
-from hardware.ble_peripherals import (
-    HeartRateStrap,
-    NabzPeripheral,
-    StandardOximeter,
-    VirtualRadio,
-    peripheral_address,
-)
+from hardware.ble_peripherals import NabzPeripheral, VirtualRadio, peripheral_address
+from hardware.ble_standard import HeartRateStrap, StandardOximeter
 from nabz.broker import free_port
 from nabz.config import EnrolledDevice
 from tests.gateway.helpers import Collector, gateway_config, health, running
