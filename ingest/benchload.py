@@ -244,15 +244,16 @@ def _cpu_s(pids: list[int]) -> float:
 
 
 class _Workers:
-    def __init__(self, work: Path, servers: _Servers, workers: int, patients: int) -> None:
+    def __init__(self, work: Path, servers: _Servers, workers: int, patients: int, run: str) -> None:
         self.work = work
-        self.store = work / f"ingest-{patients}.sqlite"
-        self.config = work / f"nabz-{patients}.toml"
+        name = f"{run}-{patients}"  # every run its own store, sessions and shared group
+        self.store = work / f"ingest-{name}.sqlite"
+        self.config = work / f"nabz-{name}.toml"
         self.config.write_text(
             f'site = "{_SITE}"\n[mqtt]\nurl = "mqtt://127.0.0.1:{servers.mq_port}"\n'
-            f'[ingest]\nstore_path = "{self.store}"\nworkers = {workers}\nclient_id = "bench-{patients}"\n'
+            f'[ingest]\nstore_path = "{self.store}"\nworkers = {workers}\nclient_id = "bench-{name}"\n'
             # each run its own group: the stopped sessions of earlier runs stay members of theirs
-            f'share_group = "bench-{patients}"\n'
+            f'share_group = "bench-{name}"\n'
             f'[influx]\nurl = "http://127.0.0.1:{servers.vm_port}"\ntoken = "bench"\nwaveforms = "chunks"\n'
             "[enrolment]\n" + "".join(f'"{d}" = "{p}"\n' for d, p in _enrolment(patients).items())
         )
@@ -418,7 +419,7 @@ def _drain_rate(
     work: Path, servers: _Servers, fleet: _Fleet, patients: int, seconds: int, workers: int
 ) -> float:
     """Backlog drain: sessions exist, workers stopped, messages published; then workers start."""
-    w = _Workers(work, servers, workers, patients)
+    w = _Workers(work, servers, workers, patients, "drain")
     w.start()
     w.stop()
     pub = RawPublisher(servers.mq_port, "bench-pub-drain")
@@ -452,7 +453,7 @@ class _RealTime:
 def _realtime(
     work: Path, servers: _Servers, fleet: _Fleet, patients: int, seconds: int, workers: int
 ) -> _RealTime:
-    w = _Workers(work, servers, workers, patients)
+    w = _Workers(work, servers, workers, patients, "rt")
     w.start()
     pub = RawPublisher(servers.mq_port, f"bench-pub-rt-{patients}")
     pids = [servers.mq.pid, servers.vm.pid, *w.pids, os.getpid()]
