@@ -9,7 +9,10 @@ Rules of this file:
   after both (gateway QoS 1 + this order = at-least-once into InfluxDB, exactly once in the store;
   a rewrite of the same InfluxDB points is an overwrite).
 - Signal processing runs once per stored message, after its commit, so a retried batch never feeds
-  a processor twice.
+  a processor twice. It takes each device's messages in time order (a batch is sorted, back-to-back
+  frames joined); waveforms far behind live processing are stored only (see FUTURE_S and friends).
+- PPG windows due in a batch are analysed together (streams.analyse_many), with the same values
+  as one at a time.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Rules of this file:
 - The session is persistent (MQTT v5 session expiry, or clean_session=False on 3.1.1) under a
   fixed client id, so messages that arrive while ingest is down wait in the broker.
 - paho's thread only queues; one worker thread owns the batch loop.
+- With `ingest.workers` > 1 this process is one worker slot: its client id ends in the slot, and
+  it subscribes (MQTT v5 shared subscriptions) to the devices of the patients it owns only, kept in
+  step with the enrolment every 2 s (ingest.partition, docs/scale.md).
 """
 
 from __future__ import annotations
