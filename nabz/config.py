@@ -112,9 +112,6 @@ class InfluxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_ms: int = 10_000
     spill_dir: str | None = None  # line protocol kept while the database is down (default: by the store)
     waveforms: Literal["points", "chunks"] = "points"  # raw ECG/PPG: a point per sample, or per message
-    timeout_ms: int = 10_000
-    spill_dir: str | None = None  # line protocol kept while the database is down (default: by the store)
-    waveforms: Literal["points", "chunks"] = "points"  # raw ECG/PPG: a point per sample, or per message
 
 
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
