@@ -15,7 +15,8 @@ patient-second). Measured in one run:
 - ``messages_per_s``: the full ingest's rate draining a backlog of the same messages (validation,
   dedup, DSP, embedded store, InfluxDB write API to VictoriaMetrics);
 - ``patients_realtime``: the most patients whose messages, published in real time for
-  ``--seconds``, were all stored within ``_LAG_OK_S`` of being sent, without the lag growing.
+  ``--seconds``, were all stored within ``_LAG_OK_S`` of being sent, without the lag growing,
+  with the alerts service (`nabz alerts run`) evaluating the vitals the workers publish.
 
 The load generator is a minimal MQTT client on a raw socket, not paho, so that publishing costs
 as little CPU as possible and the box's two cores go to the system under test. Templates of
@@ -255,9 +256,13 @@ class _Workers:
             # each run its own group: the stopped sessions of earlier runs stay members of theirs
             f'share_group = "bench-{name}"\n'
             f'[influx]\nurl = "http://127.0.0.1:{servers.vm_port}"\ntoken = "bench"\nwaveforms = "chunks"\n'
+            f'[alerts]\nstore_path = "{work / f"alerts-{name}.sqlite"}"\n'
+            f'outbox_path = "{work / f"outbox-{name}.jsonl"}"\n'
             "[enrolment]\n" + "".join(f'"{d}" = "{p}"\n' for d, p in _enrolment(patients).items())
         )
         self.n = workers
+        self.mq_port = servers.mq_port
+        self.with_alerts = False
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
@@ -268,6 +273,15 @@ class _Workers:
                 subprocess.Popen(
                     [sys.executable, "-m", "nabz.cli", "-v", "ingest", "run", "--config", str(self.config)],
                     env=env,
+                    stdout=log,
+                    stderr=log,
+                )  # fmt: skip
+            )
+        if self.with_alerts:  # the alerts service evaluating the vitals ingest publishes
+            log = (self.work / f"alerts-{self.config.stem}.log").open("ab")
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nabz.cli", "alerts", "run", "--config", str(self.config)],
                     stdout=log,
                     stderr=log,
                 )  # fmt: skip
@@ -294,6 +308,8 @@ class _Workers:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.procs = []
+        if self.with_alerts:  # end its persistent session, or the next run's alerts inherit a backlog
+            _end_session(self.mq_port, "nabz-alerts")
 
     def stored(self) -> int:
         if not self.store.exists():
@@ -309,6 +325,18 @@ class _Workers:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+
+def _end_session(port: int, client_id: str) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    c.connect("127.0.0.1", port, clean_start=True)  # session expiry 0: gone at disconnect
+    c.loop_start()
+    time.sleep(0.3)
+    c.disconnect()
+    c.loop_stop()
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -454,6 +482,7 @@ def _realtime(
     work: Path, servers: _Servers, fleet: _Fleet, patients: int, seconds: int, workers: int
 ) -> _RealTime:
     w = _Workers(work, servers, workers, patients, "rt")
+    w.with_alerts = True
     w.start()
     pub = RawPublisher(servers.mq_port, f"bench-pub-rt-{patients}")
     pids = [servers.mq.pid, servers.vm.pid, *w.pids, os.getpid()]
