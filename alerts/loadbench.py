@@ -11,8 +11,11 @@ The SMS cap is lifted (one bench recipient covers every patient); grouping stays
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -66,42 +69,18 @@ def live_latency(
         watch = _Stopwatch()
         service = AlertService(cfg, notifiers=[watch], client_id="nabz-bench-alerts")
         service.start()
-        pub = make_client(mqtt, client_id="nabz-bench-publisher", persistent_session=False)
-        pub.max_inflight_messages_set(1000)
-        connect(pub, mqtt, persistent_session=False)
         deadline = time.monotonic() + 10
-        while not (service.client.is_connected() and pub.is_connected()) and time.monotonic() < deadline:
+        while not service.client.is_connected() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # subscriptions made on connect
-        published_at: dict[tuple[str, int], float] = {}
-        sent = 0
-        lag: list[float] = []
-        start = math.ceil(time.time()) + 1.0
-        n = 0
-        for second in range(seconds):
-            tick = start + second
-            while (wait := tick - time.time()) > 0:
-                time.sleep(min(wait, 0.05))
-            lag_start = time.time()
-            t = datetime.fromtimestamp(tick, UTC)
-            for k in range(1, patients + 1):
-                pid = f"p-{k:04d}"
-                low = pid in desat and second >= desat[pid]
-                spo2 = _DESAT_PCT if low else 97.0
-                for source, device, values in (
-                    ("ecg", f"ecg-{k:04d}", {"hr_bpm": 72.0, "sqi": 0.95, "pause_s": 0.9}),
-                    ("ppg", f"oxi-{k:04d}", {"pr_bpm": 72.0, "spo2_pct": spo2, "sqi": 0.9}),
-                    ("device", f"ecg-{k:04d}", {"hr_bpm": 72.0}),
-                    ("device", f"oxi-{k:04d}", {"spo2_pct": spo2, "pr_bpm": 72.0}),
-                ):
-                    n += 1
-                    v = Vitals(id=f"bench{n:012d}", site="bench", patient=pid, device=device, t=t,
-                               source=source, **values)  # type: ignore[arg-type]  # fmt: skip
-                    pub.publish(contract.vitals_topic("bench", pid), contract.encode(v), qos=1)
-                    sent += 1
-                if low:
-                    published_at[(pid, second)] = time.time()
-            lag.append(time.time() - lag_start)
+        # The load comes from another process, as ingest's would: it must not share our GIL.
+        job = json.dumps({"broker": broker, "patients": patients, "seconds": seconds, "desat": desat,
+                          "start": math.ceil(time.time()) + 2.0})  # fmt: skip
+        out = subprocess.run([sys.executable, "-m", "alerts.loadbench", job], capture_output=True, text=True,
+                             timeout=seconds + 120, check=True)  # fmt: skip
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        published_at = {(k.split("|")[0], int(k.split("|")[1])): at for k, at in got["published_at"].items()}
+        sent, lag = got["sent"], got["lag"]
         time.sleep(3.0)  # let the last alarms through
         latencies: list[float] = []
         for sms in service.store.sms():
@@ -112,7 +91,6 @@ def live_latency(
             if trigger is not None and "REPEAT" not in sms["text"]:
                 latencies.append(accepted - trigger)
         alarms = [a for a in service.store.alarms() if a["kind"] == "spo2_low"]
-        pub.disconnect()
         service.stop()
     return {
         "load_patients": patients,
@@ -125,3 +103,47 @@ def live_latency(
         "live_latency_max_s": round(max(latencies, default=0.0), 3),
         "bad_messages": service.bad_messages,
     }
+
+
+def _publish(broker: str, patients: int, seconds: int, desat: dict[str, int], start: float) -> dict[str, Any]:
+    """The load generator (run as its own process): every patient's vitals once a second, in real time."""
+    mqtt = MqttConfig(url=broker)
+    pub = make_client(mqtt, client_id="nabz-bench-publisher", persistent_session=False)
+    pub.max_inflight_messages_set(1000)
+    connect(pub, mqtt, persistent_session=False)
+    deadline = time.monotonic() + 10
+    while not pub.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    published_at: dict[str, float] = {}
+    lag: list[float] = []
+    n = 0
+    for second in range(seconds):
+        tick = start + second
+        while (wait := tick - time.time()) > 0:
+            time.sleep(min(wait, 0.05))
+        began = time.time()
+        t = datetime.fromtimestamp(tick, UTC)
+        for k in range(1, patients + 1):
+            pid = f"p-{k:04d}"
+            low = pid in desat and second >= desat[pid]
+            spo2 = _DESAT_PCT if low else 97.0
+            for source, device, values in (
+                ("ecg", f"ecg-{k:04d}", {"hr_bpm": 72.0, "sqi": 0.95, "pause_s": 0.9}),
+                ("ppg", f"oxi-{k:04d}", {"pr_bpm": 72.0, "spo2_pct": spo2, "sqi": 0.9}),
+                ("device", f"ecg-{k:04d}", {"hr_bpm": 72.0}),
+                ("device", f"oxi-{k:04d}", {"spo2_pct": spo2, "pr_bpm": 72.0}),
+            ):
+                n += 1
+                v = Vitals(id=f"bench{n:012d}", site="bench", patient=pid, device=device, t=t,
+                           source=source, **values)  # type: ignore[arg-type]  # fmt: skip
+                pub.publish(contract.vitals_topic("bench", pid), contract.encode(v), qos=1)
+            if low:
+                published_at[f"{pid}|{second}"] = time.time()
+        lag.append(time.time() - began)
+    pub.disconnect()
+    return {"published_at": published_at, "sent": n, "lag": lag}
+
+
+if __name__ == "__main__":
+    job = json.loads(sys.argv[1])
+    print(json.dumps(_publish(job["broker"], job["patients"], job["seconds"], job["desat"], job["start"])))

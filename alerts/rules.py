@@ -114,6 +114,7 @@ class BandRule:
     fmt: str = "{:.0f}"
     states: dict[str, dict[str, _Source]] = field(default_factory=dict)  # patient -> source -> state
     dirty: dict[tuple[str, str], float] = field(default_factory=dict)  # (patient, source) -> last unusable
+    _bands: dict[str, list[Band]] = field(default_factory=dict)  # patient -> bands (limits are fixed)
 
     def _beyond(self, x: float, limit: float) -> bool:
         return x < limit if self.direction == "low" else x > limit
@@ -163,7 +164,9 @@ class BandRule:
             st.band_since.clear()  # the delay counts valid data only: poor signal broke the run
             st.since = None
         st.last_valid = t
-        bands = self.bands(lim)
+        bands = self._bands.get(patient)
+        if bands is None:
+            bands = self._bands[patient] = self.bands(lim)
         outer = bands[0].limit
         if self._beyond(x, outer):
             st.ok_since = None
@@ -259,7 +262,9 @@ class News2Rule:
     inner: BandRule
     min_sqi: float
     window_s: float = 60.0
+    every_s: float = 1.0  # the score moves with 60 s medians: once a second is enough
     values: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
+    scored_at: dict[str, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -279,8 +284,9 @@ class News2Rule:
                 got = True
                 q = self.values.setdefault((v.patient, param), deque())
                 q.append((t, float(x)))
-        if not got:
+        if not got or t - self.scored_at.get(v.patient, float("-inf")) < self.every_s:
             return None
+        self.scored_at[v.patient] = t
         parts: dict[str, float] = {}
         for param in ("pulse", "spo2", "resp"):
             recent = self.values.get((v.patient, param))
