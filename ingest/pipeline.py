@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 
 from ingest.decode import decode_reading
+from ingest.dsp.ppg import Calibration
 from ingest.dsp.streams import EcgProcessor, PpgProcessor, PpgWindow, analyse_many
 from ingest.lines import chunk_lines_many, reading_lines, to_ns, vitals_lines
 from ingest.store import Store
@@ -99,10 +100,14 @@ class IngestCore:
         enrolment: dict[str, str] | None = None,
         new_id: Callable[[], str] = contract.new_id,
         waveforms: str = "points",
+        spo2_calibration: Calibration | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
         self._chunks = waveforms == "chunks"
+        if spo2_calibration is not None:
+            PpgProcessor(100.0, calibration=spo2_calibration)  # a malformed table fails here, at start
+        self._calibration = spo2_calibration
         self.new_id = new_id
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)
@@ -278,7 +283,7 @@ class IngestCore:
         elif isinstance(r, PpgReading):
             prate, pproc = self._ppg.get(r.device, (0, None))
             if pproc is None or prate != r.rate_hz:
-                pproc = PpgProcessor(float(r.rate_hz))
+                pproc = PpgProcessor(float(r.rate_hz), calibration=self._calibration)
                 self._ppg[r.device] = (r.rate_hz, pproc)
             red = np.asarray(r.red_counts, dtype=np.float64)
             ir = np.asarray(r.ir_counts, dtype=np.float64)

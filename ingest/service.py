@@ -28,7 +28,7 @@ from ingest.partition import device_filter, owned_devices
 from ingest.pipeline import BatchResult, IngestCore, Message
 from ingest.store import Store
 from nabz import contract
-from nabz.config import Config
+from nabz.config import Config, ConfigError
 from nabz.mqtt import connect, make_client, reason_ok
 
 __all__ = ["IngestService"]
@@ -68,9 +68,16 @@ class IngestService:
             cid = f"{cid}-{config.ingest.worker}"
         spill = config.influx.spill_dir or str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
         self.sink = InfluxSink(config.influx, spill_dir=spill) if config.influx.url else None
-        self.core = IngestCore(
-            self.store, sink=self.sink, enrolment=config.enrolment, waveforms=config.influx.waveforms
-        )
+        try:
+            self.core = IngestCore(
+                self.store,
+                sink=self.sink,
+                enrolment=config.enrolment,
+                waveforms=config.influx.waveforms,
+                spo2_calibration=config.ingest.spo2_calibration,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"ingest.spo2_calibration: {exc}") from exc
         self.on_vitals = on_vitals
         self._queue: queue.SimpleQueue[_Incoming] = queue.SimpleQueue()
         self._stop = threading.Event()

@@ -121,6 +121,10 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workers: int = 1  # ingest workers sharing the readings (docs/scale.md); each has its own --worker
     worker: int = 0  # this worker's slot, 0 .. workers - 1
     share_group: str = "nabz-ingest"  # MQTT v5 shared-subscription group of the workers
+    # SpO2 calibration of the PPG sensor, fitted against a reference oximeter or arterial blood
+    # for this sensor and enclosure: [[R, SpO2 %], ...], R increasing. Unset: the generic curve
+    # 110 - 25 R, and every PPG SpO2 is reported uncalibrated (docs/contract.md "Derived vitals").
+    spo2_calibration: list[tuple[float, float]] | None = None
 
 
 AlarmPriority = Literal["high", "medium", "low"]

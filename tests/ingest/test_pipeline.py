@@ -86,3 +86,33 @@ def test_vitals_are_derived_from_simulated_waveforms(tmp_path: Path) -> None:
     assert ecg_hr and abs(ecg_hr[-1] - patient.patient.hr_bpm) < 5
     assert spo2 and abs(spo2[-1].spo2_pct - patient.patient.spo2_pct) < 2  # type: ignore[operator]
     assert all(not v.spo2_calibrated for v in spo2)
+
+
+def test_a_configured_spo2_calibration_is_applied_and_reported(tmp_path: Path) -> None:
+    (patient,) = make_patients(1, seed=3)
+    decoder = Decoder("demo", "gw-0001")
+    enrolment = {d.device_id: patient.patient_id for d in patient.devices}
+    table = [(0.3, 100.0), (0.6, 97.0), (1.2, 80.0)]  # as fitted against a reference oximeter
+    core = IngestCore(Store(tmp_path / "s.sqlite"), enrolment=enrolment, spo2_calibration=table)
+    vitals = []
+    for second in range(12):
+        batch = []
+        for n in patient.oximeter.advance(1.0):
+            r = decoder.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + second * 1_000_000))
+            assert not isinstance(r, Rejected)
+            batch.append(
+                Message(
+                    contract.reading_topic("demo", "gw-0001", r.device, contract.stream_of(r)),
+                    contract.encode(r),
+                    0.0,
+                )
+            )
+        vitals += core.handle_batch(batch).vitals
+    ppg = [v for v in vitals if v.source == "ppg" and v.spo2_pct is not None]
+    assert ppg and all(v.spo2_calibrated for v in ppg)
+    try:
+        IngestCore(Store(tmp_path / "t.sqlite"), spo2_calibration=[(0.6, 97.0), (0.3, 100.0)])
+    except ValueError as exc:
+        assert "increasing" in str(exc)
+    else:
+        raise AssertionError("a table with R decreasing must be refused")
