@@ -267,7 +267,7 @@ class ModemConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     port: str = "/dev/ttyUSB0"
     baudrate: int = 115200
-    sim_pin: str | None = None
+    sim_pin: str | int | None = None  # an int when it came from the environment as digits
     delivery_reports: bool = True
     max_per_minute: int = 6  # operators block SIMs that send too fast
     command_timeout_s: float = 10.0
