@@ -101,6 +101,7 @@ class IngestCore:
         new_id: Callable[[], str] = contract.new_id,
         waveforms: str = "points",
         spo2_calibration: Calibration | None = None,
+        keep_payloads: bool = True,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -108,6 +109,7 @@ class IngestCore:
         if spo2_calibration is not None:
             PpgProcessor(100.0, calibration=spo2_calibration)  # a malformed table fails here, at start
         self._calibration = spo2_calibration
+        self._keep_payloads = keep_payloads
         self.new_id = new_id
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)
@@ -175,7 +177,7 @@ class IngestCore:
                 (
                     a.reading.id, a.msg.received_at, a.reading.site, a.reading.gateway, a.reading.device,
                     a.patient, contract.stream_of(a.reading), to_ns(a.reading.t),
-                    contract.reading_count(a.reading), a.msg.payload,
+                    contract.reading_count(a.reading), a.msg.payload if self._keep_payloads else b"",
                 )
                 for a in accepted
             ]  # fmt: skip

@@ -75,6 +75,7 @@ class IngestService:
                 enrolment=config.enrolment,
                 waveforms=config.influx.waveforms,
                 spo2_calibration=config.ingest.spo2_calibration,
+                keep_payloads=config.ingest.keep_payloads or self.sink is None,
             )
         except ValueError as exc:
             raise ConfigError(f"ingest.spo2_calibration: {exc}") from exc
@@ -91,6 +92,7 @@ class IngestService:
         self._subscribed: set[str] = set()
         self._sub_lock = threading.Lock()
         self._next_sync = 0.0
+        self._next_prune = 0.0
         self.client = make_client(
             config.mqtt,
             client_id=cid,
@@ -162,6 +164,12 @@ class IngestService:
     def _run(self) -> None:
         pending: list[_Incoming] = []
         while not self._stop.is_set():
+            if self.sink is not None and time.monotonic() >= self._next_prune:
+                # InfluxDB is the store: the embedded one is a dedup ledger of dedup_window_h
+                self._next_prune = time.monotonic() + 600.0
+                cutoff = self.clock() - self.config.ingest.dedup_window_h * 3600.0
+                if gone := self.store.prune(cutoff):
+                    log.info("ingest: %d messages older than the dedup window pruned", gone)
             if self._partitioned and time.monotonic() >= self._next_sync and self.connected.is_set():
                 self._next_sync = time.monotonic() + 2.0  # enrolment changes are picked up this fast
                 self._sync_subscriptions()

@@ -147,6 +147,22 @@ class Store:
         self.bump("duplicates", len(rows) - n)
         return stored
 
+    def prune(self, received_before: float, *, chunk: int = 5000) -> int:
+        """Forget stored messages received before this time (epoch s), a chunk per transaction so
+        that writers are never held up long. Returns how many went."""
+        gone = 0
+        while True:
+            with self.batch():
+                cur = self.db.execute(
+                    "DELETE FROM messages WHERE rowid IN "
+                    "(SELECT rowid FROM messages WHERE received_at < ? LIMIT ?)",
+                    (received_before, chunk),
+                )
+                self.bump("pruned_messages", cur.rowcount)
+            gone += cur.rowcount
+            if cur.rowcount < chunk:
+                return gone
+
     def add_message(
         self,
         message_id: str,

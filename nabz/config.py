@@ -116,7 +116,8 @@ class InfluxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_path: str = "var/nabz.sqlite"  # embedded store: readings, dead letters, dedup, enrolment
-    dedup_window_h: float = 24.0 * 7
+    dedup_window_h: float = 24.0 * 7  # with InfluxDB: message ids (and payloads) kept this long
+    keep_payloads: bool = True  # raw messages in the store; with InfluxDB as the store they can go
     client_id: str = "nabz-ingest"
     workers: int = 1  # ingest workers sharing the readings (docs/scale.md); each has its own --worker
     worker: int = 0  # this worker's slot, 0 .. workers - 1
