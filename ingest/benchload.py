@@ -254,7 +254,7 @@ class _Workers:
             f'site = "{_SITE}"\n[mqtt]\nurl = "mqtt://127.0.0.1:{servers.mq_port}"\n'
             f'[ingest]\nstore_path = "{self.store}"\nworkers = {workers}\nclient_id = "bench-{name}"\n'
             # each run its own group: the stopped sessions of earlier runs stay members of theirs
-            f'share_group = "bench-{name}"\n'
+            f'share_group = "bench-{name}"\nkeep_payloads = false\n'
             f'[influx]\nurl = "http://127.0.0.1:{servers.vm_port}"\ntoken = "bench"\nwaveforms = "chunks"\n'
             f'[alerts]\nstore_path = "{work / f"alerts-{name}.sqlite"}"\n'
             f'outbox_path = "{work / f"outbox-{name}.jsonl"}"\n'
