@@ -1,8 +1,8 @@
 """The alerts runner: derived vitals and gateway status in over MQTT, the engine, alarm events out
 (retained), and a dispatcher thread that owns the notifiers.
 
-paho's thread queues; one worker thread owns the engine, feeds it vitals and status and ticks it
-once a second; the dispatcher thread sends what the engine queued (woken at once when it queues)
+paho's thread queues; one worker thread owns the engine, feeds it vitals, status and commands
+from the nurse page (`nabz/v1/<site>/alerts/command`) and ticks it once a second; the dispatcher thread sends what the engine queued (woken at once when it queues)
 and polls notifiers that receive (a modem's incoming SMS and delivery reports). The store is
 their only shared state.
 """
@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 import paho.mqtt.client as paho
@@ -27,12 +28,37 @@ from nabz.config import Config
 from nabz.contract import AlarmEvent, GatewayStatus, Vitals
 from nabz.mqtt import connect, make_client, reason_ok
 
-__all__ = ["AlertService"]
+__all__ = ["AlertService", "AlarmCommand", "command_topic", "COMMAND_FILTER"]
 
 log = logging.getLogger(__name__)
 
 _vitals_decoder = msgspec.json.Decoder(Vitals)
 _status_decoder = msgspec.json.Decoder(GatewayStatus)
+
+
+class AlarmCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """A command from the nurse page on `nabz/v1/<site>/alerts/command` (docs/contract.md section 4)."""
+
+    v: Literal[1] = 1
+    id: str
+    action: Literal["ack", "silence", "unsilence"]
+    by: str
+    code: str | None = None  # ack: the alarm's code or its alarm_id
+    patient: str | None = None  # silence
+    kind: str = "*"
+    duration_s: float | None = None
+    reason: str = ""
+    silence_id: str | None = None  # unsilence
+
+
+_command_decoder = msgspec.json.Decoder(AlarmCommand)
+
+
+def command_topic(site: str) -> str:
+    return f"{contract.ROOT}/{site}/alerts/command"
+
+
+COMMAND_FILTER = f"{contract.ROOT}/+/alerts/command"
 
 
 class AlertService:
@@ -62,7 +88,7 @@ class AlertService:
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
-            client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1)])
+            client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1), (COMMAND_FILTER, 1)])
 
     def start(self) -> None:
         connect(self.client, self.config.mqtt, persistent_session=True)
@@ -83,6 +109,15 @@ class AlertService:
         try:
             if topic.endswith("/status"):
                 return self.engine.gateway_status(_status_decoder.decode(payload), now)
+            if topic.endswith("/alerts/command"):
+                c = _command_decoder.decode(payload)
+                args = {
+                    k: v
+                    for k, v in msgspec.structs.asdict(c).items()
+                    if v is not None and k not in ("v", "id")
+                }
+                self.store.add_command(now, c.action, args, f"mqtt:{c.by}")
+                return self.engine.tick(now)  # applied at once, in order with everything else
             return self.engine.observe(_vitals_decoder.decode(payload), now)
         except msgspec.DecodeError as exc:
             self.bad_messages += 1

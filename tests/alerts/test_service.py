@@ -7,6 +7,7 @@ the broker, never for time to pass.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from alerts.service import AlertService
+from alerts.service import AlertService, command_topic
 from alerts.store import AlertStore
 from nabz import contract
 from nabz.cli import main
@@ -113,6 +114,21 @@ def test_vitals_in_alarm_out_sms_sent_and_acknowledged_from_the_command_line(
         wait_for(lambda: (e := watcher.get("p-0001", "spo2_low")) is not None and e.state == "acknowledged")
         assert watcher.get("p-0001", "spo2_low").acknowledged_by == "farah"  # type: ignore[union-attr]
         assert main(["alerts", "list", "--config", str(config_file)]) == 0
+
+        # The nurse page acknowledges over MQTT (docs/contract.md section 4).
+        for i in range(20):
+            clock.now = T0 + 20 + i
+            pub.publish(
+                contract.vitals_topic("demo", "p-0001"),
+                contract.encode(v(T0 + 20 + i, source="ecg", hr_bpm=170.0)),
+                qos=1,
+            )
+        wait_for(lambda: watcher.get("p-0001", "hr_high") is not None)
+        hr = service.engine.open[("p-0001", "hr_high")]
+        command = {"v": 1, "id": "cmd-00000001", "action": "ack", "code": hr.ack_code, "by": "nurse.sana"}
+        pub.publish(command_topic("demo"), json.dumps(command), qos=1)
+        wait_for(lambda: (e := watcher.get("p-0001", "hr_high")) is not None and e.state == "acknowledged")
+        assert watcher.get("p-0001", "hr_high").acknowledged_by == "nurse.sana"  # type: ignore[union-attr]
     finally:
         pub.loop_stop()
         pub.disconnect()
