@@ -20,7 +20,14 @@ from nabz import config as config_mod
 __all__ = ["main", "build_parser", "add_config_option", "load_config", "serve", "Service"]
 
 # The modules that add commands, in the order their commands are listed in --help.
-COMMAND_MODULES = ("nabz.commands", "gateway.commands", "ingest.commands", "alerts.commands", "dashboards.commands")
+COMMAND_MODULES = (
+    "nabz.commands",
+    "gateway.commands",
+    "ingest.commands",
+    "alerts.commands",
+    "dashboards.commands",
+    "dashboards.station_commands",
+)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -23,6 +23,7 @@ __all__ = [
     "BleConfig",
     "SerialConfig",
     "EnrolledDevice",
+    "StationConfig",
     "load",
     "ConfigError",
     "redacted",
@@ -292,6 +293,25 @@ class GrafanaConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     folder: str = "Nabz"
 
 
+class StationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The nurse station web page (`nabz station run`, docs/dashboards.md "Nurse station")."""
+
+    host: str = "127.0.0.1"  # listen address; put TLS in front (or set the two files below)
+    port: int = 8080
+    db_path: str = "var/station.sqlite"  # users (argon2id hashes), sessions, audit log; created 0600
+    tls_cert_file: str | None = None  # serve HTTPS directly (cookies are then marked Secure)
+    tls_key_file: str | None = None
+    cookie_secure: bool = False  # mark cookies Secure although TLS ends in a proxy in front
+    session_idle_s: float = 1800.0  # automatic logoff after this long without a user action
+    session_max_s: float = 12 * 3600.0  # ... and after this long whatever happens (one shift)
+    login_max_failures: int = 5  # per user name within login_window_s; an address gets 4 times as many
+    login_window_s: float = 900.0
+    stale_after_s: float = 15.0  # a tile without vitals this long is shown as stale (no data)
+    strip_before_s: float = 12.0  # ECG/PPG strip around an alarm: seconds before it was raised ...
+    strip_after_s: float = 6.0  # ... and after
+    client_id: str = "nabz-station"
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     site: str = "demo"
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
@@ -304,6 +324,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     modem: ModemConfig = msgspec.field(default_factory=ModemConfig)
     sms_http: SmsHttpConfig = msgspec.field(default_factory=SmsHttpConfig)
     grafana: GrafanaConfig = msgspec.field(default_factory=GrafanaConfig)
+    station: StationConfig = msgspec.field(default_factory=StationConfig)
     enrolment: dict[str, str] = msgspec.field(default_factory=dict)  # device id -> patient id
 
 

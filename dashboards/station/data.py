@@ -1,0 +1,207 @@
+"""What the station reads from the other services' files, read-only: the ingest store (derived
+vitals for trends, raw waveform messages for strips, enrolment) and the alert store (alarms,
+silences).
+
+Rules of this file:
+- Read-only connections (`mode=ro`), one per call: the station never writes another service's
+  file, and a file that does not exist yet (ingest not started) reads as empty.
+- The tables and columns read here are those of ingest/store.py and alerts/store.py; a change
+  there must change this file (tests/dashboards/station/test_data.py writes through the real
+  stores and reads back through this module).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from dashboards.station.strips import Segment
+from nabz.contract import Vitals
+
+__all__ = ["Records", "TREND_FIELDS"]
+
+log = logging.getLogger(__name__)
+
+# (source, column) pairs the trends draw.
+TREND_FIELDS = (
+    ("ecg", "hr_bpm"), ("device", "hr_bpm"), ("ppg", "pr_bpm"), ("device", "pr_bpm"),
+    ("device", "spo2_pct"), ("ppg", "spo2_pct"), ("ecg", "sqi"), ("ppg", "sqi"),
+    ("device", "battery_pct"), ("ecg", "resp_bpm"), ("ppg", "resp_bpm"),
+)  # fmt: skip
+_LATEST = ("hr_bpm", "pr_bpm", "spo2_pct", "sqi", "battery_pct", "resp_bpm")
+
+
+class _Wave(msgspec.Struct, kw_only=True):
+    rate_hz: int
+    flags: list[str] = []
+    signal_uv: list[int] | None = None
+    ir_counts: list[int] | None = None
+
+
+_wave = msgspec.json.Decoder(_Wave)
+
+
+class Records:
+    def __init__(self, ingest_path: str | Path, alerts_path: str | Path) -> None:
+        self.ingest_path = Path(ingest_path)
+        self.alerts_path = Path(alerts_path)
+
+    @contextmanager
+    def _open(self, path: Path) -> Iterator[sqlite3.Connection | None]:
+        if not path.exists():
+            yield None
+            return
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        except sqlite3.Error as exc:
+            log.warning("station: cannot open %s read-only: %s", path, exc)
+            yield None
+            return
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def _rows(self, path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._open(path) as db:
+            if db is None:
+                return []
+            try:
+                return db.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:  # a table not created yet
+                log.debug("station: %s: %s", path, exc)
+                return []
+
+    # --- ingest store -------------------------------------------------------------------------
+    def enrolled_patients(self) -> set[str]:
+        return {r[0] for r in self._rows(self.ingest_path, "SELECT DISTINCT patient FROM enrolment")}
+
+    def latest_vitals(self, since: float) -> list[Vitals]:
+        """The latest value of each quantity per patient and source since `since` (epoch s), one
+        Vitals message per value, to fill the tiles at start-up."""
+        out: list[Vitals] = []
+        for col in _LATEST:
+            # SQLite returns the bare columns of the row holding MAX(t_ns) in each group.
+            rows = self._rows(
+                self.ingest_path,
+                f"SELECT site, patient, device, source, MAX(t_ns), {col}, spo2_calibrated FROM vitals "
+                f"WHERE t_ns > ? AND {col} IS NOT NULL GROUP BY patient, source",
+                (int(since * 1e9),),
+            )
+            for site, patient, device, source, t_ns, x, cal in rows:
+                values: dict[str, Any] = {col: x}
+                if col == "spo2_pct":
+                    values["spo2_calibrated"] = bool(cal)
+                try:
+                    out.append(
+                        Vitals(id=f"station-start-{len(out):08d}", site=site, patient=patient, device=device,
+                               t=datetime.fromtimestamp(t_ns / 1e9, UTC), source=source, **values)
+                    )  # fmt: skip
+                except (TypeError, msgspec.ValidationError) as exc:
+                    log.debug("station: skipping a stored vitals row: %s", exc)
+        return out
+
+    def trend(
+        self, patient: str, start: float, end: float, bucket_s: float
+    ) -> dict[str, list[tuple[float, float, float, float]]]:
+        """(bucket middle, mean, min, max) per "<source>.<column>" between start and end."""
+        bucket_ns = max(1, int(bucket_s * 1e9))
+        cols = sorted({c for _, c in TREND_FIELDS})
+        select = ", ".join(f"AVG({c}), MIN({c}), MAX({c})" for c in cols)
+        rows = self._rows(
+            self.ingest_path,
+            f"SELECT source, t_ns / ? AS b, {select} FROM vitals WHERE patient = ? AND t_ns >= ? AND t_ns < ? "
+            "GROUP BY source, b ORDER BY b",
+            (bucket_ns, patient, int(start * 1e9), int(end * 1e9)),
+        )
+        wanted = set(TREND_FIELDS)
+        out: dict[str, list[tuple[float, float, float, float]]] = {}
+        for r in rows:
+            source, b = r[0], r[1]
+            mid = (b + 0.5) * bucket_ns / 1e9
+            for i, c in enumerate(cols):
+                mean, lo, hi = r[2 + 3 * i : 5 + 3 * i]
+                if mean is not None and (source, c) in wanted:
+                    out.setdefault(f"{source}.{c}", []).append((mid, float(mean), float(lo), float(hi)))
+        return out
+
+    def waveforms(self, patient: str, stream: str, start: float, end: float) -> tuple[str | None, list[Segment], int]:
+        """Segments of the device with the most samples for this patient and stream in [start, end];
+        also how many stored messages had no payload (ingest.keep_payloads = false)."""
+        rows = self._rows(
+            self.ingest_path,
+            "SELECT device, t_ns, payload FROM messages WHERE patient = ? AND stream = ? AND t_ns >= ? AND t_ns <= ? "
+            "ORDER BY t_ns",
+            (patient, stream, int((start - 5.0) * 1e9), int(end * 1e9)),
+        )
+        by_device: dict[str, list[Segment]] = {}
+        empty = 0
+        for device, t_ns, payload in rows:
+            if not payload:
+                empty += 1
+                continue
+            try:
+                w = _wave.decode(payload)
+            except msgspec.DecodeError:
+                continue
+            samples = w.signal_uv if stream == "ecg" else w.ir_counts
+            if samples:
+                by_device.setdefault(device, []).append(Segment(t_ns / 1e9, float(w.rate_hz), samples, tuple(w.flags)))
+        if not by_device:
+            return None, [], empty
+        device = max(by_device, key=lambda d: sum(len(s.samples) for s in by_device[d]))
+        return device, by_device[device], empty
+
+    # --- alert store --------------------------------------------------------------------------
+    def alarms(self, patient: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Alarms newest first (as alerts/lifecycle.Alarm fields), without the SMS acknowledgement code."""
+        where, args = ("WHERE patient = ?", (patient,)) if patient else ("", ())
+        rows = self._rows(
+            self.alerts_path, f"SELECT data FROM alarms {where} ORDER BY raised_at DESC LIMIT ?", (*args, limit)
+        )
+        out = []
+        for (data,) in rows:
+            a = json.loads(data)
+            a.pop("ack_code", None)  # what a doctor texts back: not for the page
+            out.append(a)
+        return out
+
+    def open_alarms(self) -> list[dict[str, Any]]:
+        rows = self._rows(self.alerts_path, "SELECT data FROM alarms WHERE state != 'cleared' ORDER BY raised_at")
+        out = []
+        for (data,) in rows:
+            a = json.loads(data)
+            a.pop("ack_code", None)
+            out.append(a)
+        return out
+
+    def alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        rows = self._rows(self.alerts_path, "SELECT data FROM alarms WHERE alarm_id = ?", (alarm_id,))
+        if not rows:
+            return None
+        a: dict[str, Any] = json.loads(rows[0][0])
+        a.pop("ack_code", None)
+        return a
+
+    def silences(self, now: float, patient: str | None = None) -> list[dict[str, Any]]:
+        """Silences in force (for this patient, or for every patient with "*")."""
+        rows = self._rows(
+            self.alerts_path,
+            "SELECT silence_id, patient, kind, starts_at, ends_at, created_by, reason FROM silences "
+            "WHERE ends_at > ? ORDER BY starts_at",
+            (now,),
+        )
+        keys = ("silence_id", "patient", "kind", "starts_at", "ends_at", "created_by", "reason")
+        out = [dict(zip(keys, r, strict=True)) for r in rows]
+        return [s for s in out if patient is None or s["patient"] in (patient, "*")]
+
+    def patients_with_alarms(self) -> set[str]:
+        return {r[0] for r in self._rows(self.alerts_path, "SELECT DISTINCT patient FROM alarms")}

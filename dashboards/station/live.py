@@ -1,0 +1,258 @@
+"""The live side of the station: MQTT in (derived vitals, alarm events), server-sent events out,
+alarm commands back to the alerts service.
+
+paho's network thread only hands messages to the web server's event loop
+(`call_soon_threadsafe`); everything else runs on that loop, so the ward needs no lock. Changed
+tiles are sent at most every `flush_s` (0.2 s): a ward of hundreds of patients sends a few
+hundred messages a second, and a browser needs a tile redrawn, not every message.
+
+Each browser holds a bounded queue; one that falls behind by more than `_QUEUE_FRAMES` frames is
+disconnected (the EventSource reconnects and starts again from a snapshot) rather than allowed to
+grow the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import paho.mqtt.client as paho
+
+from alerts.service import command_topic
+from dashboards.station.data import Records
+from dashboards.station.ward import Ward
+from nabz import contract
+from nabz.config import Config
+from nabz.contract import AlarmEvent, Vitals
+from nabz.mqtt import connect, make_client, reason_ok
+
+__all__ = ["Hub", "Client", "sse"]
+
+log = logging.getLogger(__name__)
+
+_QUEUE_FRAMES = 2000
+_vitals = msgspec.json.Decoder(Vitals)
+_alarm = msgspec.json.Decoder(AlarmEvent)
+
+
+def sse(event: str, data: Any) -> str:
+    """One server-sent event (text/event-stream): `event:` and a single-line JSON `data:`."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@dataclass(eq=False)
+class Client:
+    patient: str | None  # None: the whole ward
+    queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(_QUEUE_FRAMES))
+
+    def wants(self, patient: str) -> bool:
+        return self.patient is None or self.patient == patient
+
+
+class Hub:
+    def __init__(
+        self,
+        config: Config,
+        records: Records,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_s: float = 0.2,
+        ping_s: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.records = records
+        self.clock = clock
+        self.flush_s = flush_s
+        self.ping_s = ping_s
+        labels = {p: c.label for p, c in config.alerts.patients.items() if c.label}
+        self.ward = Ward(config.station.stale_after_s, labels)
+        self.clients: set[Client] = set()
+        self.connected = False
+        self.messages = 0
+        self.bad_messages = 0
+        self.commands_sent: dict[str, int] = {}
+        self.dropped_clients = 0
+        self._dirty: set[str] = set()
+        self._stale: set[str] = set()
+        self._waiters: list[tuple[str, asyncio.Future[dict[str, Any] | None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: paho.Client | None = None
+
+    # --- life ---------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Patients and their latest state from the stores, before any MQTT message arrives."""
+        now = self.clock()
+        for p in sorted(set(self.config.enrolment.values()) | self.records.enrolled_patients()):
+            self.ward.add_patient(p)
+        for p in self.config.alerts.patients:
+            self.ward.add_patient(p)
+        for v in self.records.latest_vitals(now - 24 * 3600):
+            self.ward.vitals(v)
+        for a in self.records.open_alarms():
+            self.ward.alarm_data(a)
+        self._stale = {p for p in self.ward.patients if self.ward.stale(p, now)}
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.load)
+        site = self.config.site
+        client = make_client(self.config.mqtt, client_id=self.config.station.client_id)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        self._topics = [(contract.vitals_topic(site, "+"), 1), (f"{contract.ROOT}/{site}/patient/+/alarm/+", 1)]
+        connect(client, self.config.mqtt)
+        self._task = asyncio.create_task(self._flusher(), name="station-flusher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for c in list(self.clients):
+            self._close(c)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    # --- MQTT (paho's thread) -----------------------------------------------------------------
+    def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if reason_ok(reason):
+            client.subscribe(self._topics)
+            self.connected = True
+        else:
+            log.warning("station: broker refused the connection: %s", reason)
+
+    def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, _r: object, _p: object) -> None:
+        self.connected = False
+
+    def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.handle, m.topic, bytes(m.payload))
+
+    # --- on the loop --------------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Apply one MQTT message to the ward (called on the event loop)."""
+        self.messages += 1
+        try:
+            if topic.endswith("/vitals"):
+                v = _vitals.decode(payload)
+                self.ward.vitals(v)
+                self._dirty.add(v.patient)
+            elif "/alarm/" in topic:
+                if not payload:
+                    return  # a retained message being deleted
+                e = _alarm.decode(payload)
+                self.ward.alarm(e)
+                self._dirty.add(e.patient)
+                self._wake(e.alarm_id)
+        except msgspec.DecodeError as exc:
+            self.bad_messages += 1
+            log.warning("station: ignoring a malformed message on %s: %s", topic, exc)
+
+    def _wake(self, alarm_id: str) -> None:
+        state = self.ward.open_alarm(alarm_id)
+        keep = []
+        for wanted, fut in self._waiters:
+            if wanted == alarm_id and not fut.done():
+                fut.set_result(state)
+            elif not fut.done():
+                keep.append((wanted, fut))
+        self._waiters = keep
+
+    async def wait_alarm(self, alarm_id: str, timeout_s: float) -> dict[str, Any] | None | str:
+        """The alarm's state at its next event (None once it cleared), or "timeout"."""
+        assert self._loop is not None
+        fut: asyncio.Future[dict[str, Any] | None] = self._loop.create_future()
+        self._waiters.append((alarm_id, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return "timeout"
+
+    def snapshot(self, patient: str | None = None) -> dict[str, Any]:
+        now = self.clock()
+        tiles = self.ward.tiles(now)
+        if patient is not None:
+            tiles = [t for t in tiles if t["patient"] == patient]
+        return {"now": now, "tiles": tiles, "summary": self.ward.summary(now)}
+
+    def subscribe(self, patient: str | None) -> Client:
+        c = Client(patient)
+        self.clients.add(c)
+        return c
+
+    def unsubscribe(self, c: Client) -> None:
+        self.clients.discard(c)
+
+    def _close(self, c: Client) -> None:
+        self.clients.discard(c)
+        while not c.queue.empty():  # make room for the end marker
+            c.queue.get_nowait()
+        c.queue.put_nowait(None)
+
+    def _send(self, c: Client, frame: str) -> None:
+        try:
+            c.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped_clients += 1
+            log.warning("station: a browser fell %d events behind; disconnecting it", _QUEUE_FRAMES)
+            self._close(c)
+
+    def flush(self) -> None:
+        """Send changed tiles (and tiles that went stale or fresh) to every browser that shows them."""
+        now = self.clock()
+        stale = {p for p in self.ward.patients if self.ward.stale(p, now)}
+        self._dirty |= stale ^ self._stale
+        self._stale = stale
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        frames = {p: sse("tile", self.ward.tile(p, now)) for p in dirty}
+        summary = sse("summary", self.ward.summary(now))
+        for c in list(self.clients):
+            for p, frame in frames.items():
+                if c.wants(p):
+                    self._send(c, frame)
+            if c.patient is None:
+                self._send(c, summary)
+
+    async def _flusher(self) -> None:
+        next_ping = 0.0
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                self.flush()
+                if time.monotonic() >= next_ping:
+                    next_ping = time.monotonic() + self.ping_s
+                    frame = sse("ping", {"now": self.clock(), "mqtt": self.connected})
+                    for c in list(self.clients):
+                        self._send(c, frame)
+            except Exception:  # one bad tile must not stop every page
+                log.exception("station: flush")
+
+    # --- commands -----------------------------------------------------------------------------
+    def publish_command(self, command: dict[str, Any], timeout_s: float = 5.0) -> bool:
+        """Publish one alarm command (QoS 1) and wait for the broker's PUBACK; blocking (a thread).
+
+        Refused at once when the broker is not connected: a command queued in paho for minutes and
+        applied later would surprise the nurse who clicked."""
+        if self._client is None or not self.connected:
+            return False
+        payload = {"v": 1, "id": contract.new_id(), **command}
+        info = self._client.publish(command_topic(self.config.site), json.dumps(payload), qos=1)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("station: command not published: %s", exc)
+            return False
+        ok = info.is_published()
+        if ok:
+            self.commands_sent[command["action"]] = self.commands_sent.get(command["action"], 0) + 1
+        return ok
