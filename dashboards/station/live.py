@@ -3,7 +3,7 @@ alarm commands back to the alerts service.
 
 paho's network thread only hands messages to the web server's event loop
 (`call_soon_threadsafe`); everything else runs on that loop, so the ward needs no lock. Changed
-tiles are sent at most every `flush_s` (0.2 s): a ward of hundreds of patients sends a few
+tiles are sent as soon as they change, but at most every `flush_s` (0.2 s): a ward of hundreds of patients sends a few
 hundred messages a second, and a browser needs a tile redrawn, not every message.
 
 Each browser holds a bounded queue; one that falls behind by more than `_QUEUE_FRAMES` frames is
@@ -14,6 +14,7 @@ grow the server's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -84,6 +85,8 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: paho.Client | None = None
+        self._kick = asyncio.Event()  # something changed: flush soon
+        self._topics: list[tuple[str, int]] = []
 
     # --- life ---------------------------------------------------------------------------------
     def load(self) -> None:
@@ -145,12 +148,14 @@ class Hub:
                 v = _vitals.decode(payload)
                 self.ward.vitals(v)
                 self._dirty.add(v.patient)
+                self._kick.set()
             elif "/alarm/" in topic:
                 if not payload:
                     return  # a retained message being deleted
                 e = _alarm.decode(payload)
                 self.ward.alarm(e)
                 self._dirty.add(e.patient)
+                self._kick.set()
                 self._wake(e.alarm_id)
         except msgspec.DecodeError as exc:
             self.bad_messages += 1
@@ -224,9 +229,18 @@ class Hub:
                 self._send(c, summary)
 
     async def _flusher(self) -> None:
+        """Flush as soon as something changed, but at most every `flush_s`; at least once a second
+        (tiles go stale with no message at all)."""
         next_ping = 0.0
+        last = 0.0
         while True:
-            await asyncio.sleep(self.flush_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), 1.0)
+            self._kick.clear()
+            wait = last + self.flush_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last = time.monotonic()
             try:
                 self.flush()
                 if time.monotonic() >= next_ping:
