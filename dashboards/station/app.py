@@ -361,10 +361,11 @@ def create_app(
                 yield "retry: 2000\n\n"
                 yield sse("hello", {**hello, "now": st.clock()})
                 yield sse("snapshot", st.hub.snapshot(pid))
-                next_check = time.monotonic() + 5.0
+                every = st.hub.ping_s
+                next_check = time.monotonic() + every
                 while True:
                     try:
-                        frame = await asyncio.wait_for(client.queue.get(), 5.0)
+                        frame = await asyncio.wait_for(client.queue.get(), every)
                     except TimeoutError:
                         frame = ""
                     if frame is None:
@@ -372,7 +373,7 @@ def create_app(
                     if frame:
                         yield frame
                     if time.monotonic() >= next_check:  # automatic logoff reaches open pages too
-                        next_check = time.monotonic() + 5.0
+                        next_check = time.monotonic() + every
                         still, why = await asyncio.to_thread(st.authenticate, request)
                         if still is None:
                             yield sse("logout", {"reason": why or "logged out"})

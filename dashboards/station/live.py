@@ -115,6 +115,15 @@ class Hub:
         connect(client, self.config.mqtt)
         self._task = asyncio.create_task(self._flusher(), name="station-flusher")
 
+    def close_all(self) -> None:
+        """End every event stream (before the server shuts down: it waits for open responses)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_all)
+
+    def _close_all(self) -> None:
+        for c in list(self.clients):
+            self._close(c)
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -136,8 +145,12 @@ class Hub:
         self.connected = False
 
     def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        self.feed(m.topic, bytes(m.payload))
+
+    def feed(self, topic: str, payload: bytes) -> None:
+        """Hand one message to the ward from any thread (what paho's callback does)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.handle, m.topic, bytes(m.payload))
+            self._loop.call_soon_threadsafe(self.handle, topic, payload)
 
     # --- on the loop --------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> None:

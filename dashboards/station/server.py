@@ -4,6 +4,7 @@ demo and the tests (the one place that knows uvicorn)."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,20 +62,33 @@ class StationServer:
         return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="nabz-station", daemon=True)
+        # Bind here, before anything starts: a taken port is a clear error, not a thread dying later.
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise StationError(f"the nurse station could not listen on {self.host}:{self.port}: {exc}") from exc
+        self.port = int(sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="nabz-station", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise StationError(f"the nurse station could not listen on {self.host}:{self.port}")
+                raise StationError(f"the nurse station did not start on {self.url}; see the log")
             time.sleep(0.02)
-        for server in self._server.servers:
-            for sock in server.sockets:
-                self.port = int(sock.getsockname()[1])
-                break
         log.info("nurse station on %s", self.url)
 
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            self._server.run(sockets=[sock])
+        except SystemExit:  # uvicorn exits on a failed start; `start` reports it
+            log.error("nurse station: the server stopped at start-up")
+
     def stop(self) -> None:
+        self.app.station.hub.close_all()
+        time.sleep(0.05)  # let the streams write their end
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)

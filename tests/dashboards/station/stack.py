@@ -107,6 +107,32 @@ class Stack:
             self.reading(gw, oxi_dev, "ppg", start + i / 100, seq=seq, rate_hz=100, flags=[],
                          red_counts=[int(x) for x in red[i : i + 37]], ir_counts=[int(x) for x in ir[i : i + 37]])  # fmt: skip
 
+    def seed_history(self, patient_n: int, end: float, hours: float = 6.0, step_s: float = 30.0) -> None:
+        """Synthetic derived vitals for the hours before `end`, written through the ingest store's own
+        API (as ingest writes them): a slow HR rise with an hour of tachycardia, an SpO2 dip."""
+        rng = np.random.default_rng(11)
+        patient = f"p-000{patient_n}"
+        rows = []
+        for k, t in enumerate(np.arange(end - hours * 3600, end - 30, step_s)):
+            h = (t - (end - hours * 3600)) / 3600
+            hr = 72 + 4 * h + (38 if 2.0 < h < 3.0 else 0) + rng.normal(0, 2)
+            spo2 = 96 - (5 if 4.0 < h < 4.5 else 0) + rng.normal(0, 0.6)
+            t_ns = int(t * 1e9)
+            common = ("demo", patient)
+            rows += [
+                (f"hist-e-{k}", *common, f"ecg-000{patient_n}", "ecg", t_ns, hr, None, None, 0, None,
+                 min(1.0, 0.9 + rng.normal(0, 0.04)), None, "", None, None, None, None, 16 + rng.normal(0, 1)),
+                (f"hist-d-{k}", *common, f"oxi-000{patient_n}", "device", t_ns, None, hr + rng.normal(0, 1),
+                 min(100.0, spo2), 0, None, None, None, "", None, None, None, None, None),
+                (f"hist-p-{k}", *common, f"oxi-000{patient_n}", "ppg", t_ns, None, hr + rng.normal(0, 2),
+                 min(100.0, spo2 + 1.5 + rng.normal(0, 1)), 0, 2.0, min(1.0, 0.85 + rng.normal(0, 0.05)),
+                 None, "", None, None, None, None, None),
+                (f"hist-b-{k}", *common, f"oxi-000{patient_n}", "device", t_ns, None, None, None, 0, None, None,
+                 int(95 - 10 * h), "", None, None, None, None, None),
+            ]  # fmt: skip
+        with self.ingest.store.batch():
+            self.ingest.store.add_vitals(rows)
+
     def _next(self, device: str) -> int:
         self._seq[device] = self._seq.get(device, -1) + 1
         return self._seq[device]

@@ -33,6 +33,7 @@ NUMBERS: dict[str, Any] = {}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("station"))
     now = time.time()
+    s.seed_history(1, now - 30.0)  # six hours of (synthetic) derived vitals for the trends
     s.waveforms(1, now - 20.0, 26.0)  # p-0001: 26 s of ECG and PPG around "now"
     s.reading("gw-0001", "oxi-0001", "battery", now, battery_pct=87)
     s.reading("gw-0001", "oxi-0001", "spo2", now, spo2_pct=97.0, pr_bpm=74.0)

@@ -1,0 +1,252 @@
+"""The station's HTTP side against the real server (uvicorn on a free port), without a browser:
+server-sent events, the login rate limit, roles, CSRF, automatic logoff, health and metrics.
+
+No broker runs here (the station keeps trying to connect): messages are handed to the hub as
+paho would hand them, and the station's clock is a test clock that the tests move forward.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboards.station import StationServer
+from nabz.broker import free_port
+from tests.dashboards.station.stack import PASSWORDS, add_users, config_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+class Agent:
+    """A cookie-keeping HTTP client that sends same-origin headers like a browser's page would."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.csrf = ""
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 10) -> tuple[int, dict[str, str], str, str]:  # fmt: skip
+        h = {"Origin": self.base, **(headers or {})}
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=h)
+        try:
+            with self.opener.open(req, timeout=timeout) as r:
+                text = r.read().decode()
+                return r.status, dict(r.headers), text, r.url
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read().decode(), e.url
+
+    def login(self, user: str, password: str) -> tuple[int, dict[str, str], str, str]:
+        form = urllib.parse.urlencode({"username": user, "password": password, "next": "/"}).encode()
+        got = self.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
+        m = re.search(r'name="csrf" content="([^"]+)"', got[2])
+        self.csrf = m.group(1) if m else ""
+        return got
+
+    def post_json(self, path: str, payload: dict[str, Any] | None = None, csrf: bool = True) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json", **({"X-CSRF-Token": self.csrf} if csrf else {})}
+        status, _, text, _ = self.request("POST", path, json.dumps(payload or {}).encode(), headers)
+        return status, json.loads(text) if text.startswith("{") else text
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def server(tmp_path: Path, clock: Clock) -> Iterator[StationServer]:
+    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}")  # nothing listens there
+    add_users(config.station.db_path)
+    s = StationServer(config, clock=clock)
+    s.app.station.hub.ping_s = 0.3
+    s.start()
+    yield s
+    s.stop()
+
+
+def _vitals(patient: str, t: float, **values: Any) -> tuple[str, bytes]:
+    payload = {"v": 1, "id": f"vitals-{patient}-{t}", "site": "demo", "patient": patient, "device": "ecg-0001",
+               "t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"), "source": "ecg", **values}  # fmt: skip
+    return f"nabz/v1/demo/patient/{patient}/vitals", json.dumps(payload).encode()
+
+
+class Events:
+    """Reads a text/event-stream response event by event."""
+
+    def __init__(self, agent: Agent, path: str) -> None:
+        req = urllib.request.Request(agent.base + path, headers={"Accept": "text/event-stream"})
+        self.resp = agent.opener.open(req, timeout=5)
+        assert self.resp.headers["content-type"].startswith("text/event-stream")
+
+    def next(self) -> tuple[str, Any]:
+        event, data = "", ""
+        while True:
+            line = self.resp.readline().decode()
+            if line == "":
+                return "", None  # the server ended the stream
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif line == "" and event:
+                return event, json.loads(data)
+
+    def until(self, event: str, pred: Any = lambda d: True, limit: int = 50) -> Any:
+        for _ in range(limit):
+            e, d = self.next()
+            if e == event and pred(d):
+                return d
+            if e == "":
+                raise AssertionError(f"stream ended waiting for {event}")
+        raise AssertionError(f"no {event} in {limit} events")
+
+
+def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_asked_for(server: StationServer) -> None:
+    nurse = Agent(server.url)
+    assert nurse.login("sana", PASSWORDS["sana"])[0] == 200
+    ward = Events(nurse, "/events")
+    assert ward.until("hello")["role"] == "nurse"
+    snap = ward.until("snapshot")
+    assert [t["patient"] for t in snap["tiles"]] == ["p-0002", "p-0001", "p-0003"]  # by label: "Bed 2" first
+    assert all(t["stale"] for t in snap["tiles"])
+    one = Events(nurse, "/events?patient=p-0001")
+    assert [t["patient"] for t in one.until("snapshot")["tiles"]] == ["p-0001"]
+
+    hub = server.app.station.hub
+    now = time.time()
+    hub.feed(*_vitals("p-0002", now, hr_bpm=88.0, sqi=0.9))
+    hub.feed(*_vitals("p-0001", now, hr_bpm=64.0, sqi=0.9))
+    tile = ward.until("tile", lambda d: d["patient"] == "p-0002")
+    assert tile["hr"] == {"value": 88, "source": "ecg"} and not tile["stale"] and tile["label"] == "Bed 2"
+    assert ward.until("summary", lambda d: d["stale"] == 1)["patients"] == 3  # only p-0003 left
+    got = one.until("tile")
+    assert got["patient"] == "p-0001" and got["hr"]["value"] == 64  # never p-0002's tile
+    assert len(hub.clients) == 2
+    ward.resp.close()
+    one.resp.close()
+
+
+def test_an_open_page_is_logged_off_when_the_session_idles(server: StationServer, clock: Clock) -> None:
+    nurse = Agent(server.url)
+    nurse.login("sana", PASSWORDS["sana"])
+    ev = Events(nurse, "/events")
+    ev.until("snapshot")
+    clock.offset += server.app.station.config.station.session_idle_s + 1
+    assert ev.until("logout")["reason"] == "idle"
+    assert ev.next() == ("", None)
+    status, _, _, url = nurse.request("GET", "/")
+    assert status == 200 and "/login" in url
+    actions = [r.action for r in server.app.station.db.audit_rows()]
+    assert actions == ["login", "view_ward", "logoff_auto"]
+
+
+def test_a_session_ends_after_its_longest_life_even_when_in_use(server: StationServer, clock: Clock) -> None:
+    nurse = Agent(server.url)
+    nurse.login("imran", PASSWORDS["imran"])
+    max_s = server.app.station.config.station.session_max_s
+    for _ in range(int(max_s // 1500)):
+        clock.offset += 1500  # active every 25 minutes
+        assert "/login" not in nurse.request("GET", "/patient/p-0001")[3]
+    clock.offset += 1500
+    status, _, text, url = nurse.request("GET", "/patient/p-0001")
+    assert "/login" in url and "why=expired" in url and "session ended" in text
+
+
+def test_failed_logins_are_limited_counted_and_audited(server: StationServer, clock: Clock) -> None:
+    a = Agent(server.url)
+    for _ in range(5):
+        assert a.login("sana", "guess-guess-guess")[0] == 401
+    status, headers, text, _ = a.login("sana", PASSWORDS["sana"])  # right, but too late
+    assert status == 429 and int(headers["retry-after"]) > 800 and "Too many failed logins" in text
+    assert a.login("imran", PASSWORDS["imran"])[0] == 200  # another user from the same address
+    metrics = Agent(server.url).request("GET", "/metrics")[2]
+    assert "nabz_station_logins_failed_total 5" in metrics and "nabz_station_logins_blocked_total 1" in metrics
+    clock.offset += server.app.station.config.station.login_window_s
+    assert Agent(server.url).login("sana", PASSWORDS["sana"])[0] == 200
+    rows = server.app.station.db.audit_rows()
+    assert [r.action for r in rows if r.username == "sana"] == ["login_failed"] * 5 + ["login_blocked", "login", "view_ward"]
+    assert PASSWORDS["sana"] not in json.dumps([r.detail for r in rows])
+
+
+def test_roles_csrf_and_the_command_path_are_enforced(server: StationServer) -> None:
+    anon = Agent(server.url)
+    status, _, _, url = anon.request("GET", "/patient/p-0001")
+    assert status == 200 and url.endswith("/login?next=/patient/p-0001")
+    assert anon.post_json("/api/alarms/abcdef0123/ack")[0] == 401
+
+    admin = Agent(server.url)
+    status, _, _, url = admin.login("root.admin", PASSWORDS["root.admin"])
+    assert url.endswith("/admin")
+    assert admin.request("GET", "/patient/p-0001")[0] == 403
+    assert admin.post_json("/api/silences", {"patient": "p-0001", "duration_s": 900})[0] == 403
+
+    nurse = Agent(server.url)
+    nurse.login("sana", PASSWORDS["sana"])
+    assert nurse.request("GET", "/admin")[0] == 403
+    assert nurse.post_json("/api/alarms/abcdef0123/ack", csrf=False)[0] == 403  # no CSRF token
+    status, body = nurse.post_json("/api/alarms/abcdef0123/ack")
+    assert status == 409 and "not open" in body["error"]
+    # An open alarm, but the broker is down: refused at once, not queued for later.
+    hub = server.app.station.hub
+    event = {"v": 1, "id": "ev-0000000001", "alarm_id": "alarm-000001", "site": "demo", "patient": "p-0001",
+             "kind": "spo2_low", "priority": "high", "state": "active", "message": "SpO2 84% (<88%)",
+             "condition_started_at": "2026-11-25T09:00:05Z", "raised_at": "2026-11-25T09:00:12Z"}  # fmt: skip
+    hub.feed("nabz/v1/demo/patient/p-0001/alarm/spo2_low", json.dumps(event).encode())
+    deadline = time.monotonic() + 5
+    while hub.ward.open_alarm("alarm-000001") is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status, body = nurse.post_json("/api/alarms/alarm-000001/ack")
+    assert status == 503 and "SMS" in body["error"]
+    assert nurse.post_json("/api/silences", {"patient": "p-0001", "kind": "*", "duration_s": 12345})[0] == 400
+    actions = [(r.username, r.action) for r in server.app.station.db.audit_rows()]
+    assert ("root.admin", "denied") in actions and ("sana", "ack_failed") in actions
+    assert ("sana", "ack_refused") in actions
+
+
+def test_health_and_metrics_say_what_a_monitoring_system_needs(server: StationServer) -> None:
+    a = Agent(server.url)
+    status, _, text, _ = a.request("GET", "/healthz")
+    assert status == 503 and json.loads(text)["mqtt"] == "disconnected"
+    status, headers, text, _ = a.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    values = dict(re.findall(r"^(\S+) (\S+)$", text, re.M))
+    for name in ('nabz_station_open_alarms{priority="high"}', "nabz_station_tiles_stale", "nabz_station_sse_clients",
+                 "nabz_station_logins_failed_total", "nabz_station_mqtt_connected"):  # fmt: skip
+        assert name in values, name
+    assert values["nabz_station_tiles"] == "3" and values["nabz_station_tiles_stale"] == "3"
+    status, headers, _, _ = a.request("GET", "/login")
+    assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+
+
+def test_the_server_says_so_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+        from dashboards.station import StationError
+
+        server = StationServer(config, port=s.getsockname()[1])
+        with pytest.raises(StationError, match="could not listen.*in use"):
+            server.start(timeout_s=5)
+        server.app.station.db.close()
