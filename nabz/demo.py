@@ -2,14 +2,17 @@
 
 Simulated patients (hardware/) wear an ECG patch and a pulse oximeter; each home has a gateway
 (virtual transport, its own spool); an embedded broker (amqtt) carries MQTT; ingest stores into the
-embedded SQLite store (and InfluxDB with --influx); alerts notify an outbox file. At the end the
-demo stops the wearables, lets everything in flight arrive, and counts readings at each stage.
+embedded SQLite store (and InfluxDB with --influx); alerts notify an outbox file; the nurse station
+serves the live ward on localhost (port 8080, or any free port if that is taken) with a demo account.
+At the end the demo stops the wearables, lets everything in flight arrive, and counts readings at
+each stage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import sys
 import threading
@@ -20,12 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from alerts.service import AlertService
+from dashboards.station import StationError, StationServer
+from dashboards.station.auth import hash_password
+from dashboards.station.db import StationDB
 from gateway.service import Gateway
 from gateway.virtual import VirtualTransport
 from hardware import make_patients
 from ingest.service import IngestService
 from nabz.broker import EmbeddedBroker
-from nabz.config import AlertsConfig, Config, GatewayConfig, InfluxConfig, IngestConfig, MqttConfig
+from nabz.config import (
+    AlertsConfig,
+    Config,
+    GatewayConfig,
+    InfluxConfig,
+    IngestConfig,
+    MqttConfig,
+    StationConfig,
+)
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -44,6 +58,7 @@ class DemoOptions:
     data_dir: str = "var/demo"
     live: bool = True
     drain_timeout_s: float = 60.0
+    station_port: int = 8080  # the nurse page on 127.0.0.1; a free port if this one is taken
 
 
 def _iso(t: float) -> str:
@@ -70,8 +85,16 @@ class Demo:
             alerts=AlertsConfig(
                 store_path=str(self.dir / "alerts.sqlite"), outbox_path=str(self.dir / "outbox" / "sms.jsonl")
             ),
+            station=StationConfig(db_path=str(self.dir / "station.sqlite"), port=opts.station_port),
             enrolment=enrolment,
         )
+        # A demo account with a fresh password, printed once at start (simulated patients only).
+        self.station_user = "demo.nurse"
+        self.station_password = secrets.token_urlsafe(9)
+        db = StationDB(self.config.station.db_path)
+        db.add_user(self.station_user, "nurse", hash_password(self.station_password), time.time())
+        db.close()
+        self.station: StationServer | None = None
         self.ingest: IngestService | None = None
         self.alerts: AlertService | None = None
         self.gateways: list[Gateway] = []
@@ -87,6 +110,12 @@ class Demo:
         self.alerts.start()
         if not self.ingest.connected.wait(15):
             raise RuntimeError(f"ingest could not connect to the broker at {self.config.mqtt.url}")
+        self.station = StationServer(self.config, host="127.0.0.1")
+        try:
+            self.station.start()
+        except StationError:  # the port is taken: any free one will do for a demo
+            self.station = StationServer(self.config, host="127.0.0.1", port=0)
+            self.station.start()
         time.sleep(0.3)  # let the alert service subscribe before the first vitals
         for i, p in enumerate(self.patients, start=1):
             gw = Gateway(
@@ -123,6 +152,8 @@ class Demo:
             time.sleep(0.05)
         time.sleep(0.5)  # last vitals reach the alert service
         report = self.report()
+        if self.station is not None:
+            self.station.stop()
         for gw in self.gateways:
             gw.stop()
         self.alerts.stop()
@@ -183,6 +214,10 @@ class Demo:
             )
         return out
 
+    def station_line(self) -> str:
+        url = self.station.url if self.station is not None else "-"
+        return f"nurse page: {url}  (log in as {self.station_user} / {self.station_password})"
+
     def totals(self) -> str:
         assert self.ingest is not None
         stats = [gw.stats() for gw in self.gateways]
@@ -204,7 +239,8 @@ def _live(demo: Demo, until: float | None) -> None:
 
     def table() -> Table:
         t = Table(
-            title=f"Nabz demo — broker {demo.config.mqtt.url}  (SpO2 is uncalibrated)", caption=demo.totals()
+            title=f"Nabz demo — broker {demo.config.mqtt.url}  (SpO2 is uncalibrated)\n{demo.station_line()}",
+            caption=demo.totals(),
         )
         for col in (
             "patient",
@@ -244,6 +280,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     print(
         f"Nabz demo: {opts.patients} patients, broker {demo.config.mqtt.url}, files in {demo.dir}", flush=True
     )
+    print(demo.station_line(), flush=True)
     until = None if opts.duration_s is None else time.monotonic() + opts.duration_s
     try:
         (_live if opts.live and sys.stdout.isatty() else _plain)(demo, until)
