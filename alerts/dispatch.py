@@ -37,6 +37,13 @@ class Dispatcher:
         self.notifiers = notifiers
         self.profiles = Profiles(self.cfg)
         self._attempts: dict[int, int] = {}
+        # For the heartbeat and /metrics: can this service reach anyone now?
+        self.sent_ok = 0
+        self.failures = 0  # SMS that no notifier took (each attempt)
+        self.notifier_failures: dict[str, int] = {n.name: 0 for n in notifiers}
+        self.last_ok_at: float | None = None
+        self.last_failure_at: float | None = None
+        self.last_failure = ""
 
     def text_for(self, b: Batch) -> tuple[str, list[int]]:
         """The SMS text, and the queued items it leaves out (acknowledged since they were queued)."""
@@ -113,10 +120,16 @@ class Dispatcher:
                 ref = ref or d.ref
             if failed is None:
                 self.store.finish_sms(seq, True, n.name, ref, "accepted", now, None)
+                self.sent_ok += 1
+                self.last_ok_at = now
                 return 1
+            self.notifier_failures[n.name] = self.notifier_failures.get(n.name, 0) + 1
             details.append(f"{n.name}: {failed.detail}")
             retryable = retryable or failed.retryable
             log.error("SMS %d to %s failed through %s: %s", seq, b.phone, n.name, failed.detail)
+        self.failures += 1
+        self.last_failure_at = now
+        self.last_failure = "; ".join(details)
         attempts = max(q_attempts(self.store, seq), 0)
         retry_at = None
         if retryable:
@@ -125,6 +138,13 @@ class Dispatcher:
             seq, False, ",".join(n.name for n in self.notifiers), None, "; ".join(details), now, retry_at
         )
         return 0
+
+    @property
+    def failing(self) -> bool:
+        """The latest SMS went through no notifier, and none has since."""
+        return self.last_failure_at is not None and (
+            self.last_ok_at is None or self.last_failure_at > self.last_ok_at
+        )
 
     def poll(self, now: float) -> int:
         """Read incoming SMS and delivery reports from the notifiers that can receive."""

@@ -33,6 +33,7 @@ from alerts.rules import BandRule, Condition, News2Rule, NoBeatNoPulseRule, phys
 from alerts.silences import Silence, make_silence, silenced
 from alerts.store import AlertStore
 from alerts.technical import FlagRule, GapRule, GatewayTracker, StaleTracker, technical_rules
+from alerts.watchdog import EXPLAINED_BY_SITE_QUIET, SITE_QUIET, site_patient
 from nabz import contract
 from nabz.config import Config, EscalationPolicy
 from nabz.contract import AlarmEvent, GatewayStatus, Vitals
@@ -119,6 +120,11 @@ class AlertEngine:
         self._start(now)
         self.gateways.status(s, now)
         return self._apply(self.gateways.tick(now), now)
+
+    def external(self, conditions: list[Condition], now: float) -> list[AlarmEvent]:
+        """Conditions from a watcher outside the rules (the site watchdog, alerts.watchdog)."""
+        self._start(now)
+        return self._apply(conditions, now)
 
     def tick(self, now: float) -> list[AlarmEvent]:
         """Clock-driven work: stale data, offline gateways, commands, escalation, notified times."""
@@ -222,6 +228,8 @@ class AlertEngine:
     def _suppressed(self, alarm: Alarm, now: float) -> bool:
         if silenced(alarm, self._silences, now, self.cfg):
             return True
+        if alarm.kind in EXPLAINED_BY_SITE_QUIET and (site_patient(alarm.site), SITE_QUIET) in self.open:
+            return True  # the whole site is quiet: one SMS says so, not one per patient
         for kind in self.profiles.inhibitors(alarm.kind):
             other = self.open.get((alarm.patient, kind))
             if other is not None and other.alarm_id != alarm.alarm_id:

@@ -5,6 +5,12 @@ paho's thread queues; one worker thread owns the engine, feeds it vitals, status
 from the nurse page (`nabz/v1/<site>/alerts/command`) and ticks it once a second; the dispatcher thread sends what the engine queued (woken at once when it queues)
 and polls notifiers that receive (a modem's incoming SMS and delivery reports). The store is
 their only shared state.
+
+It also watches and tells: ingest's heartbeats and the vitals feed the site watchdog
+(alerts.watchdog: a whole site gone quiet is one high alarm); the worker thread publishes this
+service's heartbeat every `alerts.heartbeat_s` (`degraded` while no notifier can send, so the
+gateways' dead-man switches can text instead); `/metrics` and `/healthz` with
+`alerts.metrics_listen`. A message that breaks the engine is logged and skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -23,9 +30,11 @@ from alerts.dispatch import Dispatcher, build_notifiers
 from alerts.engine import AlertEngine
 from alerts.notify import Notifier
 from alerts.store import AlertStore
+from alerts.watchdog import SITE_QUIET, SiteWatch
 from nabz import contract
 from nabz.config import Config
-from nabz.contract import AlarmEvent, GatewayStatus, Vitals
+from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, Vitals
+from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
 
 __all__ = ["AlertService", "AlarmCommand", "command_topic", "COMMAND_FILTER"]
@@ -34,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _vitals_decoder = msgspec.json.Decoder(Vitals)
 _status_decoder = msgspec.json.Decoder(GatewayStatus)
+_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+_STUCK_S = 120.0  # a worker or dispatcher loop silent this long (real seconds) is unhealthy
 
 
 class AlarmCommand(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,14 +92,34 @@ class AlertService:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.bad_messages = 0
+        self.errors = 0
         self.published = 0
+        self.heartbeats = 0
+        self.instance = client_id
+        self.sites = SiteWatch(config.alerts.site_quiet_after_s)
+        if config.enrolment:
+            self.sites.watch(config.site)
+        for a in self.engine.open.values():
+            if a.kind == SITE_QUIET:
+                self.sites.restore(a.site, a.condition_started_at)
+        self._loop_at = self._dispatch_at = time.monotonic()
+        self._disconnected_at: float | None = time.monotonic()
+        self.health: HealthServer | None = None
+        if config.alerts.metrics_listen:
+            self.health = HealthServer(config.alerts.metrics_listen, self.metrics, self.problems)
         self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload)))
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
+            self._disconnected_at = None
             client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1), (COMMAND_FILTER, 1)])
+            client.subscribe(contract.heartbeat_filter(), qos=0)
+
+    def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, _r: object, _p: object) -> None:
+        self._disconnected_at = time.monotonic()
 
     def start(self) -> None:
         connect(self.client, self.config.mqtt, persistent_session=True)
@@ -96,19 +127,28 @@ class AlertService:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.health is not None:
+            self.health.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         for t in self._threads:
             t.join(timeout=10)
+        if self.health is not None:
+            self.health.stop()
         self.client.disconnect()
         self.client.loop_stop()
 
     def _handle(self, topic: str, payload: bytes, now: float) -> list[AlarmEvent]:
         try:
+            if topic.endswith("/heartbeat"):
+                self.sites.heartbeat(_heartbeat_decoder.decode(payload), now)
+                return []
             if topic.endswith("/status"):
-                return self.engine.gateway_status(_status_decoder.decode(payload), now)
+                status = _status_decoder.decode(payload)
+                self.sites.gateway(status)
+                return self.engine.gateway_status(status, now)
             if topic.endswith("/alerts/command"):
                 c = _command_decoder.decode(payload)
                 args = {
@@ -118,24 +158,37 @@ class AlertService:
                 }
                 self.store.add_command(now, c.action, args, f"mqtt:{c.by}")
                 return self.engine.tick(now)  # applied at once, in order with everything else
-            return self.engine.observe(_vitals_decoder.decode(payload), now)
-        except msgspec.DecodeError as exc:
+            vitals = _vitals_decoder.decode(payload)
+            self.sites.seen(vitals.site, now)
+            return self.engine.observe(vitals, now)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: the latter for bad UTF-8
             self.bad_messages += 1
             log.warning("alerts: ignoring a malformed message on %s: %s", topic, exc)
             return []
 
     def _run(self) -> None:
-        next_tick = 0.0
+        next_tick = next_beat = 0.0
         while not self._stop.is_set():
+            self._loop_at = time.monotonic()
+            if self.config.alerts.heartbeat_s > 0 and self._loop_at >= next_beat:
+                next_beat = self._loop_at + self.config.alerts.heartbeat_s
+                self._heartbeat()
             try:
                 topic, payload = self._queue.get(timeout=0.2)
             except queue.Empty:
                 topic, payload = "", b""
             now = self.clock()
-            events = self._handle(topic, payload, now) if topic else []
-            if time.monotonic() >= next_tick:  # the cadence is the runner's; the time is the clock's
-                next_tick = time.monotonic() + 1.0
-                events.extend(self.engine.tick(now))
+            try:
+                events = self._handle(topic, payload, now) if topic else []
+                if time.monotonic() >= next_tick:  # the cadence is the runner's; the time is the clock's
+                    next_tick = time.monotonic() + 1.0
+                    events.extend(self.engine.tick(now))
+                    events.extend(self.engine.external(self.sites.tick(now), now))
+            except Exception:
+                # A bug (not bad input: that is counted above) must not stop the alarms for everyone.
+                self.errors += 1
+                log.exception("alerts: failed on a message on %s; carrying on", topic or "(tick)")
+                continue
             if events:
                 self._wake.set()
             for e in events:
@@ -144,9 +197,70 @@ class AlertService:
                 )
                 self.published += 1
 
+    def _heartbeat(self) -> None:
+        detail = None
+        if self.dispatcher.failing:
+            detail = f"no notifier can send: {self.dispatcher.last_failure}"[:300]
+        elif time.monotonic() - self._dispatch_at > _STUCK_S:
+            detail = f"the dispatcher has not turned for {time.monotonic() - self._dispatch_at:.0f} s"
+        hb = Heartbeat(
+            site=self.config.site,
+            service="alerts",
+            instance=self.instance,
+            t=datetime.fromtimestamp(self.clock(), UTC),
+            interval_s=self.config.alerts.heartbeat_s,
+            state="degraded" if detail else "ok",
+            detail=detail,
+        )
+        self.client.publish(
+            contract.heartbeat_topic(self.config.site, self.instance), contract.encode(hb), qos=0
+        )
+        self.heartbeats += 1
+
+    def problems(self) -> list[str]:
+        """Why this service is not healthy now (empty: healthy): for /healthz."""
+        now = time.monotonic()
+        out = []
+        if self._disconnected_at is not None and now - self._disconnected_at > 30.0:
+            out.append(f"not connected to the broker for {now - self._disconnected_at:.0f} s")
+        if any(not t.is_alive() for t in self._threads) or not self._threads:
+            out.append("a worker thread is not running")
+        if now - self._loop_at > _STUCK_S:
+            out.append(f"the rules loop has not turned for {now - self._loop_at:.0f} s")
+        if now - self._dispatch_at > _STUCK_S:
+            out.append(f"the dispatcher has not turned for {now - self._dispatch_at:.0f} s")
+        if self.dispatcher.failing:
+            out.append(f"no notifier could send the latest SMS: {self.dispatcher.last_failure}"[:300])
+        return out
+
+    def metrics(self) -> list[Metric]:
+        d = self.dispatcher
+        opened: dict[tuple[str, str], int] = {}
+        for a in list(self.engine.open.values()):
+            key = (a.priority, a.state)
+            opened[key] = opened.get(key, 0) + 1
+        queued = len(self.store.queued())
+        return [
+            Metric("nabz_alerts_open_alarms", "open alarms by priority and state", "gauge",
+                   [({"priority": p, "state": s}, float(n)) for (p, s), n in sorted(opened.items())]),
+            Metric.one("nabz_alerts_sms_sent_total", "SMS a notifier accepted", "counter", d.sent_ok),
+            Metric.one("nabz_alerts_sms_failed_total", "SMS no notifier took (each attempt)", "counter", d.failures),
+            Metric("nabz_alerts_notifier_failures_total", "failed attempts, by notifier", "counter",
+                   [({"notifier": n}, float(c)) for n, c in sorted(d.notifier_failures.items())]),
+            Metric.one("nabz_alerts_notifications_queued", "notifications waiting to be sent", "gauge", queued),
+            Metric.one("nabz_alerts_can_notify", "0 while the latest SMS went through no notifier", "gauge",
+                       0.0 if d.failing else 1.0),
+            Metric.one("nabz_alerts_bad_messages_total", "malformed messages ignored", "counter", self.bad_messages),
+            Metric.one("nabz_alerts_errors_total", "messages the service failed on (bugs)", "counter", self.errors),
+            Metric.one("nabz_alerts_broker_connected", "1 while connected to the broker", "gauge",
+                       0.0 if self._disconnected_at is not None else 1.0),
+            Metric.one("nabz_alerts_heartbeats_total", "heartbeats published", "counter", self.heartbeats),
+        ]  # fmt: skip
+
     def _dispatch(self, poll_every_s: float = 1.0) -> None:
         next_poll = 0.0
         while not self._stop.is_set():
+            self._dispatch_at = time.monotonic()
             self._wake.wait(0.25)
             self._wake.clear()
             now = self.clock()

@@ -14,6 +14,8 @@ Rules of this file:
 - The status (retained) is published at birth, every `status_interval_s`, and at once when
   something a person must know happens: a device lost or found, an unrecoverable gap, a spool
   overflow, a message the broker refused.
+- The gateway watches the server's heartbeats (gateway.deadman): silent too long, it logs an
+  error and, with a modem (`gateway.deadman.modem`), texts the on-call numbers itself.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from alerts.notify import Notifier
 from firmware import nabz_codec as codec
+from gateway.deadman import DeadMan, DeadManSender, HeartbeatWatch, recipients
 from gateway.decode import Decoder, Notification, message_ids, utc_from_us
 from gateway.gaps import GapTracker
 from gateway.spool import Spool
@@ -76,6 +80,7 @@ class Gateway:
         clock: Clock = time.time,
         gateway_id: str | None = None,
         spool_path: str | None = None,
+        deadman_notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.site = config.site
@@ -105,6 +110,11 @@ class Gateway:
         self._backlog: tuple[float, int, int] | None = None  # (since, messages, published readings)
         self._battery: dict[str, int] = {}
         self._last_seen: dict[str, int] = {}  # device -> rx µs
+        dm = config.gateway.deadman
+        self.watch = HeartbeatWatch(dm.services, dm.after_s)
+        self.deadman = DeadMan(self.site, self.id, dm.repeat_s, config.alerts.timezone)
+        self._deadman_notifier = deadman_notifier
+        self.deadman_sender: DeadManSender | None = None
         self.client = make_client(
             config.mqtt,
             client_id=f"nabz-gw-{self.site}-{self.id}",
@@ -114,10 +124,12 @@ class Gateway:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
 
     # --- paho thread -----------------------------------------------------------------------
     def _on_connect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
+            _c.subscribe(contract.heartbeat_filter(self.site), qos=0)
             self._events.put(("connected", True))
             log.info("gateway %s connected to %s", self.id, self.config.mqtt.url)
         else:
@@ -133,9 +145,20 @@ class Gateway:
     def _on_publish(self, _c: paho.Client, _u: object, mid: int, reason: object, _p: object) -> None:
         self._events.put(("ack", (mid, reason_ok(reason), str(reason))))
 
+    def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        self._events.put(("heartbeat", (m.topic, bytes(m.payload))))
+
     # --- owner thread ----------------------------------------------------------------------
     def start(self) -> None:
         self.transport.start(self._now_us())
+        notifier = self._deadman_notifier
+        if notifier is None and self.config.gateway.deadman.modem:
+            from alerts.gsm import GsmNotifier
+
+            notifier = GsmNotifier(self.config.modem)
+        if notifier is not None:
+            self.deadman_sender = DeadManSender(notifier)
+        self.watch.started_at = self.clock()
         connect(self.client, self.config.mqtt)
         log.info(
             "gateway %s started: %d messages waiting in the spool, devices %s",
@@ -159,6 +182,7 @@ class Gateway:
             self._publish_status()
         if self._connected:
             work += self._publish()
+        self._watch_server(now)
         return work
 
     def run(self, stop: threading.Event, period_s: float = 0.05) -> None:
@@ -188,6 +212,8 @@ class Gateway:
                 pass
         self.client.disconnect()
         self.client.loop_stop()
+        if self.deadman_sender is not None:
+            self.deadman_sender.stop()
         self.spool.close()
 
     def stats(self) -> GatewayStats:
@@ -291,6 +317,21 @@ class Gateway:
         if not self.transport.write(device, codec.NABZ_CONTROL, data):
             log.info("gateway %s: cannot ask %s to resend now; will ask when it is back", self.id, device)
 
+    def _watch_server(self, now: float) -> None:
+        """The dead-man switch: text the on-call numbers when the server has been silent too long."""
+        silence = self.watch.silence(now)
+        for text in self.deadman.step(now, silence, self._connected):
+            if silence is not None:
+                log.error("gateway %s: %s", self.id, text)
+            else:
+                log.warning("gateway %s: %s", self.id, text)
+            self._status_now = True
+            if self.deadman_sender is None:
+                continue
+            dm = self.config.gateway.deadman
+            for phone in recipients(dm.phones, self.config.oncall, self.config.alerts.on_call, now):
+                self.deadman_sender.send(phone, text, f"deadman-{self.id}-{self.deadman.texts}")
+
     def _link_events(self) -> int:
         events = self.transport.take_events()
         for ev in events:
@@ -316,6 +357,10 @@ class Gateway:
             except queue.Empty:
                 break
             n += 1
+            if kind == "heartbeat":
+                topic, payload = value
+                self.watch.feed(topic, payload, self.clock())
+                continue
             if kind == "connected":
                 self._connected = bool(value)
                 if value:
@@ -376,6 +421,10 @@ class Gateway:
                 "reconnect_waits_s": [round(w, 2) for w in getattr(self.client, "reconnect_waits", [])],
             },
             "published_readings": self.spool.counter("published_readings"),
+            "server": {
+                "silent": self.deadman.state == "silent",
+                "heard_s_ago": {s: round(self.clock() - t, 1) for s, t in self.watch.working_at.items()},
+            },
         }
         self.spool.save_status(json.dumps(local).encode(), self.clock())
         if self._connected:

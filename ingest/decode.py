@@ -37,7 +37,7 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
     if where is not None:
         try:
             r = cast(Reading, _DECODERS[where.stream].decode(payload))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, UnicodeDecodeError):  # bad UTF-8 inside a string is the latter
             pass
         else:
             if (

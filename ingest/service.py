@@ -9,6 +9,14 @@ Rules of this file:
 - With `ingest.workers` > 1 this process is one worker slot: its client id ends in the slot, and
   it subscribes (MQTT v5 shared subscriptions) to the devices of the patients it owns only, kept in
   step with the enrolment every 2 s (ingest.partition, docs/scale.md).
+- A batch that fails for a reason other than the database (a bug) is retried message by message;
+  a message that still fails alone is dead-lettered `internal_error`, so one bad message cannot
+  hold up everything behind it.
+- It says how it is doing (ingest.opsstats): a heartbeat from the batch loop every
+  `ingest.heartbeat_s` (gateways and the alerts service watch for its absence), `ingest_stats`
+  and `gateway_status` points to InfluxDB (worker 0 writes the gateways'), and `/metrics` and
+  `/healthz` when `ingest.metrics_listen` is set. Gateways' retained status messages are read
+  for these and acknowledged at once; they never enter a batch.
 """
 
 from __future__ import annotations
@@ -19,16 +27,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as paho
 
 from ingest.influx import InfluxSink, SinkError
+from ingest.opsstats import GatewayStatuses, Rates, Totals, gateway_metrics, ops_lines
 from ingest.partition import device_filter, owned_devices
 from ingest.pipeline import BatchResult, IngestCore, Message
 from ingest.store import Store
 from nabz import contract
 from nabz.config import Config, ConfigError
+from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
 
 __all__ = ["IngestService"]
@@ -41,11 +52,16 @@ _BATCH_MAX = 2000
 _BATCH_GAP_S = 0.05
 
 
+_STUCK_S = 60.0  # the batch loop silent this long (real seconds): /healthz says so
+_LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
+
+
 @dataclass(frozen=True, slots=True)
 class _Incoming:
     msg: Message
     mid: int
     qos: int
+    mono: float  # time.monotonic() on arrival, for lag in real seconds whatever the clock
 
 
 class IngestService:
@@ -85,6 +101,27 @@ class IngestService:
         self._worker: threading.Thread | None = None
         self.connected = threading.Event()
         self.totals = BatchResult()
+        self.instance = cid
+        self.gateways = GatewayStatuses()
+        self._gw_lock = threading.Lock()
+        self.rates = Rates()
+        self.internal_errors = 0
+        self.batch_failures = 0
+        self.heartbeats = 0
+        self._loop_at = time.monotonic()  # the batch loop's last turn
+        self._pending_since: float | None = None  # oldest message not yet stored (monotonic)
+        self._last_lag_s = 0.0
+        self._next_heartbeat = 0.0
+        self._next_stats = 0.0
+        self._disconnected_at: float | None = time.monotonic()
+        self.health: HealthServer | None = None
+        if config.ingest.metrics_listen:
+            self.health = HealthServer(
+                config.ingest.metrics_listen,
+                self.metrics,
+                self.problems,
+                port_offset=config.ingest.worker if config.ingest.workers > 1 else 0,
+            )
         ic = config.ingest
         self._partitioned = ic.workers > 1
         if self._partitioned and not 0 <= ic.worker < ic.workers:
@@ -114,27 +151,42 @@ class IngestService:
             self._sync_subscriptions()
         else:
             client.subscribe([(contract.READINGS_FILTER, 1)])
+        client.subscribe([(contract.STATUS_FILTER, 1)])  # retained: every gateway's latest, at once
+        self._disconnected_at = None
         self.connected.set()
         log.info("ingest connected to %s", self.config.mqtt.url)
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self.connected.clear()
+        self._disconnected_at = time.monotonic()
         if not reason_ok(reason):
             log.warning("ingest disconnected (%s); unacknowledged messages will be redelivered", reason)
 
-    def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
-        self._queue.put(_Incoming(Message(m.topic, bytes(m.payload), self.clock()), m.mid, m.qos))
+    def _on_message(self, client: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        if m.topic.endswith("/status") and m.topic.count("/") == 5:  # a gateway's status: not a reading
+            with self._gw_lock:
+                self.gateways.feed(m.topic, bytes(m.payload), self.clock())
+            if m.qos > 0:
+                client.ack(m.mid, m.qos)
+            return
+        self._queue.put(
+            _Incoming(Message(m.topic, bytes(m.payload), self.clock()), m.mid, m.qos, time.monotonic())
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         connect(self.client, self.config.mqtt, persistent_session=True)
         self._worker = threading.Thread(target=self._run, name="nabz-ingest", daemon=True)
         self._worker.start()
+        if self.health is not None:
+            self.health.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
+        if self.health is not None:
+            self.health.stop()
         self.client.disconnect()
         self.client.loop_stop()
         if self.sink is not None:
@@ -164,6 +216,8 @@ class IngestService:
     def _run(self) -> None:
         pending: list[_Incoming] = []
         while not self._stop.is_set():
+            self._loop_at = time.monotonic()
+            self._housekeeping()
             if self.sink is not None and time.monotonic() >= self._next_prune:
                 # InfluxDB is the store: the embedded one is a dedup ledger of dedup_window_h
                 self._next_prune = time.monotonic() + 600.0
@@ -176,25 +230,171 @@ class IngestService:
             if not pending:
                 pending = self._take_batch()
                 if not pending:
+                    self._pending_since = None
                     continue
+                self._pending_since = pending[0].mono
             try:
                 result = self.core.handle_batch([i.msg for i in pending])
             except SinkError as exc:
+                self.batch_failures += 1
                 log.error("ingest: %s; holding %d messages unacknowledged and retrying", exc, len(pending))
                 self._stop.wait(1.0)
                 continue
             except Exception:
-                # A bug, not bad input (bad input is dead-lettered). Keep the messages unacknowledged
-                # so that nothing is lost, and back off.
-                log.exception("ingest: batch failed; retrying")
-                self._stop.wait(1.0)
+                # A bug, not bad input (bad input is dead-lettered): find the message, if it is one.
+                self.batch_failures += 1
+                log.exception("ingest: a batch of %d failed; trying its messages one by one", len(pending))
+                pending = self._one_by_one(pending)
+                if pending:
+                    self._stop.wait(1.0)
                 continue
-            for item in pending:
-                if item.qos > 0:
-                    self.client.ack(item.mid, item.qos)
+            self._done(pending, result)
             pending = []
-            self._account(result)
-            self._publish_vitals(result.vitals)
+
+    def _done(self, items: list[_Incoming], result: BatchResult) -> None:
+        for item in items:
+            if item.qos > 0:
+                self.client.ack(item.mid, item.qos)
+        if items:
+            self._last_lag_s = time.monotonic() - items[0].mono
+        self._account(result)
+        self._publish_vitals(result.vitals)
+
+    def _one_by_one(self, items: list[_Incoming]) -> list[_Incoming]:
+        """Each message of a failed batch alone; one that still fails is dead-lettered
+        `internal_error` with its payload. Returns what is left when the store or sink fails."""
+        for k, item in enumerate(items):
+            try:
+                result = self.core.handle_batch([item.msg])
+            except SinkError:
+                return items[k:]
+            except Exception as exc:
+                log.exception("ingest: message on %s fails on its own: dead-lettered", item.msg.topic)
+                try:
+                    with self.store.batch():
+                        self.store.dead_letter(
+                            item.msg.topic, item.msg.payload, "internal_error",
+                            f"{type(exc).__name__}: {exc}"[:500], item.msg.received_at,
+                        )  # fmt: skip
+                except Exception:
+                    log.exception("ingest: cannot dead-letter either; retrying later")
+                    return items[k:]
+                self.internal_errors += 1
+                result = BatchResult(dead_lettered=1)
+            self._done([item], result)
+        return []
+
+    # --- telling people how it goes ------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        ic = self.config.ingest
+        if ic.heartbeat_s > 0 and now >= self._next_heartbeat and self.connected.is_set():
+            self._next_heartbeat = now + ic.heartbeat_s
+            self._heartbeat()
+        if self.sink is not None and ic.stats_interval_s > 0 and now >= self._next_stats:
+            self._next_stats = now + ic.stats_interval_s
+            self._write_stats()
+        self.rates.add(self._totals(), now)
+
+    def _heartbeat(self) -> None:
+        detail = None
+        if self.sink is not None and self.sink.spill:
+            detail = f"InfluxDB down: {self.sink.spill.pending_lines} lines wait in the spill"
+        hb = contract.Heartbeat(
+            site=self.config.site,
+            service="ingest",
+            instance=self.instance,
+            t=datetime.fromtimestamp(self.clock(), UTC),
+            interval_s=self.config.ingest.heartbeat_s,
+            state="degraded" if detail else "ok",
+            detail=detail,
+        )
+        self.client.publish(
+            contract.heartbeat_topic(self.config.site, self.instance), contract.encode(hb), qos=0
+        )
+        self.heartbeats += 1
+
+    def _totals(self) -> Totals:
+        t = self.totals
+        return Totals(t.stored, t.stored_readings, t.dead_lettered, t.duplicates)
+
+    def _write_stats(self) -> None:
+        assert self.sink is not None
+        ic = self.config.ingest
+        with self._gw_lock:
+            gateways = self.gateways.snapshot() if ic.worker == 0 else []
+        t_ns = int(self.clock() * 1e9)
+        try:
+            self.sink.write(ops_lines(self.config.site, ic.worker, self._totals(), gateways, t_ns))
+        except SinkError as exc:
+            log.warning("ingest: operations statistics not written: %s", exc)
+
+    def problems(self) -> list[str]:
+        """Why this worker is not healthy now (empty: healthy): for /healthz."""
+        now = time.monotonic()
+        out = []
+        if self._disconnected_at is not None and now - self._disconnected_at > 30.0:
+            out.append(f"not connected to the broker for {now - self._disconnected_at:.0f} s")
+        if self._worker is None or not self._worker.is_alive():
+            out.append("the batch loop is not running")
+        elif now - self._loop_at > _STUCK_S:
+            out.append(f"the batch loop has not turned for {now - self._loop_at:.0f} s")
+        if self._pending_since is not None and now - self._pending_since > _LAG_S:
+            out.append(f"messages wait {now - self._pending_since:.0f} s to be stored")
+        return out
+
+    def metrics(self) -> list[Metric]:
+        t = self._totals()
+        msg_rate, reading_rate = self.rates.per_second()
+        labels = {"worker": str(self.config.ingest.worker)}
+        dead = self.store.counters()
+        by_reason = [
+            ({"reason": name.split(".", 1)[1]}, float(v))
+            for name, v in dead.items()
+            if name.startswith("dead_letters.")
+        ]
+        pending = 0.0 if self._pending_since is None else time.monotonic() - self._pending_since
+        out = [
+            Metric("nabz_ingest_stored_messages_total", "messages stored by this worker since it started", "counter",
+                   ((labels, t.stored_messages),)),
+            Metric("nabz_ingest_stored_readings_total", "readings stored by this worker since it started", "counter",
+                   ((labels, t.stored_readings),)),
+            Metric("nabz_ingest_dead_letters_total", "messages this worker dead-lettered since it started", "counter",
+                   ((labels, t.dead_letters),)),
+            Metric("nabz_ingest_duplicates_total", "redelivered messages discarded since it started", "counter",
+                   ((labels, t.duplicates),)),
+            Metric("nabz_ingest_store_dead_letters_total", "dead letters in the store, by reason (all workers)",
+                   "counter", by_reason),
+            Metric("nabz_ingest_messages_per_second", "messages stored per second, last minute", "gauge",
+                   ((labels, round(msg_rate, 3)),)),
+            Metric("nabz_ingest_readings_per_second", "readings stored per second, last minute", "gauge",
+                   ((labels, round(reading_rate, 3)),)),
+            Metric("nabz_ingest_queue_messages", "messages received and not yet in a batch", "gauge",
+                   ((labels, self.backlog),)),
+            Metric("nabz_ingest_lag_seconds", "age of the oldest message not yet stored (0: none)", "gauge",
+                   ((labels, round(pending, 3)),)),
+            Metric("nabz_ingest_last_batch_lag_seconds", "receipt to storage of the last batch's first message",
+                   "gauge", ((labels, round(self._last_lag_s, 3)),)),
+            Metric("nabz_ingest_internal_errors_total", "messages dead-lettered because ingest failed on them",
+                   "counter", ((labels, self.internal_errors),)),
+            Metric("nabz_ingest_batch_failures_total", "batches that failed and were retried", "counter",
+                   ((labels, self.batch_failures),)),
+            Metric("nabz_ingest_broker_connected", "1 while connected to the broker", "gauge",
+                   ((labels, float(self.connected.is_set())),)),
+            Metric("nabz_ingest_heartbeats_total", "heartbeats published", "counter", ((labels, self.heartbeats),)),
+        ]  # fmt: skip
+        if self.sink is not None:
+            out += [
+                Metric("nabz_ingest_influx_spill_lines", "lines waiting in the disk spill (database down)", "gauge",
+                       ((labels, float(self.sink.spill.pending_lines)),)),
+                Metric("nabz_ingest_influx_points_written_total", "lines written to InfluxDB", "counter",
+                       ((labels, float(self.sink.points_written)),)),
+                Metric("nabz_ingest_influx_rejected_lines_total", "lines InfluxDB refused as malformed", "counter",
+                       ((labels, float(self.sink.rejected_lines)),)),
+            ]  # fmt: skip
+        with self._gw_lock:
+            out += gateway_metrics(self.gateways.snapshot())
+        return out
 
     def _take_batch(self) -> list[_Incoming]:
         try:

@@ -23,6 +23,7 @@ __all__ = [
     "BleConfig",
     "SerialConfig",
     "EnrolledDevice",
+    "DeadmanConfig",
     "StationConfig",
     "load",
     "ConfigError",
@@ -90,6 +91,18 @@ class SerialConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     baudrate: int = 115200
 
 
+class DeadmanConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The gateway's watch on the server (gateway.deadman, docs/operations.md "The monitoring must
+    not fail silently"): when no heartbeat of a `services` entry has been heard for `after_s`, the
+    gateway says so in its log and status and, with `modem = true`, texts `phones` directly."""
+
+    after_s: float = 600.0
+    repeat_s: float = 6 * 3600.0  # a reminder while the server stays silent; 0: never
+    services: list[Literal["ingest", "alerts"]] = msgspec.field(default_factory=lambda: ["ingest", "alerts"])
+    modem: bool = False  # a GSM modem on the gateway ([modem] settings) sends the texts
+    phones: list[str] = msgspec.field(default_factory=list)  # default: on-call primary and backup
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str = "gw-0001"
     spool_path: str = "var/gateway-spool.sqlite"
@@ -101,6 +114,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resend_timeout_s: float = 10.0  # a requested waveform range not back by then is a gap
     ble: BleConfig = msgspec.field(default_factory=BleConfig)
     serial: SerialConfig = msgspec.field(default_factory=SerialConfig)
+    deadman: DeadmanConfig = msgspec.field(default_factory=DeadmanConfig)
 
 
 class InfluxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -127,6 +141,9 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # for this sensor and enclosure: [[R, SpO2 %], ...], R increasing. Unset: the generic curve
     # 110 - 25 R, and every PPG SpO2 is reported uncalibrated (docs/contract.md "Derived vitals").
     spo2_calibration: list[tuple[float, float]] | None = None
+    heartbeat_s: float = 10.0  # the heartbeat gateways and the alerts service watch (0: none)
+    stats_interval_s: float = 5.0  # ingest_stats and gateway_status points to InfluxDB this often
+    metrics_listen: str | None = None  # e.g. "127.0.0.1:9108": /metrics and /healthz (port + worker)
 
 
 AlarmPriority = Literal["high", "medium", "low"]
@@ -204,6 +221,9 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Without an [oncall] schedule these numbers are everybody's primary, backup and team.
     on_call: list[str] = msgspec.field(default_factory=lambda: ["+923000000000"])
     timezone: str = "Asia/Karachi"  # for times in SMS
+    heartbeat_s: float = 10.0  # the heartbeat gateways watch (0: none)
+    site_quiet_after_s: float = 120.0  # no data from any device of the site this long: site_quiet
+    metrics_listen: str | None = None  # e.g. "127.0.0.1:9109": /metrics and /healthz
 
 
 class PersonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -361,6 +381,8 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
             data = tomllib.loads(chosen.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"configuration file not found: {chosen}") from exc
+        except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not UTF-8
+            raise ConfigError(f"{chosen}: cannot read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{chosen}: not valid TOML: {exc}") from exc
     _apply_env(data, env)

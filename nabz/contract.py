@@ -32,6 +32,7 @@ __all__ = [
     "GatewayStatus",
     "DeviceHealth",
     "AlarmEvent",
+    "Heartbeat",
     "ReadingTopic",
     "Rejected",
     "reading_topic",
@@ -39,6 +40,8 @@ __all__ = [
     "status_topic",
     "vitals_topic",
     "alarm_topic",
+    "heartbeat_topic",
+    "heartbeat_filter",
     "decode_reading",
     "reading_count",
     "encode",
@@ -230,6 +233,20 @@ class AlarmEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cleared_at: datetime | None = None
 
 
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A server service saying it is alive and working, every `interval_s` (not retained; gateways
+    watch for its absence: docs/contract.md "Heartbeats", docs/operations.md)."""
+
+    v: Literal[1] = 1
+    site: Id
+    service: Literal["ingest", "alerts"]
+    instance: Id  # the process: its MQTT client id
+    t: datetime
+    interval_s: Annotated[float, msgspec.Meta(gt=0)]
+    state: Literal["ok", "degraded"] = "ok"  # degraded: running, but part of its job is failing
+    detail: str | None = None  # what is failing, for people
+
+
 # ---------------------------------------------------------------------------------------------
 # Topics
 def reading_topic(site: str, gateway: str, device: str, stream: str) -> str:
@@ -246,6 +263,14 @@ def vitals_topic(site: str, patient: str) -> str:
 
 def alarm_topic(site: str, patient: str, kind: str) -> str:
     return f"{ROOT}/{site}/patient/{patient}/alarm/{kind}"
+
+
+def heartbeat_topic(site: str, instance: str) -> str:
+    return f"{ROOT}/{site}/server/{instance}/heartbeat"
+
+
+def heartbeat_filter(site: str = "+") -> str:
+    return f"{ROOT}/{site}/server/+/heartbeat"
 
 
 READINGS_FILTER = f"{ROOT}/+/gw/+/+/+"
@@ -311,7 +336,7 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
         return Rejected("bad_topic", f"not a reading topic: {topic[:200]!r}")
     try:
         raw = _json_any.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
         return Rejected("not_json", str(exc))
     if not isinstance(raw, dict):
         return Rejected("not_object", f"payload is a JSON {type(raw).__name__}, expected an object")
