@@ -194,6 +194,21 @@ def test_the_patient_page_shows_trends_history_and_a_readable_strip(nurse: Page,
     expect(row).to_contain_text("by sana")
     nurse.screenshot(path=str(ARTIFACTS / "patient.png"), full_page=True)
 
+    # Silence SMS for this alarm kind: the alerts service applies it; the page lists it; it can end.
+    nurse.select_option("#silence-form select[name=kind]", "spo2_low")
+    nurse.select_option("#silence-form select[name=duration_s]", "1800")
+    nurse.fill("#silence-form input[name=reason]", "family with the patient")
+    nurse.click("#silence-form button[type=submit]")
+    silence = nurse.locator("ul.silences li")
+    expect(silence).to_contain_text("spo2_low", timeout=10_000)
+    expect(silence).to_contain_text("by sana: family with the patient")
+    (s,) = stack.alerts.store.silences(time.time())
+    assert (s.patient, s.kind, s.ends_at - s.starts_at, s.created_by) == ("p-0001", "spo2_low", 1800.0, "sana")
+    silence.locator("button.unsilence").click()
+    expect(nurse.locator("ul.silences li")).to_have_count(0, timeout=10_000)
+    assert stack.alerts.store.silences(time.time()) == []
+    row = nurse.locator("table.history tbody tr").first
+
     t0 = time.monotonic()
     row.locator("a").click()
     svg = nurse.locator("#strip svg")
