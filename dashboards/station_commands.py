@@ -48,10 +48,18 @@ def register(sub: Any, bench: Any) -> None:
 
     p = ucmd("add", "create an account (asks for its password twice, without echo)", _add)
     p.add_argument("--role", required=True, choices=("nurse", "doctor", "admin"))
-    p.add_argument("--password-stdin", action="store_true", help="read the password as one line on standard input")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password as one line on standard input"
+    )
     p = ucmd("passwd", "set a new password (ends the user's sessions)", _passwd)
-    p.add_argument("--password-stdin", action="store_true", help="read the password as one line on standard input")
-    ucmd("disable", "lock an account out at once (ends its sessions); the audit log keeps its history", _disable)
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password as one line on standard input"
+    )
+    ucmd(
+        "disable",
+        "lock an account out at once (ends its sessions); the audit log keeps its history",
+        _disable,
+    )
     ucmd("enable", "allow a disabled account to log in again", _enable)
     ucmd("list", "accounts, roles and whether they are disabled", _list, named=False)
 
@@ -182,7 +190,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     server = StationServer(cfg, host=args.host, port=args.port)
     if not server.app.station.db.users():
-        print("nabz: no accounts yet; create one with `nabz station user add NAME --role nurse`", file=sys.stderr)
+        print(
+            "nabz: no accounts yet; create one with `nabz station user add NAME --role nurse`",
+            file=sys.stderr,
+        )
     try:
         return serve(_Announce(server))
     except StationError as exc:

@@ -91,7 +91,9 @@ class Station:
             return "-"
         return datetime.fromtimestamp(t, UTC).astimezone(ZoneInfo(self.tz)).strftime(fmt)
 
-    def audit(self, ctx: Ctx | None, request: Request, action: str, target: str = "", detail: Any = "") -> Awaitable[None]:
+    def audit(
+        self, ctx: Ctx | None, request: Request, action: str, target: str = "", detail: Any = ""
+    ) -> Awaitable[None]:
         user = ctx.user.username if ctx else "-"
         return asyncio.to_thread(self.db.audit, self.clock(), user, action, target, detail, _address(request))
 
@@ -156,13 +158,19 @@ def guarded(
                 reason = f"&why={why}" if why else ""
                 return RedirectResponse(f"/login?next={quote(target, safe='/')}{reason}", status_code=303)
             if action is not None and not auth.allowed(ctx.user.role, action):
-                await st.audit(ctx, request, "denied", request.url.path, {"action": action, "role": ctx.user.role})
+                await st.audit(
+                    ctx, request, "denied", request.url.path, {"action": action, "role": ctx.user.role}
+                )
                 if api:
-                    return JSONResponse({"error": f"a {ctx.user.role} may not {action.replace('_', ' ')}"}, 403)
+                    return JSONResponse(
+                        {"error": f"a {ctx.user.role} may not {action.replace('_', ' ')}"}, 403
+                    )
                 return st.templates.TemplateResponse(
                     request, "denied.html", {"ctx": ctx, "action": action}, status_code=403
                 )
-            if change and (request.headers.get("x-csrf-token") != ctx.session.csrf or not _same_origin(request)):
+            if change and (
+                request.headers.get("x-csrf-token") != ctx.session.csrf or not _same_origin(request)
+            ):
                 await st.audit(ctx, request, "denied", request.url.path, {"reason": "csrf"})
                 return JSONResponse({"error": "refused: the request did not come from this page"}, 403)
             if touch:
@@ -202,7 +210,9 @@ def create_app(
     # --- login ----------------------------------------------------------------------------------
     async def login_page(request: Request) -> Response:
         why = request.query_params.get("why", "")
-        return _page(st, request, "login.html", None, next=request.query_params.get("next", "/"), why=why, error="")
+        return _page(
+            st, request, "login.html", None, next=request.query_params.get("next", "/"), why=why, error=""
+        )
 
     async def login(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
@@ -224,7 +234,9 @@ def create_app(
         wait = max(st.by_user.blocked(username, now), st.by_address.blocked(addr, now))
         if wait > 0:
             st.logins_blocked += 1
-            await asyncio.to_thread(st.db.audit, now, username or "-", "login_blocked", "", {"wait_s": round(wait)}, addr)
+            await asyncio.to_thread(
+                st.db.audit, now, username or "-", "login_blocked", "", {"wait_s": round(wait)}, addr
+            )
             r = again(f"Too many failed logins. Try again in {max(1, round(wait / 60))} min.", 429)
             r.headers["retry-after"] = str(int(wait) + 1)
             return r
@@ -315,9 +327,16 @@ def create_app(
         marks = [Mark(a["raised_at"], f"alarm raised {st.local(a['raised_at'], '%H:%M:%S')}")]
         if a.get("condition_started_at") is not None and a["condition_started_at"] < a["raised_at"] - 0.5:
             marks.append(Mark(a["condition_started_at"], "condition began", "#7a4b00", dashed=True))
-        title = f"{st.hub.ward.labels.get(pid, pid)} · {a['kind']} ({a['priority']}) · {st.local(a['raised_at'])}"
+        title = (
+            f"{st.hub.ward.labels.get(pid, pid)} · {a['kind']} ({a['priority']}) · {st.local(a['raised_at'])}"
+        )
         svg = render_strip(start, end, ecg, ppg, marks=marks, title=title, tz=st.tz)
-        info = {"alarm": a, "ecg_device": ecg_dev, "ppg_device": ppg_dev, "payloads_missing": ecg_empty + ppg_empty}
+        info = {
+            "alarm": a,
+            "ecg_device": ecg_dev,
+            "ppg_device": ppg_dev,
+            "payloads_missing": ecg_empty + ppg_empty,
+        }
         return info, svg
 
     @guarded(st, "view_patients")
@@ -326,7 +345,9 @@ def create_app(
         if isinstance(got, Response):
             return got
         info, svg = got
-        await st.audit(ctx, request, "view_strip", info["alarm"]["alarm_id"], {"patient": info["alarm"]["patient"]})
+        await st.audit(
+            ctx, request, "view_strip", info["alarm"]["alarm_id"], {"patient": info["alarm"]["patient"]}
+        )
         return _page(st, request, "strip.html", ctx, svg=svg, patient=info["alarm"]["patient"],
                      label=st.hub.ward.labels.get(info["alarm"]["patient"], info["alarm"]["patient"]), **info)  # fmt: skip
 
@@ -336,7 +357,9 @@ def create_app(
         if isinstance(got, Response):
             return got
         info, svg = got
-        await st.audit(ctx, request, "view_strip", info["alarm"]["alarm_id"], {"patient": info["alarm"]["patient"]})
+        await st.audit(
+            ctx, request, "view_strip", info["alarm"]["alarm_id"], {"patient": info["alarm"]["patient"]}
+        )
         return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-store"})
 
     @guarded(st, "read_audit")
@@ -354,7 +377,11 @@ def create_app(
         if pid is not None and not _known_patient(st, pid):
             return PlainTextResponse("no such patient", 404)
         client = st.hub.subscribe(pid)
-        hello = {"user": ctx.user.username, "role": ctx.user.role, "stale_after_s": st.config.station.stale_after_s}
+        hello = {
+            "user": ctx.user.username,
+            "role": ctx.user.role,
+            "stale_after_s": st.config.station.stale_after_s,
+        }
 
         async def stream() -> AsyncIterator[str]:
             try:
@@ -404,7 +431,9 @@ def create_app(
         state = await st.hub.wait_alarm(alarm_id, 5.0)
         if isinstance(state, str):
             await st.audit(ctx, request, "ack_unconfirmed", alarm_id, {"waited_s": 5})
-            return JSONResponse({"state": "sent", "detail": "sent; the alarm service has not answered yet"}, 202)
+            return JSONResponse(
+                {"state": "sent", "detail": "sent; the alarm service has not answered yet"}, 202
+            )
         return JSONResponse({"state": "cleared" if state is None else state["state"], "alarm": state})
 
     @guarded(st, "silence", api=True, change=True)
@@ -416,7 +445,11 @@ def create_app(
             reason = str(body.get("reason", ""))[:200]
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "patient, kind and duration_s are needed"}, 400)
-        if not _known_patient(st, pid) or not (kind == "*" or _ID.match(kind)) or duration not in SILENCE_CHOICES_S:
+        if (
+            not _known_patient(st, pid)
+            or not (kind == "*" or _ID.match(kind))
+            or duration not in SILENCE_CHOICES_S
+        ):
             return JSONResponse({"error": "unknown patient, kind or duration"}, 400)
         cmd = {"action": "silence", "patient": pid, "kind": kind, "duration_s": duration, "reason": reason,
                "by": ctx.user.username}  # fmt: skip
@@ -432,7 +465,9 @@ def create_app(
         if not _ID.match(sid):
             return JSONResponse({"error": "bad silence id"}, 400)
         await st.audit(ctx, request, "unsilence", sid)
-        if not await asyncio.to_thread(st.hub.publish_command, {"action": "unsilence", "silence_id": sid, "by": ctx.user.username}):
+        if not await asyncio.to_thread(
+            st.hub.publish_command, {"action": "unsilence", "silence_id": sid, "by": ctx.user.username}
+        ):
             return JSONResponse({"error": "the alarm service cannot be reached"}, 503)
         return JSONResponse({"state": "sent"}, 202)
 
@@ -476,8 +511,10 @@ def create_app(
             f"nabz_station_mqtt_messages_total {st.hub.messages}",
             "# HELP nabz_station_commands_total Alarm commands published to the alerts service, by action.",
             "# TYPE nabz_station_commands_total counter",
-            *(f'nabz_station_commands_total{{action="{a}"}} {st.hub.commands_sent.get(a, 0)}'
-              for a in ("ack", "silence", "unsilence")),  # fmt: skip
+            *(
+                f'nabz_station_commands_total{{action="{a}"}} {st.hub.commands_sent.get(a, 0)}'
+                for a in ("ack", "silence", "unsilence")
+            ),  # fmt: skip
         ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

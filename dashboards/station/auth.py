@@ -99,7 +99,9 @@ def check_new_password(username: str, password: str) -> None:
 SessionState = Literal["ok", "idle", "expired"]
 
 
-def session_state(created_at: float, last_active_at: float, now: float, idle_s: float, max_s: float) -> SessionState:
+def session_state(
+    created_at: float, last_active_at: float, now: float, idle_s: float, max_s: float
+) -> SessionState:
     """A session ends after `idle_s` without a user action (automatic logoff) or `max_s` after login."""
     if now - created_at >= max_s:
         return "expired"

@@ -133,7 +133,9 @@ class Records:
                     out.setdefault(f"{source}.{c}", []).append((mid, float(mean), float(lo), float(hi)))
         return out
 
-    def waveforms(self, patient: str, stream: str, start: float, end: float) -> tuple[str | None, list[Segment], int]:
+    def waveforms(
+        self, patient: str, stream: str, start: float, end: float
+    ) -> tuple[str | None, list[Segment], int]:
         """Segments of the device with the most samples for this patient and stream in [start, end];
         also how many stored messages had no payload (ingest.keep_payloads = false)."""
         rows = self._rows(
@@ -154,7 +156,9 @@ class Records:
                 continue
             samples = w.signal_uv if stream == "ecg" else w.ir_counts
             if samples:
-                by_device.setdefault(device, []).append(Segment(t_ns / 1e9, float(w.rate_hz), samples, tuple(w.flags)))
+                by_device.setdefault(device, []).append(
+                    Segment(t_ns / 1e9, float(w.rate_hz), samples, tuple(w.flags))
+                )
         if not by_device:
             return None, [], empty
         device = max(by_device, key=lambda d: sum(len(s.samples) for s in by_device[d]))
@@ -165,7 +169,9 @@ class Records:
         """Alarms newest first (as alerts/lifecycle.Alarm fields), without the SMS acknowledgement code."""
         where, args = ("WHERE patient = ?", (patient,)) if patient else ("", ())
         rows = self._rows(
-            self.alerts_path, f"SELECT data FROM alarms {where} ORDER BY raised_at DESC LIMIT ?", (*args, limit)
+            self.alerts_path,
+            f"SELECT data FROM alarms {where} ORDER BY raised_at DESC LIMIT ?",
+            (*args, limit),
         )
         out = []
         for (data,) in rows:
@@ -175,7 +181,9 @@ class Records:
         return out
 
     def open_alarms(self) -> list[dict[str, Any]]:
-        rows = self._rows(self.alerts_path, "SELECT data FROM alarms WHERE state != 'cleared' ORDER BY raised_at")
+        rows = self._rows(
+            self.alerts_path, "SELECT data FROM alarms WHERE state != 'cleared' ORDER BY raised_at"
+        )
         out = []
         for (data,) in rows:
             a = json.loads(data)

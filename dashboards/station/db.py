@@ -82,7 +82,9 @@ class AuditRow:
     hash: str
 
 
-def _row_hash(prev: str, at: float, username: str, action: str, target: str, detail: str, address: str) -> str:
+def _row_hash(
+    prev: str, at: float, username: str, action: str, target: str, detail: str, address: str
+) -> str:
     text = json.dumps([prev, repr(at), username, action, target, detail, address], ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -211,7 +213,9 @@ class StationDB:
     def audit_rows(self, limit: int | None = None, action: str | None = None) -> list[AuditRow]:
         """Oldest first; with `limit`, the newest `limit` rows."""
         where, args = ("WHERE action = ?", (action,)) if action else ("", ())
-        sql = f"SELECT seq, at, username, action, target, detail, address, hash FROM audit {where} ORDER BY seq"
+        sql = (
+            f"SELECT seq, at, username, action, target, detail, address, hash FROM audit {where} ORDER BY seq"
+        )
         if limit is not None:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY seq"
         with self.lock:

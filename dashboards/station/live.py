@@ -111,7 +111,10 @@ class Hub:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        self._topics = [(contract.vitals_topic(site, "+"), 1), (f"{contract.ROOT}/{site}/patient/+/alarm/+", 1)]
+        self._topics = [
+            (contract.vitals_topic(site, "+"), 1),
+            (f"{contract.ROOT}/{site}/patient/+/alarm/+", 1),
+        ]
         connect(client, self.config.mqtt)
         self._task = asyncio.create_task(self._flusher(), name="station-flusher")
 

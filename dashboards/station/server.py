@@ -69,7 +69,9 @@ class StationServer:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
-            raise StationError(f"the nurse station could not listen on {self.host}:{self.port}: {exc}") from exc
+            raise StationError(
+                f"the nurse station could not listen on {self.host}:{self.port}: {exc}"
+            ) from exc
         self.port = int(sock.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, args=(sock,), name="nabz-station", daemon=True)
         self._thread.start()

@@ -83,7 +83,9 @@ def _runs(segments: Sequence[Segment], start: float, end: float) -> list[tuple[n
 
 def _polyline(xs: np.ndarray, ys: np.ndarray) -> str:
     pts = " ".join(f"{_n(a)},{_n(b)}" for a, b in zip(xs, ys, strict=True))
-    return f'<polyline points="{pts}" fill="none" stroke="{_TRACE}" stroke-width="0.3" stroke-linejoin="round"/>'
+    return (
+        f'<polyline points="{pts}" fill="none" stroke="{_TRACE}" stroke-width="0.3" stroke-linejoin="round"/>'
+    )
 
 
 def _grid(x0: float, y0: float, w: float, h: float) -> list[str]:

@@ -55,7 +55,9 @@ def _tick_step(span_s: float) -> float:
     return 48 * 3600.0
 
 
-def _runs(points: Sequence[tuple[float, float, float, float]], max_gap: float) -> list[list[tuple[float, float, float, float]]]:
+def _runs(
+    points: Sequence[tuple[float, float, float, float]], max_gap: float
+) -> list[list[tuple[float, float, float, float]]]:
     runs: list[list[tuple[float, float, float, float]]] = []
     for p in sorted(points):
         if runs and p[0] - runs[-1][-1][0] <= max_gap:
@@ -98,48 +100,72 @@ def render_trends(
         def y_of(v: float, top: float = top, lo: float = lo, span: float = span) -> float:
             return top + _PANEL_H - (v - lo) / span * _PANEL_H
 
-        out.append(f'<text x="{_n(_LEFT)}" y="{_n(top - 4)}" font-size="13" font-family="sans-serif" font-weight="bold" fill="#222">{escape(panel.title)}</text>')
+        out.append(
+            f'<text x="{_n(_LEFT)}" y="{_n(top - 4)}" font-size="13" font-family="sans-serif" font-weight="bold" fill="#222">{escape(panel.title)}</text>'
+        )
         for a, b, colour in panel.bands:
             ya, yb = y_of(max(a, lo)), y_of(min(b, hi))
-            out.append(f'<rect x="{_n(_LEFT)}" y="{_n(yb)}" width="{_n(plot_w)}" height="{_n(max(0.0, ya - yb))}" fill="{colour}" fill-opacity="0.08"/>')
-        out.append(f'<rect x="{_n(_LEFT)}" y="{_n(top)}" width="{_n(plot_w)}" height="{_n(_PANEL_H)}" fill="none" stroke="#999" stroke-width="1"/>')
+            out.append(
+                f'<rect x="{_n(_LEFT)}" y="{_n(yb)}" width="{_n(plot_w)}" height="{_n(max(0.0, ya - yb))}" fill="{colour}" fill-opacity="0.08"/>'
+            )
+        out.append(
+            f'<rect x="{_n(_LEFT)}" y="{_n(top)}" width="{_n(plot_w)}" height="{_n(_PANEL_H)}" fill="none" stroke="#999" stroke-width="1"/>'
+        )
         for k in range(5):
             v = lo + span * k / 4
             y = y_of(v)
-            out.append(f'<line x1="{_n(_LEFT)}" y1="{_n(y)}" x2="{_n(_W - _RIGHT)}" y2="{_n(y)}" stroke="#e5e5e5" stroke-width="1"/>')
-            out.append(f'<text x="{_n(_LEFT - 4)}" y="{_n(y + 4)}" font-size="11" font-family="sans-serif" text-anchor="end" fill="#555">{_n(v)}</text>')
+            out.append(
+                f'<line x1="{_n(_LEFT)}" y1="{_n(y)}" x2="{_n(_W - _RIGHT)}" y2="{_n(y)}" stroke="#e5e5e5" stroke-width="1"/>'
+            )
+            out.append(
+                f'<text x="{_n(_LEFT - 4)}" y="{_n(y + 4)}" font-size="11" font-family="sans-serif" text-anchor="end" fill="#555">{_n(v)}</text>'
+            )
         t = (start // step + 1) * step
         while t < end:
             x = x_of(t)
-            out.append(f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(top + _PANEL_H)}" stroke="#eeeeee" stroke-width="1"/>')
+            out.append(
+                f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(top + _PANEL_H)}" stroke="#eeeeee" stroke-width="1"/>'
+            )
             fmt = "%H:%M" if step < 24 * 3600 else "%d %b"
             if step >= 6 * 3600 and datetime.fromtimestamp(t, UTC).astimezone(zone).hour == 0:
                 fmt = "%d %b"
             label = datetime.fromtimestamp(t, UTC).astimezone(zone).strftime(fmt)
-            out.append(f'<text x="{_n(x)}" y="{_n(top + _PANEL_H + 13)}" font-size="11" font-family="sans-serif" text-anchor="middle" fill="#555">{label}</text>')
+            out.append(
+                f'<text x="{_n(x)}" y="{_n(top + _PANEL_H + 13)}" font-size="11" font-family="sans-serif" text-anchor="middle" fill="#555">{label}</text>'
+            )
             t += step
         legend_x = _W - _RIGHT
         for s in reversed(panel.series):
             label = escape(s.label)
-            out.append(f'<text x="{_n(legend_x)}" y="{_n(top - 4)}" font-size="11" font-family="sans-serif" text-anchor="end" fill="{s.colour}">{label}</text>')
+            out.append(
+                f'<text x="{_n(legend_x)}" y="{_n(top - 4)}" font-size="11" font-family="sans-serif" text-anchor="end" fill="{s.colour}">{label}</text>'
+            )
             legend_x -= 7.0 * len(s.label) + 14
         for s in panel.series:
             for run in _runs(s.points, 2.5 * bucket_s):
                 if len(run) == 1:
                     t0, mean0, _, _ = run[0]
-                    out.append(f'<circle cx="{_n(x_of(t0))}" cy="{_n(y_of(mean0))}" r="2" fill="{s.colour}"/>')
+                    out.append(
+                        f'<circle cx="{_n(x_of(t0))}" cy="{_n(y_of(mean0))}" r="2" fill="{s.colour}"/>'
+                    )
                     continue
                 upper = " ".join(f"{_n(x_of(p[0]))},{_n(y_of(p[3]))}" for p in run)
                 lower = " ".join(f"{_n(x_of(p[0]))},{_n(y_of(p[2]))}" for p in reversed(run))
-                out.append(f'<polygon points="{upper} {lower}" fill="{s.colour}" fill-opacity="0.15" stroke="none"/>')
+                out.append(
+                    f'<polygon points="{upper} {lower}" fill="{s.colour}" fill-opacity="0.15" stroke="none"/>'
+                )
                 mean = " ".join(f"{_n(x_of(p[0]))},{_n(y_of(p[1]))}" for p in run)
                 out.append(f'<polyline points="{mean}" fill="none" stroke="{s.colour}" stroke-width="1.5"/>')
         if not any(s.points for s in panel.series):
-            out.append(f'<text x="{_n(_LEFT + plot_w / 2)}" y="{_n(top + _PANEL_H / 2)}" font-size="13" font-family="sans-serif" text-anchor="middle" fill="#900">no data in this period</text>')
+            out.append(
+                f'<text x="{_n(_LEFT + plot_w / 2)}" y="{_n(top + _PANEL_H / 2)}" font-size="13" font-family="sans-serif" text-anchor="middle" fill="#900">no data in this period</text>'
+            )
         for m in marks:
             if start <= m.t <= end:
                 x = x_of(m.t)
                 colour = PRIORITY_COLOURS.get(m.priority, "#555")
-                out.append(f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(top + _PANEL_H)}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="4 3"><title>{escape(m.label)}</title></line>')
+                out.append(
+                    f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(top + _PANEL_H)}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="4 3"><title>{escape(m.label)}</title></line>'
+                )
     out.append("</svg>")
     return "\n".join(out)

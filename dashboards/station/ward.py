@@ -99,7 +99,11 @@ class Ward:
                 del p.alarms[a["kind"]]
             return
         current = p.alarms.get(a["kind"])
-        if current is not None and current["alarm_id"] != a["alarm_id"] and current["raised_at"] > a["raised_at"]:
+        if (
+            current is not None
+            and current["alarm_id"] != a["alarm_id"]
+            and current["raised_at"] > a["raised_at"]
+        ):
             return  # an older alarm of this kind, replayed
         p.alarms[a["kind"]] = dict(a)
 
@@ -134,7 +138,9 @@ class Ward:
         battery = [v for k, v in p.values.items() if k.endswith("battery_pct")]
         low = min(battery, key=lambda v: v.x) if battery else None
         flags = sorted({f for t, fs in p.flags.values() if now - t <= self.stale_after_s for f in fs})
-        alarms = sorted(p.alarms.values(), key=lambda a: (-PRIORITY_RANK.get(a["priority"], 0), a["raised_at"]))
+        alarms = sorted(
+            p.alarms.values(), key=lambda a: (-PRIORITY_RANK.get(a["priority"], 0), a["raised_at"])
+        )
         unacked = [a for a in alarms if a["state"] == "active"]
         top = alarms[0]["priority"] if alarms else None
         return {
@@ -155,7 +161,9 @@ class Ward:
         }
 
     def tiles(self, now: float) -> list[dict[str, Any]]:
-        return [self.tile(pid, now) for pid in sorted(self.patients, key=lambda x: (self.labels.get(x, x), x))]
+        return [
+            self.tile(pid, now) for pid in sorted(self.patients, key=lambda x: (self.labels.get(x, x), x))
+        ]
 
     def summary(self, now: float) -> dict[str, Any]:
         by_priority = {"high": 0, "medium": 0, "low": 0}

@@ -40,7 +40,9 @@ class Agent:
         self.csrf = m.group(1) if m else ""
         return got
 
-    def post_json(self, path: str, payload: dict[str, Any] | None = None, csrf: bool = True) -> tuple[int, Any]:
+    def post_json(
+        self, path: str, payload: dict[str, Any] | None = None, csrf: bool = True
+    ) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json", **({"X-CSRF-Token": self.csrf} if csrf else {})}
         status, _, text, _ = self.request("POST", path, json.dumps(payload or {}).encode(), headers)
         return status, json.loads(text) if text.startswith("{") else text

@@ -152,7 +152,9 @@ _ecg_cache: list[np.ndarray] = []
 def _record_100() -> np.ndarray:
     if not _ecg_cache:
         rec = read_record(RECORD_100)
-        _ecg_cache.append(np.round(to_microvolts(rec.signal("MLII"), rec.sampling_rate, 250)[250 * 60 : 250 * 120]))
+        _ecg_cache.append(
+            np.round(to_microvolts(rec.signal("MLII"), rec.sampling_rate, 250)[250 * 60 : 250 * 120])
+        )
     return _ecg_cache[0]
 
 

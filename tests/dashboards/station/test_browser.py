@@ -25,7 +25,12 @@ from tests.servers import require
 ARTIFACTS = Path(__file__).parents[3] / "test-artifacts" / "station"
 CHROMIUM = "/usr/bin/chromium"
 # Flags that work for a headless Chromium run as root in a container (REALPARTS.md, Browser).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-dev-shm-usage",
+]
 NUMBERS: dict[str, Any] = {}
 
 
@@ -140,7 +145,10 @@ def test_a_tile_updates_live_without_a_reload(nurse: Page, stack: Stack) -> None
     expect(p2.locator(".tile-head .label")).to_have_text("Bed 2")
     assert nurse.evaluate("window.__noReload") == 1, "the page was reloaded"
     NUMBERS["reading_to_tile_s"] = {"median": round(statistics.median(full), 3), "max": round(max(full), 3)}
-    NUMBERS["vitals_to_tile_s"] = {"median": round(statistics.median(direct), 3), "max": round(max(direct), 3)}
+    NUMBERS["vitals_to_tile_s"] = {
+        "median": round(statistics.median(direct), 3),
+        "max": round(max(direct), 3),
+    }
     assert max(full + direct) < 2.0
     assert _metrics(stack.url)["nabz_station_sse_clients"] >= 1
 
@@ -174,7 +182,9 @@ def test_an_alarm_appears_and_the_nurse_acknowledges_it(nurse: Page, stack: Stac
     # The same lifecycle as an SMS acknowledgement: the alerts service moved the alarm, by her name.
     (stored,) = [a for a in stack.alerts.store.alarms() if a["alarm_id"] == alarm_id]
     assert stored["state"] == "acknowledged" and stored["acknowledged_by"] == "sana"
-    transitions = [a for a in stack.alerts.store.audit() if a["alarm_id"] == alarm_id and a["state"] == "acknowledged"]
+    transitions = [
+        a for a in stack.alerts.store.audit() if a["alarm_id"] == alarm_id and a["state"] == "acknowledged"
+    ]
     assert transitions and json.loads(transitions[0]["detail"])["acknowledged_by"] == "sana"
     # ... and the station's own audit log has who clicked, from where.
     rows = [r for r in stack.station.app.station.db.audit_rows() if r.action == "ack"]
@@ -188,7 +198,10 @@ def test_the_patient_page_shows_trends_history_and_a_readable_strip(nurse: Page,
     expect(nurse.locator("h1")).to_have_text("p-0001")
     trend = nurse.locator("img.trend")
     expect(trend).to_be_visible()
-    _wait_js(nurse, "document.querySelector('img.trend').complete && document.querySelector('img.trend').naturalWidth > 0")
+    _wait_js(
+        nurse,
+        "document.querySelector('img.trend').complete && document.querySelector('img.trend').naturalWidth > 0",
+    )
     row = nurse.locator("table.history tbody tr").first
     expect(row).to_contain_text("SpO2")
     expect(row).to_contain_text("by sana")
@@ -203,7 +216,12 @@ def test_the_patient_page_shows_trends_history_and_a_readable_strip(nurse: Page,
     expect(silence).to_contain_text("spo2_low", timeout=10_000)
     expect(silence).to_contain_text("by sana: family with the patient")
     (s,) = stack.alerts.store.silences(time.time())
-    assert (s.patient, s.kind, s.ends_at - s.starts_at, s.created_by) == ("p-0001", "spo2_low", 1800.0, "sana")
+    assert (s.patient, s.kind, s.ends_at - s.starts_at, s.created_by) == (
+        "p-0001",
+        "spo2_low",
+        1800.0,
+        "sana",
+    )
     silence.locator("button.unsilence").click()
     expect(nurse.locator("ul.silences li")).to_have_count(0, timeout=10_000)
     assert stack.alerts.store.silences(time.time()) == []
@@ -228,19 +246,25 @@ def test_the_patient_page_shows_trends_history_and_a_readable_strip(nurse: Page,
 
 
 def test_it_works_on_a_phone_screen(browser: Browser, stack: Stack) -> None:
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    ctx = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     page = ctx.new_page()
     _login(page, stack.url, "imran", PASSWORDS["imran"])
     expect(page.locator("article.tile")).to_have_count(3, timeout=10_000)
     expect(page.locator('article[data-patient="p-0001"] li.alarm')).to_contain_text("ACK sana")
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the ward scrolls sideways on a phone"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, (
+        "the ward scrolls sideways on a phone"
+    )
     box = page.locator('article[data-patient="p-0001"]').bounding_box()
     assert box is not None and box["width"] <= 390
     page.screenshot(path=str(ARTIFACTS / "phone-ward.png"), full_page=True)
     ctx.close()
 
 
-def test_an_admin_reads_the_audit_log_but_cannot_see_patients_or_acknowledge(browser: Browser, stack: Stack) -> None:
+def test_an_admin_reads_the_audit_log_but_cannot_see_patients_or_acknowledge(
+    browser: Browser, stack: Stack
+) -> None:
     ctx = browser.new_context()
     page = ctx.new_page()
     _login(page, stack.url, "root.admin", PASSWORDS["root.admin"])

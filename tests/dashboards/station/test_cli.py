@@ -23,15 +23,21 @@ def nabz(tmp: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[
 
 def test_an_installer_adds_accounts_without_the_password_ever_showing(tmp_path: Path) -> None:
     secret = "ward-7-night-shift"
-    out = nabz(tmp_path, "user", "add", "nurse.sana", "--role", "nurse", "--password-stdin", stdin=secret + "\n")
+    out = nabz(
+        tmp_path, "user", "add", "nurse.sana", "--role", "nurse", "--password-stdin", stdin=secret + "\n"
+    )
     assert out.returncode == 0, out.stderr
     assert "added nurse nurse.sana" in out.stdout and secret not in out.stdout + out.stderr
     db_file = tmp_path / "station.sqlite"
     assert stat.S_IMODE(db_file.stat().st_mode) == 0o600
     user = StationDB(db_file).user("nurse.sana")
-    assert user is not None and verify_password(user.password_hash, secret) and secret not in user.password_hash
+    assert (
+        user is not None and verify_password(user.password_hash, secret) and secret not in user.password_hash
+    )
 
-    again = nabz(tmp_path, "user", "add", "nurse.sana", "--role", "doctor", "--password-stdin", stdin="x" * 12)
+    again = nabz(
+        tmp_path, "user", "add", "nurse.sana", "--role", "doctor", "--password-stdin", stdin="x" * 12
+    )
     assert again.returncode == 1 and "exists already" in again.stderr
     short = nabz(tmp_path, "user", "add", "dr.ali", "--role", "doctor", "--password-stdin", stdin="short\n")
     assert short.returncode == 1 and "at least 10" in short.stderr
@@ -43,11 +49,16 @@ def test_an_installer_adds_accounts_without_the_password_ever_showing(tmp_path: 
 
 def test_passwords_change_accounts_are_disabled_and_it_is_all_in_the_audit_log(tmp_path: Path) -> None:
     nabz(tmp_path, "user", "add", "imran", "--role", "doctor", "--password-stdin", stdin="first-password-1\n")
-    assert nabz(tmp_path, "user", "passwd", "imran", "--password-stdin", stdin="second-password-2\n").returncode == 0
+    assert (
+        nabz(tmp_path, "user", "passwd", "imran", "--password-stdin", stdin="second-password-2\n").returncode
+        == 0
+    )
     assert nabz(tmp_path, "user", "disable", "imran").returncode == 0
     listing = nabz(tmp_path, "user", "list").stdout
     assert "imran" in listing and "doctor" in listing and "disabled" in listing
-    assert nabz(tmp_path, "user", "passwd", "nobody", "--password-stdin", stdin="whatever-123\n").returncode == 1
+    assert (
+        nabz(tmp_path, "user", "passwd", "nobody", "--password-stdin", stdin="whatever-123\n").returncode == 1
+    )
     audit = nabz(tmp_path, "audit")
     assert audit.returncode == 0
     lines = audit.stdout.splitlines()

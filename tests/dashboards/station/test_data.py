@@ -18,7 +18,21 @@ T0 = 1_795_597_200.0
 def _vitals_row(k: int, t: float, source: str, **v: float) -> tuple[object, ...]:
     cols = ("hr_bpm", "pr_bpm", "spo2_pct", "spo2_calibrated", "pi_pct", "sqi", "battery_pct")
     vals = [v.get(c) for c in cols]
-    return (f"id-{k}", "demo", "p-0001", "dev-1", source, int(t * 1e9), *vals, "", None, None, None, None, None)
+    return (
+        f"id-{k}",
+        "demo",
+        "p-0001",
+        "dev-1",
+        source,
+        int(t * 1e9),
+        *vals,
+        "",
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def test_trends_are_bucketed_means_with_their_range(tmp_path: Path) -> None:
@@ -57,7 +71,9 @@ def test_alarms_and_silences_are_read_without_the_sms_code(tmp_path: Path) -> No
               T0 - 5, T0, ack_code="4821")  # fmt: skip
     store.record(a, to_event(a, "ev-00000001"), T0)
     store.record(replace(a, state="cleared", cleared_at=T0 + 60), to_event(a, "ev-00000002"), T0 + 60)
-    b = replace(a, alarm_id="alarm-2", kind="battery_low", priority="low", raised_at=T0 + 100, ack_code="1234")
+    b = replace(
+        a, alarm_id="alarm-2", kind="battery_low", priority="low", raised_at=T0 + 100, ack_code="1234"
+    )
     store.record(b, to_event(b, "ev-00000003"), T0 + 100)
     store.add_silence(Silence("sil-1", "*", "sensor_off", T0, T0 + 3600, "sana", "night"))
     rec = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite")

@@ -54,7 +54,9 @@ def _vitals(patient: str, t: float, **values: Any) -> tuple[str, bytes]:
     return f"nabz/v1/demo/patient/{patient}/vitals", json.dumps(payload).encode()
 
 
-def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_asked_for(server: StationServer) -> None:
+def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_asked_for(
+    server: StationServer,
+) -> None:
     nurse = Agent(server.url)
     assert nurse.login("sana", PASSWORDS["sana"])[0] == 200
     ward = Events(nurse, "/events")
@@ -113,11 +115,17 @@ def test_failed_logins_are_limited_counted_and_audited(server: StationServer, cl
     assert status == 429 and int(headers["retry-after"]) > 800 and "Too many failed logins" in text
     assert a.login("imran", PASSWORDS["imran"])[0] == 200  # another user from the same address
     metrics = Agent(server.url).request("GET", "/metrics")[2]
-    assert "nabz_station_logins_failed_total 5" in metrics and "nabz_station_logins_blocked_total 1" in metrics
+    assert (
+        "nabz_station_logins_failed_total 5" in metrics and "nabz_station_logins_blocked_total 1" in metrics
+    )
     clock.offset += server.app.station.config.station.login_window_s
     assert Agent(server.url).login("sana", PASSWORDS["sana"])[0] == 200
     rows = server.app.station.db.audit_rows()
-    assert [r.action for r in rows if r.username == "sana"] == ["login_failed"] * 5 + ["login_blocked", "login", "view_ward"]
+    assert [r.action for r in rows if r.username == "sana"] == ["login_failed"] * 5 + [
+        "login_blocked",
+        "login",
+        "view_ward",
+    ]
     assert PASSWORDS["sana"] not in json.dumps([r.detail for r in rows])
 
 

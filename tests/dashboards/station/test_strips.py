@@ -59,7 +59,9 @@ def test_missing_samples_leave_a_labelled_hole_not_a_line_across() -> None:
     assert _points(traces[1])[0][0] - _points(traces[0])[-1][0] == pytest.approx(25.0 + 0.1, abs=0.01)
     assert "no data" in [t.text for t in svg.findall("s:text", NS)]
     # Consecutive frames join into one trace.
-    joined = _svg(start=T0, end=T0 + 2.0, ecg=[Segment(T0, 250.0, [0] * 250), Segment(T0 + 1.0, 250.0, [0] * 250)])
+    joined = _svg(
+        start=T0, end=T0 + 2.0, ecg=[Segment(T0, 250.0, [0] * 250), Segment(T0 + 1.0, 250.0, [0] * 250)]
+    )
     assert len(joined.findall("s:polyline", NS)) == 1
 
 
@@ -68,7 +70,9 @@ def test_marks_flags_and_missing_streams_are_written_out() -> None:
     svg = _svg(start=T0, end=T0 + 2.0, ecg=ecg, marks=[Mark(T0 + 1.0, "alarm raised 14:00:01")],
                title="Bed 2 <script>", tz="Asia/Karachi")  # fmt: skip
     texts = [t.text for t in svg.findall("s:text", NS)]
-    assert "alarm raised 14:00:01" in texts and "leads off" in texts and "no PPG stored for this time" in texts
+    assert (
+        "alarm raised 14:00:01" in texts and "leads off" in texts and "no PPG stored for this time" in texts
+    )
     assert any(t and t.startswith("Bed 2 <script>") for t in texts)  # escaped: it parsed as text
     (line,) = svg.findall("s:line[@class='mark']", NS)
     assert float(line.attrib["x1"]) == pytest.approx(10 + 25.0)

@@ -15,7 +15,14 @@ def vit(t: float, source: str, patient: str = "p-0001", device: str = "oxi-0001"
                   t=datetime.fromtimestamp(t, UTC), source=source, **v)  # type: ignore[arg-type]  # fmt: skip
 
 
-def alarm(alarm_id: str, state: str, priority: str = "high", kind: str = "spo2_low", raised: float = T0, **kw: object) -> AlarmEvent:
+def alarm(
+    alarm_id: str,
+    state: str,
+    priority: str = "high",
+    kind: str = "spo2_low",
+    raised: float = T0,
+    **kw: object,
+) -> AlarmEvent:
     return AlarmEvent(id=f"ev-{alarm_id}-{state}", alarm_id=alarm_id, site="demo", patient="p-0001", kind=kind,
                       priority=priority, state=state, message="SpO2 84% (<88%)",  # type: ignore[arg-type]
                       condition_started_at=datetime.fromtimestamp(raised - 5, UTC),
@@ -66,7 +73,11 @@ def test_alarms_show_while_open_colour_the_tile_by_their_highest_priority_and_le
     tile = w.tile("p-0001", T0)
     assert tile["alarm_priority"] == "high" and [a["alarm_id"] for a in tile["alarms"]] == ["a2", "a1"]
     assert tile["unacknowledged"] == 2
-    w.alarm(alarm("a2", "acknowledged", acknowledged_by="sana", acknowledged_at=datetime.fromtimestamp(T0 + 9, UTC)))
+    w.alarm(
+        alarm(
+            "a2", "acknowledged", acknowledged_by="sana", acknowledged_at=datetime.fromtimestamp(T0 + 9, UTC)
+        )
+    )
     tile = w.tile("p-0001", T0 + 10)
     assert tile["unacknowledged"] == 1 and tile["alarms"][0]["acknowledged_by"] == "sana"
     w.alarm(alarm("a2", "cleared"))
