@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,29 +84,33 @@ class Records:
     def enrolled_patients(self) -> set[str]:
         return {r[0] for r in self._rows(self.ingest_path, "SELECT DISTINCT patient FROM enrolment")}
 
-    def latest_vitals(self, since: float) -> list[Vitals]:
-        """The latest value of each quantity per patient and source since `since` (epoch s), one
-        Vitals message per value, to fill the tiles at start-up."""
+    def latest_vitals(self, patients: Iterable[str], now: float, recent_s: float = 60.0) -> list[Vitals]:
+        """What the tiles need at start-up, per patient: the rows of the last `recent_s` (values
+        older than that are not shown as current anyway), the newest row ever (when data last
+        came) and the newest battery level of the last day. Each query walks the (patient, t_ns)
+        index backwards a little way, so start-up stays quick with months of data."""
         out: list[Vitals] = []
-        for col in _LATEST:
-            # SQLite returns the bare columns of the row holding MAX(t_ns) in each group.
-            rows = self._rows(
-                self.ingest_path,
-                f"SELECT site, patient, device, source, MAX(t_ns), {col}, spo2_calibrated FROM vitals "
-                f"WHERE t_ns > ? AND {col} IS NOT NULL GROUP BY patient, source",
-                (int(since * 1e9),),
-            )
-            for site, patient, device, source, t_ns, x, cal in rows:
-                values: dict[str, Any] = {col: x}
-                if col == "spo2_pct":
-                    values["spo2_calibrated"] = bool(cal)
-                try:
-                    out.append(
-                        Vitals(id=f"station-start-{len(out):08d}", site=site, patient=patient, device=device,
-                               t=datetime.fromtimestamp(t_ns / 1e9, UTC), source=source, **values)
-                    )  # fmt: skip
-                except (TypeError, msgspec.ValidationError) as exc:
-                    log.debug("station: skipping a stored vitals row: %s", exc)
+        cols = "site, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, spo2_calibrated, sqi, battery_pct, resp_bpm, flags"
+        with self._open(self.ingest_path) as db:
+            if db is None:
+                return out
+            try:
+                for patient in patients:
+                    rows = db.execute(
+                        f"SELECT {cols} FROM vitals WHERE patient = ? ORDER BY t_ns DESC LIMIT 1", (patient,)
+                    ).fetchall()
+                    rows += db.execute(
+                        f"SELECT {cols} FROM vitals WHERE patient = ? AND battery_pct IS NOT NULL AND t_ns > ? "
+                        "ORDER BY t_ns DESC LIMIT 1",
+                        (patient, int((now - 86400) * 1e9)),
+                    ).fetchall()
+                    rows += db.execute(
+                        f"SELECT {cols} FROM vitals WHERE patient = ? AND t_ns > ? ORDER BY t_ns",
+                        (patient, int((now - recent_s) * 1e9)),
+                    ).fetchall()
+                    out.extend(_vitals_of(patient, r, len(out) + i) for i, r in enumerate(rows))
+            except sqlite3.OperationalError as exc:  # no vitals table yet
+                log.debug("station: %s: %s", self.ingest_path, exc)
         return out
 
     def trend(
@@ -211,5 +215,12 @@ class Records:
         out = [dict(zip(keys, r, strict=True)) for r in rows]
         return [s for s in out if patient is None or s["patient"] in (patient, "*")]
 
-    def patients_with_alarms(self) -> set[str]:
-        return {r[0] for r in self._rows(self.alerts_path, "SELECT DISTINCT patient FROM alarms")}
+
+def _vitals_of(patient: str, r: tuple[Any, ...], n: int) -> Vitals:
+    site, device, source, t_ns, hr, pr, spo2, cal, sqi, battery, resp, flags = r
+    return Vitals(
+        id=f"station-start-{n:08d}", site=site, patient=patient, device=device,
+        t=datetime.fromtimestamp(t_ns / 1e9, UTC), source=source, hr_bpm=hr, pr_bpm=pr, spo2_pct=spo2,
+        spo2_calibrated=bool(cal), sqi=sqi, battery_pct=battery, resp_bpm=resp,
+        flags=[f for f in (flags or "").split(",") if f],
+    )  # fmt: skip

@@ -92,11 +92,11 @@ class Hub:
     def load(self) -> None:
         """Patients and their latest state from the stores, before any MQTT message arrives."""
         now = self.clock()
-        for p in sorted(set(self.config.enrolment.values()) | self.records.enrolled_patients()):
+        patients = set(self.config.enrolment.values()) | self.records.enrolled_patients()
+        patients |= set(self.config.alerts.patients)
+        for p in sorted(patients):
             self.ward.add_patient(p)
-        for p in self.config.alerts.patients:
-            self.ward.add_patient(p)
-        for v in self.records.latest_vitals(now - 24 * 3600):
+        for v in self.records.latest_vitals(sorted(patients), now):
             self.ward.vitals(v)
         for a in self.records.open_alarms():
             self.ward.alarm_data(a)

@@ -45,9 +45,11 @@ def test_trends_are_bucketed_means_with_their_range(tmp_path: Path) -> None:
     assert len(hr) == 10 and all(p[1:] == (64.5, 60.0, 69.0) for p in hr)
     assert hr[0][0] == T0 + 30  # the middle of the first bucket
     assert "device.spo2_pct" not in got and rec.trend("p-0002", T0, T0 + 600, 60) == {}
-    # At start-up the tiles get the newest value of each quantity (one message per quantity).
-    latest = {(v.source, v.hr_bpm, v.sqi, v.t.timestamp()) for v in rec.latest_vitals(T0)}
-    assert latest == {("ecg", 69.0, None, T0 + 599), ("ecg", None, 0.9, T0 + 599)}
+    # At start-up: the newest row (when data last came) and the rows of the last minute.
+    latest = rec.latest_vitals(["p-0001", "p-0009"], now=T0 + 600)
+    assert [v.t.timestamp() for v in latest][0] == T0 + 599 and latest[0].hr_bpm == 69.0
+    assert {v.t.timestamp() for v in latest[1:]} == {T0 + k for k in range(541, 600)}
+    assert all(v.patient == "p-0001" and v.sqi == 0.9 for v in latest)
 
 
 def test_waveforms_come_back_as_segments_and_missing_payloads_are_counted(tmp_path: Path) -> None:
@@ -87,5 +89,5 @@ def test_alarms_and_silences_are_read_without_the_sms_code(tmp_path: Path) -> No
 
 def test_files_that_do_not_exist_yet_read_as_empty(tmp_path: Path) -> None:
     rec = Records(tmp_path / "none.sqlite", tmp_path / "none-either.sqlite")
-    assert rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(0) == []
+    assert rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(["p-0001"], 0.0) == []
     assert not (tmp_path / "none.sqlite").exists()  # read-only: nothing created
