@@ -55,7 +55,7 @@ def _vitals(patient: str, t: float, **values: Any) -> tuple[str, bytes]:
 
 
 def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_asked_for(
-    server: StationServer,
+    server: StationServer, clock: Clock
 ) -> None:
     nurse = Agent(server.url)
     assert nurse.login("sana", PASSWORDS["sana"])[0] == 200
@@ -77,6 +77,10 @@ def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_ask
     got = one.until("tile")
     assert got["patient"] == "p-0001" and got["hr"]["value"] == 64  # never p-0002's tile
     assert len(hub.clients) == 2
+    # No message at all for longer than stale_after_s: the server itself says the tile went stale.
+    clock.offset += server.app.station.config.station.stale_after_s + 1
+    stale = one.until("tile", lambda d: d["stale"])
+    assert stale["patient"] == "p-0001" and stale["hr"] is None and stale["last_seen"] == pytest.approx(now)
     ward.resp.close()
     one.resp.close()
 
