@@ -205,7 +205,10 @@ class GsmNotifier:
         if "SIM PIN" in pin:
             if not self.cfg.sim_pin:
                 raise ModemError("the SIM needs its PIN and modem.sim_pin is not set", retryable=False)
-            self.command(f'AT+CPIN="{self.cfg.sim_pin}"')
+            try:
+                self.command(f'AT+CPIN="{self.cfg.sim_pin}"')
+            except ModemError as exc:  # its text echoes the command: keep the PIN out of logs and audit
+                raise ModemError(str(exc).replace(str(self.cfg.sim_pin), "****"), exc.retryable) from None
         elif "READY" not in pin:
             raise ModemError(f"SIM not ready: {pin}", retryable=False)
         self.command("AT+CMGF=1")

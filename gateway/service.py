@@ -42,6 +42,7 @@ from nabz import contract
 from nabz.config import Config
 from nabz.contract import DeviceHealth, GatewayStatus, Rejected
 from nabz.mqtt import Will, connect, make_client, reason_ok
+from nabz.secrets import safe_url
 
 __all__ = ["Gateway", "GatewayStats"]
 
@@ -131,7 +132,7 @@ class Gateway:
         if reason_ok(reason):
             _c.subscribe(contract.heartbeat_filter(self.site), qos=0)
             self._events.put(("connected", True))
-            log.info("gateway %s connected to %s", self.id, self.config.mqtt.url)
+            log.info("gateway %s connected to %s", self.id, safe_url(self.config.mqtt.url))
         else:
             log.error("gateway %s: broker refused the connection: %s (retrying)", self.id, reason)
 
@@ -416,7 +417,7 @@ class Gateway:
         local = {
             "status": json.loads(payload),
             "mqtt": {
-                "url": self.config.mqtt.url,
+                "url": safe_url(self.config.mqtt.url),
                 "connected": self._connected,
                 "reconnect_waits_s": [round(w, 2) for w in getattr(self.client, "reconnect_waits", [])],
             },

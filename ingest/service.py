@@ -41,6 +41,7 @@ from nabz import contract
 from nabz.config import Config, ConfigError
 from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
+from nabz.secrets import safe_url
 
 __all__ = ["IngestService"]
 
@@ -154,7 +155,7 @@ class IngestService:
         client.subscribe([(contract.STATUS_FILTER, 1)])  # retained: every gateway's latest, at once
         self._disconnected_at = None
         self.connected.set()
-        log.info("ingest connected to %s", self.config.mqtt.url)
+        log.info("ingest connected to %s", safe_url(self.config.mqtt.url))
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self.connected.clear()

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "alerts.commands",
     "dashboards.commands",
     "dashboards.station_commands",
+    "nabz.ops_commands",
 )
 
 Handler = Callable[[argparse.Namespace], int]
@@ -47,7 +48,14 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> config_mod.Config:
-    return config_mod.load(getattr(args, "config", None))
+    """The configuration; from here on its secrets are written as *** in every log line."""
+    import msgspec
+
+    from nabz.secrets import redact_logs
+
+    cfg = config_mod.load(getattr(args, "config", None))
+    redact_logs(msgspec.to_builtins(cfg))
+    return cfg
 
 
 def serve(*services: Service) -> int:

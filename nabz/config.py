@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import msgspec
 
+from nabz.secrets import permission_problem
+
 __all__ = [
     "Config",
     "MqttConfig",
@@ -385,6 +387,9 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
             raise ConfigError(f"{chosen}: cannot read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{chosen}: not valid TOML: {exc}") from exc
+        unsafe = permission_problem(chosen, data)  # a file with secrets others can read: refused
+        if unsafe:
+            raise ConfigError(unsafe)
     _apply_env(data, env)
     try:
         return msgspec.convert(data, Config)
@@ -401,6 +406,8 @@ def redacted(config: Config) -> dict[str, Any]:
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: ("***" if k in _SECRET_KEYS and v else walk(v)) for k, v in node.items()}
+        if isinstance(node, str) and "://" in node and urlparse(node).password:
+            return node.replace(f":{urlparse(node).password}@", ":***@")  # a URL with credentials
         return node
 
     result: dict[str, Any] = walk(msgspec.to_builtins(config))

@@ -21,6 +21,7 @@ def influx2() -> Stub:
 def _run(stub: Stub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     cfg = tmp_path / "nabz.toml"
     cfg.write_text(f'[influx]\nurl = "{stub.url}"\ntoken = "op-token"\norg = "nabz"\nbucket = "nabz"\n')
+    cfg.chmod(0o600)  # it holds a token: nabz refuses it readable by others
     assert main(["influx", "setup", "--config", str(cfg), "--retention-days", "30"]) == 0
     return capsys.readouterr().out
 
@@ -74,6 +75,7 @@ def test_setup_reports_a_refusal(influx2: Stub, tmp_path: Path, capsys: pytest.C
     influx2.routes[("GET", "/api/v2/orgs")] = [(401, {"message": "unauthorized access"})]
     cfg = tmp_path / "nabz.toml"
     cfg.write_text(f'[influx]\nurl = "{influx2.url}"\ntoken = "bad"\n')
+    cfg.chmod(0o600)  # it holds a token: nabz refuses it readable by others
     assert main(["influx", "setup", "--config", str(cfg)]) == 1
     influx2.close()
     assert "401" in capsys.readouterr().out

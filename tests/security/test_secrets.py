@@ -1,0 +1,164 @@
+"""Secrets hygiene as a user meets it: a configuration file with a secret that others can read is
+refused (with the fix in the message); secrets never show in `nabz config`, `--help` or logs,
+even when a modem echoes the SIM PIN back in an error."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pty
+import subprocess
+import sys
+import tty
+from pathlib import Path
+
+import pytest
+
+from nabz.cli import build_parser
+from nabz.secrets import redact_logs, safe_url, write_private
+
+ROOT = Path(__file__).parents[2]
+SECRETS = {"password": "pw-Zq81xK", "token": "tok-9fJ2mm", "sim_pin": "4321", "url_pw": "urlpw-77QQ"}
+CONFIG = f"""site = "demo"
+[mqtt]
+url = "mqtts://gw-0001:{SECRETS["url_pw"]}@broker.example:8883"
+username = "gw-0001"
+password = "{SECRETS["password"]}"
+[influx]
+url = "http://127.0.0.1:8086"
+token = "{SECRETS["token"]}"
+[modem]
+sim_pin = "{SECRETS["sim_pin"]}"
+"""
+
+
+def nabz(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nabz.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o666])
+def test_a_config_file_with_secrets_that_others_can_read_or_change_is_refused(
+    tmp_path: Path, mode: int
+) -> None:
+    f = tmp_path / "nabz.toml"
+    f.write_text(CONFIG)
+    f.chmod(mode)
+    out = nabz("config", "--config", str(f))
+    assert out.returncode == 2
+    assert f"chmod 600 {f}" in out.stderr and f"{mode:04o}" in out.stderr
+    assert all(s not in out.stdout + out.stderr for s in SECRETS.values())
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400])
+def test_private_config_files_are_used_and_shown_with_secrets_redacted(tmp_path: Path, mode: int) -> None:
+    f = tmp_path / "nabz.toml"
+    f.write_text(CONFIG)
+    f.chmod(mode)
+    out = nabz("config", "--config", str(f))
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["mqtt"]["password"] == shown["influx"]["token"] == shown["modem"]["sim_pin"] == "***"
+    assert shown["mqtt"]["url"] == "mqtts://gw-0001:***@broker.example:8883"
+    assert all(s not in out.stdout + out.stderr for s in SECRETS.values())
+
+
+def test_a_config_without_secrets_may_be_world_readable(tmp_path: Path) -> None:
+    f = tmp_path / "nabz.toml"
+    f.write_text('site = "demo"\n[mqtt]\nurl = "mqtts://broker.example:8883"\n')
+    f.chmod(0o644)
+    assert nabz("config", "--config", str(f)).returncode == 0
+
+
+def test_no_help_text_shows_a_secret_from_the_environment() -> None:
+    env = {"NABZ_MQTT__PASSWORD": SECRETS["password"], "NABZ_INFLUX__TOKEN": SECRETS["token"]}
+    texts = []
+
+    def walk(p: object) -> None:
+        texts.append(p.format_help())  # type: ignore[attr-defined]
+        for action in getattr(p, "_actions", []):
+            for child in (
+                (getattr(action, "choices", None) or {}).values()
+                if hasattr(action, "_name_parser_map")
+                else []
+            ):
+                walk(child)
+
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        walk(build_parser())
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert len(texts) > 40  # every command and sub-command
+    assert all(s not in t for t in texts for s in SECRETS.values())
+    assert nabz("gateway", "run", "--help", env=env).stdout.count("--config") >= 1
+
+
+def test_log_lines_show_configured_secrets_as_stars() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("nabz-test-redaction")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        redact_logs(
+            {"mqtt": {"password": SECRETS["password"], "url": f"mqtt://u:{SECRETS['url_pw']}@h:1"}}, logger
+        )
+        logger.error(
+            "could not log in as gw-0001/%s to %s", SECRETS["password"], f"mqtt://u:{SECRETS['url_pw']}@h:1"
+        )
+        try:
+            raise RuntimeError(f"refused: {SECRETS['password']}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "could not log in as gw-0001/***" in text and "refused: ***" in text
+    assert SECRETS["password"] not in text and SECRETS["url_pw"] not in text
+    assert safe_url(f"mqtts://u:{SECRETS['url_pw']}@h:8883/x?key=1") == "mqtts://h:8883/x"
+
+
+def test_files_written_with_secrets_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_private(tmp_path / "s.toml", "token = 'x'\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_modem_that_refuses_the_sim_pin_does_not_put_the_pin_in_output_or_logs(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    log = tmp_path / "modem.jsonl"
+    modem = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "alerts" / "fake_modem.py"), str(master), json.dumps({"pin": "0000"}),
+         str(log)],
+        pass_fds=[master], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    os.close(master)
+    try:
+        f = tmp_path / "nabz.toml"
+        f.write_text(
+            f'[alerts]\nnotifiers = ["gsm"]\nstore_path = "{tmp_path / "a.sqlite"}"\n'
+            f'[modem]\nport = "{os.ttyname(slave)}"\nsim_pin = "{SECRETS["sim_pin"]}"\ncommand_timeout_s = 2.0\n'
+        )
+        f.chmod(0o600)
+        out = nabz("-vv", "alerts", "test-sms", "+923001111111", "--config", str(f))
+    finally:
+        modem.terminate()
+        modem.wait(5)
+        os.close(slave)
+    assert out.returncode == 1
+    assert "CME ERROR: 16" in out.stdout + out.stderr  # the modem said the PIN was wrong...
+    assert SECRETS["sim_pin"] not in out.stdout + out.stderr  # ...and nobody reading it learns the PIN
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"cmd": f'AT+CPIN="{SECRETS["sim_pin"]}"'} in sent  # (it was sent: the modem saw it)
