@@ -535,6 +535,7 @@ def _config_run(st: _ConfigState, case: tuple[bytes, dict[str, str]]) -> str:
     text, env = case
     path = st.dir / "nabz.toml"
     path.write_bytes(text)
+    path.chmod(0o600)  # it holds secrets: anything looser is refused before parsing
     try:
         cfg = load(path, environ=env)
     except ConfigError as exc:
