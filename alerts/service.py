@@ -170,7 +170,11 @@ class AlertService:
         next_tick = next_beat = 0.0
         while not self._stop.is_set():
             self._loop_at = time.monotonic()
-            if self.config.alerts.heartbeat_s > 0 and self._loop_at >= next_beat:
+            if (
+                self.config.alerts.heartbeat_s > 0
+                and self._loop_at >= next_beat
+                and self._disconnected_at is None
+            ):
                 next_beat = self._loop_at + self.config.alerts.heartbeat_s
                 self._heartbeat()
             try:

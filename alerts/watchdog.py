@@ -79,7 +79,7 @@ class SiteWatch:
                 since = self.raised.pop(site)
                 out.append(
                     Condition(site_patient(site), SITE_QUIET, False, "high", None, self.after_s, "s", since,
-                              now, f"site {site}: data flowing again", True)
+                              now, "data flowing again", True)
                 )  # fmt: skip
         return out
 
@@ -92,4 +92,4 @@ class SiteWatch:
         else:
             ingest = "ingest not heard"
         gateways = f"gateways online {sum(gws)}/{len(gws)}" if gws else "no gateway status"
-        return f"site {site}: no data from any patient for {(now - last) / 60:.0f} min; {ingest}; {gateways}"
+        return f"no data from any patient for {(now - last) / 60:.0f} min; {ingest}; {gateways}"

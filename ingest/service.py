@@ -55,6 +55,7 @@ _BATCH_GAP_S = 0.05
 
 _STUCK_S = 60.0  # the batch loop silent this long (real seconds): /healthz says so
 _LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
+_DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +335,7 @@ class IngestService:
         """Why this worker is not healthy now (empty: healthy): for /healthz."""
         now = time.monotonic()
         out = []
-        if self._disconnected_at is not None and now - self._disconnected_at > 30.0:
+        if self._disconnected_at is not None and now - self._disconnected_at > _DISCONNECTED_S:
             out.append(f"not connected to the broker for {now - self._disconnected_at:.0f} s")
         if self._worker is None or not self._worker.is_alive():
             out.append("the batch loop is not running")

@@ -233,7 +233,7 @@ class AlarmEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cleared_at: datetime | None = None
 
 
-class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     """A server service saying it is alive and working, every `interval_s` (not retained; gateways
     watch for its absence: docs/contract.md "Heartbeats", docs/operations.md)."""
 
@@ -368,7 +368,8 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
 
 
 def _is_range_error(text: str) -> bool:
-    return any(op in text for op in (">=", "<=", "> ", "< ")) and "Expected `" in text
+    # A length limit (an id of 3 characters, an empty sample list) is the schema's, not a value's.
+    return any(op in text for op in (">=", "<=", "> ", "< ")) and "Expected `" in text and " of length " not in text
 
 
 def _stream(reading: Reading) -> str:

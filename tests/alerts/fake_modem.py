@@ -4,7 +4,8 @@ pair, speaking the TS 27.005 text-mode commands Nabz uses, with the errors real 
     python fake_modem.py MASTER_FD SCRIPT_JSON LOG_PATH
 
 The script (JSON) sets: "pin" (SIM PIN the SIM wants, or null), "network" (false: +CMS ERROR 331),
-"errors" (a list of +CMS error codes for successive AT+CMGS, 0 for success), "no_prompt" (never
+"errors" (a list of +CMS error codes for successive AT+CMGS, 0 for success, -1 for no answer at
+all after the text: a timeout), "no_prompt" (never
 answer AT+CMGS), "silent_after_text" (no answer after Ctrl-Z), "reports" (emit +CDS after a send),
 "inbox" (SMS that arrive, one after each successful send, as {"from", "text"}), "echo" (initial
 echo). Every command and every message sent is appended to the log as one JSON line.
@@ -77,6 +78,9 @@ def main() -> None:
                 code = errors.pop(0) if errors else 0
                 if not script.get("network", True):
                     code = 331
+                if code == -1:
+                    note(swallowed=text)
+                    continue
                 if code:
                     note(refused=text, code=code)
                     out(f"\r\n+CMS ERROR: {code}\r\n")
