@@ -42,11 +42,25 @@ QUANTITIES: dict[str, Quantity] = {
         Quantity("red_counts", "PPG red channel, raw ADC counts", "{counts}", None, "none"),
         Quantity("ir_counts", "PPG infrared channel, raw ADC counts", "{counts}", None, "none"),
         Quantity("spool_depth", "messages waiting in a gateway's on-disk spool", "{messages}", None, "short"),
-        Quantity("online", "1 while a gateway's retained status says online, else 0", "1", None, "bool_on_off"),
-        Quantity("stored_readings", "readings stored by an ingest worker (counter)", "{readings}", None, "short"),
-        Quantity("stored_messages", "messages stored by an ingest worker (counter)", "{messages}", None, "short"),
-        Quantity("dead_letters", "messages an ingest worker dead-lettered (counter)", "{messages}", None, "short"),
-        Quantity("duplicates", "redelivered messages an ingest worker discarded (counter)", "{messages}", None, "short"),
+        Quantity(
+            "online", "1 while a gateway's retained status says online, else 0", "1", None, "bool_on_off"
+        ),
+        Quantity(
+            "stored_readings", "readings stored by an ingest worker (counter)", "{readings}", None, "short"
+        ),
+        Quantity(
+            "stored_messages", "messages stored by an ingest worker (counter)", "{messages}", None, "short"
+        ),
+        Quantity(
+            "dead_letters", "messages an ingest worker dead-lettered (counter)", "{messages}", None, "short"
+        ),
+        Quantity(
+            "duplicates",
+            "redelivered messages an ingest worker discarded (counter)",
+            "{messages}",
+            None,
+            "short",
+        ),
     )
 }
 

@@ -40,6 +40,13 @@ def register(sub: Any, bench: Any) -> None:
         default="var/demo",
         help="where the demo keeps its files (emptied at start)",
     )
+    demo.add_argument(
+        "--station-port",
+        type=int,
+        default=8080,
+        metavar="PORT",
+        help="nurse page on 127.0.0.1:PORT (default 8080; a free port if it is taken)",
+    )
     demo.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     demo.set_defaults(handler=_demo)
 
@@ -62,6 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
             report=args.report,
             data_dir=args.data_dir,
             live=not args.no_live,
+            station_port=args.station_port,
         )
     )
     r = report["readings"]
