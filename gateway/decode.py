@@ -83,6 +83,7 @@ class _DeviceClock:
     offset: int
     last_t0: int
     recent: deque[int]
+    anchored: int = 0  # frames still to see while a restored offset holds (0: not anchored)
 
 
 @dataclass(slots=True)
@@ -96,24 +97,42 @@ class ClockSync:
     InfluxDB). An error beyond `STEP_US` (the gateway's clock was stepped) is corrected at once and
     counted in `steps`. Resent frames carry old samples: they use the offset but do not move it. A
     device clock that runs backwards means the wearable restarted: its estimate starts afresh.
+
+    The estimate survives a restart of the gateway (`dump`/`restore`, kept in the spool with the
+    readings). Without it the first frames after a restart - a wired sensor replaying what the
+    gateway missed, late by the whole downtime - would set the offset, shifting the replayed data
+    forward by the downtime and then stepping back over it (found by the fault suite: data 139 s
+    ahead, then frames overlapping in time). A restored offset is held, and late frames do not move
+    it, until a frame arrives on time again (within `STEP_US`) or `HOLD_FRAMES` have passed.
     """
 
     SLEW_US = 1_000
     STEP_US = 2_000_000
     WINDOW = 32
+    HOLD_FRAMES = 8192  # about an hour of ECG frames: a restored offset is trusted this long at most
 
     devices: dict[str, _DeviceClock] = field(default_factory=dict)
     steps: int = 0
+    changed: set[str] = field(default_factory=set)
 
     def observe(self, device: str, t0_us: int, t_end_us: int, rx_us: int, resent: bool = False) -> int:
         seen = rx_us - t_end_us
         st = self.devices.get(device)
+        self.changed.add(device)
         if st is None or (not resent and t0_us < st.last_t0):
             st = self.devices[device] = _DeviceClock(seen, t0_us, deque([seen], maxlen=self.WINDOW))
             return st.offset
         if resent:
             return st.offset
         st.last_t0 = t0_us
+        if st.anchored:
+            # After a gateway restart: late frames (a replay of what it missed) keep the restored
+            # offset; a frame on time, or one earlier than the offset allows, ends the hold.
+            st.anchored -= 1
+            if seen > st.offset + self.STEP_US and st.anchored:
+                return st.offset
+            st.anchored = 0
+            st.recent.clear()
         st.recent.append(seen)
         delta = min(st.recent) - st.offset
         if abs(delta) > self.STEP_US:
@@ -125,6 +144,25 @@ class ClockSync:
 
     def reset(self, device: str) -> None:
         self.devices.pop(device, None)
+
+    def dump(self, device: str) -> str:
+        st = self.devices[device]
+        return f"{st.offset}:{st.last_t0}"
+
+    def restore(self, device: str, text: str) -> None:
+        """A device's offset as `dump` wrote it before a restart; held as described above."""
+        try:
+            offset, last_t0 = (int(x) for x in text.split(":"))
+        except ValueError:
+            return
+        self.devices[device] = _DeviceClock(
+            offset, last_t0, deque([offset], maxlen=self.WINDOW), self.HOLD_FRAMES
+        )
+
+    def take_changed(self) -> dict[str, str]:
+        out = {d: self.dump(d) for d in self.changed if d in self.devices}
+        self.changed.clear()
+        return out
 
 
 def _finite_or_none(x: float | None) -> float | None:

@@ -52,6 +52,7 @@ Clock = Callable[[], float]
 
 _KIND = {"ecg": codec.WAVE_KIND_ECG, "ppg": codec.WAVE_KIND_PPG}
 _GAPS = "gaps/"  # spool marks: gap tracker state per device/stream
+_CLOCK = "clock/"  # spool marks: each device's clock offset, so a restart keeps data time continuous
 _TRANSPORT = "transport/"  # spool marks: the transport's checkpoint
 
 
@@ -97,6 +98,8 @@ class Gateway:
             device, _, stream = name[len(_GAPS) :].rpartition("/")
             self.gaps.load((device, stream), text)
         self.transport.restore({k[len(_TRANSPORT) :]: v for k, v in self.spool.marks(_TRANSPORT).items()})
+        for name, text in self.spool.marks(_CLOCK).items():
+            self.decoder.clock.restore(name[len(_CLOCK) :], text)
         self.status_topic = contract.status_topic(self.site, self.id)
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
@@ -302,6 +305,7 @@ class Gateway:
                 self.id, device, stream, lost.frames, lost.first_seq, lost.samples,
             )  # fmt: skip
         marks = {f"{_GAPS}{d}/{s}": text for (d, s), text in self.gaps.take_changed().items()}
+        marks.update({f"{_CLOCK}{d}": text for d, text in self.decoder.clock.take_changed().items()})
         marks.update({f"{_TRANSPORT}{k}": v for k, v in self.transport.checkpoint().items()})
         if self.spool.put(rows, marks):
             self._status_now = True  # the overflow policy dropped readings: say so now

@@ -689,8 +689,8 @@ def gateway_main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import logging
 
-    from gateway.commands import build_transport
     from gateway.service import Gateway
+    from gateway.transport import make_transport
     from nabz.config import load
 
     ap = argparse.ArgumentParser(prog="python -m nabz.faults gateway")
@@ -700,8 +700,16 @@ def gateway_main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     speed, sim0, wall0 = (float(x) for x in args.clock.split(":"))
+    clock = SharedClock(speed, sim0, wall0)
     cfg = load(args.config)
-    gw = Gateway(cfg, build_transport(cfg, "serial", args), clock=SharedClock(speed, sim0, wall0))
+    # The transport stamps what it receives with the compressed clock; its own timers (replay
+    # timeout, reopen ladder) keep their real-time lengths, as in production.
+    transport = make_transport(
+        "serial", port=args.serial_port, baudrate=cfg.gateway.serial.baudrate,
+        devices=[d.id for d in cfg.gateway.devices], clock=clock, replay_timeout_s=2.0 * speed,
+        retry_min_s=0.5 * speed, retry_max_s=10.0 * speed, lost_after_s=60.0 * speed,
+    )  # fmt: skip
+    gw = Gateway(cfg, transport, clock=clock)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     gw.start()

@@ -1,0 +1,173 @@
+"""Fault 4: a gateway offline for 6 hours of data (time-compressed 720 times), killed with SIGKILL
+in the middle of the outage and restarted, on real processes.
+
+The home's uplink goes (the proxy between the gateway and mosquitto is killed: its connection dies
+as when a router goes down, and the broker publishes the gateway's Last Will). The wearables keep
+streaming, simulated behind a wired sensor hub (serial line protocol, a pty pair) that keeps its
+last lines, so the gateway process that is killed restarts, asks for everything after what its
+spool holds, and carries on. When the uplink returns the backlog drains through mosquitto, ingest
+and VictoriaMetrics (`waveforms = "chunks"`: one point per message, numeric fields checked).
+
+Counted by message id: everything the gateway spooled is stored exactly once, by device and stream
+exactly what the wearables generated, in order, no frame under two ids, and the time-series server
+holds each message's points once. Alarms: the gateway offline (its Last Will) and the desaturation
+that happened during the outage are each texted exactly once. (Stale data and the site watchdog
+are left to their own tests here: on a clock 720 times faster their minutes are fractions of a
+real second.) The gateway's own store-and-forward at volume (drain rate) is measured too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from hardware import scenario
+from hardware.serial_sensor import SerialSensor, open_pty_pair
+from nabz.faults import ROOT, Rig, RigOptions, SharedClock, wait_until
+from tests.faults.checks import alarms_once, every_reading_once
+
+SPEED = 720.0
+OUTAGE_S = 6 * 3600  # device time
+LIVE_READINGS_PER_S = 250 + 100  # ECG + PPG samples of one patient (vitals add ~3/s)
+
+
+def _spool_db(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def _mark(path: Path, name: str) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        with _spool_db(path) as db:
+            row = db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return str(row[0]) if row else None
+
+
+def _depth(spool: Path) -> int:
+    with _spool_db(spool) as db:
+        return int(db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+
+
+def _start_gateway(config: Path, port: str, clock: SharedClock, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nabz.faults", "gateway", "--config", str(config), "--serial-port", port,
+             "--clock", f"{clock.speed}:{clock.sim0}:{clock.wall0}"],
+            cwd=ROOT, stdout=out, stderr=out,
+        )  # fmt: skip
+
+
+def _wait_open(log: Path, times: int) -> None:
+    wait_until(
+        lambda: log.exists() and log.read_text().count("open at") >= times, 30, "the port was not opened"
+    )
+
+
+def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: Path) -> None:
+    options = RigOptions(
+        patients=1, scenarios=[scenario("desaturation", 1800.0)], speed=SPEED, sim_span_s=OUTAGE_S + 4 * 3600,
+        virtual_gateways=False, waveforms="chunks",
+        alerts={"stale_after_s": 1e9, "site_quiet_after_s": 1e9, "gateway_offline_after_s": 60.0},
+        ingest_toml="keep_payloads = true\n",
+    )  # fmt: skip
+    spool = tmp_path / "spool.sqlite"
+    with Rig(tmp_path, options) as rig:
+        devices = [d for p in rig.people for d in p.devices]
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            f'site = "test"\n[mqtt]\nurl = "{rig.servers.uplink_url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+            f'[gateway]\nid = "gw-sf"\nspool_path = "{spool}"\nstatus_interval_s = 3600.0\ntransport = "serial"\n'
+            "[gateway.deadman]\nafter_s = 1e9\n"
+            + "".join(f'[[gateway.devices]]\nid = "{d.device_id}"\n' for d in devices)
+        )
+        master, slave, port = open_pty_pair()
+        sensor = SerialSensor(master, devices, seed=61, ring=60_000)
+        log = tmp_path / "gateway.log"
+        gw = _start_gateway(config, port, rig.clock, log)
+        # A second of device time per write, paced to the clock: vital signs carry no device time,
+        # the gateway stamps them when they arrive, so they must arrive when they were measured.
+        writer = threading.Thread(target=sensor.run, args=(OUTAGE_S, 1.0, SPEED), daemon=True)
+        try:
+            _wait_open(log, 1)  # pyserial flushes what is waiting when it opens a port: start after that
+            wait_until(lambda: "gw-sf" in rig.alerts.engine.gateways.devices, 20, "no birth from the gateway")
+            rig.servers.cut_uplink()  # the outage begins: the broker publishes the gateway's Last Will
+            wait_until(lambda: any(a["kind"] == "gateway_offline" for a in rig.alerts.store.alarms()), 20)
+            t0 = time.monotonic()
+            writer.start()
+            while devices[0].elapsed_s < OUTAGE_S / 2:
+                assert writer.is_alive() and gw.poll() is None
+                time.sleep(0.05)
+            gw.send_signal(signal.SIGKILL)  # in the middle of the outage, while busy
+            assert gw.wait(10) == -signal.SIGKILL
+            killed_at = devices[0].elapsed_s
+            gw = _start_gateway(config, port, rig.clock, log)
+            writer.join(600)
+            assert not writer.is_alive()
+            session = f"{sensor.session}:{sensor.lseq}"
+            wait_until(
+                lambda: _mark(spool, f"transport/serial:{port}") == session, 300, "not everything spooled"
+            )
+            spooled_s = time.monotonic() - t0
+
+            # Everything is on the gateway's disk and nothing has left it: read it as it is.
+            with _spool_db(spool) as db:
+                rows = db.execute("SELECT id, topic, stream, readings FROM spool").fetchall()
+                order = db.execute(
+                    "SELECT topic, json_extract(CAST(payload AS TEXT), '$.seq') FROM spool "
+                    "WHERE stream IN ('ecg', 'ppg') ORDER BY seq"
+                ).fetchall()
+            rig.sent = {mid: (topic.split("/")[5], stream, n) for mid, topic, stream, n in rows}
+            assert sum(n for _, _, _, n in rows) == sum(sensor.tally.values())
+            last: dict[str, int] = {}
+            for topic, seq in order:  # per device and stream, in the order of the spool, seq +1 each
+                assert seq == last.get(topic, seq - 1) + 1, (topic, seq, last.get(topic))
+                last[topic] = seq
+
+            rig.servers.start_uplink()  # the outage ends
+            drain_start = time.monotonic()
+            wait_until(lambda: _depth(spool) == 0, 300, "the backlog did not drain")
+            drain_s = time.monotonic() - drain_start
+            rig.settle(timeout_s=300)
+            count, alarms = rig.count(), rig.alarm_report()
+            per_stream = rig.stored_by_stream()
+            twice = (
+                sqlite3.connect(rig.store_path)
+                .execute(
+                    "SELECT device, stream, json_extract(CAST(payload AS TEXT), '$.seq') AS seq, COUNT(*) FROM messages "
+                    "WHERE stream IN ('ecg', 'ppg') GROUP BY 1, 2, 3 HAVING COUNT(*) > 1"
+                )
+                .fetchall()
+            )
+        finally:
+            sensor.close()
+            if gw.poll() is None:
+                gw.send_signal(signal.SIGTERM)
+                gw.wait(20)
+            os.close(slave)
+            os.close(master)
+
+    every_reading_once(count, at_least=OUTAGE_S * LIVE_READINGS_PER_S)
+    assert per_stream == Counter(sensor.tally)  # exactly what the wearables generated, by device and stream
+    assert twice == []  # no frame stored under two ids
+    alarms_once(alarms, {("p-0001", "gateway_offline"), ("p-0001", "spo2_low")})
+    replays = "asking the sensor to replay" in log.read_text()
+    drain_rate = count.sent_readings / drain_s
+    print(json.dumps({
+        "readings": count.sent_readings, "messages": count.sent_messages, "killed_at_device_s": round(killed_at),
+        "spool_s": round(spooled_s, 1), "drain_s": round(drain_s, 1), "drain_readings_per_s": round(drain_rate),
+        "drain_vs_live": round(drain_rate / LIVE_READINGS_PER_S, 1), "replay_after_restart": replays,
+        "vm_points": count.vm_stored,
+    }))  # fmt: skip
+    assert replays
+    assert drain_rate > 20 * LIVE_READINGS_PER_S
