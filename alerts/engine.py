@@ -80,7 +80,8 @@ class AlertEngine:
         self.site = config.site
         self.store = store
         self.new_id = new_id
-        self.rng = rng or random.Random()
+        # ACK codes come from the OS's CSPRNG: nobody can predict the next one from the last few.
+        self.rng = rng or random.SystemRandom()
         self.profiles = Profiles(self.cfg)
         self.rules: list[Rule] = [*physiological_rules(self.cfg), *technical_rules(self.cfg)]
         self.stale = StaleTracker(self.cfg.stale_after_s)

@@ -116,6 +116,14 @@ class BandRule:
     dirty: dict[tuple[str, str], float] = field(default_factory=dict)  # (patient, source) -> last unusable
     _bands: dict[str, list[Band]] = field(default_factory=dict)  # patient -> bands (limits are fixed)
 
+    def _shown(self, x: float, limit: float) -> str:
+        """`x` as the doctor reads it: never "HR 150/min (>150/min)" for 150.3, one more decimal
+        where the rounded value would sit on the limit."""
+        for text in (self.fmt.format(x), f"{x:.1f}", f"{x:.2f}"):
+            if self._beyond(float(text), limit):
+                return text
+        return f"{x:.2f}"
+
     def _beyond(self, x: float, limit: float) -> bool:
         return x < limit if self.direction == "low" else x > limit
 
@@ -214,7 +222,7 @@ class BandRule:
         side = "<" if self.direction == "low" else ">"
         started = _since(per) or t
         text = (
-            f"{self.label} {self.fmt.format(x)}{self.unit} ({side}{self.fmt.format(band.limit)}{self.unit}) "
+            f"{self.label} {self._shown(x, band.limit)}{self.unit} ({side}{self.fmt.format(band.limit)}{self.unit}) "
             f"for {t - started:.0f} s"
         )
         return Condition(

@@ -28,6 +28,7 @@ from alerts.oncall import Escalation
 from alerts.silences import Silence
 from nabz import contract
 from nabz.contract import AlarmEvent
+from nabz.secrets import create_private
 
 __all__ = ["AlertStore"]
 
@@ -76,6 +77,7 @@ CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, patient TEXT NOT NU
 class AlertStore:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_private(Path(path))  # alarms name patients and phone numbers: owner only
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

@@ -279,7 +279,7 @@ class BumbleClient(BaseBleakClient):
             self._disconnected_callback()
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("pairing is not used: wearables secure the application layer")
+        raise NotImplementedError("pairing is not used: the wearables do not pair (docs/security.md)")
 
     async def unpair(self) -> None:
         raise NotImplementedError("pairing is not used")

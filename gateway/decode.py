@@ -33,7 +33,15 @@ from nabz.contract import (
     WaveFlag,
 )
 
-__all__ = ["Notification", "ClockSync", "Decoder", "message_ids", "normalize_uuid", "utc_from_us"]
+__all__ = [
+    "ATT_MAX_VALUE",
+    "Notification",
+    "ClockSync",
+    "Decoder",
+    "message_ids",
+    "normalize_uuid",
+    "utc_from_us",
+]
 
 _SIG_BASE_SUFFIX = "-0000-1000-8000-00805f9b34fb"
 
@@ -48,6 +56,7 @@ def normalize_uuid(uuid: str) -> str:
     return u
 
 
+ATT_MAX_VALUE = 512  # Core spec Vol 3 Part F 3.2.9: an attribute value is at most 512 bytes
 _HRM = f"{codec.UUID_HEART_RATE_MEASUREMENT:04x}"
 _PLX_CONT = f"{codec.UUID_PLX_CONTINUOUS:04x}"
 _PLX_SPOT = f"{codec.UUID_PLX_SPOT_CHECK:04x}"
@@ -192,6 +201,10 @@ class Decoder:
 
     def decode(self, n: Notification) -> Reading | Rejected:
         char = normalize_uuid(n.char)
+        if len(n.data) > ATT_MAX_VALUE:
+            return Rejected(
+                "ble_decode", f"{char}: {len(n.data)} bytes, more than a characteristic value holds"
+            )
         try:
             if char == codec.NABZ_ECG_WAVEFORM or char == codec.NABZ_PPG_WAVEFORM:
                 return self._wave(n, char)

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nabz.secrets import create_private
+
 __all__ = ["Spool", "SpooledMessage", "SpoolSnapshot", "snapshot"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Spool:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        create_private(self.path)  # readings are health data: owner only
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

@@ -47,6 +47,7 @@ import msgspec
 
 from nabz import contract
 from nabz.broker import free_port
+from nabz.secrets import write_private
 
 __all__ = ["run_ingest_bench"]
 
@@ -250,7 +251,8 @@ class _Workers:
         name = f"{run}-{patients}"  # every run its own store, sessions and shared group
         self.store = work / f"ingest-{name}.sqlite"
         self.config = work / f"nabz-{name}.toml"
-        self.config.write_text(
+        write_private(  # it holds the InfluxDB token: services refuse a config others can read
+            self.config,
             f'site = "{_SITE}"\n[mqtt]\nurl = "mqtt://127.0.0.1:{servers.mq_port}"\n'
             f'[ingest]\nstore_path = "{self.store}"\nworkers = {workers}\nclient_id = "bench-{name}"\n'
             # each run its own group: the stopped sessions of earlier runs stay members of theirs
@@ -258,7 +260,7 @@ class _Workers:
             f'[influx]\nurl = "http://127.0.0.1:{servers.vm_port}"\ntoken = "bench"\nwaveforms = "chunks"\n'
             f'[alerts]\nstore_path = "{work / f"alerts-{name}.sqlite"}"\n'
             f'outbox_path = "{work / f"outbox-{name}.jsonl"}"\n'
-            "[enrolment]\n" + "".join(f'"{d}" = "{p}"\n' for d, p in _enrolment(patients).items())
+            "[enrolment]\n" + "".join(f'"{d}" = "{p}"\n' for d, p in _enrolment(patients).items()),
         )
         self.n = workers
         self.mq_port = servers.mq_port

@@ -7,7 +7,8 @@ tasks of the org, e.g. an operator token, used once at installation).
 - ``<bucket>``: raw readings (waveforms, device vitals, derived vitals), kept `retention_days`.
 - ``<bucket>-trends``: one-minute means of the vitals measurements, kept `trends_days`.
 - Task ``nabz-downsample-1m``: every minute, the last minute of ``vitals`` and ``device_vitals``
-  aggregated into the trends bucket (Grafana reads trends there beyond the raw retention).
+  aggregated into the trends bucket, for queries beyond the raw retention (the shipped Grafana
+  dashboards read the raw bucket only; docs/dashboards.md).
 """
 
 from __future__ import annotations

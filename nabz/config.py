@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import msgspec
 
-from nabz.secrets import permission_problem
+from nabz.secrets import SECRET_KEYS, permission_problem
 
 __all__ = [
     "Config",
@@ -397,15 +397,12 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
         raise ConfigError(f"{chosen or 'environment'}: {exc}") from exc
 
 
-_SECRET_KEYS = {"password", "token", "sim_pin"}
-
-
 def redacted(config: Config) -> dict[str, Any]:
     """The configuration as plain data with secrets replaced, for `nabz config show` and logs."""
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: ("***" if k in _SECRET_KEYS and v else walk(v)) for k, v in node.items()}
+            return {k: ("***" if k in SECRET_KEYS and v else walk(v)) for k, v in node.items()}
         if isinstance(node, str) and "://" in node and urlparse(node).password:
             return node.replace(f":{urlparse(node).password}@", ":***@")  # a URL with credentials
         return node

@@ -118,7 +118,8 @@ class PpgReading(_Envelope, frozen=True, kw_only=True, tag="ppg"):
 class HrReading(_Envelope, frozen=True, kw_only=True, tag="hr"):
     hr_bpm: Bpm
     contact: bool | None = None
-    rr_ms: Annotated[list[RrMs], msgspec.Meta(max_length=64)] = []
+    # As many as one notification can carry: a 512-byte ATT value holds flags, HR and 255 RR.
+    rr_ms: Annotated[list[RrMs], msgspec.Meta(max_length=255)] = []
     energy_kj: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
 
 
@@ -369,7 +370,11 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
 
 def _is_range_error(text: str) -> bool:
     # A length limit (an id of 3 characters, an empty sample list) is the schema's, not a value's.
-    return any(op in text for op in (">=", "<=", "> ", "< ")) and "Expected `" in text and " of length " not in text
+    return (
+        any(op in text for op in (">=", "<=", "> ", "< "))
+        and "Expected `" in text
+        and " of length " not in text
+    )
 
 
 def _stream(reading: Reading) -> str:

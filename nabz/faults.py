@@ -639,7 +639,7 @@ class Rig:
         for a in store.alarms():
             times = sum(1 for s in sent_rows if a["alarm_id"] in s["alarm_ids"])
             at_phone = None if texts is None else sum(t.count(f"ACK {a['ack_code']}") for t in texts)
-            alarms.append({"patient": a["patient"], "kind": a["kind"], "priority": a["priority"],
+            alarms.append({"alarm_id": a["alarm_id"], "patient": a["patient"], "kind": a["kind"], "priority": a["priority"],
                            "state": a["state"], "sms": times, "at_phone": at_phone, "message": a["message"]})  # fmt: skip
         return {
             "alarms": alarms,

@@ -28,13 +28,15 @@ __all__ = [
     "secret_values",
     "permission_problem",
     "write_private",
+    "create_private",
     "safe_url",
     "RedactingFormatter",
     "redact_logs",
 ]
 
 SECRET_KEYS = frozenset({"password", "token", "sim_pin", "account_token", "secret"})
-_MIN_LEN = 4  # shorter values (a 4-digit PIN is the shortest secret) are still redacted
+_MIN_LEN = 4  # a 4-digit PIN is the shortest secret; shorter values would star out common text
+# in every log line, so they are not redacted there (`nabz config` still masks them by key)
 
 
 def _walk(node: Any) -> Iterable[tuple[str, Any]]:
@@ -74,6 +76,15 @@ def permission_problem(path: Path, data: Any) -> str | None:
             f"run: chmod 600 {path}  (or 640 with the service's group as owner group)"
         )
     return None
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty and 0600 if it does not exist yet: before SQLite opens a new database
+    there (its write-ahead log and shared-memory files then take the same mode)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def write_private(path: Path, text: str) -> None:

@@ -89,6 +89,13 @@ def test_heart_rate_rules_use_the_ecg_with_banded_priorities(rig: Rig) -> None:
     assert kinds(events) == [("hr_low", "active", "high")]
 
 
+def test_the_text_never_shows_a_value_rounded_onto_its_limit(rig: Rig) -> None:
+    events = rig.feed([v(T0 + i, source="ecg", hr_bpm=150.4) for i in range(40)])
+    assert ("hr_high", "active", "high") in kinds(events)
+    assert any("HR 150.4/min (>150/min)" in t for t in rig.notifier.texts())
+    assert not any("HR 150/min (>150/min)" in t for t in rig.notifier.texts())
+
+
 def test_a_pause_and_an_asystole_from_the_ecg(rig: Rig) -> None:
     pause = [v(T0 + i, source="ecg", hr_bpm=60.0, pause_s=p) for i, p in enumerate([1.0, 3.2, 3.2, 3.2, 1.0])]
     assert kinds(rig.feed(pause)) == [("pause", "active", "medium")]

@@ -69,3 +69,21 @@ def test_bad_bytes_become_reasons() -> None:
         assert isinstance(r, Rejected)
         reasons.append(r.reason)
     assert reasons == ["ble_decode"] * 5 + ["unknown_characteristic"]
+
+
+def test_a_heart_rate_notification_as_long_as_ble_allows_is_a_valid_reading() -> None:
+    """At a 517-byte MTU a chest strap may send 255 RR intervals in one notification: all of them
+    reach ingest as one reading the contract accepts; a longer value cannot come from a radio."""
+    import msgspec
+
+    from nabz import contract
+
+    d = Decoder("demo", "gw-0001")
+    full = bytes([0x10, 72]) + b"\x00\x04" * 255  # flags: uint8 HR, RR present; 255 × 1024/1024 s
+    r = d.decode(Notification("hr-0001", "2a37", full, UTC0))
+    assert not isinstance(r, Rejected), r
+    wire = msgspec.json.encode(r)
+    back = msgspec.json.decode(wire, type=contract.Reading)
+    assert len(back.rr_ms) == 255 and back.rr_ms[0] == 1000.0
+    too_long = d.decode(Notification("hr-0001", "2a37", full + b"\x00\x04", UTC0))
+    assert isinstance(too_long, Rejected) and too_long.reason == "ble_decode"

@@ -4,7 +4,8 @@ throwaway CA (tests.servers.make_pki) standing in for the deployment's certifica
 What a deployment relies on, each checked on the wire: anonymous clients are refused; plain TCP
 to the TLS port gets nowhere; a client trusting another CA does not connect; gateway A cannot
 publish as gateway B (MQTT v5 PUBACK "Not authorized") and cannot read B's readings; the real
-gateway, ingest and alerts run on the accounts the command generated and the data flows.
+gateway and ingest services run on the accounts the command generated and the data flows (the
+alerts and station accounts are exercised by plain MQTT clients holding their credentials).
 """
 
 from __future__ import annotations

@@ -135,6 +135,27 @@ def test_files_written_with_secrets_are_0600_whatever_the_umask(tmp_path: Path) 
     assert (tmp_path / "s.toml").stat().st_mode & 0o777 == 0o600
 
 
+def test_the_stores_of_health_data_are_private_files_whatever_the_umask(tmp_path: Path) -> None:
+    """The gateway spool, the ingest store, the alerts store and the nurse station's accounts:
+    other users of the machine can read none of them (nor their write-ahead logs)."""
+    from alerts.store import AlertStore
+    from dashboards.station.db import StationDB
+    from gateway.spool import Spool
+    from ingest.store import Store
+
+    old = os.umask(0o022)
+    try:
+        opened = [Spool(tmp_path / "spool.sqlite"), Store(tmp_path / "ingest.sqlite"),
+                  AlertStore(tmp_path / "alerts.sqlite"), StationDB(tmp_path / "station.sqlite")]  # fmt: skip
+    finally:
+        os.umask(old)
+    files = sorted(tmp_path.glob("*.sqlite*"))
+    assert len(files) >= 8, files  # each database and its -wal
+    assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
+    for o in opened:
+        o.close()
+
+
 def test_a_modem_that_refuses_the_sim_pin_does_not_put_the_pin_in_output_or_logs(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     tty.setraw(slave)

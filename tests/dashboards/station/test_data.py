@@ -89,5 +89,7 @@ def test_alarms_and_silences_are_read_without_the_sms_code(tmp_path: Path) -> No
 
 def test_files_that_do_not_exist_yet_read_as_empty(tmp_path: Path) -> None:
     rec = Records(tmp_path / "none.sqlite", tmp_path / "none-either.sqlite")
-    assert rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(["p-0001"], 0.0) == []
+    assert (
+        rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(["p-0001"], 0.0) == []
+    )
     assert not (tmp_path / "none.sqlite").exists()  # read-only: nothing created

@@ -1,0 +1,22 @@
+"""`nabz bench ingest` on a small load: the harness itself must keep working (its workers run the
+real `nabz ingest run` on a configuration holding an InfluxDB token, as deployments do)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ingest.benchload import _Fleet, _realtime, _Servers
+
+
+def test_a_small_real_time_run_stores_every_message_in_time() -> None:
+    work = Path(tempfile.mkdtemp(prefix="nabz-bench-test-"))
+    servers = _Servers(work)
+    try:
+        r = _realtime(work, servers, _Fleet.build(per_second=True), patients=20, seconds=3, workers=2)
+    finally:
+        servers.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    assert r.ok, r
+    assert r.messages_per_s > 0 and r.lag_end_s < 3.0
