@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from alerts.grouping import Batch, plan
+from alerts.grouping import Batch, Queued, plan
 from alerts.notify import Delivery, DeliveryReport, Incoming, Notifier, Pollable
 from alerts.profile import Profiles
 from alerts.smstext import Line, compose, split
@@ -52,10 +52,11 @@ class Dispatcher:
             return " ".join(replies), []
         lines: list[Line] = []
         skipped: list[int] = []
-        for q in b.items:
+        for q in _one_per_alarm(b.items):
             a = self.store.alarm(q.alarm_id)
             if a is None or (a.state == "acknowledged" and q.reason != "cleared"):
-                skipped.append(q.seq)  # someone has it in hand: no repeat, no escalation
+                # someone has it in hand: no repeat, no escalation
+                skipped.extend(x.seq for x in b.items if x.alarm_id == q.alarm_id)
                 continue
             message = a.message
             if a.state == "cleared" and q.reason != "cleared":
@@ -161,6 +162,21 @@ class Dispatcher:
                 elif isinstance(ev, DeliveryReport):
                     self.store.delivered(ev.ref, n.name, ev.status, now)
         return got
+
+
+# Which notice of one alarm a merged SMS shows when several were waiting (a failed notifier, the
+# grouping interval): one the doctor has not had yet first; the others are said by its text, which
+# is the alarm as it is now ("(now cleared)" included).
+_NOTICE_RANK = {"new": 0, "escalation": 1, "worse": 2, "repeat": 3, "cleared": 4}
+
+
+def _one_per_alarm(items: tuple[Queued, ...]) -> list[Queued]:
+    best: dict[str, Queued] = {}
+    for q in items:
+        have = best.get(q.alarm_id)
+        if have is None or _NOTICE_RANK.get(q.reason, 9) < _NOTICE_RANK.get(have.reason, 9):
+            best[q.alarm_id] = q
+    return [q for q in items if best.get(q.alarm_id) is q]
 
 
 def q_attempts(store: AlertStore, sms_seq: int) -> int:

@@ -9,6 +9,9 @@ Rules of this file:
 - A recipient gets at most `max_sms_per_hour` SMS in any hour; high priority always goes
   through. Held notifications are not dropped: they go, merged, when the hour allows.
 - Acknowledgement confirmations and test messages are not alarms: they go at once, alone.
+- An SMS that names an alarm takes along every other notice of that alarm to that recipient still
+  waiting (a retry after a failure waits longer than a newer notice): one alarm is never texted
+  twice because its notices fell due apart.
 """
 
 from __future__ import annotations
@@ -53,9 +56,12 @@ def plan(
     cfg: AlertsConfig,
 ) -> list[Batch]:
     groups: dict[tuple[str, str], list[Queued]] = {}
+    later: dict[tuple[str, str], list[Queued]] = {}  # (phone, alarm) -> notices not due yet
     out: list[Batch] = []
     for q in queue:
         if q.not_before > now:
+            if q.reason not in ("ack_reply", "test"):
+                later.setdefault((q.phone, q.alarm_id), []).append(q)
             continue
         if q.reason in ("ack_reply", "test"):
             out.append(Batch(q.phone, q.person, q.language, q.patient, (q,)))
@@ -71,5 +77,8 @@ def plan(
             continue
         used[phone] = used.get(phone, 0) + 1
         first = items[0]
-        out.append(Batch(phone, first.person, first.language, patient, tuple(items)))
+        along = [
+            x for alarm in dict.fromkeys(q.alarm_id for q in items) for x in later.pop((phone, alarm), [])
+        ]
+        out.append(Batch(phone, first.person, first.language, patient, tuple(items + along)))
     return out

@@ -232,3 +232,19 @@ def test_an_alarm_acknowledged_while_its_sms_waits_is_not_sent(tmp_path: Path) -
     rig.run(T0 + 31, T0 + 120, step=5.0)
     assert len(rig.notifier.sent) == 1
     assert any(a["state"] == "dropped" and a["alarm_id"] == hr.alarm_id for a in rig.store.audit())
+
+
+def test_an_alarm_that_worsens_while_no_sms_can_go_is_one_line_once_the_network_is_back(tmp_path: Path) -> None:
+    """The raise and the "worse" notice wait together behind a failing modem: the doctor gets the
+    alarm as it is now, once, not the same alarm twice in one text."""
+    flaky = Recorder("modem", fail=Delivery(False, retryable=True, detail="+CMS ERROR: 331"))
+    rig = Rig(tmp_path, config(schedule=False), notifier=flaky)
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=140.0) for i in range(15)])  # medium
+    rig.feed([v(T0 + 15 + i, source="ecg", hr_bpm=165.0) for i in range(15)])  # worse: high
+    assert flaky.sent == [] and rig.engine.open[("p-0001", "hr_high")].priority == "high"
+    flaky.fail = None
+    rig.run(T0 + 30, T0 + 200, step=5.0)
+    (text,) = flaky.texts()
+    code = rig.engine.open[("p-0001", "hr_high")].ack_code
+    assert text.startswith("NABZ HIGH p-0001: HR 165/min (>150/min)") and text.count(f"ACK {code}") == 1
+    assert not rig.store.queued()
