@@ -55,7 +55,7 @@ def parse_sms_command(text: str) -> tuple[str, list[str], float | None] | None:
     if (
         len(tokens) < 2
         or tokens[0].lower() not in ("ack", "snooze")
-        or not all(t.isdigit() for t in tokens[1:])
+        or not all(t.isascii() and t.isdigit() for t in tokens[1:])  # "30²" is a digit to str
     ):
         return None
     action, numbers = tokens[0].lower(), tokens[1:]

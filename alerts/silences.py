@@ -58,7 +58,8 @@ def parse_duration(text: str) -> float:
     """'90s', '15m', '2h', '1d' or plain seconds -> seconds."""
     t = text.strip().lower()
     for unit in sorted(_UNITS, key=len, reverse=True):
-        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+        number = t[: -len(unit)].replace(".", "", 1)
+        if t.endswith(unit) and number.isascii() and number.isdigit():
             return float(t[: -len(unit)]) * _UNITS[unit]
     try:
         return float(t)

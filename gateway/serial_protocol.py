@@ -117,7 +117,7 @@ def encode_write(device: str, char: str, data: bytes) -> bytes:
 
 # --- decoding ------------------------------------------------------------------------------------
 def _lseq(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) <= 10 and int(text) < _MOD else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < _MOD else None
 
 
 def parse_line(line: bytes) -> Frame:
@@ -281,5 +281,5 @@ class SerialLink:
 
     def restore(self, text: str) -> None:
         session, _, lseq = text.partition(":")
-        if _SESSION.match(session) and lseq.isdigit():
+        if _SESSION.match(session) and lseq.isascii() and lseq.isdigit():
             self.session, self.next_lseq = session, int(lseq) % _MOD

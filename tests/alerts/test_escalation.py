@@ -130,6 +130,7 @@ def test_sms_commands_parse() -> None:
     assert parse_sms_command(" ack 4821 4822 ") == ("ack", ["4821", "4822"], None)
     assert parse_sms_command("SNOOZE 4821 30") == ("snooze", ["4821"], 30.0)
     assert parse_sms_command("thanks") is None
+    assert parse_sms_command("SNOOZE 4821 30²") is None  # str.isdigit() says yes; float() says no
 
 
 def test_silences_expire_and_high_priority_cannot_be_silenced_past_the_maximum(tmp_path: Path) -> None:

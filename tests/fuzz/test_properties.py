@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -192,13 +193,15 @@ def test_the_alerts_service_counts_a_message_with_invalid_utf8_and_carries_on(tm
     assert svc.bad_messages == 3
 
 
-def test_an_unreadable_message_reference_after_ok_is_a_sent_sms() -> None:
-    """Before: `+CMGS: 17Y9` then OK raised ValueError out of the notifier."""
+@pytest.mark.parametrize("reference", ["17Y9", "17³"])
+def test_an_unreadable_message_reference_after_ok_is_a_sent_sms(reference: str) -> None:
+    """Before: `+CMGS: 17Y9`, then `+CMGS: 17³` (a digit to Python's str.isdigit, not to int),
+    each followed by OK, raised ValueError out of the notifier."""
 
     class Port(_FakePort):
         def _reply(self, cmd: bytes) -> bytes:
             if cmd.endswith(b"\x1a"):
-                return b"\r\n+CMGS: 17Y9\r\n\r\nOK\r\n"
+                return f"\r\n+CMGS: {reference}\r\n\r\nOK\r\n".encode()
             return super()._reply(cmd)
 
     ticks = iter(range(10**6))
