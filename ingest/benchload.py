@@ -293,6 +293,7 @@ class _Workers:
             path = self._log(w)
             while f"ingest worker {w}/{self.n}: +" not in path.read_text(errors="replace"):
                 if time.monotonic() > deadline:
+                    self.stop()  # the processes already started, the alerts service too
                     raise RuntimeError(f"worker {w} did not subscribe: {path.read_text()[-1000:]}")
                 time.sleep(0.1)
 
