@@ -282,7 +282,9 @@ class GsmNotifier:
         for line in info:
             if line.startswith("+CMGS:"):
                 mr = line[6:].strip().split(",")[0]
-                return int(mr) if mr.isascii() and mr.isdigit() and len(mr) <= 3 else None  # found by nabz bench fuzz, twice
+                return (
+                    int(mr) if mr.isascii() and mr.isdigit() and len(mr) <= 3 else None
+                )  # found by nabz bench fuzz, twice
         raise ModemError("AT+CMGS: OK without +CMGS", retryable=True)
 
     def _side_line(self, line: str) -> None:

@@ -58,6 +58,7 @@ SUBSCRIBE = {
     f"{codec.UUID_BATTERY_LEVEL:04x}",
     codec.NABZ_ECG_WAVEFORM,
     codec.NABZ_PPG_WAVEFORM,
+    codec.NABZ_CONTROL,  # the device's RESEND reports and state changes
 }
 _INFO = {
     "2a24": "model",

@@ -10,6 +10,9 @@ Rules of this file:
 - A jump forward opens a gap [expected, seq - 1]: a RESEND request for it goes out at once and
   the gap waits `timeout_s` for the frames. What has not come back by then is unrecoverable:
   counted in frames and (estimated) samples, and reported - never hidden.
+- The device answers each RESEND with a report (docs/contract.md, control characteristic): the
+  frames it is resending, and by implication those it cannot (older than its buffer, or never
+  produced). Those are given up at once, not after `timeout_s`; the ones on their way still wait.
 - A frame far behind the expected one (more than `restart_window` frames) that is not a resend
   means the device restarted: the stream starts afresh, and the gaps still open are given up.
 - The state is small and serialisable (`dump`/`load`): the gateway stores it in the spool's
@@ -32,6 +35,11 @@ _MAX_RANGES = 64  # open gaps per stream; more means a link so bad that old gaps
 def _ahead(a: int, b: int) -> int:
     """How far `a` is ahead of `b` modulo 2**32 (in [0, 2**32))."""
     return (a - b) % _MOD
+
+
+def _signed(offset: int) -> int:
+    """An offset modulo 2**32 as a distance that may be negative (before the reference)."""
+    return offset - _MOD if offset >= _HALF else offset
 
 
 @dataclass
@@ -149,6 +157,46 @@ class GapTracker:
                 else:
                     keep.append(r)
             st.missing = keep
+        return out
+
+    def report(
+        self, key: tuple[str, str], first: int, last: int, resent_first: int, resent_count: int
+    ) -> list[Expired]:
+        """The device's answer to RESEND [first, last]: it resends `resent_count` frames from
+        `resent_first`; every other missing frame of the request is not coming and is given up."""
+        st = self.streams.get(key)
+        if st is None or not st.missing:
+            return []
+        span = _ahead(last, first)
+        if span >= _HALF:
+            return []  # an empty request: nothing is settled by its report
+        cs = _signed(_ahead(resent_first, first))
+        ce = cs + resent_count - 1  # coming: [cs, ce], empty when resent_count is 0
+        out: list[Expired] = []
+        keep: list[_Range] = []
+        for r in st.missing:
+            start = _signed(_ahead(r.first, first))
+            end = start + r.count - 1
+            lo, hi = max(start, 0), min(end, span)  # the part of this gap the request covered
+            if lo > hi:
+                keep.append(r)
+                continue
+            gone = [(lo, min(hi, cs - 1)), (max(lo, ce + 1), hi)] if resent_count else [(lo, hi)]
+            gone = [(a, b) for a, b in gone if a <= b]
+            if not gone:
+                keep.append(r)
+                continue
+            cut = [start - 1, *[x for a, b in gone for x in (a, b)], end + 1]
+            for i in range(0, len(cut), 2):  # what lies between the parts given up stays open
+                a, b = cut[i] + 1, cut[i + 1] - 1
+                if a <= b:
+                    keep.append(_Range((first + a) % _MOD, b - a + 1, r.deadline))
+            for a, b in gone:
+                lost = _Range((first + a) % _MOD, b - a + 1, r.deadline)
+                out.append(Expired(key, lost.first, lost.count, self._give_up(st, lost)))
+        if out:
+            st.missing = keep
+            self.changed.add(key)
         return out
 
     def pending(self) -> list[tuple[tuple[str, str], int, int]]:

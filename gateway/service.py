@@ -34,8 +34,8 @@ import paho.mqtt.client as paho
 from alerts.notify import Notifier
 from firmware import nabz_codec as codec
 from gateway.deadman import DeadMan, DeadManSender, HeartbeatWatch, recipients
-from gateway.decode import Decoder, Notification, message_ids, utc_from_us
-from gateway.gaps import GapTracker
+from gateway.decode import Decoder, Notification, message_ids, normalize_uuid, utc_from_us
+from gateway.gaps import Expired, GapTracker
 from gateway.spool import Spool
 from gateway.transport import LinkHealth, Transport
 from nabz import contract
@@ -113,6 +113,7 @@ class Gateway:
         self._status_now = False
         self._backlog: tuple[float, int, int] | None = None  # (since, messages, published readings)
         self._battery: dict[str, int] = {}
+        self._device_state: dict[str, str] = {}  # what each wearable last said of itself (control STATUS)
         self._last_seen: dict[str, int] = {}  # device -> rx µs
         dm = config.gateway.deadman
         self.watch = HeartbeatWatch(dm.services, dm.after_s)
@@ -266,6 +267,9 @@ class Gateway:
         resends: list[tuple[str, str, int, int]] = []
         for note in notes:
             self._last_seen[note.device] = note.rx_us
+            if normalize_uuid(note.char) == codec.NABZ_CONTROL:
+                self._control(note)
+                continue
             wave = _peek_wave(note)
             if wave is not None:
                 # Before decoding: a duplicate must not reach the clock estimate or get an id.
@@ -297,13 +301,7 @@ class Gateway:
             self.spool.dead_letter(bad.device, bad.char, bad.data, bad.reason, bad.detail)
             log.warning("gateway %s: bad input on %s: %s (%s)", self.id, bad.device, bad.reason, bad.detail)
         for lost in self.gaps.expire(now_us / 1e6):
-            device, stream = lost.key
-            self._status_now = True
-            log.error(
-                "gateway %s: %s %s: %d frames from seq %d (about %d samples) never came back: "
-                "an unrecoverable gap",
-                self.id, device, stream, lost.frames, lost.first_seq, lost.samples,
-            )  # fmt: skip
+            self._lost(lost, "never came back")
         marks = {f"{_GAPS}{d}/{s}": text for (d, s), text in self.gaps.take_changed().items()}
         marks.update({f"{_CLOCK}{d}": text for d, text in self.decoder.clock.take_changed().items()})
         marks.update({f"{_TRANSPORT}{k}": v for k, v in self.transport.checkpoint().items()})
@@ -312,6 +310,38 @@ class Gateway:
         for device, stream, first, last in resends:
             self._ask_resend(device, stream, first, last)
         return len(notes)
+
+    def _lost(self, lost: Expired, why: str) -> None:
+        device, stream = lost.key
+        self._status_now = True
+        log.error(
+            "gateway %s: %s %s: %d frames from seq %d (about %d samples) %s: an unrecoverable gap",
+            self.id, device, stream, lost.frames, lost.first_seq, lost.samples, why,
+        )  # fmt: skip
+
+    def _control(self, note: Notification) -> None:
+        """A notification on the control characteristic: the device's answer to a RESEND, or a
+        change of its state (docs/contract.md)."""
+        try:
+            msg = codec.control_notify_decode(note.data)
+        except ValueError as exc:
+            self._reject(note, Rejected("ble_decode", f"{codec.NABZ_CONTROL}: {exc}"))
+            return
+        if msg["op"] == codec.CTRL_OP_RESEND_REPORT:
+            stream = "ecg" if msg["kind"] == codec.WAVE_KIND_ECG else "ppg"
+            for lost in self.gaps.report(
+                (note.device, stream), msg["first_seq"], msg["last_seq"], msg["resent_first_seq"],
+                msg["resent_count"],
+            ):  # fmt: skip
+                self._lost(lost, "are no longer held by the device")
+            return
+        self._battery[note.device] = msg["battery_pct"]
+        if self._device_state.get(note.device, "ok") != msg["state"]:
+            self._status_now = True
+        self._device_state[note.device] = msg["state"]
+        level = logging.INFO if msg["state"] == "ok" else logging.WARNING
+        log.log(level, "gateway %s: %s reports its state: %s (battery %d %%)", self.id, note.device,
+                msg["state"], msg["battery_pct"])  # fmt: skip
 
     def _reject(self, note: Notification, why: Rejected) -> None:
         self.spool.dead_letter(note.device, note.char, note.data, why.reason, why.detail)

@@ -38,6 +38,7 @@ __all__ = [
     "battery_encode",
     "wave_max_samples",
     "control_decode",
+    "control_report_encode",
     "pack_wave_frames",
 ]
 
@@ -93,6 +94,13 @@ def control_decode(data: bytes) -> dict[str, int]:
     """Control characteristic write -> dict(op, kind, first_seq, last_seq); ValueError if bad."""
     out: dict[str, int] = _codec.control_decode(data)
     return out
+
+
+def control_report_encode(
+    kind: int, first_seq: int, last_seq: int, resent_first: int, resent_count: int
+) -> bytes:
+    """The device's answer to a RESEND, on the control characteristic (docs/contract.md)."""
+    return bytes(_codec.control_report_encode(kind, first_seq, last_seq, resent_first, resent_count))
 
 
 def pack_wave_frames(

@@ -44,7 +44,7 @@ from bumble.transport.common import Transport as HciTransport
 
 from firmware import nabz_codec as codec
 from hardware.serial_sensor import stream_of
-from hardware.wearables import VirtualDevice, VirtualEcgPatch
+from hardware.wearables import Notification, VirtualDevice, VirtualEcgPatch
 
 __all__ = [
     "VirtualRadio",
@@ -195,7 +195,7 @@ class NabzPeripheral(Peripheral):
         )
         self.control = characteristic(
             core.UUID(codec.NABZ_CONTROL),
-            _P.WRITE,
+            _P.WRITE | _P.NOTIFY,  # RESEND in; the RESEND report and device state out
             gatt.CharacteristicValue(write=self._on_control),
             _WRITEABLE,
         )
@@ -263,11 +263,11 @@ class NabzPeripheral(Peripheral):
         except ValueError as exc:
             raise att.ATT_Error(att.ErrorCode.VALUE_NOT_ALLOWED) from exc
         self.resend_requests += 1
-        asyncio.get_running_loop().create_task(self._send_resent([n.data for n in resent]))
+        asyncio.get_running_loop().create_task(self._send_resent(resent))
 
-    async def _send_resent(self, frames: list[bytes]) -> None:
-        for data in frames:
-            await self.notify(self.wave, data)
+    async def _send_resent(self, notes: list[Notification]) -> None:
+        for n in notes:  # the frames, then the report, in order as the firmware sends them
+            await self.notify(self.control if n.char_uuid == codec.NABZ_CONTROL else self.wave, n.data)
 
 
 class VirtualRadio:

@@ -68,7 +68,7 @@ _SIG_BASE = "0000{}-0000-1000-8000-00805f9b34fb"
 _BATTERY_EVERY_S = 60
 _AHEAD_S = 1  # samples are rendered in whole device seconds, so tiny advance() steps stay cheap
 _BLOCK_S = 10  # render at most this many seconds of samples per numpy pass (bounds memory)
-_RESEND_FRAMES = 64  # frames kept for RESEND requests (about half a minute)
+RESEND_SECONDS = 60  # waveform kept for RESEND requests: the firmware's default `ring_seconds`
 # Send order at equal device time: vitals before a waveform frame (keeps chunking invariant).
 _ORDER_VITALS, _ORDER_WAVE = 0, 1
 
@@ -136,7 +136,8 @@ class VirtualDevice:
         self._started = False
         self._battery_sent: tuple[int, int] | None = None  # (level, second sent)
         self._low_battery_from_s = patient.low_battery_from_s
-        self._resend: deque[tuple[int, bytes]] = deque(maxlen=_RESEND_FRAMES)
+        held = -(-RESEND_SECONDS * self._rate_hz // self.frame_samples)  # whole frames, rounded up
+        self._resend: deque[tuple[int, bytes]] = deque(maxlen=held)
         self._vitals_rng = patient.rng_for(f"{device_id}/vitals")
 
     # -- public --------------------------------------------------------------------------------
@@ -182,10 +183,10 @@ class VirtualDevice:
         return [item[2] for item in out]
 
     def write(self, char_uuid: str, data: bytes) -> list[Notification]:
-        """A GATT write from the gateway. Control RESEND returns the frames still buffered.
-
-        Frames older than the buffer (the last 64) cannot come back; ValueError for bad writes.
-        """
+        """A GATT write from the gateway. Control RESEND returns the frames still buffered, then the
+        report the firmware sends on the control characteristic: which frames of the request are
+        coming (the rest are older than the last `RESEND_SECONDS` or were never produced).
+        ValueError for bad writes."""
         if uuid128(char_uuid) != CHAR_CONTROL:
             raise ValueError(f"{self.device_id}: characteristic {char_uuid} is not writable")
         req = codec.control_decode(data)
@@ -200,6 +201,11 @@ class VirtualDevice:
                 out.append(Notification(self.device_id, self._wave_char, data_resent, self.device_t_us))
         self.frames_sent += len(out)
         self.frames_resent += len(out)
+        resent_first = out[0].data[6:10] if out else ((last + 1) & 0xFFFFFFFF).to_bytes(4, "little")
+        report = codec.control_report_encode(
+            self._wave_kind, first, last, int.from_bytes(resent_first, "little"), len(out)
+        )
+        out.append(Notification(self.device_id, CHAR_CONTROL, report, self.device_t_us))
         return out
 
     # -- framing ---------------------------------------------------------------------------------

@@ -235,7 +235,9 @@ def test_an_alarm_acknowledged_while_its_sms_waits_is_not_sent(tmp_path: Path) -
     assert any(a["state"] == "dropped" and a["alarm_id"] == hr.alarm_id for a in rig.store.audit())
 
 
-def test_an_alarm_that_worsens_while_no_sms_can_go_is_one_line_once_the_network_is_back(tmp_path: Path) -> None:
+def test_an_alarm_that_worsens_while_no_sms_can_go_is_one_line_once_the_network_is_back(
+    tmp_path: Path,
+) -> None:
     """The raise and the "worse" notice wait together behind a failing modem: the doctor gets the
     alarm as it is now, once, not the same alarm twice in one text."""
     flaky = Recorder("modem", fail=Delivery(False, retryable=True, detail="+CMS ERROR: 331"))

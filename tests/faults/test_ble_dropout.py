@@ -5,12 +5,13 @@ on a clock 10 times faster, the gateway's BLE central talking HCI/L2CAP/ATT/GATT
 peripherals through bleak and the bumble backend.
 
 What must happen: the device is reported lost and found; on reconnection the gateway asks for the
-missing frames (RESEND), the patch sends what its 64-frame buffer still holds, and every waveform
-sample generated either arrives exactly once or is counted as a gap (`gap_frames`), never
+missing frames (RESEND), the patch sends what its 60 s buffer still holds (as the firmware does)
+and then its report of what is not coming, which the gateway counts as a gap (`gap_frames`) at
+once. Every waveform sample generated either arrives exactly once or is counted as a gap, never
 silently; vital-sign notifications are not resent (docs/gateway.md): those sent while away are
-lost, the rest arrive once. Alarms, each texted exactly once: the desaturation, the device lost,
-and the frames that never came back (about 30 s of ECG: the hole the waveform leaves is shorter
-than a data-gap alarm's minute, so that one, rightly, stays quiet)."""
+lost, the rest arrive once. Alarms, each texted exactly once: the desaturation and the device
+lost; a waveform gap only if it is worth an alarm (20 frames or more, alerts/technical.py): the
+buffer covers the minute away, so what is lost is the reconnection's few seconds at most."""
 
 from __future__ import annotations
 
@@ -101,16 +102,11 @@ def test_5_a_ble_drop_out_of_60_s(tmp_path: Path) -> None:
 
     every_reading_once(count, at_least=100 * 350)
     assert ecg.connections_made == 2 and oxi.connections_made == 1 and ecg.resend_requests >= 1
-    assert resent > 0 and gap_frames > 0  # some frames came back; the oldest were past the buffer
+    assert resent * ecg.sim.frame_samples >= 55 * 250  # most of the minute away came back
+    assert gap_frames * ecg.sim.frame_samples <= 10 * 250  # the rest: the reconnection's seconds
     want = _expected(ecg) + _expected(oxi)
     want[(ecg.device_id, "ecg")] -= gap_frames * ecg.sim.frame_samples  # counted, not silently lost
     assert stored == want
     assert ecg.heard["hr"] < ecg.generated["hr"]  # heart-rate notifications sent while away are gone
-    alarms_once(
-        alarms,
-        {
-            ("p-0001", "spo2_low"),
-            ("p-0001", "device_offline"),
-            ("p-0001", "gateway_data_gap"),
-        },
-    )
+    expected = {("p-0001", "spo2_low"), ("p-0001", "device_offline")}
+    alarms_once(alarms, expected | ({("p-0001", "gateway_data_gap")} if gap_frames >= 20 else set()))

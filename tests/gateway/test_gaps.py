@@ -42,6 +42,33 @@ def test_what_does_not_come_back_in_time_is_counted_in_frames_and_samples() -> N
     assert g.streams[K].gap_frames == 35 and g.streams[K].missing == []
 
 
+def test_the_devices_resend_report_settles_what_is_not_coming_at_once() -> None:
+    g = GapTracker(timeout_s=60.0)
+    g.observe(K, 100, False, 113, 0.0)
+    g.observe(K, 200, False, 113, 5.0)  # 101..199 missing, asked for
+    (lost,) = g.report(K, 101, 199, 136, 64)  # "I hold 136..199; the rest is older than my buffer"
+    assert (lost.first_seq, lost.frames, lost.samples) == (101, 35, 35 * 113)
+    assert g.pending() == [(K, 136, 199)]  # the frames on their way still wait
+    for s in range(136, 200):
+        assert g.observe(K, s, True, 113, 6.0).accept
+    assert g.pending() == [] and g.expire(1e9) == []
+    assert g.streams[K].gap_frames == 35 and g.streams[K].resent_frames == 64
+
+
+def test_a_report_of_nothing_resent_gives_up_exactly_the_requested_frames_across_the_wrap() -> None:
+    g = GapTracker(timeout_s=60.0)
+    top = 2**32 - 3
+    g.observe(K, top, False, 50, 0.0)
+    g.observe(K, 5, False, 50, 1.0)  # top+1 .. 4 missing: 2**32-2, 2**32-1, 0, 1, 2, 3, 4
+    g.observe(K, 9, False, 50, 1.0)  # 6..8 missing too
+    assert g.report(K, 6, 8, 9, 0)[0].frames == 3  # the second request: none held
+    assert g.pending() == [(K, 2**32 - 2, 4)]  # the first gap is untouched by the second report
+    before, after = g.report(K, 2**32 - 2, 4, 0, 2)  # frames 0 and 1 come; none other will
+    assert (before.first_seq, before.frames) == (2**32 - 2, 2) and (after.first_seq, after.frames) == (2, 3)
+    assert g.pending() == [(K, 0, 1)]
+    assert g.streams[K].gap_frames == 8 and g.report(K, 5, 4, 5, 0) == []  # an empty request
+
+
 def test_sequence_numbers_wrap_and_a_restarted_device_starts_afresh() -> None:
     g = GapTracker()
     top = (1 << 32) - 2

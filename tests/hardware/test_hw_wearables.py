@@ -166,16 +166,24 @@ def test_resend_returns_buffered_frames_flagged_resent() -> None:
     ecg, oxi = pair()
     d = run(ecg, 10.0)
     readings = ecg.readings_generated
-    again = ecg.write(CHAR_CONTROL, codec.control_resend_encode(codec.WAVE_KIND_ECG, 3, 5))
+    *again, report = ecg.write(CHAR_CONTROL, codec.control_resend_encode(codec.WAVE_KIND_ECG, 3, 5))
     frames = [codec.wave_decode(n.data) for n in again]
     assert [f["seq"] for f in frames] == [3, 4, 5]
+    assert report.char_uuid == CHAR_CONTROL  # then, as the firmware does, what is coming
+    assert codec.control_notify_decode(report.data) == {
+        "op": codec.CTRL_OP_RESEND_REPORT, "kind": codec.WAVE_KIND_ECG, "first_seq": 3, "last_seq": 5,
+        "resent_first_seq": 3, "resent_count": 3,
+    }  # fmt: skip
     assert all(f["flags"] & codec.WAVE_FLAG_RESENT for f in frames)
     assert [f["samples"] for f in frames] == [f["samples"] for f in d.frames[3:6]]
     assert ecg.readings_generated == readings and ecg.frames_resent == 3
     # the other stream kind, and the oximeter asked for ECG frames, get nothing
     assert oxi.write(CHAR_CONTROL, codec.control_resend_encode(codec.WAVE_KIND_ECG, 0, 1)) == []
-    run(ecg, 60.0)
-    assert ecg.write(CHAR_CONTROL, codec.control_resend_encode(codec.WAVE_KIND_ECG, 0, 5)) == []
+    run(ecg, 60.0)  # 70 s in: frames 0..5 are older than the 60 s the wearable keeps
+    (report,) = ecg.write(CHAR_CONTROL, codec.control_resend_encode(codec.WAVE_KIND_ECG, 0, 5))
+    assert codec.control_notify_decode(report.data)["resent_count"] == 0
+    held = ecg.write(CHAR_CONTROL, codec.control_resend_encode(codec.WAVE_KIND_ECG, 0, 10**6))[:-1]
+    assert 60.0 <= len(held) * ecg.frame_samples / 250 < 61.0
     with pytest.raises(ValueError):
         ecg.write(CHAR_HEART_RATE, b"\x01")
     with pytest.raises(ValueError):
