@@ -99,7 +99,7 @@ class AlertEngine:
                     rule.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind == "stale_data":
                 self.stale.restore(a.patient, a.priority, a.condition_started_at)
-            elif a.kind in ("gateway_offline", "device_offline", "gateway_data_gap"):
+            elif a.kind in ("gateway_offline", "device_offline", "device_fault", "gateway_data_gap"):
                 self.gateways.restore(a.patient, a.kind, a.condition_started_at)
         self._silences = store.silences()
         self._cleared_at: dict[tuple[str, str], float] = {}

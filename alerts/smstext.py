@@ -53,6 +53,7 @@ _KIND_UR = {
     "ecg_poor_signal": "ECG سگنل خراب", "ppg_poor_signal": "آکسی میٹر سگنل خراب",
     "stale_data": "ڈیٹا بند", "gateway_offline": "گیٹ وے بند", "device_offline": "آلہ منقطع",
     "battery_low": "بیٹری کم", "data_gap": "ڈیٹا ضائع", "gateway_data_gap": "ڈیٹا ضائع",
+    "device_fault": "آلے کا سینسر خراب",
 }  # fmt: skip
 _REASON = {
     "en": {"repeat": "REPEAT ", "escalation": "ESCALATED ", "worse": "WORSE ", "cleared": "CLEARED "},

@@ -172,6 +172,7 @@ class GatewayTracker:
     raised: dict[tuple[str, str], float] = field(default_factory=dict)  # (patient, kind) -> since
     gap_frames: dict[str, int] = field(default_factory=dict)  # device -> unrecoverable frames, all time
     gaps: dict[str, tuple[float, int]] = field(default_factory=dict)  # device -> (when, frames lost)
+    faults: dict[str, float] = field(default_factory=dict)  # device -> since it reported a sensor fault
 
     def restore(self, patient: str, kind: str, started_at: float) -> None:
         self.raised[(patient, kind)] = started_at
@@ -189,6 +190,11 @@ class GatewayTracker:
         for d in listed - lost:
             self.missing.pop(d, None)
         self.devices[s.gateway] = self.devices.get(s.gateway, set()) | listed
+        for h in s.health:
+            if h.device_state == "sensor_fault":  # the wearable's own word: its sensor stopped answering
+                self.faults.setdefault(h.device, now)
+            elif h.device_state is not None:
+                self.faults.pop(h.device, None)
         for h in s.health:  # waveform frames the gateway could not get back: lost for good
             before = self.gap_frames.get(h.device)
             self.gap_frames[h.device] = h.gap_frames
@@ -210,6 +216,11 @@ class GatewayTracker:
             key = (p or "", "device_offline")
             if p is not None and (now - since >= self.after_s or key in self.raised):
                 want.setdefault(key, (since, f"{d} not connected to its gateway"))
+        for d, since in self.faults.items():
+            p = self.patient_of(d)
+            key = (p or "", "device_fault")
+            if p is not None and (now - since >= self.after_s or key in self.raised):
+                want.setdefault(key, (since, f"{d} reports a sensor fault"))
         for d, (when, frames) in list(self.gaps.items()):
             p = self.patient_of(d)
             if p is None or now - when >= _GAP_CLEAR_S:

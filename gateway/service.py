@@ -481,6 +481,7 @@ class Gateway:
             gap_events=totals.gap_events,
             resent_frames=totals.resent_frames,
             gap_frames=totals.gap_frames,
+            device_state=self._device_state.get(device),  # type: ignore[arg-type]  # the codec's names
         )
 
     def _offline_payload(self, reason: str) -> bytes:

@@ -206,6 +206,7 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         default_factory=lambda: {
             "asystole": ["pause", "hr_low", "ppg_poor_signal", "sensor_off"],
             "gateway_offline": ["stale_data", "data_gap", "device_offline"],
+            "device_fault": ["stale_data", "data_gap", "ppg_poor_signal", "ecg_poor_signal"],
             "leads_off": ["ecg_poor_signal", "pause", "asystole", "hr_low", "hr_high", "af_suspected"],
             "sensor_off": ["ppg_poor_signal", "spo2_low"],
             "battery_critical": ["battery_low"],

@@ -187,6 +187,9 @@ class DeviceHealth(msgspec.Struct, frozen=True, kw_only=True):
     gap_events: int = 0  # drop-outs seen as a jump in sequence numbers
     resent_frames: int = 0  # missing frames the device sent again on request
     gap_frames: int = 0  # missing frames that never came back (unrecoverable)
+    # What the wearable last said of itself on its control characteristic (Nabz firmware only):
+    # null until it has said anything.
+    device_state: Literal["ok", "low_battery", "battery_critical", "sensor_fault"] | None = None
 
 
 class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

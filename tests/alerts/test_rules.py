@@ -252,6 +252,34 @@ def test_the_gateways_device_health_reports_a_lost_device_and_frames_lost_for_go
     assert [(e.kind, e.state) for e in rig.at(T0 + 30 + 600)] == [("gateway_data_gap", "cleared")]
 
 
+def test_a_wearable_that_reports_a_sensor_fault_raises_a_technical_alarm_until_it_says_ok(
+    tmp_path: Path,
+) -> None:
+    from nabz.contract import DeviceHealth
+
+    rig = Rig(tmp_path, config(enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"}))
+
+    def status(state: str | None) -> GatewayStatus:
+        health = [DeviceHealth(device="ecg-0001", state="connected"),
+                  DeviceHealth(device="oxi-0001", state="connected", device_state=state)]  # type: ignore[arg-type]  # fmt: skip
+        return GatewayStatus(
+            site="demo", gateway="gw-0001", state="online", devices=["ecg-0001", "oxi-0001"], health=health
+        )
+
+    assert rig.engine.gateway_status(status("ok"), T0) == []
+    assert rig.engine.gateway_status(status("sensor_fault"), T0 + 5) == []  # the wearable may recover it
+    events = rig.engine.gateway_status(status("sensor_fault"), T0 + 70)
+    assert kinds(events) == [("device_fault", "active", "medium")]
+    assert "oxi-0001 reports a sensor fault" in events[0].message
+    assert rig.engine.gateway_status(status(None), T0 + 80) == []  # a status that cannot tell changes nothing
+    cleared = rig.engine.gateway_status(status("ok"), T0 + 90)
+    assert kinds(cleared) == [("device_fault", "cleared", "medium")]
+    brief = rig.engine.gateway_status(status("sensor_fault"), T0 + 100) + rig.engine.gateway_status(
+        status("ok"), T0 + 110
+    )
+    assert brief == []  # recovered within the minute: nobody woken
+
+
 def test_an_asystole_hidden_from_the_ecg_by_motion_is_caught_by_patch_and_oximeter_agreeing(rig: Rig) -> None:
     seq = []
     for i, hr in enumerate([80.0, 80.0, 29.0, 19.0, 15.0, 12.0, 10.0, 8.0, 0.0]):
