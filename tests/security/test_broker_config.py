@@ -104,8 +104,9 @@ class Client:
     """A bare MQTT v5 client that records what happens to it."""
 
     def __init__(
-        self, broker: GeneratedBroker, user: str | None, *, ca: Path | None = None, tls: bool = True
-    ):
+        self, broker: GeneratedBroker, user: str | None, *, ca: Path | None = None, tls: bool = True,
+        port: int | None = None, cert: tuple[Path, Path] | None = None,
+    ):  # fmt: skip
         self.connack: ReasonCode | None = None
         self.error: Exception | None = None
         self.pubacks: dict[int, ReasonCode] = {}
@@ -114,7 +115,10 @@ class Client:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{time.monotonic_ns()}",
                         protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
         if tls:
-            c.tls_set_context(ssl.create_default_context(cafile=str(ca or broker.pki.ca)))
+            context = ssl.create_default_context(cafile=str(ca or broker.pki.ca))
+            if cert is not None:
+                context.load_cert_chain(str(cert[0]), str(cert[1]))
+            c.tls_set_context(context)
         if user is not None:
             c.username_pw_set(user, broker.accounts[user])
         c.on_connect = self._on_connect
@@ -122,7 +126,7 @@ class Client:
         c.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.c = c
         try:
-            c.connect("127.0.0.1", broker.port, keepalive=10)
+            c.connect("127.0.0.1", port or broker.port, keepalive=10)
             c.loop_start()
         except (OSError, ssl.SSLError) as exc:
             self.error = exc
@@ -295,4 +299,33 @@ def test_with_max_queued_messages_0_mosquitto_2_0_11_drops_a_refused_publisher(t
         assert len([i for i in burst if i.mid in a.pubacks]) < len(burst)
     finally:
         a.close()
+        b.stop()
+
+
+def test_with_auth_both_a_gateway_logs_in_by_its_certificate_and_keeps_to_its_own_topics(
+    tmp_path: Path,
+) -> None:
+    """`--auth both`: the password listener as before, and a second TLS listener where the client
+    certificate is the login (its common name the account) and the same ACL applies."""
+    cert_port = free_port()
+    b = GeneratedBroker(tmp_path, make_pki(tmp_path / "pki"), "--auth", "both", "--cert-port", str(cert_port))
+    b.start()
+    clients: list[Client] = []
+    try:
+        _wait_port(cert_port, 10, b.proc, b.log)
+        gw = Client(b, None, port=cert_port, cert=b.pki.client("gw-0001"))
+        clients.append(gw)
+        assert gw.connected()
+        assert not gw.publish(f"nabz/v1/{SITE}/gw/gw-0001/ecg-0001/hr").is_failure
+        assert gw.publish(f"nabz/v1/{SITE}/gw/gw-0002/ecg-0002/hr").getName() == "Not authorized"
+        nobody = Client(b, None, port=cert_port)  # no certificate: no way in
+        clients.append(nobody)
+        assert not nobody.connected()
+        by_password = Client(b, "gw-0002")  # the password listener still works
+        clients.append(by_password)
+        assert by_password.connected()
+    finally:
+        for c in clients:
+            if c.error is None:
+                c.close()
         b.stop()
