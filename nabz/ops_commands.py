@@ -53,8 +53,8 @@ def register(sub: Any, bench: Any) -> None:
         help="the whole pipeline on real processes for N minutes with faults injected: nothing lost or doubled",
         description="Simulated patients -> gateways -> mosquitto -> ingest -> VictoriaMetrics -> alerts, "
         "for --minutes of wall time, on a compressed clock, while faults are injected in turn (broker "
-        "restart, ingest SIGKILL, time-series server down, uplink cut, a gateway crash restarted on "
-        "its spool, SMS notifier errors). Counts readings by message id at both ends and alarms notified. JSON keys: "
+        "restart, ingest SIGKILL, time-series server down, SMS notifier errors, uplink cut, a gateway "
+        "crash restarted on its spool). Counts readings by message id at both ends and alarms notified. JSON keys: "
         "readings_sent, readings_stored, duplicates, lost, alarms_expected, alarms_notified.",
     )
     soak.add_argument("--minutes", type=float, default=5.0, help="wall-clock minutes (default 5)")
