@@ -102,6 +102,9 @@ class IngestService:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self.connected = threading.Event()
+        # The broker has acknowledged a subscription since the latest connection: from then on a
+        # reading published is delivered here (before it, a first-ever session would miss it).
+        self.subscribed = threading.Event()
         self.totals = BatchResult()
         self.instance = cid
         self.gateways = GatewayStatuses()
@@ -141,6 +144,7 @@ class IngestService:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda _c, _u, _mid, _rc, _p: self.subscribed.set()
 
     # --- paho thread ---------------------------------------------------------------------------
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
@@ -160,6 +164,7 @@ class IngestService:
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         self._disconnected_at = time.monotonic()
         if not reason_ok(reason):
             log.warning("ingest disconnected (%s); unacknowledged messages will be redelivered", reason)

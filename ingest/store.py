@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +77,18 @@ class DeadLetter:
     detail: str
 
 
+def _while_locked(do: Callable[[], object], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            do()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """One SQLite file; safe to share between threads of one process (a lock serialises writers)."""
 
@@ -85,9 +97,11 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         create_private(self.path)  # readings are health data: owner only
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        # Several workers open one new file at once: switching it to WAL can meet a lock that
+        # SQLite's busy timeout does not wait for. Wait here instead.
+        _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        self.db.executescript(_SCHEMA)
+        _while_locked(lambda: self.db.executescript(_SCHEMA))
         # Files made before the ECG rhythm columns existed get them (SQLite adds NULL columns in place).
         have = {r[1] for r in self.db.execute("PRAGMA table_info(vitals)")}
         for column in _VITALS_ADDED:

@@ -91,7 +91,7 @@ class Pipeline:
     def start_ingest(self) -> IngestService:
         self.ingest = IngestService(self.config, clock=self.clock, client_id="test-ingest")
         self.ingest.start()
-        assert self.ingest.connected.wait(10), "ingest did not connect"
+        assert self.ingest.subscribed.wait(10), "ingest did not subscribe"
         return self.ingest
 
     def start_gateways(self) -> None:

@@ -62,7 +62,7 @@ def test_a_reading_published_by_hand_as_documented_is_stored_and_a_malformed_one
     ingest = IngestService(config, client_id="hand-test")
     ingest.start()
     try:
-        assert ingest.connected.wait(10)
+        assert ingest.subscribed.wait(10)
         (ecg,) = [v for v in vectors("mqtt:reading") if v.attrs["name"] == "ecg"]
         rejects = vectors("mqtt:reject")
         for v in [ecg, *rejects]:

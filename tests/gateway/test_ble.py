@@ -194,11 +194,15 @@ def test_a_vanished_device_is_reported_lost_its_gap_counted_and_it_returns_on_a_
             assert seen.wait_for(
                 lambda: seen.tally()[key] + gw.stats().gap_frames * frame == oxi.generated["ppg"], 10
             ), (seen.tally()[key], gw.stats().gap_frames, oxi.generated["ppg"])
+            others = _expected(peripherals[0]) + Counter(
+                {k: n for k, n in _expected(oxi).items() if k != key}
+            )
+            # The report settles the gap at once: give the patch's last frames their time to land too.
+            seen.wait_for(lambda: seen.tally() - Counter({key: seen.tally()[key]}) == others, 10)
         assert lost is not None and health(lost, peripherals[0].device_id)["state"] == "connected"
         h = health(seen.last_status(), oxi.device_id)
         assert h["reconnects"] == 1 and oxi.connections_made == 2
         assert h["gap_frames"] == gw.stats().gap_frames
-        others = _expected(peripherals[0]) + Counter({k: n for k, n in _expected(oxi).items() if k != key})
         assert seen.tally() - Counter({key: seen.tally()[key]}) == others
         assert h["resent_frames"] > 0  # the newest frames of the outage did come back
         assert seen.frames_twice() == []

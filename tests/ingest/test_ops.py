@@ -105,7 +105,7 @@ def test_the_operations_board_data_lands_in_the_time_series_server_and_metrics_a
     rig.status("gw-0002", "offline", None)
     rig.ingest.start()
     try:
-        assert rig.ingest.connected.wait(10)
+        assert rig.ingest.subscribed.wait(10)
         readings = _readings(5)
         for topic, payload, _ in readings:
             rig.pub.publish(topic, payload, qos=1)
@@ -167,7 +167,7 @@ def test_healthz_says_when_the_broker_is_away(
     svc = IngestService(cfg, client_id="health-ingest")
     svc.start()
     try:
-        assert svc.connected.wait(10)
+        assert svc.subscribed.wait(10)
         assert svc.health is not None and _get(f"{svc.health.url}/healthz")[0] == 200
         mosquitto.stop()
         time.sleep(1.5)
@@ -203,7 +203,7 @@ def test_a_message_ingest_fails_on_is_dead_lettered_and_the_rest_are_stored(
     pub.connect("127.0.0.1", mosquitto.port)
     pub.loop_start()
     try:
-        assert svc.connected.wait(10)
+        assert svc.subscribed.wait(10)
         readings = _readings(3)
         batteries = [r for r in readings if r[0].endswith("/battery")]
         assert batteries
