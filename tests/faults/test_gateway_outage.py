@@ -11,10 +11,11 @@ and VictoriaMetrics (`waveforms = "chunks"`: one point per message, numeric fiel
 Counted by message id: everything the gateway spooled is stored exactly once, by device and stream
 exactly what the wearables generated, in order, no frame under two ids, and the time-series server
 holds each message's points once. Alarms: the gateway offline (its Last Will) and the desaturation
-that happened during the outage are each texted exactly once. (Stale data, the site watchdog and
-the derived-data gap alarm are left to their own tests here: on a clock 720 times faster their
-minutes are fractions of a real second, and a busy machine's scheduling delays would look like
-minutes of lost data; the raw data is counted reading by reading instead.) The gateway's own store-and-forward at volume (drain rate) is measured too.
+that happened during the outage are each texted exactly once. (Stale data, the site watchdog, the
+derived-data gap alarm and the ECG pause and asystole alarms are left to their own tests here: on
+a clock 720 times faster their minutes are fractions of a real second and their seconds are
+milliseconds, so a busy machine's scheduling delays, which the gateway's clock estimate follows,
+would look like lost data or missing beats; the raw data is counted reading by reading instead.) The gateway's own store-and-forward at volume (drain rate) is measured too.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
     options = RigOptions(
         patients=PATIENTS, scenarios=[scenario("desaturation", 1800.0), "normal"], speed=SPEED, sim_span_s=OUTAGE_S + 4 * 3600,
         virtual_gateways=False, waveforms="chunks",
-        alerts={"stale_after_s": 1e9, "site_quiet_after_s": 1e9, "gateway_offline_after_s": 60.0, "gap_alarm_s": 1e9},
+        alerts={"stale_after_s": 1e9, "site_quiet_after_s": 1e9, "gateway_offline_after_s": 60.0, "gap_alarm_s": 1e9,
+                "pause_s": 1e9, "asystole_s": 1e9},
         ingest_toml="keep_payloads = true\n",
     )  # fmt: skip
     spool = tmp_path / "spool.sqlite"
