@@ -119,7 +119,7 @@ class BandRule:
     def _shown(self, x: float, limit: float) -> str:
         """`x` as the doctor reads it: never "HR 150/min (>150/min)" for 150.3, one more decimal
         where the rounded value would sit on the limit."""
-        for text in (self.fmt.format(x), f"{x:.1f}", f"{x:.2f}"):
+        for text in (self.fmt.format(x), f"{x:.1f}"):
             if self._beyond(float(text), limit):
                 return text
         return f"{x:.2f}"

@@ -201,10 +201,8 @@ class VirtualDevice:
                 out.append(Notification(self.device_id, self._wave_char, data_resent, self.device_t_us))
         self.frames_sent += len(out)
         self.frames_resent += len(out)
-        resent_first = out[0].data[6:10] if out else ((last + 1) & 0xFFFFFFFF).to_bytes(4, "little")
-        report = codec.control_report_encode(
-            self._wave_kind, first, last, int.from_bytes(resent_first, "little"), len(out)
-        )
+        resent_first = int.from_bytes(out[0].data[6:10], "little") if out else (last + 1) & 0xFFFFFFFF
+        report = codec.control_report_encode(self._wave_kind, first, last, resent_first, len(out))
         out.append(Notification(self.device_id, CHAR_CONTROL, report, self.device_t_us))
         return out
 

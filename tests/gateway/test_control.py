@@ -18,24 +18,18 @@ class _Saying:
 
     def __init__(self, inner: Any, lines: list[bytes]) -> None:
         self.inner, self.lines = inner, list(lines)
-        self.device_id: str = inner.device_id
 
-    @property
-    def readings_generated(self) -> int:
-        return int(self.inner.readings_generated)
-
-    @property
-    def device_t_us(self) -> int:
-        return int(self.inner.device_t_us)
-
-    def write(self, char: str, data: bytes) -> Any:
-        return self.inner.write(char, data)
+    def __getattr__(self, name: str) -> Any:  # device_id, readings_generated, write, ...: the wearable's
+        return getattr(self.inner, name)
 
     def advance(self, seconds: float) -> list[Any]:
         out = list(self.inner.advance(seconds))
         if self.lines:
-            data = self.lines.pop(0)
-            out.append(type(out[0])(self.device_id, codec.NABZ_CONTROL, data, self.device_t_us))
+            out.append(
+                type(out[0])(
+                    self.inner.device_id, codec.NABZ_CONTROL, self.lines.pop(0), self.inner.device_t_us
+                )
+            )
         return out
 
 
