@@ -3,7 +3,10 @@
 Rules of this file:
 - Bytes in, readings out: a `Notification` goes in, an `EcgReading`/`PpgReading`/... or a
   `Rejected` comes out. Nothing raises on bad bytes.
-- Device time becomes UTC here, through a per-device clock offset (`ClockSync`).
+- Device time becomes UTC here, through a per-device clock offset (`ClockSync`). A standard
+  characteristic carries no device time: it is as late as the waveform frame just before it from
+  the same device (`_late_us`), so a backlog (a wired hub replaying after a gateway restart, a
+  busy gateway reading many lines at once) keeps the times the values were measured at.
 - Message ids are minted here, once; the spool keeps them, so a resend is recognisably the same.
 """
 
@@ -193,11 +196,15 @@ class _Envelope(TypedDict):
 class Decoder:
     """Decodes notifications for one gateway into contract readings."""
 
+    LATE_FOR_US = 5_000_000  # a waveform frame this recent says how late what follows it is
+
     def __init__(self, site: str, gateway: str, new_id: Callable[[], str] = contract.new_id) -> None:
         self.site = site
         self.gateway = gateway
         self.new_id = new_id
         self.clock = ClockSync()
+        self._wave_late: dict[str, tuple[int, int]] = {}  # device -> (rx_us, late_us) of its last live frame
+        self._last_t: dict[tuple[str, str], int] = {}  # (device, characteristic) -> last `t` given, µs
 
     def decode(self, n: Notification) -> Reading | Rejected:
         char = normalize_uuid(n.char)
@@ -213,12 +220,13 @@ class Decoder:
             if char in (_PLX_CONT, _PLX_SPOT):
                 return self._plx(n, char == _PLX_SPOT)
             if char == _BATTERY:
-                return BatteryReading(**self._envelope(n), battery_pct=codec.battery_decode(n.data))
+                pct = codec.battery_decode(n.data)
+                return BatteryReading(**self._envelope(n, self._late_us(n, _BATTERY)), battery_pct=pct)
         except ValueError as exc:
             return Rejected("ble_decode", f"{char}: {exc}")
         return Rejected("unknown_characteristic", f"no decoder for characteristic {char}")
 
-    def _envelope(self, n: Notification) -> _Envelope:
+    def _envelope(self, n: Notification, t_us: int | None = None) -> _Envelope:
         rx = utc_from_us(n.rx_us)
         return {
             "v": 1,
@@ -226,9 +234,24 @@ class Decoder:
             "site": self.site,
             "gateway": self.gateway,
             "device": n.device,
-            "t": rx,
+            "t": rx if t_us is None else utc_from_us(t_us),
             "rx": rx,
         }
+
+    def _late_us(self, n: Notification, char: str) -> int:
+        """When a standard characteristic's value was measured: its receive time, less the delay of
+        the same device's last waveform frame when that frame arrived in the last few seconds
+        (lines read in one burst, or replayed after a restart, share a receive time but not a
+        measurement time). At least a microsecond after the last value of the same characteristic
+        of the device, so that no two share a point in the time-series store."""
+        t = n.rx_us
+        wave = self._wave_late.get(n.device)
+        if wave is not None and 0 <= n.rx_us - wave[0] <= self.LATE_FOR_US:
+            t -= wave[1]
+        key = (n.device, char)
+        t = max(t, self._last_t.get(key, t - 1) + 1)
+        self._last_t[key] = t
+        return t
 
     def _wave(self, n: Notification, char: str) -> Reading | Rejected:
         frame = codec.wave_decode(n.data)
@@ -243,6 +266,8 @@ class Decoder:
         t_end_us = t0_us + (count - 1) * 1_000_000 // rate
         resent = bool(frame["flags"] & codec.WAVE_FLAG_RESENT)
         offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent)
+        if not resent:
+            self._wave_late[n.device] = (n.rx_us, max(0, n.rx_us - (t_end_us + offset)))
         env = self._envelope(n)
         env["t"] = utc_from_us(t0_us + offset)
         env["device_t_us"] = t0_us
@@ -263,7 +288,7 @@ class Decoder:
     def _hrm(self, n: Notification) -> Reading:
         m = codec.hrm_decode(n.data)
         return HrReading(
-            **self._envelope(n),
+            **self._envelope(n, self._late_us(n, _HRM)),
             hr_bpm=m["hr_bpm"],
             contact=m["contact"],
             rr_ms=[rr * 1000 / 1024 for rr in m["rr_1024"]],
@@ -275,7 +300,7 @@ class Decoder:
         meas = m["meas_status"] or 0
         dev = m["dev_status"] or 0
         return Spo2Reading(
-            **self._envelope(n),
+            **self._envelope(n, self._late_us(n, _PLX_SPOT if spot else _PLX_CONT)),
             mode="spot" if spot else "continuous",
             spo2_pct=_finite_or_none(m["spo2_pct"]),
             pr_bpm=_finite_or_none(m["pr_bpm"]),

@@ -99,8 +99,9 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
         sensor = SerialSensor(master, devices, seed=61, ring=150_000)  # lines: > the restart's gap
         log = tmp_path / "gateway.log"
         gw = _start_gateway(config, port, rig.clock, log)
-        # A second of device time per write, paced to the clock: vital signs carry no device time,
-        # the gateway stamps them when they arrive, so they must arrive when they were measured.
+        # A second of device time per write, paced to the clock. Vital signs carry no device time:
+        # the gateway stamps them as late as the waveform frame before them, so the values read in
+        # one burst by a busy gateway, or replayed after its restart, keep their seconds apart.
         writer = threading.Thread(target=sensor.run, args=(OUTAGE_S, 1.0, SPEED), daemon=True)
         try:
             _wait_open(log, 1)  # pyserial flushes what is waiting when it opens a port: start after that

@@ -7,7 +7,7 @@ import random
 
 from firmware import nabz_codec as codec
 from gateway.decode import ClockSync, Decoder, Notification
-from nabz.contract import EcgReading, Rejected
+from nabz.contract import EcgReading, HrReading, PpgReading, Rejected, Spo2Reading
 
 UTC0 = 1_795_597_200_000_000  # µs
 
@@ -87,3 +87,34 @@ def test_a_heart_rate_notification_as_long_as_ble_allows_is_a_valid_reading() ->
     assert len(back.rr_ms) == 255 and back.rr_ms[0] == 1000.0
     too_long = d.decode(Notification("hr-0001", "2a37", full + b"\x00\x04", UTC0))
     assert isinstance(too_long, Rejected) and too_long.reason == "ble_decode"
+
+
+def test_vital_signs_read_in_a_backlog_keep_the_time_they_were_measured() -> None:
+    # An oximeter's PPG frames, each followed by its PLX value once a second. Live, a frame arrives
+    # 10 ms after its last sample and the value 10 ms later; then the gateway reads 30 s of backlog
+    # at once (a wired hub replaying after a gateway restart): the lines share one receive time,
+    # but not one measurement time.
+    d = Decoder("demo", "gw-0001")
+    boot = 3_000_000
+    late_read = UTC0 + boot + 65_000_000
+    times: list[float] = []
+    for k in range(60):
+        t0 = boot + k * 1_000_000  # 20 samples at 100 Hz: the frame ends 190 ms later
+        rx = late_read if k >= 30 else UTC0 + t0 + 200_000
+        frame = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, t0, [1, 2] * 20)
+        wave = d.decode(Notification("oxi-0001", codec.NABZ_PPG_WAVEFORM, frame, rx))
+        value = codec.plx_continuous_encode(97.0 - k / 10, 70.0)
+        plx = d.decode(Notification("oxi-0001", "2a5f", value, rx if k >= 30 else rx + 10_000))
+        assert isinstance(plx, Spo2Reading) and isinstance(wave, PpgReading)
+        times.append(plx.t.timestamp())
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(abs(s - 1.0) < 0.03 for s in steps), steps  # a second apart, backlog or not
+    assert times[-1] < late_read / 1e6 - 4  # not stamped when the backlog was read
+
+
+def test_vital_signs_without_a_waveform_are_stamped_on_arrival_and_never_share_a_time() -> None:
+    d = Decoder("demo", "gw-0001")
+    a = d.decode(Notification("strap", "2a37", codec.hrm_encode(72), UTC0))
+    b = d.decode(Notification("strap", "2a37", codec.hrm_encode(73), UTC0))  # two in one read
+    assert isinstance(a, HrReading) and isinstance(b, HrReading)
+    assert a.t == a.rx and b.t.timestamp() * 1e6 == UTC0 + 1
