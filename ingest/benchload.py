@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -479,6 +479,8 @@ class _RealTime:
     lag_end_s: float
     messages_per_s: float
     cpu_cores: float
+    # the same CPU by process, cores: where the two cores went ("load" is this process, publishing)
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
 
 def _realtime(
@@ -488,8 +490,9 @@ def _realtime(
     w.with_alerts = True
     w.start()
     pub = RawPublisher(servers.mq_port, f"bench-pub-rt-{patients}")
-    pids = [servers.mq.pid, servers.vm.pid, *w.pids, os.getpid()]
-    cpu0, wall0 = _cpu_s(pids), time.perf_counter()
+    roles = {"mosquitto": [servers.mq.pid], "victoria_metrics": [servers.vm.pid],
+             "ingest_workers": w.pids[: w.n], "alerts": w.pids[w.n :], "load": [os.getpid()]}  # fmt: skip
+    by0, wall0 = {role: _cpu_s(group) for role, group in roles.items()}, time.perf_counter()
     sent = 0
     lags: list[float] = []
     start = time.monotonic()
@@ -504,7 +507,9 @@ def _realtime(
     while w.stored() < sent and time.monotonic() < end + 60:
         time.sleep(0.1)
     lag_end = time.monotonic() - end
-    cores = (_cpu_s(pids) - cpu0) / (time.perf_counter() - wall0)
+    wall = time.perf_counter() - wall0
+    used = {role: (_cpu_s(group) - by0[role]) / wall for role, group in roles.items()}
+    by, cores = {role: round(c, 2) for role, c in used.items()}, sum(used.values())
     pub.close()
     w.stop()
     # the backlog right after each second's burst, in seconds of messages: growing if the last
@@ -512,7 +517,7 @@ def _realtime(
     q = max(1, len(lags) // 4)
     growing = len(lags) >= 8 and sum(lags[-q:]) / q > sum(lags[q : 2 * q]) / q + 1.0
     ok = lag_end <= _LAG_OK_S and not growing
-    return _RealTime(patients, ok, round(lag_end, 2), round(sent / (end - start), 1), round(cores, 2))
+    return _RealTime(patients, ok, round(lag_end, 2), round(sent / (end - start), 1), round(cores, 2), by)
 
 
 def run_ingest_bench(
