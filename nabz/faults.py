@@ -170,6 +170,15 @@ class Servers:
         )  # fmt: skip
         wait_port(self.vm_port, 15, self.vm)
 
+    def pause_victoria(self) -> None:
+        """Freeze the time-series server (SIGSTOP): connections still open, nothing answers."""
+        assert self.vm is not None
+        self.vm.send_signal(signal.SIGSTOP)
+
+    def resume_victoria(self) -> None:
+        assert self.vm is not None
+        self.vm.send_signal(signal.SIGCONT)
+
     def stop_victoria(self) -> None:
         if self.vm is not None and self.vm.poll() is None:
             self.vm.terminate()
