@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -479,8 +479,7 @@ class _RealTime:
     lag_end_s: float
     messages_per_s: float
     cpu_cores: float
-    # the same CPU by process, cores: where the two cores went ("load" is this process, publishing)
-    cpu_by_process: dict[str, float] = field(default_factory=dict)
+    cpu_by_process: dict[str, float]  # the same CPU by process ("load": this process, publishing)
 
 
 def _realtime(
