@@ -1,8 +1,8 @@
 """Alarm latency under load, end to end on a real broker: `nabz bench alarms --broker URL`.
 
-Publishes derived vitals for `patients` patients in real time — four messages per patient per
-second (ECG, PPG, the patch's heart rate, the oximeter's SpO2), what ingest publishes — to the
-broker, while a real AlertService (its own MQTT client, worker and dispatcher threads, SQLite
+Publishes derived vitals for `patients` patients in real time — four per patient per second
+(ECG, PPG, the patch's heart rate, the oximeter's SpO2), what ingest derives, in batches of up to
+`contract.VITALS_PER_MESSAGE` per message as ingest publishes them — to the broker, while a real AlertService (its own MQTT client, worker and dispatcher threads, SQLite
 store) listens. A few patients desaturate to 82 % at seeded times. Latency is measured from the
 moment the vitals message that completes an alarm's condition (its delay included) is published,
 to the moment the notifier accepts the SMS: broker, decoding, rules, store, queue and dispatcher.
@@ -123,6 +123,8 @@ def _publish(broker: str, patients: int, seconds: int, desat: dict[str, int], st
             time.sleep(min(wait, 0.05))
         began = time.time()
         t = datetime.fromtimestamp(tick, UTC)
+        batch: list[Vitals] = []
+        low_in_batch: list[str] = []
         for k in range(1, patients + 1):
             pid = f"p-{k:04d}"
             low = pid in desat and second >= desat[pid]
@@ -134,11 +136,17 @@ def _publish(broker: str, patients: int, seconds: int, desat: dict[str, int], st
                 ("device", f"oxi-{k:04d}", {"spo2_pct": spo2, "pr_bpm": 72.0}),
             ):
                 n += 1
-                v = Vitals(id=f"bench{n:012d}", site="bench", patient=pid, device=device, t=t,
-                           source=source, **values)  # type: ignore[arg-type]  # fmt: skip
-                pub.publish(contract.vitals_topic("bench", pid), contract.encode(v), qos=1)
+                batch.append(Vitals(id=f"bench{n:012d}", site="bench", patient=pid, device=device, t=t,
+                                    source=source, **values))  # type: ignore[arg-type]  # fmt: skip
             if low:
-                published_at[f"{pid}|{second}"] = time.time()
+                low_in_batch.append(pid)
+            # as ingest publishes them: a batch of patients' vitals per message
+            if len(batch) + 4 > contract.VITALS_PER_MESSAGE or k == patients:
+                for topic, msg in contract.vitals_messages(batch):
+                    pub.publish(topic, contract.encode(msg), qos=1)
+                for p in low_in_batch:
+                    published_at[f"{p}|{second}"] = time.time()
+                batch, low_in_batch = [], []
         lag.append(time.time() - began)
     pub.disconnect()
     return {"published_at": published_at, "sent": n, "lag": lag}

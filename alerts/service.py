@@ -33,7 +33,7 @@ from alerts.store import AlertStore
 from alerts.watchdog import SITE_QUIET, SiteWatch
 from nabz import contract
 from nabz.config import Config
-from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, Vitals
+from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, VitalsBatch
 from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
 
@@ -41,7 +41,7 @@ __all__ = ["AlertService", "AlarmCommand", "command_topic", "COMMAND_FILTER"]
 
 log = logging.getLogger(__name__)
 
-_vitals_decoder = msgspec.json.Decoder(Vitals)
+_vitals_decoder = msgspec.json.Decoder(VitalsBatch)
 _status_decoder = msgspec.json.Decoder(GatewayStatus)
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _STUCK_S = 120.0  # a worker or dispatcher loop silent this long (real seconds) is unhealthy
@@ -158,9 +158,12 @@ class AlertService:
                 }
                 self.store.add_command(now, c.action, args, f"mqtt:{c.by}")
                 return self.engine.tick(now)  # applied at once, in order with everything else
-            vitals = _vitals_decoder.decode(payload)
-            self.sites.seen(vitals.site, now)
-            return self.engine.observe(vitals, now)
+            batch = _vitals_decoder.decode(payload)
+            self.sites.seen(batch.site, now)
+            events: list[AlarmEvent] = []
+            for vitals in batch.vitals:
+                events.extend(self.engine.observe(vitals, now))
+            return events
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: the latter for bad UTF-8
             self.bad_messages += 1
             log.warning("alerts: ignoring a malformed message on %s: %s", topic, exc)

@@ -428,7 +428,7 @@ class IngestService:
         t.dead_lettered += r.dead_lettered
 
     def _publish_vitals(self, vitals: list[contract.Vitals]) -> None:
-        for v in vitals:
-            self.client.publish(contract.vitals_topic(v.site, v.patient), contract.encode(v), qos=1)
+        for topic, batch in contract.vitals_messages(vitals):
+            self.client.publish(topic, contract.encode(batch), qos=1)
         if vitals and self.on_vitals is not None:
             self.on_vitals(vitals)

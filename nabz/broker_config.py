@@ -135,15 +135,15 @@ def _grants(plan: BrokerPlan) -> dict[str, list[str]]:
         s = f"{ROOT}/{site}"
         out[acc["ingest"]] += [
             f"read {s}/gw/#",
-            f"write {s}/patient/+/vitals",
+            f"write {s}/vitals",
             f"write {s}/server/+/heartbeat",
         ]
         out[acc["alerts"]] += [
-            f"read {s}/patient/+/vitals", f"read {s}/gw/+/status", f"read {s}/server/+/heartbeat",
+            f"read {s}/vitals", f"read {s}/gw/+/status", f"read {s}/server/+/heartbeat",
             f"read {s}/alerts/command", f"write {s}/patient/+/alarm/+", f"write {s}/server/+/heartbeat",
         ]  # fmt: skip
         out[acc["station"]] += [
-            f"read {s}/patient/#", f"read {s}/gw/+/status", f"read {s}/server/+/heartbeat",
+            f"read {s}/vitals", f"read {s}/patient/#", f"read {s}/gw/+/status", f"read {s}/server/+/heartbeat",
             f"write {s}/alerts/command",
         ]  # fmt: skip
         for gw in plan.gateways:

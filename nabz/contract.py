@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -29,6 +30,8 @@ __all__ = [
     "BatteryReading",
     "Reading",
     "Vitals",
+    "VitalsBatch",
+    "VITALS_PER_MESSAGE",
     "GatewayStatus",
     "DeviceHealth",
     "AlarmEvent",
@@ -39,6 +42,7 @@ __all__ = [
     "parse_reading_topic",
     "status_topic",
     "vitals_topic",
+    "vitals_messages",
     "alarm_topic",
     "heartbeat_topic",
     "heartbeat_filter",
@@ -165,6 +169,26 @@ class Vitals(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     flags: list[str] = []
 
 
+VITALS_PER_MESSAGE = 256  # at most this many vitals in one message (a few hundred bytes each)
+
+
+class VitalsBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """The vitals one ingest worker derived together for patients of one site, in the order it
+    derived them (each patient's in time order). One message per batch, not one per vitals: at a
+    thousand patients that is the difference between ~4,000 MQTT messages a second and a few dozen
+    for every subscriber (docs/contract.md "Derived vitals", docs/benchmarks.md)."""
+
+    v: Literal[1] = 1
+    id: MsgId
+    site: Id
+    vitals: Annotated[list[Vitals], msgspec.Meta(min_length=1, max_length=VITALS_PER_MESSAGE)]
+
+    def __post_init__(self) -> None:
+        for x in self.vitals:
+            if x.site != self.site:  # msgspec turns this into a ValidationError on decode
+                raise ValueError(f"vitals of site {x.site!r} in a batch of site {self.site!r}")
+
+
 LinkState = Literal["connecting", "connected", "reconnecting", "lost"]
 
 
@@ -261,8 +285,8 @@ def status_topic(site: str, gateway: str) -> str:
     return f"{ROOT}/{site}/gw/{gateway}/status"
 
 
-def vitals_topic(site: str, patient: str) -> str:
-    return f"{ROOT}/{site}/patient/{patient}/vitals"
+def vitals_topic(site: str) -> str:
+    return f"{ROOT}/{site}/vitals"
 
 
 def alarm_topic(site: str, patient: str, kind: str) -> str:
@@ -279,7 +303,7 @@ def heartbeat_filter(site: str = "+") -> str:
 
 READINGS_FILTER = f"{ROOT}/+/gw/+/+/+"
 STATUS_FILTER = f"{ROOT}/+/gw/+/status"
-VITALS_FILTER = f"{ROOT}/+/patient/+/vitals"
+VITALS_FILTER = f"{ROOT}/+/vitals"
 ALARMS_FILTER = f"{ROOT}/+/patient/+/alarm/+"
 
 _ID_RE = re.compile(ID_PATTERN)
@@ -402,6 +426,20 @@ def encode(message: Any) -> bytes:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def vitals_messages(
+    vitals: list[Vitals], new_id: Callable[[], str] = new_id
+) -> list[tuple[str, VitalsBatch]]:
+    """Vitals in the messages that carry them: one per site, split at VITALS_PER_MESSAGE, order kept."""
+    by_site: dict[str, list[Vitals]] = {}
+    for x in vitals:
+        by_site.setdefault(x.site, []).append(x)
+    return [
+        (vitals_topic(site), VitalsBatch(id=new_id(), site=site, vitals=group[i : i + VITALS_PER_MESSAGE]))
+        for site, group in by_site.items()
+        for i in range(0, len(group), VITALS_PER_MESSAGE)
+    ]
 
 
 def stream_of(reading: Reading) -> str:

@@ -329,12 +329,11 @@ def _server_watchers() -> list[Any]:
 def _server_seeds() -> list[tuple[str, dict[str, Any]]]:
     t = "2026-11-25T09:00:00Z"
     return [
-        ("nabz/v1/demo/patient/p-0001/vitals", {"v": 1, "id": "6e7f8a9b0c1d4243", "site": "demo",
-         "patient": "p-0001", "device": "oxi-0001", "t": t, "source": "device", "spo2_pct": 84.0,
-         "pr_bpm": 72.0}),
-        ("nabz/v1/demo/patient/p-0001/vitals", {"v": 1, "id": "6e7f8a9b0c1d4244", "site": "demo",
-         "patient": "p-0001", "device": "ecg-0001", "t": t, "source": "ecg", "hr_bpm": 170.0, "sqi": 0.9,
-         "pause_s": 6.0, "flags": ["leads_off"]}),
+        ("nabz/v1/demo/vitals", {"v": 1, "id": "6e7f8a9b0c1d4240", "site": "demo", "vitals": [
+         {"v": 1, "id": "6e7f8a9b0c1d4243", "site": "demo", "patient": "p-0001", "device": "oxi-0001",
+          "t": t, "source": "device", "spo2_pct": 84.0, "pr_bpm": 72.0},
+         {"v": 1, "id": "6e7f8a9b0c1d4244", "site": "demo", "patient": "p-0001", "device": "ecg-0001",
+          "t": t, "source": "ecg", "hr_bpm": 170.0, "sqi": 0.9, "pause_s": 6.0, "flags": ["leads_off"]}]}),
         ("nabz/v1/demo/gw/gw-0001/status", {"v": 1, "site": "demo", "gateway": "gw-0001", "state": "online",
          "t": t, "spool_depth": 12, "devices": ["ecg-0001", "oxi-0001"], "health": [{"device": "oxi-0001",
          "state": "lost", "gap_frames": 40}]}),

@@ -13,7 +13,7 @@ from firmware import nabz_codec as codec
 from gateway.decode import Decoder, Notification
 from ingest.lines import reading_lines
 from nabz import contract
-from nabz.contract import AlarmEvent, GatewayStatus, Rejected, Vitals
+from nabz.contract import AlarmEvent, GatewayStatus, Rejected, VitalsBatch
 from tests.contract_doc import vectors
 
 
@@ -46,9 +46,41 @@ def test_status_vitals_and_alarm_examples_are_valid() -> None:
         status = msgspec.json.decode(v.body.encode(), type=GatewayStatus)
         assert v.attrs["topic"] == contract.status_topic(status.site, status.gateway)
     for v in vectors("mqtt:vitals"):
-        vit = msgspec.json.decode(v.body.encode(), type=Vitals)
-        assert v.attrs["topic"] == contract.vitals_topic(vit.site, vit.patient)
-        assert vit.spo2_calibrated is False
+        batch = msgspec.json.decode(v.body.encode(), type=VitalsBatch)
+        assert v.attrs["topic"] == contract.vitals_topic(batch.site)
+        assert [x.source for x in batch.vitals] == ["ppg", "ecg"]
+        assert batch.vitals[0].spo2_calibrated is False
+        # what ingest publishes for these vitals is this message
+        ((topic, again),) = contract.vitals_messages(batch.vitals, new_id=lambda i=batch.id: i)
+        assert (topic, again) == (v.attrs["topic"], batch)
+
+
+def test_a_vitals_batch_that_mixes_sites_or_is_empty_is_malformed() -> None:
+    (v,) = vectors("mqtt:vitals")
+    body = json.loads(v.body)
+    body["vitals"][1]["site"] = "other"
+    with pytest.raises(msgspec.ValidationError, match="site"):
+        msgspec.json.decode(json.dumps(body).encode(), type=VitalsBatch)
+    body["vitals"] = []
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(json.dumps(body).encode(), type=VitalsBatch)
+
+
+def test_vitals_go_out_one_message_per_site_and_at_most_the_cap_per_message() -> None:
+    (v,) = vectors("mqtt:vitals")
+    one = msgspec.json.decode(v.body.encode(), type=VitalsBatch).vitals[0]
+    many = [
+        msgspec.structs.replace(one, patient=f"p-{i:04d}") for i in range(contract.VITALS_PER_MESSAGE + 3)
+    ]
+    many.insert(5, msgspec.structs.replace(one, site="other"))
+    out = contract.vitals_messages(many)
+    assert [(topic, len(b.vitals)) for topic, b in out] == [
+        ("nabz/v1/demo/vitals", contract.VITALS_PER_MESSAGE),
+        ("nabz/v1/demo/vitals", 3),
+        ("nabz/v1/other/vitals", 1),
+    ]
+    assert [x.patient for _, b in out[:2] for x in b.vitals] == [x.patient for x in many if x.site == "demo"]
+    assert len({b.id for _, b in out}) == 3
     (alarm,) = vectors("alarm")
     event = msgspec.json.decode(alarm.body.encode(), type=AlarmEvent)
     assert event.raised_at >= event.condition_started_at

@@ -30,7 +30,7 @@ from dashboards.station.data import Records
 from dashboards.station.ward import Ward
 from nabz import contract
 from nabz.config import Config
-from nabz.contract import AlarmEvent, Vitals
+from nabz.contract import AlarmEvent, VitalsBatch
 from nabz.mqtt import connect, make_client, reason_ok
 
 __all__ = ["Hub", "Client", "sse"]
@@ -38,7 +38,7 @@ __all__ = ["Hub", "Client", "sse"]
 log = logging.getLogger(__name__)
 
 _QUEUE_FRAMES = 2000
-_vitals = msgspec.json.Decoder(Vitals)
+_vitals = msgspec.json.Decoder(VitalsBatch)
 _alarm = msgspec.json.Decoder(AlarmEvent)
 
 
@@ -112,7 +112,7 @@ class Hub:
         client.on_message = self._on_message
         self._client = client
         self._topics = [
-            (contract.vitals_topic(site, "+"), 1),
+            (contract.vitals_topic(site), 1),
             (f"{contract.ROOT}/{site}/patient/+/alarm/+", 1),
         ]
         connect(client, self.config.mqtt)
@@ -161,9 +161,12 @@ class Hub:
         self.messages += 1
         try:
             if topic.endswith("/vitals"):
-                v = _vitals.decode(payload)
-                self.ward.vitals(v)
-                self._dirty.add(v.patient)
+                batch = _vitals.decode(payload)
+                if batch.site != self.config.site:
+                    return  # another site's (the subscription is this site's; a wider ACL is not)
+                for v in batch.vitals:
+                    self.ward.vitals(v)
+                    self._dirty.add(v.patient)
                 self._kick.set()
             elif "/alarm/" in topic:
                 if not payload:

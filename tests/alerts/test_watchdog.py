@@ -101,7 +101,8 @@ def test_the_service_raises_site_quiet_when_nothing_arrives_and_clears_it_when_v
             time.sleep(0.05)
         assert any("site-demo: no data from any patient" in t for t in rec.texts())
         x = v(time.time(), source="device", spo2_pct=97.0)
-        sub.publish(contract.vitals_topic("demo", "p-0001"), contract.encode(x), qos=1)
+        ((topic, batch),) = contract.vitals_messages([x])
+        sub.publish(topic, contract.encode(batch), qos=1)
         while any(a.kind == "site_quiet" for a in svc.engine.open.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(a.kind == "site_quiet" for a in svc.engine.open.values())

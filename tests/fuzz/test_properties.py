@@ -185,7 +185,7 @@ def test_the_alerts_service_counts_a_message_with_invalid_utf8_and_carries_on(tm
         store=AlertStore(tmp_path / "a.sqlite"),
     )
     for topic in (
-        "nabz/v1/demo/patient/p-0001/vitals",
+        "nabz/v1/demo/vitals",
         "nabz/v1/demo/gw/gw-0001/status",
         "nabz/v1/demo/alerts/command",
     ):

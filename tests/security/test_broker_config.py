@@ -201,7 +201,7 @@ def test_gateway_a_cannot_publish_as_gateway_b_nor_read_its_readings(broker: Gen
         time.sleep(0.3)
         own = a.publish(f"nabz/v1/{SITE}/gw/gw-0001/ecg-0001/hr")
         forged = a.publish(f"nabz/v1/{SITE}/gw/gw-0002/ecg-0002/hr", b'{"forged": true}')
-        vitals = a.publish(f"nabz/v1/{SITE}/patient/p-0001/vitals")  # a gateway is not ingest
+        vitals = a.publish(f"nabz/v1/{SITE}/vitals")  # a gateway is not ingest
         b.publish(f"nabz/v1/{SITE}/gw/gw-0002/ecg-0002/hr")
         assert not own.is_failure
         assert forged.getName() == "Not authorized" and vitals.getName() == "Not authorized"

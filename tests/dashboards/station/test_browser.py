@@ -135,9 +135,10 @@ def test_a_tile_updates_live_without_a_reload(nurse: Page, stack: Stack) -> None
         if i % 2 == 0:  # the whole chain: a wearable's reading → ingest → derived vitals → station → page
             sent = stack.reading("gw-0002", "ecg-0002", "hr", time.time(), hr_bpm=hr, contact=True)
         else:  # the station's own part: derived vitals → station → page
-            payload = {"v": 1, "id": f"vitals-test-{hr}", "site": "demo", "patient": "p-0002",
-                       "device": "ecg-0002", "t": _iso_now(), "source": "device", "hr_bpm": hr}  # fmt: skip
-            sent = stack.publish("nabz/v1/demo/patient/p-0002/vitals", payload)
+            one = {"v": 1, "id": f"vitals-test-{hr}", "site": "demo", "patient": "p-0002",
+                   "device": "ecg-0002", "t": _iso_now(), "source": "device", "hr_bpm": hr}  # fmt: skip
+            payload = {"v": 1, "id": f"batch-test-{hr}", "site": "demo", "vitals": [one]}
+            sent = stack.publish("nabz/v1/demo/vitals", payload)
         seen_ms = _wait_js(nurse, f"window.__seen && window.__seen['{hr}']")
         (full if i % 2 == 0 else direct).append(seen_ms / 1000 - sent)
     expect(p2.locator(".hr .n")).to_have_text("70")

@@ -49,9 +49,11 @@ def server(tmp_path: Path, clock: Clock) -> Iterator[StationServer]:
 
 
 def _vitals(patient: str, t: float, **values: Any) -> tuple[str, bytes]:
-    payload = {"v": 1, "id": f"vitals-{patient}-{t}", "site": "demo", "patient": patient, "device": "ecg-0001",
-               "t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"), "source": "ecg", **values}  # fmt: skip
-    return f"nabz/v1/demo/patient/{patient}/vitals", json.dumps(payload).encode()
+    one = {"v": 1, "id": f"vitals-{patient}-{t}", "site": "demo", "patient": patient, "device": "ecg-0001",
+           "t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"), "source": "ecg", **values}  # fmt: skip
+    return "nabz/v1/demo/vitals", json.dumps(
+        {"v": 1, "id": f"batch-{patient}-{t}", "site": "demo", "vitals": [one]}
+    ).encode()
 
 
 def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_asked_for(
