@@ -8,8 +8,8 @@ Rules of this file:
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -425,7 +425,9 @@ def encode(message: Any) -> bytes:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits, like `uuid4().hex` (whose UUID object cost ingest ~3 % of
+    its time: it names every derived vitals)."""
+    return os.urandom(16).hex()
 
 
 def vitals_messages(

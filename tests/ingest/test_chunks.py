@@ -35,3 +35,12 @@ def test_smooth_signals_pack_to_about_a_byte_and_a_half_per_sample() -> None:
     t = np.arange(250) / 250.0
     ecg = [int(x) for x in np.round(400 * np.sin(2 * np.pi * 1.2 * t) + 30 * np.sin(2 * np.pi * 9 * t))]
     assert len(pack_samples(ecg)) * 3 / 4 < 1.5 * len(ecg)
+
+
+def test_the_packed_bytes_are_those_docs_storage_md_describes() -> None:
+    # first value, then differences; zigzag; 7-bit groups, low first, 0x80 = more follow; base64.
+    # 0 -> 00; +63 -> 7e; -127 -> fd 01; +128 -> 80 02; +8127 -> fe 7e; -16383 -> fd ff 01;
+    # +16384 -> 80 80 02; +(2**33 - 8193) and -(2**34 - 1) -> 5 bytes each.
+    runs = [[0, 63, -64, 64, 8191, -8192, 8192, 2**33 - 1, -(2**33)], [], [7]]
+    assert pack_many(runs) == ["AH79AYAC/n79/wGAgAL+//7/P/3///9/", "", "Dg=="]
+    assert unpack_samples("AH79AYAC/n79/wGAgAL+//7/P/3///9/") == runs[0]
