@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion, _ConnectionState
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -28,6 +28,8 @@ from nabz.config import MqttConfig
 __all__ = ["MqttError", "Will", "Backoff", "Client", "make_client", "connect", "reason_ok"]
 
 log = logging.getLogger(__name__)
+
+_READ_CHUNK = 64 * 1024  # bytes asked of the socket at once
 
 # A persistent session outlives a restart of its client by this long (MQTT v5 session expiry).
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -72,6 +74,41 @@ class Client(paho.Client):
         self.backoff = backoff
         self.failures = 0
         self.reconnect_waits: deque[float] = deque(maxlen=32)
+        self._rbuf = b""  # read from the socket, not yet parsed (see _sock_recv)
+        self._rpos = 0
+
+    # Reading. paho reads a packet in three or more recv() calls (its type, each byte of its
+    # length, the rest) and one packet per wakeup of its thread; every call gives up the GIL and
+    # has to win it back from our own busy threads. At thousands of messages a second that was
+    # ~40 % of an ingest worker's network thread (docs/benchmarks.md). Here the socket is read
+    # 64 KiB at a time into a buffer paho's parser takes its small reads from, and each wakeup
+    # parses everything that has arrived: `loop_read` returns only when the buffer and the
+    # socket are both empty (would block), so no parsed-but-unread bytes wait behind select().
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(_READ_CHUNK)  # BlockingIOError, OSError or b"" as before
+            if len(data) <= bufsize:
+                self._rbuf, self._rpos = b"", 0
+                return data
+            self._rbuf, self._rpos = data, 0
+        end = self._rpos + bufsize
+        out = self._rbuf[self._rpos : end]
+        self._rpos = min(end, len(self._rbuf))
+        return out
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        while True:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0  # a new connection starts from its own first byte
+        super()._sock_close()
 
     def _reconnect_wait(self) -> None:
         with self._reconnect_delay_mutex:
