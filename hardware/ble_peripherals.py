@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import struct
 import threading
 import time
@@ -381,10 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in radio.peripherals:
         print(f"{p.device_id}\t{p.address}\t{p.name}", flush=True)
     print(f"ready: HCI on tcp-client:127.0.0.1:{args.hci_port}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+    # SIGINT or SIGTERM ends it, whatever this process inherited (a shell's background job starts
+    # with SIGINT ignored, and Python keeps that: the tests' SIGINT then did nothing)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
         pass
     radio.close()
     return 0

@@ -59,15 +59,16 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
 
 
 def serve(*services: Service) -> int:
-    """Start services, run until SIGINT or SIGTERM, stop them in reverse order."""
+    """Start services, run until SIGINT or SIGTERM, stop them in reverse order.
+
+    Both signals are handled here whatever this process inherited: a shell starts a background
+    job with SIGINT ignored, and Python keeps an inherited "ignore" (Ctrl-C would do nothing)."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     for s in services:
         s.start()
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    while not stop.wait(0.5):
         pass
     for s in reversed(services):
         s.stop()

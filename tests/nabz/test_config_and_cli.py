@@ -88,3 +88,39 @@ def test_a_configuration_error_is_a_clear_message_not_a_traceback(tmp_path: Path
     assert out.returncode == 2
     assert "configuration error" in out.stderr and "spool_max_mb" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_service_stops_on_sigint_or_sigterm_even_started_with_sigint_ignored(
+    tmp_path: Path, sig: str
+) -> None:
+    """A shell starts a background job (`nabz ingest run &` in a script) with SIGINT ignored, and
+    Python keeps an inherited "ignore": Ctrl-C or `kill -INT` then did nothing."""
+    import signal
+    import time
+
+    from nabz.broker import free_port
+
+    cfg = tmp_path / "nabz.toml"
+    cfg.write_text(
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{free_port()}"\n'  # nobody there: it keeps retrying
+        f'[ingest]\nstore_path = "{tmp_path / "ingest.sqlite"}"\n'
+    )
+    cfg.chmod(0o600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nabz.cli", "ingest", "run", "--config", str(cfg)],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a background job
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not (tmp_path / "ingest.sqlite").exists():  # running: its store is open
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # past start-up, into its run loop
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
