@@ -2,8 +2,8 @@
 
 Publishes derived vitals for `patients` patients in real time — four per patient per second
 (ECG, PPG, the patch's heart rate, the oximeter's SpO2), what ingest derives, in batches of up to
-`contract.VITALS_PER_MESSAGE` per message as ingest publishes them — to the broker, while a real AlertService (its own MQTT client, worker and dispatcher threads, SQLite
-store) listens. A few patients desaturate to 82 % at seeded times. Latency is measured from the
+`contract.VITALS_PER_MESSAGE` per message as ingest publishes them — to the broker, while a real
+AlertService (its own MQTT client, worker and dispatcher threads, SQLite store) listens. A few patients desaturate to 82 % at seeded times. Latency is measured from the
 moment the vitals message that completes an alarm's condition (its delay included) is published,
 to the moment the notifier accepts the SMS: broker, decoding, rules, store, queue and dispatcher.
 The SMS cap is lifted (one bench recipient covers every patient); grouping stays on.

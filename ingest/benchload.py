@@ -333,6 +333,12 @@ class _Workers:
         finally:
             db.close()
 
+    def wait_stored(self, n: int, timeout_s: float, poll_s: float = 0.1) -> None:
+        """Until `n` messages are stored, or `timeout_s` has passed."""
+        deadline = time.monotonic() + timeout_s
+        while self.stored() < n and time.monotonic() < deadline:
+            time.sleep(poll_s)
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -470,17 +476,13 @@ def _drain_rate(
             items = fleet.second(patients, s, "d")
             pub.publish_many(items)
             total += len(items)
-        deadline = time.monotonic() + 600
-        while w.stored() < total and time.monotonic() < deadline:
-            time.sleep(0.2)
+        w.wait_stored(total, 600, 0.2)
         backlog = [fleet.second(patients, s, "d") for s in range(_WARM_S, _WARM_S + seconds)]
         t0 = time.perf_counter()
         for items in backlog:
             pub.publish_many(items)
             total += len(items)
-        deadline = time.monotonic() + 600
-        while w.stored() < total and time.monotonic() < deadline:
-            time.sleep(0.05)
+        w.wait_stored(total, 600, 0.05)
         elapsed = time.perf_counter() - t0
     finally:
         pub.close()
@@ -536,8 +538,7 @@ def _realtime(
         if s >= warm_s:
             lags.append((sent - w.stored()) / max(1, len(items)))  # backlog in seconds of messages
     end = time.monotonic()
-    while w.stored() < sent and time.monotonic() < end + 60:
-        time.sleep(0.1)
+    w.wait_stored(sent, 60)
     lag_end = time.monotonic() - end
     wall = time.perf_counter() - wall0
     used = {role: (_cpu_s(group) - by0[role]) / wall for role, group in roles.items()}

@@ -80,7 +80,7 @@ class Client(paho.Client):
     # Reading. paho reads a packet in three or more recv() calls (its type, each byte of its
     # length, the rest) and one packet per wakeup of its thread; every call gives up the GIL and
     # has to win it back from our own busy threads. At thousands of messages a second that was
-    # ~40 % of an ingest worker's network thread (docs/benchmarks.md). Here the socket is read
+    # ~40 % of an ingest worker's network thread (py-spy, 1,750 patients). Here the socket is read
     # 64 KiB at a time into a buffer paho's parser takes its small reads from, and each wakeup
     # parses everything that has arrived: `loop_read` returns only when the buffer and the
     # socket are both empty (would block), so no parsed-but-unread bytes wait behind select().
@@ -88,8 +88,7 @@ class Client(paho.Client):
         if self._rpos >= len(self._rbuf):
             data = super()._sock_recv(_READ_CHUNK)  # BlockingIOError, OSError or b"" as before
             if len(data) <= bufsize:
-                self._rbuf, self._rpos = b"", 0
-                return data
+                return data  # all of it asked for: the (spent) buffer stays spent
             self._rbuf, self._rpos = data, 0
         end = self._rpos + bufsize
         out = self._rbuf[self._rpos : end]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -23,11 +22,12 @@ class Subscriber:
     def __init__(self, url: str, protocol: str) -> None:
         self.got: list[bytes] = []
         self.subscribed = threading.Event()
-        self.client = make_client(MqttConfig(url=url, protocol=protocol, keepalive_s=30), "reads-sub")  # type: ignore[arg-type]
+        config = MqttConfig(url=url, protocol=protocol, keepalive_s=30)  # type: ignore[arg-type]
+        self.client = make_client(config, "reads-sub")
         self.client.on_connect = lambda c, *_a: c.subscribe(TOPIC, qos=1)
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_message = lambda _c, _u, m: self.got.append(bytes(m.payload))
-        connect(self.client, MqttConfig(url=url, protocol=protocol))  # type: ignore[arg-type]
+        connect(self.client, config)
 
     def wait(self, n: int, timeout_s: float) -> float:
         t0 = time.monotonic()
@@ -57,7 +57,7 @@ def _publish(port: int, payloads: list[bytes]) -> None:
 def _payloads(seed: int) -> list[bytes]:
     # small messages (many per 64 KiB read), with large ones (several reads each) in between, and
     # lengths around the varint boundaries of MQTT's remaining length (127/128, 16383/16384)
-    sizes: list[Any] = []
+    sizes: list[int] = []
     for i in range(3000):
         sizes.append(i % 300 + 1)
         if i % 500 == 250:
