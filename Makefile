@@ -24,7 +24,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-venv: $(BIN)/.installed
+# The DSP kernels are compiled by numba on first use and cached in ingest/dsp/__pycache__ (~7 s);
+# done here so that no service or test pays it on a patient's first message.
+$(BIN)/.kernels: $(BIN)/.installed ingest/dsp/_kernels.py
+	$(BIN)/python -c 'from ingest.dsp._kernels import warm; warm()'
+	@touch $@
+
+venv: $(BIN)/.installed $(BIN)/.kernels
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent

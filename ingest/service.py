@@ -32,6 +32,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from ingest.dsp import _kernels as dsp_kernels
 from ingest.influx import InfluxSink, SinkError
 from ingest.opsstats import GatewayStatuses, Rates, Totals, gateway_metrics, ops_lines
 from ingest.partition import device_filter, owned_devices
@@ -182,6 +183,7 @@ class IngestService:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        dsp_kernels.warm()  # compiled (or loaded from numba's cache) before the first message
         connect(self.client, self.config.mqtt, persistent_session=True)
         self._worker = threading.Thread(target=self._run, name="nabz-ingest", daemon=True)
         self._worker.start()

@@ -8,15 +8,14 @@ Rules of this file:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, iirnotch, sosfiltfilt, tf2sos
 
+from ._kernels import ecg_sqi_k
 from .qrs import EcgPeakStream
-from .similarity import beat_similarity
 
 __all__ = ["EcgPeakStream", "EcgRate", "ecg_clean", "ecg_peaks", "ecg_rate", "ecg_sqi"]
 
@@ -166,40 +165,15 @@ def _sqi_core(
 ) -> float:
     """SQI of a window: raw µV, its 5-15 Hz band-pass (lagging by `delay` samples), its R peaks."""
     fs = float(sampling_rate)
-    n = raw.size
-    if n == 0:
-        return 0.0
-    blk = max(1, round(fs))
-    starts = np.arange(max(1, n // blk)) * blk  # 1 s blocks, the last one takes the remainder
-    lengths = np.diff(np.append(starts, n))
-    flat = np.maximum.reduceat(raw, starts) - np.minimum.reduceat(raw, starts) < _FLAT_UV
-    railed = np.add.reduceat((np.abs(raw) >= _RAIL_UV).astype(np.int64), starts) > 0.1 * lengths
-    good = np.repeat(~(flat | railed), lengths)  # flat or railed blocks are leads off
-    n_good = int(np.count_nonzero(good))
-    if n_good == 0:
-        return 0.0
-    good_frac = n_good / n
-    e = bp * bp
-    p = peaks[(peaks >= 0) & (peaks < n)]
-    p = p[good[p]]
-    similarity = beat_similarity(bp, p, round(0.06 * fs) - delay, round(0.10 * fs) + delay)
-    if similarity is None:
-        quiet = math.sqrt(float(np.dot(e, good)) / n_good) < _QUIET_UV
-        return good_frac * (_QUIET_SQI if quiet else 0.0)
-    # QRS mask: 50 ms before each R peak to 50 ms plus twice the band-pass delay after it
-    edges = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(edges, np.maximum(p - round(0.05 * fs), 0), 1)
-    np.add.at(edges, np.minimum(p + round(0.05 * fs) + 2 * delay, n), -1)
-    inside = np.cumsum(edges[:n]) > 0
-    sel_in, sel_out = inside & good, ~inside & good
-    n_in, n_out = int(np.count_nonzero(sel_in)), int(np.count_nonzero(sel_out))
-    if n_out == 0 or n_in == 0:
-        return 0.0
-    ratio = (float(np.dot(e, sel_in)) / n_in) / max(float(np.dot(e, sel_out)) / n_out, 1e-12)
-    db = 10.0 * math.log10(max(ratio, 1e-12))
-    prominence = min(max((db - _SNR_DB[0]) / (_SNR_DB[1] - _SNR_DB[0]), 0.0), 1.0)
-    likeness = min(max((similarity - _SIMILAR[0]) / (_SIMILAR[1] - _SIMILAR[0]), 0.0), 1.0)
-    return good_frac * min(prominence, likeness)
+    return float(
+        ecg_sqi_k(
+            np.ascontiguousarray(raw, dtype=np.float64), np.ascontiguousarray(bp, dtype=np.float64),
+            np.ascontiguousarray(peaks, dtype=np.int64), max(1, round(fs)),
+            round(0.06 * fs) - delay, round(0.10 * fs) + delay,  # beats compared over 160 ms
+            round(0.05 * fs), round(0.05 * fs) + 2 * delay,  # QRS: 50 ms each side, plus the delay
+            _FLAT_UV, _RAIL_UV, _QUIET_UV, _QUIET_SQI, *_SNR_DB, *_SIMILAR,
+        )
+    )  # fmt: skip
 
 
 def ecg_sqi(signal: npt.ArrayLike, sampling_rate: float) -> float:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from scipy.signal import butter
 
 from ._filt import sosfiltfilt_odd
-from .similarity import beat_similarity
+from ._kernels import ppg_peaks_k, ppg_pi_k, ppg_rate_k, ppg_rows_k
 
 __all__ = [
     "Calibration",
@@ -46,6 +46,8 @@ _MAX_DC = 0.97 * FULL_SCALE_COUNTS  # above this: saturated
 _PI_RANGE = (0.05, 0.2, 25.0)  # PI %: 0 below 0.05, full from 0.2, 0 above 25 (not a finger)
 _SIMILAR = (0.75, 0.92)  # pulse likeness mapped onto 0..1 (Orphanidou: accept from 0.86)
 _RED_IR = (0.5, 0.85)  # red/IR correlation mapped onto 0..1
+# the SQI's limits, in the order `_kernels.ppg_rows_k` takes them
+_LIMITS = np.array((_MIN_DC, _MAX_DC, *_PI_RANGE, *_SIMILAR, *_RED_IR), dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,29 +105,15 @@ def ppg_clean(signal: npt.ArrayLike, sampling_rate: float) -> npt.NDArray[np.flo
     return -_bandpass(np.asarray(signal, dtype=np.float64), float(sampling_rate), _AC_BAND_HZ)
 
 
-def _moving_average(x: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
-    return np.convolve(x, np.full(n, 1.0 / n), mode="same") if n > 1 else x
-
-
 def _peaks_from_filtered(s: npt.NDArray[np.float64], fs: float) -> npt.NDArray[np.int64]:
     """Elgendi's two-moving-average systolic peak detector on an upward band-passed PPG."""
-    y = np.where(s > 0, s, 0.0) ** 2
-    ma_peak = _moving_average(y, max(1, round(0.111 * fs)))
-    ma_beat = _moving_average(y, max(1, round(0.667 * fs)))
-    block = ma_peak > ma_beat + 0.02 * float(np.mean(y))
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], block.astype(np.int8), [0]))))
-    peaks: list[int] = []
-    min_gap = round(0.25 * fs)  # 240 bpm
-    for lo, hi in zip(edges[::2], edges[1::2], strict=True):
-        if hi - lo < round(0.111 * fs):
-            continue
-        k = lo + int(np.argmax(s[lo:hi]))
-        if peaks and k - peaks[-1] < min_gap:
-            if s[k] > s[peaks[-1]]:
-                peaks[-1] = k
-            continue
-        peaks.append(k)
-    return np.asarray(peaks, dtype=np.int64)
+    return ppg_peaks_k(np.ascontiguousarray(s, dtype=np.float64), *_peak_params(fs))
+
+
+@lru_cache(maxsize=16)
+def _peak_params(fs: float) -> tuple[int, int, int]:
+    """Short and long averaging windows (111 ms, 667 ms) and the shortest pulse interval (240 bpm)."""
+    return max(1, round(0.111 * fs)), max(1, round(0.667 * fs)), round(0.25 * fs)
 
 
 def ppg_peaks(signal: npt.ArrayLike, sampling_rate: float) -> npt.NDArray[np.int64]:
@@ -174,12 +162,8 @@ def ppg_rate(peaks: npt.ArrayLike, sampling_rate: float, *, min_intervals: int =
     float or None
         Rate in bpm, or None with too few intervals.
     """
-    intervals = np.diff(np.asarray(peaks, dtype=np.int64)).astype(np.float64)
-    if intervals.size < min_intervals:
-        return None
-    mid = float(np.median(intervals))
-    typical = intervals[np.abs(intervals - mid) <= 0.3 * mid]  # the mean of these: no 1-sample steps
-    return 60.0 * float(sampling_rate) / float(np.mean(typical))
+    rate = ppg_rate_k(np.ascontiguousarray(peaks, dtype=np.int64), float(sampling_rate), min_intervals)
+    return None if np.isnan(rate) else rate
 
 
 def _check_calibration(calibration: Calibration) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -193,24 +177,13 @@ def _check_calibration(calibration: Calibration) -> tuple[npt.NDArray[np.float64
     return table[:, 0], table[:, 1]
 
 
-def _spo2_from(
-    ac_red: npt.NDArray[np.float64],
-    ac_ir: npt.NDArray[np.float64],
-    dc_red: float,
-    dc_ir: float,
-    calibration: Calibration | None,
-) -> Spo2Estimate:
-    rms_red = float(np.sqrt(np.mean(ac_red * ac_red))) if ac_red.size else 0.0
-    rms_ir = float(np.sqrt(np.mean(ac_ir * ac_ir))) if ac_ir.size else 0.0
+def _spo2_from_r(r: float, calibration: Calibration | None) -> Spo2Estimate:
+    """SpO2 from the ratio of ratios (NaN R: no pulsatile infrared signal)."""
     if calibration is not None:
         xs, ys = _check_calibration(calibration)
-    if dc_red <= 0 or dc_ir <= 0 or rms_ir <= 0:
+    if not np.isfinite(r):
         return Spo2Estimate(spo2_pct=float("nan"), r=float("nan"), calibrated=calibration is not None)
-    r = (rms_red / dc_red) / (rms_ir / dc_ir)
-    if calibration is None:
-        spo2 = 110.0 - 25.0 * r
-    else:
-        spo2 = float(np.interp(r, xs, ys))
+    spo2 = 110.0 - 25.0 * r if calibration is None else float(np.interp(r, xs, ys))
     return Spo2Estimate(spo2_pct=min(max(spo2, 0.0), 100.0), r=r, calibrated=calibration is not None)
 
 
@@ -246,27 +219,15 @@ def ppg_spo2(
     ValueError
         If the channels differ in length or the calibration table is malformed.
     """
-    fs = float(sampling_rate)
     r_ = np.asarray(red, dtype=np.float64)
     i_ = np.asarray(ir, dtype=np.float64)
-    if r_.shape != i_.shape:
+    if r_.shape != i_.shape or r_.ndim != 1:
         raise ValueError("red and ir must have the same length")
-    ac_red, ac_ir = _bandpass(np.stack((r_, i_)), fs, _AC_BAND_HZ)
-    return _spo2_from(
-        ac_red, ac_ir,
-        float(np.mean(r_)) if r_.size else 0.0, float(np.mean(i_)) if i_.size else 0.0, calibration,
-    )  # fmt: skip
-
-
-def _pi_from(ac: npt.NDArray[np.float64], dc: float) -> float:
-    if ac.size == 0 or dc <= 0:
-        return 0.0
-    # the 2.5 and 97.5 percentiles (linear interpolation, as np.percentile) from one sort
-    s = np.sort(ac)
-    pos = np.array((0.025, 0.975)) * (s.size - 1)
-    k = np.minimum(pos.astype(np.int64), s.size - 2) if s.size > 1 else np.zeros(2, np.int64)
-    lo, hi = (s[k] + (s[np.minimum(k + 1, s.size - 1)] - s[k]) * (pos - k)).tolist()
-    return 100.0 * float(hi - lo) / dc
+    if calibration is not None:
+        _check_calibration(calibration)
+    spo2 = ppg_process(r_, i_, sampling_rate, calibration=calibration, min_sqi=0.0).spo2
+    assert spo2 is not None  # min_sqi 0: always estimated
+    return spo2
 
 
 def ppg_perfusion_index(ir: npt.ArrayLike, sampling_rate: float) -> float:
@@ -290,37 +251,8 @@ def ppg_perfusion_index(ir: npt.ArrayLike, sampling_rate: float) -> float:
         Perfusion index in %.
     """
     x = np.asarray(ir, dtype=np.float64)
-    return _pi_from(_bandpass(x, float(sampling_rate), _AC_BAND_HZ), float(np.mean(x)) if x.size else 0.0)
-
-
-def _ramp(x: float, lo: float, hi: float) -> float:
-    return min(max((x - lo) / (hi - lo), 0.0), 1.0)
-
-
-def _sqi_from(
-    dc_red: float,
-    dc_ir: float,
-    pi: float,
-    ac_red: npt.NDArray[np.float64],
-    ac_ir: npt.NDArray[np.float64],
-    up_ir: npt.NDArray[np.float64],
-    peaks: npt.NDArray[np.int64],
-    fs: float,
-) -> float:
-    if not (_MIN_DC <= dc_ir <= _MAX_DC and _MIN_DC / 4 <= dc_red <= _MAX_DC):
-        return 0.0  # no finger (ambient light only), or saturated
-    if pi > _PI_RANGE[2]:
-        return 0.0
-    pulsatile = _ramp(pi, _PI_RANGE[0], _PI_RANGE[1])
-    if pulsatile == 0.0 or peaks.size < 3:
-        return 0.0
-    interval = int(np.median(np.diff(peaks)))
-    likeness = beat_similarity(up_ir, peaks, round(0.4 * interval), round(0.6 * interval))
-    if likeness is None:
-        return 0.0
-    den = float(np.linalg.norm(ac_red) * np.linalg.norm(ac_ir))
-    rho = float(np.dot(ac_red, ac_ir)) / den if den > 0 else 0.0
-    return pulsatile * min(_ramp(likeness, *_SIMILAR), _ramp(rho, *_RED_IR))
+    ac = np.ascontiguousarray(_bandpass(x, float(sampling_rate), _AC_BAND_HZ))
+    return float(ppg_pi_k(ac, float(np.mean(x)) if x.size else 0.0))
 
 
 def ppg_sqi(red: npt.ArrayLike, ir: npt.ArrayLike, sampling_rate: float) -> float:
@@ -428,23 +360,26 @@ def ppg_process_many(
         return []
     dc_red = r_.mean(axis=1) if n else np.zeros(k)
     dc_ir = i_.mean(axis=1) if n else np.zeros(k)
-    ac = _bandpass(np.concatenate((r_, i_)), fs, _AC_BAND_HZ)
-    up = -_bandpass(i_, fs, _PEAK_BAND_HZ)
+    ac = np.ascontiguousarray(_bandpass(np.concatenate((r_, i_)), fs, _AC_BAND_HZ))
+    up = np.ascontiguousarray(-_bandpass(i_, fs, _PEAK_BAND_HZ))
+    flat, ends, pi, sqi, rate, ratio = ppg_rows_k(
+        ac, up, np.ascontiguousarray(dc_red), np.ascontiguousarray(dc_ir), fs, *_peak_params(fs), _LIMITS
+    )
     out: list[PpgResult] = []
+    start = 0
     for j in range(k):
-        ac_red, ac_ir, up_ir = ac[j], ac[k + j], up[j]
-        peaks = _peaks_from_filtered(up_ir, fs)
-        pi = _pi_from(ac_ir, float(dc_ir[j]))
-        sqi = _sqi_from(float(dc_red[j]), float(dc_ir[j]), pi, ac_red, ac_ir, up_ir, peaks, fs)
-        if sqi < min_sqi:
-            out.append(PpgResult(pr_bpm=None, spo2=None, pi_pct=None, sqi=sqi, peaks=peaks))
+        peaks, start = flat[start : ends[j]], int(ends[j])
+        q = float(sqi[j])
+        if q < min_sqi:
+            out.append(PpgResult(pr_bpm=None, spo2=None, pi_pct=None, sqi=q, peaks=peaks))
             continue
+        pr = float(rate[j])
         out.append(
             PpgResult(
-                pr_bpm=ppg_rate(peaks, fs),
-                spo2=_spo2_from(ac_red, ac_ir, float(dc_red[j]), float(dc_ir[j]), calibration),
-                pi_pct=pi,
-                sqi=sqi,
+                pr_bpm=None if np.isnan(pr) else pr,
+                spo2=_spo2_from_r(float(ratio[j]), calibration),
+                pi_pct=float(pi[j]),
+                sqi=q,
                 peaks=peaks,
             )
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from ._kernels import beat_similarity_k
+
 __all__ = ["beat_similarity"]
 
 
@@ -34,13 +36,8 @@ def beat_similarity(
     float or None
         Mean correlation in [-1, 1], or None with fewer than 3 complete beats.
     """
-    p = peaks[(peaks - before >= 0) & (peaks + after <= signal.size)]
-    if p.size < 3 or before + after < 3:
-        return None
-    seg = signal[p[:, None] + np.arange(-before, after)[None, :]]
-    seg = seg - seg.mean(axis=1, keepdims=True)
-    seg /= np.linalg.norm(seg, axis=1, keepdims=True) + 1e-12
-    corr = seg @ seg.T
-    np.fill_diagonal(corr, -np.inf)
-    k = max(1, int(np.ceil(0.25 * (p.size - 1))))
-    return float(np.mean(np.sort(corr, axis=1)[:, -k]))
+    value = beat_similarity_k(
+        np.ascontiguousarray(signal, dtype=np.float64), np.ascontiguousarray(peaks, dtype=np.int64),
+        int(before), int(after),
+    )  # fmt: skip
+    return None if np.isnan(value) else float(value)
