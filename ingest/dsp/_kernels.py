@@ -22,7 +22,19 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-__all__ = ["beat_similarity_k", "ecg_sqi_k", "ppg_peaks_k", "ppg_pi_k", "ppg_rate_k", "ppg_rows_k", "warm"]
+__all__ = [
+    "beat_similarity_k",
+    "ecg_sqi_k",
+    "ppg_peaks_k",
+    "ppg_pi_k",
+    "ppg_rate_k",
+    "ppg_rows_k",
+    "qrs_candidates_k",
+    "qrs_front_k",
+    "qrs_measure_k",
+    "sosfiltfilt_rows_k",
+    "warm",
+]
 
 _Arr = npt.NDArray[np.float64]
 _IArr = npt.NDArray[np.int64]
@@ -358,6 +370,171 @@ def _round_half_even(x: float) -> int:
     return int(f)
 
 
+@njit(cache=True, nogil=True)
+def qrs_front_k(
+    x: _Arr, sos: _Arr, zi: _Arr, deriv: _Arr, tail_d: _Arr, mwi: _Arr, tail_f: _Arr
+) -> tuple[_Arr, _Arr, _Arr]:
+    """The QRS detector's front end over the next samples: band-pass (second-order sections, the
+    arithmetic of scipy's `sosfilt`), derivative and squared moving-window integration (causal
+    FIRs). Returns (band-passed, derivative, MWI); `zi` and the FIR tails (the last ``len(h) - 1``
+    inputs) are updated in place, so any chunking of the stream gives the same outputs."""
+    n = x.size
+    bp = np.empty(n)
+    for t in range(n):
+        cur = x[t]
+        for k in range(sos.shape[0]):
+            new = sos[k, 0] * cur + zi[k, 0]
+            zi[k, 0] = sos[k, 1] * cur - sos[k, 4] * new + zi[k, 1]
+            zi[k, 1] = sos[k, 2] * cur - sos[k, 5] * new
+            cur = new
+        bp[t] = cur
+    d = _fir_k(bp, deriv, tail_d)
+    sq = np.empty(n)
+    for t in range(n):
+        sq[t] = d[t] * d[t]
+    return bp, d, _fir_k(sq, mwi, tail_f)
+
+
+@njit(cache=True, nogil=True)
+def _fir_k(x: _Arr, h: _Arr, tail: _Arr) -> _Arr:
+    """Causal FIR ``y[t] = sum_j h[j] x[t - j]`` given the ``len(h) - 1`` inputs before `x` in
+    `tail` (updated in place)."""
+    m = h.size
+    keep = m - 1
+    n = x.size
+    y = np.empty(n)
+    for t in range(n):
+        acc = 0.0
+        for j in range(m):
+            k = t - j
+            acc += h[j] * (x[k] if k >= 0 else tail[keep + k])
+        y[t] = acc
+    if n >= keep:
+        for j in range(keep):
+            tail[j] = x[n - keep + j]
+    else:
+        for j in range(keep - n):
+            tail[j] = tail[j + n]
+        for j in range(n):
+            tail[keep - n + j] = x[j]
+    return y
+
+
+@njit(cache=True, nogil=True)
+def qrs_candidates_k(f: _Arr, lo: int, hi: int, pb: int, floor: float) -> _IArr:
+    """Indices ``i`` in ``lo..hi`` (inclusive) where `f` (the MWI) has a local maximum above
+    `floor` that is larger than the `pb` samples before it and at least the `pb` after it."""
+    out = np.empty(max(0, hi - lo + 1), dtype=np.int64)
+    m = 0
+    for i in range(lo, hi + 1):
+        v = f[i]
+        if not (v > f[i - 1] and v >= f[i + 1] and v > floor):
+            continue
+        ok = True
+        for k in range(max(0, i - pb), i):
+            if f[k] >= v:
+                ok = False
+                break
+        if ok:
+            for k in range(i + 1, min(i + pb + 1, f.size)):
+                if f[k] > v:
+                    ok = False
+                    break
+        if ok:
+            out[m] = i
+            m += 1
+    return out[:m].copy()
+
+
+@njit(cache=True, nogil=True)
+def qrs_measure_k(
+    f: _Arr, d: _Arr, bp: _Arr, x: _Arr, i: int, n_mwi: int, look: int, gd: int, ref: int
+) -> tuple[float, float, int]:
+    """At MWI peak `i` (buffer index): its height, the steepest derivative within the MWI
+    window before it, and the R peak (buffer index): the band-pass extremum within `look`
+    samples before `i`, moved back by the band-pass delay `gd` onto the largest raw
+    deflection within `ref` samples from the straight line joining the raw signal
+    ``2 ref`` samples on each side (which removes baseline wander)."""
+    slope = 0.0
+    for k in range(max(0, i - n_mwi), i + 1):
+        slope = max(slope, abs(d[k]))
+    lo = max(0, i - look)
+    j = lo
+    for k in range(lo + 1, i + 1):
+        if abs(bp[k]) > abs(bp[j]):
+            j = k
+    k = j - gd
+    w_lo, w_hi = max(0, k - 2 * ref), min(x.size, k + 2 * ref + 1)
+    size = w_hi - w_lo
+    if size < 8:
+        return f[i], slope, max(k, 0)
+    a = (x[w_lo] + x[w_lo + 1] + x[w_lo + 2]) / 3.0
+    b = (x[w_hi - 1] + x[w_hi - 2] + x[w_hi - 3]) / 3.0
+    step = (b - a) / (size - 1)
+    s0, s1 = max(0, k - ref - w_lo), min(size, max(1, k + ref + 1 - w_lo))
+    best, best_dev = s0, -1.0
+    for t in range(s0, s1):
+        dev = abs(x[w_lo + t] - (a + step * t))
+        if dev > best_dev:
+            best, best_dev = t, dev
+    return f[i], slope, w_lo + best
+
+
+@njit(cache=True, nogil=True)
+def _sosfilt_cols(sos: _Arr, x: _Arr, zi_unit: _Arr, reverse: bool) -> _Arr:
+    """`scipy.signal.sosfilt` along axis 0 of ``x`` (samples x signals), each column started at
+    rest at its first sample (``zi = zi_unit * first``); with `reverse`, over the samples in
+    reverse order (the output is in that reversed order). Per column, scipy's arithmetic; the
+    loop over columns is innermost, so it runs on many signals at once (SIMD)."""
+    n, cols = x.shape
+    sections = sos.shape[0]
+    z0 = np.empty((sections, cols))
+    z1 = np.empty((sections, cols))
+    first = n - 1 if reverse else 0
+    for k in range(sections):
+        for c in range(cols):
+            z0[k, c] = zi_unit[k, 0] * x[first, c]
+            z1[k, c] = zi_unit[k, 1] * x[first, c]
+    y = np.empty((n, cols))
+    cur = np.empty(cols)
+    new = np.empty(cols)
+    for t in range(n):
+        src = n - 1 - t if reverse else t
+        for c in range(cols):
+            cur[c] = x[src, c]
+        for k in range(sections):
+            b0, b1, b2, a1, a2 = sos[k, 0], sos[k, 1], sos[k, 2], sos[k, 4], sos[k, 5]
+            for c in range(cols):
+                new[c] = b0 * cur[c] + z0[k, c]
+                z0[k, c] = b1 * cur[c] - a1 * new[c] + z1[k, c]
+                z1[k, c] = b2 * cur[c] - a2 * new[c]
+                cur[c] = new[c]
+        for c in range(cols):
+            y[t, c] = cur[c]
+    return y
+
+
+@njit(cache=True, nogil=True)
+def sosfiltfilt_rows_k(sos: _Arr, x: _Arr, zi_unit: _Arr, padlen: int) -> _Arr:
+    """``scipy.signal.sosfiltfilt(sos, x, axis=1, padtype="odd", padlen=padlen)`` of the rows of
+    `x` (``zi_unit = sosfilt_zi(sos)``), all rows at once."""
+    rows, n = x.shape
+    m = n + 2 * padlen
+    ext = np.empty((m, rows))
+    for r in range(rows):
+        for t in range(n):
+            ext[padlen + t, r] = x[r, t]
+        for t in range(padlen):  # odd extension: the signal mirrored through its end points
+            ext[t, r] = 2.0 * x[r, 0] - x[r, padlen - t]
+            ext[padlen + n + t, r] = 2.0 * x[r, n - 1] - x[r, n - 2 - t]
+    back = _sosfilt_cols(sos, _sosfilt_cols(sos, ext, zi_unit, False), zi_unit, True)
+    out = np.empty((rows, n))
+    for r in range(rows):
+        for t in range(n):
+            out[r, t] = back[m - 1 - padlen - t, r]
+    return out
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel now, not on a patient's first message."""
     x = np.sin(np.arange(800) * 0.08) * 1000.0
@@ -369,3 +546,9 @@ def warm() -> None:
         np.stack((x, x)), x[None, :], np.ones(1) * 1e5, np.ones(1) * 1e5, 100.0, 11, 67, 25,
         np.array([20_000.0, 250_000.0, 0.05, 0.2, 25.0, 0.75, 0.92, 0.5, 0.85]),
     )  # fmt: skip
+    sos = np.array([[1.0, 0.0, -1.0, 1.0, -1.5, 0.7]])
+    h = np.ones(5) / 5
+    bp, d, f = qrs_front_k(x, sos, np.zeros((1, 2)), h, np.zeros(4), h, np.zeros(4))
+    qrs_candidates_k(f, 1, 700, 30, 0.0)
+    qrs_measure_k(f, d, bp, x, 400, 37, 39, 10, 10)
+    sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200)

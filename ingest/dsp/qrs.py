@@ -42,9 +42,9 @@ from statistics import median
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import butter, group_delay, sos2tf, sosfilt, sosfilt_zi
+from scipy.signal import butter, group_delay, sos2tf, sosfilt_zi
 
-from ._filt import sosfilt_state
+from ._kernels import qrs_candidates_k, qrs_front_k, qrs_measure_k
 
 __all__ = ["EcgPeakStream"]
 
@@ -69,18 +69,6 @@ _PAUSE_WINDOW_S = 16.0  # ... over at most the last 16 s
 _MAX_RR_S = 3.0  # RR intervals longer than this are pauses, not rhythm, for the search-back timer
 
 
-def _fir(
-    tail: npt.NDArray[np.float64], x: npt.NDArray[np.float64], h: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Causal FIR filter of `x` given the last ``len(h) - 1`` inputs; returns (output, new tail).
-
-    `np.convolve` computes each output from the same inputs in the same order whatever the chunk,
-    so the outputs do not depend on how the stream is cut (and it is 5x cheaper than `lfilter`).
-    """
-    y = np.concatenate((tail, x))
-    return np.convolve(y, h, mode="valid"), y[y.size - tail.size :]
-
-
 def _qrs_response(
     sampling_rate: float,
     sos: npt.NDArray[np.float64],
@@ -91,8 +79,8 @@ def _qrs_response(
     """Peak MWI value produced by a Gaussian QRS (sigma 12 ms) of the given amplitude."""
     t = np.arange(-0.5, 0.5, 1.0 / sampling_rate)
     qrs = amplitude_uv * np.exp(-0.5 * (t / 0.012) ** 2)
-    d = _fir(np.zeros(deriv.size - 1), np.asarray(sosfilt(sos, qrs)), deriv)[0]
-    return float(np.max(_fir(np.zeros(mwi.size - 1), d * d, mwi)[0]))
+    zi, tail_d, tail_f = np.zeros((sos.shape[0], 2)), np.zeros(deriv.size - 1), np.zeros(mwi.size - 1)
+    return float(np.max(qrs_front_k(qrs, sos, zi, deriv, tail_d, mwi, tail_f)[2]))
 
 
 _Arr = npt.NDArray[np.float64]
@@ -242,9 +230,15 @@ class EcgPeakStream:
         if self._zi_bp is None:  # start the filter as if x[0] had always been there: no step transient
             self._zi_bp = self._zi_unit * x[0]
         self._last_raw = float(x[-1])
-        bp, self._zi_bp = sosfilt_state(self._sos, x, self._zi_bp)
-        d, self._tail_d = _fir(self._tail_d, bp, self._deriv)
-        f, self._tail_f = _fir(self._tail_f, d * d, self._mwi)
+        bp, d, f = qrs_front_k(
+            np.ascontiguousarray(x),
+            self._sos,
+            self._zi_bp,
+            self._deriv,
+            self._tail_d,
+            self._mwi,
+            self._tail_f,
+        )  # the filter states are updated in place
         if not self._ready:
             head = f[: max(0, self._learn - self._n)]
             if head.size:
@@ -292,20 +286,10 @@ class EcgPeakStream:
         if hi < self._scan:
             self._fire_until(horizon + 1)
             return
-        f, o, pb = self._f, self._buf0, self._pb
-        seg = f[self._scan - 1 - o : hi + 2 - o]
-        cand = np.flatnonzero((seg[1:-1] > seg[:-2]) & (seg[1:-1] >= seg[2:]) & (seg[1:-1] > self._prefloor))
-        for k in cand:
-            c = int(k) + self._scan
-            i = c - o
-            v = f[i]
-            before = f[max(0, i - pb) : i]
-            if before.size and v <= before.max():
-                continue
-            if v < f[i + 1 : i + pb + 1].max():
-                continue
-            self._fire_until(c + pb)
-            self._classify(c)
+        o, pb = self._buf0, self._pb
+        for i in qrs_candidates_k(self._f, self._scan - o, hi - o, pb, self._prefloor).tolist():
+            self._fire_until(i + o + pb)
+            self._classify(i + o)
         self._scan = hi + 1
         self._fire_until(horizon + 1)
 
@@ -328,12 +312,13 @@ class EcgPeakStream:
                 self._lowered = True  # OSEA: after the deadline, half threshold until the next beat
 
     def _classify(self, c: int) -> None:
-        i = c - self._buf0
-        v = float(self._f[i])
-        s = float(np.max(np.abs(self._d[max(0, i - self._n_mwi) : i + 1])))
-        lo = max(0, i - self._look)
-        j = lo + int(np.argmax(np.abs(self._bp[lo : i + 1])))
-        r = self._refine(j) + self._buf0
+        # the R peak: the causal band-pass delays a QRS by a morphology-dependent 7-22 samples at
+        # 250 Hz (its group delay over 5-15 Hz), so it is looked for in the raw signal within 40 ms
+        # of the band-pass extremum moved back by that delay (see `qrs_measure_k`)
+        v, s, r = qrs_measure_k(
+            self._f, self._d, self._bp, self._x, c - self._buf0, self._n_mwi, self._look, self._gd, self._ref
+        )
+        r += self._buf0
         thr = self._sb_threshold(c) if self._lowered else self._threshold(c)
         is_qrs = v > thr and r > self._last_r
         if is_qrs and (self._lowered or self._decay(c) < 1.0):
@@ -349,24 +334,6 @@ class EcgPeakStream:
             del self._noise[:-_N_LEVELS]
             self._since.append((c, v, s, r))
             del self._since[:-64]
-
-    def _refine(self, j: int) -> int:
-        """Move a band-pass extremum (buffer index `j`) onto the largest raw deflection near it.
-
-        The causal band-pass delays the QRS by a morphology-dependent 7-22 samples at 250 Hz (its
-        group delay over 5-15 Hz), so the R peak is looked for in the raw signal within 40 ms of
-        ``j - gd``: the largest distance (either polarity) from the straight line joining the raw
-        signal 80 ms before and after, which removes baseline wander.
-        """
-        k = j - self._gd
-        lo, hi = max(0, k - 2 * self._ref), min(len(self._x), k + 2 * self._ref + 1)
-        w = self._x[lo:hi]
-        if w.size < 8:
-            return max(k, 0)
-        a, b = (w[0] + w[1] + w[2]) / 3.0, (w[-1] + w[-2] + w[-3]) / 3.0
-        dev = np.abs(w - (a + (b - a) / (w.size - 1) * np.arange(w.size)))
-        s0, s1 = max(0, k - self._ref - lo), max(1, k + self._ref + 1 - lo)
-        return lo + s0 + int(np.argmax(dev[s0:s1]))
 
     def _accept(self, c: int, v: float, s: float, r: int) -> None:
         if self._last_c is not None and c - self._last_c <= _MAX_RR_S * self._fs:
