@@ -62,7 +62,8 @@ class Backoff:
 
 
 class Client(paho.Client):
-    """paho's client with our reconnect wait (`Backoff`); everything else is paho's.
+    """paho's client with our reconnect wait (`Backoff`), buffered socket reads and a direct
+    path to `on_message` (both below); the protocol is paho's.
 
     paho calls `_reconnect_wait` between attempts on its network thread and resets
     `_reconnect_delay` to None on every successful CONNACK, which restarts our count.
@@ -74,6 +75,7 @@ class Client(paho.Client):
         self.backoff = backoff
         self.failures = 0
         self.reconnect_waits: deque[float] = deque(maxlen=32)
+        self._per_topic = False  # any message_callback_add yet (see _handle_on_message)
         self._rbuf = b""  # read from the socket, not yet parsed (see _sock_recv)
         self._rpos = 0
 
@@ -104,6 +106,26 @@ class Client(paho.Client):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
             if rc > 0:
                 return self._loop_rc_handle(rc)
+
+    # Delivery. paho looks every message's topic up in its per-topic callbacks (a tree walk) even
+    # when there are none, as in every Nabz service: then on_message is called directly, with
+    # paho's own error handling.
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        self._per_topic = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        on_message = self.on_message
+        if self._per_topic or on_message is None:
+            super()._handle_on_message(message)
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     def _sock_close(self) -> None:
         self._rbuf, self._rpos = b"", 0  # a new connection starts from its own first byte

@@ -24,6 +24,7 @@ from numba import njit
 
 __all__ = [
     "beat_similarity_k",
+    "ecg_rate_k",
     "ecg_sqi_k",
     "ppg_peaks_k",
     "ppg_pi_k",
@@ -175,6 +176,41 @@ def ecg_sqi_k(
     prominence = min(max((db - snr_lo) / (snr_hi - snr_lo), 0.0), 1.0)
     likeness = min(max((similarity - sim_lo) / (sim_hi - sim_lo), 0.0), 1.0)
     return good_frac * min(prominence, likeness)
+
+
+@njit(cache=True, nogil=True)
+def ecg_rate_k(
+    peaks: _IArr, fs: float, stop: int, window: float, max_intervals: int, min_intervals: int
+) -> tuple[float, float, int]:
+    """`ecg.ecg_rate` (explained there) of the peaks up to `stop`: (rate in bpm or NaN, longest
+    pause in ms, index in `peaks` of the first beat whose interval ends in the window)."""
+    m = 0
+    while m < peaks.size and peaks[m] <= stop:
+        m += 1
+    if m == 0:
+        return math.nan, stop / fs, 0
+    start = stop - window
+    first = 1  # the first interval (ending at peaks[first]) inside the window
+    while first < m and not peaks[first] > start:
+        first += 1
+    open_ms = (stop - peaks[m - 1]) * 1000.0 / fs
+    longest = 0.0
+    for i in range(first, m):
+        longest = max(longest, (peaks[i] - peaks[i - 1]) * (1000.0 / fs))
+    pause_ms = max(longest, open_ms)
+    if peaks[m - 1] <= start:  # no beat in the window: the open interval is the pause
+        pause_ms = open_ms
+    hr = math.nan
+    recent = min(m - first, max_intervals)
+    if recent >= min_intervals:
+        total = 0.0
+        for i in range(m - recent, m):
+            total += (peaks[i] - peaks[i - 1]) * (1000.0 / fs)
+        mean_rr = total / recent
+        if open_ms > 1.5 * mean_rr:
+            mean_rr = (total + open_ms) / (recent + 1)
+        hr = 60_000.0 / mean_rr
+    return hr, pause_ms / 1000.0, first
 
 
 @njit(cache=True, nogil=True)
@@ -542,6 +578,7 @@ def warm() -> None:
     beat_similarity_k(x, peaks, 10, 20)
     ecg_sqi_k(x, x, peaks, 250, 10, 20, 12, 40, 10.0, 30000.0, 25.0, 0.5, 3.0, 8.0, 0.6, 0.9)
     ppg_rate_k(peaks, 100.0, 2)
+    ecg_rate_k(peaks, 250.0, 700, 2500.0, 12, 2)
     ppg_rows_k(
         np.stack((x, x)), x[None, :], np.ones(1) * 1e5, np.ones(1) * 1e5, 100.0, 11, 67, 25,
         np.array([20_000.0, 250_000.0, 0.05, 0.2, 25.0, 0.75, 0.92, 0.5, 0.85]),

@@ -8,13 +8,14 @@ Rules of this file:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, iirnotch, sosfiltfilt, tf2sos
 
-from ._kernels import ecg_sqi_k
+from ._kernels import ecg_rate_k, ecg_sqi_k
 from .qrs import EcgPeakStream
 
 __all__ = ["EcgPeakStream", "EcgRate", "ecg_clean", "ecg_peaks", "ecg_rate", "ecg_sqi"]
@@ -134,26 +135,12 @@ def ecg_rate(
         peak at all, the pause is the whole span ``end / sampling_rate``.
     """
     fs = float(sampling_rate)
-    p = np.asarray(peaks, dtype=np.int64)
+    p = np.ascontiguousarray(peaks, dtype=np.int64)
     stop = int(end) if end is not None else (int(p[-1]) if p.size else 0)
+    hr, pause_s, first = ecg_rate_k(p, fs, stop, window_s * fs, max_intervals, min_intervals)
     p = p[p <= stop]
-    if p.size == 0:
-        return EcgRate(hr_bpm=None, rr_ms=(), pause_s=stop / fs)
-    start = stop - window_s * fs
-    ends_in = p[1:] > start
-    rr = (np.diff(p)[ends_in] * (1000.0 / fs)).astype(np.float64)
-    open_ms = (stop - int(p[-1])) * 1000.0 / fs
-    pause_ms = max(float(rr.max()) if rr.size else 0.0, open_ms)
-    if p[-1] <= start:  # no beat in the window: the open interval is the pause
-        pause_ms = open_ms
-    hr: float | None = None
-    recent = rr[-max_intervals:]
-    if recent.size >= min_intervals:
-        mean_rr = float(recent.mean())
-        if open_ms > 1.5 * mean_rr:
-            mean_rr = (float(recent.sum()) + open_ms) / (recent.size + 1)
-        hr = 60_000.0 / mean_rr
-    return EcgRate(hr_bpm=hr, rr_ms=tuple(float(v) for v in rr), pause_s=pause_ms / 1000.0)
+    rr = tuple((np.diff(p[first - 1 :]) * (1000.0 / fs)).tolist()) if p.size else ()
+    return EcgRate(hr_bpm=None if math.isnan(hr) else hr, rr_ms=rr, pause_s=pause_s)
 
 
 def _sqi_core(
