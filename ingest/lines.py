@@ -11,6 +11,7 @@ import base64
 import itertools
 import math
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 
@@ -51,7 +52,8 @@ def _escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
-def _series(measurement: str, tags: dict[str, str]) -> str:
+@lru_cache(maxsize=1 << 16)  # a patient's few series recur every second
+def _series(measurement: str, **tags: str) -> str:
     parts = [measurement]
     parts.extend(f"{k}={_escape_tag(tags[k])}" for k in sorted(tags))
     return ",".join(parts)
@@ -66,21 +68,21 @@ def reading_lines(reading: Reading, patient: str) -> list[str]:
     tags = {"site": reading.site, "patient": patient, "device": reading.device}
     t_ns = to_ns(reading.t)
     if isinstance(reading, EcgReading):
-        series = _series("ecg", tags)
+        series = _series("ecg", **tags)
         step = 1_000_000_000 / reading.rate_hz
         return [f"{series} signal_uv={v}i {t_ns + round(i * step)}" for i, v in enumerate(reading.signal_uv)]
     if isinstance(reading, PpgReading):
-        series = _series("ppg", tags)
+        series = _series("ppg", **tags)
         step = 1_000_000_000 / reading.rate_hz
         return [
             f"{series} red_counts={r}i,ir_counts={ir}i {t_ns + round(i * step)}"
             for i, (r, ir) in enumerate(zip(reading.red_counts, reading.ir_counts, strict=True))
         ]
-    series = _series("device_vitals", tags)
+    series = _series("device_vitals", **tags)
     fields: dict[str, float | None]
     if isinstance(reading, HrReading):
         lines = [f"{series} hr_bpm={_float(reading.hr_bpm)} {t_ns}"]
-        rr_series = _series("rr", tags)
+        rr_series = _series("rr", **tags)
         # RR intervals end at successive beats; the last one ends at the reading's time.
         end_ns = t_ns
         rr_lines = []
@@ -100,7 +102,7 @@ def reading_lines(reading: Reading, patient: str) -> list[str]:
 
 def vitals_lines(v: Vitals) -> list[str]:
     """The point one derived-vitals message writes (none if it carries no value)."""
-    series = _series("vitals", {"site": v.site, "patient": v.patient, "source": v.source})
+    series = _series("vitals", site=v.site, patient=v.patient, source=v.source)
     values: list[str] = []
     for name in ("hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi", "pause_s", "af_score", "hrv_sdnn_ms",
                  "hrv_rmssd_ms", "resp_bpm"):  # fmt: skip
@@ -204,13 +206,13 @@ def chunk_lines_many(items: list[tuple[Reading, str]]) -> list[str]:
     out: list[str] = []
     for r, patient in items:
         if isinstance(r, EcgReading):
-            series = _series("ecg_chunk", {"site": r.site, "patient": patient, "device": r.device})
+            series = _series("ecg_chunk", site=r.site, patient=patient, device=r.device)
             out.append(
                 f"{series} n={len(r.signal_uv)}i,rate_hz={r.rate_hz}i,seq={r.seq}i,"
                 f'signal_uv="{next(packed)}" {to_ns(r.t)}'
             )
         elif isinstance(r, PpgReading):
-            series = _series("ppg_chunk", {"site": r.site, "patient": patient, "device": r.device})
+            series = _series("ppg_chunk", site=r.site, patient=patient, device=r.device)
             out.append(
                 f"{series} n={len(r.red_counts)}i,rate_hz={r.rate_hz}i,seq={r.seq}i,"
                 f'red_counts="{next(packed)}",ir_counts="{next(packed)}" {to_ns(r.t)}'

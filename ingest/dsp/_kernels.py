@@ -297,22 +297,38 @@ def ppg_rate_k(peaks: _IArr, fs: float, min_intervals: int) -> float:
 
 
 @njit(cache=True, nogil=True)
+def _smallest(a: _Arr, m: int) -> _Arr:
+    """The `m` smallest values of `a`, ascending (one pass with a small sorted buffer: a
+    percentile near either end without sorting the whole window)."""
+    buf = np.empty(m)
+    count = 0
+    for v in a:
+        if count < m:
+            j = count
+            count += 1
+        elif v < buf[m - 1]:
+            j = m - 1
+        else:
+            continue
+        while j > 0 and buf[j - 1] > v:
+            buf[j] = buf[j - 1]
+            j -= 1
+        buf[j] = v
+    return buf[:count]
+
+
+@njit(cache=True, nogil=True)
 def ppg_pi_k(ac: _Arr, dc: float) -> float:
     """Perfusion index: the 2.5-97.5 percentile range (linear, as np.percentile) over DC, in %."""
     n = ac.size
-    if n == 0 or dc <= 0:
+    if n < 2 or dc <= 0:
         return 0.0
-    s = np.sort(ac)
-    lo = hi = 0.0
-    for q in range(2):
-        pos = (0.025 if q == 0 else 0.975) * (n - 1)
-        k = min(int(pos), n - 2) if n > 1 else 0
-        nxt = min(k + 1, n - 1)
-        value = float(s[k] + (s[nxt] - s[k]) * (pos - k))
-        if q == 0:
-            lo = value
-        else:
-            hi = value
+    pos_lo, pos_hi = 0.025 * (n - 1), 0.975 * (n - 1)
+    k_lo, k_hi = min(int(pos_lo), n - 2), min(int(pos_hi), n - 2)
+    low = _smallest(ac, k_lo + 2)  # sorted[k_lo], sorted[k_lo + 1] are its last two
+    high = -_smallest(-ac, n - k_hi)  # the n - k_hi largest, descending: sorted[k_hi] is the last
+    lo = float(low[k_lo] + (low[k_lo + 1] - low[k_lo]) * (pos_lo - k_lo))
+    hi = float(high[n - k_hi - 1] + (high[n - k_hi - 2] - high[n - k_hi - 1]) * (pos_hi - k_hi))
     return 100.0 * (hi - lo) / dc
 
 
