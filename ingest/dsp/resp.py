@@ -9,6 +9,7 @@ Rules of this file:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -28,11 +29,18 @@ _MIN_SHARE = 0.5  # ... and must be at least half of the band's power in both fe
 _MIN_BEAT_HZ = 50.0 / 60.0
 
 
+@lru_cache(maxsize=64)
+def _hann(n: int) -> npt.NDArray[np.float64]:
+    return np.hanning(n)  # shared: never modified
+
+
 def _spectrum(t: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     grid = np.arange(t[0], t[-1], 1.0 / _GRID_HZ)
     v = np.interp(grid, t, y)
-    v = v - np.polyval(np.polyfit(grid - grid[0], v, 1), grid - grid[0])  # no trend
-    v = v * np.hanning(v.size)
+    dx = grid - grid.mean()  # no trend: the least-squares line, in closed form
+    vm = v.mean()
+    slope = float(np.dot(dx, v - vm)) / max(float(np.dot(dx, dx)), 1e-300)
+    v = (v - vm - slope * dx) * _hann(v.size)
     power = np.abs(np.fft.rfft(v, _NFFT)) ** 2
     total = float(power.sum())
     return power / total if total > 0 else power
