@@ -26,6 +26,8 @@ __all__ = [
     "beat_similarity_k",
     "ecg_rate_k",
     "ecg_sqi_k",
+    "af_score_k",
+    "hrv_k",
     "ppg_peaks_k",
     "ppg_pi_k",
     "ppg_rate_k",
@@ -587,6 +589,87 @@ def sosfiltfilt_rows_k(sos: _Arr, x: _Arr, zi_unit: _Arr, padlen: int) -> _Arr:
     return out
 
 
+@njit(cache=True, nogil=True)
+def _rhythm_k(rr: _Arr, lo: float, hi: float) -> _Arr:
+    m = 0
+    out = np.empty(rr.size)
+    for v in rr:
+        if lo <= v <= hi:
+            out[m] = v
+            m += 1
+    return out[:m]
+
+
+@njit(cache=True, nogil=True)
+def hrv_k(rr_ms: _Arr, lo: float, hi: float, min_rr: int) -> tuple[float, float, int]:
+    """`hrv.hrv_time_domain` (explained there): (SDNN, RMSSD, intervals used); NaNs with fewer
+    than `min_rr` intervals within ``lo..hi`` ms."""
+    rr = _rhythm_k(rr_ms, lo, hi)
+    n = rr.size
+    if n < min_rr or n < 2:
+        return math.nan, math.nan, n
+    mean = 0.0
+    for v in rr:
+        mean += v
+    mean /= n
+    ss = 0.0
+    sd = 0.0
+    for i in range(n):
+        ss += (rr[i] - mean) ** 2
+        if i:
+            sd += (rr[i] - rr[i - 1]) ** 2
+    return math.sqrt(ss / (n - 1)), math.sqrt(sd / (n - 1)), n
+
+
+@njit(cache=True, nogil=True)
+def af_score_k(rr_ms: _Arr, params: _Arr) -> float:
+    """`hrv.af_score` (explained there); NaN with too few intervals. `params` = (RR lo, hi,
+    fewest intervals, trim per 128, nRMSSD lo, hi, entropy lo, hi, turning-point SDs)."""
+    rr_all = _rhythm_k(rr_ms, params[0], params[1])
+    rr = rr_all[max(0, rr_all.size - 128) :]
+    n = rr.size
+    if n < params[2]:
+        return math.nan
+    k = max(1, _round_half_even(params[3] * n / 128))
+    if n - 2 * k < 3:
+        return math.nan
+    order = np.argsort(rr, kind="mergesort")  # stable: of equal intervals, the earlier first
+    keep = np.sort(order[k : n - k])
+    m = keep.size
+    trimmed = np.empty(m)
+    for i in range(m):
+        trimmed[i] = rr[keep[i]]
+    total = 0.0
+    low = high = trimmed[0]
+    for v in trimmed:
+        total += v
+        low = min(low, v)
+        high = max(high, v)
+    ss = 0.0
+    turns = 0
+    for i in range(1, m):
+        d = trimmed[i] - trimmed[i - 1]
+        ss += d * d
+        if i + 1 < m and d * (trimmed[i + 1] - trimmed[i]) < 0:
+            turns += 1
+    nrmssd = math.sqrt(ss / (m - 1)) / (total / m)
+    # 16 equal bins from min to max, the last one closed (np.histogram's)
+    hist = np.zeros(16, dtype=np.int64)
+    span = high - low
+    for v in trimmed:
+        b = min(int((v - low) * (16.0 / span)), 15) if span > 0 else 0
+        hist[b] += 1
+    entropy = 0.0
+    for c in hist:
+        if c:
+            p = c / m
+            entropy -= p * math.log(p)
+    entropy /= math.log(16)
+    expected, sd = 2.0 * (m - 2) / 3.0, math.sqrt((16.0 * m - 29.0) / 90.0)
+    score = min(_ramp(nrmssd, params[4], params[5]), _ramp(entropy, params[6], params[7]))
+    return score if abs(turns - expected) <= params[8] * sd else 0.5 * score
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel now, not on a patient's first message."""
     x = np.sin(np.arange(800) * 0.08) * 1000.0
@@ -595,6 +678,9 @@ def warm() -> None:
     ecg_sqi_k(x, x, peaks, 250, 10, 20, 12, 40, 10.0, 30000.0, 25.0, 0.5, 3.0, 8.0, 0.6, 0.9)
     ppg_rate_k(peaks, 100.0, 2)
     ecg_rate_k(peaks, 250.0, 700, 2500.0, 12, 2)
+    rr = 800.0 + 40.0 * np.sin(np.arange(64.0))
+    hrv_k(rr, 200.0, 2500.0, 8)
+    af_score_k(rr, np.array([200.0, 2500.0, 32.0, 8.0, 0.05, 0.1, 0.55, 0.75, 2.0]))
     ppg_rows_k(
         np.stack((x, x)), x[None, :], np.ones(1) * 1e5, np.ones(1) * 1e5, 100.0, 11, 67, 25,
         np.array([20_000.0, 250_000.0, 0.05, 0.2, 25.0, 0.75, 0.92, 0.5, 0.85]),

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ._kernels import af_score_k, hrv_k
+
 __all__ = ["Hrv", "RR_RANGE_MS", "hrv_time_domain", "af_score"]
 
 RR_RANGE_MS = (200.0, 2500.0)  # 300 .. 24 bpm: anything else is a pause or a detection error
@@ -23,6 +25,8 @@ _TRIM = 8  # Dash et al.: the 8 longest and 8 shortest of 128 intervals are left
 _NRMSSD = (0.05, 0.10)  # normalised RMSSD mapped onto 0..1 (sinus rhythm under 0.05)
 _ENTROPY = (0.55, 0.75)  # Shannon entropy of the RR histogram mapped onto 0..1
 _TPR_SD = 2.0  # a turning-point ratio within this many SD of a random series'
+# in the order `_kernels.af_score_k` takes them
+_AF_PARAMS = np.array((*RR_RANGE_MS, _MIN_AF_RR, _TRIM, *_NRMSSD, *_ENTROPY, _TPR_SD), dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +36,6 @@ class Hrv:
     sdnn_ms: float  # standard deviation of the intervals
     rmssd_ms: float  # root mean square of successive differences
     n: int  # intervals used
-
-
-def _rhythm(rr_ms: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    rr = np.asarray(rr_ms, dtype=np.float64).ravel()
-    return rr[(rr >= RR_RANGE_MS[0]) & (rr <= RR_RANGE_MS[1])]
 
 
 def hrv_time_domain(rr_ms: npt.ArrayLike) -> Hrv | None:
@@ -58,19 +57,8 @@ def hrv_time_domain(rr_ms: npt.ArrayLike) -> Hrv | None:
     Hrv or None
         None with fewer than 8 intervals in `RR_RANGE_MS`.
     """
-    rr = _rhythm(rr_ms)
-    if rr.size < _MIN_HRV_RR:
-        return None
-    d = np.diff(rr)
-    return Hrv(
-        sdnn_ms=float(np.std(rr, ddof=1)),
-        rmssd_ms=float(math.sqrt(float(np.mean(d * d)))),
-        n=int(rr.size),
-    )
-
-
-def _ramp(x: float, lo: float, hi: float) -> float:
-    return min(max((x - lo) / (hi - lo), 0.0), 1.0)
+    sdnn, rmssd, n = hrv_k(np.ascontiguousarray(rr_ms, dtype=np.float64).ravel(), *RR_RANGE_MS, _MIN_HRV_RR)
+    return None if math.isnan(sdnn) else Hrv(sdnn_ms=sdnn, rmssd_ms=rmssd, n=n)
 
 
 def af_score(rr_ms: npt.ArrayLike) -> float | None:
@@ -101,27 +89,5 @@ def af_score(rr_ms: npt.ArrayLike) -> float | None:
     float or None
         Score in [0, 1], or None with fewer than 32 intervals in `RR_RANGE_MS`.
     """
-    rr = _rhythm(rr_ms)[-128:]
-    if rr.size < _MIN_AF_RR:
-        return None
-    # Trim the extremes in proportion to the window (8 of 128 each side in the paper).
-    k = max(1, round(_TRIM * rr.size / 128))
-    order = np.argsort(rr, kind="stable")
-    keep = np.sort(order[k:-k])
-    trimmed = rr[keep]
-    d = np.diff(trimmed)
-    nrmssd = math.sqrt(float(np.mean(d * d))) / float(np.mean(trimmed))
-    # 16 equal bins from min to max (np.histogram's, the last bin closed), counted without its overhead
-    lo, span = float(trimmed.min()), float(trimmed.max() - trimmed.min())
-    idx = (
-        np.minimum((trimmed - lo) * (16.0 / span), 15).astype(np.int64) if span > 0 else np.zeros(1, np.int64)
-    )
-    hist = np.bincount(idx, minlength=16)
-    p = hist[hist > 0] / trimmed.size
-    entropy = float(-np.sum(p * np.log(p))) / math.log(16)
-    n = trimmed.size - 2
-    turns = int(np.count_nonzero(d[:-1] * d[1:] < 0))
-    expected, sd = 2.0 * n / 3.0, math.sqrt((16.0 * trimmed.size - 29.0) / 90.0)
-    random_like = abs(turns - expected) <= _TPR_SD * sd
-    score = min(_ramp(nrmssd, *_NRMSSD), _ramp(entropy, *_ENTROPY))
-    return score if random_like else 0.5 * score
+    score = af_score_k(np.ascontiguousarray(rr_ms, dtype=np.float64).ravel(), _AF_PARAMS)
+    return None if math.isnan(score) else score
