@@ -24,6 +24,7 @@ from numba import njit
 
 __all__ = [
     "beat_similarity_k",
+    "block_minima_k",
     "ecg_rate_k",
     "ecg_sqi_k",
     "af_score_k",
@@ -426,16 +427,18 @@ def _round_half_even(x: float) -> int:
 
 @njit(cache=True, nogil=True)
 def qrs_front_k(
-    x: _Arr, sos: _Arr, zi: _Arr, deriv: _Arr, tail_d: _Arr, mwi: _Arr, tail_f: _Arr
-) -> tuple[_Arr, _Arr, _Arr]:
+    x: _Arr, sos: _Arr, zi: _Arr, deriv: _Arr, tail_d: _Arr, mwi: _Arr, tail_f: _Arr, out: _Arr, at: int
+) -> None:
     """The QRS detector's front end over the next samples: band-pass (second-order sections, the
     arithmetic of scipy's `sosfilt`), derivative and squared moving-window integration (causal
-    FIRs). Returns (band-passed, derivative, MWI); `zi` and the FIR tails (the last ``len(h) - 1``
-    inputs) are updated in place, so any chunking of the stream gives the same outputs."""
+    FIRs). Writes the samples, band-passed, derivative and MWI into rows 0-3 of `out` from
+    column `at`; `zi` and the FIR tails (the last ``len(h) - 1`` inputs) are updated in place,
+    so any chunking of the stream gives the same outputs."""
     n = x.size
-    bp = np.empty(n)
+    bp = out[1, at : at + n]
     for t in range(n):
         cur = x[t]
+        out[0, at + t] = cur
         for k in range(sos.shape[0]):
             new = sos[k, 0] * cur + zi[k, 0]
             zi[k, 0] = sos[k, 1] * cur - sos[k, 4] * new + zi[k, 1]
@@ -445,8 +448,22 @@ def qrs_front_k(
     d = _fir_k(bp, deriv, tail_d)
     sq = np.empty(n)
     for t in range(n):
+        out[2, at + t] = d[t]
         sq[t] = d[t] * d[t]
-    return bp, d, _fir_k(sq, mwi, tail_f)
+    out[3, at : at + n] = _fir_k(sq, mwi, tail_f)
+
+
+@njit(cache=True, nogil=True)
+def block_minima_k(f: _Arr, start: int, size: int, count: int) -> _Arr:
+    """Minimum of each of `count` consecutive blocks of `size` samples of `f` from `start`."""
+    out = np.empty(count)
+    for b in range(count):
+        lo = start + b * size
+        m = f[lo]
+        for i in range(lo + 1, lo + size):
+            m = min(m, f[i])
+        out[b] = m
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -687,7 +704,9 @@ def warm() -> None:
     )  # fmt: skip
     sos = np.array([[1.0, 0.0, -1.0, 1.0, -1.5, 0.7]])
     h = np.ones(5) / 5
-    bp, d, f = qrs_front_k(x, sos, np.zeros((1, 2)), h, np.zeros(4), h, np.zeros(4))
-    qrs_candidates_k(f, 1, 700, 30, 0.0)
-    qrs_measure_k(f, d, bp, x, 400, 37, 39, 10, 10)
+    buf = np.zeros((4, x.size))
+    qrs_front_k(x, sos, np.zeros((1, 2)), h, np.zeros(4), h, np.zeros(4), buf, 0)
+    block_minima_k(buf[3], 0, 62, 4)
+    qrs_candidates_k(buf[3], 1, 700, 30, 0.0)
+    qrs_measure_k(buf[3], buf[2], buf[1], x, 400, 37, 39, 10, 10)
     sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200)

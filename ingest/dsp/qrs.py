@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, group_delay, sos2tf, sosfilt_zi
 
-from ._kernels import qrs_candidates_k, qrs_front_k, qrs_measure_k
+from ._kernels import block_minima_k, qrs_candidates_k, qrs_front_k, qrs_measure_k
 
 __all__ = ["EcgPeakStream"]
 
@@ -80,7 +80,9 @@ def _qrs_response(
     t = np.arange(-0.5, 0.5, 1.0 / sampling_rate)
     qrs = amplitude_uv * np.exp(-0.5 * (t / 0.012) ** 2)
     zi, tail_d, tail_f = np.zeros((sos.shape[0], 2)), np.zeros(deriv.size - 1), np.zeros(mwi.size - 1)
-    return float(np.max(qrs_front_k(qrs, sos, zi, deriv, tail_d, mwi, tail_f)[2]))
+    out = np.empty((4, qrs.size))
+    qrs_front_k(qrs, sos, zi, deriv, tail_d, mwi, tail_f, out, 0)
+    return float(np.max(out[3]))
 
 
 _Arr = npt.NDArray[np.float64]
@@ -120,7 +122,7 @@ class EcgPeakStream:
     Returned indices count samples from the first sample ever pushed, and only ever increase.
     """
 
-    def __init__(self, sampling_rate: float, *, min_qrs_uv: float = 100.0) -> None:
+    def __init__(self, sampling_rate: float, *, min_qrs_uv: float = 100.0, history: int = 0) -> None:
         fs = float(sampling_rate)
         if not 60.0 <= fs <= 2000.0:
             raise ValueError(f"sampling_rate {fs} Hz outside 60..2000 Hz")
@@ -144,12 +146,15 @@ class EcgPeakStream:
         self._zi_bp: npt.NDArray[np.float64] | None = None
         self._tail_d = np.zeros(self._deriv.size - 1)
         self._tail_f = np.zeros(self._n_mwi - 1)
-        # sample buffers (band-passed, derivative, MWI) starting at absolute index self._buf0
-        self._x = np.zeros(0)
-        self._bp = np.zeros(0)
-        self._d = np.zeros(0)
-        self._f = np.zeros(0)
+        # sample buffers: rows raw, band-passed, derivative, MWI; column 0 is absolute sample index
+        # self._buf0, self._used columns are filled. Appended to in place; when full, what is still
+        # needed moves to a new array (so arrays handed out earlier never change).
+        self._history = max(0, int(history))  # samples kept for `window`
+        self._buf = np.zeros((4, 4 * max(self._keep, round(fs))))
+        self._used = 0
         self._buf0 = 0
+        self._drop = 0  # leading columns no longer needed
+        self._x, self._bp, self._d, self._f = self._buf[:, :0]
         self._n = 0  # samples pushed so far
         self._scan = 1  # next MWI index to test as a peak
         self._learn_max = 0.0
@@ -230,43 +235,58 @@ class EcgPeakStream:
         if self._zi_bp is None:  # start the filter as if x[0] had always been there: no step transient
             self._zi_bp = self._zi_unit * x[0]
         self._last_raw = float(x[-1])
-        bp, d, f = qrs_front_k(
-            np.ascontiguousarray(x),
-            self._sos,
-            self._zi_bp,
-            self._deriv,
-            self._tail_d,
-            self._mwi,
-            self._tail_f,
-        )  # the filter states are updated in place
+        n = x.size
+        at = self._reserve(n)
+        qrs_front_k(
+            np.ascontiguousarray(x), self._sos, self._zi_bp, self._deriv, self._tail_d, self._mwi,
+            self._tail_f, self._buf, at,
+        )  # fmt: skip
+        self._used = at + n
+        self._x, self._bp, self._d, self._f = self._buf[:, : self._used]
         if not self._ready:
-            head = f[: max(0, self._learn - self._n)]
+            head = self._f[at : at + max(0, self._learn - self._n)]
             if head.size:
                 self._learn_max = max(self._learn_max, float(np.max(head)))
-        self._x = np.concatenate((self._x, x))
-        self._bp = np.concatenate((self._bp, bp))
-        self._d = np.concatenate((self._d, d))
-        self._f = np.concatenate((self._f, f))
-        self._n += x.size
-        while self._blk_end + self._blk <= self._n:  # noise-floor blocks completed by these samples
-            self._blk_end += self._blk
-            lo = self._blk_end - self._blk - self._buf0
-            self._blocks.append((self._blk_end, float(np.min(self._f[lo : lo + self._blk]))))
+        self._n += n
+        done = (self._n - self._blk_end) // self._blk  # noise-floor blocks completed by these samples
+        if done > 0:
+            minima = block_minima_k(self._f, self._blk_end - self._buf0, self._blk, done).tolist()
+            for m in minima:
+                self._blk_end += self._blk
+                self._blocks.append((self._blk_end, m))
         self._run()
         # the pause floor at any later peak only looks at the 16 s before it
         old = 0
         while old < len(self._blocks) and self._blocks[old][0] <= self._scan - self._pause_win:
             old += 1
         del self._blocks[:old]
-        # keep what the next scan and localisation can look back at
-        drop = min(self._scan - self._keep, self._n - self._keep) - self._buf0
-        if drop > 0:
-            self._x, self._bp = self._x[drop:], self._bp[drop:]
-            self._d, self._f = self._d[drop:], self._f[drop:]
-            self._buf0 += drop
+        # what the next scan and localisation can look back at, and the history, are kept
+        keep = max(self._keep, self._history)
+        self._drop = max(0, min(self._scan - self._keep, self._n - keep) - self._buf0)
         out = np.asarray(self._out, dtype=np.int64)
         self._out = []
-        return out, np.asarray(bp, dtype=np.float64)
+        return out, self._buf[1, at : at + n]
+
+    def _reserve(self, n: int) -> int:
+        """Room for `n` more columns; returns the column they start at."""
+        cap = self._buf.shape[1]
+        if self._used + n <= cap:
+            return self._used
+        live = self._used - self._drop
+        if live + n > cap // 2:
+            cap = 2 * (live + n) if live + n < 1 << 16 else live + n + (1 << 16)
+        buf = np.empty((4, cap))
+        buf[:, :live] = self._buf[:, self._drop : self._used]
+        self._buf, self._used, self._buf0, self._drop = buf, live, self._buf0 + self._drop, 0
+        return live
+
+    def window(self, start: int, end: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Raw and band-passed samples ``start..end-1`` (absolute indices); at least the last
+        ``history`` samples pushed are available. The arrays must not be modified."""
+        lo, hi = start - self._buf0, end - self._buf0
+        if lo < 0 or hi > self._used or lo > hi:
+            raise IndexError(f"samples {start}..{end} not kept (have {self._buf0}..{self._n})")
+        return self._buf[0, lo:hi], self._buf[1, lo:hi]
 
     @property
     def group_delay_samples(self) -> int:

@@ -134,12 +134,12 @@ class EcgProcessor:
         self._reset()
 
     def _reset(self) -> None:
-        self._stream = EcgPeakStream(self._fs)
+        # the detector keeps the raw and band-passed signal of the analysis window for us (its
+        # confirmation delay is under 0.4 s: 2 s more is plenty)
+        self._stream = EcgPeakStream(self._fs, history=self._win + 2 * round(self._fs))
         self._lag = int(np.ceil(self._stream.max_delay_s * self._fs))
+        self._keep = self._win + self._lag
         self._qrs_half = max(1, round(0.06 * self._fs))
-        self._raw = np.zeros(0)
-        self._bp = np.zeros(0)
-        self._buf0 = 0
         self._peaks: list[int] = []
         self._last_peak: int | None = None
         self._new_rr: list[float] = []
@@ -180,7 +180,7 @@ class EcgProcessor:
         return out
 
     def _feed(self, x: npt.NDArray[np.float64]) -> None:
-        peaks, bp = self._stream._push(x)
+        peaks = self._stream.push(x)
         for p in peaks.tolist():
             if self._last_peak is not None:
                 rr_ms = (p - self._last_peak) * 1000.0 / self._fs
@@ -190,24 +190,20 @@ class EcgProcessor:
             self._last_peak = p
             self._peaks.append(p)
         self._clock.n += x.size
-        keep = self._win + self._lag
-        self._raw = np.concatenate((self._raw, x))[-keep:]
-        self._bp = np.concatenate((self._bp, bp))[-keep:]
-        self._buf0 = self._clock.n - self._raw.size
+        first = max(0, self._clock.n - self._keep)  # the analysis window's signal starts here
         half = self._qrs_half
-        for p in peaks.tolist():  # QRS peak-to-peak around each new beat (still in the buffer)
-            j = p - self._buf0
-            if j - half >= 0 and j + half < self._raw.size:
-                self._beats.append((p / self._fs, float(np.ptp(self._raw[j - half : j + half + 1]))))
-        start = self._clock.n - keep
+        for p in peaks.tolist():  # QRS peak-to-peak around each new beat
+            if p - half >= first and p + half < self._clock.n:
+                raw = self._stream.window(p - half, p + half + 1)[0]
+                self._beats.append((p / self._fs, float(raw.max() - raw.min())))
+        start = self._clock.n - self._keep
         while len(self._peaks) > 1 and self._peaks[1] < start:  # keep one beat before the window
             self._peaks.pop(0)
 
     def _emit(self) -> EcgVitals:
         end = self._clock.n - self._lag  # exclusive: beats before `end` are decided
-        start = max(self._buf0, end - self._win)
-        raw = self._raw[start - self._buf0 : end - self._buf0]
-        bp = self._bp[start - self._buf0 : end - self._buf0]
+        start = max(0, self._clock.n - self._keep, end - self._win)
+        raw, bp = self._stream.window(start, end)
         peaks = np.asarray(self._peaks, dtype=np.int64)
         inside = peaks[(peaks >= start) & (peaks < end)] - start
         sqi = _sqi_core(raw, bp, inside, self._fs, self._stream.group_delay_samples)
