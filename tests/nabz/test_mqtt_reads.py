@@ -98,3 +98,59 @@ def test_reading_starts_clean_on_a_new_connection(mosquitto: Mosquitto) -> None:
         assert sub.got == first + second
     finally:
         sub.close()
+
+
+def test_what_a_message_says_survives_the_fast_decoding(mosquitto: Mosquitto) -> None:
+    """QoS 0, 1 and 2, retained or not, with and without v5 properties: the subscriber sees each
+    message's topic, payload, QoS, retain flag and properties as published (QoS 2 and messages
+    with properties go through paho's own decoder, the rest through `Client._handle_publish`)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    pub = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="fields-pub", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    pub.publish(TOPIC + "/kept", b"retained", qos=1, retain=True).wait_for_publish(10)
+
+    got: list[tuple[str, bytes, int, bool, bool, list[tuple[str, str]]]] = []
+    config = MqttConfig(url=mosquitto.url, protocol="5", keepalive_s=30)
+    sub = make_client(config, "fields-sub")
+    subscribed = threading.Event()
+    sub.on_connect = lambda c, *_a: c.subscribe(TOPIC + "/#", qos=2)
+    sub.on_subscribe = lambda *_a: subscribed.set()
+
+    def on_message(_c: object, _u: object, m: paho.MQTTMessage) -> None:
+        user = list(getattr(m.properties, "UserProperty", []) or []) if m.properties else []
+        got.append((m.topic, bytes(m.payload), m.qos, m.retain, m.qos == 0 or m.mid > 0, user))
+
+    sub.on_message = on_message
+    connect(sub, config)
+    try:
+        assert subscribed.wait(10)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = ("patient", "p-0001")
+        for qos in (0, 1, 2):
+            pub.publish(f"{TOPIC}/q{qos}", f"plain {qos}".encode(), qos=qos).wait_for_publish(10)
+            pub.publish(
+                f"{TOPIC}/p{qos}", f"props {qos}".encode(), qos=qos, properties=props
+            ).wait_for_publish(10)
+        deadline = time.monotonic() + 10
+        while len(got) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got[0] == (TOPIC + "/kept", b"retained", 1, True, True, [])
+        rest = sorted(got[1:])
+        assert rest == sorted(
+            [(f"{TOPIC}/q{q}", f"plain {q}".encode(), q, False, True, []) for q in (0, 1, 2)]
+            + [
+                (f"{TOPIC}/p{q}", f"props {q}".encode(), q, False, True, [("patient", "p-0001")])
+                for q in (0, 1, 2)
+            ]
+        )
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+        pub.publish(TOPIC + "/kept", b"", qos=1, retain=True).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
