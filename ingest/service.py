@@ -261,8 +261,9 @@ class IngestService:
             pending = []
 
     def _done(self, items: list[_Incoming], result: BatchResult) -> None:
+        self.client.ack_many([item.mid for item in items if item.qos == 1])  # in arrival order
         for item in items:
-            if item.qos > 0:
+            if item.qos == 2:
                 self.client.ack(item.mid, item.qos)
         if items:
             self._last_lag_s = time.monotonic() - items[0].mono

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ __all__ = ["MqttError", "Will", "Backoff", "Client", "make_client", "connect", "
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024  # bytes asked of the socket at once
+_PUBACK_HEAD = (PacketTypes.PUBACK << 4 << 24) | (2 << 16)  # a PUBACK of remaining length 2, as 4 bytes
 
 # A persistent session outlives a restart of its client by this long (MQTT v5 session expiry).
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -145,6 +147,15 @@ class Client(paho.Client):
         if qos == 1 and not self._manual_ack:
             return self._send_puback(message.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """Acknowledge these QoS 1 messages (``manual_ack``), in this order: their PUBACKs go out
+        as one write, where `ack` queues a packet, wakes the network thread and makes a system
+        call per message."""
+        if not mids or not self._manual_ack:
+            return
+        blob = struct.pack(f"!{len(mids)}I", *[_PUBACK_HEAD | mid for mid in mids])
+        self._packet_queue(PacketTypes.PUBACK << 4, blob, mids[-1], 1)
 
     # Delivery. paho looks every message's topic up in its per-topic callbacks (a tree walk) even
     # when there are none, as in every Nabz service: then on_message is called directly, with

@@ -222,9 +222,7 @@ def ppg_spo2(
     r_ = np.asarray(red, dtype=np.float64)
     i_ = np.asarray(ir, dtype=np.float64)
     if r_.shape != i_.shape or r_.ndim != 1:
-        raise ValueError("red and ir must have the same length")
-    if calibration is not None:
-        _check_calibration(calibration)
+        raise ValueError("red and ir must be 1-D and of the same length")
     spo2 = ppg_process(r_, i_, sampling_rate, calibration=calibration, min_sqi=0.0).spo2
     assert spo2 is not None  # min_sqi 0: always estimated
     return spo2

@@ -154,3 +154,46 @@ def test_what_a_message_says_survives_the_fast_decoding(mosquitto: Mosquitto) ->
         pub.publish(TOPIC + "/kept", b"", qos=1, retain=True).wait_for_publish(10)
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_acknowledged_in_one_write_is_acknowledged(mosquitto: Mosquitto) -> None:
+    """`Client.ack_many`: of 400 QoS 1 messages on a persistent session, the 300 acknowledged in
+    batches are not delivered again after a reconnect; the 100 never acknowledged are."""
+    config = MqttConfig(url=mosquitto.url, protocol="5", keepalive_s=30)
+    got: list[tuple[int, bytes]] = []
+    subscribed = threading.Event()
+
+    def start() -> paho.Client:
+        c = make_client(config, "acks-sub", persistent_session=True, manual_ack=True, max_inflight=1000)
+        c.on_connect = lambda c, *_a: c.subscribe(TOPIC, qos=1)
+        c.on_subscribe = lambda *_a: subscribed.set()
+        c.on_message = lambda _c, _u, m: got.append((m.mid, bytes(m.payload)))
+        connect(c, config, persistent_session=True)
+        return c
+
+    sub = start()
+    try:
+        assert subscribed.wait(10)
+        payloads = [f"m{i}".encode() for i in range(400)]
+        _publish(mosquitto.port, payloads)
+        deadline = time.monotonic() + 10
+        while len(got) < 400 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [p for _m, p in got] == payloads
+        mids = [m for m, _p in got]
+        for i in range(0, 300, 64):
+            sub.ack_many(mids[i : min(i + 64, 300)])
+        time.sleep(0.5)
+        sub.disconnect()
+        sub.loop_stop()
+        got.clear()
+        subscribed.clear()
+        sub = start()
+        deadline = time.monotonic() + 5
+        while len(got) < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # and nothing more
+        assert sorted(p for _m, p in got) == sorted(payloads[300:])
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
