@@ -63,7 +63,7 @@ _LAG_OK_S = 3.0
 # window (10 s) and the PPG's (8 s) fill, and only then does every second run the full analysis
 # (a patient's first seconds cost about half); from about 27 s on (a 24 s span of beats) the
 # ECG-derived respiration rate is estimated too, every 5 s. Measurements start after it. (Until
-# 2026-11-26 07:00 UTC this was 10 s, which left the respiration out.)
+# 2026-11-26 06:34 UTC this was 10 s, which left the respiration out.)
 _WARM_S = 30
 _SITE = "bench"
 
