@@ -59,6 +59,7 @@ _T0_US = 1_795_597_200_000_000
 _TEMPLATES = 24  # distinct simulated patients; patient i replays template i % _TEMPLATES
 _TEMPLATE_S = 30  # at least; a run's templates cover the whole run (see _Fleet.second)
 _LAG_OK_S = 3.0
+_DRAIN_S = 10  # seconds of messages in the timed backlog
 # Seconds of signal before a patient costs what it will cost from then on: the ECG's analysis
 # window (10 s) and the PPG's (8 s) fill, and only then does every second run the full analysis
 # (a patient's first seconds cost about half); from about 27 s on (a 24 s span of beats) the
@@ -578,7 +579,7 @@ def run_ingest_bench(
     """Everything `nabz bench ingest --json` prints (see the module docstring)."""
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
-    fleet = _Fleet.build(per_second=message_s > 0, seconds=max(_TEMPLATE_S, _WARM_S + max(seconds, 10)))
+    fleet = _Fleet.build(per_second=message_s > 0, seconds=max(_TEMPLATE_S, _WARM_S + max(seconds, _DRAIN_S)))
     per_patient_s = sum(len(s) for t in fleet.templates for s in t) / sum(len(t) for t in fleet.templates)
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-"))
     servers = _Servers(work)
@@ -586,7 +587,7 @@ def run_ingest_bench(
         sample = [m for s in range(10) for m in fleet.second(500, s, "b")]
         broker = _broker_rate(servers, sample)
         naive = _naive_rate(servers, [m for m in fleet.second(400, 0, "n")][:2000])
-        drain = _drain_rate(work, servers, fleet, 1000, 10, workers)
+        drain = _drain_rate(work, servers, fleet, 1000, _DRAIN_S, workers)
         runs: list[_RealTime] = []
         n = start_patients or max(50, int(0.8 * drain / per_patient_s) // 50 * 50)
         best: _RealTime | None = None

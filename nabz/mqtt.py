@@ -64,8 +64,9 @@ class Backoff:
 
 
 class Client(paho.Client):
-    """paho's client with our reconnect wait (`Backoff`), buffered socket reads and a direct
-    path to `on_message` (both below); the protocol is paho's.
+    """paho's client with our reconnect wait (`Backoff`), buffered socket reads, one-pass decoding
+    of plain PUBLISH packets, a direct path to `on_message` and batched PUBACKs (`ack_many`), all
+    below; the protocol is paho's.
 
     paho calls `_reconnect_wait` between attempts on its network thread and resets
     `_reconnect_delay` to None on every successful CONNACK, which restarts our count.
@@ -112,7 +113,7 @@ class Client(paho.Client):
     # Decoding. For every PUBLISH paho slices the packet three times, builds a v5 `Properties`
     # object even when there are none, and gives each incoming message an `info` with its own
     # threading.Condition, which only outgoing messages use: about a third of an ingest worker's
-    # network thread at 2,000 patients (py-spy). The common case -- QoS 0 or 1, a UTF-8 topic, no
+    # network thread at 1,950 patients (py-spy). The common case -- QoS 0 or 1, a UTF-8 topic, no
     # v5 properties -- is decoded here into the same `MQTTMessage` (``info`` and ``properties``
     # None); anything else (QoS 2, properties such as a topic alias, a malformed packet) goes
     # through paho's own decoder.

@@ -203,7 +203,7 @@ class EcgProcessor:
 
     def _emit(self) -> EcgVitals:
         end = self._clock.n - self._lag  # exclusive: beats before `end` are decided
-        start = max(0, self._clock.n - self._keep, end - self._win)
+        start = max(0, end - self._win)
         raw, bp = self._stream.window(start, end)
         peaks = np.asarray(self._peaks, dtype=np.int64)
         inside = peaks[(peaks >= start) & (peaks < end)] - start
