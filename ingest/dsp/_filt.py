@@ -22,12 +22,16 @@ def _zi(sos_bytes: bytes, n_sections: int) -> _Arr:
     return np.asarray(sosfilt_zi(sos), dtype=np.float64)
 
 
-def sosfiltfilt_odd(sos: _Arr, x: _Arr, padlen: int) -> _Arr:
-    """`sosfiltfilt(sos, x, axis=-1, padtype="odd", padlen=padlen)` for 1-D or 2-D float64 `x`."""
+def sosfiltfilt_odd(sos: _Arr, x: _Arr, padlen: int, offset: _Arr | None = None) -> _Arr:
+    """`sosfiltfilt(sos, x - offset, axis=-1, padtype="odd", padlen=padlen)` for 1-D or 2-D float64
+    `x`; `offset`, one value per row (default none), is subtracted from each row as it is read."""
     n = x.shape[-1]
     if padlen >= n:
         raise ValueError("padlen must be shorter than the signal")
     sos = np.ascontiguousarray(sos, dtype=np.float64)
     rows = np.ascontiguousarray(x.reshape(-1, n), dtype=np.float64)
-    y = sosfiltfilt_rows_k(sos, rows, _zi(sos.tobytes(), sos.shape[0]), int(padlen))
+    off = np.zeros(rows.shape[0]) if offset is None else np.ascontiguousarray(offset, dtype=np.float64).ravel()
+    if off.shape != (rows.shape[0],):
+        raise ValueError("offset must have one value per row")
+    y = sosfiltfilt_rows_k(sos, rows, _zi(sos.tobytes(), sos.shape[0]), int(padlen), off)
     return y.reshape(x.shape)

@@ -551,58 +551,64 @@ def qrs_measure_k(
     return f[i], slope, w_lo + best
 
 
+_FILT_BLOCK = 16  # rows filtered side by side: a block's padded window stays in the L2 cache
+
+
 @njit(cache=True, nogil=True)
-def _sosfilt_cols(sos: _Arr, x: _Arr, zi_unit: _Arr, reverse: bool) -> _Arr:
-    """`scipy.signal.sosfilt` along axis 0 of ``x`` (samples x signals), each column started at
-    rest at its first sample (``zi = zi_unit * first``); with `reverse`, over the samples in
-    reverse order (the output is in that reversed order). Per column, scipy's arithmetic; the
-    loop over columns is innermost, so it runs on many signals at once (SIMD)."""
-    n, cols = x.shape
+def _sosfilt_block(sos: _Arr, buf: _Arr, zi_unit: _Arr, reverse: bool) -> None:
+    """`scipy.signal.sosfilt` along axis 0 of ``buf`` (samples x signals) in place, each column
+    started at rest at its first sample (``zi = zi_unit * first``); with `reverse`, over the
+    samples in reverse order. Per column, scipy's arithmetic; the loop over columns is innermost,
+    so it runs on several signals at once (SIMD)."""
+    m, cols = buf.shape
     sections = sos.shape[0]
     z0 = np.empty((sections, cols))
     z1 = np.empty((sections, cols))
-    first = n - 1 if reverse else 0
+    cur = np.empty(cols)
+    first = m - 1 if reverse else 0
     for k in range(sections):
         for c in range(cols):
-            z0[k, c] = zi_unit[k, 0] * x[first, c]
-            z1[k, c] = zi_unit[k, 1] * x[first, c]
-    y = np.empty((n, cols))
-    cur = np.empty(cols)
-    new = np.empty(cols)
-    for t in range(n):
-        src = n - 1 - t if reverse else t
+            z0[k, c] = zi_unit[k, 0] * buf[first, c]
+            z1[k, c] = zi_unit[k, 1] * buf[first, c]
+    for i in range(m):
+        t = m - 1 - i if reverse else i
         for c in range(cols):
-            cur[c] = x[src, c]
+            cur[c] = buf[t, c]
         for k in range(sections):
             b0, b1, b2, a1, a2 = sos[k, 0], sos[k, 1], sos[k, 2], sos[k, 4], sos[k, 5]
             for c in range(cols):
-                new[c] = b0 * cur[c] + z0[k, c]
-                z0[k, c] = b1 * cur[c] - a1 * new[c] + z1[k, c]
-                z1[k, c] = b2 * cur[c] - a2 * new[c]
-                cur[c] = new[c]
+                v = b0 * cur[c] + z0[k, c]
+                z0[k, c] = b1 * cur[c] - a1 * v + z1[k, c]
+                z1[k, c] = b2 * cur[c] - a2 * v
+                cur[c] = v
         for c in range(cols):
-            y[t, c] = cur[c]
-    return y
+            buf[t, c] = cur[c]
 
 
 @njit(cache=True, nogil=True)
-def sosfiltfilt_rows_k(sos: _Arr, x: _Arr, zi_unit: _Arr, padlen: int) -> _Arr:
-    """``scipy.signal.sosfiltfilt(sos, x, axis=1, padtype="odd", padlen=padlen)`` of the rows of
-    `x` (``zi_unit = sosfilt_zi(sos)``), all rows at once."""
+def sosfiltfilt_rows_k(sos: _Arr, x: _Arr, zi_unit: _Arr, padlen: int, offset: _Arr) -> _Arr:
+    """``scipy.signal.sosfiltfilt(sos, x - offset[:, None], axis=1, padtype="odd", padlen=padlen)``
+    (``zi_unit = sosfilt_zi(sos)``): the rows of `x`, each less its `offset` (a row's mean, to
+    centre it), filtered `_FILT_BLOCK` rows at a time."""
     rows, n = x.shape
     m = n + 2 * padlen
-    ext = np.empty((m, rows))
-    for r in range(rows):
-        for t in range(n):
-            ext[padlen + t, r] = x[r, t]
-        for t in range(padlen):  # odd extension: the signal mirrored through its end points
-            ext[t, r] = 2.0 * x[r, 0] - x[r, padlen - t]
-            ext[padlen + n + t, r] = 2.0 * x[r, n - 1] - x[r, n - 2 - t]
-    back = _sosfilt_cols(sos, _sosfilt_cols(sos, ext, zi_unit, False), zi_unit, True)
     out = np.empty((rows, n))
-    for r in range(rows):
-        for t in range(n):
-            out[r, t] = back[m - 1 - padlen - t, r]
+    for r0 in range(0, rows, _FILT_BLOCK):
+        cols = min(_FILT_BLOCK, rows - r0)
+        buf = np.empty((m, cols))
+        for c in range(cols):
+            r = r0 + c
+            for t in range(n):
+                buf[padlen + t, c] = x[r, t] - offset[r]
+            first, last = buf[padlen, c], buf[padlen + n - 1, c]
+            for t in range(padlen):  # odd extension: the signal mirrored through its end points
+                buf[t, c] = 2.0 * first - buf[2 * padlen - t, c]
+                buf[padlen + n + t, c] = 2.0 * last - buf[padlen + n - 2 - t, c]
+        _sosfilt_block(sos, buf, zi_unit, False)
+        _sosfilt_block(sos, buf, zi_unit, True)
+        for c in range(cols):
+            for t in range(n):
+                out[r0 + c, t] = buf[padlen + t, c]
     return out
 
 
@@ -709,4 +715,4 @@ def warm() -> None:
     block_minima_k(buf[3], 0, 62, 4)
     qrs_candidates_k(buf[3], 1, 700, 30, 0.0)
     qrs_measure_k(buf[3], buf[2], buf[1], x, 400, 37, 39, 10, 10)
-    sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200)
+    sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200, np.zeros(2))

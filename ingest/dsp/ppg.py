@@ -77,14 +77,21 @@ def _design(fs: float, lo: float, hi: float) -> npt.NDArray[np.float64]:
     return sos  # shared by callers: never modified
 
 
-def _bandpass(x: npt.NDArray[np.float64], fs: float, band: tuple[float, float]) -> npt.NDArray[np.float64]:
-    """Zero-phase Butterworth band-pass (order 2 each side) along the last axis, 2 s odd padding."""
+def _bandpass(
+    x: npt.NDArray[np.float64],
+    fs: float,
+    band: tuple[float, float],
+    means: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.float64]:
+    """Zero-phase Butterworth band-pass (order 2 each side) along the last axis, 2 s odd padding,
+    of each row less its mean (`means`, if the caller has them already)."""
     sos = _design(fs, band[0], band[1])
     n = x.shape[-1]
     if n < 4:
-        return np.zeros_like(x)
-    centred = x - np.mean(x, axis=-1, keepdims=True)
-    return sosfiltfilt_odd(sos, np.asarray(centred, dtype=np.float64), min(n - 1, round(2 * fs)))
+        return np.zeros_like(x, dtype=np.float64)
+    if means is None:
+        means = np.mean(x, axis=-1)
+    return sosfiltfilt_odd(sos, x, min(n - 1, round(2 * fs)), np.atleast_1d(means))
 
 
 def ppg_clean(signal: npt.ArrayLike, sampling_rate: float) -> npt.NDArray[np.float64]:
@@ -358,8 +365,8 @@ def ppg_process_many(
         return []
     dc_red = r_.mean(axis=1) if n else np.zeros(k)
     dc_ir = i_.mean(axis=1) if n else np.zeros(k)
-    ac = np.ascontiguousarray(_bandpass(np.concatenate((r_, i_)), fs, _AC_BAND_HZ))
-    up = np.ascontiguousarray(-_bandpass(i_, fs, _PEAK_BAND_HZ))
+    ac = _bandpass(np.concatenate((r_, i_)), fs, _AC_BAND_HZ, np.concatenate((dc_red, dc_ir)))
+    up = -_bandpass(i_, fs, _PEAK_BAND_HZ, dc_ir)
     flat, ends, pi, sqi, rate, ratio = ppg_rows_k(
         ac, up, np.ascontiguousarray(dc_red), np.ascontiguousarray(dc_ir), fs, *_peak_params(fs), _LIMITS
     )
