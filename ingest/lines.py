@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ingest.dsp._kernels import pack_runs_k
 from nabz.contract import (
     BatteryReading,
     EcgReading,
@@ -125,46 +126,17 @@ def pack_samples(samples: list[int]) -> str:
 
 
 def pack_many(runs: list[list[int]]) -> list[str]:
-    """`pack_samples` of several runs in one vectorised pass (one numpy pass per batch, not per message)."""
+    """`pack_samples` of several runs in one compiled pass (`_kernels.pack_runs_k`, one call per
+    batch, not per message). Samples are int16 µV or 24-bit counts, so a difference needs at most
+    4 varint bytes; 5 cover any value below 2**35."""
     if not runs:
         return []
     lengths = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
     x = np.fromiter(itertools.chain.from_iterable(runs), dtype=np.int64, count=int(lengths.sum()))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    nonempty = lengths > 0
-    d = np.diff(x, prepend=np.int64(0))
-    d[starts[nonempty]] = x[starts[nonempty]]  # each run starts from its own first value
-    z = ((d << 1) ^ (d >> 63)).astype(np.uint64)  # zigzag: small magnitudes -> small codes
-    # varint bytes: byte k of a value is bits 7k..7k+6, flagged 0x80 if more follow. Samples are
-    # int16 µV or 24-bit counts, so a difference needs at most 4 bytes; 5 cover any value < 2**35.
-    if z.size and int(z.max()) >= 1 << 35:
-        raise ValueError("sample differences beyond 2**34 cannot be packed")
-    nbytes = np.ones(z.size, dtype=np.int64)
-    for bits in (7, 14, 21, 28):
-        nbytes += z >= (1 << bits)
-    ends = np.cumsum(nbytes)  # one past each value's last byte
-    first = ends - nbytes
-    data = np.empty(int(ends[-1]) if z.size else 0, dtype=np.uint8)
-    # byte k of every value that has one, one pass per k (most values have one or two bytes)
-    which = np.arange(z.size)
-    for k in range(5):
-        if k:
-            which = which[nbytes[which] > k]
-            if not which.size:
-                break
-        byte = ((z[which] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-        data[first[which] + k] = byte | ((nbytes[which] > k + 1).astype(np.uint8) << 7)
-    raw = data.tobytes()
-    run_ends = np.zeros(len(runs), dtype=np.int64)
-    run_ends[nonempty] = ends[(starts + lengths - 1)[nonempty]]
-    out, pos = [], 0
-    for n, end in zip(lengths.tolist(), run_ends.tolist(), strict=True):
-        if n == 0:
-            out.append("")
-            continue
-        out.append(base64.b64encode(raw[pos:end]).decode("ascii"))
-        pos = end
-    return out
+    text, ends = pack_runs_k(x, lengths)
+    packed = text.tobytes().decode("ascii")
+    starts = [0, *ends[:-1].tolist()]
+    return [packed[i:j] for i, j in zip(starts, ends.tolist(), strict=True)]
 
 
 def unpack_samples(text: str) -> list[int]:

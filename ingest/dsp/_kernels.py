@@ -6,6 +6,9 @@ costs microseconds before it computes anything: measured in one worker, these st
 0.25 ms of its ~0.75 ms per patient-second. Here the same steps are plain loops compiled once
 (`cache=True`: the machine code is kept in ``__pycache__`` and reused by later processes).
 
+The same goes for packing a batch's waveform samples for storage (`ingest.lines.pack_many`), which
+is here so that there is one place for compiled code and one warm-up.
+
 Rules of this file:
 - Pure functions of arrays and numbers; no Python objects in or out, no I/O.
 - Each kernel is the one implementation of its step: the public functions in `ecg`, `ppg`
@@ -29,6 +32,7 @@ __all__ = [
     "ecg_sqi_k",
     "af_score_k",
     "hrv_k",
+    "pack_runs_k",
     "ppg_peaks_k",
     "ppg_pi_k",
     "ppg_rate_k",
@@ -693,6 +697,60 @@ def af_score_k(rr_ms: _Arr, params: _Arr) -> float:
     return score if abs(turns - expected) <= params[8] * sd else 0.5 * score
 
 
+_B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def pack_runs_k(x: _IArr, lengths: _IArr) -> tuple[npt.NDArray[np.uint8], _IArr]:
+    """`ingest.lines.pack_many` (explained there) of the runs laid end to end in `x`: the base64
+    text of all runs in one ASCII buffer and where each run's text ends. Raises ValueError for a
+    difference that needs more than 5 varint bytes (2**35 or more after zigzag)."""
+    total = 0
+    for n in lengths:
+        total += 4 * ((5 * n + 2) // 3)
+    out = np.empty(total, dtype=np.uint8)
+    ends = np.empty(lengths.size, dtype=np.int64)
+    raw = np.empty(5 * max(1, lengths.max() if lengths.size else 1), dtype=np.uint8)
+    pos = 0
+    at = 0
+    for j in range(lengths.size):
+        m = 0
+        prev = 0
+        for i in range(at, at + lengths[j]):
+            d = x[i] - prev
+            prev = x[i]
+            z = np.uint64((d << 1) ^ (d >> 63))  # zigzag: small magnitudes -> small codes
+            if z >= np.uint64(1) << np.uint64(35):
+                raise ValueError("sample differences beyond 2**34 cannot be packed")
+            while z >= np.uint64(0x80):
+                raw[m] = np.uint8((z & np.uint64(0x7F)) | np.uint64(0x80))
+                z >>= np.uint64(7)
+                m += 1
+            raw[m] = np.uint8(z)
+            m += 1
+        at += lengths[j]
+        k = 0
+        while k + 3 <= m:  # base64, three bytes to four characters
+            v = (int(raw[k]) << 16) | (int(raw[k + 1]) << 8) | int(raw[k + 2])
+            out[pos] = _B64[v >> 18]
+            out[pos + 1] = _B64[(v >> 12) & 63]
+            out[pos + 2] = _B64[(v >> 6) & 63]
+            out[pos + 3] = _B64[v & 63]
+            pos += 4
+            k += 3
+        if k < m:  # one or two bytes left: padded with '='
+            v = int(raw[k]) << 16
+            if k + 1 < m:
+                v |= int(raw[k + 1]) << 8
+            out[pos] = _B64[v >> 18]
+            out[pos + 1] = _B64[(v >> 12) & 63]
+            out[pos + 2] = _B64[(v >> 6) & 63] if k + 1 < m else 61
+            out[pos + 3] = 61
+            pos += 4
+        ends[j] = pos
+    return out[:pos], ends
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel now, not on a patient's first message."""
     x = np.sin(np.arange(800) * 0.08) * 1000.0
@@ -716,3 +774,4 @@ def warm() -> None:
     qrs_candidates_k(buf[3], 1, 700, 30, 0.0)
     qrs_measure_k(buf[3], buf[2], buf[1], x, 400, 37, 39, 10, 10)
     sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200, np.zeros(2))
+    pack_runs_k(x.astype(np.int64), np.array([300, 0, 500], dtype=np.int64))
