@@ -40,6 +40,8 @@ __all__ = [
     "qrs_candidates_k",
     "qrs_front_k",
     "qrs_measure_k",
+    "resp_peak_k",
+    "resp_series_k",
     "sosfiltfilt_rows_k",
     "warm",
 ]
@@ -697,6 +699,99 @@ def af_score_k(rr_ms: _Arr, params: _Arr) -> float:
     return score if abs(turns - expected) <= params[8] * sd else 0.5 * score
 
 
+@njit(cache=True, nogil=True)
+def resp_series_k(grid: _Arr, t: _Arr, y: _Arr, hann: _Arr) -> _Arr:
+    """A beat series for `resp.ecg_resp_rate`'s spectrum: ``np.interp(grid, t, y)`` (numpy's
+    arithmetic) less its least-squares line, times `hann`; empty if `y` does not vary (standard
+    deviation at most 1e-6 of its mean: a paced rhythm's RR carries no breathing)."""
+    n, m = grid.size, t.size
+    mean = 0.0
+    for v in y:
+        mean += v
+    mean /= m
+    var = 0.0
+    for v in y:
+        var += (v - mean) ** 2
+    if math.sqrt(var / m) <= 1e-6 * abs(mean):
+        return np.empty(0)
+    v = np.empty(n)
+    j = 0
+    for i in range(n):
+        x = grid[i]
+        if x >= t[m - 1]:
+            v[i] = y[m - 1]
+            continue
+        if x <= t[0]:
+            v[i] = y[0]
+            continue
+        while t[j + 1] <= x:
+            j += 1
+        if t[j] == x:
+            v[i] = y[j]
+            continue
+        slope = (y[j + 1] - y[j]) / (t[j + 1] - t[j])
+        r = slope * (x - t[j]) + y[j]
+        if math.isnan(r):
+            r = slope * (x - t[j + 1]) + y[j + 1]
+            if math.isnan(r) and y[j] == y[j + 1]:
+                r = y[j]
+        v[i] = r
+    gm = 0.0
+    vm = 0.0
+    for i in range(n):
+        gm += grid[i]
+        vm += v[i]
+    gm /= n
+    vm /= n
+    num = 0.0
+    den = 0.0
+    for i in range(n):  # no trend: the least-squares line, in closed form
+        dx = grid[i] - gm
+        num += dx * (v[i] - vm)
+        den += dx * dx
+    slope = num / max(den, 1e-300)
+    for i in range(n):
+        v[i] = (v[i] - vm - slope * (grid[i] - gm)) * hann[i]
+    return v
+
+
+@njit(cache=True, nogil=True)
+def resp_peak_k(power: _Arr, totals: _Arr, f: _Arr, b0: int, b1: int, near_hz: float, min_share: float) -> float:
+    """`resp.ecg_resp_rate`'s peak: the rows of `power` (spectra) normalised by `totals` and
+    averaged; the highest bin of ``b0..b1`` (the band), refined by a parabola through the log
+    power, in Hz; NaN if the band is empty or the power within `near_hz` of the peak is less than
+    `min_share` of the band's."""
+    rows, bins = power.shape
+    avg = np.zeros(bins)
+    for r in range(rows):
+        for i in range(bins):
+            avg[i] += power[r, i] / totals[r] if totals[r] > 0 else power[r, i]
+    for i in range(bins):
+        avg[i] /= rows
+    band = 0.0
+    k = b0
+    for i in range(b0, b1 + 1):
+        band += avg[i]
+        if avg[i] > avg[k]:
+            k = i
+    if band <= 0:
+        return math.nan
+    near = 0.0
+    for i in range(b0, b1 + 1):
+        if abs(f[i] - f[k]) <= near_hz:
+            near += avg[i]
+    if near < min_share * band:
+        return math.nan
+    shift = 0.0
+    if 0 < k < bins - 1:  # parabolic interpolation of the peak
+        y0 = math.log(avg[k - 1] + 1e-20)
+        y1 = math.log(avg[k] + 1e-20)
+        y2 = math.log(avg[k + 1] + 1e-20)
+        den = y0 - 2 * y1 + y2
+        shift = 0.5 * (y0 - y2) / den if den != 0 else 0.0
+    return f[k] + max(-0.5, min(0.5, shift)) * (f[1] - f[0])
+
+
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
 
 
@@ -775,3 +870,6 @@ def warm() -> None:
     qrs_measure_k(buf[3], buf[2], buf[1], x, 400, 37, 39, 10, 10)
     sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200, np.zeros(2))
     pack_runs_k(x.astype(np.int64), np.array([300, 0, 500], dtype=np.int64))
+    beats = np.cumsum(rr) / 1000.0
+    series = resp_series_k(np.arange(beats[0], beats[-1], 0.25), beats, x[: beats.size], np.ones(beats.size * 4))
+    resp_peak_k(np.abs(np.fft.rfft(series[None, :], 512)) ** 2, np.ones(1), np.arange(257) / 128.0, 13, 96, 0.03, 0.5)

@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from ._kernels import resp_peak_k, resp_series_k
+
 __all__ = ["ecg_resp_rate"]
 
 _BAND_HZ = (0.1, 0.75)  # 6 to 45 breaths per minute
@@ -34,16 +36,15 @@ def _hann(n: int) -> npt.NDArray[np.float64]:
     return np.hanning(n)  # shared: never modified
 
 
-def _spectrum(t: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+# the spectrum's frequencies and the band's first and last bins
+_F = np.fft.rfftfreq(_NFFT, 1.0 / _GRID_HZ)
+_B0, _B1 = (int(i) for i in np.flatnonzero((_F >= _BAND_HZ[0]) & (_F <= _BAND_HZ[1]))[[0, -1]])
+
+
+def _series(t: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """`y` at `t` resampled at 4 Hz, detrended and windowed; empty if it does not vary."""
     grid = np.arange(t[0], t[-1], 1.0 / _GRID_HZ)
-    v = np.interp(grid, t, y)
-    dx = grid - grid.mean()  # no trend: the least-squares line, in closed form
-    vm = v.mean()
-    slope = float(np.dot(dx, v - vm)) / max(float(np.dot(dx, dx)), 1e-300)
-    v = (v - vm - slope * dx) * _hann(v.size)
-    power = np.abs(np.fft.rfft(v, _NFFT)) ** 2
-    total = float(power.sum())
-    return power / total if total > 0 else power
+    return resp_series_k(grid, t, y, _hann(grid.size))
 
 
 def ecg_resp_rate(
@@ -85,33 +86,16 @@ def ecg_resp_rate(
     if t.size < _MIN_BEATS or t[-1] - t[0] < _MIN_SPAN_S:
         return None
     rr = np.diff(t)
-    tm = t[1:]
-    # a feature that does not vary at all (a paced rhythm's RR) carries no breathing: left out
-    spectra = [
-        _spectrum(x, y) for x, y in ((t, a), (tm, rr)) if float(np.std(y)) > 1e-6 * abs(float(np.mean(y)))
-    ]
-    if not spectra:
+    series = [v for v in (_series(t, a), _series(t[1:], rr)) if v.size]
+    if not series:
         return None
-    power = np.mean(spectra, axis=0)
-    f = np.fft.rfftfreq(_NFFT, 1.0 / _GRID_HZ)
-    band = (f >= _BAND_HZ[0]) & (f <= _BAND_HZ[1])
-    if not band.any() or float(power[band].sum()) <= 0:
+    padded = np.zeros((len(series), _NFFT))  # as rfft(v, _NFFT) would: zeros after, or cut
+    for row, v in zip(padded, series, strict=True):
+        row[: v.size] = v[:_NFFT]
+    power = np.abs(np.fft.rfft(padded)) ** 2
+    hz = resp_peak_k(power, power.sum(axis=1), _F, _B0, _B1, _PEAK_HZ, _MIN_SHARE)
+    if math.isnan(hz):
         return None
-    k = int(np.flatnonzero(band)[np.argmax(power[band])])
-    near = band & (np.abs(f - f[k]) <= _PEAK_HZ)
-    if float(power[near].sum()) < _MIN_SHARE * float(power[band].sum()):
-        return None
-    if 0 < k < f.size - 1:  # parabolic interpolation of the peak
-        y0, y1, y2 = (
-            math.log(power[k - 1] + 1e-20),
-            math.log(power[k] + 1e-20),
-            math.log(power[k + 1] + 1e-20),
-        )
-        den = y0 - 2 * y1 + y2
-        shift = 0.5 * (y0 - y2) / den if den != 0 else 0.0
-    else:
-        shift = 0.0
-    hz = float(f[k] + max(-0.5, min(0.5, shift)) * (f[1] - f[0]))
     beat_hz = 1.0 / float(np.mean(rr))
     if hz >= 0.5 * beat_hz or beat_hz < _MIN_BEAT_HZ:
         return None
