@@ -33,7 +33,7 @@ from alerts.store import AlertStore
 from alerts.watchdog import SITE_QUIET, SiteWatch
 from nabz import contract
 from nabz.config import Config
-from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, VitalsBatch
+from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, Vitals, VitalsBatch
 from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
 
@@ -42,6 +42,18 @@ __all__ = ["AlertService", "AlarmCommand", "command_topic", "COMMAND_FILTER"]
 log = logging.getLogger(__name__)
 
 _vitals_decoder = msgspec.json.Decoder(VitalsBatch)
+
+
+class _AnyBatch(msgspec.Struct):
+    """A vitals batch whose entries are left undecoded: a batch that fails validation as a whole
+    is read this way to keep its valid vitals (one bad entry must not hide other patients')."""
+
+    site: contract.Id
+    vitals: list[msgspec.Raw]
+
+
+_any_batch_decoder = msgspec.json.Decoder(_AnyBatch)
+_one_vitals_decoder = msgspec.json.Decoder(Vitals)
 _status_decoder = msgspec.json.Decoder(GatewayStatus)
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _STUCK_S = 120.0  # a worker or dispatcher loop silent this long (real seconds) is unhealthy
@@ -92,6 +104,7 @@ class AlertService:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.bad_messages = 0
+        self.bad_vitals = 0  # single vitals left out of a batch whose others were used
         self.errors = 0
         self.published = 0
         self.heartbeats = 0
@@ -158,16 +171,44 @@ class AlertService:
                 }
                 self.store.add_command(now, c.action, args, f"mqtt:{c.by}")
                 return self.engine.tick(now)  # applied at once, in order with everything else
-            batch = _vitals_decoder.decode(payload)
-            self.sites.seen(batch.site, now)
+            try:
+                batch = _vitals_decoder.decode(payload)
+                site, good = batch.site, batch.vitals
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                site, good = self._salvage(topic, payload, exc)
+            self.sites.seen(site, now)
             events: list[AlarmEvent] = []
-            for vitals in batch.vitals:
+            for vitals in good:
                 events.extend(self.engine.observe(vitals, now))
             return events
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: the latter for bad UTF-8
             self.bad_messages += 1
             log.warning("alerts: ignoring a malformed message on %s: %s", topic, exc)
             return []
+
+    def _salvage(self, topic: str, payload: bytes, exc: Exception) -> tuple[str, list[Vitals]]:
+        """The valid vitals of a batch that fails validation: it is counted as a malformed message
+        and each invalid vitals in it is counted and logged with its reason, but the valid ones are
+        used (one bad entry must not hide other patients' vitals). Raises `exc` if not even the
+        batch's outline (site, list of vitals) can be read."""
+        try:
+            outline = _any_batch_decoder.decode(payload)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise exc from None
+        self.bad_messages += 1
+        log.warning("alerts: a malformed vitals batch on %s (%s); using its valid vitals", topic, exc)
+        good: list[Vitals] = []
+        for raw in outline.vitals:
+            try:
+                x = _one_vitals_decoder.decode(raw)
+                if x.site != outline.site:
+                    raise msgspec.ValidationError(f"site {x.site!r} in a batch of site {outline.site!r}")
+            except (msgspec.DecodeError, UnicodeDecodeError) as why:
+                self.bad_vitals += 1
+                log.warning("alerts: left out one vitals of that batch: %s", why)
+                continue
+            good.append(x)
+        return outline.site, good
 
     def _run(self) -> None:
         next_tick = next_beat = 0.0
@@ -258,6 +299,8 @@ class AlertService:
             Metric.one("nabz_alerts_can_notify", "0 while the latest SMS went through no notifier", "gauge",
                        0.0 if d.failing else 1.0),
             Metric.one("nabz_alerts_bad_messages_total", "malformed messages ignored", "counter", self.bad_messages),
+            Metric.one("nabz_alerts_bad_vitals_total", "invalid vitals left out of a batch, the rest used",
+                       "counter", self.bad_vitals),
             Metric.one("nabz_alerts_errors_total", "messages the service failed on (bugs)", "counter", self.errors),
             Metric.one("nabz_alerts_broker_connected", "1 while connected to the broker", "gauge",
                        0.0 if self._disconnected_at is not None else 1.0),

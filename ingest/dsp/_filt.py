@@ -30,7 +30,9 @@ def sosfiltfilt_odd(sos: _Arr, x: _Arr, padlen: int, offset: _Arr | None = None)
         raise ValueError("padlen must be shorter than the signal")
     sos = np.ascontiguousarray(sos, dtype=np.float64)
     rows = np.ascontiguousarray(x.reshape(-1, n), dtype=np.float64)
-    off = np.zeros(rows.shape[0]) if offset is None else np.ascontiguousarray(offset, dtype=np.float64).ravel()
+    off = (
+        np.zeros(rows.shape[0]) if offset is None else np.ascontiguousarray(offset, dtype=np.float64).ravel()
+    )
     if off.shape != (rows.shape[0],):
         raise ValueError("offset must have one value per row")
     y = sosfiltfilt_rows_k(sos, rows, _zi(sos.tobytes(), sos.shape[0]), int(padlen), off)

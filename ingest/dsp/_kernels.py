@@ -756,7 +756,9 @@ def resp_series_k(grid: _Arr, t: _Arr, y: _Arr, hann: _Arr) -> _Arr:
 
 
 @njit(cache=True, nogil=True)
-def resp_peak_k(power: _Arr, totals: _Arr, f: _Arr, b0: int, b1: int, near_hz: float, min_share: float) -> float:
+def resp_peak_k(
+    power: _Arr, totals: _Arr, f: _Arr, b0: int, b1: int, near_hz: float, min_share: float
+) -> float:
     """`resp.ecg_resp_rate`'s peak: the rows of `power` (spectra) normalised by `totals` and
     averaged; the highest bin of ``b0..b1`` (the band), refined by a parabola through the log
     power, in Hz; NaN if the band is empty or the power within `near_hz` of the peak is less than
@@ -789,7 +791,7 @@ def resp_peak_k(power: _Arr, totals: _Arr, f: _Arr, b0: int, b1: int, near_hz: f
         y2 = math.log(avg[k + 1] + 1e-20)
         den = y0 - 2 * y1 + y2
         shift = 0.5 * (y0 - y2) / den if den != 0 else 0.0
-    return f[k] + max(-0.5, min(0.5, shift)) * (f[1] - f[0])
+    return float(f[k] + max(-0.5, min(0.5, shift)) * (f[1] - f[0]))
 
 
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
@@ -871,5 +873,9 @@ def warm() -> None:
     sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200, np.zeros(2))
     pack_runs_k(x.astype(np.int64), np.array([300, 0, 500], dtype=np.int64))
     beats = np.cumsum(rr) / 1000.0
-    series = resp_series_k(np.arange(beats[0], beats[-1], 0.25), beats, x[: beats.size], np.ones(beats.size * 4))
-    resp_peak_k(np.abs(np.fft.rfft(series[None, :], 512)) ** 2, np.ones(1), np.arange(257) / 128.0, 13, 96, 0.03, 0.5)
+    series = resp_series_k(
+        np.arange(beats[0], beats[-1], 0.25), beats, x[: beats.size], np.ones(beats.size * 4)
+    )
+    resp_peak_k(
+        np.abs(np.fft.rfft(series[None, :], 512)) ** 2, np.ones(1), np.arange(257) / 128.0, 13, 96, 0.03, 0.5
+    )

@@ -37,7 +37,7 @@ def _hann(n: int) -> npt.NDArray[np.float64]:
 
 
 # the spectrum's frequencies and the band's first and last bins
-_F = np.fft.rfftfreq(_NFFT, 1.0 / _GRID_HZ)
+_F = np.fft.rfftfreq(_NFFT, 1.0 / _GRID_HZ).astype(np.float64)
 _B0, _B1 = (int(i) for i in np.flatnonzero((_F >= _BAND_HZ[0]) & (_F <= _BAND_HZ[1]))[[0, -1]])
 
 

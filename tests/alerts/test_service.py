@@ -139,6 +139,42 @@ def test_vitals_in_alarm_out_sms_sent_and_acknowledged_from_the_command_line(
         service.stop()
 
 
+def test_one_invalid_vitals_in_a_batch_does_not_hide_the_others_alarm(
+    mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
+) -> None:
+    """A batch carries many patients' vitals: an entry that fails validation is left out and
+    counted, and the rest still raise their alarms (the whole batch used to be dropped)."""
+    cfg = config(mqtt=MqttConfig(url=mosquitto.url), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
+    cfg.alerts.store_path = str(tmp_path / "alerts.sqlite")
+    clock = Clock(T0)
+    service = AlertService(cfg, notifiers=[Recorder()], clock=clock, client_id="test-alerts-salvage")
+    service.start()
+    pub = publisher(mosquitto.url)
+    try:
+        wait_for(lambda: service.client.is_connected())
+        time.sleep(0.2)  # the subscription is made in on_connect; give it the broker's round trip
+        for i in range(10):
+            clock.now = T0 + i
+            ((topic, batch),) = contract.vitals_messages(
+                [v(T0 + i, patient="p-0002", device="oxi-0002", spo2_pct=97.0), v(T0 + i, spo2_pct=82.0)]
+            )
+            doc = json.loads(contract.encode(batch))
+            doc["vitals"][0]["spo2_pct"] = 150.0  # out of range: this one entry is invalid
+            pub.publish(topic, json.dumps(doc), qos=1)
+        wait_for(lambda: watcher.get("p-0001", "spo2_low") is not None)
+        event = watcher.get("p-0001", "spo2_low")
+        assert event is not None and event.state == "active"
+        wait_for(lambda: service.bad_vitals == 10)
+        assert service.bad_messages == 10
+        assert ("p-0002", "spo2_low") not in service.engine.open
+        metrics = {m.name: m for m in service.metrics()}
+        assert metrics["nabz_alerts_bad_vitals_total"].samples[0][1] == 10.0
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        service.stop()
+
+
 def test_a_gateway_that_vanishes_raises_gateway_offline_from_its_retained_last_will(
     mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
 ) -> None:
