@@ -77,8 +77,8 @@ def serve(*services: Service) -> int:
     return 0
 
 
-# Collect cycles after this many new container objects instead of CPython's 700 (and the older
-# generations 20 and 10 times more rarely instead of 10 and 10).
+# Look for cycles after 50,000 new container objects instead of CPython's 700, and in the older
+# generations after 20 and 10 collections of the younger one instead of 10 and 10.
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
@@ -88,9 +88,10 @@ def quiet_gc() -> None:
     A batch of a thousand MQTT messages keeps tens of thousands of container objects alive (the
     decoded readings with their sample lists, the rows for the store) that reference counting
     frees when the batch is done; with CPython's defaults the collector walks them dozens of times
-    a batch, and with them every sample of every list. Measured in one ingest worker at 1,000
-    patients: 7-9 % of its time (docs/benchmarks.md). Objects that exist once the services have
-    started (modules, configuration) are moved out of the collector's way for good (`gc.freeze`).
+    a batch, and with them every sample of every list: 7-9 % of an ingest worker's pipeline,
+    measured in one process at 1,000 patients (docs/benchmarks.md). Objects that exist once the
+    services have started (modules, configuration) are moved out of the collector's way for good
+    (`gc.freeze`).
     Cycles are still collected, just later; Nabz code makes few.
     """
     gc.freeze()
