@@ -126,17 +126,17 @@ def pack_samples(samples: list[int]) -> str:
 
 
 def pack_many(runs: list[list[int]]) -> list[str]:
-    """`pack_samples` of several runs in one compiled pass (`_kernels.pack_runs_k`, one call per
-    batch, not per message). Samples are int16 µV or 24-bit counts, so a difference needs at most
+    """`pack_samples` of several runs, their varints in one compiled pass (`_kernels.pack_runs_k`,
+    one call per batch, not per message). Samples are int16 µV or 24-bit counts, so a difference needs at most
     4 varint bytes; 5 cover any value below 2**35."""
     if not runs:
         return []
     lengths = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
     x = np.fromiter(itertools.chain.from_iterable(runs), dtype=np.int64, count=int(lengths.sum()))
-    text, ends = pack_runs_k(x, lengths)
-    packed = text.tobytes().decode("ascii")
+    data, ends = pack_runs_k(x, lengths)
+    raw = data.tobytes()
     starts = [0, *ends[:-1].tolist()]
-    return [packed[i:j] for i, j in zip(starts, ends.tolist(), strict=True)]
+    return [base64.b64encode(raw[i:j]).decode("ascii") for i, j in zip(starts, ends.tolist(), strict=True)]
 
 
 def unpack_samples(text: str) -> list[int]:

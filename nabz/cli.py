@@ -91,8 +91,7 @@ def quiet_gc() -> None:
     a batch, and with them every sample of every list: 7-9 % of an ingest worker's pipeline,
     measured in one process at 1,000 patients (docs/benchmarks.md). Objects that exist once the
     services have started (modules, configuration) are moved out of the collector's way for good
-    (`gc.freeze`).
-    Cycles are still collected, just later; Nabz code makes few.
+    (`gc.freeze`). Cycles are still collected, just later; Nabz code makes few.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -6,8 +6,8 @@ costs microseconds before it computes anything: measured in one worker, these st
 0.25 ms of its ~0.75 ms per patient-second. Here the same steps are plain loops compiled once
 (`cache=True`: the machine code is kept in ``__pycache__`` and reused by later processes).
 
-The same goes for packing a batch's waveform samples for storage (`ingest.lines.pack_many`), which
-is here so that there is one place for compiled code and one warm-up.
+The same goes for the varints of a batch's waveform samples packed for storage
+(`ingest.lines.pack_many`), here so that there is one place for compiled code and one warm-up.
 
 Rules of this file:
 - Pure functions of arrays and numbers; no Python objects in or out, no I/O.
@@ -761,8 +761,8 @@ def resp_peak_k(
 ) -> float:
     """`resp.ecg_resp_rate`'s peak: the rows of `power` (spectra) normalised by `totals` and
     averaged; the highest bin of ``b0..b1`` (the band), refined by a parabola through the log
-    power, in Hz; NaN if the band is empty or the power within `near_hz` of the peak is less than
-    `min_share` of the band's."""
+    power, in Hz; NaN if the band has no power or the power within `near_hz` of the peak is less
+    than `min_share` of the band's."""
     rows, bins = power.shape
     avg = np.zeros(bins)
     for r in range(rows):
@@ -794,24 +794,16 @@ def resp_peak_k(
     return float(f[k] + max(-0.5, min(0.5, shift)) * (f[1] - f[0]))
 
 
-_B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
-
-
 @njit(cache=True, nogil=True)
 def pack_runs_k(x: _IArr, lengths: _IArr) -> tuple[npt.NDArray[np.uint8], _IArr]:
-    """`ingest.lines.pack_many` (explained there) of the runs laid end to end in `x`: the base64
-    text of all runs in one ASCII buffer and where each run's text ends. Raises ValueError for a
-    difference that needs more than 5 varint bytes (2**35 or more after zigzag)."""
-    total = 0
-    for n in lengths:
-        total += 4 * ((5 * n + 2) // 3)
-    out = np.empty(total, dtype=np.uint8)
+    """`ingest.lines.pack_many` (explained there) of the runs laid end to end in `x`, before
+    base64: the varint bytes of all runs in one buffer and where each run's bytes end. Raises
+    ValueError for a difference that needs more than 5 varint bytes (2**35 or more after zigzag)."""
+    out = np.empty(5 * x.size, dtype=np.uint8)
     ends = np.empty(lengths.size, dtype=np.int64)
-    raw = np.empty(5 * max(1, lengths.max() if lengths.size else 1), dtype=np.uint8)
-    pos = 0
+    m = 0
     at = 0
     for j in range(lengths.size):
-        m = 0
         prev = 0
         for i in range(at, at + lengths[j]):
             d = x[i] - prev
@@ -820,32 +812,14 @@ def pack_runs_k(x: _IArr, lengths: _IArr) -> tuple[npt.NDArray[np.uint8], _IArr]
             if z >= np.uint64(1) << np.uint64(35):
                 raise ValueError("sample differences beyond 2**34 cannot be packed")
             while z >= np.uint64(0x80):
-                raw[m] = np.uint8((z & np.uint64(0x7F)) | np.uint64(0x80))
+                out[m] = np.uint8((z & np.uint64(0x7F)) | np.uint64(0x80))
                 z >>= np.uint64(7)
                 m += 1
-            raw[m] = np.uint8(z)
+            out[m] = np.uint8(z)
             m += 1
         at += lengths[j]
-        k = 0
-        while k + 3 <= m:  # base64, three bytes to four characters
-            v = (int(raw[k]) << 16) | (int(raw[k + 1]) << 8) | int(raw[k + 2])
-            out[pos] = _B64[v >> 18]
-            out[pos + 1] = _B64[(v >> 12) & 63]
-            out[pos + 2] = _B64[(v >> 6) & 63]
-            out[pos + 3] = _B64[v & 63]
-            pos += 4
-            k += 3
-        if k < m:  # one or two bytes left: padded with '='
-            v = int(raw[k]) << 16
-            if k + 1 < m:
-                v |= int(raw[k + 1]) << 8
-            out[pos] = _B64[v >> 18]
-            out[pos + 1] = _B64[(v >> 12) & 63]
-            out[pos + 2] = _B64[(v >> 6) & 63] if k + 1 < m else 61
-            out[pos + 3] = 61
-            pos += 4
-        ends[j] = pos
-    return out[:pos], ends
+        ends[j] = m
+    return out[:m], ends
 
 
 def warm() -> None:

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -20,7 +21,7 @@ from alerts.service import AlertService, command_topic
 from alerts.store import AlertStore
 from nabz import contract
 from nabz.cli import main
-from nabz.config import MqttConfig
+from nabz.config import Config, MqttConfig
 from nabz.contract import AlarmEvent, GatewayStatus
 from tests.alerts.helpers import PEOPLE, T0, Recorder, config, v
 from tests.servers import Mosquitto
@@ -90,19 +91,37 @@ def publisher(url: str) -> paho.Client:
     return c
 
 
-def test_vitals_in_alarm_out_sms_sent_and_acknowledged_from_the_command_line(
-    mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
-) -> None:
+def _service(
+    mosquitto: Mosquitto, tmp_path: Path, client_id: str, sms: Recorder
+) -> tuple[Config, Clock, AlertService]:
+    """An alert service for p-0001's two devices on this broker, with its clock held at T0."""
     cfg = config(mqtt=MqttConfig(url=mosquitto.url), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
     cfg.alerts.store_path = str(tmp_path / "alerts.sqlite")
     clock = Clock(T0)
-    sms = Recorder()
-    service = AlertService(cfg, notifiers=[sms], clock=clock, client_id="test-alerts")
+    return cfg, clock, AlertService(cfg, notifiers=[sms], clock=clock, client_id=client_id)
+
+
+@contextmanager
+def _running(service: AlertService, url: str) -> Iterator[paho.Client]:
+    """The service started and subscribed, and a publisher to feed it; both stopped after."""
     service.start()
-    pub = publisher(mosquitto.url)
+    pub = publisher(url)
     try:
         wait_for(lambda: service.client.is_connected())
         time.sleep(0.2)  # the subscription is made in on_connect; give it the broker's round trip
+        yield pub
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        service.stop()
+
+
+def test_vitals_in_alarm_out_sms_sent_and_acknowledged_from_the_command_line(
+    mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
+) -> None:
+    sms = Recorder()
+    cfg, clock, service = _service(mosquitto, tmp_path, "test-alerts", sms)
+    with _running(service, mosquitto.url) as pub:
         for i in range(10):
             clock.now = T0 + i
             pub.publish(contract.vitals_topic("demo"), _one(v(T0 + i, spo2_pct=82.0)), qos=1)
@@ -133,10 +152,6 @@ def test_vitals_in_alarm_out_sms_sent_and_acknowledged_from_the_command_line(
         pub.publish(command_topic("demo"), json.dumps(command), qos=1)
         wait_for(lambda: (e := watcher.get("p-0001", "hr_high")) is not None and e.state == "acknowledged")
         assert watcher.get("p-0001", "hr_high").acknowledged_by == "nurse.sana"  # type: ignore[union-attr]
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        service.stop()
 
 
 def test_one_invalid_vitals_in_a_batch_does_not_hide_the_others_alarm(
@@ -144,15 +159,8 @@ def test_one_invalid_vitals_in_a_batch_does_not_hide_the_others_alarm(
 ) -> None:
     """A batch carries many patients' vitals: an entry that fails validation is left out and
     counted, and the rest still raise their alarms (the whole batch used to be dropped)."""
-    cfg = config(mqtt=MqttConfig(url=mosquitto.url), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
-    cfg.alerts.store_path = str(tmp_path / "alerts.sqlite")
-    clock = Clock(T0)
-    service = AlertService(cfg, notifiers=[Recorder()], clock=clock, client_id="test-alerts-salvage")
-    service.start()
-    pub = publisher(mosquitto.url)
-    try:
-        wait_for(lambda: service.client.is_connected())
-        time.sleep(0.2)  # the subscription is made in on_connect; give it the broker's round trip
+    _cfg, clock, service = _service(mosquitto, tmp_path, "test-alerts-salvage", Recorder())
+    with _running(service, mosquitto.url) as pub:
         for i in range(10):
             clock.now = T0 + i
             ((topic, batch),) = contract.vitals_messages(
@@ -169,19 +177,12 @@ def test_one_invalid_vitals_in_a_batch_does_not_hide_the_others_alarm(
         assert ("p-0002", "spo2_low") not in service.engine.open
         metrics = {m.name: m for m in service.metrics()}
         assert metrics["nabz_alerts_bad_vitals_total"].samples[0][1] == 10.0
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        service.stop()
 
 
 def test_a_gateway_that_vanishes_raises_gateway_offline_from_its_retained_last_will(
     mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path
 ) -> None:
-    cfg = config(mqtt=MqttConfig(url=mosquitto.url), enrolment={"ecg-0001": "p-0001", "oxi-0001": "p-0001"})
-    cfg.alerts.store_path = str(tmp_path / "alerts.sqlite")
-    clock = Clock(T0)
-    service = AlertService(cfg, notifiers=[Recorder()], clock=clock, client_id="test-alerts-2")
+    cfg, clock, service = _service(mosquitto, tmp_path, "test-alerts-2", Recorder())
     topic = contract.status_topic("demo", "gw-0001")
     # A real gateway connection with a Last Will, then cut without a goodbye.
     gw = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gw-0001")
