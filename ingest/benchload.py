@@ -2,11 +2,11 @@
 
 Everything real: mosquitto and VictoriaMetrics started here (Debian packages), the ingest workers
 as separate `nabz ingest run` processes (MQTT v5 shared subscriptions, `ingest.workers`), the
-messages as the gateway makes them (the `hardware` simulator's frames decoded by `gateway.decode`),
-by default with each second of a waveform's frames joined into one message (4 messages per
-patient-second: ECG, PPG, heart rate, SpO2; the contract allows up to 4,096 samples per message),
-or with ``--message-s 0`` one message per BLE frame as today's gateway sends (~7 per
-patient-second). Measured in one run:
+messages as the gateway makes them: the `hardware` simulator's BLE frames decoded by
+`gateway.decode`, one message per frame (~7 per patient-second: 2-3 ECG, 2-3 PPG, heart rate,
+SpO2). ``--messages second`` joins each second of a waveform's frames into one message instead
+(4 per patient-second; the contract allows up to 4,096 samples per message), which no gateway
+sends today: it shows what batching in the gateway would be worth. Measured in one run:
 
 - ``broker_messages_per_s``: the broker's delivery rate of the same messages to a paho subscriber
   that does nothing (QoS 1, one process);
@@ -141,7 +141,7 @@ class _Fleet:
     templates: list[list[list[contract.Reading]]]  # template -> second -> readings
 
     @classmethod
-    def build(cls, per_second: bool = True, seconds: int = _TEMPLATE_S) -> _Fleet:
+    def build(cls, per_second: bool = False, seconds: int = _TEMPLATE_S) -> _Fleet:
         """`seconds` of each template: a run should not outlast them (see `second`)."""
         from gateway.decode import Decoder, Notification
         from hardware import make_patients
@@ -574,12 +574,16 @@ def run_ingest_bench(
     seconds: int = 20,
     start_patients: int | None = None,
     max_patients: int = 4000,
-    message_s: float = 1.0,
+    messages: str = "frame",
 ) -> dict[str, Any]:
     """Everything `nabz bench ingest --json` prints (see the module docstring)."""
+    if messages not in ("frame", "second"):
+        raise ValueError(f"messages is 'frame' or 'second', not {messages!r}")
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
-    fleet = _Fleet.build(per_second=message_s > 0, seconds=max(_TEMPLATE_S, _WARM_S + max(seconds, _DRAIN_S)))
+    fleet = _Fleet.build(
+        per_second=messages == "second", seconds=max(_TEMPLATE_S, _WARM_S + max(seconds, _DRAIN_S))
+    )
     per_patient_s = sum(len(s) for t in fleet.templates for s in t) / sum(len(t) for t in fleet.templates)
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-"))
     servers = _Servers(work)
@@ -617,7 +621,9 @@ def run_ingest_bench(
         "broker_messages_per_s": round(broker, 1),
         "naive_messages_per_s": round(naive, 1),
         "messages_per_patient_s": round(per_patient_s, 2),
-        "waveform_per_message": "1 s (frames of a second joined)" if message_s > 0 else "one BLE frame",
+        "waveform_per_message": "1 s (frames of a second joined)"
+        if messages == "second"
+        else "one BLE frame",
         "workers": workers,
         "cpu_count": os.cpu_count(),
         "runs": [r.__dict__ for r in runs],

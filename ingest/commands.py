@@ -50,10 +50,10 @@ def register(sub: Any, bench: Any) -> None:
     )
     load.add_argument("--max-patients", type=int, default=4000)
     load.add_argument(
-        "--message-s",
-        type=float,
-        default=1.0,
-        help="seconds of waveform per message: 1 (default) joins a second's frames, 0 sends each BLE frame",
+        "--messages",
+        choices=("frame", "second"),
+        default="frame",
+        help="waveform per message: one BLE frame as the gateway sends (default), or a second's frames joined",
     )
     load.set_defaults(handler=_bench_ingest)
 
@@ -120,7 +120,7 @@ def _bench_ingest(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         start_patients=args.start,
         max_patients=args.max_patients,
-        message_s=args.message_s,
+        messages=args.messages,
     )
     print(json.dumps(result, indent=2) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
     return 0

@@ -14,9 +14,7 @@ def test_a_small_real_time_run_stores_every_message_in_time() -> None:
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-test-"))
     servers = _Servers(work)
     try:
-        r = _realtime(
-            work, servers, _Fleet.build(per_second=True), patients=20, seconds=3, workers=2, warm_s=2
-        )
+        r = _realtime(work, servers, _Fleet.build(), patients=20, seconds=3, workers=2, warm_s=2)
     finally:
         servers.stop()
         shutil.rmtree(work, ignore_errors=True)
