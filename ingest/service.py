@@ -54,6 +54,8 @@ _BATCH_MAX = 2000
 _BATCH_GAP_S = 0.05
 
 
+_PRUNE_ROWS = 20_000  # per table and second at most (see _run)
+
 _STUCK_S = 60.0  # the batch loop silent this long (real seconds): /healthz says so
 _LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
 _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
@@ -136,6 +138,8 @@ class IngestService:
         self._sub_lock = threading.Lock()
         self._next_sync = 0.0
         self._next_prune = 0.0
+        self._next_prune_log = 0.0
+        self._pruned = [0, 0]  # messages, vitals since the last log line
         self.client = make_client(
             config.mqtt,
             client_id=cid,
@@ -228,11 +232,21 @@ class IngestService:
             self._loop_at = time.monotonic()
             self._housekeeping()
             if self.sink is not None and time.monotonic() >= self._next_prune:
-                # InfluxDB is the store: the embedded one is a dedup ledger of dedup_window_h
-                self._next_prune = time.monotonic() + 600.0
-                cutoff = self.clock() - self.config.ingest.dedup_window_h * 3600.0
-                if gone := self.store.prune(cutoff):
-                    log.info("ingest: %d messages older than the dedup window pruned", gone)
+                # InfluxDB is the store: the embedded one is a dedup ledger of dedup_window_h and
+                # the nurse station's recent vitals. A little at a time, so a turn of this loop
+                # is never held up long: up to _PRUNE_ROWS a second, more than a worker stores.
+                self._next_prune = time.monotonic() + 1.0
+                now, ic = self.clock(), self.config.ingest
+                self._pruned[0] += self.store.prune(now - ic.dedup_window_h * 3600.0, max_rows=_PRUNE_ROWS)
+                vitals_before = int((now - ic.vitals_window_h * 3600.0) * 1e9)
+                self._pruned[1] += self.store.prune_vitals(vitals_before, max_rows=_PRUNE_ROWS)
+                if time.monotonic() >= self._next_prune_log and any(self._pruned):
+                    self._next_prune_log = time.monotonic() + 600.0
+                    log.info(
+                        "ingest: pruned %d messages older than the dedup window and %d derived vitals"
+                        " older than ingest.vitals_window_h", *self._pruned,
+                    )  # fmt: skip
+                    self._pruned = [0, 0]
             if self._partitioned and time.monotonic() >= self._next_sync and self.connected.is_set():
                 self._next_sync = time.monotonic() + 2.0  # enrolment changes are picked up this fast
                 self._sync_subscriptions()

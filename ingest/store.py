@@ -167,21 +167,48 @@ class Store:
         self.bump("duplicates", len(rows) - n)
         return stored
 
-    def prune(self, received_before: float, *, chunk: int = 5000) -> int:
-        """Forget stored messages received before this time (epoch s), a chunk per transaction so
-        that writers are never held up long. Returns how many went."""
+    def prune(self, received_before: float, *, chunk: int = 5000, max_rows: int | None = None) -> int:
+        """Forget stored messages received before this time (epoch s). Returns how many went.
+
+        The oldest rows come first in rowid order (rows are appended as they are received), so
+        this walks from the head and stops at the first row received at or after the cutoff:
+        each pass reads what it deletes plus at most one chunk, however large the ledger (a
+        query for ``received_at < ?`` would read every row of it to find that nothing is left).
+        A chunk per transaction, so that writers are never held up long. A row stamped later
+        than rows after it (ingest's clock stepped back) holds those back until it is old too.
+        With `max_rows` it stops after about that many, and the next call goes on."""
+        return self._prune_head(
+            "messages", "received_at", received_before, chunk, max_rows, "pruned_messages"
+        )
+
+    def prune_vitals(self, t_before_ns: int, *, chunk: int = 5000, max_rows: int | None = None) -> int:
+        """Forget derived vitals timed before this (ns since the epoch), from the head of the
+        table as `prune` does: vitals are appended in about time order (a gateway's backlog after
+        an outage comes later, and goes once the rows before it have gone)."""
+        return self._prune_head("vitals", "t_ns", t_before_ns, chunk, max_rows, "pruned_vitals")
+
+    def _prune_head(
+        self, table: str, column: str, before: float, chunk: int, max_rows: int | None, counter: str
+    ) -> int:
         gone = 0
-        while True:
+        while max_rows is None or gone < max_rows:
             with self.batch():
                 cur = self.db.execute(
-                    "DELETE FROM messages WHERE rowid IN "
-                    "(SELECT rowid FROM messages WHERE received_at < ? LIMIT ?)",
-                    (received_before, chunk),
+                    f"SELECT rowid, {column} < ? FROM {table} ORDER BY rowid LIMIT ?", (before, chunk)
                 )
-                self.bump("pruned_messages", cur.rowcount)
-            gone += cur.rowcount
-            if cur.rowcount < chunk:
-                return gone
+                old, last = 0, 0
+                for rowid, is_old in cur:  # read lazily: a pass with nothing to do reads one row
+                    if not is_old:
+                        break
+                    old, last = old + 1, rowid
+                cur.close()
+                if old:
+                    self.db.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,))
+                    self.bump(counter, old)
+            gone += old
+            if old < chunk:
+                break
+        return gone
 
     def add_message(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import msgspec
@@ -134,6 +134,9 @@ class InfluxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_path: str = "var/nabz.sqlite"  # embedded store: readings, dead letters, dedup, enrolment
     dedup_window_h: float = 24.0 * 7  # with InfluxDB: message ids (and payloads) kept this long
+    # With InfluxDB: derived vitals kept in the embedded store this long, for the nurse station
+    # (its longest trend is 72 h); older ones are in InfluxDB. Without InfluxDB nothing is pruned.
+    vitals_window_h: Annotated[float, msgspec.Meta(ge=72.0)] = 24.0 * 7
     keep_payloads: bool = True  # raw messages in the store; with InfluxDB as the store they can go
     client_id: str = "nabz-ingest"
     workers: int = 1  # ingest workers sharing the readings (docs/scale.md); each has its own --worker
