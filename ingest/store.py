@@ -190,6 +190,10 @@ class Store:
     def _prune_head(
         self, table: str, column: str, before: float, chunk: int, max_rows: int | None, counter: str
     ) -> int:
+        with self.lock:  # the common case, nothing old yet: one row read, no write transaction
+            head = self.db.execute(f"SELECT {column} < ? FROM {table} ORDER BY rowid LIMIT 1", (before,))
+            if not any(is_old for (is_old,) in head.fetchall()):
+                return 0
         gone = 0
         while max_rows is None or gone < max_rows:
             with self.batch():
