@@ -20,7 +20,9 @@ from pathlib import Path
 
 from nabz.secrets import create_private
 
-__all__ = ["Store", "DeadLetter"]
+__all__ = ["Store", "DeadLetter", "STRIP_INDEX"]
+
+STRIP_INDEX = "messages_patient_t"  # messages by patient, stream and time: what strips are read by
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -35,7 +37,6 @@ CREATE TABLE IF NOT EXISTS messages (
     readings INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_patient_t ON messages (patient, stream, t_ns);
 CREATE TABLE IF NOT EXISTS vitals (
     id TEXT NOT NULL,
     site TEXT NOT NULL,
@@ -104,13 +105,30 @@ class Store:
         # SQLite's busy timeout does not wait for. Wait here instead.
         _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        fresh = not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchall()
         _while_locked(lambda: self.db.executescript(_SCHEMA))
+        if fresh:
+            self.strip_index(True)
         # Files made before the ECG rhythm columns existed get them (SQLite adds NULL columns in place).
         have = {r[1] for r in self.db.execute("PRAGMA table_info(vitals)")}
         for column in _VITALS_ADDED:
             if column not in have:
                 self.db.execute(f"ALTER TABLE vitals ADD COLUMN {column} REAL")
         self.lock = threading.RLock()
+
+    def strip_index(self, keep: bool) -> None:
+        """Keep or drop the index by patient, stream and time that strips are read with.
+
+        A new store has it. Ingest drops it when the store keeps no payloads (InfluxDB is the
+        store): the ledger then only needs its ids, and the index cost ~6 % of a worker's CPU and
+        ~18 % of the ledger's size (docs/storage.md). Building it again for an existing ledger
+        reads the whole table once. The station reads its absence as "no strips here"."""
+        sql = (
+            f"CREATE INDEX IF NOT EXISTS {STRIP_INDEX} ON messages (patient, stream, t_ns)"
+            if keep
+            else f"DROP INDEX IF EXISTS {STRIP_INDEX}"
+        )
+        _while_locked(lambda: self.db.execute(sql))
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -335,7 +335,8 @@ def create_app(
             "alarm": a,
             "ecg_device": ecg_dev,
             "ppg_device": ppg_dev,
-            "payloads_missing": ecg_empty + ppg_empty,
+            # None: this store keeps no waveforms (with InfluxDB as the store)
+            "payloads_missing": None if ecg_empty is None or ppg_empty is None else ecg_empty + ppg_empty,
         }
         return info, svg
 

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from dashboards.station.strips import Segment
+from ingest.store import STRIP_INDEX
 from nabz.contract import Vitals
 
 __all__ = ["Records", "TREND_FIELDS"]
@@ -139,9 +140,13 @@ class Records:
 
     def waveforms(
         self, patient: str, stream: str, start: float, end: float
-    ) -> tuple[str | None, list[Segment], int]:
+    ) -> tuple[str | None, list[Segment], int | None]:
         """Segments of the device with the most samples for this patient and stream in [start, end];
-        also how many stored messages had no payload (ingest.keep_payloads = false)."""
+        also how many stored messages had no payload, or None if the store keeps no waveforms at
+        all (ingest.keep_payloads = false with InfluxDB: ingest then drops the index by patient
+        and time, and the query would read the whole dedup ledger)."""
+        if not self._rows(self.ingest_path, "SELECT 1 FROM sqlite_master WHERE name = ?", (STRIP_INDEX,)):
+            return None, [], None
         rows = self._rows(
             self.ingest_path,
             "SELECT device, t_ns, payload FROM messages WHERE patient = ? AND stream = ? AND t_ns >= ? AND t_ns <= ? "

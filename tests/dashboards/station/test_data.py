@@ -93,3 +93,16 @@ def test_files_that_do_not_exist_yet_read_as_empty(tmp_path: Path) -> None:
         rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(["p-0001"], 0.0) == []
     )
     assert not (tmp_path / "none.sqlite").exists()  # read-only: nothing created
+
+
+def test_a_store_without_payloads_has_no_strips_and_says_so(tmp_path: Path) -> None:
+    from ingest.pipeline import IngestCore
+
+    store = Store(tmp_path / "nabz.sqlite")
+    IngestCore(store, keep_payloads=False)  # InfluxDB as the store: ingest drops the strip index
+    with store.batch():
+        store.add_messages([("m-0", T0, "demo", "gw-1", "ecg-1", "p-0001", "ecg", int(T0 * 1e9), 250, b"")])
+    rec = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite")
+    assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], None)
+    IngestCore(store, keep_payloads=True)  # payloads kept again: the index is built again
+    assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], 1)

@@ -196,3 +196,24 @@ def test_the_server_says_so_when_its_port_is_taken(tmp_path: Path) -> None:
         with pytest.raises(StationError, match="could not listen.*in use"):
             server.start(timeout_s=5)
         server.app.station.db.close()
+
+
+def test_a_strip_says_when_the_waveforms_are_in_influxdb_not_here(server: StationServer) -> None:
+    """With InfluxDB as the store and no payloads kept, the station has no samples to draw: it says
+    so instead of an empty strip (and reads nothing of the dedup ledger to find that out)."""
+    from alerts.lifecycle import Alarm, to_event
+    from alerts.store import AlertStore
+    from ingest.pipeline import IngestCore
+    from ingest.store import Store
+
+    config = server.app.station.config
+    IngestCore(Store(config.ingest.store_path), keep_payloads=False)
+    raised = time.time() - 60
+    a = Alarm("alarm-000002", "demo", "p-0001", "hr_high", "high", "active", "HR 150/min", 150.0, 130.0,
+              "/min", raised - 5, raised)  # fmt: skip
+    AlertStore(config.alerts.store_path).record(a, to_event(a, "ev-0000000002"), raised)
+    nurse = Agent(server.url)
+    nurse.login("sana", PASSWORDS["sana"])
+    status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000002")
+    assert status == 200 and "HR 150/min" in text
+    assert "keeps no waveforms of its own (ingest.keep_payloads = false): they are in InfluxDB" in text
