@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -237,9 +238,15 @@ class IngestService:
                 # is never held up long: up to _PRUNE_ROWS a second, more than a worker stores.
                 self._next_prune = time.monotonic() + 1.0
                 now, ic = self.clock(), self.config.ingest
-                self._pruned[0] += self.store.prune(now - ic.dedup_window_h * 3600.0, max_rows=_PRUNE_ROWS)
-                vitals_before = int((now - ic.vitals_window_h * 3600.0) * 1e9)
-                self._pruned[1] += self.store.prune_vitals(vitals_before, max_rows=_PRUNE_ROWS)
+                try:
+                    self._pruned[0] += self.store.prune(
+                        now - ic.dedup_window_h * 3600.0, max_rows=_PRUNE_ROWS
+                    )
+                    vitals_before = int((now - ic.vitals_window_h * 3600.0) * 1e9)
+                    self._pruned[1] += self.store.prune_vitals(vitals_before, max_rows=_PRUNE_ROWS)
+                except sqlite3.Error as exc:  # e.g. locked by other workers: storing comes first
+                    log.warning("ingest: pruning the embedded store failed (%s); trying again later", exc)
+                    self._next_prune = time.monotonic() + 30.0
                 if time.monotonic() >= self._next_prune_log and any(self._pruned):
                     self._next_prune_log = time.monotonic() + 600.0
                     log.info(

@@ -10,6 +10,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 from nabz.secrets import create_private
 
 __all__ = ["Store", "DeadLetter", "STRIP_INDEX"]
+
+log = logging.getLogger(__name__)
 
 STRIP_INDEX = "messages_patient_t"  # messages by patient, stream and time: what strips are read by
 
@@ -105,7 +108,11 @@ class Store:
         # SQLite's busy timeout does not wait for. Wait here instead.
         _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        fresh = not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchall()
+        seen: list[object] = []
+        _while_locked(
+            lambda: seen.extend(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'"))
+        )
+        fresh = not seen
         _while_locked(lambda: self.db.executescript(_SCHEMA))
         if fresh:
             self.strip_index(True)
@@ -116,19 +123,36 @@ class Store:
                 self.db.execute(f"ALTER TABLE vitals ADD COLUMN {column} REAL")
         self.lock = threading.RLock()
 
-    def strip_index(self, keep: bool) -> None:
-        """Keep or drop the index by patient, stream and time that strips are read with.
+    def strip_index(self, keep: bool) -> bool:
+        """Keep or drop the index by patient, stream and time that strips are read with; True if
+        the index is now as asked.
 
         A new store has it. Ingest drops it when the store keeps no payloads (InfluxDB is the
-        store): the ledger then only needs its ids, and the index cost ~6 % of a worker's CPU and
-        ~18 % of the ledger's size (docs/storage.md). Building it again for an existing ledger
-        reads the whole table once. The station reads its absence as "no strips here"."""
+        store): the ledger then only needs its ids, and the index cost 8-20 % of a worker's CPU
+        in process and ~18 % of the ledger's size (docs/storage.md). Dropping it from, or building
+        it for, a large existing ledger walks the whole index or table once, holding the write
+        lock: that is logged first, and if the lock cannot be had (other workers busy) the index
+        stays as it is, logged, until the next start. The station reads its absence as "no
+        strips here"."""
+        have = bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (STRIP_INDEX,)).fetchall())
+        if have == keep:
+            return True
+        rows = self.db.execute("SELECT MAX(rowid) FROM messages").fetchone()[0] or 0
+        if rows > 1_000_000:
+            log.warning("ingest store: %s the strip index over ~%d messages; this can take a while",
+                        "building" if keep else "dropping", rows)  # fmt: skip
         sql = (
             f"CREATE INDEX IF NOT EXISTS {STRIP_INDEX} ON messages (patient, stream, t_ns)"
             if keep
             else f"DROP INDEX IF EXISTS {STRIP_INDEX}"
         )
-        _while_locked(lambda: self.db.execute(sql))
+        try:
+            _while_locked(lambda: self.db.execute(sql))
+        except sqlite3.OperationalError as exc:
+            log.error("ingest store: could not %s the strip index (%s); will try at the next start",
+                      "build" if keep else "drop", exc)  # fmt: skip
+            return False
+        return True
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -190,7 +214,7 @@ class Store:
 
         The oldest rows come first in rowid order (rows are appended as they are received), so
         this walks from the head and stops at the first row received at or after the cutoff:
-        each pass reads what it deletes plus at most one chunk, however large the ledger (a
+        each pass reads what it deletes and one row more, however large the ledger (a
         query for ``received_at < ?`` would read every row of it to find that nothing is left).
         A chunk per transaction, so that writers are never held up long. A row stamped later
         than rows after it (ingest's clock stepped back) holds those back until it is old too.

@@ -145,7 +145,10 @@ class Records:
         also how many stored messages had no payload, or None if the store keeps no waveforms at
         all (ingest.keep_payloads = false with InfluxDB: ingest then drops the index by patient
         and time, and the query would read the whole dedup ledger)."""
-        if not self._rows(self.ingest_path, "SELECT 1 FROM sqlite_master WHERE name = ?", (STRIP_INDEX,)):
+        tables = {r[0] for r in self._rows(self.ingest_path, "SELECT name FROM sqlite_master")}
+        if "messages" not in tables:  # nothing stored yet (or the file cannot be read now)
+            return None, [], 0
+        if STRIP_INDEX not in tables:
             return None, [], None
         rows = self._rows(
             self.ingest_path,

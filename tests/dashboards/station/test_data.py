@@ -92,6 +92,7 @@ def test_files_that_do_not_exist_yet_read_as_empty(tmp_path: Path) -> None:
     assert (
         rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(["p-0001"], 0.0) == []
     )
+    assert rec.waveforms("p-0001", "ecg", 0.0, 10.0) == (None, [], 0)  # not "kept elsewhere": nothing yet
     assert not (tmp_path / "none.sqlite").exists()  # read-only: nothing created
 
 
