@@ -118,3 +118,24 @@ def test_vital_signs_without_a_waveform_are_stamped_on_arrival_and_never_share_a
     b = d.decode(Notification("strap", "2a37", codec.hrm_encode(73), UTC0))  # two in one read
     assert isinstance(a, HrReading) and isinstance(b, HrReading)
     assert a.t == a.rx and b.t.timestamp() * 1e6 == UTC0 + 1
+
+
+def test_a_backlog_read_at_once_after_a_stall_keeps_frames_contiguous() -> None:
+    """The gateway stalls (busy, or its serial hub buffers) and then reads 70 frames (~26 s of
+    PPG) at once: their receive times are late by up to the stall, but its clock was not stepped.
+    The frames keep their spacing: no jump forward over the backlog and no overlap after it (an
+    overlap overwrites points in InfluxDB; a jump breaks the analysis and the alarm delays)."""
+    d = Decoder("demo", "gw-0001")
+    boot, frame_us = 2_000_000, 37 * 10_000  # 37 samples at 100 Hz
+    stall_read = UTC0 + boot + 110 * frame_us + 500_000  # frames 40..109 read in one go
+    starts: list[float] = []
+    for k in range(200):
+        t0 = boot + k * frame_us
+        rx = stall_read if 40 <= k < 110 else UTC0 + t0 + frame_us + 20_000
+        frame = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, t0, [1, 2] * 37)
+        r = d.decode(Notification("oxi-0001", codec.NABZ_PPG_WAVEFORM, frame, rx))
+        assert isinstance(r, PpgReading)
+        starts.append(r.t.timestamp() * 1e6)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert d.clock.steps == 0
+    assert all(frame_us - 1_500 <= g <= frame_us + 1_500 for g in gaps), (min(gaps), max(gaps))
