@@ -109,8 +109,9 @@ class ClockSync:
     InfluxDB). An error beyond `STEP_US` (the gateway's clock was stepped) is corrected at once and
     counted in `steps`; forward only when the window's lateness is even (within `STEADY_US`), since
     a gateway that stalled and reads its backlog at once also sees every frame late, by less and
-    less (found by the fault suite at 720× speed: a 5 s jump, then frames overlapping in time). Resent frames carry old samples: they use the offset but do not move it. A
-    device clock that runs backwards means the wearable restarted: its estimate starts afresh.
+    less (found by the fault suite at 720× speed: a 5 s jump, then frames overlapping in time).
+    Resent frames carry old samples: they use the offset but do not move it. A device clock that
+    runs backwards means the wearable restarted: its estimate starts afresh.
 
     The estimate survives a restart of the gateway (`dump`/`restore`, kept in the spool with the
     readings). Without it the first frames after a restart - a wired sensor replaying what the

@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from nabz.secrets import create_private
 
 __all__ = ["Store", "DeadLetter", "STRIP_INDEX"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 STRIP_INDEX = "messages_patient_t"  # messages by patient, stream and time: what strips are read by
 
@@ -84,12 +87,11 @@ class DeadLetter:
     detail: str
 
 
-def _while_locked(do: Callable[[], object], timeout_s: float = 30.0) -> None:
+def _while_locked(do: Callable[[], _T], timeout_s: float = 30.0) -> _T:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            do()
-            return
+            return do()
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
@@ -108,11 +110,9 @@ class Store:
         # SQLite's busy timeout does not wait for. Wait here instead.
         _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        seen: list[object] = []
-        _while_locked(
-            lambda: seen.extend(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'"))
+        fresh = not _while_locked(
+            lambda: self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchall()
         )
-        fresh = not seen
         _while_locked(lambda: self.db.executescript(_SCHEMA))
         if fresh:
             self.strip_index(True)
@@ -123,9 +123,8 @@ class Store:
                 self.db.execute(f"ALTER TABLE vitals ADD COLUMN {column} REAL")
         self.lock = threading.RLock()
 
-    def strip_index(self, keep: bool) -> bool:
-        """Keep or drop the index by patient, stream and time that strips are read with; True if
-        the index is now as asked.
+    def strip_index(self, keep: bool) -> None:
+        """Keep or drop the index by patient, stream and time that strips are read with.
 
         A new store has it. Ingest drops it when the store keeps no payloads (InfluxDB is the
         store): the ledger then only needs its ids, and the index cost 8-20 % of a worker's CPU
@@ -136,7 +135,7 @@ class Store:
         strips here"."""
         have = bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (STRIP_INDEX,)).fetchall())
         if have == keep:
-            return True
+            return
         rows = self.db.execute("SELECT MAX(rowid) FROM messages").fetchone()[0] or 0
         if rows > 1_000_000:
             log.warning("ingest store: %s the strip index over ~%d messages; this can take a while",
@@ -151,8 +150,6 @@ class Store:
         except sqlite3.OperationalError as exc:
             log.error("ingest store: could not %s the strip index (%s); will try at the next start",
                       "build" if keep else "drop", exc)  # fmt: skip
-            return False
-        return True
 
     @contextmanager
     def batch(self) -> Iterator[None]:

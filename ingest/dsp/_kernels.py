@@ -847,9 +847,8 @@ def warm() -> None:
     sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200, np.zeros(2))
     pack_runs_k(x.astype(np.int64), np.array([300, 0, 500], dtype=np.int64))
     beats = np.cumsum(rr) / 1000.0
-    series = resp_series_k(
-        np.arange(beats[0], beats[-1], 0.25), beats, x[: beats.size], np.ones(beats.size * 4)
-    )
+    grid = np.arange(beats[0], beats[-1], 0.25)
+    series = resp_series_k(grid, beats, x[: beats.size], np.ones(grid.size))
     resp_peak_k(
         np.abs(np.fft.rfft(series[None, :], 512)) ** 2, np.ones(1), np.arange(257) / 128.0, 13, 96, 0.03, 0.5
     )
