@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -163,7 +164,8 @@ class _Fleet:
         return cls(out)
 
     def second(self, patients: int, s: int, serial: str) -> list[tuple[str, bytes]]:
-        """All messages of simulated second `s` for patients 1..patients, with fresh ids.
+        """All messages of simulated second `s` for patients 1..patients, with fresh ids shaped as
+        a gateway makes them (32 hex digits: a prefix per gateway and run, then a counter).
 
         Past the templates' length they start again, shifted in time; the simulated signal does
         not join up there (the decoded frames span a little less than the template), so every
@@ -172,13 +174,14 @@ class _Fleet:
         items = []
         span = len(self.templates[0])
         shift = s // span * span * 1_000_000  # microseconds past the template's span
+        run = zlib.crc32(serial.encode())
         for i in range(1, patients + 1):
             gw = f"gw-{i:05d}"
             for k, r in enumerate(self.templates[i % _TEMPLATES][s % span]):
                 dev = ("ecg" if r.device.startswith("ecg") else "oxi") + f"-{i:05d}"
                 t = r.t if not shift else r.t.fromtimestamp(r.t.timestamp() + shift / 1e6, r.t.tzinfo)
                 m = msgspec.structs.replace(
-                    r, id=f"{serial}{i:05d}s{s:05d}k{k:03d}", gateway=gw, device=dev, t=t
+                    r, id=f"{run:08x}{i:012x}{s * 1000 + k:012x}", gateway=gw, device=dev, t=t
                 )
                 items.append(
                     (contract.reading_topic(_SITE, gw, dev, contract.stream_of(m)), contract.encode(m))

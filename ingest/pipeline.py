@@ -174,18 +174,22 @@ class IngestCore:
             for msg, why in rejected:
                 self.store.dead_letter(msg.topic, msg.payload, why.reason, why.detail, msg.received_at)
                 log.warning("dead letter (%s) on %s: %s", why.reason, msg.topic, why.detail)
-            rows = [
-                (
-                    a.reading.id, a.msg.received_at, a.reading.site, a.reading.gateway, a.reading.device,
-                    a.patient, contract.stream_of(a.reading), to_ns(a.reading.t),
-                    contract.reading_count(a.reading), a.msg.payload if self._keep_payloads else b"",
-                )
-                for a in accepted
-            ]  # fmt: skip
-            for row, new in zip(rows, self.store.add_messages(rows), strict=True):
+            counts = [contract.reading_count(a.reading) for a in accepted]
+            if self._keep_payloads:
+                stored = self.store.add_messages([
+                    (a.reading.id, a.msg.received_at, a.reading.site, a.reading.gateway, a.reading.device,
+                     a.patient, contract.stream_of(a.reading), to_ns(a.reading.t), n, a.msg.payload)
+                    for a, n in zip(accepted, counts, strict=True)
+                ])  # fmt: skip
+            else:
+                stored = self.store.add_ledger([
+                    (a.reading.id, a.msg.received_at, contract.stream_of(a.reading), n)
+                    for a, n in zip(accepted, counts, strict=True)
+                ])  # fmt: skip
+            for n, new in zip(counts, stored, strict=True):
                 if new:
                     result.stored += 1
-                    result.stored_readings += row[8]
+                    result.stored_readings += n
                 else:
                     result.duplicates += 1  # stored meanwhile by another worker (a takeover)
         result.dead_lettered = len(rejected)

@@ -1,8 +1,11 @@
 """The embedded store (SQLite, WAL): readings, derived vitals, dead letters, enrolment, dedup ledger.
 
 Rules of this file:
-- The `messages` table is both the store of readings and the dedup ledger: its primary key is the
-  message id, so a redelivered message cannot be stored twice.
+- A message id is stored once, in one of two tables, each unique by id, so a redelivered message
+  cannot be stored twice: `messages` keeps the reading itself (the payload, what the nurse
+  station draws strips from); `ledger` keeps only what dedup and the counts need, for ingest with
+  InfluxDB as the store (`ingest.keep_payloads = false`, docs/storage.md). A lookup checks both,
+  so a store switched from one to the other deduplicates across the switch.
 - Every write the ingest does for one batch of MQTT messages happens in one transaction
   (`batch()`), committed before those messages are acknowledged to the broker.
 - Dead letters keep the raw payload as received, the topic, the reason and a detail for people.
@@ -22,7 +25,7 @@ from typing import TypeVar
 
 from nabz.secrets import create_private
 
-__all__ = ["Store", "DeadLetter", "STRIP_INDEX"]
+__all__ = ["Store", "DeadLetter", "STRIP_INDEX", "ledger_key"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,14 @@ CREATE TABLE IF NOT EXISTS messages (
     t_ns INTEGER NOT NULL,
     readings INTEGER NOT NULL,
     payload BLOB NOT NULL
+);
+-- ids as ledger_key() makes them: 16 bytes for a gateway's 32 hex digits (less than half the
+-- size of the ledger as `messages` rows: docs/storage.md), any other id as its text.
+CREATE TABLE IF NOT EXISTS ledger (
+    id BLOB NOT NULL UNIQUE,
+    received_at REAL NOT NULL,
+    stream TEXT NOT NULL,
+    readings INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vitals (
     id TEXT NOT NULL,
@@ -87,6 +98,21 @@ class DeadLetter:
     detail: str
 
 
+def ledger_key(message_id: str) -> bytes | str:
+    """An id as the ledger keeps it: lowercase hex digits (what gateways make) as the bytes they
+    spell, anything else as it is. One-to-one: only an id that `bytes.hex` gives back exactly is
+    packed, and SQLite never finds a blob equal to a text."""
+    try:
+        packed = bytes.fromhex(message_id)
+    except ValueError:
+        return message_id
+    return packed if packed.hex() == message_id else message_id
+
+
+def _message_id(key: bytes | str) -> str:
+    return key.hex() if isinstance(key, bytes) else key
+
+
 def _while_locked(do: Callable[[], _T], timeout_s: float = 30.0) -> _T:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -127,12 +153,12 @@ class Store:
         """Keep or drop the index by patient, stream and time that strips are read with.
 
         A new store has it. Ingest drops it when the store keeps no payloads (InfluxDB is the
-        store): the ledger then only needs its ids, and the index cost 8-20 % of a worker's CPU
-        in process and ~18 % of the ledger's size (docs/storage.md). Dropping it from, or building
-        it for, a large existing ledger walks the whole index or table once, holding the write
-        lock: that is logged first, and if the lock cannot be had (other workers busy) the index
-        stays as it is, logged, until the next start. The station reads its absence as "no
-        strips here"."""
+        store): ids then go to the `ledger` table, and the station reads the index's absence as
+        "no strips here" instead of looking for samples that are not kept. Dropping it frees its
+        share of a `messages` table kept from before. Dropping it from, or building it for, a
+        large existing table walks the whole index or table once, holding the write lock: that
+        is logged first, and if the lock cannot be had (other workers busy) the index stays as it
+        is, logged, until the next start."""
         have = bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (STRIP_INDEX,)).fetchall())
         if have == keep:
             return
@@ -164,14 +190,8 @@ class Store:
             self.db.execute("COMMIT")
 
     # --- readings -----------------------------------------------------------------------------
-    def seen(self, message_id: str) -> bool:
-        with self.lock:
-            return (
-                self.db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
-            )
-
     def seen_many(self, message_ids: Sequence[str]) -> set[str]:
-        """Which of these message ids are stored already (one query per 500 ids)."""
+        """Which of these message ids are stored already, in either table (a query per 500 ids)."""
         found: set[str] = set()
         with self.lock:
             for i in range(0, len(message_ids), 500):
@@ -179,6 +199,11 @@ class Store:
                 marks = ",".join("?" * len(part))
                 found.update(
                     r[0] for r in self.db.execute(f"SELECT id FROM messages WHERE id IN ({marks})", part)
+                )
+                keys = [ledger_key(x) for x in part]
+                found.update(
+                    _message_id(r[0])
+                    for r in self.db.execute(f"SELECT id FROM ledger WHERE id IN ({marks})", keys)
                 )
         return found
 
@@ -200,11 +225,30 @@ class Store:
             stored.append(cur.rowcount == 1)
             if stored[-1]:
                 readings += row[8]
+        self._count_stored(stored, readings)
+        return stored
+
+    def add_ledger(self, rows: Sequence[tuple[str, float, str, int]]) -> list[bool]:
+        """Record reading messages without their payload (inside `batch()`); per row, False if its
+        id was recorded already. A row is (id, received_at, stream, readings)."""
+        stored: list[bool] = []
+        readings = 0
+        for message_id, received_at, stream, n in rows:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO ledger (id, received_at, stream, readings) VALUES (?,?,?,?)",
+                (ledger_key(message_id), received_at, stream, n),
+            )
+            stored.append(cur.rowcount == 1)
+            if stored[-1]:
+                readings += n
+        self._count_stored(stored, readings)
+        return stored
+
+    def _count_stored(self, stored: list[bool], readings: int) -> None:
         n = sum(stored)
         self.bump("stored_messages", n)
         self.bump("stored_readings", readings)
-        self.bump("duplicates", len(rows) - n)
-        return stored
+        self.bump("duplicates", len(stored) - n)
 
     def prune(self, received_before: float, *, chunk: int = 5000, max_rows: int | None = None) -> int:
         """Forget stored messages received before this time (epoch s). Returns how many went.
@@ -215,10 +259,16 @@ class Store:
         query for ``received_at < ?`` would read every row of it to find that nothing is left).
         A chunk per transaction, so that writers are never held up long. A row stamped later
         than rows after it (ingest's clock stepped back) holds those back until it is old too.
-        With `max_rows` it stops after about that many, and the next call goes on."""
-        return self._prune_head(
-            "messages", "received_at", received_before, chunk, max_rows, "pruned_messages"
-        )
+        With `max_rows` it stops after about that many, and the next call goes on. Both
+        tables of ids (`messages`, `ledger`) are pruned, `messages` first."""
+        gone = 0
+        for table in ("messages", "ledger"):
+            left = None if max_rows is None else max_rows - gone
+            if left is None or left > 0:
+                gone += self._prune_head(
+                    table, "received_at", received_before, chunk, left, "pruned_messages"
+                )
+        return gone
 
     def prune_vitals(self, t_before_ns: int, *, chunk: int = 5000, max_rows: int | None = None) -> int:
         """Forget derived vitals timed before this (ns since the epoch), from the head of the
@@ -253,32 +303,6 @@ class Store:
                 break
         return gone
 
-    def add_message(
-        self,
-        message_id: str,
-        *,
-        site: str,
-        gateway: str,
-        device: str,
-        patient: str,
-        stream: str,
-        t_ns: int,
-        readings: int,
-        payload: bytes,
-        received_at: float,
-    ) -> bool:
-        """Store a reading message; False if this id is already stored (a redelivery)."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO messages (id, received_at, site, gateway, device, patient, stream, t_ns, "
-            "readings, payload) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (message_id, received_at, site, gateway, device, patient, stream, t_ns, readings, payload),
-        )
-        stored = cur.rowcount == 1
-        self.bump("stored_messages" if stored else "duplicates", 1)
-        if stored:
-            self.bump("stored_readings", readings)
-        return stored
-
     def add_vitals(self, rows: Sequence[tuple[object, ...]]) -> None:
         self.db.executemany(
             "INSERT INTO vitals (id, site, patient, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, "
@@ -303,18 +327,22 @@ class Store:
         return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
     def count_readings(self, stream: str | None = None) -> int:
+        """Readings in the messages stored (and not pruned yet), of one stream or all."""
+        where, args = ("WHERE stream = ?", (stream,)) if stream is not None else ("", ())
         with self.lock:
-            if stream is None:
-                row = self.db.execute("SELECT COALESCE(SUM(readings), 0) FROM messages").fetchone()
-            else:
-                row = self.db.execute(
-                    "SELECT COALESCE(SUM(readings), 0) FROM messages WHERE stream = ?", (stream,)
-                ).fetchone()
+            row = self.db.execute(
+                f"SELECT (SELECT COALESCE(SUM(readings), 0) FROM messages {where}) "
+                f"+ (SELECT COALESCE(SUM(readings), 0) FROM ledger {where})",
+                args * 2,
+            ).fetchone()
         return int(row[0])
 
     def message_ids(self) -> list[str]:
+        """The ids of the messages stored (and not pruned yet), each table in the order stored."""
         with self.lock:
-            return [r[0] for r in self.db.execute("SELECT id FROM messages")]
+            return [r[0] for r in self.db.execute("SELECT id FROM messages")] + [
+                _message_id(r[0]) for r in self.db.execute("SELECT id FROM ledger ORDER BY rowid")
+            ]
 
     # --- enrolment -----------------------------------------------------------------------------
     def enrol(self, device: str, patient: str) -> None:

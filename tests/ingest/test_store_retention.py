@@ -4,13 +4,14 @@ station shows."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ingest.pipeline import IngestCore, Message
 from ingest.service import IngestService
-from ingest.store import Store
+from ingest.store import Store, ledger_key
 from nabz.config import Config, InfluxConfig, IngestConfig, MqttConfig
 from tests.contract_doc import vectors
 from tests.servers import Mosquitto, VictoriaMetrics
@@ -39,18 +40,67 @@ def test_payloads_can_be_left_out(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
     core = IngestCore(store, enrolment={"ecg-0001": "p-0001"}, keep_payloads=False)
     assert core.handle_batch([_doc("ecg", 1.0)]).stored == 1
+    assert core.handle_batch([_doc("ecg", 2.0)]).duplicates == 1
     assert store.count_readings("ecg") == 5  # counted and deduplicated all the same
-    (payload,) = store.db.execute("SELECT payload FROM messages").fetchone()
-    assert payload == b""
+    assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone() == (0,)  # no payload kept
 
 
-def _ledger_rows(
-    n: int, received_at: float, start: int = 0
-) -> list[tuple[str, float, str, str, str, str, str, int, int, bytes]]:
-    return [
-        (f"m{k:08d}", received_at, "s", "gw", "ecg-0001", "p-0001", "ecg", int(received_at * 1e9) + k, 25, b"")
-        for k in range(start, start + n)
-    ]  # fmt: skip
+def test_dedup_holds_across_a_switch_of_keep_payloads(tmp_path: Path) -> None:
+    """A deployment that moves to InfluxDB (or back) keeps deduplicating what it stored before."""
+    store = Store(tmp_path / "s.sqlite")
+    enrolment = {"ecg-0001": "p-0001", "oxi-0001": "p-0001"}
+    assert IngestCore(store, enrolment=enrolment).handle_batch([_doc("ecg", 1.0)]).stored == 1
+    ledger = IngestCore(store, enrolment=enrolment, keep_payloads=False)
+    assert ledger.handle_batch([_doc("ecg", 2.0)]).duplicates == 1
+    assert ledger.handle_batch([_doc("battery", 3.0)]).stored == 1
+    again = IngestCore(store, enrolment=enrolment, keep_payloads=True)
+    assert again.handle_batch([_doc("battery", 4.0), _doc("ecg", 4.0)]).duplicates == 2
+    assert store.counter("stored_messages") == 2 and store.counter("duplicates") == 3
+
+
+def test_ledger_keys_are_one_to_one() -> None:
+    """Gateway ids (hex digits) are kept as the bytes they spell; no two ids share a key."""
+    gateway_id = "5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8"
+    assert ledger_key(gateway_id) == bytes.fromhex(gateway_id)
+    for other in ("5B0F3C1E9A7D4E55A1C2D3E4F5A6B7C8", "abc", "m00000001", "ab cd", "gw-1:42"):
+        assert ledger_key(other) == other  # not exactly what bytes.hex() writes: kept as text
+    store = Store(Path(tempfile.mkdtemp()) / "s.sqlite")
+    ids = ["6162", "ab", "AB", "ab12", "AB12", gateway_id, gateway_id.upper()]
+    with store.batch():
+        assert store.add_ledger([(i, T, "ecg", 1) for i in ids]) == [True] * len(ids)
+        assert store.add_ledger([(i, T, "ecg", 1) for i in ids]) == [False] * len(ids)
+    assert store.seen_many(ids + ["6163", "ac"]) == set(ids)
+    assert store.message_ids() == ids
+
+
+def test_the_ledger_takes_less_than_half_the_disk_of_a_message_row(tmp_path: Path) -> None:
+    """What 7 days of ids cost the ingest machine's disk at scale (docs/storage.md)."""
+
+    def bytes_per_row(keep_payloads: bool) -> float:
+        store = Store(tmp_path / f"{keep_payloads}.sqlite")
+        store.strip_index(keep_payloads)
+        rows = [(f"{k % 500:020x}{k // 500:012x}", T, "ecg", 113) for k in range(50_000)]  # 500 gateways
+        for i in range(0, len(rows), 2_000):
+            with store.batch():
+                if keep_payloads:
+                    store.add_messages([(m, t, "demo", "gw-0001", "ecg-0001", "p-0001", s, 10**18, n, b"")
+                                        for m, t, s, n in rows[i : i + 2_000]])  # fmt: skip
+                else:
+                    store.add_ledger(rows[i : i + 2_000])
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        tables = ("messages", "ledger", "sqlite_autoindex_messages_1", "sqlite_autoindex_ledger_1")
+        marks = ",".join("?" * len(tables))
+        (size,) = store.db.execute(
+            f"SELECT SUM(pgsize) FROM dbstat WHERE name IN ({marks})", tables
+        ).fetchone()
+        return float(size) / len(rows)
+
+    as_messages, as_ledger = bytes_per_row(True), bytes_per_row(False)
+    assert as_ledger < 0.5 * as_messages, (as_ledger, as_messages)
+
+
+def _ledger_rows(n: int, received_at: float, start: int = 0) -> list[tuple[str, float, str, int]]:
+    return [(f"m{k:08d}", received_at, "ecg", 25) for k in range(start, start + n)]
 
 
 def _steps(store: Store, work: Callable[[], int]) -> tuple[int, int]:
@@ -73,8 +123,8 @@ def test_pruning_a_large_ledger_reads_only_what_goes(tmp_path: Path) -> None:
     worker's loop, so a pass must cost what it deletes, not what the ledger holds."""
     store = Store(tmp_path / "s.sqlite")
     with store.batch():
-        store.add_messages(_ledger_rows(2_000, T))
-        store.add_messages(_ledger_rows(100_000, T + 3600.0, start=2_000))
+        store.add_ledger(_ledger_rows(2_000, T))
+        store.add_ledger(_ledger_rows(100_000, T + 3600.0, start=2_000))
     gone, steps = _steps(store, lambda: store.prune(T + 1.0, chunk=500))
     assert gone == 2_000
     nothing, idle_steps = _steps(store, lambda: store.prune(T + 1.0, chunk=500))
@@ -117,7 +167,7 @@ def test_a_running_ingest_with_influxdb_keeps_its_embedded_store_bounded(
     now = time.time()
     store = Store(tmp_path / "ingest.sqlite")
     with store.batch():
-        store.add_messages(_ledger_rows(3, now - 8 * 86400.0) + _ledger_rows(2, now - 3600.0, start=3))
+        store.add_ledger(_ledger_rows(3, now - 8 * 86400.0) + _ledger_rows(2, now - 3600.0, start=3))
         store.add_vitals([_vitals_row(now - 8 * 86400.0), _vitals_row(now - 71 * 3600.0)])
     cfg = Config(
         site="test",
