@@ -1,8 +1,8 @@
 """The embedded store (SQLite, WAL): readings, derived vitals, dead letters, enrolment, dedup ledger.
 
 Rules of this file:
-- A message id is stored once, in one of two tables, each unique by id, so a redelivered message
-  cannot be stored twice: `messages` keeps the reading itself (the payload, what the nurse
+- A message id is stored once, in one of two tables, each unique by id and each insert checking
+  the other table in the same transaction, so a redelivered message cannot be stored twice: `messages` keeps the reading itself (the payload, what the nurse
   station draws strips from); `ledger` keeps only what dedup and the counts need, for ingest with
   InfluxDB as the store (`ingest.keep_payloads = false`, docs/storage.md). A lookup checks both,
   so a store switched from one to the other deduplicates across the switch.
@@ -219,8 +219,9 @@ class Store:
         for row in rows:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO messages (id, received_at, site, gateway, device, patient, stream, "
-                "t_ns, readings, payload) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                row,
+                "t_ns, readings, payload) SELECT ?,?,?,?,?,?,?,?,?,? "
+                "WHERE NOT EXISTS (SELECT 1 FROM ledger WHERE id = ?)",
+                (*row, ledger_key(row[0])),
             )
             stored.append(cur.rowcount == 1)
             if stored[-1]:
@@ -235,8 +236,9 @@ class Store:
         readings = 0
         for message_id, received_at, stream, n in rows:
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO ledger (id, received_at, stream, readings) VALUES (?,?,?,?)",
-                (ledger_key(message_id), received_at, stream, n),
+                "INSERT OR IGNORE INTO ledger (id, received_at, stream, readings) SELECT ?,?,?,? "
+                "WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = ?)",
+                (ledger_key(message_id), received_at, stream, n, message_id),
             )
             stored.append(cur.rowcount == 1)
             if stored[-1]:
@@ -340,7 +342,7 @@ class Store:
     def message_ids(self) -> list[str]:
         """The ids of the messages stored (and not pruned yet), each table in the order stored."""
         with self.lock:
-            return [r[0] for r in self.db.execute("SELECT id FROM messages")] + [
+            return [r[0] for r in self.db.execute("SELECT id FROM messages ORDER BY rowid")] + [
                 _message_id(r[0]) for r in self.db.execute("SELECT id FROM ledger ORDER BY rowid")
             ]
 

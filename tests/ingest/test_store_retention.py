@@ -4,7 +4,6 @@ station shows."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,14 +57,29 @@ def test_dedup_holds_across_a_switch_of_keep_payloads(tmp_path: Path) -> None:
     assert store.counter("stored_messages") == 2 and store.counter("duplicates") == 3
 
 
-def test_ledger_keys_are_one_to_one() -> None:
+def test_a_message_is_stored_once_by_workers_in_either_mode(tmp_path: Path) -> None:
+    """Two workers, one keeping payloads and one not (a rolling switch of keep_payloads), both
+    take the same redelivered message: the second insert sees the first in the other table."""
+    first, second = Store(tmp_path / "s.sqlite"), Store(tmp_path / "s.sqlite")
+    with first.batch():
+        assert first.add_ledger([("5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8", T, "ecg", 5)]) == [True]
+    row = ("5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8", T, "s", "gw", "ecg-0001", "p-0001", "ecg", 0, 5, b"{}")
+    with second.batch():
+        assert second.add_messages([row, ("m2", *row[1:])]) == [False, True]
+    with first.batch():
+        assert first.add_ledger([("m2", T, "ecg", 5)]) == [False]
+    assert first.count_readings() == 10 and first.counter("duplicates") == 2
+
+
+def test_ledger_keys_are_one_to_one(tmp_path: Path) -> None:
     """Gateway ids (hex digits) are kept as the bytes they spell; no two ids share a key."""
     gateway_id = "5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8"
     assert ledger_key(gateway_id) == bytes.fromhex(gateway_id)
     for other in ("5B0F3C1E9A7D4E55A1C2D3E4F5A6B7C8", "abc", "m00000001", "ab cd", "gw-1:42"):
         assert ledger_key(other) == other  # not exactly what bytes.hex() writes: kept as text
-    store = Store(Path(tempfile.mkdtemp()) / "s.sqlite")
-    ids = ["6162", "ab", "AB", "ab12", "AB12", gateway_id, gateway_id.upper()]
+    assert ledger_key("4142") == b"AB"  # stored as a blob; the id "AB" as a text of the same bytes
+    store = Store(tmp_path / "s.sqlite")
+    ids = ["4142", "AB", "6162", "ab", "ab12", "AB12", gateway_id, gateway_id.upper()]
     with store.batch():
         assert store.add_ledger([(i, T, "ecg", 1) for i in ids]) == [True] * len(ids)
         assert store.add_ledger([(i, T, "ecg", 1) for i in ids]) == [False] * len(ids)
@@ -101,6 +115,22 @@ def test_the_ledger_takes_less_than_half_the_disk_of_a_message_row(tmp_path: Pat
 
 def _ledger_rows(n: int, received_at: float, start: int = 0) -> list[tuple[str, float, str, int]]:
     return [(f"m{k:08d}", received_at, "ecg", 25) for k in range(start, start + n)]
+
+
+def test_pruning_takes_old_ids_from_both_tables_within_one_budget(tmp_path: Path) -> None:
+    """A store that kept payloads and then stopped has old ids in both tables."""
+    store = Store(tmp_path / "s.sqlite")
+    with store.batch():
+        store.add_messages(
+            [(f"p{k}", T, "s", "gw", "ecg-0001", "p-0001", "ecg", k, 25, b"{}") for k in range(30)]
+        )
+        store.add_ledger(_ledger_rows(30, T))
+        store.add_ledger(_ledger_rows(5, T + 3600.0, start=30))
+    assert store.prune(T + 1.0, chunk=10, max_rows=40) == 40  # the older table first
+    assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone() == (0,)
+    assert store.prune(T + 1.0, chunk=10, max_rows=40) == 20  # and on from there
+    assert store.message_ids() == [f"m{k:08d}" for k in range(30, 35)]
+    assert store.counter("pruned_messages") == 60
 
 
 def _steps(store: Store, work: Callable[[], int]) -> tuple[int, int]:
