@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the test suite drives as real parts (command -> package).
 DEB_TEST := mosquitto:mosquitto mosquitto_pub:mosquitto-clients victoria-metrics:victoria-metrics \
-            socat:socat chromium:chromium
+            socat:socat chromium:chromium influxd:influxdb
 
 .PHONY: demo test venv npm debs lint typecheck clean help esp32-stubs typecheck-firmware firmware-mpy flash deploy
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Mosquitto, VictoriaMetrics
+from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics
 
 
 @pytest.fixture
@@ -21,6 +21,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     server = VictoriaMetrics(tmp_path / "victoria")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
+    server = InfluxDB1(tmp_path / "influxdb")
     server.start()
     yield server
     server.stop()

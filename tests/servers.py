@@ -347,3 +347,60 @@ class VictoriaMetrics:
             key = tuple(f"{k}={metric[k]}" for k in sorted(metric))
             out[key] = out.get(key, 0) + len(series["timestamps"])
         return out
+
+
+class InfluxDB1:
+    """InfluxDB 1.x (Debian's `influxdb`, 1.6): the real InfluxDB storage engine and its InfluxQL
+    `/query` endpoint, which InfluxDB 2 and 3 answer too. It has no `/api/v2/write`, so lines go in
+    through the 1.x `/write` endpoint (`write`); they are the same line protocol."""
+
+    def __init__(self, workdir: Path, database: str = "nabz") -> None:
+        self.binary = require("influxd", "influxdb")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.database = database
+        self.port, self.rpc_port = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "influxd.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.workdir / "influxdb.conf"
+        d = self.workdir
+        conf.write_text(
+            f'reporting-disabled = true\nbind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{d / "meta"}"\n'
+            f'[data]\n  dir = "{d / "data"}"\n  wal-dir = "{d / "wal"}"\n  query-log-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-config", str(conf)], stdout=log, stderr=log)
+        _wait_port(self.port, 15, self.proc, self.log)
+        self.query(f'CREATE DATABASE "{self.database}"')
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def query(self, q: str) -> dict[str, Any]:
+        body = urllib.parse.urlencode({"q": q, "db": self.database, "epoch": "ns"}).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=body, timeout=30) as resp:
+            return dict(json.loads(resp.read()))
+
+    def write(self, lines: list[str]) -> None:
+        query = urllib.parse.urlencode({"db": self.database, "precision": "ns"})
+        request = urllib.request.Request(
+            f"{self.url}/write?{query}", data="\n".join(lines).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.status == 204, resp.status

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,8 +39,9 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboards.station import auth
-from dashboards.station.data import Records
+from dashboards.station.data import Records, Waves
 from dashboards.station.db import Session, StationDB, User
+from dashboards.station.influxstrips import InfluxStrips, StripReadError
 from dashboards.station.live import Hub, sse
 from dashboards.station.strips import Mark, render_strip
 from dashboards.station.trends import PRIORITY_COLOURS, Panel, Series, TrendMark, render_trends
@@ -47,6 +49,8 @@ from nabz.config import Config
 from nabz.contract import ID_PATTERN
 
 __all__ = ["create_app", "Station", "StationApp", "COOKIE"]
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "nabz_session"
@@ -203,7 +207,12 @@ def create_app(
     st = Station(
         config,
         db or StationDB(config.station.db_path),
-        records or Records(config.ingest.store_path, config.alerts.store_path),
+        records
+        or Records(
+            config.ingest.store_path,
+            config.alerts.store_path,
+            InfluxStrips(config.influx) if config.influx.url else None,
+        ),
         clock,
     )
 
@@ -322,21 +331,30 @@ def create_app(
         sc = st.config.station
         start = a["raised_at"] - sc.strip_before_s
         end = min(a["raised_at"] + sc.strip_after_s, st.clock())
-        ecg_dev, ecg, ecg_empty = await asyncio.to_thread(st.records.waveforms, pid, "ecg", start, end)
-        ppg_dev, ppg, ppg_empty = await asyncio.to_thread(st.records.waveforms, pid, "ppg", start, end)
+        try:
+            ecg_w = await asyncio.to_thread(st.records.waveforms, pid, "ecg", start, end)
+            ppg_w = await asyncio.to_thread(st.records.waveforms, pid, "ppg", start, end)
+            read_error = None
+        except StripReadError as exc:
+            log.warning("station: strip of %s: %s", alarm_id, exc)
+            ecg_w = ppg_w = Waves(None, [], 0, "influxdb")
+            read_error = str(exc)
         marks = [Mark(a["raised_at"], f"alarm raised {st.local(a['raised_at'], '%H:%M:%S')}")]
         if a.get("condition_started_at") is not None and a["condition_started_at"] < a["raised_at"] - 0.5:
             marks.append(Mark(a["condition_started_at"], "condition began", "#7a4b00", dashed=True))
         title = (
             f"{st.hub.ward.labels.get(pid, pid)} · {a['kind']} ({a['priority']}) · {st.local(a['raised_at'])}"
         )
-        svg = render_strip(start, end, ecg, ppg, marks=marks, title=title, tz=st.tz)
+        svg = render_strip(start, end, ecg_w.segments, ppg_w.segments, marks=marks, title=title, tz=st.tz)
+        missing = (ecg_w.missing, ppg_w.missing)
         info = {
             "alarm": a,
-            "ecg_device": ecg_dev,
-            "ppg_device": ppg_dev,
-            # None: this store keeps no waveforms (with InfluxDB as the store)
-            "payloads_missing": None if ecg_empty is None or ppg_empty is None else ecg_empty + ppg_empty,
+            "ecg_device": ecg_w.device,
+            "ppg_device": ppg_w.device,
+            # None: this store keeps no waveforms (with InfluxDB as the store) and none is configured
+            "payloads_missing": None if None in missing else sum(m or 0 for m in missing),
+            "from_influxdb": "influxdb" in (ecg_w.source, ppg_w.source),
+            "read_error": read_error,
         }
         return info, svg
 

@@ -1,6 +1,7 @@
 """What the station reads from the other services' files, read-only: the ingest store (derived
 vitals for trends, raw waveform messages for strips, enrolment) and the alert store (alarms,
-silences).
+silences); and, when the ingest store keeps no waveforms, InfluxDB for strips
+(dashboards/station/influxstrips.py).
 
 Rules of this file:
 - Read-only connections (`mode=ro`), one per call: the station never writes another service's
@@ -19,15 +20,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
+from dashboards.station.influxstrips import InfluxStrips, busiest_device
 from dashboards.station.strips import Segment
 from ingest.store import STRIP_INDEX
 from nabz.contract import Vitals
 
-__all__ = ["Records", "TREND_FIELDS"]
+__all__ = ["Records", "TREND_FIELDS", "Waves"]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,20 @@ class _Wave(msgspec.Struct, kw_only=True):
 _wave = msgspec.json.Decoder(_Wave)
 
 
+class Waves(NamedTuple):
+    device: str | None  # the device drawn (the one with the most samples in the window)
+    segments: list[Segment]
+    missing: int | None  # messages stored without samples; None: this store keeps none at all
+    source: str | None  # "store" (the ingest store), "influxdb", or None (nothing to read)
+
+
 class Records:
-    def __init__(self, ingest_path: str | Path, alerts_path: str | Path) -> None:
+    def __init__(
+        self, ingest_path: str | Path, alerts_path: str | Path, influx: InfluxStrips | None = None
+    ) -> None:
         self.ingest_path = Path(ingest_path)
         self.alerts_path = Path(alerts_path)
+        self.influx = influx  # where strips come from when the ingest store keeps no waveforms
 
     @contextmanager
     def _open(self, path: Path) -> Iterator[sqlite3.Connection | None]:
@@ -138,18 +150,20 @@ class Records:
                     out.setdefault(f"{source}.{c}", []).append((mid, float(mean), float(lo), float(hi)))
         return out
 
-    def waveforms(
-        self, patient: str, stream: str, start: float, end: float
-    ) -> tuple[str | None, list[Segment], int | None]:
-        """Segments of the device with the most samples for this patient and stream in [start, end];
-        also how many stored messages had no payload, or None if the store keeps no waveforms at
-        all (ingest.keep_payloads = false with InfluxDB: ingest then drops the index by patient
-        and time, and the query would read the whole dedup ledger)."""
+    def waveforms(self, patient: str, stream: str, start: float, end: float) -> Waves:
+        """Segments of the device with the most samples for this patient and stream in [start, end].
+
+        From the ingest store's raw messages when it keeps them; when it does not
+        (ingest.keep_payloads = false with InfluxDB: ingest then drops the index by patient and
+        time, and the query would read the whole dedup ledger), from InfluxDB if one is
+        configured (raises `StripReadError` if it cannot be read), else `missing` is None."""
         tables = {r[0] for r in self._rows(self.ingest_path, "SELECT name FROM sqlite_master")}
         if "messages" not in tables:  # nothing stored yet (or the file cannot be read now)
-            return None, [], 0
+            return Waves(None, [], 0, None)
         if STRIP_INDEX not in tables:
-            return None, [], None
+            if self.influx is None:
+                return Waves(None, [], None, None)
+            return Waves(*self.influx.waveforms(patient, stream, start, end), 0, "influxdb")
         rows = self._rows(
             self.ingest_path,
             "SELECT device, t_ns, payload FROM messages WHERE patient = ? AND stream = ? AND t_ns >= ? AND t_ns <= ? "
@@ -171,10 +185,7 @@ class Records:
                 by_device.setdefault(device, []).append(
                     Segment(t_ns / 1e9, float(w.rate_hz), samples, tuple(w.flags))
                 )
-        if not by_device:
-            return None, [], empty
-        device = max(by_device, key=lambda d: sum(len(s.samples) for s in by_device[d]))
-        return device, by_device[device], empty
+        return Waves(*busiest_device(by_device), empty, "store")
 
     # --- alert store --------------------------------------------------------------------------
     def alarms(self, patient: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

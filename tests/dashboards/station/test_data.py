@@ -61,10 +61,15 @@ def test_waveforms_come_back_as_segments_and_missing_payloads_are_counted(tmp_pa
             store.add_messages([(f"m-{k}", T0, "demo", "gw-1", "ecg-1", "p-0001", "ecg", int((T0 + k) * 1e9), 250,
                                  payload if k != 3 else b"")])  # fmt: skip
     rec = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite")
-    device, segs, empty = rec.waveforms("p-0001", "ecg", T0, T0 + 10)
-    assert device == "ecg-1" and [s.t0 for s in segs] == [T0, T0 + 1, T0 + 2] and empty == 1
+    device, segs, empty, source = rec.waveforms("p-0001", "ecg", T0, T0 + 10)
+    assert (
+        device == "ecg-1"
+        and [s.t0 for s in segs] == [T0, T0 + 1, T0 + 2]
+        and empty == 1
+        and source == "store"
+    )
     assert segs[2].flags == ("leads_off",) and list(segs[1].samples) == [1] * 250
-    assert rec.waveforms("p-0001", "ppg", T0, T0 + 10) == (None, [], 0)
+    assert rec.waveforms("p-0001", "ppg", T0, T0 + 10) == (None, [], 0, "store")
 
 
 def test_alarms_and_silences_are_read_without_the_sms_code(tmp_path: Path) -> None:
@@ -92,7 +97,12 @@ def test_files_that_do_not_exist_yet_read_as_empty(tmp_path: Path) -> None:
     assert (
         rec.enrolled_patients() == set() and rec.alarms() == [] and rec.latest_vitals(["p-0001"], 0.0) == []
     )
-    assert rec.waveforms("p-0001", "ecg", 0.0, 10.0) == (None, [], 0)  # not "kept elsewhere": nothing yet
+    assert rec.waveforms("p-0001", "ecg", 0.0, 10.0) == (
+        None,
+        [],
+        0,
+        None,
+    )  # not "kept elsewhere": nothing yet
     assert not (tmp_path / "none.sqlite").exists()  # read-only: nothing created
 
 
@@ -104,6 +114,6 @@ def test_a_store_without_payloads_has_no_strips_and_says_so(tmp_path: Path) -> N
     with store.batch():
         store.add_messages([("m-0", T0, "demo", "gw-1", "ecg-1", "p-0001", "ecg", int(T0 * 1e9), 250, b"")])
     rec = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite")
-    assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], None)
+    assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], None, None)
     IngestCore(store, keep_payloads=True)  # payloads kept again: the index is built again
-    assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], 1)
+    assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], 1, "store")

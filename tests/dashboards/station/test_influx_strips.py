@@ -1,0 +1,152 @@
+"""Strips drawn from InfluxDB when the ingest store keeps no waveforms (InfluxDB as the store):
+ingest's own lines, written to a real InfluxDB (1.6, Debian's), read back through InfluxQL."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dashboards.station import StationServer
+from dashboards.station.influxstrips import InfluxStrips, StripReadError
+from dashboards.station.strips import Segment
+from gateway.decode import Decoder, Notification
+from hardware import make_patients
+from ingest.lines import chunk_lines_many, reading_lines, to_ns
+from nabz import contract
+from nabz.broker import free_port
+from nabz.config import InfluxConfig
+from tests.dashboards.station.client import Agent
+from tests.dashboards.station.stack import PASSWORDS, add_users, config_for
+from tests.servers import InfluxDB1
+
+T0_US = 1_795_597_200_000_000  # 2026-11-25T09:00:00Z
+
+
+def _readings(seconds: int) -> list[contract.Reading]:
+    """Two patients' ECG patch and oximeter frames, decoded as the gateway decodes them."""
+    out: list[contract.Reading] = []
+    for number, person in enumerate(make_patients(2, seed=3, scenarios=["normal", "normal"]), start=1):
+        decoder = Decoder("demo", "gw-0001")
+        for s in range(seconds):
+            for device in person.devices:
+                for n in device.advance(1.0):
+                    r = decoder.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + s * 1_000_000))
+                    if isinstance(r, contract.EcgReading | contract.PpgReading):
+                        kind = "ecg" if isinstance(r, contract.EcgReading) else "oxi"
+                        out.append(msgspec.structs.replace(r, device=f"{kind}-{number:04d}"))
+    return out
+
+
+def _patient(r: contract.Reading) -> str:
+    return f"p-{r.device[-4:]}"
+
+
+def _frames(
+    readings: list[contract.Reading], device: str, start: float, end: float
+) -> list[contract.Reading]:
+    """What a strip of [start, end] should hold: the frames that begin in [start - 5 s, end]."""
+    return [r for r in readings if r.device == device and start - 5 <= r.t.timestamp() <= end]
+
+
+def _samples(r: contract.Reading) -> list[int]:
+    return r.signal_uv if isinstance(r, contract.EcgReading) else r.ir_counts  # type: ignore[union-attr]
+
+
+def _strips(influxdb: InfluxDB1, waveforms: str) -> InfluxStrips:
+    return InfluxStrips(InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms=waveforms))  # type: ignore[arg-type]
+
+
+def test_chunks_come_back_as_the_frames_that_were_stored(influxdb: InfluxDB1) -> None:
+    readings = _readings(12)
+    influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
+    start, end = T0_US / 1e6 + 7, T0_US / 1e6 + 11
+    strips = _strips(influxdb, "chunks")
+    for stream, device in (("ecg", "ecg-0001"), ("ppg", "oxi-0001")):
+        got_device, segments = strips.waveforms("p-0001", stream, start, end)
+        want = _frames(readings, device, start, end)
+        assert got_device == device and len(want) > 10
+        assert [(round(s.t0, 6), s.rate_hz, list(s.samples)) for s in segments] == [
+            (round(r.t.timestamp(), 6), float(r.rate_hz), _samples(r)) for r in want
+        ]
+    assert strips.waveforms("p-0003", "ecg", start, end) == (None, [])  # nobody's data
+
+
+def test_points_come_back_as_evenly_spaced_runs(influxdb: InfluxDB1) -> None:
+    readings = [r for r in _readings(8) if r.device == "ecg-0002"]
+    influxdb.write([line for r in readings for line in reading_lines(r, _patient(r))])
+    start, end = T0_US / 1e6 + 3, T0_US / 1e6 + 7
+    device, segments = _strips(influxdb, "points").waveforms("p-0002", "ecg", start, end)
+    want = [  # every sample timed in [start - 5 s, end], as reading_lines times it
+        (to_ns(r.t) + round(i * 1e9 / r.rate_hz), x) for r in readings for i, x in enumerate(_samples(r))
+    ]
+    want = [(t, x) for t, x in want if (start - 5) * 1e9 <= t <= end * 1e9]
+    assert device == "ecg-0002" and len(want) > 1000
+    assert all(s.rate_hz == pytest.approx(250.0) for s in segments)
+    assert [x for s in segments for x in s.samples] == [x for _, x in want]
+    assert round(segments[0].t0 * 1e9) == pytest.approx(want[0][0], abs=1000)
+
+
+def test_a_hole_in_the_points_splits_the_run() -> None:
+    from dashboards.station.influxstrips import _point_segments
+
+    rows = [[k * 4_000_000, k] for k in (*range(10), *range(15, 20))]
+    assert _point_segments(rows) == [
+        Segment(0.0, 250.0, list(range(10))),
+        Segment(0.06, 250.0, list(range(15, 20))),
+    ]
+
+
+def test_an_unreadable_influxdb_is_said_plainly(influxdb: InfluxDB1) -> None:
+    wrong = InfluxStrips(InfluxConfig(url=influxdb.url, bucket="no-such-bucket", waveforms="chunks"))
+    with pytest.raises(StripReadError, match="refused the query: database not found"):
+        wrong.waveforms("p-0001", "ecg", 0.0, 10.0)
+    down = InfluxStrips(
+        InfluxConfig(url=f"http://127.0.0.1:{free_port()}", waveforms="chunks"), timeout_s=2.0
+    )
+    with pytest.raises(StripReadError, match="could not be read"):
+        down.waveforms("p-0001", "ecg", 0.0, 10.0)
+
+
+def test_the_strip_around_an_alarm_is_drawn_from_influxdb(influxdb: InfluxDB1, tmp_path: Path) -> None:
+    """A server with InfluxDB as its store (no payloads kept): the strip page still shows the ECG
+    and PPG around the alarm, and says where they came from."""
+    from alerts.lifecycle import Alarm, to_event
+    from alerts.store import AlertStore
+    from ingest.pipeline import IngestCore
+    from ingest.store import Store
+
+    readings = _readings(20)
+    influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
+    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}", strip_before_s=6.0, strip_after_s=4.0)
+    config = msgspec.structs.replace(
+        config, influx=InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms="chunks")
+    )
+    IngestCore(Store(config.ingest.store_path), keep_payloads=False)
+    raised = T0_US / 1e6 + 12
+    a = Alarm("alarm-000003", "demo", "p-0001", "spo2_low", "high", "active", "SpO2 86 %", 86.0, 88.0,
+              "%", raised - 5, raised)  # fmt: skip
+    AlertStore(config.alerts.store_path).record(a, to_event(a, "ev-0000000003"), raised)
+    add_users(config.station.db_path)
+    server = StationServer(config)
+    server.start()
+    try:
+        nurse = Agent(server.url)
+        nurse.login("sana", PASSWORDS["sana"])
+        status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003")
+        assert status == 200 and "SpO2 86 %" in text
+        assert "ECG from ecg-0001, PPG from oxi-0001" in text and "Waveforms read from InfluxDB" in text
+        status, _, svg, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003/strip.svg")
+        traces = re.findall(r'<polyline points="([^"]+)"', svg)
+        assert status == 200 and len(traces) == 2, len(traces)  # one ECG and one PPG trace
+        assert min(len(t.split()) for t in traces) > 500  # 10 s of samples, drawn
+        influxdb.stop()  # the database goes away: the page says so instead of an empty strip
+        t = time.monotonic()
+        status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003")
+        assert status == 200 and "The waveforms could not be read from InfluxDB" in text
+        assert time.monotonic() - t < 10.0
+    finally:
+        server.stop()
