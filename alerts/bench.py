@@ -14,8 +14,8 @@ or a related one, e.g. NEWS2 during a desaturation) is a false alarm. Latency is
 a rule's condition (its delay included) is met — the engine raising the alarm — to the notifier
 accepting the SMS: simulated time waited (grouping) plus the measured processing time.
 
-AF: the simulator has no AF rhythm, so AF patients get a heart whose RR intervals are drawn
-irregularly (mean 110/min, SD 20 %) during the AF window (`_AfHeart`, synthetic).
+AF is the simulator's (`hardware` scenario `af`: RR intervals drawn independently around 110/min,
+SD 20 %, no P waves, fibrillatory baseline waves; synthetic).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine
 from alerts.notify import Delivery
 from alerts.store import AlertStore
-from hardware.heart import Heart
 from hardware.patient import Patient
 from hardware.scenario import Event, Scenario, scenario
 from hardware.wearables import VirtualEcgPatch, VirtualOximeter
@@ -75,31 +74,8 @@ class Truth:
     end: float
 
 
-class _AfHeart(Heart):
-    """Irregularly irregular RR intervals inside the AF windows (synthetic)."""
-
-    def __init__(self, *args: Any, windows: list[tuple[float, float]], rate_bpm: float = 110.0) -> None:
-        super().__init__(*args)
-        self._af = windows
-        self._af_rr = 60.0 / rate_bpm
-
-    def _extend_to(self, t: float) -> None:
-        r = self._r[-1]
-        while r < t:
-            if any(a <= r < b for a, b in self._af):
-                rr = self._af_rr * max(0.45, 1.0 + 0.2 * self._next_z())
-                self._rr.append(rr)
-                self._r.append(r + rr)
-                r += rr
-                continue
-            super()._extend_to(min(t, r + 1e-9))
-            r = self._r[-1]
-
-
-def _plan(
-    number: int, minutes: float, seed: int
-) -> tuple[str, Scenario, list[Truth], float | None, list[tuple[float, float]]]:
-    """The event, scenario, truth, data stop time and AF windows of patient `number`."""
+def _plan(number: int, minutes: float, seed: int) -> tuple[str, Scenario, list[Truth], float | None]:
+    """The event, scenario, truth and data stop time of patient `number`."""
     pid = f"p-{number:04d}"
     kind = EVENT_KINDS[(number - 1) % len(EVENT_KINDS)]
     rng = np.random.Generator(np.random.PCG64([seed, number, 99]))
@@ -126,7 +102,6 @@ def _plan(
     sc = Scenario("artefacts", tuple(events))
     truth: list[Truth] = []
     stop: float | None = None
-    af: list[tuple[float, float]] = []
     span = dict(span_of)
     if kind == "desaturation":
         sc = sc + scenario("desaturation", s0, target_pct=84.0, ramp_s=20.0, hold_s=60.0, recover_s=20.0)
@@ -137,7 +112,7 @@ def _plan(
     elif kind in ("pause", "asystole"):
         sc = sc + scenario("asystole", s0, duration_s=span[kind])
     elif kind == "af":
-        af = [(s0, s0 + span["af"])]
+        sc = sc + scenario("af", s0, duration_s=span["af"], rate_bpm=110.0)
     elif kind in ("leads_off", "sensor_off"):
         sc = sc + scenario(kind, s0, duration_s=span[kind])
     elif kind == "stale":
@@ -151,7 +126,7 @@ def _plan(
         truth.append(Truth(pid, kind, T0 + max(0.0, crossing), T0 + total))
     elif kind != "normal":
         truth.append(Truth(pid, kind, T0 + s0, T0 + s0 + span[kind]))
-    return pid, sc, truth, stop, af
+    return pid, sc, truth, stop
 
 
 def _simulate(job: tuple[int, float, int]) -> tuple[list[Vitals], list[Truth], float]:
@@ -163,16 +138,11 @@ def _simulate(job: tuple[int, float, int]) -> tuple[list[Vitals], list[Truth], f
 
     number, minutes, seed = job
     c0 = time.process_time()
-    pid, sc, truth, stop, af = _plan(number, minutes, seed)
+    pid, sc, truth, stop = _plan(number, minutes, seed)
     u = np.random.Generator(np.random.PCG64([seed, number, 1])).random(4).tolist()
     patient = Patient(pid, seed=(seed, number), hr_bpm=round(62.0 + 20.0 * u[0]), spo2_pct=round(96.0 + 3.0 * u[1]),
                       battery_pct=round(40.0 + 60.0 * u[2], 1), battery_drain_pct_per_h=round(1.5 + 2.5 * u[3], 2),
                       scenario=sc)  # fmt: skip
-    if af:
-        ph = patient.physiology
-        patient.heart = _AfHeart(
-            sc, patient.hr_bpm, ph.resp_hz, ph.resp_phase, patient.seed_for("heart"), windows=af
-        )
     devices = [VirtualEcgPatch(patient, f"ecg-{number:04d}"), VirtualOximeter(patient, f"oxi-{number:04d}")]
     decoder = Decoder("bench", f"gw-{number:04d}")
     with tempfile.TemporaryDirectory() as tmp:

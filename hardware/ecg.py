@@ -10,7 +10,9 @@ sqrt(RR) (Bazett: QT shortens at high rates), P by RR^0.3 (PR shortens a little)
 
 Events: leads off drives the output to the positive rail (as the AD8232 does) and sets the
 leads-off flag; motion adds large low-frequency artefacts and noise; anything beyond the front
-end's +-ECG_RANGE_UV clips and sets the saturated flag. An asystole simply has no beats.
+end's +-ECG_RANGE_UV clips and sets the saturated flag. An asystole simply has no beats. In atrial
+fibrillation the beats have no P wave and the baseline carries fibrillatory waves (two sinusoids
+near 6 Hz, ~60 µV together: "fine" f waves, which lead II often shows).
 
 Each Gaussian is cut to exactly zero beyond 6 SD and the beat window covers every beat that can
 reach the block, so a sample's value does not depend on how the stream is chunked.
@@ -46,6 +48,7 @@ _MOTION_UV = 1800.0  # artefact amplitude at motion level 1
 _MOTION_NOISE_UV = 120.0
 _DRIFT_HZ = 0.05
 _MAINS_HZ = 50.0
+_F_WAVES = ((5.8, 40.0, 0.3), (7.3, 25.0, 1.9))  # AF f waves: (Hz, µV, phase)
 
 _F64 = npt.NDArray[np.float64]
 
@@ -78,6 +81,9 @@ class EcgSynth:
         z = self._rng.standard_normal(n)
         x = self._beats(t)
         x += self._baseline(t)
+        af = self.patient.scenario.mask("af", t)
+        if af is not None:
+            x[af] += sum(a * np.sin(2 * math.pi * hz * t[af] + ph) for hz, a, ph in _F_WAVES)
         ph = self.patient.physiology
         sc = self.patient.scenario
         motion = sc.level("motion", t)
@@ -106,7 +112,11 @@ class EcgSynth:
         centre = (r[:, None] + _MU_S * scale).ravel()
         inv_sd = (1.0 / (_SD_S * scale)).ravel()
         breath = 1.0 + _RESP_AMP_MOD * np.sin(self._w_resp * r + self.patient.physiology.resp_phase)
-        amp = (breath[:, None] * self._amp).ravel()
+        amp = breath[:, None] * self._amp  # (m, 5)
+        af = self.patient.scenario.mask("af", r)
+        if af is not None:
+            amp[af, 0] = 0.0  # no P wave: the atria fibrillate
+        amp = amp.ravel()
         z2 = np.square((t[:, None] - centre) * inv_sd)
         g = np.exp(-0.5 * z2)
         g[z2 > _CUT_SD * _CUT_SD] = 0.0

@@ -6,6 +6,9 @@ Rules of this file:
   in 1 s chunks and one generated in 10 s chunks see the same heart.
 - RR = 60 / HR(t) x (1 + respiratory sinus arrhythmia + small random jitter); HR(t) comes from the
   scenario. An asystole event suppresses beats: the first beat after it falls at its end.
+- In atrial fibrillation the ventricles follow no rhythm: each RR is drawn independently around
+  60 / the AF event's rate, SD 20 % of it (uncontrolled AF: RR coefficients of variation of
+  0.15-0.35 are typical), no shorter than 45 % of the mean.
 - Per beat the work is a few float operations (1-4 beats per second); nothing here loops per sample.
 """
 
@@ -25,6 +28,8 @@ HR_MIN_BPM = 20.0
 HR_MAX_BPM = 300.0
 _RSA_FRACTION = 0.035  # peak RR modulation by breathing at rest (about +-35 ms at 60 bpm)
 _JITTER_FRACTION = 0.012  # beat-to-beat random RR variation (SD, fraction of RR)
+_AF_CV = 0.20  # atrial fibrillation: SD of the independent RR intervals, fraction of their mean
+_AF_MIN = 0.45  # ... and the shortest, as a fraction of the mean
 _HISTORY_S = 12.0  # beats kept behind the slowest reader (covers the 8 s HR window)
 _Z_BLOCK = 64
 
@@ -42,6 +47,7 @@ class Heart:
     ) -> None:
         self.scenario = scenario
         self.base_hr_bpm = base_hr_bpm
+        self._af = bool(scenario.of_kind("af"))
         self._resp_w = 2.0 * math.pi * resp_hz
         self._resp_phase = resp_phase
         self._rng = np.random.Generator(np.random.PCG64(seed))
@@ -56,9 +62,14 @@ class Heart:
         self._asystole = scenario.of_kind("asystole")
 
     def hr_at(self, t: float) -> float:
-        """The true (scripted) heart rate at t, bpm, clamped to what the model supports."""
-        hr = self.scenario.value("hr", self.base_hr_bpm, t)
+        """The true (scripted) heart rate at t, bpm, clamped to what the model supports; in atrial
+        fibrillation the mean ventricular rate."""
+        af = self.scenario.at("af", t) if self._af else None
+        hr = af.target if af is not None else self.scenario.value("hr", self.base_hr_bpm, t)
         return min(max(hr, HR_MIN_BPM), HR_MAX_BPM)
+
+    def in_af(self, t: float) -> bool:
+        return self._af and self.scenario.active("af", t)
 
     def register(self, reader: str) -> None:
         """Declare a reader, so no beat it may still ask for is forgotten before it reads.
@@ -79,10 +90,13 @@ class Heart:
     def _extend_to(self, t: float) -> None:
         r = self._r[-1]
         while r < t:
-            hr = self.hr_at(r)
-            rsa = _RSA_FRACTION * min(1.0, (70.0 / hr) ** 2)
-            rr = 60.0 / hr * (1.0 + rsa * math.sin(self._resp_w * r + self._resp_phase))
-            rr *= 1.0 + _JITTER_FRACTION * self._next_z()
+            if self.in_af(r):
+                rr = 60.0 / self.hr_at(r) * max(_AF_MIN, 1.0 + _AF_CV * self._next_z())
+            else:
+                hr = self.hr_at(r)
+                rsa = _RSA_FRACTION * min(1.0, (70.0 / hr) ** 2)
+                rr = 60.0 / hr * (1.0 + rsa * math.sin(self._resp_w * r + self._resp_phase))
+                rr *= 1.0 + _JITTER_FRACTION * self._next_z()
             nxt = r + max(rr, 60.0 / HR_MAX_BPM)
             for e in self._asystole:
                 if e.start_s <= nxt < e.end_s:

@@ -31,6 +31,7 @@ _ROTATION = (
     "desaturation",
     "tachycardia",
     "bradycardia",
+    "af",
 )
 
 

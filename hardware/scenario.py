@@ -7,8 +7,9 @@ Rules of this file:
 - Vital-sign events (`hr`, `spo2`) ramp linearly from the value before them to `target` over
   `ramp_s`, hold for `hold_s`, and ramp back over `recover_s`; later events blend on top of earlier
   ones, so a tachycardia followed at its end by a bradycardia slides from one to the other.
-- On/off events (`leads_off`, `sensor_off`, `motion`, `asystole`) are active on
-  [start_s, start_s + hold_s); for `motion`, `target` is the artefact amplitude (1 = default size).
+- On/off events (`leads_off`, `sensor_off`, `motion`, `asystole`, `af`) are active on
+  [start_s, start_s + hold_s); for `motion`, `target` is the artefact amplitude (1 = default size),
+  for `af` the mean ventricular rate (bpm) of the atrial fibrillation.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy.typing as npt
 
 __all__ = ["Event", "EventKind", "Scenario", "SCENARIO_NAMES", "scenario"]
 
-EventKind = Literal["hr", "spo2", "leads_off", "sensor_off", "motion", "asystole"]
-_KINDS: tuple[EventKind, ...] = ("hr", "spo2", "leads_off", "sensor_off", "motion", "asystole")
+EventKind = Literal["hr", "spo2", "leads_off", "sensor_off", "motion", "asystole", "af"]
+_KINDS: tuple[EventKind, ...] = ("hr", "spo2", "leads_off", "sensor_off", "motion", "asystole", "af")
 _F64 = npt.NDArray[np.float64]
 _Bool = npt.NDArray[np.bool_]
 
@@ -131,6 +132,16 @@ class Scenario:
     def active(self, kind: EventKind, t: float) -> bool:
         return any(e.active(t) for e in self._by_kind[kind])
 
+    def at(self, kind: EventKind, t: float) -> Event | None:
+        """The on/off event of this kind active at t (the latest to start), or None."""
+        found = None
+        for e in self._by_kind[kind]:
+            if e.start_s > t:
+                break
+            if e.active(t):
+                found = e
+        return found
+
     def mask(self, kind: EventKind, t: _F64) -> _Bool | None:
         """Where an on/off event is active over sorted times t; None when it never is (fast path)."""
         out: _Bool | None = None
@@ -196,6 +207,10 @@ _PRESETS: dict[str, tuple[_Params, _Builder]] = {
     "leads_off": ({"duration_s": 10.0}, _on_off("leads_off")),
     "motion": ({"duration_s": 5.0, "amplitude": 1.0}, _on_off("motion")),
     "asystole": ({"duration_s": 8.0}, _on_off("asystole")),
+    "af": (
+        {"duration_s": 300.0, "rate_bpm": 110.0},
+        lambda start, p: (Event("af", start, p["duration_s"], p["rate_bpm"]),),
+    ),
     "low_battery": ({"drain_pct_per_h": 36.0}, lambda start, p: ()),
 }
 SCENARIO_NAMES: tuple[str, ...] = tuple(_PRESETS)
@@ -209,7 +224,8 @@ def scenario(name: str, start_s: float = 0.0, **params: float) -> Scenario:
       tachy_brady (tachy_bpm 150 then brady_bpm 40, ramp_s 5, hold_s 15 each, then back to normal);
       desaturation (target_pct 84, ramp_s 6, hold_s 20, recover_s 8);
       sensor_off / leads_off (duration_s 10); motion (duration_s 5, amplitude 1); asystole
-      (duration_s 8); low_battery (drain_pct_per_h 36: the battery starts just above 15 % and
+      (duration_s 8); af (duration_s 300, rate_bpm 110: atrial fibrillation, irregularly irregular
+      beats around that rate, no P waves, fibrillatory waves on the baseline); low_battery (drain_pct_per_h 36: the battery starts just above 15 % and
       its level drops to 14 %, raising the low-battery flag, at start_s).
     Combine presets with `+`: ``scenario("desaturation", 2) + scenario("motion", 40)``.
     """

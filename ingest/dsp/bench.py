@@ -12,8 +12,10 @@ Two parts, both deterministic (seeded; the seeds are in the output):
   emission stands for its last second of signal) is reported, with Se and +P over all beats and
   over the usable seconds only (what the alarms see).
 - ``scenarios``: heart-rate error of the emitted vitals on simulated patients (`hardware`
-  simulator: tachycardia up to 220 bpm, bradycardia, a pause), against the same monitor-style
-  averaging applied to the simulator's true beat times, so the error is the detector's alone.
+  simulator: tachycardia up to 220 bpm, bradycardia, a pause, atrial fibrillation), against the
+  same monitor-style averaging applied to the simulator's true beat times, so the error is the
+  detector's alone; and the AF suspicion score the processor emits (`af_score_max` in sinus
+  rhythm; for the AF scenario how soon and how steadily it reaches the alarm threshold, 0.7).
 
 Record 100 is one clean record: a development set. Passing on it proves little by itself.
 """
@@ -40,6 +42,7 @@ FS = 250
 SNRS_DB = (24.0, 12.0, 6.0)
 NOISE_KINDS = ("baseline", "muscle", "motion")
 _MIN_SQI = 0.5  # EcgProcessor's default gate; the alert rules gate on the same SQI
+_AF_THRESHOLD = 0.7  # the af_suspected alarm's default threshold (nabz.config, [alerts] af_score)
 
 
 def find_mitdb(explicit: str | None = None) -> Path:
@@ -123,7 +126,8 @@ def _scenario(
     patient.heart.register("truth")
     synth = EcgSynth(patient, patient.seed_for("ecg/noise"))
     n = round(seconds * FS)
-    x, _flags = synth.render(0, n)
+    block = 10 * FS  # the synthesiser's work grows with block length x beats in it: render in parts
+    x = np.concatenate([synth.render(k, min(block, n - k))[0] for k in range(0, n, block)])
     beats_s, _rr = patient.heart.window("truth", 0.0, seconds)
     truth = np.round(beats_s * FS).astype(np.int64)
     run = _stream(x.astype(np.float64))
@@ -153,9 +157,17 @@ def _scenario(
         "ppv": round(score.ppv_pct, 2),
         "peak_hr_scripted_bpm": round(max(patient.true_hr(t) for t in np.arange(0.0, seconds, 0.5)), 1),
         "max_pause_reported_s": round(max(v.pause_s for v in run.vitals), 2),
+        "af_score_max": _af_max(run.vitals, lambda t: not patient.heart.in_af(t)),
         "_truth": truth,
         "_peaks": run.peaks,
+        "_vitals": run.vitals,
     }
+
+
+def _af_max(vitals: list[EcgVitals], when: Any) -> float | None:
+    """The highest AF score emitted at the times `when` accepts (None: no score yet)."""
+    scores = [v.af_score for v in vitals if v.af_score is not None and when(v.t)]
+    return round(max(scores), 2) if scores else None
 
 
 def _scenarios(seed: int) -> dict[str, dict[str, Any]]:
@@ -177,9 +189,25 @@ def _scenarios(seed: int) -> dict[str, dict[str, Any]]:
         np.count_nonzero((peaks > last + 0.15 * FS) & (peaks < nxt - 0.15 * FS))
     )
     out["pause_8s"] = res
+    af_on, af_off = 60.0, 300.0
+    res = _scenario("af", 420.0, scenario("af", start_s=af_on, duration_s=af_off - af_on, rate_bpm=110.0),
+                    seed, (af_on + 30.0, af_off))  # fmt: skip
+    scores = [(v.t, v.af_score) for v in res["_vitals"] if v.af_score is not None]
+    in_af = [s for t, s in scores if af_on + 60.0 <= t < af_off]  # after a minute: 64 RR of AF
+    first = next((t for t, s in scores if t >= af_on and s >= _AF_THRESHOLD), None)
+    back = next((t for t, s in scores if t >= af_off and s < _AF_THRESHOLD), None)
+    res["af_s"] = af_off - af_on
+    res["af_score_onset_s"] = round(first - af_on, 1) if first is not None else None
+    res["af_score_above_threshold_pct"] = round(
+        100.0 * sum(s >= _AF_THRESHOLD for s in in_af) / len(in_af), 1
+    )
+    res["af_score_below_threshold_after_s"] = round(back - af_off, 1) if back is not None else None
+    res["af_score_max"] = _af_max(res["_vitals"], lambda t: t < af_on or t >= af_off + 90.0)
+    out["af_110"] = res
     for r in out.values():
         r.pop("_truth")
         r.pop("_peaks")
+        r.pop("_vitals")
     return out
 
 

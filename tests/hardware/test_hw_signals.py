@@ -97,6 +97,28 @@ def test_asystole_has_no_beats_during_the_pause() -> None:
     assert np.ptp(pause) < 600  # baseline wander and noise only
 
 
+def test_atrial_fibrillation_is_irregularly_irregular_without_p_waves() -> None:
+    """Sinus rhythm, then 60 s of AF at 110/min, then sinus again (all synthetic)."""
+    p = Patient(seed=6, hr_bpm=70, scenario=scenario("af", start_s=30.0, duration_s=60.0, rate_bpm=110.0))
+    x = ecg(p, 120.0)
+    t = r_peaks(x) / ECG_RATE_HZ
+    rr = np.diff(t)
+    sinus, af = rr[(t[1:] > 2) & (t[1:] < 29)], rr[(t[1:] > 31) & (t[1:] < 89)]
+    assert 60.0 / af.mean() == pytest.approx(110, abs=8) and 60.0 / sinus.mean() == pytest.approx(70, abs=3)
+    assert af.std() / af.mean() > 0.15 > 0.05 > sinus.std() / sinus.mean()
+    # irregular without pattern: successive intervals hardly correlated (sinus rhythm's breathing
+    # makes neighbours alike)
+    assert abs(np.corrcoef(af[:-1], af[1:])[0, 1]) < 0.3 < np.corrcoef(sinus[:-1], sinus[1:])[0, 1]
+
+    def before_r(peaks: np.ndarray) -> np.ndarray:  # 250-100 ms before each R: the P wave, if any
+        return np.mean([x[p - 62 : p - 25] - np.median(x[p - 80 : p + 80]) for p in peaks], axis=0)
+
+    peaks = r_peaks(x)
+    p_sinus = before_r(peaks[(peaks > 3 * 250) & (peaks < 28 * 250)])
+    p_af = before_r(peaks[(peaks > 32 * 250) & (peaks < 88 * 250)])
+    assert p_sinus.max() > 2 * max(p_af.max(), 40.0)  # the P wave is gone in AF
+
+
 @pytest.mark.parametrize("spo2", [99, 95, 90, 84, 75])
 def test_ppg_ratio_of_ratios_gives_back_the_set_spo2(spo2: int) -> None:
     x = ppg(Patient(seed=spo2, hr_bpm=72, spo2_pct=spo2), 30.0)

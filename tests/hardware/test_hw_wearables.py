@@ -33,6 +33,7 @@ EVENTFUL = (
     + scenario("motion", 16.0, duration_s=2.0, amplitude=3.0)
     + scenario("asystole", 20.0, duration_s=4.5)
     + scenario("tachycardia", 26.0, ramp_s=1, hold_s=3, recover_s=1)
+    + scenario("af", 8.0, duration_s=4.0)
     + scenario("low_battery", 18.0)
 )
 
