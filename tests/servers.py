@@ -354,8 +354,9 @@ class InfluxDB1:
     `/query` endpoint, which InfluxDB 2 and 3 answer too. It has no `/api/v2/write`, so lines go in
     through the 1.x `/write` endpoint (`write`); they are the same line protocol."""
 
-    def __init__(self, workdir: Path, database: str = "nabz") -> None:
+    def __init__(self, workdir: Path, database: str = "nabz", http_settings: str = "") -> None:
         self.binary = require("influxd", "influxdb")
+        self.http_settings = http_settings  # more lines for the [http] section
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.database = database
@@ -374,7 +375,7 @@ class InfluxDB1:
             f'reporting-disabled = true\nbind-address = "127.0.0.1:{self.rpc_port}"\n'
             f'[meta]\n  dir = "{d / "meta"}"\n'
             f'[data]\n  dir = "{d / "data"}"\n  wal-dir = "{d / "wal"}"\n  query-log-enabled = false\n'
-            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n{self.http_settings}\n'
             "[monitor]\n  store-enabled = false\n"
         )
         with self.log.open("ab") as log:

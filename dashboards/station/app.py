@@ -23,6 +23,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "nabz_session"
 TREND_HOURS = (1, 6, 24, 72)
+_STRIP_READ_S = 8.0  # a strip's waveforms (both streams, read side by side) or the page says why not
 SILENCE_CHOICES_S = (15 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600)
 _ID = re.compile(ID_PATTERN)
 _CSP = (
@@ -89,6 +91,9 @@ class Station:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["local"] = self.local
         self.templates.env.filters["ago"] = lambda t: _ago(self.clock() - t) if t else "-"
+        # Strips read their waveforms here, not in the default thread pool that every request's
+        # session check uses: a database that hangs holds up strips, not the ward.
+        self.strip_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nabz-strip")
 
     def local(self, t: float | None, fmt: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
         if t is None:
@@ -331,14 +336,19 @@ def create_app(
         sc = st.config.station
         start = a["raised_at"] - sc.strip_before_s
         end = min(a["raised_at"] + sc.strip_after_s, st.clock())
+        loop = asyncio.get_running_loop()
+        reads = [
+            loop.run_in_executor(st.strip_pool, st.records.waveforms, pid, s, start, end)
+            for s in ("ecg", "ppg")
+        ]
+        read_error = None
         try:
-            ecg_w = await asyncio.to_thread(st.records.waveforms, pid, "ecg", start, end)
-            ppg_w = await asyncio.to_thread(st.records.waveforms, pid, "ppg", start, end)
-            read_error = None
-        except StripReadError as exc:
-            log.warning("station: strip of %s: %s", alarm_id, exc)
+            ecg_w, ppg_w = await asyncio.wait_for(asyncio.gather(*reads), _STRIP_READ_S)
+        except (StripReadError, TimeoutError) as exc:
+            why = str(exc) if isinstance(exc, StripReadError) else f"no answer within {_STRIP_READ_S:g} s"
+            log.warning("station: strip of %s: %s", alarm_id, why)
             ecg_w = ppg_w = Waves(None, [], 0, "influxdb")
-            read_error = str(exc)
+            read_error = why
         marks = [Mark(a["raised_at"], f"alarm raised {st.local(a['raised_at'], '%H:%M:%S')}")]
         if a.get("condition_started_at") is not None and a["condition_started_at"] < a["raised_at"] - 0.5:
             marks.append(Mark(a["condition_started_at"], "condition began", "#7a4b00", dashed=True))
@@ -546,6 +556,7 @@ def create_app(
         finally:
             prune.cancel()
             await st.hub.stop()
+            st.strip_pool.shutdown(wait=False, cancel_futures=True)  # a hung read ends by its timeout
 
     routes = [
         Route("/login", login_page, methods=["GET"]),

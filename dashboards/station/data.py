@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from dashboards.station.influxstrips import InfluxStrips, busiest_device
-from dashboards.station.strips import Segment
+from dashboards.station.influxstrips import InfluxStrips
+from dashboards.station.strips import Segment, busiest_device
 from ingest.store import STRIP_INDEX
 from nabz.contract import Vitals
 

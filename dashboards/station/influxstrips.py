@@ -1,19 +1,24 @@
 """Strips read back from InfluxDB, for a server whose embedded store keeps no waveforms
 (`ingest.keep_payloads = false`, docs/storage.md).
 
-InfluxQL over the 1.x-compatible `/query` endpoint, which InfluxDB 1.x, 2.x (through the bucket's
-virtual DBRP mapping, token in the `Authorization` header) and 3.x all answer; Flux would tie the
-station to 2.x. Tested against a real InfluxDB 1.6 (tests/dashboards/station/test_influx_strips.py).
+InfluxQL over the 1.x-compatible `/query` endpoint, which InfluxDB 2.x (through the bucket's
+virtual DBRP mapping, token in the `Authorization` header), 3.x and 1.x without authentication
+all answer; Flux would tie the station to 2.x. Tested against a real InfluxDB 1.6
+(tests/dashboards/station/test_influx_strips.py).
 
 Rules of this file:
 - It reads the layout ingest writes (`[influx] waveforms`): `chunks` (one point per message, its
   samples packed, ingest/lines.py) or `points` (one point per sample).
-- Read-only; one HTTP request per stream and strip; a failure raises `StripReadError` with a
-  reason a person can act on, never a partial strip passed off as whole.
+- Read-only; one HTTP request per stream and strip, bounded by `timeout_s`; anything but a whole
+  answer (refused, timed out, an error, a result the server marked partial, a shape not
+  understood) raises `StripReadError` with a reason a person can act on: never a partial strip
+  passed off as whole.
+- The token is sent to the configured URL only (not along a redirect).
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 import urllib.error
 import urllib.parse
@@ -21,32 +26,26 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from dashboards.station.strips import Segment
-from ingest.lines import unpack_samples
+from dashboards.station.strips import Segment, busiest_device
 from nabz.config import InfluxConfig
 
-__all__ = ["InfluxStrips", "StripReadError", "busiest_device"]
+__all__ = ["InfluxStrips", "StripReadError"]
 
 # stream -> (chunk measurement, point measurement, the field a strip draws)
 _WHAT = {"ecg": ("ecg_chunk", "ecg", "signal_uv"), "ppg": ("ppg_chunk", "ppg", "ir_counts")}
+_CHUNK_LEAD_S = 5.0  # a chunk (one BLE frame, under a second) that began this long before still counts
+_TIME_TOLERANCE_NS = 1_000  # points further than this from their run's even spacing start a new run
 
 
 class StripReadError(Exception):
-    """InfluxDB could not be asked, or answered with an error."""
-
-
-def busiest_device(by_device: dict[str, list[Segment]]) -> tuple[str | None, list[Segment]]:
-    """The device with the most samples (a patient may have had two patches in the window)."""
-    if not by_device:
-        return None, []
-    device = max(by_device, key=lambda d: sum(len(s.samples) for s in by_device[d]))
-    return device, by_device[device]
+    """InfluxDB could not be asked, or did not give a whole answer."""
 
 
 class InfluxStrips:
-    def __init__(self, config: InfluxConfig, timeout_s: float = 10.0) -> None:
+    def __init__(self, config: InfluxConfig, timeout_s: float = 5.0) -> None:
         if not config.url:
             raise ValueError("no InfluxDB URL configured (influx.url)")
+        self.url = config.url.rstrip("/")
         self.config = config
         self.timeout_s = timeout_s
 
@@ -54,28 +53,31 @@ class InfluxStrips:
         self, patient: str, stream: str, start: float, end: float
     ) -> tuple[str | None, list[Segment]]:
         """The samples of `stream` for `patient` in [start, end] (epoch s), from the device with
-        the most of them, as segments (a chunk's samples begin up to 5 s before `start`)."""
+        the most of them, as segments."""
         chunk, point, field = _WHAT[stream]
         chunks = self.config.waveforms == "chunks"
         measurement, fields = (chunk, f'"rate_hz","{field}"') if chunks else (point, f'"{field}"')
+        since = start - (_CHUNK_LEAD_S if chunks else 0.0)
         q = (
             f'SELECT {fields} FROM "{measurement}" WHERE "patient" = {_literal(patient)} '
-            f'AND time >= {int((start - 5.0) * 1e9)} AND time <= {int(end * 1e9)} GROUP BY "device"'
+            f'AND time >= {int(since * 1e9)} AND time <= {int(end * 1e9)} GROUP BY "device"'
         )
         by_device: dict[str, list[Segment]] = {}
         for series in self._query(q):
-            device = str(series.get("tags", {}).get("device", ""))
-            rows = series.get("values") or []
-            by_device[device] = _chunk_segments(rows) if chunks else _point_segments(rows)
-        return busiest_device({d: s for d, s in by_device.items() if s})
+            try:
+                rows = _rows(series, ["time", "rate_hz", field] if chunks else ["time", field])
+                segments = _chunk_segments(rows) if chunks else _point_segments(rows)
+            except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+                raise StripReadError(f"InfluxDB answered in a shape not understood: {exc!r}") from exc
+            if segments:
+                by_device[str(series.get("tags", {}).get("device", ""))] = segments
+        return busiest_device(by_device)
 
     def _query(self, q: str) -> list[dict[str, Any]]:
-        url = f"{self.config.url.rstrip('/')}/query?" + urllib.parse.urlencode(  # type: ignore[union-attr]
-            {"db": self.config.bucket, "epoch": "ns", "q": q}
-        )
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        params = urllib.parse.urlencode({"db": self.config.bucket, "epoch": "ns", "q": q})
+        request = urllib.request.Request(f"{self.url}/query?{params}", headers={"Accept": "application/json"})
         if self.config.token:
-            request.add_header("Authorization", f"Token {self.config.token}")
+            request.add_unredirected_header("Authorization", f"Token {self.config.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 body = json.loads(response.read())
@@ -85,42 +87,57 @@ class InfluxStrips:
         except (OSError, ValueError) as exc:  # refused, timed out, not JSON
             raise StripReadError(f"InfluxDB could not be read: {exc}") from exc
         results = body.get("results") if isinstance(body, dict) else None
-        if not isinstance(results, list) or not results:
+        if not isinstance(results, list) or not results or not isinstance(results[0], dict):
             raise StripReadError(f"InfluxDB answered without results: {str(body)[:300]}")
-        if "error" in results[0]:
-            raise StripReadError(f"InfluxDB refused the query: {results[0]['error']}")
-        series = results[0].get("series") or []
-        return [s for s in series if isinstance(s, dict)]
+        first = results[0]
+        if "error" in first:
+            raise StripReadError(f"InfluxDB refused the query: {first['error']}")
+        series = [s for s in first.get("series") or [] if isinstance(s, dict)]
+        if first.get("partial") or any(s.get("partial") for s in series):
+            raise StripReadError("InfluxDB returned only part of the strip (a row limit on the server?)")
+        return series
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _rows(series: dict[str, Any], names: list[str]) -> list[list[Any]]:
+    """The named columns of a series' rows, in that order."""
+    columns = series["columns"]
+    at = [columns.index(n) for n in names]
+    return [[row[i] for i in at] for row in series.get("values") or []]
+
+
 def _chunk_segments(rows: list[list[Any]]) -> list[Segment]:
     """Rows of (time ns, rate_hz, packed samples): a segment per chunk, as ingest wrote it."""
+    from ingest.lines import unpack_samples  # here, so the station does not load the DSP kernels
+
     out = []
     for t_ns, rate, packed in rows:
         if isinstance(packed, str) and packed and rate:
-            out.append(Segment(t_ns / 1e9, float(rate), unpack_samples(packed)))
+            out.append(Segment(int(t_ns) / 1e9, float(rate), unpack_samples(packed)))
     return out
 
 
 def _point_segments(rows: list[list[Any]]) -> list[Segment]:
-    """Rows of (time ns, value): runs of evenly spaced samples, split where one is missing. The
-    rate is the run's most common spacing (the points carry no rate)."""
+    """Rows of (time ns, value): runs of evenly spaced samples. The spacing is the most common one
+    (the points carry no rate); a run ends where a sample strays from its even spacing by more
+    than a microsecond (a missing sample, or the next frame's clock a little off), so every sample
+    is drawn at the time it was stored."""
     points = [(int(t), v) for t, v in rows if v is not None]
     if len(points) < 2:
         return []
-    steps = [b[0] - a[0] for a, b in zip(points, points[1:], strict=False)]
-    step = Counter(steps).most_common(1)[0][0]
+    step = Counter(b[0] - a[0] for a, b in zip(points, points[1:], strict=False)).most_common(1)[0][0]
     if step <= 0:
         return []
     out: list[Segment] = []
     first = 0
-    for i, gap in enumerate(steps, start=1):
-        if abs(gap - step) > step // 2:  # a hole (or a doubled sample): the run ends here
+    for i in range(1, len(points) + 1):
+        if (
+            i == len(points)
+            or abs(points[i][0] - points[first][0] - round((i - first) * step)) > _TIME_TOLERANCE_NS
+        ):
             out.append(Segment(points[first][0] / 1e9, 1e9 / step, [v for _, v in points[first:i]]))
             first = i
-    out.append(Segment(points[first][0] / 1e9, 1e9 / step, [v for _, v in points[first:]]))
     return out

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-__all__ = ["Segment", "Mark", "render_strip", "MM_PER_S", "MM_PER_MV"]
+__all__ = ["Segment", "Mark", "render_strip", "busiest_device", "MM_PER_S", "MM_PER_MV"]
 
 MM_PER_S = 25.0
 MM_PER_MV = 10.0
@@ -56,6 +56,14 @@ class Mark:
 
 def _n(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def busiest_device(by_device: dict[str, list[Segment]]) -> tuple[str | None, list[Segment]]:
+    """The device with the most samples (a patient may have had two patches in the window)."""
+    if not by_device:
+        return None, []
+    device = max(by_device, key=lambda d: sum(len(s.samples) for s in by_device[d]))
+    return device, by_device[device]
 
 
 def _runs(segments: Sequence[Segment], start: float, end: float) -> list[tuple[np.ndarray, np.ndarray]]:
