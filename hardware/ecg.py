@@ -12,7 +12,7 @@ Events: leads off drives the output to the positive rail (as the AD8232 does) an
 leads-off flag; motion adds large low-frequency artefacts and noise; anything beyond the front
 end's +-ECG_RANGE_UV clips and sets the saturated flag. An asystole simply has no beats. In atrial
 fibrillation the beats have no P wave and the baseline carries fibrillatory waves (two sinusoids
-near 6 Hz, ~60 µV together: "fine" f waves, which lead II often shows).
+near 6 and 7 Hz, at most ~55 µV peak to peak, about where "fine" f waves end and "coarse" begin).
 
 Each Gaussian is cut to exactly zero beyond 6 SD and the beat window covers every beat that can
 reach the block, so a sample's value does not depend on how the stream is chunked.
@@ -48,7 +48,7 @@ _MOTION_UV = 1800.0  # artefact amplitude at motion level 1
 _MOTION_NOISE_UV = 120.0
 _DRIFT_HZ = 0.05
 _MAINS_HZ = 50.0
-_F_WAVES = ((5.8, 40.0, 0.3), (7.3, 25.0, 1.9))  # AF f waves: (Hz, µV, phase)
+_F_WAVES = ((5.8, 17.0, 0.3), (7.3, 10.0, 1.9))  # AF f waves: (Hz, µV amplitude, phase)
 
 _F64 = npt.NDArray[np.float64]
 
@@ -113,7 +113,7 @@ class EcgSynth:
         inv_sd = (1.0 / (_SD_S * scale)).ravel()
         breath = 1.0 + _RESP_AMP_MOD * np.sin(self._w_resp * r + self.patient.physiology.resp_phase)
         amp = breath[:, None] * self._amp  # (m, 5)
-        af = self.patient.scenario.mask("af", r)
+        af = self.patient.scenario.mask("af", r - rr)  # the beat before it was in AF (as the heart's RR)
         if af is not None:
             amp[af, 0] = 0.0  # no P wave: the atria fibrillate
         amp = amp.ravel()

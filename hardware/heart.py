@@ -7,8 +7,9 @@ Rules of this file:
 - RR = 60 / HR(t) x (1 + respiratory sinus arrhythmia + small random jitter); HR(t) comes from the
   scenario. An asystole event suppresses beats: the first beat after it falls at its end.
 - In atrial fibrillation the ventricles follow no rhythm: each RR is drawn independently around
-  60 / the AF event's rate, SD 20 % of it (uncontrolled AF: RR coefficients of variation of
-  0.15-0.35 are typical), no shorter than 45 % of the mean.
+  60 / the AF event's rate, SD 20 % of it, no shorter than 45 % of the mean (nor than the 0.2 s
+  every beat keeps, which binds above ~130/min and then slows the mean rate a little). Whether a
+  beat's interval is AF's is decided by the beat before it, as for the ECG's P waves.
 - Per beat the work is a few float operations (1-4 beats per second); nothing here loops per sample.
 """
 
@@ -47,7 +48,6 @@ class Heart:
     ) -> None:
         self.scenario = scenario
         self.base_hr_bpm = base_hr_bpm
-        self._af = bool(scenario.of_kind("af"))
         self._resp_w = 2.0 * math.pi * resp_hz
         self._resp_phase = resp_phase
         self._rng = np.random.Generator(np.random.PCG64(seed))
@@ -64,12 +64,9 @@ class Heart:
     def hr_at(self, t: float) -> float:
         """The true (scripted) heart rate at t, bpm, clamped to what the model supports; in atrial
         fibrillation the mean ventricular rate."""
-        af = self.scenario.at("af", t) if self._af else None
+        af = self.scenario.at("af", t)
         hr = af.target if af is not None else self.scenario.value("hr", self.base_hr_bpm, t)
         return min(max(hr, HR_MIN_BPM), HR_MAX_BPM)
-
-    def in_af(self, t: float) -> bool:
-        return self._af and self.scenario.active("af", t)
 
     def register(self, reader: str) -> None:
         """Declare a reader, so no beat it may still ask for is forgotten before it reads.
@@ -90,10 +87,10 @@ class Heart:
     def _extend_to(self, t: float) -> None:
         r = self._r[-1]
         while r < t:
-            if self.in_af(r):
-                rr = 60.0 / self.hr_at(r) * max(_AF_MIN, 1.0 + _AF_CV * self._next_z())
+            hr = self.hr_at(r)
+            if self.scenario.at("af", r) is not None:
+                rr = 60.0 / hr * max(_AF_MIN, 1.0 + _AF_CV * self._next_z())
             else:
-                hr = self.hr_at(r)
                 rsa = _RSA_FRACTION * min(1.0, (70.0 / hr) ** 2)
                 rr = 60.0 / hr * (1.0 + rsa * math.sin(self._resp_w * r + self._resp_phase))
                 rr *= 1.0 + _JITTER_FRACTION * self._next_z()

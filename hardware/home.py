@@ -3,8 +3,8 @@
 `make_patients(n, seed)` gives the demo's default mix: patient 1 normal; patient 2 desaturates
 from 2 s down to ~84 %; patient 3 goes tachycardic (150 bpm) from 2 s, then bradycardic (40 bpm),
 then back to normal; from patient 4 on most patients are normal and every tenth one has one event
-(sensor off, motion, leads off, low battery, asystole, desaturation, tachycardia, bradycardia in
-turn) starting at a seeded time between 5 and 30 s. Patient k is `p-000k` and wears `ecg-000k` and
+(sensor off, motion, leads off, low battery, asystole, desaturation, tachycardia, bradycardia,
+atrial fibrillation in turn; AF joined on 2026-11-26, which moved patients 90 and up one place) starting at a seeded time between 5 and 30 s. Patient k is `p-000k` and wears `ecg-000k` and
 `oxi-000k`. The same (n, seed) always gives the same patients and the same bytes, and patient k
 does not depend on n.
 """

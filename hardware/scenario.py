@@ -196,6 +196,12 @@ def _on_off(kind: EventKind) -> Callable[[float, _Params], tuple[Event, ...]]:
     return build
 
 
+def _af(start: float, p: _Params) -> tuple[Event, ...]:
+    if not 40.0 <= p["rate_bpm"] <= 200.0:
+        raise ValueError(f"af needs rate_bpm between 40 and 200, not {p['rate_bpm']:g}")
+    return (Event("af", start, p["duration_s"], p["rate_bpm"]),)
+
+
 _Builder = Callable[[float, _Params], tuple[Event, ...]]
 _PRESETS: dict[str, tuple[_Params, _Builder]] = {
     "normal": ({}, lambda start, p: ()),
@@ -207,10 +213,7 @@ _PRESETS: dict[str, tuple[_Params, _Builder]] = {
     "leads_off": ({"duration_s": 10.0}, _on_off("leads_off")),
     "motion": ({"duration_s": 5.0, "amplitude": 1.0}, _on_off("motion")),
     "asystole": ({"duration_s": 8.0}, _on_off("asystole")),
-    "af": (
-        {"duration_s": 300.0, "rate_bpm": 110.0},
-        lambda start, p: (Event("af", start, p["duration_s"], p["rate_bpm"]),),
-    ),
+    "af": ({"duration_s": 300.0, "rate_bpm": 110.0}, _af),
     "low_battery": ({"drain_pct_per_h": 36.0}, lambda start, p: ()),
 }
 SCENARIO_NAMES: tuple[str, ...] = tuple(_PRESETS)

@@ -23,6 +23,7 @@ Record 100 is one clean record: a development set. Passing on it proves little b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,15 @@ def _mitdb_conditions(mitdb: Path, seed: int) -> dict[str, dict[str, Any]]:
 
 
 def _scenario(
-    name: str, seconds: float, sc: Any, seed: int, true_hr_window: tuple[float, float]
+    name: str,
+    seconds: float,
+    sc: Any,
+    seed: int,
+    true_hr_window: tuple[float, float],
+    sinus: Callable[[float], bool] = lambda t: True,
 ) -> dict[str, Any]:
+    """One simulated patient through the live detector; `sinus` says which emission times are in
+    sinus rhythm (for `af_score_max`)."""
     from hardware.ecg import EcgSynth
     from hardware.patient import Patient
 
@@ -157,14 +165,14 @@ def _scenario(
         "ppv": round(score.ppv_pct, 2),
         "peak_hr_scripted_bpm": round(max(patient.true_hr(t) for t in np.arange(0.0, seconds, 0.5)), 1),
         "max_pause_reported_s": round(max(v.pause_s for v in run.vitals), 2),
-        "af_score_max": _af_max(run.vitals, lambda t: not patient.heart.in_af(t)),
+        "af_score_max": _af_max(run.vitals, sinus),
         "_truth": truth,
         "_peaks": run.peaks,
         "_vitals": run.vitals,
     }
 
 
-def _af_max(vitals: list[EcgVitals], when: Any) -> float | None:
+def _af_max(vitals: list[EcgVitals], when: Callable[[float], bool]) -> float | None:
     """The highest AF score emitted at the times `when` accepts (None: no score yet)."""
     scores = [v.af_score for v in vitals if v.af_score is not None and when(v.t)]
     return round(max(scores), 2) if scores else None
@@ -189,20 +197,23 @@ def _scenarios(seed: int) -> dict[str, dict[str, Any]]:
         np.count_nonzero((peaks > last + 0.15 * FS) & (peaks < nxt - 0.15 * FS))
     )
     out["pause_8s"] = res
+    # AF between sinus rhythm; the score reads the last 64 RR intervals, so it is judged in sinus
+    # rhythm before the AF and from 90 s after it (by then the window holds sinus beats only)
     af_on, af_off = 60.0, 300.0
-    res = _scenario("af", 420.0, scenario("af", start_s=af_on, duration_s=af_off - af_on, rate_bpm=110.0),
-                    seed, (af_on + 30.0, af_off))  # fmt: skip
+    af = scenario("af", start_s=af_on, duration_s=af_off - af_on, rate_bpm=110.0)
+    res = _scenario("af", 420.0, af, seed, (af_on + 30.0, af_off), lambda t: t < af_on or t >= af_off + 90.0)
     scores = [(v.t, v.af_score) for v in res["_vitals"] if v.af_score is not None]
-    in_af = [s for t, s in scores if af_on + 60.0 <= t < af_off]  # after a minute: 64 RR of AF
+    # from a minute in (110 beats at 110/min), the 64-interval window holds AF only
+    in_af = [s for t, s in scores if af_on + 60.0 <= t < af_off]
     first = next((t for t, s in scores if t >= af_on and s >= _AF_THRESHOLD), None)
-    back = next((t for t, s in scores if t >= af_off and s < _AF_THRESHOLD), None)
+    last_high = max((t for t, s in scores if t >= af_off and s >= _AF_THRESHOLD), default=None)
     res["af_s"] = af_off - af_on
     res["af_score_onset_s"] = round(first - af_on, 1) if first is not None else None
-    res["af_score_above_threshold_pct"] = round(
-        100.0 * sum(s >= _AF_THRESHOLD for s in in_af) / len(in_af), 1
+    res["af_score_above_threshold_pct"] = (
+        round(100.0 * sum(s >= _AF_THRESHOLD for s in in_af) / len(in_af), 1) if in_af else None
     )
-    res["af_score_below_threshold_after_s"] = round(back - af_off, 1) if back is not None else None
-    res["af_score_max"] = _af_max(res["_vitals"], lambda t: t < af_on or t >= af_off + 90.0)
+    # the last emission at or above the threshold after the AF ended (0: none after it)
+    res["af_score_above_threshold_until_s"] = round(last_high - af_off, 1) if last_high is not None else 0.0
     out["af_110"] = res
     for r in out.values():
         r.pop("_truth")

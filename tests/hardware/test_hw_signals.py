@@ -24,9 +24,11 @@ from hardware import (
 
 
 def ecg(patient: Patient, seconds: float) -> np.ndarray:
+    """Rendered 10 s at a time (the same samples as at once; the synthesiser's memory grows with
+    the block's length times its beats)."""
     synth = EcgSynth(patient, patient.seed_for("test-ecg"))
-    x, _ = synth.render(0, int(seconds * ECG_RATE_HZ))
-    return x.astype(float)
+    n, block = int(seconds * ECG_RATE_HZ), 10 * ECG_RATE_HZ
+    return np.concatenate([synth.render(k, min(block, n - k))[0] for k in range(0, n, block)]).astype(float)
 
 
 def ppg(patient: Patient, seconds: float) -> np.ndarray:
@@ -117,6 +119,22 @@ def test_atrial_fibrillation_is_irregularly_irregular_without_p_waves() -> None:
     p_sinus = before_r(peaks[(peaks > 3 * 250) & (peaks < 28 * 250)])
     p_af = before_r(peaks[(peaks > 32 * 250) & (peaks < 88 * 250)])
     assert p_sinus.max() > 2 * max(p_af.max(), 40.0)  # the P wave is gone in AF
+    assert p.true_hr(60.0) == 110.0 and p.true_hr(100.0) == 70.0
+
+    # fibrillatory waves, seen where no beat hides them: an asystole inside the AF, against the same
+    # asystole in sinus rhythm (4-9 Hz: above breathing and drift, below the 50 Hz pickup)
+    def f_band_power(sc: object) -> float:
+        y = ecg(Patient(seed=6, hr_bpm=70, scenario=sc), 60.0)  # type: ignore[arg-type]
+        b, a = signal.butter(2, [4.0, 9.0], btype="bandpass", fs=ECG_RATE_HZ)
+        return float(np.var(signal.filtfilt(b, a, y)[51 * ECG_RATE_HZ : 57 * ECG_RATE_HZ]))
+
+    stop = scenario("asystole", start_s=50.0, duration_s=8.0)
+    assert f_band_power(scenario("af", start_s=30.0, duration_s=30.0) + stop) > 5 * f_band_power(stop)
+
+
+def test_an_af_rate_outside_what_the_model_holds_is_refused() -> None:
+    with pytest.raises(ValueError, match="rate_bpm between 40 and 200"):
+        scenario("af", rate_bpm=0.0)
 
 
 @pytest.mark.parametrize("spo2", [99, 95, 90, 84, 75])
