@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-# Debian packages the test suite drives as real parts (command -> package).
+# Debian packages the test suite drives as real parts (command -> package). The tests start their
+# own servers on free loopback ports; Debian's influxdb unit (port 8086 on every address, no
+# authentication) is disabled again where systemd started it.
 DEB_TEST := mosquitto:mosquitto mosquitto_pub:mosquitto-clients victoria-metrics:victoria-metrics \
             socat:socat chromium:chromium influxd:influxdb
 
@@ -44,7 +46,8 @@ debs:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing || exit 1; \
+	    case "$$missing" in *influxdb*) systemctl disable --now influxdb >/dev/null 2>&1 || true;; esac; \
 	  else \
 	    echo "missing Debian packages:$$missing"; \
 	    echo "run: sudo apt-get install -y --no-install-recommends$$missing"; exit 1; \

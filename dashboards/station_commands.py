@@ -28,7 +28,9 @@ def register(sub: Any, bench: Any) -> None:
         "run",
         help="serve the nurse station (live ward, alarms, acknowledgement, strips)",
         description="Reads [station], [mqtt], [ingest] store_path and [alerts] store_path from the "
-        "configuration. Create accounts first with `nabz station user add`.",
+        "configuration, and [influx] (url, bucket, token, waveforms) to draw strips from InfluxDB when "
+        "the ingest store keeps no waveforms: give the station a read token through NABZ_INFLUX__TOKEN. "
+        "Create accounts first with `nabz station user add`.",
     )
     add_config_option(run)
     run.add_argument("--host", help="listen address (default [station] host)")

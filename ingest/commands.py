@@ -31,11 +31,12 @@ def register(sub: Any, bench: Any) -> None:
 
     dsp = bench.add_parser(
         "dsp",
-        help="ECG detector: EC57 scoring on MIT-BIH record 100 (clean, 24/12/6 dB) and HR error on simulated scenarios",
+        help="ECG detector: EC57 scoring on MIT-BIH record 100 (clean, 24/12/6 dB); HR error and the AF "
+        "suspicion score on simulated scenarios (tachycardia, bradycardia, a pause, atrial fibrillation)",
     )
     dsp.add_argument("--json", action="store_true", help="print the result as JSON")
     dsp.add_argument("--mitdb", metavar="DIR", help="directory with record 100 (default: the tests' copy)")
-    dsp.add_argument("--seed", type=int, default=20261125, help="noise seed")
+    dsp.add_argument("--seed", type=int, default=20261125, help="seed of the added noise and of the simulated patients")
     dsp.set_defaults(handler=_bench_dsp)
 
     load = bench.add_parser(
