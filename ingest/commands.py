@@ -36,7 +36,9 @@ def register(sub: Any, bench: Any) -> None:
     )
     dsp.add_argument("--json", action="store_true", help="print the result as JSON")
     dsp.add_argument("--mitdb", metavar="DIR", help="directory with record 100 (default: the tests' copy)")
-    dsp.add_argument("--seed", type=int, default=20261125, help="seed of the added noise and of the simulated patients")
+    dsp.add_argument(
+        "--seed", type=int, default=20261125, help="seed of the added noise and of the simulated patients"
+    )
     dsp.set_defaults(handler=_bench_dsp)
 
     load = bench.add_parser(

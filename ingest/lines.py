@@ -15,7 +15,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from ingest.dsp._kernels import pack_runs_k
 from nabz.contract import (
     BatteryReading,
     EcgReading,
@@ -133,6 +132,8 @@ def pack_many(runs: list[list[int]]) -> list[str]:
         return []
     lengths = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
     x = np.fromiter(itertools.chain.from_iterable(runs), dtype=np.int64, count=int(lengths.sum()))
+    from ingest.dsp._kernels import pack_runs_k  # here: `unpack_samples` alone needs no compiler
+
     data, ends = pack_runs_k(x, lengths)
     raw = data.tobytes()
     starts = [0, *ends[:-1].tolist()]

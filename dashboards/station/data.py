@@ -153,10 +153,11 @@ class Records:
     def waveforms(self, patient: str, stream: str, start: float, end: float) -> Waves:
         """Segments of the device with the most samples for this patient and stream in [start, end].
 
-        From the ingest store's raw messages when it keeps them; when it does not
-        (ingest.keep_payloads = false with InfluxDB: ingest then drops the index by patient and
-        time, and the query would read the whole dedup ledger), from InfluxDB if one is
-        configured (raises `StripReadError` if it cannot be read), else `missing` is None."""
+        From the ingest store's raw messages when it keeps them. From InfluxDB, if one is
+        configured (raises `StripReadError` if it cannot be read), when the store keeps none
+        (ingest.keep_payloads = false: ingest then drops the index by patient and time) or has
+        none left for the window (kept payloads are pruned after ingest.dedup_window_h);
+        without InfluxDB, `missing` is None in the first case."""
         tables = {r[0] for r in self._rows(self.ingest_path, "SELECT name FROM sqlite_master")}
         if "messages" not in tables:  # nothing stored yet (or the file cannot be read now)
             return Waves(None, [], 0, None)
@@ -185,6 +186,8 @@ class Records:
                 by_device.setdefault(device, []).append(
                     Segment(t_ns / 1e9, float(w.rate_hz), samples, tuple(w.flags))
                 )
+        if not by_device and self.influx is not None:  # an alarm older than the store's window
+            return Waves(*self.influx.waveforms(patient, stream, start, end), empty, "influxdb")
         return Waves(*busiest_device(by_device), empty, "store")
 
     # --- alert store --------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def _rows(series: dict[str, Any], names: list[str]) -> list[list[Any]]:
 
 def _chunk_segments(rows: list[list[Any]]) -> list[Segment]:
     """Rows of (time ns, rate_hz, packed samples): a segment per chunk, as ingest wrote it."""
-    from ingest.lines import unpack_samples  # here, so the station does not load the DSP kernels
+    from ingest.lines import unpack_samples  # plain Python: loads neither numba nor the DSP kernels
 
     out = []
     for t_ns, rate, packed in rows:

@@ -218,3 +218,26 @@ def test_a_database_that_hangs_holds_up_its_strips_not_the_ward(tmp_path: Path) 
     finally:
         server.stop()
         hung.close()
+
+
+def test_an_alarm_older_than_the_stored_payloads_is_drawn_from_influxdb(
+    influxdb: InfluxDB1, tmp_path: Path
+) -> None:
+    """Payloads kept, but pruned after the dedup window: an older alarm's strip comes from InfluxDB."""
+    from dashboards.station.data import Records
+    from ingest.pipeline import IngestCore
+    from ingest.store import Store
+
+    readings = _readings(12)
+    influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
+    IngestCore(Store(tmp_path / "nabz.sqlite"), keep_payloads=True)  # a store with no payload that old
+    strips = _strips(influxdb, "chunks")
+    start, end = T0_US / 1e6 + 7, T0_US / 1e6 + 11
+    got = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite", strips).waveforms(
+        "p-0001", "ecg", start, end
+    )
+    assert got.source == "influxdb" and got.device == "ecg-0001" and len(got.segments) > 10
+    without = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite").waveforms(
+        "p-0001", "ecg", start, end
+    )
+    assert without == (None, [], 0, "store")
