@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from nabz.secrets import create_private
 
-__all__ = ["Store", "DeadLetter", "STRIP_INDEX", "ledger_key"]
+__all__ = ["Store", "DeadLetter", "STRIP_INDEX", "packed_id"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS messages (
     readings INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
--- ids as ledger_key() makes them: 16 bytes for a gateway's 32 hex digits (less than half the
+-- ids as packed_id() makes them: 16 bytes for a gateway's 32 hex digits (less than half the
 -- size of the ledger as `messages` rows: docs/storage.md), any other id as its text.
 CREATE TABLE IF NOT EXISTS ledger (
     id BLOB NOT NULL UNIQUE,
@@ -66,9 +66,10 @@ CREATE TABLE IF NOT EXISTS vitals (
     pause_s REAL, af_score REAL, hrv_sdnn_ms REAL, hrv_rmssd_ms REAL, resp_bpm REAL
 );
 CREATE INDEX IF NOT EXISTS vitals_patient_t ON vitals (patient, t_ns);
--- vitals.id is each derived vitals' contract id (fresh, contract.new_id) and is looked up by
--- nothing: it has no index, since a unique index on random ids cost ~60 % of each insert
--- (~10 -> 4 µs a row). Files made before 2026-11-26 keep theirs; it does no harm.
+-- vitals.id is each derived vitals' contract id (fresh, contract.new_id), kept as packed_id()
+-- makes it (since 2026-11-26 15:00 UTC; 16 bytes a row less), and looked up by nothing: it has
+-- no index, since a unique index on random ids cost ~60 % of each insert (~10 -> 4 µs a row).
+-- Files made before 2026-11-26 keep theirs; it does no harm.
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,
@@ -98,10 +99,11 @@ class DeadLetter:
     detail: str
 
 
-def ledger_key(message_id: str) -> bytes | str:
-    """An id as the ledger keeps it: lowercase hex digits (what gateways make) as the bytes they
-    spell, anything else as it is. One-to-one: only an id that `bytes.hex` gives back exactly is
-    packed, and SQLite never finds a blob equal to a text."""
+def packed_id(message_id: str) -> bytes | str:
+    """An id as the ledger and the vitals table keep it: lowercase hex digits (what gateways and
+    `contract.new_id` make) as the bytes they spell, anything else as it is. One-to-one: only an
+    id that `bytes.hex` gives back exactly is packed, and SQLite never finds a blob equal to a
+    text."""
     try:
         packed = bytes.fromhex(message_id)
     except ValueError:
@@ -200,7 +202,7 @@ class Store:
                 found.update(
                     r[0] for r in self.db.execute(f"SELECT id FROM messages WHERE id IN ({marks})", part)
                 )
-                keys = [ledger_key(x) for x in part]
+                keys = [packed_id(x) for x in part]
                 found.update(
                     _message_id(r[0])
                     for r in self.db.execute(f"SELECT id FROM ledger WHERE id IN ({marks})", keys)
@@ -221,7 +223,7 @@ class Store:
                 "INSERT OR IGNORE INTO messages (id, received_at, site, gateway, device, patient, stream, "
                 "t_ns, readings, payload) SELECT ?,?,?,?,?,?,?,?,?,? "
                 "WHERE NOT EXISTS (SELECT 1 FROM ledger WHERE id = ?)",
-                (*row, ledger_key(row[0])),
+                (*row, packed_id(row[0])),
             )
             stored.append(cur.rowcount == 1)
             if stored[-1]:
@@ -238,7 +240,7 @@ class Store:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO ledger (id, received_at, stream, readings) SELECT ?,?,?,? "
                 "WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = ?)",
-                (ledger_key(message_id), received_at, stream, n, message_id),
+                (packed_id(message_id), received_at, stream, n, message_id),
             )
             stored.append(cur.rowcount == 1)
             if stored[-1]:
@@ -310,7 +312,7 @@ class Store:
             "INSERT INTO vitals (id, site, patient, device, source, t_ns, hr_bpm, pr_bpm, spo2_pct, "
             "spo2_calibrated, pi_pct, sqi, battery_pct, flags, pause_s, af_score, hrv_sdnn_ms, hrv_rmssd_ms, "
             "resp_bpm) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
+            ((packed_id(str(r[0])), *r[1:]) for r in rows),
         )
 
     def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str, received_at: float) -> None:

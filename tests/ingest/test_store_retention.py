@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ingest.pipeline import IngestCore, Message
 from ingest.service import IngestService
-from ingest.store import Store, ledger_key
+from ingest.store import Store, packed_id
 from nabz.config import Config, InfluxConfig, IngestConfig, MqttConfig
 from tests.contract_doc import vectors
 from tests.servers import Mosquitto, VictoriaMetrics
@@ -71,13 +71,13 @@ def test_a_message_is_stored_once_by_workers_in_either_mode(tmp_path: Path) -> N
     assert first.count_readings() == 10 and first.counter("duplicates") == 2
 
 
-def test_ledger_keys_are_one_to_one(tmp_path: Path) -> None:
+def test_packed_ids_are_one_to_one(tmp_path: Path) -> None:
     """Gateway ids (hex digits) are kept as the bytes they spell; no two ids share a key."""
     gateway_id = "5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8"
-    assert ledger_key(gateway_id) == bytes.fromhex(gateway_id)
+    assert packed_id(gateway_id) == bytes.fromhex(gateway_id)
     for other in ("5B0F3C1E9A7D4E55A1C2D3E4F5A6B7C8", "abc", "m00000001", "ab cd", "gw-1:42"):
-        assert ledger_key(other) == other  # not exactly what bytes.hex() writes: kept as text
-    assert ledger_key("4142") == b"AB"  # stored as a blob; the id "AB" as a text of the same bytes
+        assert packed_id(other) == other  # not exactly what bytes.hex() writes: kept as text
+    assert packed_id("4142") == b"AB"  # stored as a blob; the id "AB" as a text of the same bytes
     store = Store(tmp_path / "s.sqlite")
     ids = ["4142", "AB", "6162", "ab", "ab12", "AB12", gateway_id, gateway_id.upper()]
     with store.batch():
@@ -182,6 +182,14 @@ def test_derived_vitals_older_than_the_window_are_pruned(tmp_path: Path) -> None
     assert times() == [second, second]
     assert store.prune_vitals(second + 1) == 2 and times() == []
     assert store.counter("pruned_vitals") == 3
+
+
+def test_derived_vitals_keep_their_ids_in_16_bytes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    core = IngestCore(store, enrolment={"oxi-0001": "p-0001"}, keep_payloads=False)
+    assert core.handle_batch([_doc("spo2", 1.0)]).vitals
+    rows = store.db.execute("SELECT typeof(id), length(id) FROM vitals").fetchall()
+    assert rows and all(r == ("blob", 16) for r in rows)
 
 
 def _vitals_row(t: float) -> tuple[object, ...]:
