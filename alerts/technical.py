@@ -80,15 +80,27 @@ class FlagRule:
 
 
 @dataclass(slots=True)
+class _Hole:
+    start: float  # the data time before the hole
+    end: float  # ... and after it, when it showed
+    filled: list[float]  # data times that came later from inside it
+
+
+@dataclass(slots=True)
 class GapRule:
-    """A hole of `gap_s` or more in one device's derived data that was never filled: the data in it
-    are lost for good (a late delivery from a gateway's spool arrives in order and leaves no hole)."""
+    """A hole of `gap_s` or more in one device's derived data that is still not filled once the
+    data have run on `grace_s` past it: the data in it are lost for good. A late delivery fills
+    it: a gateway's spool arrives in order and leaves no hole at all, and the frames a wearable
+    resends after a BLE drop-out come after the live frames that showed the hole (within a
+    minute at most: the gateway's resend timeout), so the hole is judged only after that."""
 
     gap_s: float
     stale_s: float = float("inf")  # a longer silence is the stale-data alarm's to report
     clear_after_s: float = 60.0
+    grace_s: float = 60.0
     kind: str = "data_gap"
     last: dict[tuple[str, str], float] = field(default_factory=dict)  # (device, source) -> vitals time
+    holes: dict[tuple[str, str], _Hole] = field(default_factory=dict)  # (device, source) -> not judged yet
     open_since: dict[str, float] = field(default_factory=dict)  # patient -> data back since
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
@@ -102,18 +114,33 @@ class GapRule:
         prev = self.last.get(key)
         if prev is None or t > prev:
             self.last[key] = t
-        if prev is not None and self.gap_s <= t - prev < self.stale_s:
-            self.open_since[v.patient] = t
-            text = f"{t - prev:.0f} s of {v.source.upper()} data lost ({v.device})"
-            return Condition(
-                v.patient, self.kind, True, "low", t - prev, self.gap_s, "s", prev, t, text, True
-            )
+        hole = self.holes.get(key)
+        if hole is not None and hole.start < t < hole.end:
+            hole.filled.append(t)
+        out = None
+        if hole is not None and t >= hole.end + self.grace_s:
+            del self.holes[key]
+            out = self._judge(v, hole, t)
+        if prev is not None and self.gap_s <= t - prev < self.stale_s and key not in self.holes:
+            self.holes[key] = _Hole(prev, t, [])
+        if out is not None:
+            return out
         back = self.open_since.get(v.patient)
         if back is not None and t - back >= self.clear_after_s:
             del self.open_since[v.patient]
             return Condition(v.patient, self.kind, False, "low", None, self.gap_s, "s", back, t,
                              "data flowing again", True)  # fmt: skip
         return None
+
+    def _judge(self, v: Vitals, hole: _Hole, now: float) -> Condition | None:
+        """The widest stretch of the hole that nothing filled, if it is still `gap_s` or more."""
+        times = sorted([hole.start, *hole.filled, hole.end])
+        lost, since = max((b - a, a) for a, b in zip(times, times[1:], strict=False))
+        if lost < self.gap_s:
+            return None
+        self.open_since[v.patient] = now
+        text = f"{lost:.0f} s of {v.source.upper()} data lost ({v.device})"
+        return Condition(v.patient, self.kind, True, "low", lost, self.gap_s, "s", since, now, text, True)
 
 
 @dataclass(slots=True)

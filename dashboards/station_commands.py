@@ -29,7 +29,8 @@ def register(sub: Any, bench: Any) -> None:
         help="serve the nurse station (live ward, alarms, acknowledgement, strips)",
         description="Reads [station], [mqtt], [ingest] store_path and [alerts] store_path from the "
         "configuration, and [influx] (url, bucket, token, waveforms) to draw strips from InfluxDB when "
-        "the ingest store keeps no waveforms: give the station a read token through NABZ_INFLUX__TOKEN. "
+        "the ingest store does not hold them (none kept, or an alarm older than the dedup window): give "
+        "the station a read token through NABZ_INFLUX__TOKEN. "
         "Create accounts first with `nabz station user add`.",
     )
     add_config_option(run)

@@ -21,7 +21,7 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 import numpy.typing as npt
 
-from hardware.scenario import Scenario
+from hardware.scenario import Event, Scenario
 
 __all__ = ["Heart", "HR_MIN_BPM", "HR_MAX_BPM"]
 
@@ -64,7 +64,9 @@ class Heart:
     def hr_at(self, t: float) -> float:
         """The true (scripted) heart rate at t, bpm, clamped to what the model supports; in atrial
         fibrillation the mean ventricular rate."""
-        af = self.scenario.at("af", t)
+        return self._rate(t, self.scenario.at("af", t))
+
+    def _rate(self, t: float, af: Event | None) -> float:
         hr = af.target if af is not None else self.scenario.value("hr", self.base_hr_bpm, t)
         return min(max(hr, HR_MIN_BPM), HR_MAX_BPM)
 
@@ -87,8 +89,9 @@ class Heart:
     def _extend_to(self, t: float) -> None:
         r = self._r[-1]
         while r < t:
-            hr = self.hr_at(r)
-            if self.scenario.at("af", r) is not None:
+            af = self.scenario.at("af", r)
+            hr = self._rate(r, af)
+            if af is not None:
                 rr = 60.0 / hr * max(_AF_MIN, 1.0 + _AF_CV * self._next_z())
             else:
                 rsa = _RSA_FRACTION * min(1.0, (70.0 / hr) ** 2)

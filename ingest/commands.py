@@ -110,8 +110,15 @@ def _bench_dsp(args: argparse.Namespace) -> int:
     for name, s in result["scenarios"].items():
         print(
             f"{name:16s} HR error median {s['hr_abs_err_median_bpm']} p95 {s['hr_abs_err_p95_bpm']} "
-            f"max {s['hr_abs_err_max_bpm']} bpm; Se {s['se']} +P {s['ppv']}; longest pause {s['max_pause_reported_s']} s"
+            f"max {s['hr_abs_err_max_bpm']} bpm; Se {s['se']} +P {s['ppv']}; longest pause {s['max_pause_reported_s']} s; "
+            f"AF score in sinus rhythm at most {s['af_score_max']}"
         )
+        if "af_score_onset_s" in s:
+            print(
+                f"{'':16s} AF score >= 0.7 {s['af_score_onset_s']} s after the AF began, "
+                f"{s['af_score_above_threshold_pct']} % of the time from a minute in, "
+                f"last {s['af_score_above_threshold_until_s']} s after it ended"
+            )
     return 0
 
 

@@ -110,7 +110,7 @@ class IngestCore:
             PpgProcessor(100.0, calibration=spo2_calibration)  # a malformed table fails here, at start
         self._calibration = spo2_calibration
         self._keep_payloads = keep_payloads
-        store.strip_index(keep_payloads)  # no payloads, no strips: the ledger needs its ids only
+        store.strip_index(keep_payloads)  # no payloads kept: nothing for the strip index to find
         self.new_id = new_id
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)

@@ -69,7 +69,7 @@ CREATE INDEX IF NOT EXISTS vitals_patient_t ON vitals (patient, t_ns);
 -- vitals.id is each derived vitals' contract id (fresh, contract.new_id), kept as packed_id()
 -- makes it (since 2026-11-26 15:00 UTC; 16 bytes a row less), and looked up by nothing: it has
 -- no index, since a unique index on random ids cost ~60 % of each insert (~10 -> 4 µs a row).
--- Files made before 2026-11-26 keep theirs; it does no harm.
+-- Files made before 2026-11-26 keep that index (and their text ids); neither does harm.
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,
@@ -156,7 +156,8 @@ class Store:
 
         A new store has it. Ingest drops it when the store keeps no payloads (InfluxDB is the
         store): ids then go to the `ledger` table, and the station reads the index's absence as
-        "no strips here" instead of looking for samples that are not kept. Dropping it frees its
+        "the waveforms are in InfluxDB" (and reads them there) instead of looking for samples
+        that are not kept. Dropping it frees its
         share of a `messages` table kept from before. Dropping it from, or building it for, a
         large existing table walks the whole index or table once, holding the write lock: that
         is logged first, and if the lock cannot be had (other workers busy) the index stays as it

@@ -341,14 +341,20 @@ def create_app(
             loop.run_in_executor(st.strip_pool, st.records.waveforms, pid, s, start, end)
             for s in ("ecg", "ppg")
         ]
-        read_error = None
-        try:
-            ecg_w, ppg_w = await asyncio.wait_for(asyncio.gather(*reads), _STRIP_READ_S)
-        except (StripReadError, TimeoutError) as exc:
-            why = str(exc) if isinstance(exc, StripReadError) else f"no answer within {_STRIP_READ_S:g} s"
-            log.warning("station: strip of %s: %s", alarm_id, why)
-            ecg_w = ppg_w = Waves(None, [], 0, "influxdb")
-            read_error = why
+        got: list[Waves | BaseException]
+        try:  # each stream on its own: one that cannot be read leaves the other drawn
+            got = await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), _STRIP_READ_S)
+        except TimeoutError:
+            where = "InfluxDB" if st.records.influx is not None else "the ingest store"
+            got = [TimeoutError(f"no answer from {where} within {_STRIP_READ_S:g} s")] * 2
+        errors = [str(g) for g in got if isinstance(g, StripReadError | TimeoutError)]
+        for g in got:
+            if isinstance(g, BaseException) and not isinstance(g, StripReadError | TimeoutError):
+                raise g  # a bug, not an unreadable database
+        ecg_w, ppg_w = (g if isinstance(g, Waves) else Waves(None, [], 0, None) for g in got)
+        read_error = "; ".join(dict.fromkeys(errors)) or None
+        if read_error:
+            log.warning("station: strip of %s: %s", alarm_id, read_error)
         marks = [Mark(a["raised_at"], f"alarm raised {st.local(a['raised_at'], '%H:%M:%S')}")]
         if a.get("condition_started_at") is not None and a["condition_started_at"] < a["raised_at"] - 0.5:
             marks.append(Mark(a["condition_started_at"], "condition began", "#7a4b00", dashed=True))
@@ -356,13 +362,14 @@ def create_app(
             f"{st.hub.ward.labels.get(pid, pid)} · {a['kind']} ({a['priority']}) · {st.local(a['raised_at'])}"
         )
         svg = render_strip(start, end, ecg_w.segments, ppg_w.segments, marks=marks, title=title, tz=st.tz)
-        missing = (ecg_w.missing, ppg_w.missing)
         info = {
             "alarm": a,
             "ecg_device": ecg_w.device,
             "ppg_device": ppg_w.device,
             # None: this store keeps no waveforms (with InfluxDB as the store) and none is configured
-            "payloads_missing": None if None in missing else sum(m or 0 for m in missing),
+            "payloads_missing": None
+            if ecg_w.missing is None or ppg_w.missing is None
+            else ecg_w.missing + ppg_w.missing,
             "from_influxdb": "influxdb" in (ecg_w.source, ppg_w.source),
             "read_error": read_error,
         }

@@ -1,7 +1,7 @@
 """What the station reads from the other services' files, read-only: the ingest store (derived
 vitals for trends, raw waveform messages for strips, enrolment) and the alert store (alarms,
-silences); and, when the ingest store keeps no waveforms, InfluxDB for strips
-(dashboards/station/influxstrips.py).
+silences); and InfluxDB for the waveforms of a strip the ingest store does not hold (none kept,
+or pruned after the dedup window; dashboards/station/influxstrips.py).
 
 Rules of this file:
 - Read-only connections (`mode=ro`), one per call: the station never writes another service's
@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from dashboards.station.influxstrips import InfluxStrips
-from dashboards.station.strips import Segment, busiest_device
+from dashboards.station.strips import FRAME_LEAD_S, Segment, busiest_device
 from ingest.store import STRIP_INDEX
 from nabz.contract import Vitals
 
@@ -55,7 +55,9 @@ _wave = msgspec.json.Decoder(_Wave)
 class Waves(NamedTuple):
     device: str | None  # the device drawn (the one with the most samples in the window)
     segments: list[Segment]
-    missing: int | None  # messages stored without samples; None: this store keeps none at all
+    # messages stored without samples (rows of files from before 2026-11-26 13:50 UTC, when ingest
+    # with no payloads kept still wrote them); None: this store keeps no waveforms at all
+    missing: int | None
     source: str | None  # "store" (the ingest store), "influxdb", or None (nothing to read)
 
 
@@ -65,7 +67,7 @@ class Records:
     ) -> None:
         self.ingest_path = Path(ingest_path)
         self.alerts_path = Path(alerts_path)
-        self.influx = influx  # where strips come from when the ingest store keeps no waveforms
+        self.influx = influx  # where strips come from when the ingest store does not hold them
 
     @contextmanager
     def _open(self, path: Path) -> Iterator[sqlite3.Connection | None]:
@@ -155,9 +157,10 @@ class Records:
 
         From the ingest store's raw messages when it keeps them. From InfluxDB, if one is
         configured (raises `StripReadError` if it cannot be read), when the store keeps none
-        (ingest.keep_payloads = false: ingest then drops the index by patient and time) or has
-        none left for the window (kept payloads are pruned after ingest.dedup_window_h);
-        without InfluxDB, `missing` is None in the first case."""
+        (ingest.keep_payloads = false: ingest then drops the index by patient and time) or the
+        window ends before the oldest of this patient's stream it still holds (kept payloads are
+        pruned after ingest.dedup_window_h); without InfluxDB, `missing` is None in the first
+        case."""
         tables = {r[0] for r in self._rows(self.ingest_path, "SELECT name FROM sqlite_master")}
         if "messages" not in tables:  # nothing stored yet (or the file cannot be read now)
             return Waves(None, [], 0, None)
@@ -169,7 +172,7 @@ class Records:
             self.ingest_path,
             "SELECT device, t_ns, payload FROM messages WHERE patient = ? AND stream = ? AND t_ns >= ? AND t_ns <= ? "
             "ORDER BY t_ns",
-            (patient, stream, int((start - 5.0) * 1e9), int(end * 1e9)),
+            (patient, stream, int((start - FRAME_LEAD_S) * 1e9), int(end * 1e9)),
         )
         by_device: dict[str, list[Segment]] = {}
         empty = 0
@@ -186,9 +189,19 @@ class Records:
                 by_device.setdefault(device, []).append(
                     Segment(t_ns / 1e9, float(w.rate_hz), samples, tuple(w.flags))
                 )
-        if not by_device and self.influx is not None:  # an alarm older than the store's window
+        if not by_device and self.influx is not None and self._pruned_before(patient, stream, end):
             return Waves(*self.influx.waveforms(patient, stream, start, end), empty, "influxdb")
         return Waves(*busiest_device(by_device), empty, "store")
+
+    def _pruned_before(self, patient: str, stream: str, end: float) -> bool:
+        """Does this window end before the oldest message of the patient's stream still stored
+        (an alarm older than the dedup window)? One step down the strip index."""
+        rows = self._rows(
+            self.ingest_path,
+            "SELECT t_ns FROM messages WHERE patient = ? AND stream = ? ORDER BY t_ns LIMIT 1",
+            (patient, stream),
+        )
+        return bool(rows) and end * 1e9 < rows[0][0]
 
     # --- alert store --------------------------------------------------------------------------
     def alarms(self, patient: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """Strips read back from InfluxDB, for a server whose embedded store keeps no waveforms
-(`ingest.keep_payloads = false`, docs/storage.md).
+(`ingest.keep_payloads = false`, docs/storage.md) or no longer holds those of an old alarm.
 
 InfluxQL over the 1.x-compatible `/query` endpoint, which InfluxDB 2.x (through the bucket's
 virtual DBRP mapping, token in the `Authorization` header), 3.x and 1.x without authentication
@@ -26,14 +26,13 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from dashboards.station.strips import Segment, busiest_device
+from dashboards.station.strips import FRAME_LEAD_S, Segment, busiest_device
 from nabz.config import InfluxConfig
 
 __all__ = ["InfluxStrips", "StripReadError"]
 
 # stream -> (chunk measurement, point measurement, the field a strip draws)
 _WHAT = {"ecg": ("ecg_chunk", "ecg", "signal_uv"), "ppg": ("ppg_chunk", "ppg", "ir_counts")}
-_CHUNK_LEAD_S = 5.0  # a chunk (one BLE frame, under a second) that began this long before still counts
 _TIME_TOLERANCE_NS = 1_000  # points further than this from their run's even spacing start a new run
 
 
@@ -57,7 +56,7 @@ class InfluxStrips:
         chunk, point, field = _WHAT[stream]
         chunks = self.config.waveforms == "chunks"
         measurement, fields = (chunk, f'"rate_hz","{field}"') if chunks else (point, f'"{field}"')
-        since = start - (_CHUNK_LEAD_S if chunks else 0.0)
+        since = start - (FRAME_LEAD_S if chunks else 0.0)
         q = (
             f'SELECT {fields} FROM "{measurement}" WHERE "patient" = {_literal(patient)} '
             f'AND time >= {int(since * 1e9)} AND time <= {int(end * 1e9)} GROUP BY "device"'

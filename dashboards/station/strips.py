@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-__all__ = ["Segment", "Mark", "render_strip", "busiest_device", "MM_PER_S", "MM_PER_MV"]
+__all__ = ["Segment", "Mark", "render_strip", "busiest_device", "FRAME_LEAD_S", "MM_PER_S", "MM_PER_MV"]
 
 MM_PER_S = 25.0
 MM_PER_MV = 10.0
@@ -56,6 +56,11 @@ class Mark:
 
 def _n(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+# A strip's window starts this much earlier for the messages (frames) it draws: one that began
+# before the window may still run into it.
+FRAME_LEAD_S = 5.0
 
 
 def busiest_device(by_device: dict[str, list[Segment]]) -> tuple[str | None, list[Segment]]:

@@ -172,9 +172,30 @@ def test_battery_low_then_critical_per_device(rig: Rig) -> None:
 
 def test_a_hole_in_the_data_that_never_came_back_is_a_gap(rig: Rig) -> None:
     seq = [v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(10)] + [
-        v(T0 + 100 + i, source="ecg", hr_bpm=70.0) for i in range(70)
+        v(T0 + 100 + i, source="ecg", hr_bpm=70.0) for i in range(130)
     ]
-    assert kinds(rig.feed(seq)) == [("data_gap", "active", "low"), ("data_gap", "cleared", "low")]
+    events = rig.feed(seq)
+    assert kinds(events) == [("data_gap", "active", "low"), ("data_gap", "cleared", "low")]
+    assert "91 s of ECG data lost" in events[0].message
+
+
+def test_a_hole_filled_by_frames_resent_after_a_ble_drop_out_is_no_gap(rig: Rig) -> None:
+    """A wearable out of range for a minute: live data resume first (showing a hole), then its
+    resent frames fill the hole. Nothing was lost, so nothing is said."""
+    before = [v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(10)]
+    live = [v(T0 + 76 + i, source="ecg", hr_bpm=70.0) for i in range(8)]
+    resent = [v(T0 + 10 + i, source="ecg", hr_bpm=70.0) for i in range(66)]
+    after = [v(T0 + 84 + i, source="ecg", hr_bpm=70.0) for i in range(120)]
+    assert kinds(rig.feed(before + live + resent + after)) == []
+
+
+def test_a_hole_only_partly_filled_is_a_gap_of_what_is_still_missing(rig: Rig) -> None:
+    before = [v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(10)]
+    live = [v(T0 + 150 + i, source="ecg", hr_bpm=70.0) for i in range(5)]
+    resent = [v(T0 + 10 + i, source="ecg", hr_bpm=70.0) for i in range(70)]  # after 79 s: none until 150
+    after = [v(T0 + 155 + i, source="ecg", hr_bpm=70.0) for i in range(60)]
+    events = rig.feed(before + live + resent + after)
+    assert kinds(events) == [("data_gap", "active", "low")] and "71 s of ECG data lost" in events[0].message
 
 
 def test_stale_data_from_an_enrolled_device_at_any_hour(tmp_path: Path) -> None:

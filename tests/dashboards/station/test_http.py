@@ -199,8 +199,8 @@ def test_the_server_says_so_when_its_port_is_taken(tmp_path: Path) -> None:
 
 
 def test_a_strip_says_when_the_waveforms_are_in_influxdb_not_here(server: StationServer) -> None:
-    """With InfluxDB as the store and no payloads kept, the station has no samples to draw: it says
-    so instead of an empty strip (and reads nothing of the dedup ledger to find that out)."""
+    """With no payloads kept and no [influx] url for the station, it has no samples to draw: it says
+    so instead of an empty strip (and reads nothing of `messages` to find that out)."""
     from alerts.lifecycle import Alarm, to_event
     from alerts.store import AlertStore
     from ingest.pipeline import IngestCore

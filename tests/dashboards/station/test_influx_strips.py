@@ -1,4 +1,4 @@
-"""Strips drawn from InfluxDB when the ingest store keeps no waveforms (InfluxDB as the store):
+"""Strips drawn from InfluxDB when the ingest store does not hold them (none kept, or pruned):
 ingest's own lines, written to a real InfluxDB (1.6, Debian's), read back through InfluxQL."""
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_the_strip_around_an_alarm_is_drawn_from_influxdb(influxdb: InfluxDB1, t
         assert min(len(t.split()) for t in traces) > 500  # 10 s of samples, drawn
         influxdb.stop()  # the database goes away: the page says so instead of an empty strip
         status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003")
-        assert status == 200 and "The waveforms could not be read from InfluxDB" in text
+        assert status == 200 and "The waveforms could not be read: InfluxDB could not be read" in text
     finally:
         server.stop()
 
@@ -214,7 +214,7 @@ def test_a_database_that_hangs_holds_up_its_strips_not_the_ward(tmp_path: Path) 
             th.join(30)
         assert len(pages) == 6
         for took, text in pages:
-            assert "The waveforms could not be read from InfluxDB" in text and took < 12.0, took
+            assert re.search(r"The waveforms could not be read: [^<]*InfluxDB", text) and took < 12.0, took
     finally:
         server.stop()
         hung.close()
@@ -228,11 +228,16 @@ def test_an_alarm_older_than_the_stored_payloads_is_drawn_from_influxdb(
     from ingest.pipeline import IngestCore
     from ingest.store import Store
 
-    readings = _readings(12)
+    readings = _readings(14)
     influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
-    IngestCore(Store(tmp_path / "nabz.sqlite"), keep_payloads=True)  # a store with no payload that old
-    strips = _strips(influxdb, "chunks")
     start, end = T0_US / 1e6 + 7, T0_US / 1e6 + 11
+    store = Store(tmp_path / "nabz.sqlite")
+    IngestCore(store, keep_payloads=True)
+    newer = next(r for r in readings if r.device == "ecg-0001" and r.t.timestamp() > end)
+    with store.batch():  # the store's oldest ECG of the patient is newer than the alarm's window
+        store.add_messages([(newer.id, end, "demo", "gw-0001", newer.device, "p-0001", "ecg", to_ns(newer.t),
+                             contract.reading_count(newer), contract.encode(newer))])  # fmt: skip
+    strips = _strips(influxdb, "chunks")
     got = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite", strips).waveforms(
         "p-0001", "ecg", start, end
     )
@@ -241,3 +246,45 @@ def test_an_alarm_older_than_the_stored_payloads_is_drawn_from_influxdb(
         "p-0001", "ecg", start, end
     )
     assert without == (None, [], 0, "store")
+    # a patient whose stream the store has never held (an oximeter-only patient's ECG) is not looked for
+    assert Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite", strips).waveforms(
+        "p-0002", "ecg", start, end
+    ) == (None, [], 0, "store")
+
+
+def test_a_stream_that_cannot_be_read_leaves_the_other_drawn(tmp_path: Path) -> None:
+    """Payloads kept: the ECG of the alarm's window is in the store, the oximeter's has been pruned
+    (its oldest stored message is newer) and InfluxDB is down. The ECG is drawn, and the page says
+    why the PPG is not."""
+    from alerts.lifecycle import Alarm, to_event
+    from alerts.store import AlertStore
+    from ingest.store import Store
+
+    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}", strip_before_s=6.0, strip_after_s=4.0)
+    down = InfluxConfig(url=f"http://127.0.0.1:{free_port()}", waveforms="chunks")
+    config = msgspec.structs.replace(config, influx=down)
+    store = Store(config.ingest.store_path)
+    readings = _readings(20)
+    with store.batch():
+        store.add_messages([
+            (r.id, r.t.timestamp(), r.site, r.gateway, r.device, _patient(r), contract.stream_of(r), to_ns(r.t),
+             contract.reading_count(r), contract.encode(r))
+            for r in readings if r.device == "ecg-0001" or (r.device == "oxi-0001" and r.t.timestamp() > T0_US / 1e6 + 17)
+        ])  # fmt: skip
+    raised = T0_US / 1e6 + 12
+    a = Alarm("alarm-000005", "demo", "p-0001", "hr_high", "high", "active", "HR 150/min", 150.0, 130.0,
+              "/min", raised - 5, raised)  # fmt: skip
+    AlertStore(config.alerts.store_path).record(a, to_event(a, "ev-0000000005"), raised)
+    add_users(config.station.db_path)
+    server = StationServer(config)
+    server.start()
+    try:
+        nurse = Agent(server.url)
+        nurse.login("sana", PASSWORDS["sana"])
+        status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000005")
+        assert status == 200 and "ECG from ecg-0001, PPG from no device" in text
+        assert "The waveforms could not be read: InfluxDB could not be read" in text
+        _, _, svg, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000005/strip.svg")
+        assert len(re.findall(r"<polyline ", svg)) == 1  # the ECG trace
+    finally:
+        server.stop()
