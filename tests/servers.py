@@ -15,7 +15,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -42,6 +41,18 @@ def require(command: str, package: str) -> str:
             f"{command} is not installed; run `make test` as root, or: sudo apt-get install -y {package}"
         )
     return path
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, wait_s: float) -> None:
+    """SIGTERM a server still running, and SIGKILL it if it has not ended within `wait_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -100,13 +111,7 @@ class Mosquitto:
         _wait_port(self.port, 10, self.proc, self.log)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # mosquitto saves its persistence file on SIGTERM
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, 10)  # SIGTERM: mosquitto saves its persistence file then
         self.proc = None
         if "Error saving" in self.log.read_text(errors="replace"):
             raise RuntimeError(f"mosquitto could not save its persistence file; see {self.log}")
@@ -323,13 +328,7 @@ class VictoriaMetrics:
         _wait_port(self.port, 15, self.proc, self.log)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, 15)
         self.proc = None
 
     def export(self, match: str) -> list[dict[str, Any]]:
@@ -384,13 +383,7 @@ class InfluxDB1:
         self.query(f'CREATE DATABASE "{self.database}"')
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, 15)
         self.proc = None
 
     def query(self, q: str) -> dict[str, Any]:

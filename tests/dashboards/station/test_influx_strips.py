@@ -7,6 +7,8 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -20,7 +22,7 @@ from hardware import make_patients
 from ingest.lines import chunk_lines_many, reading_lines, to_ns
 from nabz import contract
 from nabz.broker import free_port
-from nabz.config import InfluxConfig
+from nabz.config import Config, InfluxConfig
 from tests.dashboards.station.client import Agent
 from tests.dashboards.station.stack import PASSWORDS, add_users, config_for
 from tests.servers import InfluxDB1
@@ -60,6 +62,32 @@ def _samples(r: contract.Reading) -> list[int]:
 
 def _strips(influxdb: InfluxDB1, waveforms: str) -> InfluxStrips:
     return InfluxStrips(InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms=waveforms))  # type: ignore[arg-type]
+
+
+def _config(tmp_path: Path, influx: InfluxConfig, **station: float) -> Config:
+    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}", **station)  # nothing listens there
+    return msgspec.structs.replace(config, influx=influx)
+
+
+@contextmanager
+def _station(
+    config: Config, alarm_id: str, raised: float, kind: str = "hr_high", message: str = "HR 150/min"
+) -> Iterator[StationServer]:
+    """The station running, with the test users and one high alarm of p-0001 raised at `raised`."""
+    from alerts.lifecycle import Alarm, to_event
+    from alerts.store import AlertStore
+
+    a = Alarm(
+        alarm_id, "demo", "p-0001", kind, "high", "active", message, 150.0, 130.0, "/min", raised - 5, raised
+    )
+    AlertStore(config.alerts.store_path).record(a, to_event(a, f"ev-{alarm_id}"), raised)
+    add_users(config.station.db_path)
+    server = StationServer(config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_chunks_come_back_as_the_frames_that_were_stored(influxdb: InfluxDB1) -> None:
@@ -133,26 +161,15 @@ def test_a_strip_cut_short_by_the_server_is_refused_not_drawn(tmp_path: Path) ->
 def test_the_strip_around_an_alarm_is_drawn_from_influxdb(influxdb: InfluxDB1, tmp_path: Path) -> None:
     """A server with InfluxDB as its store (no payloads kept): the strip page still shows the ECG
     and PPG around the alarm, and says where they came from."""
-    from alerts.lifecycle import Alarm, to_event
-    from alerts.store import AlertStore
     from ingest.pipeline import IngestCore
     from ingest.store import Store
 
     readings = _readings(20)
     influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
-    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}", strip_before_s=6.0, strip_after_s=4.0)
-    config = msgspec.structs.replace(
-        config, influx=InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms="chunks")
-    )
+    influx = InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms="chunks")
+    config = _config(tmp_path, influx, strip_before_s=6.0, strip_after_s=4.0)
     IngestCore(Store(config.ingest.store_path), keep_payloads=False)
-    raised = T0_US / 1e6 + 12
-    a = Alarm("alarm-000003", "demo", "p-0001", "spo2_low", "high", "active", "SpO2 86 %", 86.0, 88.0,
-              "%", raised - 5, raised)  # fmt: skip
-    AlertStore(config.alerts.store_path).record(a, to_event(a, "ev-0000000003"), raised)
-    add_users(config.station.db_path)
-    server = StationServer(config)
-    server.start()
-    try:
+    with _station(config, "alarm-000003", T0_US / 1e6 + 12, "spo2_low", "SpO2 86 %") as server:
         nurse = Agent(server.url)
         nurse.login("sana", PASSWORDS["sana"])
         status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003")
@@ -165,33 +182,22 @@ def test_the_strip_around_an_alarm_is_drawn_from_influxdb(influxdb: InfluxDB1, t
         influxdb.stop()  # the database goes away: the page says so instead of an empty strip
         status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003")
         assert status == 200 and "The waveforms could not be read: InfluxDB could not be read" in text
-    finally:
-        server.stop()
 
 
 def test_a_database_that_hangs_holds_up_its_strips_not_the_ward(tmp_path: Path) -> None:
     """InfluxDB takes the connection and never answers: strip pages say so after their deadline,
     and the ward and patient pages stay quick meanwhile."""
-    from alerts.lifecycle import Alarm, to_event
-    from alerts.store import AlertStore
     from ingest.pipeline import IngestCore
     from ingest.store import Store
 
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(64)  # connections complete in the backlog; nothing reads or answers them
-    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
-    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
-    config = msgspec.structs.replace(config, influx=InfluxConfig(url=url, waveforms="chunks"))
+    config = _config(
+        tmp_path, InfluxConfig(url=f"http://127.0.0.1:{hung.getsockname()[1]}", waveforms="chunks")
+    )
     IngestCore(Store(config.ingest.store_path), keep_payloads=False)
-    raised = time.time() - 30
-    a = Alarm("alarm-000004", "demo", "p-0001", "hr_high", "high", "active", "HR 150/min", 150.0, 130.0,
-              "/min", raised - 5, raised)  # fmt: skip
-    AlertStore(config.alerts.store_path).record(a, to_event(a, "ev-0000000004"), raised)
-    add_users(config.station.db_path)
-    server = StationServer(config)
-    server.start()
-    try:
+    with hung, _station(config, "alarm-000004", time.time() - 30) as server:
         nurses = [Agent(server.url) for _ in range(7)]
         for nurse in nurses:
             nurse.login("sana", PASSWORDS["sana"])
@@ -215,9 +221,6 @@ def test_a_database_that_hangs_holds_up_its_strips_not_the_ward(tmp_path: Path) 
         assert len(pages) == 6
         for took, text in pages:
             assert re.search(r"The waveforms could not be read: [^<]*InfluxDB", text) and took < 12.0, took
-    finally:
-        server.stop()
-        hung.close()
 
 
 def test_an_alarm_older_than_the_stored_payloads_is_drawn_from_influxdb(
@@ -256,13 +259,10 @@ def test_a_stream_that_cannot_be_read_leaves_the_other_drawn(tmp_path: Path) -> 
     """Payloads kept: the ECG of the alarm's window is in the store, the oximeter's has been pruned
     (its oldest stored message is newer) and InfluxDB is down. The ECG is drawn, and the page says
     why the PPG is not."""
-    from alerts.lifecycle import Alarm, to_event
-    from alerts.store import AlertStore
     from ingest.store import Store
 
-    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}", strip_before_s=6.0, strip_after_s=4.0)
     down = InfluxConfig(url=f"http://127.0.0.1:{free_port()}", waveforms="chunks")
-    config = msgspec.structs.replace(config, influx=down)
+    config = _config(tmp_path, down, strip_before_s=6.0, strip_after_s=4.0)
     store = Store(config.ingest.store_path)
     readings = _readings(20)
     with store.batch():
@@ -271,14 +271,7 @@ def test_a_stream_that_cannot_be_read_leaves_the_other_drawn(tmp_path: Path) -> 
              contract.reading_count(r), contract.encode(r))
             for r in readings if r.device == "ecg-0001" or (r.device == "oxi-0001" and r.t.timestamp() > T0_US / 1e6 + 17)
         ])  # fmt: skip
-    raised = T0_US / 1e6 + 12
-    a = Alarm("alarm-000005", "demo", "p-0001", "hr_high", "high", "active", "HR 150/min", 150.0, 130.0,
-              "/min", raised - 5, raised)  # fmt: skip
-    AlertStore(config.alerts.store_path).record(a, to_event(a, "ev-0000000005"), raised)
-    add_users(config.station.db_path)
-    server = StationServer(config)
-    server.start()
-    try:
+    with _station(config, "alarm-000005", T0_US / 1e6 + 12) as server:
         nurse = Agent(server.url)
         nurse.login("sana", PASSWORDS["sana"])
         status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000005")
@@ -286,5 +279,3 @@ def test_a_stream_that_cannot_be_read_leaves_the_other_drawn(tmp_path: Path) -> 
         assert "The waveforms could not be read: InfluxDB could not be read" in text
         _, _, svg, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000005/strip.svg")
         assert len(re.findall(r"<polyline ", svg)) == 1  # the ECG trace
-    finally:
-        server.stop()
