@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 
@@ -34,6 +35,9 @@ __all__ = [
     "pack_samples",
     "pack_many",
     "unpack_samples",
+    "WAVE_FLAGS",
+    "flags_mask",
+    "flags_of",
 ]
 
 
@@ -44,6 +48,37 @@ def to_ns(t: datetime) -> int:
 
 
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+# A waveform message's flags (leads off, saturated, ...) as one integer field, `flags`, bit i for
+# WAVE_FLAGS[i] (docs/contract.md section 3). A number, not a string: every store that speaks the
+# write API keeps it (VictoriaMetrics has no string fields), and a strip read back from InfluxDB
+# marks leads off where it happened, as one drawn from the embedded store does; a flat line
+# without that mark could be read as asystole. New flags are appended, never inserted: stored
+# masks keep their meaning.
+WAVE_FLAGS: tuple[str, ...] = ("leads_off", "saturated", "sensor_off", "low_battery", "resent", "gap_before")
+_FLAG_BIT = {name: 1 << i for i, name in enumerate(WAVE_FLAGS)}
+
+
+def flags_mask(flags: Iterable[str]) -> int:
+    """The `flags` field of these flags (0: none)."""
+    mask = 0
+    for name in flags:
+        mask |= _FLAG_BIT[name]
+    return mask
+
+
+def flags_of(mask: int) -> tuple[str, ...]:
+    """The flags a stored `flags` field holds, in WAVE_FLAGS order; bits of flags this version does
+    not know are left out."""
+    return tuple(name for i, name in enumerate(WAVE_FLAGS) if mask >> i & 1)
+
+
+def _flags_field(flags: Sequence[str]) -> str:
+    if not flags:
+        return ""
+    mask = flags_mask(flags)
+    return f",flags={mask}i" if mask else ""
 
 
 def _escape_tag(value: str) -> str:
@@ -64,20 +99,28 @@ def _float(x: float) -> str:
 
 
 def reading_lines(reading: Reading, patient: str) -> list[str]:
-    """The points one reading writes. A message with nothing to store as fields writes none."""
+    """The points one reading writes. A message with nothing to store as fields writes none.
+    A waveform message's flags, if any, go on its first sample's point."""
     tags = {"site": reading.site, "patient": patient, "device": reading.device}
     t_ns = to_ns(reading.t)
     if isinstance(reading, EcgReading):
         series = _series("ecg", **tags)
         step = 1_000_000_000 / reading.rate_hz
-        return [f"{series} signal_uv={v}i {t_ns + round(i * step)}" for i, v in enumerate(reading.signal_uv)]
+        lines = [f"{series} signal_uv={v}i {t_ns + round(i * step)}" for i, v in enumerate(reading.signal_uv)]
+        if reading.flags:
+            lines[0] = f"{series} signal_uv={reading.signal_uv[0]}i{_flags_field(reading.flags)} {t_ns}"
+        return lines
     if isinstance(reading, PpgReading):
         series = _series("ppg", **tags)
         step = 1_000_000_000 / reading.rate_hz
-        return [
+        lines = [
             f"{series} red_counts={r}i,ir_counts={ir}i {t_ns + round(i * step)}"
             for i, (r, ir) in enumerate(zip(reading.red_counts, reading.ir_counts, strict=True))
         ]
+        if reading.flags:
+            first = f"red_counts={reading.red_counts[0]}i,ir_counts={reading.ir_counts[0]}i"
+            lines[0] = f"{series} {first}{_flags_field(reading.flags)} {t_ns}"
+        return lines
     series = _series("device_vitals", **tags)
     fields: dict[str, float | None]
     if isinstance(reading, HrReading):
@@ -160,9 +203,10 @@ def unpack_samples(text: str) -> list[int]:
 def chunk_lines(reading: Reading, patient: str) -> list[str]:
     """Like `reading_lines`, but a waveform message is one point: its samples packed in a string.
 
-    ``ecg_chunk``: ``n`` (samples), ``rate_hz``, ``seq``, ``signal_uv`` (`pack_samples`);
-    ``ppg_chunk``: the same with ``red_counts`` and ``ir_counts``. The point's time is the first
-    sample's, so a redelivered message overwrites its own point. Other readings as `reading_lines`.
+    ``ecg_chunk``: ``n`` (samples), ``rate_hz``, ``seq``, ``flags`` (`flags_mask`, only when any
+    are set), ``signal_uv`` (`pack_samples`); ``ppg_chunk``: the same with ``red_counts`` and
+    ``ir_counts``. The point's time is the first sample's, so a redelivered message overwrites its
+    own point. Other readings as `reading_lines`.
     """
     return chunk_lines_many([(reading, patient)])
 
@@ -181,13 +225,13 @@ def chunk_lines_many(items: list[tuple[Reading, str]]) -> list[str]:
         if isinstance(r, EcgReading):
             series = _series("ecg_chunk", site=r.site, patient=patient, device=r.device)
             out.append(
-                f"{series} n={len(r.signal_uv)}i,rate_hz={r.rate_hz}i,seq={r.seq}i,"
+                f"{series} n={len(r.signal_uv)}i,rate_hz={r.rate_hz}i,seq={r.seq}i{_flags_field(r.flags)},"
                 f'signal_uv="{next(packed)}" {to_ns(r.t)}'
             )
         elif isinstance(r, PpgReading):
             series = _series("ppg_chunk", site=r.site, patient=patient, device=r.device)
             out.append(
-                f"{series} n={len(r.red_counts)}i,rate_hz={r.rate_hz}i,seq={r.seq}i,"
+                f"{series} n={len(r.red_counts)}i,rate_hz={r.rate_hz}i,seq={r.seq}i{_flags_field(r.flags)},"
                 f'red_counts="{next(packed)}",ir_counts="{next(packed)}" {to_ns(r.t)}'
             )
         else:

@@ -81,8 +81,11 @@ class Measurement:
 MEASUREMENTS: dict[str, Measurement] = {
     m.name: m
     for m in (
-        Measurement("ecg", "raw ECG, one point per sample (250 Hz)", TAGS, ("signal_uv",)),
-        Measurement("ppg", "raw PPG, one point per sample (100 Hz)", TAGS, ("red_counts", "ir_counts")),
+        # `flags`: a flagged message's waveform flags as bits, on its first sample (ingest.lines)
+        Measurement("ecg", "raw ECG, one point per sample (250 Hz)", TAGS, ("signal_uv", "flags")),
+        Measurement(
+            "ppg", "raw PPG, one point per sample (100 Hz)", TAGS, ("red_counts", "ir_counts", "flags")
+        ),
         Measurement(
             "device_vitals",
             "values the wearable computed itself (Heart Rate and Pulse Oximeter services, battery)",

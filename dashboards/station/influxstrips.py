@@ -8,7 +8,8 @@ all answer; Flux would tie the station to 2.x. Tested against a real InfluxDB 1.
 
 Rules of this file:
 - It reads the layout ingest writes (`[influx] waveforms`): `chunks` (one point per message, its
-  samples packed, ingest/lines.py) or `points` (one point per sample).
+  samples packed, ingest/lines.py) or `points` (one point per sample), with the messages' flags
+  (leads off, ...: the `flags` field), so a strip from here is marked as one from the store is.
 - Read-only; one HTTP request per stream and strip, bounded by `timeout_s`; anything but a whole
   answer (refused, timed out, an error, a result the server marked partial, a shape not
   understood) raises `StripReadError` with a reason a person can act on: never a partial strip
@@ -55,7 +56,9 @@ class InfluxStrips:
         the most of them, as segments."""
         chunk, point, field = _WHAT[stream]
         chunks = self.config.waveforms == "chunks"
-        measurement, fields = (chunk, f'"rate_hz","{field}"') if chunks else (point, f'"{field}"')
+        measurement, fields = (
+            (chunk, f'"rate_hz","flags","{field}"') if chunks else (point, f'"flags","{field}"')
+        )
         since = start - (FRAME_LEAD_S if chunks else 0.0)
         q = (
             f'SELECT {fields} FROM "{measurement}" WHERE "patient" = {_literal(patient)} '
@@ -64,7 +67,9 @@ class InfluxStrips:
         by_device: dict[str, list[Segment]] = {}
         for series in self._query(q):
             try:
-                rows = _rows(series, ["time", "rate_hz", field] if chunks else ["time", field])
+                rows = _rows(
+                    series, ["time", "rate_hz", "flags", field] if chunks else ["time", "flags", field]
+                )
                 segments = _chunk_segments(rows) if chunks else _point_segments(rows)
             except (KeyError, TypeError, ValueError, binascii.Error) as exc:
                 raise StripReadError(f"InfluxDB answered in a shape not understood: {exc!r}") from exc
@@ -102,29 +107,37 @@ def _literal(text: str) -> str:
 
 
 def _rows(series: dict[str, Any], names: list[str]) -> list[list[Any]]:
-    """The named columns of a series' rows, in that order."""
+    """The named columns of a series' rows, in that order; `flags`, which a database that has
+    never been sent a flagged message does not know, as None when it is not there."""
     columns = series["columns"]
-    at = [columns.index(n) for n in names]
-    return [[row[i] for i in at] for row in series.get("values") or []]
+    at = [columns.index(n) if n != "flags" or n in columns else None for n in names]
+    return [[None if i is None else row[i] for i in at] for row in series.get("values") or []]
+
+
+def _flags(mask: Any) -> tuple[str, ...]:
+    from ingest.lines import flags_of
+
+    return flags_of(int(mask)) if mask else ()
 
 
 def _chunk_segments(rows: list[list[Any]]) -> list[Segment]:
-    """Rows of (time ns, rate_hz, packed samples): a segment per chunk, as ingest wrote it."""
+    """Rows of (time ns, rate_hz, flags, packed samples): a segment per chunk, as ingest wrote it."""
     from ingest.lines import unpack_samples  # plain Python: loads neither numba nor the DSP kernels
 
     out = []
-    for t_ns, rate, packed in rows:
+    for t_ns, rate, mask, packed in rows:
         if isinstance(packed, str) and packed and rate:
-            out.append(Segment(int(t_ns) / 1e9, float(rate), unpack_samples(packed)))
+            out.append(Segment(int(t_ns) / 1e9, float(rate), unpack_samples(packed), _flags(mask)))
     return out
 
 
 def _point_segments(rows: list[list[Any]]) -> list[Segment]:
-    """Rows of (time ns, value): runs of evenly spaced samples. The spacing is the most common one
-    (the points carry no rate); a run ends where a sample strays from its even spacing by more
-    than a microsecond (a missing sample, or the next frame's clock a little off), so every sample
-    is drawn at the time it was stored."""
-    points = [(int(t), v) for t, v in rows if v is not None]
+    """Rows of (time ns, flags, value): runs of evenly spaced samples. The spacing is the most
+    common one (the points carry no rate); a run ends where a sample strays from its even spacing
+    by more than a microsecond (a missing sample, or the next frame's clock a little off), so
+    every sample is drawn at the time it was stored, and a run starts at a flagged point (the first
+    sample of a flagged message), which gives it those flags."""
+    points = [(int(t), mask, v) for t, mask, v in rows if v is not None]
     if len(points) < 2:
         return []
     step = Counter(b[0] - a[0] for a, b in zip(points, points[1:], strict=False)).most_common(1)[0][0]
@@ -135,8 +148,10 @@ def _point_segments(rows: list[list[Any]]) -> list[Segment]:
     for i in range(1, len(points) + 1):
         if (
             i == len(points)
+            or points[i][1]
             or abs(points[i][0] - points[first][0] - round((i - first) * step)) > _TIME_TOLERANCE_NS
         ):
-            out.append(Segment(points[first][0] / 1e9, 1e9 / step, [v for _, v in points[first:i]]))
+            samples = [v for _, _, v in points[first:i]]
+            out.append(Segment(points[first][0] / 1e9, 1e9 / step, samples, _flags(points[first][1])))
             first = i
     return out

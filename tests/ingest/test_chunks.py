@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.lines import chunk_lines, pack_many, pack_samples, reading_lines, unpack_samples
 from tests.contract_doc import vectors
 
 
+@settings(deadline=None)  # the first example loads the compiled packing kernel (~1 s when run alone)
 @given(st.lists(st.lists(st.integers(-(2**24), 2**24), max_size=300), max_size=8))
 def test_packing_round_trips_any_runs(runs: list[list[int]]) -> None:
     packed = pack_many(runs)
@@ -44,3 +45,26 @@ def test_the_packed_bytes_are_those_docs_storage_md_describes() -> None:
     runs = [[0, 63, -64, 64, 8191, -8192, 8192, 2**33 - 1, -(2**33)], [], [7]]
     assert pack_many(runs) == ["AH79AYAC/n79/wGAgAL+//7/P/3///9/", "", "Dg=="]
     assert unpack_samples("AH79AYAC/n79/wGAgAL+//7/P/3///9/") == runs[0]
+
+
+def test_a_flagged_message_stores_its_flags_with_its_first_sample() -> None:
+    """Leads off, saturated, ...: one integer field, so a strip read back can mark them."""
+    import typing
+
+    import msgspec
+
+    from ingest.lines import WAVE_FLAGS, flags_mask, flags_of
+    from nabz import contract
+
+    assert set(WAVE_FLAGS) == set(typing.get_args(contract.WaveFlag))  # every flag has its bit
+    (v,) = [v for v in vectors("mqtt:reading") if v.attrs["name"] == "ecg"]
+    plain = contract.decode_reading(v.attrs["topic"], v.body.encode())
+    assert isinstance(plain, contract.EcgReading) and not plain.flags
+    r = msgspec.structs.replace(plain, flags=["leads_off", "gap_before"])
+    (chunk,) = chunk_lines(r, "p-0001")
+    assert ",seq=42i,flags=33i," in chunk and "flags" not in chunk_lines(plain, "p-0001")[0]
+    points, plain_points = reading_lines(r, "p-0001"), reading_lines(plain, "p-0001")
+    assert points[0] == plain_points[0].replace(" ", ",flags=33i ", 2).replace(",flags=33i ", " ", 1)
+    assert points[1:] == plain_points[1:]  # on the first sample only
+    assert flags_of(33) == ("leads_off", "gap_before") and flags_mask(flags_of(63)) == 63
+    assert flags_of(64 | 1) == ("leads_off",)  # a bit a later version added is left out

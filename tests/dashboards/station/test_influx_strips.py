@@ -90,23 +90,40 @@ def _station(
         server.stop()
 
 
+def _flagged(readings: list[contract.Reading], every: int = 7) -> list[contract.Reading]:
+    """Every `every`-th waveform frame flagged: leads off, saturated, or resent after a gap."""
+    kinds: list[list[str]] = [["leads_off"], ["saturated", "low_battery"], ["resent", "gap_before"]]
+    return [
+        msgspec.structs.replace(r, flags=kinds[k // every % 3]) if k % every == every - 1 else r  # type: ignore[arg-type]
+        for k, r in enumerate(readings)
+    ]
+
+
 def test_chunks_come_back_as_the_frames_that_were_stored(influxdb: InfluxDB1) -> None:
-    readings = _readings(12)
+    readings = _flagged(_readings(12))
     influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
     start, end = T0_US / 1e6 + 7, T0_US / 1e6 + 11
     strips = _strips(influxdb, "chunks")
     for stream, device in (("ecg", "ecg-0001"), ("ppg", "oxi-0001")):
         got_device, segments = strips.waveforms("p-0001", stream, start, end)
         want = _frames(readings, device, start, end)
-        assert got_device == device and len(want) > 10
-        assert [(round(s.t0, 6), s.rate_hz, list(s.samples)) for s in segments] == [
-            (round(r.t.timestamp(), 6), float(r.rate_hz), _samples(r)) for r in want
+        assert got_device == device and len(want) > 10 and sum(bool(r.flags) for r in want) >= 2  # type: ignore[union-attr]
+        assert [(round(s.t0, 6), s.rate_hz, list(s.samples), s.flags) for s in segments] == [
+            (round(r.t.timestamp(), 6), float(r.rate_hz), _samples(r), tuple(r.flags))  # type: ignore[union-attr]
+            for r in want
         ]
     assert strips.waveforms("p-0003", "ecg", start, end) == (None, [])  # nobody's data
 
 
+def test_a_database_never_sent_a_flag_answers_without_the_field(influxdb: InfluxDB1) -> None:
+    readings = [r for r in _readings(3) if r.device == "ecg-0001"]
+    influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
+    _, segments = _strips(influxdb, "chunks").waveforms("p-0001", "ecg", T0_US / 1e6, T0_US / 1e6 + 3)
+    assert len(segments) == len(readings) and not any(s.flags for s in segments)
+
+
 def test_points_come_back_each_at_the_time_it_was_stored(influxdb: InfluxDB1) -> None:
-    readings = [r for r in _readings(8) if r.device == "ecg-0002"]
+    readings = _flagged([r for r in _readings(8) if r.device == "ecg-0002"], every=3)
     influxdb.write([line for r in readings for line in reading_lines(r, _patient(r))])
     start, end = T0_US / 1e6 + 3, T0_US / 1e6 + 7
     device, segments = _strips(influxdb, "points").waveforms("p-0002", "ecg", start, end)
@@ -121,14 +138,23 @@ def test_points_come_back_each_at_the_time_it_was_stored(influxdb: InfluxDB1) ->
     # drawn where it was stored: the frames' clocks differ by a millisecond or so, and a run that
     # ran across them would place later samples tens of milliseconds off
     assert max(abs(t * 1e9 - w) for (t, _), (w, _) in zip(got, want, strict=True)) < 2_000
+    # each flagged frame's flags at its first sample
+    flagged = {
+        to_ns(r.t): tuple(r.flags) for r in readings if r.flags and start * 1e9 <= to_ns(r.t) <= end * 1e9
+    }  # type: ignore[union-attr]
+    assert len(flagged) >= 3
+    assert {round(s.t0 * 1e6): s.flags for s in segments if s.flags} == {
+        t // 1000: f for t, f in flagged.items()
+    }
 
 
 def test_a_hole_in_the_points_splits_the_run() -> None:
     from dashboards.station.influxstrips import _point_segments
 
-    rows = [[k * 4_000_000, k] for k in (*range(10), *range(15, 20))]
+    rows = [[k * 4_000_000, 1 if k == 4 else None, k] for k in (*range(10), *range(15, 20))]
     assert _point_segments(rows) == [
-        Segment(0.0, 250.0, list(range(10))),
+        Segment(0.0, 250.0, list(range(4))),
+        Segment(0.016, 250.0, list(range(4, 10)), ("leads_off",)),  # a flagged point starts a run
         Segment(0.06, 250.0, list(range(15, 20))),
     ]
 
@@ -165,6 +191,10 @@ def test_the_strip_around_an_alarm_is_drawn_from_influxdb(influxdb: InfluxDB1, t
     from ingest.store import Store
 
     readings = _readings(20)
+    leads_off = next(  # one ECG frame in the alarm's window with the leads off
+        k for k, r in enumerate(readings) if r.device == "ecg-0001" and r.t.timestamp() > T0_US / 1e6 + 10
+    )
+    readings[leads_off] = msgspec.structs.replace(readings[leads_off], flags=["leads_off"])  # type: ignore[type-var]
     influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
     influx = InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms="chunks")
     config = _config(tmp_path, influx, strip_before_s=6.0, strip_after_s=4.0)
@@ -179,6 +209,7 @@ def test_the_strip_around_an_alarm_is_drawn_from_influxdb(influxdb: InfluxDB1, t
         traces = re.findall(r'<polyline points="([^"]+)"', svg)
         assert status == 200 and len(traces) == 2, len(traces)  # one ECG and one PPG trace
         assert min(len(t.split()) for t in traces) > 500  # 10 s of samples, drawn
+        assert svg.count(">leads off<") == 1  # marked where it happened, as from the store
         influxdb.stop()  # the database goes away: the page says so instead of an empty strip
         status, _, text, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000003")
         assert status == 200 and "The waveforms could not be read: InfluxDB could not be read" in text
