@@ -176,14 +176,15 @@ class IngestService:
             log.warning("ingest disconnected (%s); unacknowledged messages will be redelivered", reason)
 
     def _on_message(self, client: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
-        if m.topic.endswith("/status") and m.topic.count("/") == 5:  # a gateway's status: not a reading
+        topic = m.topic  # decoded from bytes at every read
+        if topic.endswith("/status") and topic.count("/") == 5:  # a gateway's status: not a reading
             with self._gw_lock:
-                self.gateways.feed(m.topic, bytes(m.payload), self.clock())
+                self.gateways.feed(topic, bytes(m.payload), self.clock())
             if m.qos > 0:
                 client.ack(m.mid, m.qos)
             return
         self._queue.put(
-            _Incoming(Message(m.topic, bytes(m.payload), self.clock()), m.mid, m.qos, time.monotonic())
+            _Incoming(Message(topic, bytes(m.payload), self.clock()), m.mid, m.qos, time.monotonic())
         )
 
     # --- lifecycle -----------------------------------------------------------------------------

@@ -104,11 +104,54 @@ class Client(paho.Client):
         while True:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self._in_packet["command"] == 0 and self._rpos < len(self._rbuf):
+                rc = self._read_buffered_publishes()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
             rc = self._packet_read()
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
             if rc > 0:
                 return self._loop_rc_handle(rc)
+
+    # Splitting. Between packets (paho holds none half-read), the whole PUBLISH packets at the head
+    # of the read buffer are decoded straight from it, each in one pass, where paho's reader makes
+    # three or more calls per packet (type, each length byte, the rest) and copies it twice: ~6.7
+    # -> ~2.5 µs a message (messages of the ingest benchmark, socket pair, no broker). The first
+    # packet that is not a plain PUBLISH, or not wholly read yet, ends the run: paho's reader
+    # takes it from the buffer as before, so every other packet and every partial read goes
+    # paho's way.
+    def _read_buffered_publishes(self) -> MQTTErrorCode:
+        buf, pos, size = self._rbuf, self._rpos, len(self._rbuf)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        done = 0
+        while pos < size and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            header = buf[pos]
+            if header & 0xF0 != 0x30 or header & 0x06 > 0x02:  # a PUBLISH of QoS 0 or 1 only
+                break
+            length, shift, at = 0, 0, pos + 1  # the remaining length: 1 to 4 bytes
+            while at < size and shift <= 21:
+                byte = buf[at]
+                at += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            else:
+                break  # not all read yet (or malformed: paho says so)
+            end = at + length
+            message = self._plain_publish(header, buf, at, end) if end <= size else None
+            if message is None:
+                break
+            pos = self._rpos = end
+            done += 1
+            self._handle_on_message(message)
+            if message.qos == 1 and not self._manual_ack:
+                rc = self._send_puback(message.mid)
+        if done:
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()  # paho's keepalive clock
+        return rc
 
     # Decoding. For every PUBLISH paho slices the packet three times, builds a v5 `Properties`
     # object even when there are none, and gives each incoming message an `info` with its own
@@ -119,35 +162,44 @@ class Client(paho.Client):
     # through paho's own decoder.
     def _handle_publish(self) -> MQTTErrorCode:
         header, packet = self._in_packet["command"], self._in_packet["packet"]
+        message = self._plain_publish(header, packet, 0, len(packet))
+        if message is None:
+            return super()._handle_publish()
+        self._handle_on_message(message)
+        if message.qos == 1 and not self._manual_ack:
+            return self._send_puback(message.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _plain_publish(
+        self, header: int, data: bytes | bytearray, begin: int, size: int
+    ) -> paho.MQTTMessage | None:
+        """The message of a PUBLISH packet whose variable header and payload are data[begin:size],
+        if it is the common case decoded here; None for anything else (paho's decoder)."""
         qos = (header & 0x06) >> 1
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        size = len(packet)
-        if qos == 2 or size < 2:
-            return super()._handle_publish()
-        end = 2 + ((packet[0] << 8) | packet[1])  # the topic ends here
+        if qos == 2 or size - begin < 2:
+            return None
+        end = begin + 2 + ((data[begin] << 8) | data[begin + 1])  # the topic ends here
         start = end + (2 if qos else 0) + (1 if v5 else 0)  # the payload starts here
-        if end == 2 or start > size or (v5 and packet[start - 1] != 0):
-            return super()._handle_publish()
-        topic = bytes(packet[2:end])
+        if end == begin + 2 or start > size or (v5 and data[start - 1] != 0):
+            return None
+        topic = bytes(data[begin + 2 : end])
         try:
             topic.decode("utf-8")
         except UnicodeDecodeError:
-            return super()._handle_publish()
+            return None
         message = paho.MQTTMessage.__new__(paho.MQTTMessage)
         message.timestamp = time.monotonic()  # paho's clock for this field
         message.state = paho.mqtt_ms_invalid
         message.dup = bool(header & 0x08)
-        message.mid = (packet[end] << 8) | packet[end + 1] if qos else 0
+        message.mid = (data[end] << 8) | data[end + 1] if qos else 0
         message.topic = topic  # the setter takes bytes; reading it decodes
-        message.payload = bytes(packet[start:])
+        message.payload = bytes(data[start:size])
         message.qos = qos
         message.retain = bool(header & 0x01)
         message.info = None  # type: ignore[assignment]
         message.properties = None
-        self._handle_on_message(message)
-        if qos == 1 and not self._manual_ack:
-            return self._send_puback(message.mid)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return message
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """Acknowledge these QoS 1 messages (``manual_ack``), in this order: their PUBACKs go out

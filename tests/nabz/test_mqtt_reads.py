@@ -197,3 +197,107 @@ def test_acknowledged_in_one_write_is_acknowledged(mosquitto: Mosquitto) -> None
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def _stream(seed: int) -> bytes:
+    """A broker's side of a connection: PUBLISH packets of QoS 0, 1 and 2, retained or not, with
+    and without v5 properties, of lengths around the remaining length's varint boundaries, with
+    PUBRELs (QoS 2), PUBACKs and PINGRESPs between them."""
+    import random
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    def varlen(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            n, b = divmod(n, 128)
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = ("patient", "p-0001")
+    with_props = props.pack()
+    rng = random.Random(seed)
+    out = bytearray()
+    for k in range(600):
+        qos, retain = rng.choice((0, 1, 1, 1, 2)), rng.random() < 0.1
+        topic = f"nabz/v1/demo/gw-{k % 7}/ecg-{k % 5}/ecg".encode()
+        var = len(topic).to_bytes(2, "big") + topic + ((k % 65535) + 1).to_bytes(2, "big")[: 2 if qos else 0]
+        var += with_props if rng.random() < 0.1 else b"\x00"
+        length = rng.choice(
+            (0, 1, 127, 128, 129, 400, 16383, 16384, 16385, 70_000)
+        )  # of all after the length
+        body = var + bytes([k % 251]) * max(0, length - len(var))
+        out += bytes([0x30 | qos << 1 | retain]) + varlen(len(body)) + body
+        if qos == 2:  # delivered once released
+            out += b"\x62\x02" + ((k % 65535) + 1).to_bytes(2, "big")
+        if rng.random() < 0.05:
+            out += b"\x40\x02" + rng.randrange(1, 65536).to_bytes(2, "big")  # a PUBACK
+        if rng.random() < 0.05:
+            out += b"\xd0\x00"  # a PINGRESP
+    return bytes(out)
+
+
+def _decoded(client: paho.Client, stream: bytes, seed: int) -> list[tuple[object, ...]]:
+    """What `client` delivers of `stream`, fed to it over a socket pair in random pieces."""
+    import random
+    import socket
+
+    from paho.mqtt.enums import _ConnectionState
+
+    got: list[tuple[object, ...]] = []
+
+    def on_message(_c: object, _u: object, m: paho.MQTTMessage) -> None:
+        user = list(getattr(m.properties, "UserProperty", []) or []) if m.properties else []
+        got.append((m.topic, bytes(m.payload), m.qos, m.mid, m.retain, m.dup, user))
+
+    client.on_message = on_message
+    ours, broker = socket.socketpair()
+    with ours, broker:
+        ours.setblocking(False)
+        broker.setblocking(False)
+        client._sock = ours  # type: ignore[assignment]
+        client._state = _ConnectionState.MQTT_CS_CONNECTED
+        rng, at = random.Random(seed), 0
+        while at < len(stream):
+            try:
+                at += broker.send(stream[at : at + rng.choice((1, 2, 3, 50, 1000, 40_000, 200_000))])
+            except BlockingIOError:
+                pass  # the pair's buffer is full: the client reads first
+            client.loop_read()
+            if rng.random() < 0.2:
+                client.loop_read()  # nothing new: must not lose or repeat anything
+            try:
+                broker.recv(1 << 20)  # the client's acknowledgements, not looked at
+            except BlockingIOError:
+                pass
+        while True:  # paho's own reader takes a packet or so per call: until nothing more comes
+            before = len(got)
+            for _ in range(50):
+                client.loop_read()
+            if len(got) == before:
+                break
+        client._sock = None
+    return got
+
+
+def test_messages_split_from_the_read_buffer_are_those_paho_decodes() -> None:
+    """`Client` decodes whole PUBLISH packets straight from its read buffer: over a stream of
+    every kind of packet, cut into pieces anywhere, it delivers exactly what paho's own reader
+    does, in the same order."""
+    from nabz.mqtt import Backoff, Client
+
+    for seed in (1, 2, 3):
+        stream = _stream(seed)
+        stock = paho.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=MQTTProtocolVersion.MQTTv5)
+        ours = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="x",
+            protocol=MQTTProtocolVersion.MQTTv5,
+            backoff=Backoff(1, 2),
+        )
+        want = _decoded(stock, stream, seed)
+        assert len(want) == 600
+        assert _decoded(ours, stream, seed) == want
