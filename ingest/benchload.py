@@ -13,7 +13,8 @@ sends today: it shows what batching in the gateway would be worth. Measured in o
 - ``naive_messages_per_s``: the pipeline a user would write first: a paho callback doing one
   synchronous influxdb-client write of the message's `Point`s per message;
 - ``messages_per_s``: the full ingest's rate draining a backlog of the same messages (validation,
-  dedup, DSP, embedded store, InfluxDB write API to VictoriaMetrics) in steady state;
+  dedup, DSP, embedded store, InfluxDB write API to VictoriaMetrics) in steady state, and
+  ``drain_cpu_us_per_message``: the CPU each process spent per message of that drain;
 - ``patients_realtime``: the most patients whose messages, published in real time for
   ``--seconds``, were all stored within ``_LAG_OK_S`` of being sent, without the lag growing,
   with the alerts service (`nabz alerts run`) evaluating the vitals the workers publish.
@@ -487,11 +488,13 @@ def _naive_rate(servers: _Servers, items: list[tuple[str, bytes]]) -> float:
 
 def _drain_rate(
     work: Path, servers: _Servers, fleet: _Fleet, patients: int, seconds: int, workers: int
-) -> float:
+) -> tuple[float, dict[str, float]]:
     """A backlog drained in steady state: the patients' first `_WARM_S` seconds are published and
     stored, untimed (their analysis windows fill); then their next `seconds` all at once, timed
     from the first publish to the last message stored. (Until 2026-11-26 the backlog was the
-    first seconds themselves, which cost about half as much: the figure was too kind.)"""
+    first seconds themselves, which cost about half as much: the figure was too kind.)
+
+    Returns messages per second and the CPU each process spent per message drained (µs)."""
     w = _Workers(work, servers, workers, patients, "drain")
     w.start()
     pub = RawPublisher(servers.mq_port, "bench-pub-drain")
@@ -503,16 +506,21 @@ def _drain_rate(
             total += len(items)
         w.wait_stored(total, 600, 0.2)
         backlog = [pub.frame(fleet.second(patients, s, "d")) for s in range(_WARM_S, _WARM_S + seconds)]
+        roles = {"mosquitto": [servers.mq.pid], "victoria_metrics": [servers.vm.pid],
+                 "ingest_workers": w.pids, "load": [os.getpid()]}  # fmt: skip
+        cpu0 = {role: _cpu_s(group) for role, group in roles.items()}
         t0 = time.perf_counter()
         for framed in backlog:
             pub.send(framed)
             total += framed[1]
         w.wait_stored(total, 600, 0.05)
         elapsed = time.perf_counter() - t0
+        drained = sum(n for _, n in backlog)
+        cpu = {role: round((_cpu_s(g) - cpu0[role]) / drained * 1e6, 1) for role, g in roles.items()}
     finally:
         pub.close()
         w.stop()
-    return sum(n for _, n in backlog) / max(elapsed, 1e-9)
+    return drained / max(elapsed, 1e-9), cpu
 
 
 @dataclass
@@ -602,7 +610,7 @@ def run_ingest_bench(
         sample = [m for s in range(10) for m in fleet.second(500, s, "b")]
         broker = _broker_rate(servers, sample)
         naive = _naive_rate(servers, [m for m in fleet.second(400, 0, "n")][:2000])
-        drain = _drain_rate(work, servers, fleet, 1000, _DRAIN_S, workers)
+        drain, drain_cpu = _drain_rate(work, servers, fleet, 1000, _DRAIN_S, workers)
         runs: list[_RealTime] = []
         n = start_patients or max(50, int(0.8 * drain / per_patient_s) // 50 * 50)
         best: _RealTime | None = None
@@ -631,6 +639,8 @@ def run_ingest_bench(
         "cpu_cores_used": best.cpu_cores if best else None,
         "broker_messages_per_s": round(broker, 1),
         "naive_messages_per_s": round(naive, 1),
+        # CPU per message drained, by process (µs): where the drain's cores went
+        "drain_cpu_us_per_message": drain_cpu,
         "messages_per_patient_s": round(per_patient_s, 2),
         "waveform_per_message": "1 s (frames of a second joined)"
         if messages == "second"

@@ -7,14 +7,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ingest.benchload import _Fleet, _realtime, _Servers
+from ingest.benchload import _drain_rate, _Fleet, _realtime, _Servers
 
 
 def test_a_small_real_time_run_stores_every_message_in_time() -> None:
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-test-"))
     servers = _Servers(work)
     try:
-        r = _realtime(work, servers, _Fleet.build(), patients=20, seconds=3, workers=2, warm_s=2)
+        fleet = _Fleet.build()
+        r = _realtime(work, servers, fleet, patients=20, seconds=3, workers=2, warm_s=2)
+        rate, cpu = _drain_rate(work, servers, fleet, patients=20, seconds=2, workers=2)
     finally:
         servers.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -24,3 +26,7 @@ def test_a_small_real_time_run_stores_every_message_in_time() -> None:
     assert set(r.cpu_by_process) == {"mosquitto", "victoria_metrics", "ingest_workers", "alerts", "load"}
     assert r.cpu_by_process["ingest_workers"] > 0
     assert abs(sum(r.cpu_by_process.values()) - r.cpu_cores) <= 0.05  # each rounded to 0.01
+    # the backlog drain (after the patients' first 30 s, stored untimed): its rate, and the CPU
+    # each process spent per message drained
+    assert rate > 0 and set(cpu) == {"mosquitto", "victoria_metrics", "ingest_workers", "load"}
+    assert cpu["ingest_workers"] > 10  # µs: validation, dedup, DSP and storage cost something
