@@ -106,21 +106,19 @@ def reading_lines(reading: Reading, patient: str) -> list[str]:
     if isinstance(reading, EcgReading):
         series = _series("ecg", **tags)
         step = 1_000_000_000 / reading.rate_hz
-        lines = [f"{series} signal_uv={v}i {t_ns + round(i * step)}" for i, v in enumerate(reading.signal_uv)]
-        if reading.flags:
-            lines[0] = f"{series} signal_uv={reading.signal_uv[0]}i{_flags_field(reading.flags)} {t_ns}"
-        return lines
+        x = reading.signal_uv
+        first = f"{series} signal_uv={x[0]}i{_flags_field(reading.flags)} {t_ns}"
+        return [first, *(f"{series} signal_uv={x[i]}i {t_ns + round(i * step)}" for i in range(1, len(x)))]
     if isinstance(reading, PpgReading):
         series = _series("ppg", **tags)
         step = 1_000_000_000 / reading.rate_hz
-        lines = [
-            f"{series} red_counts={r}i,ir_counts={ir}i {t_ns + round(i * step)}"
-            for i, (r, ir) in enumerate(zip(reading.red_counts, reading.ir_counts, strict=True))
-        ]
-        if reading.flags:
-            first = f"red_counts={reading.red_counts[0]}i,ir_counts={reading.ir_counts[0]}i"
-            lines[0] = f"{series} {first}{_flags_field(reading.flags)} {t_ns}"
-        return lines
+        red, ir = reading.red_counts, reading.ir_counts
+        first = f"{series} red_counts={red[0]}i,ir_counts={ir[0]}i{_flags_field(reading.flags)} {t_ns}"
+        rest = (
+            f"{series} red_counts={red[i]}i,ir_counts={ir[i]}i {t_ns + round(i * step)}"
+            for i in range(1, len(red))
+        )
+        return [first, *rest]
     series = _series("device_vitals", **tags)
     fields: dict[str, float | None]
     if isinstance(reading, HrReading):

@@ -16,7 +16,7 @@ def test_a_small_real_time_run_stores_every_message_in_time() -> None:
     try:
         fleet = _Fleet.build()
         r = _realtime(work, servers, fleet, patients=20, seconds=3, workers=2, warm_s=2)
-        rate, cpu = _drain_rate(work, servers, fleet, patients=20, seconds=2, workers=2)
+        rate, cpu = _drain_rate(work, servers, fleet, patients=60, seconds=2, workers=2)
     finally:
         servers.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -29,4 +29,6 @@ def test_a_small_real_time_run_stores_every_message_in_time() -> None:
     # the backlog drain (after the patients' first 30 s, stored untimed): its rate, and the CPU
     # each process spent per message drained
     assert rate > 0 and set(cpu) == {"mosquitto", "victoria_metrics", "ingest_workers", "load"}
-    assert cpu["ingest_workers"] > 10  # µs: validation, dedup, DSP and storage cost something
+    # µs: validation, dedup, DSP and storage cost something (/proc counts CPU in 10 ms ticks,
+    # ~12 µs a message over the ~830 drained here: at least one tick per worker is charged)
+    assert cpu["ingest_workers"] > 10

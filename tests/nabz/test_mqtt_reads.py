@@ -9,7 +9,8 @@ import threading
 import time
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from nabz.config import MqttConfig
 from nabz.mqtt import connect, make_client
@@ -199,7 +200,7 @@ def test_acknowledged_in_one_write_is_acknowledged(mosquitto: Mosquitto) -> None
         sub.loop_stop()
 
 
-def _stream(seed: int) -> bytes:
+def _stream(seed: int, v5: bool = True) -> bytes:
     """A broker's side of a connection: PUBLISH packets of QoS 0, 1 and 2, retained or not, with
     and without v5 properties, of lengths around the remaining length's varint boundaries, with
     PUBRELs (QoS 2), PUBACKs and PINGRESPs between them."""
@@ -225,7 +226,8 @@ def _stream(seed: int) -> bytes:
         qos, retain = rng.choice((0, 1, 1, 1, 2)), rng.random() < 0.1
         topic = f"nabz/v1/demo/gw-{k % 7}/ecg-{k % 5}/ecg".encode()
         var = len(topic).to_bytes(2, "big") + topic + ((k % 65535) + 1).to_bytes(2, "big")[: 2 if qos else 0]
-        var += with_props if rng.random() < 0.1 else b"\x00"
+        if v5:
+            var += with_props if rng.random() < 0.1 else b"\x00"
         length = rng.choice(
             (0, 1, 127, 128, 129, 400, 16383, 16384, 16385, 70_000)
         )  # of all after the length
@@ -240,18 +242,32 @@ def _stream(seed: int) -> bytes:
     return bytes(out)
 
 
-def _decoded(client: paho.Client, stream: bytes, seed: int) -> list[tuple[object, ...]]:
-    """What `client` delivers of `stream`, fed to it over a socket pair in random pieces."""
+def _decoded(
+    client: paho.Client, stream: bytes, seed: int, *, stop_after: int | None = None
+) -> tuple[list[tuple[object, ...]], bytes]:
+    """What `client` delivers of `stream`, fed to it over a socket pair in random pieces, and
+    what it sends back (acknowledgements). With `stop_after`, the callback disconnects after
+    that many messages."""
     import random
     import socket
 
     from paho.mqtt.enums import _ConnectionState
 
     got: list[tuple[object, ...]] = []
+    sent = bytearray()
 
-    def on_message(_c: object, _u: object, m: paho.MQTTMessage) -> None:
+    def on_message(c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
         user = list(getattr(m.properties, "UserProperty", []) or []) if m.properties else []
         got.append((m.topic, bytes(m.payload), m.qos, m.mid, m.retain, m.dup, user))
+        if len(got) == stop_after:
+            c.disconnect()
+
+    def drain(sock: socket.socket) -> None:
+        try:
+            while chunk := sock.recv(1 << 20):
+                sent.extend(chunk)
+        except (BlockingIOError, ConnectionResetError):  # nothing more yet; the client closed
+            pass
 
     client.on_message = on_message
     ours, broker = socket.socketpair()
@@ -261,7 +277,7 @@ def _decoded(client: paho.Client, stream: bytes, seed: int) -> list[tuple[object
         client._sock = ours  # type: ignore[assignment]
         client._state = _ConnectionState.MQTT_CS_CONNECTED
         rng, at = random.Random(seed), 0
-        while at < len(stream):
+        while at < len(stream) and client._sock is not None:
             try:
                 at += broker.send(stream[at : at + rng.choice((1, 2, 3, 50, 1000, 40_000, 200_000))])
             except BlockingIOError:
@@ -269,35 +285,53 @@ def _decoded(client: paho.Client, stream: bytes, seed: int) -> list[tuple[object
             client.loop_read()
             if rng.random() < 0.2:
                 client.loop_read()  # nothing new: must not lose or repeat anything
-            try:
-                broker.recv(1 << 20)  # the client's acknowledgements, not looked at
-            except BlockingIOError:
-                pass
-        while True:  # paho's own reader takes a packet or so per call: until nothing more comes
+            drain(broker)
+        while client._sock is not None:  # paho's own reader takes a packet or so per call
             before = len(got)
             for _ in range(50):
                 client.loop_read()
             if len(got) == before:
                 break
+        drain(broker)
         client._sock = None
-    return got
+    return got, bytes(sent)
 
 
-def test_messages_split_from_the_read_buffer_are_those_paho_decodes() -> None:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize(
+    ("seed", "manual_ack", "stop_after"), [(1, False, None), (2, True, None), (3, False, 40), (4, False, 41)]
+)
+def test_messages_split_from_the_read_buffer_are_those_paho_decodes(
+    protocol: str, seed: int, manual_ack: bool, stop_after: int | None
+) -> None:
     """`Client` decodes whole PUBLISH packets straight from its read buffer: over a stream of
     every kind of packet, cut into pieces anywhere, it delivers exactly what paho's own reader
-    does, in the same order."""
+    does, in the same order, and sends the same acknowledgements (none of QoS 1 when the caller
+    acknowledges); a callback that disconnects ends the delivery there, as with paho."""
     from nabz.mqtt import Backoff, Client
 
-    for seed in (1, 2, 3):
-        stream = _stream(seed)
-        stock = paho.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=MQTTProtocolVersion.MQTTv5)
-        ours = Client(
-            CallbackAPIVersion.VERSION2,
-            client_id="x",
-            protocol=MQTTProtocolVersion.MQTTv5,
-            backoff=Backoff(1, 2),
-        )
-        want = _decoded(stock, stream, seed)
-        assert len(want) == 600
-        assert _decoded(ours, stream, seed) == want
+    class Counting(Client):
+        slow = 0  # PUBLISH packets that went through paho's reader
+
+        def _handle_publish(self) -> MQTTErrorCode:
+            self.slow += 1
+            return super()._handle_publish()
+
+    version = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
+    stream = _stream(seed, v5=protocol == "5")
+    stock = paho.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=version, manual_ack=manual_ack)
+    want, want_sent = _decoded(stock, stream, seed, stop_after=stop_after)
+    ours = Counting(
+        CallbackAPIVersion.VERSION2,
+        client_id="x",
+        protocol=version,
+        manual_ack=manual_ack,
+        backoff=Backoff(1, 2),
+    )
+    got, got_sent = _decoded(ours, stream, seed, stop_after=stop_after)
+    # all 600; or, disconnected from the callback, up to the acknowledgement that sends it
+    assert len(want) == 600 if stop_after is None else stop_after <= len(want) < 600
+    assert got == want and got_sent == want_sent
+    assert (b"\x40\x02" in want_sent) is not manual_ack  # QoS 1 acknowledged by the client
+    # the fast way was taken: by most of the 600, by some of the first forty or so
+    assert ours.slow < (len(want) / 2 if stop_after is None else len(want))
