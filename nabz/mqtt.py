@@ -117,7 +117,7 @@ class Client(paho.Client):
     # Splitting. Between packets (paho holds none half-read), the whole PUBLISH packets at the head
     # of the read buffer are decoded straight from it, each in one pass, where paho's reader makes
     # three or more calls per packet (type, each length byte, the rest) and copies it twice: 6.7
-    # -> 2.7 µs a message (messages of the ingest benchmark, socket pair, no broker). The first
+    # -> 2.7-2.9 µs a message (messages of the ingest benchmark, socket pair, no broker). The first
     # packet that is not a plain PUBLISH, or not wholly read yet, ends the run: paho's reader
     # takes it from the buffer as before, so every other packet and every partial read goes
     # paho's way. So does whatever follows a callback (or its acknowledgement) that closed or
