@@ -16,7 +16,8 @@ Rules of this file:
 
 from __future__ import annotations
 
-import statistics
+import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,6 +264,32 @@ def news2_resp(per_min: float) -> int:
 
 
 @dataclass(slots=True)
+class _Window:
+    """A parameter's values of the last window: in arrival order, to let them go, and sorted, for
+    the median (what `statistics.median` returns, without sorting the window at every score: that
+    was about a quarter of the alerts service's CPU at 2,000 patients)."""
+
+    arrived: deque[tuple[float, float]] = field(default_factory=deque)
+    ordered: list[float] = field(default_factory=list)
+
+    def add(self, t: float, x: float) -> None:
+        self.arrived.append((t, x))
+        insort(self.ordered, x)
+
+    def forget_before(self, t: float) -> None:
+        while self.arrived and self.arrived[0][0] < t:
+            _, x = self.arrived.popleft()
+            del self.ordered[bisect_left(self.ordered, x)]
+
+    def median(self) -> float | None:
+        n = len(self.ordered)
+        if not n:
+            return None
+        h = n // 2
+        return self.ordered[h] if n % 2 else (self.ordered[h - 1] + self.ordered[h]) / 2
+
+
+@dataclass(slots=True)
 class News2Rule:
     """The partial NEWS2 aggregate of pulse, SpO2 and (where derived) respiration, each the median
     of its valid values over the last `window_s`, raising when it stays at or above a band."""
@@ -271,7 +298,7 @@ class News2Rule:
     min_sqi: float
     window_s: float = 60.0
     every_s: float = 1.0  # the score moves with 60 s medians: once a second is enough
-    values: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
+    values: dict[tuple[str, str], _Window] = field(default_factory=dict)
     scored_at: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -288,22 +315,24 @@ class News2Rule:
         got = False
         for param, x in (("pulse", v.hr_bpm if v.source == "ecg" else None), ("spo2", v.spo2_pct),
                          ("resp", v.resp_bpm)):  # fmt: skip
-            if x is not None:
+            if x is not None and math.isfinite(x):
                 got = True
-                q = self.values.setdefault((v.patient, param), deque())
-                q.append((t, float(x)))
+                w = self.values.get((v.patient, param))
+                if w is None:
+                    w = self.values[(v.patient, param)] = _Window()
+                w.add(t, float(x))
         if not got or t - self.scored_at.get(v.patient, float("-inf")) < self.every_s:
             return None
         self.scored_at[v.patient] = t
         parts: dict[str, float] = {}
         for param in ("pulse", "spo2", "resp"):
-            recent = self.values.get((v.patient, param))
-            if not recent:
+            w = self.values.get((v.patient, param))
+            if w is None:
                 continue
-            while recent and recent[0][0] < t - self.window_s:
-                recent.popleft()
-            if recent:
-                parts[param] = statistics.median(x for _, x in recent)
+            w.forget_before(t - self.window_s)
+            m = w.median()
+            if m is not None:
+                parts[param] = m
         if "pulse" not in parts or "spo2" not in parts:
             return None  # a partial score needs at least pulse and SpO2
         score = news2_pulse(parts["pulse"]) + news2_spo2(parts["spo2"], lim.spo2_scale)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from alerts.rules import news2_pulse, news2_resp, news2_spo2
 from nabz.config import AlertsConfig, PatientAlertsConfig
@@ -139,6 +141,28 @@ def test_a_partial_news2_catches_a_combined_deterioration_no_single_limit_catche
         seq.append(v(T0 + i + 0.5, source="ppg", spo2_pct=93.0))
     events = rig.feed(seq)
     assert kinds(events) == [("news2", "active", "medium")]
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(20, 250), st.booleans()), min_size=1, max_size=400))
+def test_the_news2_window_gives_the_median_of_what_it_holds(steps: list[tuple[float, int, bool]]) -> None:
+    """The rolling window behind NEWS2 (kept sorted as values come and go) gives exactly what
+    `statistics.median` gives of the values it should hold (here those of the last 10 s, so that
+    values go often), with repeated values among them."""
+    import statistics
+    from collections import deque
+
+    from alerts.rules import _Window
+
+    w, kept, t = _Window(), deque[tuple[float, float]](), 0.0
+    for dt, value, half in steps:
+        t += dt
+        x = value + (0.5 if half else 0.0)
+        w.add(t, x)
+        kept.append((t, x))
+        w.forget_before(t - 10.0)
+        while kept[0][0] < t - 10.0:
+            kept.popleft()
+        assert w.median() == statistics.median(x for _, x in kept)
 
 
 def test_sensor_off_and_leads_off_are_technical_and_need_to_persist(rig: Rig) -> None:
