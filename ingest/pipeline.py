@@ -81,6 +81,8 @@ class _Accepted:
     msg: Message
     reading: Reading
     patient: str
+    t: float  # reading.t as epoch seconds (a datetime's timestamp() is asked for once)
+    stream: str
 
 
 class _Who(TypedDict):
@@ -147,7 +149,9 @@ class IngestCore:
             if patient is None:
                 rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
                 continue
-            why = _implausible(outcome, msg.received_at)
+            t = outcome.t.timestamp()
+            stream = contract.stream_of(outcome)
+            why = _implausible(outcome, stream, t, msg.received_at)
             if why is not None:
                 rejected.append((msg, why))
                 continue
@@ -155,7 +159,7 @@ class IngestCore:
                 result.duplicates += 1
                 continue
             ids_in_batch.add(outcome.id)
-            accepted.append(_Accepted(msg, outcome, patient))
+            accepted.append(_Accepted(msg, outcome, patient, t, stream))
         if accepted:  # redeliveries of messages stored by an earlier batch
             seen = self.store.seen_many([a.reading.id for a in accepted])
             if seen:
@@ -178,12 +182,12 @@ class IngestCore:
             if self._keep_payloads:
                 stored = self.store.add_messages([
                     (a.reading.id, a.msg.received_at, a.reading.site, a.reading.gateway, a.reading.device,
-                     a.patient, contract.stream_of(a.reading), to_ns(a.reading.t), n, a.msg.payload)
+                     a.patient, a.stream, to_ns(a.reading.t), n, a.msg.payload)
                     for a, n in zip(accepted, counts, strict=True)
                 ])  # fmt: skip
             else:
                 stored = self.store.add_ledger([
-                    (a.reading.id, a.msg.received_at, contract.stream_of(a.reading), n)
+                    (a.reading.id, a.msg.received_at, a.stream, n)
                     for a, n in zip(accepted, counts, strict=True)
                 ])  # fmt: skip
             for n, new in zip(counts, stored, strict=True):
@@ -197,12 +201,10 @@ class IngestCore:
         # Out of order within a batch (a gateway draining its spool after an outage, QoS 1
         # redelivery): signal processing sees each device's messages in time order.
         self._pending_ppg = []
-        ordered = sorted(
-            accepted, key=lambda a: (a.reading.device, contract.stream_of(a.reading), a.reading.t)
-        )
-        for a in _merge_contiguous([a for a in ordered if not self._late_counted(a.reading)]):
+        ordered = sorted(accepted, key=lambda a: (a.reading.device, a.stream, a.t))
+        for a in _merge_contiguous([a for a in ordered if not self._late_counted(a)]):
             try:
-                result.vitals.extend(self._derive(a.reading, a.patient))
+                result.vitals.extend(self._derive(a.reading, a.patient, a.t))
             except Exception:
                 # The reading is stored; a fault in signal processing must not hold up storage or
                 # acknowledgement. It is logged and counted for the operations board.
@@ -240,19 +242,19 @@ class IngestCore:
             for (_, base, flags), p in zip(pending, analysed, strict=True)
         ]
 
-    def _late_counted(self, r: Reading) -> bool:
-        if not self._late(r):
+    def _late_counted(self, a: _Accepted) -> bool:
+        if not self._late(a):
             return False
         with self.store.batch():
             self.store.bump("late_no_dsp", 1)
         return True
 
-    def _late(self, r: Reading) -> bool:
+    def _late(self, a: _Accepted) -> bool:
         """A waveform far behind what its processor has seen (hours-late spool data): store only."""
-        if not isinstance(r, EcgReading | PpgReading):
+        if a.stream not in RATES_HZ:
             return False
-        key = (r.device, contract.stream_of(r))
-        t = r.t.timestamp()
+        key = (a.reading.device, a.stream)
+        t = a.t
         newest = self._newest.get(key)
         if newest is not None and t < newest - LATE_DSP_S:
             return True
@@ -260,10 +262,10 @@ class IngestCore:
         return False
 
     # --- derived vitals ------------------------------------------------------------------------
-    def _derive(self, r: Reading, patient: str) -> list[Vitals]:
+    def _derive(self, r: Reading, patient: str, t0: float) -> list[Vitals]:
+        """Derived vitals of a reading whose first sample was taken at `t0` (epoch seconds)."""
         base: _Who = {"site": r.site, "patient": patient, "device": r.device}
         out: list[Vitals] = []
-        t0 = r.t.timestamp()
         if isinstance(r, EcgReading):
             rate, proc = self._ecg.get(r.device, (0, None))
             if proc is None or rate != r.rate_hz:
@@ -353,17 +355,17 @@ def _round(x: float | None, digits: int = 1) -> float | None:
     return round(float(x), digits)
 
 
-def _implausible(r: Reading, received_at: float) -> Rejected | None:
-    """Valid by the schema, but not storable as it is: future-dated, or a rate DSP cannot take."""
-    t = r.t.timestamp()
+def _implausible(r: Reading, stream: str, t: float, received_at: float) -> Rejected | None:
+    """Valid by the schema, but not storable as it is: future-dated, or a rate DSP cannot take.
+    `t` is the reading's time in epoch seconds."""
     if received_at and t > received_at + FUTURE_S:
         return Rejected(
             "future_dated", f"t is {t - received_at:.0f} s after ingest's clock (limit {FUTURE_S:g} s)"
         )
     if isinstance(r, EcgReading | PpgReading):
-        lo, hi = RATES_HZ[contract.stream_of(r)]
+        lo, hi = RATES_HZ[stream]
         if not lo <= r.rate_hz <= hi:
-            return Rejected("wrong_rate", f"{contract.stream_of(r)} at {r.rate_hz} Hz; accepted {lo}-{hi} Hz")
+            return Rejected("wrong_rate", f"{stream} at {r.rate_hz} Hz; accepted {lo}-{hi} Hz")
     return None
 
 
@@ -378,16 +380,17 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
     """
     out: list[_Accepted] = []
     for a in ordered:
-        r, prev = a.reading, out[-1].reading if out else None
+        r, last = a.reading, out[-1] if out else None
+        prev = last.reading if last is not None else None
         if (
-            isinstance(r, EcgReading | PpgReading)
-            and type(prev) is type(r)
-            and prev is not None
+            last is not None
+            and a.stream in RATES_HZ
+            and a.stream == last.stream
+            and isinstance(r, EcgReading | PpgReading)
             and isinstance(prev, EcgReading | PpgReading)
             and prev.device == r.device
             and prev.rate_hz == r.rate_hz
-            and abs((r.t - prev.t).total_seconds() - contract.reading_count(prev) / prev.rate_hz)
-            <= _CONTIGUOUS_S
+            and abs(a.t - last.t - contract.reading_count(prev) / prev.rate_hz) <= _CONTIGUOUS_S
         ):
             flags = list(dict.fromkeys([*prev.flags, *r.flags]))
             if isinstance(r, EcgReading) and isinstance(prev, EcgReading):
@@ -403,7 +406,7 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
                 )
             else:  # pragma: no cover - guarded above
                 raise TypeError(type(r))
-            out[-1] = _Accepted(out[-1].msg, merged, out[-1].patient)
+            out[-1] = _Accepted(last.msg, merged, last.patient, last.t, last.stream)
         else:
             out.append(a)
     return out

@@ -98,14 +98,17 @@ class EcgRate:
     pause_s: float  # longest gap between beats in the window, including the one still open at its end
 
 
+_MAX_INTERVALS, _MIN_INTERVALS = 12, 2  # RR intervals averaged for a rate: at most, at least
+
+
 def ecg_rate(
     peaks: npt.ArrayLike,
     sampling_rate: float,
     *,
     end: int | None = None,
     window_s: float = 10.0,
-    max_intervals: int = 12,
-    min_intervals: int = 2,
+    max_intervals: int = _MAX_INTERVALS,
+    min_intervals: int = _MIN_INTERVALS,
 ) -> EcgRate:
     """Monitor-style heart rate from R peaks: the mean of the last RR intervals.
 
@@ -141,6 +144,17 @@ def ecg_rate(
     p = p[p <= stop]
     rr = tuple((np.diff(p[first - 1 :]) * (1000.0 / fs)).tolist()) if p.size else ()
     return EcgRate(hr_bpm=None if math.isnan(hr) else hr, rr_ms=rr, pause_s=pause_s)
+
+
+def _rate_and_pause(
+    peaks: npt.NDArray[np.int64], sampling_rate: float, end: int, window_s: float
+) -> tuple[float | None, float]:
+    """`ecg_rate`'s rate and pause without its list of RR intervals (the live processor keeps
+    its own): (bpm or None, pause in s)."""
+    hr, pause_s, _ = ecg_rate_k(
+        peaks, sampling_rate, end, window_s * sampling_rate, _MAX_INTERVALS, _MIN_INTERVALS
+    )
+    return (None if math.isnan(hr) else hr), pause_s
 
 
 def _sqi_core(

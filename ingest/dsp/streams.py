@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .ecg import _sqi_core, ecg_rate
+from .ecg import _rate_and_pause, _sqi_core
 from .hrv import Hrv, af_score, hrv_time_domain
 from .ppg import Calibration, _check_calibration, ppg_process_many
 from .qrs import EcgPeakStream
@@ -208,7 +208,7 @@ class EcgProcessor:
         peaks = np.asarray(self._peaks, dtype=np.int64)
         inside = peaks[(peaks >= start) & (peaks < end)] - start
         sqi = _sqi_core(raw, bp, inside, self._fs, self._stream.group_delay_samples)
-        rate = ecg_rate(peaks, self._fs, end=end - 1, window_s=self._win / self._fs)
+        hr_bpm, pause_s = _rate_and_pause(peaks, self._fs, end - 1, self._win / self._fs)
         ok = sqi >= self._min_sqi
         rr, self._new_rr = self._new_rr, []
         # HRV and AF look at the last ~64 beats: recomputed every 4 new beats, not every second
@@ -223,10 +223,10 @@ class EcgProcessor:
             self._resp = ecg_resp_rate(beats[:, 0], beats[:, 1]) if beats.shape[0] else None
         return EcgVitals(
             t=self._clock.time_of(end - 1),
-            hr_bpm=rate.hr_bpm if ok else None,
+            hr_bpm=hr_bpm if ok else None,
             rr_ms=rr if ok else [],
             sqi=sqi,
-            pause_s=rate.pause_s,
+            pause_s=pause_s,
             hrv_sdnn_ms=hrv.sdnn_ms if hrv is not None else None,
             hrv_rmssd_ms=hrv.rmssd_ms if hrv is not None else None,
             af_score=af,
@@ -272,8 +272,15 @@ class PpgProcessor:
         self._every = max(1, round(emit_every_s * self._fs))
         self._min_sqi = min_sqi
         self._clock = _Timeline(self._fs, gap_tolerance_s)
-        self._red = np.zeros(0)
-        self._ir = np.zeros(0)
+        self._new_buffer()
+
+    def _new_buffer(self, keep: npt.NDArray[np.float64] | None = None) -> None:
+        """Red and IR rows that chunks are appended to in place, so that a window is a view, not a
+        copy; when full, the last window moves to a new buffer (views handed out never change)."""
+        self._buf = np.empty((2, 2 * self._win + 4 * self._every))
+        self._used = 0 if keep is None else keep.shape[1]
+        if keep is not None:
+            self._buf[:, : self._used] = keep
 
     def push(self, red: npt.ArrayLike, ir: npt.ArrayLike, t0: float) -> list[PpgVitals]:
         """Feed a chunk of both channels (raw counts); `t0` is the UTC time of the first sample.
@@ -296,19 +303,24 @@ class PpgProcessor:
             return []
         reset, skip = self._clock.place(float(t0), r_.size)
         if reset:
-            self._red, self._ir = np.zeros(0), np.zeros(0)
+            self._new_buffer()
         r_, i_ = r_[skip:], i_[skip:]
         out: list[PpgWindow] = []
         i = 0
         while i < r_.size:
             n = self._clock.n
             take = min(r_.size - i, (n // self._every + 1) * self._every - n)
-            self._red = np.concatenate((self._red, r_[i : i + take]))[-self._win :]
-            self._ir = np.concatenate((self._ir, i_[i : i + take]))[-self._win :]
+            if self._used + take > self._buf.shape[1]:
+                self._new_buffer(self._buf[:, max(0, self._used - self._win) : self._used])
+            self._buf[0, self._used : self._used + take] = r_[i : i + take]
+            self._buf[1, self._used : self._used + take] = i_[i : i + take]
+            self._used += take
             self._clock.n += take
             i += take
-            if self._clock.n % self._every == 0 and self._red.size >= self._win:
-                out.append(PpgWindow(self, self._clock.time_of(self._clock.n - 1), self._red, self._ir))
+            if self._clock.n % self._every == 0 and self._clock.n >= self._win:
+                lo, hi = self._used - self._win, self._used
+                red, ir = self._buf[0, lo:hi], self._buf[1, lo:hi]
+                out.append(PpgWindow(self, self._clock.time_of(self._clock.n - 1), red, ir))
         return out
 
     def finish(self, windows: list[PpgWindow]) -> list[PpgVitals]:

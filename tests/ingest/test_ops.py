@@ -185,10 +185,10 @@ def test_a_message_ingest_fails_on_is_dead_lettered_and_the_rest_are_stored(
 ) -> None:
     real = ingest.pipeline._implausible
 
-    def buggy(r: contract.Reading, received_at: float) -> Rejected | None:
+    def buggy(r: contract.Reading, stream: str, t: float, received_at: float) -> Rejected | None:
         if isinstance(r, contract.BatteryReading):
             raise ZeroDivisionError("a bug that only battery readings meet")
-        return real(r, received_at)
+        return real(r, stream, t, received_at)
 
     monkeypatch.setattr(ingest.pipeline, "_implausible", buggy)
     cfg = Config(

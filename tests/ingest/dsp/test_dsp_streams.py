@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from ingest.dsp import EcgProcessor, EcgVitals, PpgProcessor, PpgVitals, ecg_rate
+from ingest.dsp.streams import PpgWindow, analyse_many
 from ingest.dsp.synth import regular_beats, synth_ecg, synth_ppg
 
 FS_ECG = 250
@@ -194,3 +195,22 @@ def test_ppg_gap_resets(rng: np.random.Generator) -> None:
     after = _feed_ppg(proc, red[14 * FS_PPG :], ir[14 * FS_PPG :], t0=T0 + 14.0)
     assert before and after
     assert after[0].t == pytest.approx(T0 + 14.0 + 8.0 - 1 / FS_PPG)  # a full window after the gap
+
+
+def test_ppg_windows_held_for_a_batch_keep_their_samples(rng: np.random.Generator) -> None:
+    """Ingest collects a batch's PPG windows before analysing them: a window must still hold the
+    samples it was due with after many more chunks (and a reset) have come in."""
+    red, ir = synth_ppg(72, 60.0, FS_PPG, rng=rng)  # synthetic
+    now, held = PpgProcessor(FS_PPG), PpgProcessor(FS_PPG)
+    at_once: list[PpgVitals] = []
+    windows: list[PpgWindow] = []
+    for i in range(0, red.size, 37):
+        t = T0 + i / FS_PPG + (3.0 if i >= 30 * FS_PPG else 0.0)  # 3 s missing at 30 s: a reset
+        at_once += now.push(red[i : i + 37], ir[i : i + 37], t)
+        windows += held.windows(red[i : i + 37], ir[i : i + 37], t)
+    assert len(windows) == 23 + 22  # 0-30.3 s, then from 33.3 s: a full window again 8 s after it
+    for w in windows:
+        last = round((w.t - T0 - (3.0 if w.t > T0 + 30 else 0.0)) * FS_PPG)  # index of its last sample
+        assert np.array_equal(w.red, red[last + 1 - 8 * FS_PPG : last + 1])
+        assert np.array_equal(w.ir, ir[last + 1 - 8 * FS_PPG : last + 1])
+    assert analyse_many(windows) == at_once
