@@ -267,7 +267,8 @@ def news2_resp(per_min: float) -> int:
 class _Window:
     """A parameter's values of the last window: in arrival order, to let them go, and sorted, for
     the median (what `statistics.median` returns, without sorting the window at every score: that
-    was about a quarter of the alerts service's CPU at 2,000 patients)."""
+    was ~40 % of the rules' CPU in process, and took the alerts service from 0.22 to 0.18 cores
+    at the ingest benchmark's real-time limit; docs/benchmarks.md)."""
 
     arrived: deque[tuple[float, float]] = field(default_factory=deque)
     ordered: list[float] = field(default_factory=list)
