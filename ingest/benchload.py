@@ -12,6 +12,8 @@ sends today: it shows what batching in the gateway would be worth. Measured in o
   that does nothing (QoS 1, one process);
 - ``naive_messages_per_s``: the pipeline a user would write first: a paho callback doing one
   synchronous influxdb-client write of the message's `Point`s per message;
+- both measured just before and just after the backlog drain, and the mean of the two reported
+  (each run in ``baselines_before_and_after_drain``);
 - ``messages_per_s``: the full ingest's rate draining a backlog of the same messages (validation,
   dedup, DSP, embedded store, InfluxDB write API to VictoriaMetrics) in steady state, and
   ``drain_cpu_us_per_message``: the CPU each process spent per message of that drain;
@@ -294,6 +296,8 @@ class _Workers:
         )
         self.n = workers
         self.mq_port = servers.mq_port
+        # the workers' MQTT client ids (ingest.service: a slot's id when there are several)
+        self.client_ids = [f"bench-{name}-{w}" for w in range(workers)] if workers > 1 else [f"bench-{name}"]
         self.with_alerts = False
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -341,8 +345,12 @@ class _Workers:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.procs = []
-        if self.with_alerts:  # end its persistent session, or the next run's alerts inherit a backlog
-            _end_session(self.mq_port, "nabz-alerts")
+        # End the persistent sessions: mosquitto keeps queueing every matching message for a
+        # stopped member of a shared subscription, so each later run (and baseline) would pay the
+        # broker for queueing its messages to every earlier run's workers (until 2026-11-27 it
+        # did), and the next run's alerts would inherit a backlog.
+        for cid in self.client_ids + (["nabz-alerts"] if self.with_alerts else []):
+            _end_session(self.mq_port, cid)
 
     def stored(self) -> int:
         """Messages stored so far: the store's own count, kept in the transaction that stores
@@ -607,10 +615,17 @@ def run_ingest_bench(
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-"))
     servers = _Servers(work)
     try:
+        # Both baselines just before and just after the drain, each reported as the mean of the
+        # two: the box's speed drifts by tens of percent over minutes (docs/benchmarks.md,
+        # 2026-11-27), and a ratio should compare runs that met the same box.
         sample = [m for s in range(10) for m in fleet.second(500, s, "b")]
-        broker = _broker_rate(servers, sample)
-        naive = _naive_rate(servers, [m for m in fleet.second(400, 0, "n")][:2000])
+        naive_sample = [m for m in fleet.second(600, 0, "n")][:4000]
+        brokers = [_broker_rate(servers, sample)]
+        naives = [_naive_rate(servers, naive_sample)]
         drain, drain_cpu = _drain_rate(work, servers, fleet, 1000, _DRAIN_S, workers)
+        brokers.append(_broker_rate(servers, sample))
+        naives.append(_naive_rate(servers, naive_sample))
+        broker, naive = sum(brokers) / len(brokers), sum(naives) / len(naives)
         runs: list[_RealTime] = []
         n = start_patients or max(50, int(0.8 * drain / per_patient_s) // 50 * 50)
         best: _RealTime | None = None
@@ -639,6 +654,10 @@ def run_ingest_bench(
         "cpu_cores_used": best.cpu_cores if best else None,
         "broker_messages_per_s": round(broker, 1),
         "naive_messages_per_s": round(naive, 1),
+        "baselines_before_and_after_drain": {
+            "broker_messages_per_s": [round(b, 1) for b in brokers],
+            "naive_messages_per_s": [round(n, 1) for n in naives],
+        },
         # CPU per message drained, by process (µs): where the drain's cores went
         "drain_cpu_us_per_message": drain_cpu,
         "messages_per_patient_s": round(per_patient_s, 2),
