@@ -53,6 +53,7 @@ from typing import Any
 
 import msgspec
 
+from ingest.partition import slot_client_id
 from nabz import contract
 from nabz.broker import free_port
 from nabz.secrets import write_private
@@ -296,8 +297,7 @@ class _Workers:
         )
         self.n = workers
         self.mq_port = servers.mq_port
-        # the workers' MQTT client ids (ingest.service: a slot's id when there are several)
-        self.client_ids = [f"bench-{name}-{w}" for w in range(workers)] if workers > 1 else [f"bench-{name}"]
+        self.client_ids = [slot_client_id(f"bench-{name}", w, workers) for w in range(workers)]
         self.with_alerts = False
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -619,7 +619,7 @@ def run_ingest_bench(
         # two: the box's speed drifts by tens of percent over minutes (docs/benchmarks.md,
         # 2026-11-27), and a ratio should compare runs that met the same box.
         sample = [m for s in range(10) for m in fleet.second(500, s, "b")]
-        naive_sample = [m for m in fleet.second(600, 0, "n")][:4000]
+        naive_sample = fleet.second(600, 0, "n")[:4000]
         brokers = [_broker_rate(servers, sample)]
         naives = [_naive_rate(servers, naive_sample)]
         drain, drain_cpu = _drain_rate(work, servers, fleet, 1000, _DRAIN_S, workers)

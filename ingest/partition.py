@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from nabz.contract import ROOT
 
-__all__ = ["owner_of", "owned_devices", "device_filter"]
+__all__ = ["owner_of", "owned_devices", "device_filter", "slot_client_id"]
 
 
 def owner_of(patient: str, workers: int) -> int:
@@ -34,3 +34,9 @@ def owned_devices(enrolment: Mapping[str, str], worker: int, workers: int) -> se
 def device_filter(device: str, group: str) -> str:
     """The shared subscription to one device's readings."""
     return f"$share/{group}/{ROOT}/+/gw/+/{device}/+"
+
+
+def slot_client_id(client_id: str, worker: int, workers: int) -> str:
+    """The MQTT client id of a worker slot: one persistent session per slot when there are
+    several (``<client_id>-<worker>``), the configured id itself when there is one."""
+    return f"{client_id}-{worker}" if workers > 1 else client_id

@@ -251,7 +251,7 @@ class IngestCore:
 
     def _late(self, a: _Accepted) -> bool:
         """A waveform far behind what its processor has seen (hours-late spool data): store only."""
-        if a.stream not in RATES_HZ:
+        if not isinstance(a.reading, EcgReading | PpgReading):
             return False
         key = (a.reading.device, a.stream)
         t = a.t
@@ -384,7 +384,6 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
         prev = last.reading if last is not None else None
         if (
             last is not None
-            and a.stream in RATES_HZ
             and a.stream == last.stream
             and isinstance(r, EcgReading | PpgReading)
             and isinstance(prev, EcgReading | PpgReading)

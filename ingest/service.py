@@ -36,7 +36,7 @@ import paho.mqtt.client as paho
 from ingest.dsp import _kernels as dsp_kernels
 from ingest.influx import InfluxSink, SinkError
 from ingest.opsstats import GatewayStatuses, Rates, Totals, gateway_metrics, ops_lines
-from ingest.partition import device_filter, owned_devices
+from ingest.partition import device_filter, owned_devices, slot_client_id
 from ingest.pipeline import BatchResult, IngestCore, Message
 from ingest.store import Store
 from nabz import contract
@@ -85,9 +85,9 @@ class IngestService:
         self.config = config
         self.clock = clock
         self.store = store or Store(config.ingest.store_path)
-        cid = client_id or config.ingest.client_id
-        if config.ingest.workers > 1:  # one persistent session per worker slot
-            cid = f"{cid}-{config.ingest.worker}"
+        cid = slot_client_id(
+            client_id or config.ingest.client_id, config.ingest.worker, config.ingest.workers
+        )
         spill = config.influx.spill_dir or str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
         self.sink = InfluxSink(config.influx, spill_dir=spill) if config.influx.url else None
         try:
