@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import re
+import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -92,11 +93,13 @@ class AlertEngine:
         self._by_kind: dict[str, list[Rule]] = {}
         for r in self.rules:
             self._by_kind.setdefault(r.kind, []).append(r)
+        resumed = self._resume_timers()
         for a in self.open.values():  # rules resume where the alarms stand
             rules = self._by_kind.get(a.kind)
             if rules:
-                for rule in rules:
-                    rule.restore(a.patient, a.priority, a.condition_started_at)
+                for i, rule in enumerate(rules):
+                    if (a.kind, i, a.patient) not in resumed:
+                        rule.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind == "stale_data":
                 self.stale.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind in ("gateway_offline", "device_offline", "device_fault", "gateway_data_gap"):
@@ -105,6 +108,7 @@ class AlertEngine:
         self._cleared_at: dict[tuple[str, str], float] = {}
         self._started = False
         self._devices_saved_at = float("-inf")
+        self._timers_saved = True  # whether the store may hold timers (at start: maybe)
         self._notified_seq = max((s for s, _, _ in store.notified_after(0)), default=0)
 
     # --- inputs -------------------------------------------------------------------------------
@@ -147,6 +151,22 @@ class AlertEngine:
             self.store.save_devices({d: (p, self.stale.last_seen[d]) for d, p in self.stale.devices.items()})
         return events
 
+    def save_timers(self, now: float) -> None:
+        """Save every rule's running timers (a condition building up, or raised and waiting to
+        clear), with the open alarm each belongs to, so that a restart takes them up where they
+        stood instead of starting each delay again (`_resume_timers`). The runner calls this once
+        a second and at stop; nothing is written while no timer runs."""
+        rows: list[tuple[str, int, str, str | None, str | None, str]] = []
+        for kind, rules in self._by_kind.items():
+            for i, rule in enumerate(rules):
+                for patient, state in rule.saved().items():
+                    a = self.open.get((patient, kind))
+                    alarm_id, priority = (a.alarm_id, a.priority) if a is not None else (None, None)
+                    rows.append((kind, i, patient, alarm_id, priority, json.dumps(state)))
+        if rows or self._timers_saved:
+            self.store.save_rule_timers(now, rows)
+        self._timers_saved = bool(rows)
+
     def acknowledge(self, code_or_id: str, by: str, now: float) -> AlarmEvent:
         """Acknowledge one open alarm, by its ack code or alarm id; never any other alarm."""
         for key, alarm in self.open.items():
@@ -166,6 +186,40 @@ class AlertEngine:
         return s
 
     # --- internals ----------------------------------------------------------------------------
+    def _resume_timers(self) -> set[tuple[str, int, str]]:
+        """Take up the timers `save_timers` left, where the patient's alarm of that kind is still
+        what it was when they were saved (the same open alarm at the same priority, or none). Where
+        it is not (an alarm raised, worsened or cleared after the last save, just before a crash),
+        the rule starts as before: from the open alarm alone. Returns (kind, rule index, patient)
+        of the timers taken up."""
+        resumed: set[tuple[str, int, str]] = set()
+        try:
+            saved = self.store.rule_timers()
+        except sqlite3.Error as exc:
+            log.warning("alerts: could not read the saved rule timers (%s); every delay starts again", exc)
+            return resumed
+        stale = 0
+        for kind, i, patient, alarm_id, priority, _at, data in saved:
+            rules = self._by_kind.get(kind, [])
+            if i >= len(rules):
+                continue  # a rule the configuration no longer has
+            a = self.open.get((patient, kind))
+            if (alarm_id, priority) != ((a.alarm_id, a.priority) if a else (None, None)):
+                stale += 1
+                continue
+            try:
+                rules[i].resume(patient, json.loads(data))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("alerts: saved %s timers of %s not used: %s", kind, patient, exc)
+                continue
+            resumed.add((kind, i, patient))
+        if saved:
+            log.info(
+                "alerts: took up %d saved rule timers; %d left (their alarm changed after the save)",
+                len(resumed), stale,
+            )  # fmt: skip
+        return resumed
+
     def _start(self, now: float) -> None:
         if self._started:
             return

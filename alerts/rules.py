@@ -21,7 +21,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from alerts.lifecycle import PRIORITY_RANK, Priority
 from alerts.profile import Limits
@@ -164,6 +164,53 @@ class BandRule:
         """After a restart: an open alarm of this kind, which only valid recovered data may clear."""
         self.states.setdefault(patient, {})["restored"] = _Source(since=started_at, raised=priority)
 
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """The timers of each patient with a condition building or raised, as JSON-able data for
+        `resume` after a restart (alerts.engine). Patients with nothing running are left out."""
+        dirty: dict[str, dict[str, float]] = {}
+        for (patient, source), t in self.dirty.items():
+            dirty.setdefault(patient, {})[source] = t
+        out: dict[str, dict[str, Any]] = {}
+        for patient, per in self.states.items():
+            if not any(st.raised is not None or st.since is not None or st.band_since for st in per.values()):
+                continue
+            out[patient] = {
+                "sources": {
+                    name: {
+                        "band_since": {str(i): t for i, t in st.band_since.items()},
+                        "since": st.since,
+                        "ok_since": st.ok_since,
+                        "raised": st.raised,
+                        "last_valid": st.last_valid if math.isfinite(st.last_valid) else None,
+                    }
+                    for name, st in per.items()
+                },
+                "dirty": dirty.get(patient, {}),
+                "calibrated_seen": self.calibrated_seen.get(patient),
+            }
+        return out
+
+    def resume(self, patient: str, state: dict[str, Any]) -> None:
+        """Take up a patient's timers as `saved` gave them."""
+        per: dict[str, _Source] = {}
+        for name, st in state["sources"].items():
+            raised = st["raised"]
+            if raised is not None and raised not in PRIORITY_RANK:
+                raise ValueError(f"unknown priority {raised!r}")
+            last_valid = st["last_valid"]
+            per[str(name)] = _Source(
+                band_since={int(i): float(t) for i, t in st["band_since"].items()},
+                since=_opt_float(st["since"]),
+                ok_since=_opt_float(st["ok_since"]),
+                raised=raised,
+                last_valid=float("-inf") if last_valid is None else float(last_valid),
+            )
+        self.states[patient] = per
+        for source, t in state["dirty"].items():
+            self.dirty[(patient, str(source))] = float(t)
+        if state["calibrated_seen"] is not None:
+            self.calibrated_seen[patient] = float(state["calibrated_seen"])
+
     def update(self, patient: str, source: str, t: float, x: float, lim: Limits) -> Condition | None:
         """One valid value of `source` at time `t`; the patient's verdict if it changed."""
         per = self.states.setdefault(patient, {})
@@ -244,6 +291,10 @@ def _since(per: dict[str, _Source]) -> float | None:
     return min(times) if times else None
 
 
+def _opt_float(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
 # --- NEWS2 (Royal College of Physicians 2017), the parameters these wearables measure -------------
 def news2_pulse(bpm: float) -> int:
     x = round(bpm)
@@ -309,6 +360,28 @@ class News2Rule:
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.inner.restore(patient, priority, started_at)
 
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """The score's timers (`BandRule.saved`) with the values of its windows, so that the
+        score after a restart is the one it would have been."""
+        out = self.inner.saved()
+        for patient, state in out.items():
+            state["windows"] = {
+                param: [list(tx) for tx in w.arrived]
+                for param in ("pulse", "spo2", "resp")
+                if (w := self.values.get((patient, param))) is not None
+            }
+            state["scored_at"] = self.scored_at.get(patient)
+        return out
+
+    def resume(self, patient: str, state: dict[str, Any]) -> None:
+        self.inner.resume(patient, state)
+        for param, values in state["windows"].items():
+            w = self.values[(patient, str(param))] = _Window()
+            for t, x in values:
+                w.add(float(t), float(x))
+        if state["scored_at"] is not None:
+            self.scored_at[patient] = float(state["scored_at"])
+
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if not usable(v, self.min_sqi):
             return None
@@ -362,6 +435,19 @@ class NoBeatNoPulseRule:
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.raised[patient] = started_at
+
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """Each patient with no beat reported or an alarm raised: its times, for `resume`."""
+        names = ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since")
+        return {
+            p: {name: getattr(self, name).get(p) for name in names}
+            for p in set(self.no_beat_since) | set(self.raised)
+        }
+
+    def resume(self, patient: str, state: dict[str, Any]) -> None:
+        for name in ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since"):
+            if state[name] is not None:
+                getattr(self, name)[patient] = float(state[name])
 
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if v.source != "device":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -148,6 +149,11 @@ class AlertService:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=10)
+        if self._threads and not any(t.is_alive() for t in self._threads):
+            try:  # a planned restart takes up every running delay exactly where it stood
+                self.engine.save_timers(self.clock())
+            except sqlite3.Error as exc:
+                log.warning("alerts: could not save the rule timers at stop: %s", exc)
         if self.health is not None:
             self.health.stop()
         self.client.disconnect()
@@ -232,6 +238,8 @@ class AlertService:
                     next_tick = time.monotonic() + 1.0
                     events.extend(self.engine.tick(now))
                     events.extend(self.engine.external(self.sites.tick(now), now))
+                    # what a crash would lose of the rules' delays: at most this last second
+                    self.engine.save_timers(now)
             except Exception:
                 # A bug (not bad input: that is counted above) must not stop the alarms for everyone.
                 self.errors += 1

@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS commands (
     source TEXT NOT NULL, done_at REAL, result TEXT
 );
 CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, patient TEXT NOT NULL, last_seen REAL NOT NULL);
+-- The rules' running timers (alerts.engine, "rule timers across a restart"): one row per rule and
+-- patient with a condition building or raised, replaced whole each time; alarm_id and priority
+-- are the patient's open alarm of that kind when saved (NULL: none).
+CREATE TABLE IF NOT EXISTS rule_timers (
+    kind TEXT NOT NULL, idx INTEGER NOT NULL, patient TEXT NOT NULL, alarm_id TEXT, priority TEXT,
+    saved_at REAL NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, idx, patient)
+);
 """
 
 
@@ -369,6 +376,27 @@ class AlertStore:
 
     def devices(self) -> dict[str, tuple[str, float]]:
         return {d: (p, t) for d, p, t in self._rows("SELECT device, patient, last_seen FROM devices")}
+
+    def save_rule_timers(
+        self, at: float, rows: list[tuple[str, int, str, str | None, str | None, str]]
+    ) -> None:
+        """Replace the saved timers with `rows`: (kind, idx, patient, alarm_id, priority, data)."""
+        with self.tx():
+            self.db.execute("DELETE FROM rule_timers")
+            self.db.executemany(
+                "INSERT INTO rule_timers (kind, idx, patient, alarm_id, priority, saved_at, data) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [(k, i, p, a, pr, at, d) for k, i, p, a, pr, d in rows],
+            )
+
+    def rule_timers(self) -> list[tuple[str, int, str, str | None, str | None, float, str]]:
+        """The saved timers: (kind, idx, patient, alarm_id, priority, saved_at, data)."""
+        return [
+            (str(k), int(i), str(p), a, pr, float(at), str(d))
+            for k, i, p, a, pr, at, d in self._rows(
+                "SELECT kind, idx, patient, alarm_id, priority, saved_at, data FROM rule_timers"
+            )
+        ]
 
     def close(self) -> None:
         with self.lock:

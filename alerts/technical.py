@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from alerts.lifecycle import Priority
 from alerts.rules import Band, BandRule, Condition
@@ -49,6 +50,22 @@ class FlagRule:
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.states[patient] = _Episode(since=started_at, raised=True)
+
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """Each patient whose condition is building or raised: its episode, for `resume`."""
+        return {
+            p: {"since": e.since, "ok_since": e.ok_since, "raised": e.raised}
+            for p, e in self.states.items()
+            if e.since is not None or e.raised
+        }
+
+    def resume(self, patient: str, state: dict[str, Any]) -> None:
+        since, ok_since = state["since"], state["ok_since"]
+        self.states[patient] = _Episode(
+            since=None if since is None else float(since),
+            ok_since=None if ok_since is None else float(ok_since),
+            raised=bool(state["raised"]),
+        )
 
     def observe(self, v: Vitals, lim: object = None) -> Condition | None:
         present = self.test(v)
@@ -105,6 +122,15 @@ class GapRule:
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.open_since[patient] = started_at
+
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """Nothing: a hole is judged on the data this process saw arrive. After a restart the
+        vitals queued for it come in order and leave no hole; one open across the restart
+        is not reported (the stale-data alarm still covers data that stop)."""
+        return {}
+
+    def resume(self, patient: str, state: dict[str, Any]) -> None:
+        raise ValueError("data_gap keeps no timers across a restart")
 
     def observe(self, v: Vitals, lim: object = None) -> Condition | None:
         if v.source == "device":
