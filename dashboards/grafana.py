@@ -23,6 +23,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
+from ingest.lines import WAVE_FLAGS, flags_of
 from nabz.catalogue import MEASUREMENTS, QUANTITIES
 
 __all__ = ["DATASOURCE_UID", "GRAFANA_VERSION", "FluxTarget", "flux", "build_all", "to_json", "SchemaError"]
@@ -245,6 +246,53 @@ def _series_panel(
     return panel.span_nulls(False)
 
 
+def _flag_names(mask: int) -> str:
+    return ", ".join(name.replace("_", " ") for name in flags_of(mask))  # as ingest stored the mask
+
+
+def _raw_panel(title: str, measurement: str, field: str, who: dict[str, str]) -> timeseries.Panel:
+    """A raw waveform with its messages' flags (leads off, saturated, sensor off, ...) as red
+    points on a right-hand axis, named in the tooltip: a flat line marked "leads off" is a lead
+    that came off, not an asystole (the flags are stored on each flagged message's first sample:
+    docs/storage.md)."""
+    every_mask = {
+        str(mask): model.ValueMappingResult(text=_flag_names(mask), color="red")
+        for mask in range(1, 1 << len(WAVE_FLAGS))
+    }
+    return (
+        _series_panel(
+            title,
+            [
+                flux(measurement, [field], where=who, aggregate=None),
+                flux(measurement, ["flags"], where=who, aggregate=None),
+            ],
+            _unit(field),
+            height=6,
+        )
+        .description(
+            "Raw samples. Red points on the right axis: the device flagged those samples "
+            "(leads off, saturated, sensor off, low battery, resent, gap before); hover for the names. "
+            "A flat line marked leads off is not an asystole."
+        )
+        .time_from("10s")
+        .override_by_regexp(
+            _field_regexp("flags"),
+            [
+                model.DynamicConfigValue(id_val="displayName", value="flags"),
+                model.DynamicConfigValue(id_val="unit", value="none"),
+                model.DynamicConfigValue(id_val="custom.drawStyle", value="points"),
+                model.DynamicConfigValue(id_val="custom.pointSize", value=9),
+                model.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                model.DynamicConfigValue(id_val="custom.axisLabel", value="flags"),
+                model.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+                model.DynamicConfigValue(
+                    id_val="mappings", value=[model.ValueMap(options=every_mask).to_json()]
+                ),
+            ],
+        )
+    )
+
+
 def patient_detail() -> db.Dashboard:
     """One patient's trends, raw ECG and PPG, RR intervals and battery."""
     who = {"patient": "${patient}"}
@@ -264,18 +312,8 @@ def patient_detail() -> db.Dashboard:
             "Battery", flux("device_vitals", ["battery_pct"], where=who), _unit("battery_pct"), span=6
         ),
         _series_panel("RR intervals", flux("rr", ["rr_ms"], where=who, aggregate=None), _unit("rr_ms")),
-        _series_panel(
-            "ECG (raw, last 10 s)",
-            flux("ecg", ["signal_uv"], where=who, aggregate=None),
-            _unit("signal_uv"),
-            height=6,
-        ).time_from("10s"),
-        _series_panel(
-            "PPG infrared (raw, last 10 s)",
-            flux("ppg", ["ir_counts"], where=who, aggregate=None),
-            _unit("ir_counts"),
-            height=6,
-        ).time_from("10s"),
+        _raw_panel("ECG (raw, last 10 s)", "ecg", "signal_uv", who),
+        _raw_panel("PPG infrared (raw, last 10 s)", "ppg", "ir_counts", who),
     ]
     dash = _base(
         "nabz-patient", "Nabz — patient detail", "Trends and raw signals for one patient."

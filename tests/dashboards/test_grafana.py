@@ -19,6 +19,7 @@ import yaml
 
 from dashboards.commands import JSON_DIR
 from dashboards.grafana import DATASOURCE_UID, SchemaError, build_all, flux
+from ingest.lines import WAVE_FLAGS, flags_mask
 from nabz.catalogue import MEASUREMENTS, QUANTITIES
 
 ROOT = Path(__file__).parents[2]
@@ -108,6 +109,32 @@ def test_spo2_is_labelled_uncalibrated_wherever_shown(built) -> None:  # type: i
             text = json.dumps(panel)
             if "spo2_pct" in text:
                 assert "uncalibrated" in text.lower(), panel["title"]
+
+
+def test_raw_waveforms_mark_the_samples_a_device_flagged_by_name(built) -> None:  # type: ignore[no-untyped-def]
+    """A flat ECG with its lead off must not read as an asystole: each raw panel also draws the
+    stored flags (ingest.lines.flags_mask on a flagged message's first sample), named."""
+    panels = {p["title"]: p for p in _panels(built["nabz-patient"])}
+    for title, measurement in (("ECG (raw, last 10 s)", "ecg"), ("PPG infrared (raw, last 10 s)", "ppg")):
+        panel = panels[title]
+        queries = [t["query"] for t in panel["targets"]]
+        assert any(f'r._measurement == "{measurement}"' in q and 'r._field == "flags"' in q for q in queries)
+        (flags,) = [
+            o
+            for o in panel["fieldConfig"]["overrides"]
+            if re.search(o["matcher"]["options"].strip("/"), 'flags {patient="p-0001"}')
+        ]
+        props = {p["id"]: p["value"] for p in flags["properties"]}
+        assert props["custom.drawStyle"] == "points" and props["custom.axisPlacement"] == "right"
+        names = props["mappings"][0]["options"]
+        assert names[str(flags_mask(["leads_off"]))]["text"] == "leads off"
+        assert names[str(flags_mask(["saturated", "gap_before"]))]["text"] == "saturated, gap before"
+        assert len(names) == 2 ** len(WAVE_FLAGS) - 1  # every combination has its words
+        assert "not an asystole" in panel["description"]
+        assert not any(
+            re.search(o["matcher"]["options"].strip("/"), "signal_uv")
+            for o in panel["fieldConfig"]["overrides"]
+        )
 
 
 def test_a_stale_patient_turns_red(built) -> None:  # type: ignore[no-untyped-def]
