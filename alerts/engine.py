@@ -21,7 +21,6 @@ import json
 import logging
 import random
 import re
-import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -45,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Rule = BandRule | News2Rule | NoBeatNoPulseRule | FlagRule | GapRule
 _SAVE_DEVICES_EVERY_S = 30.0
+# Saved rule timers older than this at start are not taken up: after a longer outage the vitals
+# queued in the broker may not all be there, and a delay that counted them would mislead.
+_TIMERS_MAX_AGE_S = 600.0
 _STARTUP_GRACE_S = 60.0
 _INHIBIT_GRACE_S = 30.0
 _SENSOR_INHIBITORS = frozenset({"leads_off", "sensor_off"})  # inhibit because the data were unusable
@@ -75,7 +77,10 @@ class AlertEngine:
         *,
         new_id: Callable[[], str] = contract.new_id,
         rng: random.Random | None = None,
+        now: float | None = None,
     ) -> None:
+        """`now`: when the engine starts (saved rule timers older than `_TIMERS_MAX_AGE_S` are
+        not taken up); None takes up any."""
         self.config = config
         self.cfg = config.alerts
         self.site = config.site
@@ -93,12 +98,12 @@ class AlertEngine:
         self._by_kind: dict[str, list[Rule]] = {}
         for r in self.rules:
             self._by_kind.setdefault(r.kind, []).append(r)
-        resumed = self._resume_timers()
+        resumed = self._resume_timers(now)
         for a in self.open.values():  # rules resume where the alarms stand
             rules = self._by_kind.get(a.kind)
             if rules:
-                for i, rule in enumerate(rules):
-                    if (a.kind, i, a.patient) not in resumed:
+                if (a.kind, a.patient) not in resumed:
+                    for rule in rules:
                         rule.restore(a.patient, a.priority, a.condition_started_at)
             elif a.kind == "stale_data":
                 self.stale.restore(a.patient, a.priority, a.condition_started_at)
@@ -151,15 +156,16 @@ class AlertEngine:
             self.store.save_devices({d: (p, self.stale.last_seen[d]) for d, p in self.stale.devices.items()})
         return events
 
-    def save_timers(self, now: float) -> None:
+    def save_timers(self, now: float, *, full: bool = False) -> None:
         """Save every rule's running timers (a condition building up, or raised and waiting to
         clear), with the open alarm each belongs to, so that a restart takes them up where they
         stood instead of starting each delay again (`_resume_timers`). The runner calls this once
-        a second and at stop; nothing is written while no timer runs."""
+        a second, and with `full` (the NEWS2 windows too) at a planned stop; nothing is written
+        while no timer runs."""
         rows: list[tuple[str, int, str, str | None, str | None, str]] = []
         for kind, rules in self._by_kind.items():
             for i, rule in enumerate(rules):
-                for patient, state in rule.saved().items():
+                for patient, state in rule.saved(now, full).items():
                     a = self.open.get((patient, kind))
                     alarm_id, priority = (a.alarm_id, a.priority) if a is not None else (None, None)
                     rows.append((kind, i, patient, alarm_id, priority, json.dumps(state)))
@@ -186,38 +192,59 @@ class AlertEngine:
         return s
 
     # --- internals ----------------------------------------------------------------------------
-    def _resume_timers(self) -> set[tuple[str, int, str]]:
+    def _resume_timers(self, now: float | None) -> set[tuple[str, str]]:
         """Take up the timers `save_timers` left, where the patient's alarm of that kind is still
-        what it was when they were saved (the same open alarm at the same priority, or none). Where
-        it is not (an alarm raised, worsened or cleared after the last save, just before a crash),
-        the rule starts as before: from the open alarm alone. Returns (kind, rule index, patient)
-        of the timers taken up."""
-        resumed: set[tuple[str, int, str]] = set()
+        what it was when they were saved (the same open alarm at the same priority, or none, and
+        then no rule of that kind holding one raised: a kind disabled for the patient when saved
+        may be enabled now). Where it is not (an alarm raised, worsened or cleared after the last
+        save, just before a crash), or the save is older than `_TIMERS_MAX_AGE_S` before `now`,
+        the rules of that kind start as before: from the open alarm alone. Returns the
+        (kind, patient) pairs taken up: every rule of the kind is then as saved (one without a
+        saved row had nothing running)."""
+        resumed: set[tuple[str, str]] = set()
         try:
             saved = self.store.rule_timers()
-        except sqlite3.Error as exc:
+        except Exception as exc:  # never keep the alarms from starting
             log.warning("alerts: could not read the saved rule timers (%s); every delay starts again", exc)
             return resumed
-        stale = 0
-        for kind, i, patient, alarm_id, priority, _at, data in saved:
+        states: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
+        left = 0
+        for kind, i, patient, alarm_id, priority, at, data in saved:
             rules = self._by_kind.get(kind, [])
-            if i >= len(rules):
-                continue  # a rule the configuration no longer has
             a = self.open.get((patient, kind))
-            if (alarm_id, priority) != ((a.alarm_id, a.priority) if a else (None, None)):
-                stale += 1
-                continue
             try:
-                rules[i].resume(patient, json.loads(data))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                log.warning("alerts: saved %s timers of %s not used: %s", kind, patient, exc)
+                state = json.loads(data)
+                usable = (
+                    0 <= i < len(rules)
+                    and (now is None or now - _TIMERS_MAX_AGE_S <= at <= now + _TIMERS_MAX_AGE_S)
+                    and (alarm_id, priority) == ((a.alarm_id, a.priority) if a else (None, None))
+                    and (a is not None or not state["raised"])
+                )
+            except Exception:  # noqa: BLE001 - a row this code cannot read is left, whatever is wrong
+                usable = False
+            if not usable:
+                left += 1
+                states[(kind, patient)] = []  # one row set aside: none of the kind for the patient
                 continue
-            resumed.add((kind, i, patient))
+            group = states.setdefault((kind, patient), [(-1, {})])
+            if group:
+                group.append((i, state))
+        for (kind, patient), group in states.items():
+            if not group:
+                continue
+            rules = self._by_kind[kind]
+            try:
+                for i, st in group[1:]:
+                    rules[i].resume(patient, st)  # each all or nothing: it raises before changing anything
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged row does, the alarms start
+                log.warning("alerts: saved %s timers of %s not used: %s", kind, patient, exc)
+                left += len(group) - 1
+                continue
+            resumed.add((kind, patient))
         if saved:
             log.info(
-                "alerts: took up %d saved rule timers; %d left (their alarm changed after the save)",
-                len(resumed), stale,
-            )  # fmt: skip
+                "alerts: took up saved rule timers for %d patient-kinds; %d rows left", len(resumed), left
+            )
         return resumed
 
     def _start(self, now: float) -> None:
@@ -270,6 +297,8 @@ class AlertEngine:
             elif not c.active and current is not None:
                 cleared = apply(current, "clear", now)
                 self._cleared_at[key] = now
+                for rule in self._by_kind.get(c.kind, ()):  # e.g. asystole: two rules, one alarm
+                    rule.forget_restored(c.patient)
                 with self.store.tx():
                     del self.open[key]
                     events.append(self._record(cleared, now))

@@ -43,6 +43,7 @@ POOR_FLAGS = frozenset(
     }
 )  # fmt: skip
 _RECENT_S = 60.0  # a source with valid data this recent can hold an alarm open
+_CLOCK_SLACK_S = 5.0  # saved state: how far the runner's clock may run ahead of the vitals' times
 # ingest measures a pause over a 10 s ECG window: a gap left by lead noise stays in it that long.
 _ECG_WINDOW_S = 12.0
 
@@ -164,17 +165,30 @@ class BandRule:
         """After a restart: an open alarm of this kind, which only valid recovered data may clear."""
         self.states.setdefault(patient, {})["restored"] = _Source(since=started_at, raised=priority)
 
-    def saved(self) -> dict[str, dict[str, Any]]:
-        """The timers of each patient with a condition building or raised, as JSON-able data for
-        `resume` after a restart (alerts.engine). Patients with nothing running are left out."""
+    def forget_restored(self, patient: str) -> None:
+        """The patient's alarm of this kind was cleared (by this rule or another of its kind): a
+        stand-in from `restore` must not hold this rule raised, or its next episode would raise
+        nothing."""
+        per = self.states.get(patient)
+        if per is not None:
+            per.pop("restored", None)
+
+    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+        """What a restart needs to carry on (alerts.engine `save_timers`), as JSON-able data for
+        `resume`: the timers of each patient with a condition building or raised, and the
+        unusable data of the last `clean_for_s` (which holds back the values right after it).
+        Patients with neither are left out. ``"raised"``: whether the rule holds an alarm raised."""
         dirty: dict[str, dict[str, float]] = {}
+        recent = now - self.clean_for_s - _CLOCK_SLACK_S
         for (patient, source), t in self.dirty.items():
-            dirty.setdefault(patient, {})[source] = t
+            if t >= recent:
+                dirty.setdefault(patient, {})[source] = t
         out: dict[str, dict[str, Any]] = {}
         for patient, per in self.states.items():
             if not any(st.raised is not None or st.since is not None or st.band_since for st in per.values()):
                 continue
             out[patient] = {
+                "raised": any(st.raised is not None for st in per.values()),
                 "sources": {
                     name: {
                         "band_since": {str(i): t for i, t in st.band_since.items()},
@@ -185,13 +199,16 @@ class BandRule:
                     }
                     for name, st in per.items()
                 },
-                "dirty": dirty.get(patient, {}),
+                "dirty": dirty.pop(patient, {}),
                 "calibrated_seen": self.calibrated_seen.get(patient),
             }
+        for patient, recent_dirty in dirty.items():
+            out[patient] = {"raised": False, "sources": {}, "dirty": recent_dirty, "calibrated_seen": None}
         return out
 
     def resume(self, patient: str, state: dict[str, Any]) -> None:
-        """Take up a patient's timers as `saved` gave them."""
+        """Take up a patient's timers as `saved` gave them (all or nothing: a malformed state
+        raises before anything is changed)."""
         per: dict[str, _Source] = {}
         for name, st in state["sources"].items():
             raised = st["raised"]
@@ -205,11 +222,13 @@ class BandRule:
                 raised=raised,
                 last_valid=float("-inf") if last_valid is None else float(last_valid),
             )
-        self.states[patient] = per
-        for source, t in state["dirty"].items():
-            self.dirty[(patient, str(source))] = float(t)
-        if state["calibrated_seen"] is not None:
-            self.calibrated_seen[patient] = float(state["calibrated_seen"])
+        dirty = {(patient, str(source)): float(t) for source, t in state["dirty"].items()}
+        seen = _opt_float(state["calibrated_seen"])
+        if per:
+            self.states[patient] = per
+        self.dirty.update(dirty)
+        if seen is not None:
+            self.calibrated_seen[patient] = seen
 
     def update(self, patient: str, source: str, t: float, x: float, lim: Limits) -> Condition | None:
         """One valid value of `source` at time `t`; the patient's verdict if it changed."""
@@ -249,6 +268,19 @@ class BandRule:
                     st.band_since.pop(i, None)
             if st.raised is None and not st.band_since:
                 st.since = None
+                if _held_only_as_restored(per, self.per_device):
+                    # An alarm restored after a restart without its timers (`restore`) gets no
+                    # data of its own: this source's valid values, back inside the limit and its
+                    # hysteresis for clear_after_s, clear it, as they would have cleared the
+                    # source that raised it.
+                    if self._beyond(x, self._inside(outer, self.clear_margin)):
+                        st.ok_since = None
+                    else:
+                        if st.ok_since is None:
+                            st.ok_since = t
+                        if t - st.ok_since >= self.clear_after_s:
+                            del per["restored"]
+                            st.ok_since = None
             elif self._beyond(x, self._inside(outer, self.clear_margin)):
                 st.ok_since = None  # between the limit and the hysteresis band: neither
             else:
@@ -289,6 +321,16 @@ def _worst(per: dict[str, _Source]) -> Priority | None:
 def _since(per: dict[str, _Source]) -> float | None:
     times = [st.since for st in per.values() if st.raised is not None and st.since is not None]
     return min(times) if times else None
+
+
+def _held_only_as_restored(per: dict[str, _Source], per_device: bool) -> bool:
+    """Whether only the "restored" stand-in holds the patient's alarm raised. Not for timers per
+    device (battery): which device's alarm it was is not known, and their levels come only when
+    they change, so another device's good level says nothing of it."""
+    held = per.get("restored")
+    if per_device or held is None or held.raised is None:
+        return False
+    return not any(st.raised is not None for name, st in per.items() if name != "restored")
 
 
 def _opt_float(x: float | None) -> float | None:
@@ -360,27 +402,36 @@ class News2Rule:
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.inner.restore(patient, priority, started_at)
 
-    def saved(self) -> dict[str, dict[str, Any]]:
-        """The score's timers (`BandRule.saved`) with the values of its windows, so that the
-        score after a restart is the one it would have been."""
-        out = self.inner.saved()
-        for patient, state in out.items():
-            state["windows"] = {
-                param: [list(tx) for tx in w.arrived]
-                for param in ("pulse", "spo2", "resp")
-                if (w := self.values.get((patient, param))) is not None
-            }
-            state["scored_at"] = self.scored_at.get(patient)
+    def forget_restored(self, patient: str) -> None:
+        self.inner.forget_restored(patient)
+
+    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+        """The score's timers (`BandRule.saved`); with `full` (a planned stop), also the values
+        of its windows, so that the score after the restart is the one it would have been. The
+        windows are kilobytes a patient: saved every second for thousands of patients they would
+        cost the rules' thread most of its time; after a crash the medians refill from new values."""
+        out = self.inner.saved(now, full)
+        if full:
+            for patient, state in out.items():
+                state["windows"] = {
+                    param: [list(tx) for tx in w.arrived]
+                    for param in ("pulse", "spo2", "resp")
+                    if (w := self.values.get((patient, param))) is not None
+                }
+                state["scored_at"] = self.scored_at.get(patient)
         return out
 
     def resume(self, patient: str, state: dict[str, Any]) -> None:
-        self.inner.resume(patient, state)
-        for param, values in state["windows"].items():
-            w = self.values[(patient, str(param))] = _Window()
+        windows: dict[tuple[str, str], _Window] = {}
+        for param, values in state.get("windows", {}).items():
+            w = windows[(patient, str(param))] = _Window()
             for t, x in values:
                 w.add(float(t), float(x))
-        if state["scored_at"] is not None:
-            self.scored_at[patient] = float(state["scored_at"])
+        scored_at = _opt_float(state.get("scored_at"))
+        self.inner.resume(patient, state)
+        self.values.update(windows)
+        if scored_at is not None:
+            self.scored_at[patient] = scored_at
 
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if not usable(v, self.min_sqi):
@@ -436,18 +487,26 @@ class NoBeatNoPulseRule:
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.raised[patient] = started_at
 
-    def saved(self) -> dict[str, dict[str, Any]]:
+    def forget_restored(self, patient: str) -> None:
+        """Nothing: its raised state clears itself once the patch reports a heart rate again."""
+
+    _STATE = ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since")
+
+    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
         """Each patient with no beat reported or an alarm raised: its times, for `resume`."""
-        names = ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since")
         return {
-            p: {name: getattr(self, name).get(p) for name in names}
+            p: {
+                "times": {name: getattr(self, name).get(p) for name in self._STATE},
+                "raised": p in self.raised,
+            }
             for p in set(self.no_beat_since) | set(self.raised)
         }
 
     def resume(self, patient: str, state: dict[str, Any]) -> None:
-        for name in ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since"):
-            if state[name] is not None:
-                getattr(self, name)[patient] = float(state[name])
+        times = {name: _opt_float(state["times"][name]) for name in self._STATE}
+        for name, t in times.items():
+            if t is not None:
+                getattr(self, name)[patient] = t
 
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if v.source != "device":

@@ -98,7 +98,7 @@ class AlertService:
         self.config = config
         self.clock = clock
         self.store = store or AlertStore(config.alerts.store_path)
-        self.engine = AlertEngine(config, self.store)
+        self.engine = AlertEngine(config, self.store, now=clock())
         self.dispatcher = Dispatcher(config, self.store, notifiers or build_notifiers(config))
         self._queue: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -151,7 +151,7 @@ class AlertService:
             t.join(timeout=10)
         if self._threads and not any(t.is_alive() for t in self._threads):
             try:  # a planned restart takes up every running delay exactly where it stood
-                self.engine.save_timers(self.clock())
+                self.engine.save_timers(self.clock(), full=True)
             except sqlite3.Error as exc:
                 log.warning("alerts: could not save the rule timers at stop: %s", exc)
         if self.health is not None:
@@ -232,14 +232,14 @@ class AlertService:
             except queue.Empty:
                 topic, payload = "", b""
             now = self.clock()
+            save = False
             try:
                 events = self._handle(topic, payload, now) if topic else []
                 if time.monotonic() >= next_tick:  # the cadence is the runner's; the time is the clock's
                     next_tick = time.monotonic() + 1.0
                     events.extend(self.engine.tick(now))
                     events.extend(self.engine.external(self.sites.tick(now), now))
-                    # what a crash would lose of the rules' delays: at most this last second
-                    self.engine.save_timers(now)
+                    save = True
             except Exception:
                 # A bug (not bad input: that is counted above) must not stop the alarms for everyone.
                 self.errors += 1
@@ -252,6 +252,12 @@ class AlertService:
                     contract.alarm_topic(e.site, e.patient, e.kind), contract.encode(e), qos=1, retain=True
                 )
                 self.published += 1
+            if save:  # what a crash would lose of the rules' delays: at most the last second
+                try:
+                    self.engine.save_timers(now)
+                except Exception:
+                    self.errors += 1
+                    log.exception("alerts: could not save the rule timers; trying again in a second")
 
     def _heartbeat(self) -> None:
         detail = None

@@ -51,7 +51,10 @@ class FlagRule:
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.states[patient] = _Episode(since=started_at, raised=True)
 
-    def saved(self) -> dict[str, dict[str, Any]]:
+    def forget_restored(self, patient: str) -> None:
+        """Nothing: one rule per kind, and its episode ends when the alarm does."""
+
+    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
         """Each patient whose condition is building or raised: its episode, for `resume`."""
         return {
             p: {"since": e.since, "ok_since": e.ok_since, "raised": e.raised}
@@ -123,7 +126,10 @@ class GapRule:
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.open_since[patient] = started_at
 
-    def saved(self) -> dict[str, dict[str, Any]]:
+    def forget_restored(self, patient: str) -> None:
+        """Nothing: one rule per kind, and its episode ends when the alarm does."""
+
+    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
         """Nothing: a hole is judged on the data this process saw arrive. After a restart the
         vitals queued for it come in order and leave no hole; one open across the restart
         is not reported (the stale-data alarm still covers data that stop)."""
