@@ -105,12 +105,15 @@ def _raised(seen: Seen, kind: str) -> Seen:
     return [x for x in seen if x[0] == kind and x[1] == "active" and not x[5]]
 
 
-@pytest.mark.parametrize("how", ["planned", "crash"])
-@pytest.mark.parametrize("name", list(SCENARIOS))
+# After a crash the NEWS2 medians refill from new values (only a planned stop saves its windows).
+RESTARTS = [
+    (name, how) for name in SCENARIOS for how in ("planned", "crash") if (name, how) != ("news2", "crash")
+]
+
+
+@pytest.mark.parametrize(("name", "how"), RESTARTS)
 def test_a_restart_raises_each_alarm_when_no_restart_would(tmp_path: Path, name: str, how: str) -> None:
     second, kind, restart_at = SCENARIOS[name]
-    if name == "news2" and how == "crash":
-        pytest.skip("after a crash the NEWS2 medians refill from new values (docs/alerts.md)")
     plain = _seen(_run(Rig(tmp_path / "plain"), second, 200))
     raised = _raised(plain, kind)
     assert raised, plain
