@@ -18,10 +18,22 @@ def register(sub: Any, bench: Any) -> None:
     add_config_option(run)
     run.set_defaults(handler=_run)
 
-    enrol = sub.add_parser("enrol", help="enrol a device to a patient in the ingest store")
+    enrol = sub.add_parser(
+        "enrol",
+        help="enrol a device to a patient in the ingest store",
+        description="Enrol a device to a patient. With --gateway, ingest accepts the device's readings only "
+        "from that gateway and dead-letters others as wrong_gateway (a gateway's account cannot speak for "
+        "another home's wearables); --any-gateway lifts the binding. Without either, a binding is kept while "
+        "the patient stays the same.",
+    )
     add_config_option(enrol)
     enrol.add_argument("device")
     enrol.add_argument("patient")
+    where = enrol.add_mutually_exclusive_group()
+    where.add_argument("--gateway", help="the gateway id (its MQTT topic segment) the device is read by")
+    where.add_argument(
+        "--any-gateway", action="store_true", help="accept the device from any gateway of the site"
+    )
     enrol.set_defaults(handler=_enrol)
 
     dl = sub.add_parser("deadletter", help="show messages ingest could not accept, with the reason")
@@ -82,8 +94,13 @@ def _run(args: argparse.Namespace) -> int:
 def _enrol(args: argparse.Namespace) -> int:
     from ingest.store import Store
 
-    Store(load_config(args).ingest.store_path).enrol(args.device, args.patient)
-    print(f"{args.device} -> {args.patient}")
+    store = Store(load_config(args).ingest.store_path)
+    store.enrol(args.device, args.patient, args.gateway, any_gateway=args.any_gateway)
+    gateway = store.enrolment_gateways().get(args.device)
+    print(
+        f"{args.device} -> {args.patient}"
+        + (f" (read by gateway {gateway} only)" if gateway else " (any gateway)")
+    )
     return 0
 
 

@@ -117,6 +117,7 @@ class IngestCore:
         for device, patient in (enrolment or {}).items():
             store.enrol(device, patient)
         self._enrolment = store.enrolment()
+        self._gateway_of = store.enrolment_gateways()
         # device -> (sample rate, processor); a new rate (reconfigured wearable) starts afresh
         self._ecg: dict[str, tuple[int, EcgProcessor]] = {}
         self._ppg: dict[str, tuple[int, PpgProcessor]] = {}
@@ -125,6 +126,7 @@ class IngestCore:
 
     def refresh_enrolment(self) -> None:
         self._enrolment = self.store.enrolment()
+        self._gateway_of = self.store.enrolment_gateways()
 
     @property
     def enrolment(self) -> dict[str, str]:
@@ -137,6 +139,7 @@ class IngestCore:
         accepted: list[_Accepted] = []
         rejected: list[tuple[Message, Rejected]] = []
         ids_in_batch: set[str] = set()
+        rebound = False
         for msg in batch:
             outcome = decode_reading(msg.topic, msg.payload)
             if isinstance(outcome, Rejected):
@@ -149,6 +152,20 @@ class IngestCore:
             if patient is None:
                 rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
                 continue
+            bound = self._gateway_of.get(outcome.device)
+            if bound is not None and bound != outcome.gateway:
+                if not rebound:  # enrolled at another gateway a moment ago? (once a batch)
+                    rebound = True
+                    self.refresh_enrolment()
+                    patient = self._enrolment.get(outcome.device)
+                    bound = self._gateway_of.get(outcome.device)
+                if patient is None:
+                    rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
+                    continue
+                if bound is not None and bound != outcome.gateway:
+                    detail = f"device {outcome.device} is enrolled at gateway {bound}, not {outcome.gateway}"
+                    rejected.append((msg, Rejected("wrong_gateway", detail)))
+                    continue
             t = outcome.t.timestamp()
             stream = contract.stream_of(outcome)
             why = _implausible(outcome, stream, t, msg.received_at)

@@ -78,10 +78,12 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     reason TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+-- gateway: the one gateway whose readings of the device are accepted (NULL: any of the site's)
 CREATE TABLE IF NOT EXISTS enrolment (
     device TEXT PRIMARY KEY,
     patient TEXT NOT NULL,
-    since REAL NOT NULL
+    since REAL NOT NULL,
+    gateway TEXT
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -149,6 +151,8 @@ class Store:
         for column in _VITALS_ADDED:
             if column not in have:
                 self.db.execute(f"ALTER TABLE vitals ADD COLUMN {column} REAL")
+        if "gateway" not in {r[1] for r in self.db.execute("PRAGMA table_info(enrolment)")}:
+            self.db.execute("ALTER TABLE enrolment ADD COLUMN gateway TEXT")  # files from before 2026-11-27
         self.lock = threading.RLock()
 
     def strip_index(self, keep: bool) -> None:
@@ -350,17 +354,34 @@ class Store:
             ]
 
     # --- enrolment -----------------------------------------------------------------------------
-    def enrol(self, device: str, patient: str) -> None:
+    def enrol(
+        self, device: str, patient: str, gateway: str | None = None, *, any_gateway: bool = False
+    ) -> None:
+        """Enrol `device` to `patient`. With `gateway`, only that gateway's readings of the device
+        are accepted (ingest dead-letters others as `wrong_gateway`); `any_gateway` lifts that;
+        with neither, a binding is kept while the patient stays the same and dropped when the
+        device goes to another patient (another home)."""
+        if gateway is not None and any_gateway:
+            raise ValueError("a gateway, or any gateway: not both")
+        explicit = gateway is not None or any_gateway
         with self.lock:
             self.db.execute(
-                "INSERT INTO enrolment (device, patient, since) VALUES (?, ?, ?) "
-                "ON CONFLICT(device) DO UPDATE SET patient = excluded.patient, since = excluded.since",
-                (device, patient, time.time()),
+                "INSERT INTO enrolment (device, patient, since, gateway) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(device) DO UPDATE SET patient = excluded.patient, since = excluded.since, "
+                "gateway = CASE WHEN ? THEN excluded.gateway WHEN enrolment.patient = excluded.patient "
+                "THEN enrolment.gateway END",
+                (device, patient, time.time(), gateway, explicit),
             )
 
     def enrolment(self) -> dict[str, str]:
         with self.lock:
             return {r[0]: r[1] for r in self.db.execute("SELECT device, patient FROM enrolment")}
+
+    def enrolment_gateways(self) -> dict[str, str]:
+        """device -> the gateway it is bound to, for the devices that are."""
+        with self.lock:
+            rows = self.db.execute("SELECT device, gateway FROM enrolment WHERE gateway IS NOT NULL")
+            return {r[0]: r[1] for r in rows}
 
     # --- counters --------------------------------------------------------------------------
     def bump(self, name: str, by: int) -> None:

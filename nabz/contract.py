@@ -350,6 +350,7 @@ REJECT_REASONS = (
     "out_of_range",
     "topic_mismatch",
     "not_enrolled",
+    "wrong_gateway",
 )
 
 _json_any = msgspec.json.Decoder()

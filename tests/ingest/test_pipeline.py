@@ -3,6 +3,7 @@ letter with its reason; derived vitals come from the stored waveforms."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from gateway.decode import Decoder, Notification
@@ -10,6 +11,7 @@ from hardware import make_patients
 from ingest.pipeline import IngestCore, Message
 from ingest.store import Store
 from nabz import contract
+from nabz.cli import main
 from nabz.contract import Rejected
 from tests.contract_doc import vectors
 
@@ -116,3 +118,73 @@ def test_a_configured_spo2_calibration_is_applied_and_reported(tmp_path: Path) -
         assert "increasing" in str(exc)
     else:
         raise AssertionError("a table with R decreasing must be refused")
+
+
+def _from(msg: Message, gateway: str, new_id: str) -> Message:
+    """The same reading as published by another gateway's account (its own topic), under a new id."""
+    data = json.loads(msg.payload)
+    old = data["gateway"]
+    data.update(gateway=gateway, id=new_id)
+    return Message(
+        msg.topic.replace(f"/gw/{old}/", f"/gw/{gateway}/"), json.dumps(data).encode(), msg.received_at
+    )
+
+
+def test_a_device_bound_to_its_home_gateway_is_not_taken_from_another(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    store.enrol("oxi-0001", "p-0001", "gw-0001")
+    core = IngestCore(
+        store, enrolment={"oxi-0001": "p-0001"}
+    )  # the configuration's enrolment keeps the binding
+    battery = _doc("battery")  # published by gw-0001
+    stranger = _from(battery, "gw-0002", "1" * 32)
+    result = core.handle_batch([stranger, battery])
+    assert (result.stored, result.dead_lettered) == (1, 1)
+    (letter,) = store.dead_letters()
+    assert letter.reason == "wrong_gateway" and letter.payload == stranger.payload
+    assert "enrolled at gateway gw-0001, not gw-0002" in letter.detail
+
+    # The wearable goes to another home: enrolled again there, it is taken from the new gateway
+    # at once (no restart), and no longer from the old one.
+    store.enrol("oxi-0001", "p-0001", gateway="gw-0002")
+    assert core.handle_batch([_from(battery, "gw-0002", "2" * 32)]).stored == 1
+    assert core.handle_batch([_from(battery, "gw-0001", "3" * 32)]).dead_lettered == 1
+
+    # Enrolled to another patient without a gateway: the binding goes with the old patient.
+    store.enrol("oxi-0001", "p-0002")
+    assert core.handle_batch([_from(battery, "gw-0001", "4" * 32)]).stored == 1
+    store.enrol("oxi-0001", "p-0002", "gw-0003")
+    store.enrol("oxi-0001", "p-0002", any_gateway=True)
+    assert core.handle_batch([_from(battery, "gw-0009", "5" * 32)]).stored == 1
+    assert store.counter("dead_letters.wrong_gateway") == 2
+
+
+def test_nabz_enrol_binds_a_device_to_a_gateway_from_the_command_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "nabz.toml"
+    config.write_text(f'[ingest]\nstore_path = "{tmp_path / "s.sqlite"}"\n')
+    assert main(["enrol", "ecg-0001", "p-0001", "--gateway", "gw-0001", "--config", str(config)]) == 0
+    assert "ecg-0001 -> p-0001 (read by gateway gw-0001 only)" in capsys.readouterr().out
+    store = Store(tmp_path / "s.sqlite")
+    assert store.enrolment_gateways() == {"ecg-0001": "gw-0001"}
+    assert main(["enrol", "ecg-0001", "p-0001", "--config", str(config)]) == 0  # kept: same patient
+    assert store.enrolment_gateways() == {"ecg-0001": "gw-0001"}
+    assert main(["enrol", "ecg-0001", "p-0001", "--any-gateway", "--config", str(config)]) == 0
+    assert store.enrolment_gateways() == {} and "(any gateway)" in capsys.readouterr().out
+
+
+def test_a_store_from_before_gateway_bindings_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    Store(path).enrol("ecg-0001", "p-0001")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE e2 (device TEXT PRIMARY KEY, patient TEXT NOT NULL, since REAL NOT NULL);"
+        "INSERT INTO e2 SELECT device, patient, since FROM enrolment; DROP TABLE enrolment;"
+        "ALTER TABLE e2 RENAME TO enrolment;"
+    )
+    db.close()
+    store = Store(path)  # as a file written before 2026-11-27 opens
+    assert store.enrolment() == {"ecg-0001": "p-0001"} and store.enrolment_gateways() == {}
+    store.enrol("ecg-0001", "p-0001", "gw-0001")
+    assert store.enrolment_gateways() == {"ecg-0001": "gw-0001"}
