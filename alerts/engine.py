@@ -233,13 +233,14 @@ class AlertEngine:
             if not group:
                 continue
             rules = self._by_kind[kind]
-            try:
-                for i, st in group[1:]:
-                    rules[i].resume(patient, st)  # each all or nothing: it raises before changing anything
-            except Exception as exc:  # noqa: BLE001 - whatever a damaged row does, the alarms start
+            try:  # every row of the patient's kind read before any is applied: all or none
+                steps = [rules[i].resume(patient, st) for i, st in group[1:]]
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged row holds, the alarms start
                 log.warning("alerts: saved %s timers of %s not used: %s", kind, patient, exc)
                 left += len(group) - 1
                 continue
+            for step in steps:
+                step()
             resumed.add((kind, patient))
         if saved:
             log.info(

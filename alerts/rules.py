@@ -43,7 +43,6 @@ POOR_FLAGS = frozenset(
     }
 )  # fmt: skip
 _RECENT_S = 60.0  # a source with valid data this recent can hold an alarm open
-_CLOCK_SLACK_S = 5.0  # saved state: how far the runner's clock may run ahead of the vitals' times
 # ingest measures a pause over a 10 s ECG window: a gap left by lead noise stays in it that long.
 _ECG_WINDOW_S = 12.0
 
@@ -175,13 +174,14 @@ class BandRule:
 
     def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
         """What a restart needs to carry on (alerts.engine `save_timers`), as JSON-able data for
-        `resume`: the timers of each patient with a condition building or raised, and the
-        unusable data of the last `clean_for_s` (which holds back the values right after it).
+        `resume`: the timers of each patient with a condition building or raised, and the last
+        unusable data of each source not yet followed by `clean_for_s` of valid data (it holds
+        back the values right after it).
         Patients with neither are left out. ``"raised"``: whether the rule holds an alarm raised."""
         dirty: dict[str, dict[str, float]] = {}
-        recent = now - self.clean_for_s - _CLOCK_SLACK_S
         for (patient, source), t in self.dirty.items():
-            if t >= recent:
+            st = self.states.get(patient, {}).get(source)
+            if st is None or st.last_valid - t < self.clean_for_s:  # it still holds values back
                 dirty.setdefault(patient, {})[source] = t
         out: dict[str, dict[str, Any]] = {}
         for patient, per in self.states.items():
@@ -206,9 +206,10 @@ class BandRule:
             out[patient] = {"raised": False, "sources": {}, "dirty": recent_dirty, "calibrated_seen": None}
         return out
 
-    def resume(self, patient: str, state: dict[str, Any]) -> None:
-        """Take up a patient's timers as `saved` gave them (all or nothing: a malformed state
-        raises before anything is changed)."""
+    def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
+        """How to take up a patient's timers as `saved` gave them: reads `state` (raising on
+        anything malformed, before anything is changed) and returns the step that applies it, so
+        that the engine applies a patient's rows of one kind all or none."""
         per: dict[str, _Source] = {}
         for name, st in state["sources"].items():
             raised = st["raised"]
@@ -224,11 +225,15 @@ class BandRule:
             )
         dirty = {(patient, str(source)): float(t) for source, t in state["dirty"].items()}
         seen = _opt_float(state["calibrated_seen"])
-        if per:
-            self.states[patient] = per
-        self.dirty.update(dirty)
-        if seen is not None:
-            self.calibrated_seen[patient] = seen
+
+        def apply() -> None:
+            if per:
+                self.states[patient] = per
+            self.dirty.update(dirty)
+            if seen is not None:
+                self.calibrated_seen[patient] = seen
+
+        return apply
 
     def update(self, patient: str, source: str, t: float, x: float, lim: Limits) -> Condition | None:
         """One valid value of `source` at time `t`; the patient's verdict if it changed."""
@@ -268,12 +273,17 @@ class BandRule:
                     st.band_since.pop(i, None)
             if st.raised is None and not st.band_since:
                 st.since = None
-                if _held_only_as_restored(per, self.per_device):
+                if _held_only_as_restored(per, self.per_device) and source != self.uncalibrated_fallback:
                     # An alarm restored after a restart without its timers (`restore`) gets no
                     # data of its own: this source's valid values, back inside the limit and its
                     # hysteresis for clear_after_s, clear it, as they would have cleared the
-                    # source that raised it.
-                    if self._beyond(x, self._inside(outer, self.clear_margin)):
+                    # source that raised it; not while another source with recent data is
+                    # beyond the limit (its own delay started again at the restart).
+                    if self._beyond(x, self._inside(outer, self.clear_margin)) or any(
+                        (o.since is not None or o.band_since) and t - o.last_valid <= _RECENT_S
+                        for name, o in per.items()
+                        if name not in ("restored", source)
+                    ):
                         st.ok_since = None
                     else:
                         if st.ok_since is None:
@@ -421,17 +431,22 @@ class News2Rule:
                 state["scored_at"] = self.scored_at.get(patient)
         return out
 
-    def resume(self, patient: str, state: dict[str, Any]) -> None:
+    def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
         windows: dict[tuple[str, str], _Window] = {}
         for param, values in state.get("windows", {}).items():
             w = windows[(patient, str(param))] = _Window()
             for t, x in values:
                 w.add(float(t), float(x))
         scored_at = _opt_float(state.get("scored_at"))
-        self.inner.resume(patient, state)
-        self.values.update(windows)
-        if scored_at is not None:
-            self.scored_at[patient] = scored_at
+        inner = self.inner.resume(patient, state)
+
+        def apply() -> None:
+            inner()
+            self.values.update(windows)
+            if scored_at is not None:
+                self.scored_at[patient] = scored_at
+
+        return apply
 
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if not usable(v, self.min_sqi):
@@ -483,12 +498,20 @@ class NoBeatNoPulseRule:
     no_pulse_at: dict[str, float] = field(default_factory=dict)
     raised: dict[str, float] = field(default_factory=dict)
     ok_since: dict[str, float] = field(default_factory=dict)
+    restored: set[str] = field(default_factory=set)  # raised only as a stand-in after a restart
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.raised[patient] = started_at
+        self.restored.add(patient)
 
     def forget_restored(self, patient: str) -> None:
-        """Nothing: its raised state clears itself once the patch reports a heart rate again."""
+        """The patient's asystole alarm was cleared (perhaps by the ECG pause rule): a raised
+        state that only stood in for it after a restart goes, or the next no-beat-no-pulse
+        episode would raise nothing."""
+        if patient in self.restored:
+            self.restored.discard(patient)
+            self.raised.pop(patient, None)
+            self.ok_since.pop(patient, None)
 
     _STATE = ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since")
 
@@ -498,15 +521,23 @@ class NoBeatNoPulseRule:
             p: {
                 "times": {name: getattr(self, name).get(p) for name in self._STATE},
                 "raised": p in self.raised,
+                "restored": p in self.restored,
             }
             for p in set(self.no_beat_since) | set(self.raised)
         }
 
-    def resume(self, patient: str, state: dict[str, Any]) -> None:
+    def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
         times = {name: _opt_float(state["times"][name]) for name in self._STATE}
-        for name, t in times.items():
-            if t is not None:
-                getattr(self, name)[patient] = t
+        restored = bool(state["restored"])
+
+        def apply() -> None:
+            for name, t in times.items():
+                if t is not None:
+                    getattr(self, name)[patient] = t
+            if restored:
+                self.restored.add(patient)
+
+        return apply
 
     def observe(self, v: Vitals, lim: Limits) -> Condition | None:
         if v.source != "device":
@@ -524,6 +555,7 @@ class NoBeatNoPulseRule:
                     if t - ok >= self.clear_after_s:
                         since = self.raised.pop(p)
                         del self.ok_since[p]
+                        self.restored.discard(p)
                         return Condition(p, self.kind, False, "high", v.hr_bpm, None, "/min", since, t,
                                          f"heartbeat back, HR {v.hr_bpm:.0f}/min")  # fmt: skip
         if "nonpulsatile_signal" in v.flags or v.pr_bpm == 0.0:

@@ -100,7 +100,9 @@ class AlertService:
         self.store = store or AlertStore(config.alerts.store_path)
         self.engine = AlertEngine(config, self.store, now=clock())
         self.dispatcher = Dispatcher(config, self.store, notifiers or build_notifiers(config))
-        self._queue: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        # (topic, payload, mid, qos): a message is acknowledged to the broker only once handled,
+        # so what a stop or a crash leaves in this queue is delivered again to the next process
+        self._queue: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -121,10 +123,10 @@ class AlertService:
         self.health: HealthServer | None = None
         if config.alerts.metrics_listen:
             self.health = HealthServer(config.alerts.metrics_listen, self.metrics, self.problems)
-        self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True)
+        self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload)))
+        self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload), m.mid, m.qos))
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
@@ -228,9 +230,9 @@ class AlertService:
                 next_beat = self._loop_at + self.config.alerts.heartbeat_s
                 self._heartbeat()
             try:
-                topic, payload = self._queue.get(timeout=0.2)
+                topic, payload, mid, qos = self._queue.get(timeout=0.2)
             except queue.Empty:
-                topic, payload = "", b""
+                topic, payload, mid, qos = "", b"", 0, 0
             now = self.clock()
             save = False
             try:
@@ -244,7 +246,7 @@ class AlertService:
                 # A bug (not bad input: that is counted above) must not stop the alarms for everyone.
                 self.errors += 1
                 log.exception("alerts: failed on a message on %s; carrying on", topic or "(tick)")
-                continue
+                events = []
             if events:
                 self._wake.set()
             for e in events:
@@ -252,6 +254,8 @@ class AlertService:
                     contract.alarm_topic(e.site, e.patient, e.kind), contract.encode(e), qos=1, retain=True
                 )
                 self.published += 1
+            if qos:  # handled, its events on their way (or failed as a bug, which a redelivery would repeat)
+                self.client.ack(mid, qos)
             if save:  # what a crash would lose of the rules' delays: at most the last second
                 try:
                     self.engine.save_timers(now)

@@ -62,13 +62,14 @@ class FlagRule:
             if e.since is not None or e.raised
         }
 
-    def resume(self, patient: str, state: dict[str, Any]) -> None:
+    def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
         since, ok_since = state["since"], state["ok_since"]
-        self.states[patient] = _Episode(
+        episode = _Episode(
             since=None if since is None else float(since),
             ok_since=None if ok_since is None else float(ok_since),
             raised=bool(state["raised"]),
         )
+        return lambda: self.states.__setitem__(patient, episode)
 
     def observe(self, v: Vitals, lim: object = None) -> Condition | None:
         present = self.test(v)
@@ -135,7 +136,7 @@ class GapRule:
         is not reported (the stale-data alarm still covers data that stop)."""
         return {}
 
-    def resume(self, patient: str, state: dict[str, Any]) -> None:
+    def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
         raise ValueError("data_gap keeps no timers across a restart")
 
     def observe(self, v: Vitals, lim: object = None) -> Condition | None:

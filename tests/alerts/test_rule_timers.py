@@ -12,6 +12,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from alerts.engine import AlertEngine
+from alerts.rules import BandRule
 from alerts.service import AlertService
 from alerts.store import AlertStore
 from nabz import contract
@@ -80,23 +81,30 @@ def _seen(events: list[AlarmEvent]) -> Seen:
 
 
 def _run(
-    rig: Rig, second: Second, end_s: int, restart_at: int | None = None, how: str = "planned"
+    rig: Rig,
+    second: Second,
+    end_s: int,
+    restart_at: int | None = None,
+    how: str = "planned",
+    lag_s: float = 0.0,
 ) -> list[AlarmEvent]:
     """A second of vitals, then a tick of the runner and its save of the timers, for `end_s` s; a
     restart (new engine, same store) after second `restart_at`: "planned" (the service stops and
     saves everything), "crash" (only the last second's save), or "forgot" (as before any timers
-    were saved)."""
+    were saved). The vitals reach the service `lag_s` after they were taken (a spool, a backlog)."""
     events: list[AlarmEvent] = []
     for i in range(end_s):
-        t = T0 + i
-        events += rig.feed(second(t))
-        events += rig.at(t)
-        rig.engine.save_timers(t)  # as the service's runner does after each tick
+        t, now = T0 + i, T0 + i + lag_s
+        for x in second(t):
+            events += rig.engine.observe(x, now)
+            rig.dispatcher.step(now)
+        events += rig.at(now)
+        rig.engine.save_timers(now)  # as the service's runner does after each tick
         if i == restart_at:
             if how == "planned":
-                rig.engine.save_timers(t, full=True)
+                rig.engine.save_timers(now, full=True)
             elif how == "forgot":
-                rig.store.save_rule_timers(t, [])
+                rig.store.save_rule_timers(now, [])
             rig.restart()
     return events
 
@@ -130,6 +138,88 @@ def test_a_restart_raises_each_alarm_when_no_restart_would(tmp_path: Path, name:
     if name != "asystole_twice":  # there the alarm's clearing frees the restored rule too
         forgot = _seen(_run(Rig(tmp_path / "forgot"), second, 200, restart_at, "forgot"))
         assert forgot != plain
+
+
+def test_noise_before_a_restart_still_holds_values_back_when_the_vitals_come_late(tmp_path: Path) -> None:
+    """What holds back the ECG values right after lead noise is judged by the data's own time,
+    not the service's clock: with the vitals half a minute behind (a backlog), a restart keeps it."""
+    second, _, restart_at = SCENARIOS["asystole_after_noise"]
+    plain = _seen(_run(Rig(tmp_path / "plain"), second, 60, lag_s=30.0))
+    assert _raised(plain, "asystole")
+    for how in ("planned", "crash"):
+        assert _seen(_run(Rig(tmp_path / how), second, 60, restart_at, how, lag_s=30.0)) == plain
+
+
+def test_a_restored_alarm_is_not_cleared_while_another_source_is_still_beyond_the_limit(
+    tmp_path: Path,
+) -> None:
+    """HR 135 on the ECG, 100 from the patch: hr_high stays raised. After a restart with nothing
+    saved, the ECG's delay starts again (and a few seconds of poor ECG signal delay it more);
+    the patch's good values must not clear the alarm meanwhile: the ECG is still beyond the limit."""
+
+    def second(t: float) -> list[Vitals]:
+        poor = T0 + 30 <= t < T0 + 34
+        return [
+            v(t, source="ecg", hr_bpm=135.0, sqi=0.2 if poor else 0.9),
+            v(t, source="device", hr_bpm=100.0),
+        ]
+
+    rig = Rig(tmp_path)
+    events = rig.feed([x for i in range(30) for x in second(T0 + i)])
+    assert [(e.kind, e.state) for e in events] == [("hr_high", "active")]
+    rig.restart()  # nothing saved
+    events = rig.feed([x for i in range(30, 90) for x in second(T0 + i)])
+    assert [e for e in events if e.kind == "hr_high"] == []  # neither cleared nor raised again
+    assert ("p-0001", "hr_high") in rig.engine.open
+
+
+def test_a_restored_asystole_cleared_by_the_ecg_lets_the_patch_and_oximeter_raise_the_next(
+    tmp_path: Path,
+) -> None:
+    """No beat from the patch and no pulse from the oximeter: asystole. Restart with nothing saved:
+    both asystole rules stand in for it. The ECG then shows beats and its rule clears the alarm
+    (the patch has lost skin contact, so it says nothing). When the patch and the oximeter again
+    agree on no beat, that is a new asystole and must alarm."""
+
+    def second(t: float) -> list[Vitals]:
+        i = t - T0
+        if i < 5 or i >= 40:
+            return [v(t, source="device", device="ecg-0001", hr_bpm=0.0), v(t, source="device", pr_bpm=0.0)]
+        return [
+            v(t, source="ecg", pause_s=0.8),
+            v(t, source="device", device="ecg-0001", hr_bpm=70.0, flags=["no_contact"]),
+        ]
+
+    rig = Rig(tmp_path)
+    rig.feed([x for i in range(5) for x in second(T0 + i)])
+    assert ("p-0001", "asystole") in rig.engine.open
+    rig.restart()
+    events = rig.feed([x for i in range(5, 60) for x in second(T0 + i)])
+    assert [e.state for e in events if e.kind == "asystole"] == ["cleared", "active"]
+
+
+def test_a_patients_saved_rows_of_one_kind_are_taken_up_all_or_none(tmp_path: Path) -> None:
+    """Asystole has two rules: a readable row for the first and a damaged one for the second
+    leave both as without saved timers, not one resumed and the other not."""
+    building = {
+        "raised": False,
+        "sources": {
+            "ecg": {"band_since": {"0": T0}, "since": T0, "ok_since": None, "raised": None, "last_valid": T0}
+        },
+        "dirty": {},
+        "calibrated_seen": None,
+    }
+    rig = Rig(tmp_path)
+    rig.store.save_rule_timers(T0, [
+        ("asystole", 0, "p-0001", None, None, json.dumps(building)),
+        ("asystole", 1, "p-0001", None, None, '{"raised": false, "times": 5}'),  # fails only when read
+        ("pause", 0, "p-0001", None, None, json.dumps(building)),
+    ])  # fmt: skip
+    rig.restart()
+    asystole_pause, pause = (next(r for r in rig.engine.rules if r.kind == k) for k in ("asystole", "pause"))
+    assert isinstance(asystole_pause, BandRule) and isinstance(pause, BandRule)
+    assert "p-0001" not in asystole_pause.states  # not taken up
+    assert pause.states["p-0001"]["ecg"].since == T0  # the pause rule's row stands alone
 
 
 def test_timers_saved_while_an_alarm_was_open_are_not_used_once_it_has_cleared(tmp_path: Path) -> None:
