@@ -24,6 +24,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
 from ingest.lines import WAVE_FLAGS, flags_of
+from ingest.opsstats import DEVICE_STATE_CODES, LINK_CODES
 from nabz.catalogue import MEASUREMENTS, QUANTITIES
 
 __all__ = ["DATASOURCE_UID", "GRAFANA_VERSION", "FluxTarget", "flux", "build_all", "to_json", "SchemaError"]
@@ -353,11 +354,66 @@ def operations() -> db.Dashboard:
         )
     )
     return (
-        _base("nabz-ops", "Nabz — operations", "Ingest throughput, dead letters, gateway spools and status.")
+        _base(
+            "nabz-ops",
+            "Nabz — operations",
+            "Ingest throughput, dead letters, gateway spools and status, and each wearable's link and state.",
+        )
         .with_panel(_series_panel("Readings stored per second", rate, "short", span=12))
         .with_panel(_series_panel("Dead letters and duplicates", dead, _unit("dead_letters"), span=12))
         .with_panel(_series_panel("Gateway spool depth", spool, _unit("spool_depth"), span=24))
         .with_panel(gateways)
+        .with_panel(
+            _device_timeline(
+                "Wearables: link to their gateway",
+                "link",
+                {
+                    "connecting": ("connecting", "blue"),
+                    "connected": ("connected", "green"),
+                    "reconnecting": ("reconnecting", "orange"),
+                    "lost": ("lost", "red"),
+                },
+                LINK_CODES,
+            )
+        )  # fmt: skip
+        .with_panel(
+            _device_timeline(
+                "Wearables: what they say of themselves",
+                "device_state",
+                {
+                    "ok": ("ok", "green"),
+                    "low_battery": ("low battery", "orange"),
+                    "battery_critical": ("battery critical", "red"),
+                    "sensor_fault": ("sensor fault", "red"),
+                },
+                DEVICE_STATE_CODES,
+            )
+        )  # fmt: skip
+    )
+
+
+def _device_timeline(
+    title: str, field: str, names: dict[str, tuple[str, str]], codes: dict[str, int]
+) -> statetimeline.Panel:
+    """One row per wearable (its gateway's status, written by ingest as `device_status`)."""
+    return (
+        statetimeline.Panel()
+        .title(title)
+        .description("Each wearable as its gateway last reported it; no row while the gateway is offline.")
+        .datasource(DATASOURCE)
+        .with_target(FluxTarget(flux("device_status", [field], aggregate="last")))
+        .span(12)
+        .height(8)
+        .mappings(
+            [
+                model.ValueMap(
+                    options={
+                        str(codes[state]): model.ValueMappingResult(text=text, color=color)
+                        for state, (text, color) in names.items()
+                    }
+                )
+            ]
+        )
     )
 
 

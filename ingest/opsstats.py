@@ -1,5 +1,5 @@
-"""What ingest tells operators about the pipeline itself: the `ingest_stats` and `gateway_status`
-points for the Grafana operations board, and its `/metrics` and `/healthz`. Pure, except for the
+"""What ingest tells operators about the pipeline itself: the `ingest_stats`, `gateway_status` and
+`device_status` points for the Grafana operations board, and its `/metrics` and `/healthz`. Pure, except for the
 small `Rates` window that keeps recent totals.
 
 Rules of this file:
@@ -8,8 +8,9 @@ Rules of this file:
 - `ingest_stats` fields are the worker's running totals since it started (counters: a restart
   begins again at 0, which `derivative(nonNegative: true)` and `increase()` handle); tags are the
   site and the worker slot. Measurement, tag and field names come from nabz.catalogue.
-- A series per gateway is written on every interval, so "online" and "spool depth" panels show the
-  present even when nothing changes.
+- A series per gateway, and per wearable of an online gateway (its link, what it says of itself,
+  battery, signal, lost frames, as the gateway's status last gave them), is written on every
+  interval, so the panels show the present even when nothing changes.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ from dataclasses import dataclass
 import msgspec
 
 from nabz.catalogue import MEASUREMENTS
-from nabz.contract import GatewayStatus
+from nabz.contract import DeviceHealth, GatewayStatus
 from nabz.health import Metric
 
-__all__ = ["GatewayStatuses", "GatewayState", "ops_lines", "Rates", "Totals"]
+__all__ = [
+    "DEVICE_STATE_CODES",
+    "GatewayStatuses",
+    "GatewayState",
+    "LINK_CODES",
+    "ops_lines",
+    "Rates",
+    "Totals",
+]
 
 _status_decoder = msgspec.json.Decoder(GatewayStatus)
 
@@ -37,6 +46,12 @@ class GatewayState:
     spool_depth: int
     seen_at: float  # ingest's clock, when this status arrived
     reason: str = ""
+    devices: tuple[DeviceHealth, ...] = ()  # each wearable as the gateway last reported it
+
+
+# `device_status` fields as numbers, for state timelines (docs/contract.md section 3)
+LINK_CODES = {"connecting": 0, "connected": 1, "reconnecting": 2, "lost": 3}
+DEVICE_STATE_CODES = {"ok": 0, "low_battery": 1, "battery_critical": 2, "sensor_fault": 3}
 
 
 @dataclass(slots=True)
@@ -73,7 +88,7 @@ class GatewayStatuses:
             self.malformed += 1
             return "topic_mismatch"
         self.latest[(s.site, s.gateway)] = GatewayState(
-            s.site, s.gateway, s.state == "online", s.spool_depth or 0, now, s.reason or ""
+            s.site, s.gateway, s.state == "online", s.spool_depth or 0, now, s.reason or "", tuple(s.health)
         )
         return s.state
 
@@ -91,11 +106,24 @@ def ops_lines(site: str, worker: int, totals: Totals, gateways: list[GatewayStat
     fields = ",".join(f"{f}={getattr(totals, f)}i" for f in stats.fields)
     out = [f"{stats.name},site={_tag(site)},worker={worker} {fields} {t_ns}"]
     gw = MEASUREMENTS["gateway_status"]
+    dev = MEASUREMENTS["device_status"]
     for g in gateways:
         out.append(
             f"{gw.name},gateway={_tag(g.gateway)},site={_tag(g.site)} "
             f"online={int(g.online)}i,spool_depth={g.spool_depth}i {t_ns}"
         )
+        for d in g.devices if g.online else ():  # an offline gateway says nothing of its devices
+            values = {
+                "link": LINK_CODES[d.state],
+                "device_state": None if d.device_state is None else DEVICE_STATE_CODES[d.device_state],
+                "battery_pct": d.battery_pct,
+                "rssi_dbm": d.rssi_dbm,
+                "gap_frames": d.gap_frames,
+            }
+            fields = ",".join(f"{k}={x}i" for k, x in values.items() if x is not None)
+            out.append(
+                f"{dev.name},device={_tag(d.device)},gateway={_tag(g.gateway)},site={_tag(g.site)} {fields} {t_ns}"
+            )
     return out
 
 

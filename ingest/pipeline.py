@@ -160,7 +160,9 @@ class IngestCore:
                     patient = self._enrolment.get(outcome.device)
                     bound = self._gateway_of.get(outcome.device)
                 if patient is None:
-                    rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
+                    rejected.append(
+                        (msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled"))
+                    )
                     continue
                 if bound is not None and bound != outcome.gateway:
                     detail = f"device {outcome.device} is enrolled at gateway {bound}, not {outcome.gateway}"

@@ -113,5 +113,13 @@ MEASUREMENTS: dict[str, Measurement] = {
             ("site", "gateway"),
             ("online", "spool_depth"),
         ),
+        Measurement(
+            "device_status",
+            "each wearable as its online gateway last reported it (operations board): link 0 connecting,"
+            " 1 connected, 2 reconnecting, 3 lost; device_state 0 ok, 1 low battery, 2 battery critical,"
+            " 3 sensor fault",
+            ("site", "gateway", "device"),
+            ("link", "device_state", "battery_pct", "rssi_dbm", "gap_frames"),
+        ),
     )
 }

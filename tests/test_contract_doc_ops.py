@@ -6,7 +6,7 @@ import msgspec
 
 from ingest.opsstats import GatewayState, Totals, ops_lines
 from nabz import contract
-from nabz.contract import Heartbeat
+from nabz.contract import GatewayStatus, Heartbeat
 from tests.contract_doc import vectors
 
 
@@ -31,8 +31,14 @@ def test_the_operations_board_example_is_what_ingest_writes() -> None:
         stored_messages=int(a["stored_messages"]), stored_readings=int(a["stored_readings"]),
         dead_letters=int(a["dead_letters"]), duplicates=int(a["duplicates"]),
     )  # fmt: skip
+    # gw-0001's status is the heartbeat example with the devices' health (section 2)
+    (status,) = [
+        s
+        for v in vectors("mqtt:status")
+        if (s := msgspec.json.decode(v.body.encode(), type=GatewayStatus)).health
+    ]
     gateways = [
-        GatewayState("demo", "gw-0001", True, 12, 0.0),
+        GatewayState("demo", "gw-0001", True, 12, 0.0, devices=tuple(status.health)),
         GatewayState("demo", "gw-0002", False, 0, 0.0),
     ]
     t_ns = 1_795_597_210_000_000_000

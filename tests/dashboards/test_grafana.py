@@ -137,6 +137,20 @@ def test_raw_waveforms_mark_the_samples_a_device_flagged_by_name(built) -> None:
         )
 
 
+def test_the_operations_board_has_a_row_per_wearable_with_its_link_and_state_in_words(built) -> None:  # type: ignore[no-untyped-def]
+    panels = {p["title"]: p for p in _panels(built["nabz-ops"])}
+    for title, field, words in (
+        ("Wearables: link to their gateway", "link", {"connected", "reconnecting", "lost"}),
+        ("Wearables: what they say of themselves", "device_state", {"ok", "low battery", "sensor fault"}),
+    ):
+        panel = panels[title]
+        assert panel["type"] == "state-timeline"
+        (query,) = [t["query"] for t in panel["targets"]]
+        assert 'r._measurement == "device_status"' in query and f'r._field == "{field}"' in query
+        (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+        assert words <= {m["text"] for m in mapping["options"].values()}
+
+
 def test_a_stale_patient_turns_red(built) -> None:  # type: ignore[no-untyped-def]
     stale = next(p for p in _panels(built["nabz-ward"]) if "since data" in p["title"])
     steps = stale["fieldConfig"]["defaults"]["thresholds"]["steps"]

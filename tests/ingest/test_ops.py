@@ -1,5 +1,5 @@
 """What ingest tells operators, on real parts (mosquitto, VictoriaMetrics): the operations board's
-`ingest_stats` and `gateway_status` points land in the time-series server, `/metrics` and
+`ingest_stats`, `gateway_status` and `device_status` points land in the time-series server, `/metrics` and
 `/healthz` answer, the heartbeat says when InfluxDB is down, and a message ingest itself fails on
 is dead-lettered `internal_error` instead of holding up the messages behind it."""
 
@@ -22,7 +22,7 @@ from hardware import make_patients
 from ingest.service import IngestService
 from nabz import contract
 from nabz.config import Config, InfluxConfig, IngestConfig, MqttConfig
-from nabz.contract import GatewayStatus, Rejected
+from nabz.contract import DeviceHealth, GatewayStatus, Rejected
 from tests.servers import Mosquitto, VictoriaMetrics
 
 T0_US = 1_795_597_200_000_000
@@ -85,8 +85,10 @@ class Rig:
         self.pub.subscribe(contract.heartbeat_filter("test"))
         self.pub.loop_start()
 
-    def status(self, gateway: str, state: str, depth: int | None) -> None:
-        s = GatewayStatus(site="test", gateway=gateway, state=state, spool_depth=depth)  # type: ignore[arg-type]
+    def status(
+        self, gateway: str, state: str, depth: int | None, health: tuple[DeviceHealth, ...] = ()
+    ) -> None:
+        s = GatewayStatus(site="test", gateway=gateway, state=state, spool_depth=depth, health=list(health))  # type: ignore[arg-type]
         self.pub.publish(
             contract.status_topic("test", gateway), contract.encode(s), qos=1, retain=True
         ).wait_for_publish(5)
@@ -101,7 +103,13 @@ def test_the_operations_board_data_lands_in_the_time_series_server_and_metrics_a
     mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
     rig = Rig(mosquitto, victoria, tmp_path)
-    rig.status("gw-0001", "online", 12)  # retained before ingest starts: it must read it on subscribe
+    health = (
+        DeviceHealth(device="ecg-0001", state="connected", battery_pct=87, rssi_dbm=-61, device_state="ok"),
+        DeviceHealth(
+            device="oxi-0001", state="lost", battery_pct=12, gap_frames=40, device_state="sensor_fault"
+        ),
+    )
+    rig.status("gw-0001", "online", 12, health)  # retained before ingest starts: it must read it on subscribe
     rig.status("gw-0002", "offline", None)
     rig.ingest.start()
     try:
@@ -127,6 +135,13 @@ def test_the_operations_board_data_lands_in_the_time_series_server_and_metrics_a
         assert last("gateway_status_online", site="test", gateway="gw-0001") == 1
         assert last("gateway_status_spool_depth", site="test", gateway="gw-0001") == 12
         assert last("gateway_status_online", site="test", gateway="gw-0002") == 0
+        # each wearable of an online gateway, as the operations board draws it
+        assert last("device_status_link", device="ecg-0001", gateway="gw-0001") == 1  # connected
+        assert last("device_status_link", device="oxi-0001", gateway="gw-0001") == 3  # lost
+        assert last("device_status_device_state", device="oxi-0001") == 3  # sensor fault
+        assert last("device_status_battery_pct", device="ecg-0001") == 87
+        assert last("device_status_gap_frames", device="oxi-0001") == 40
+        assert not victoria.export('{__name__="device_status_rssi_dbm",device="oxi-0001"}')  # unknown: not 0
 
         health = rig.ingest.health
         assert health is not None
