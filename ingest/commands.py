@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from nabz.cli import add_config_option, load_config, serve
@@ -92,14 +93,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _enrol(args: argparse.Namespace) -> int:
-    from ingest.store import Store
+    import re
 
+    from ingest.store import Store
+    from nabz.contract import ID_PATTERN
+
+    for name in (args.device, args.patient, *([args.gateway] if args.gateway is not None else [])):
+        if not re.match(ID_PATTERN, name):
+            print(
+                f"nabz enrol: {name!r} is not an id (letters, digits, '_', '.', '-'; up to 64)",
+                file=sys.stderr,
+            )
+            return 2
     store = Store(load_config(args).ingest.store_path)
     store.enrol(args.device, args.patient, args.gateway, any_gateway=args.any_gateway)
     gateway = store.enrolment_gateways().get(args.device)
     print(
         f"{args.device} -> {args.patient}"
-        + (f" (read by gateway {gateway} only)" if gateway else " (any gateway)")
+        + (f" (read by gateway {gateway} only)" if gateway is not None else " (any gateway)")
     )
     return 0
 

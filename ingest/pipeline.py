@@ -114,7 +114,13 @@ class IngestCore:
         self._keep_payloads = keep_payloads
         store.strip_index(keep_payloads)  # no payloads kept: nothing for the strip index to find
         self.new_id = new_id
+        before = store.enrolment()
         for device, patient in (enrolment or {}).items():
+            if before.get(device, patient) != patient:
+                log.warning(
+                    "ingest: the configuration's [enrolment] moves %s from %s back to %s (and drops any gateway"
+                    " binding); enrol it with `nabz enrol` and correct the configuration", device, before[device], patient,
+                )  # fmt: skip
             store.enrol(device, patient)
         self._enrolment = store.enrolment()
         self._gateway_of = store.enrolment_gateways()
@@ -139,35 +145,26 @@ class IngestCore:
         accepted: list[_Accepted] = []
         rejected: list[tuple[Message, Rejected]] = []
         ids_in_batch: set[str] = set()
-        rebound = False
+        refreshed = False  # enrolment re-read from the store at most once a batch (a flood of strangers)
         for msg in batch:
             outcome = decode_reading(msg.topic, msg.payload)
             if isinstance(outcome, Rejected):
                 rejected.append((msg, outcome))
                 continue
             patient = self._enrolment.get(outcome.device)
-            if patient is None:
+            bound = self._gateway_of.get(outcome.device)
+            if (patient is None or (bound is not None and bound != outcome.gateway)) and not refreshed:
+                refreshed = True  # enrolled, or enrolled at another gateway, a moment ago?
                 self.refresh_enrolment()
                 patient = self._enrolment.get(outcome.device)
+                bound = self._gateway_of.get(outcome.device)
             if patient is None:
                 rejected.append((msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled")))
                 continue
-            bound = self._gateway_of.get(outcome.device)
             if bound is not None and bound != outcome.gateway:
-                if not rebound:  # enrolled at another gateway a moment ago? (once a batch)
-                    rebound = True
-                    self.refresh_enrolment()
-                    patient = self._enrolment.get(outcome.device)
-                    bound = self._gateway_of.get(outcome.device)
-                if patient is None:
-                    rejected.append(
-                        (msg, Rejected("not_enrolled", f"device {outcome.device} is not enrolled"))
-                    )
-                    continue
-                if bound is not None and bound != outcome.gateway:
-                    detail = f"device {outcome.device} is enrolled at gateway {bound}, not {outcome.gateway}"
-                    rejected.append((msg, Rejected("wrong_gateway", detail)))
-                    continue
+                detail = f"device {outcome.device} is enrolled at gateway {bound}, not {outcome.gateway}"
+                rejected.append((msg, Rejected("wrong_gateway", detail)))
+                continue
             t = outcome.t.timestamp()
             stream = contract.stream_of(outcome)
             why = _implausible(outcome, stream, t, msg.received_at)

@@ -255,9 +255,12 @@ class IngestService:
                         " older than ingest.vitals_window_h", *self._pruned,
                     )  # fmt: skip
                     self._pruned = [0, 0]
-            if self._partitioned and time.monotonic() >= self._next_sync and self.connected.is_set():
+            if time.monotonic() >= self._next_sync and (self.connected.is_set() or not self._partitioned):
                 self._next_sync = time.monotonic() + 2.0  # enrolment changes are picked up this fast
-                self._sync_subscriptions()
+                if self._partitioned:
+                    self._sync_subscriptions()
+                else:  # a gateway binding added to an enrolled device, say
+                    self.core.refresh_enrolment()
             if not pending:
                 pending = self._take_batch()
                 if not pending:

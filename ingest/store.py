@@ -117,6 +117,14 @@ def _message_id(key: bytes | str) -> str:
     return key.hex() if isinstance(key, bytes) else key
 
 
+def _add_column(db: sqlite3.Connection, sql: str) -> None:
+    try:
+        _while_locked(lambda: db.execute(sql))
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
+
+
 def _while_locked(do: Callable[[], _T], timeout_s: float = 30.0) -> _T:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -147,12 +155,16 @@ class Store:
         if fresh:
             self.strip_index(True)
         # Files made before the ECG rhythm columns existed get them (SQLite adds NULL columns in place).
+        # Several workers open one file at once: another may add a column between the look and
+        # the ALTER, so "duplicate column" means done.
         have = {r[1] for r in self.db.execute("PRAGMA table_info(vitals)")}
         for column in _VITALS_ADDED:
             if column not in have:
-                self.db.execute(f"ALTER TABLE vitals ADD COLUMN {column} REAL")
+                _add_column(self.db, f"ALTER TABLE vitals ADD COLUMN {column} REAL")
         if "gateway" not in {r[1] for r in self.db.execute("PRAGMA table_info(enrolment)")}:
-            self.db.execute("ALTER TABLE enrolment ADD COLUMN gateway TEXT")  # files from before 2026-11-27
+            _add_column(
+                self.db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT"
+            )  # files from before 2026-11-27
         self.lock = threading.RLock()
 
     def strip_index(self, keep: bool) -> None:

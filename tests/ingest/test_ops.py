@@ -19,7 +19,9 @@ import ingest.pipeline
 import ingest.service
 from gateway.decode import Decoder, Notification
 from hardware import make_patients
+from ingest.opsstats import GatewayState, Totals, ops_lines
 from ingest.service import IngestService
+from ingest.store import Store
 from nabz import contract
 from nabz.config import Config, InfluxConfig, IngestConfig, MqttConfig
 from nabz.contract import DeviceHealth, GatewayStatus, Rejected
@@ -236,3 +238,37 @@ def test_a_message_ingest_fails_on_is_dead_lettered_and_the_rest_are_stored(
         svc.stop()
         pub.loop_stop()
         pub.disconnect()
+
+
+def test_a_gateway_binding_added_while_ingest_runs_is_enforced_within_seconds(
+    mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path
+) -> None:
+    """One worker (no subscription sync): the binding of an already enrolled wearable is read
+    again on its own, so a reading from the wrong gateway is refused without a restart."""
+    rig = Rig(mosquitto, victoria, tmp_path)
+    rig.ingest.start()
+    try:
+        assert rig.ingest.subscribed.wait(10)
+        first = _readings(1)
+        for topic, payload, _ in first:
+            rig.pub.publish(topic, payload, qos=1)
+        _wait(lambda: rig.ingest.totals.stored == len(first))  # from gw-0001, unbound: taken
+        Store(tmp_path / "ingest.sqlite").enrol("oxi-0001", "p-0001", gateway="gw-0002")
+        time.sleep(2.5)  # the enrolment is read again every 2 s
+        for topic, payload, _ in _readings(2)[len(first) :]:
+            if "/oxi-0001/" in topic:
+                rig.pub.publish(topic, payload, qos=1)
+        _wait(lambda: rig.ingest.totals.dead_lettered > 0)
+        assert {d.reason for d in rig.ingest.store.dead_letters()} == {"wrong_gateway"}
+    finally:
+        rig.close()
+
+
+def test_an_offline_gateway_writes_no_rows_for_the_wearables_it_last_listed() -> None:
+    health = (DeviceHealth(device="oxi-0001", state="connected", battery_pct=50),)
+    online = GatewayState("test", "gw-0001", True, 0, 0.0, devices=health)
+    offline = GatewayState("test", "gw-0002", False, 0, 0.0, devices=health)
+    lines = ops_lines("test", 0, Totals(), [online, offline], 1)
+    assert [ln.split(" ")[0] for ln in lines if ln.startswith("device_status")] == [
+        "device_status,device=oxi-0001,gateway=gw-0001,site=test"
+    ]

@@ -188,3 +188,24 @@ def test_a_store_from_before_gateway_bindings_gets_the_column(tmp_path: Path) ->
     assert store.enrolment() == {"ecg-0001": "p-0001"} and store.enrolment_gateways() == {}
     store.enrol("ecg-0001", "p-0001", "gw-0001")
     assert store.enrolment_gateways() == {"ecg-0001": "gw-0001"}
+
+
+def test_nabz_enrol_refuses_an_empty_or_malformed_id(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "nabz.toml"
+    config.write_text(f'[ingest]\nstore_path = "{tmp_path / "s.sqlite"}"\n')
+    assert main(["enrol", "ecg-0001", "p-0001", "--gateway", "", "--config", str(config)]) == 2
+    assert main(["enrol", "ecg-0001", "p 0001", "--config", str(config)]) == 2
+    assert "is not an id" in capsys.readouterr().err
+    assert Store(tmp_path / "s.sqlite").enrolment() == {}
+
+
+def test_workers_opening_an_old_store_at_once_each_add_the_column_or_find_it_added(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ingest.store import _add_column
+
+    db = sqlite3.connect(tmp_path / "x.sqlite", isolation_level=None)
+    db.execute("CREATE TABLE enrolment (device TEXT PRIMARY KEY)")
+    _add_column(db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT")
+    _add_column(db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT")  # the second worker: no error
+    assert [r[1] for r in db.execute("PRAGMA table_info(enrolment)")] == ["device", "gateway"]
