@@ -165,7 +165,7 @@ class AlertEngine:
         rows: list[tuple[str, int, str, str | None, str | None, str]] = []
         for kind, rules in self._by_kind.items():
             for i, rule in enumerate(rules):
-                for patient, state in rule.saved(now, full).items():
+                for patient, state in rule.saved(full).items():
                     a = self.open.get((patient, kind))
                     alarm_id, priority = (a.alarm_id, a.priority) if a is not None else (None, None)
                     rows.append((kind, i, patient, alarm_id, priority, json.dumps(state)))
@@ -207,8 +207,8 @@ class AlertEngine:
         except Exception as exc:  # never keep the alarms from starting
             log.warning("alerts: could not read the saved rule timers (%s); every delay starts again", exc)
             return resumed
-        states: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
-        left = 0
+        groups: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
+        aside: set[tuple[str, str]] = set()  # one row set aside: none of the kind for the patient
         for kind, i, patient, alarm_id, priority, at, data in saved:
             rules = self._by_kind.get(kind, [])
             a = self.open.get((patient, kind))
@@ -222,29 +222,27 @@ class AlertEngine:
                 )
             except Exception:  # noqa: BLE001 - a row this code cannot read is left, whatever is wrong
                 usable = False
-            if not usable:
-                left += 1
-                states[(kind, patient)] = []  # one row set aside: none of the kind for the patient
-                continue
-            group = states.setdefault((kind, patient), [(-1, {})])
-            if group:
-                group.append((i, state))
-        for (kind, patient), group in states.items():
-            if not group:
+            if usable:
+                groups.setdefault((kind, patient), []).append((i, state))
+            else:
+                aside.add((kind, patient))
+        for (kind, patient), group in groups.items():
+            if (kind, patient) in aside:
                 continue
             rules = self._by_kind[kind]
             try:  # every row of the patient's kind read before any is applied: all or none
-                steps = [rules[i].resume(patient, st) for i, st in group[1:]]
+                steps = [rules[i].resume(patient, st) for i, st in group]
             except Exception as exc:  # noqa: BLE001 - whatever a damaged row holds, the alarms start
                 log.warning("alerts: saved %s timers of %s not used: %s", kind, patient, exc)
-                left += len(group) - 1
                 continue
             for step in steps:
                 step()
             resumed.add((kind, patient))
         if saved:
             log.info(
-                "alerts: took up saved rule timers for %d patient-kinds; %d rows left", len(resumed), left
+                "alerts: took up saved rule timers for %d patient-kinds (%d rows saved)",
+                len(resumed),
+                len(saved),
             )
         return resumed
 

@@ -172,7 +172,7 @@ class BandRule:
         if per is not None:
             per.pop("restored", None)
 
-    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+    def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
         """What a restart needs to carry on (alerts.engine `save_timers`), as JSON-able data for
         `resume`: the timers of each patient with a condition building or raised, and the last
         unusable data of each source not yet followed by `clean_for_s` of valid data (it holds
@@ -415,12 +415,12 @@ class News2Rule:
     def forget_restored(self, patient: str) -> None:
         self.inner.forget_restored(patient)
 
-    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+    def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
         """The score's timers (`BandRule.saved`); with `full` (a planned stop), also the values
         of its windows, so that the score after the restart is the one it would have been. The
         windows are kilobytes a patient: saved every second for thousands of patients they would
         cost the rules' thread most of its time; after a crash the medians refill from new values."""
-        out = self.inner.saved(now, full)
+        out = self.inner.saved(full)
         if full:
             for patient, state in out.items():
                 state["windows"] = {
@@ -515,7 +515,7 @@ class NoBeatNoPulseRule:
 
     _STATE = ("no_beat_since", "no_beat_at", "no_pulse_at", "raised", "ok_since")
 
-    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+    def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
         """Each patient with no beat reported or an alarm raised: its times, for `resume`."""
         return {
             p: {

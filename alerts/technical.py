@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alerts.lifecycle import Priority
-from alerts.rules import Band, BandRule, Condition
+from alerts.rules import Band, BandRule, Condition, _opt_float
 from nabz.config import AlertsConfig
 from nabz.contract import GatewayStatus, Vitals
 
@@ -54,7 +54,7 @@ class FlagRule:
     def forget_restored(self, patient: str) -> None:
         """Nothing: one rule per kind, and its episode ends when the alarm does."""
 
-    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+    def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
         """Each patient whose condition is building or raised: its episode, for `resume`."""
         return {
             p: {"since": e.since, "ok_since": e.ok_since, "raised": e.raised}
@@ -63,10 +63,9 @@ class FlagRule:
         }
 
     def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
-        since, ok_since = state["since"], state["ok_since"]
         episode = _Episode(
-            since=None if since is None else float(since),
-            ok_since=None if ok_since is None else float(ok_since),
+            since=_opt_float(state["since"]),
+            ok_since=_opt_float(state["ok_since"]),
             raised=bool(state["raised"]),
         )
         return lambda: self.states.__setitem__(patient, episode)
@@ -130,7 +129,7 @@ class GapRule:
     def forget_restored(self, patient: str) -> None:
         """Nothing: one rule per kind, and its episode ends when the alarm does."""
 
-    def saved(self, now: float, full: bool = False) -> dict[str, dict[str, Any]]:
+    def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
         """Nothing: a hole is judged on the data this process saw arrive. After a restart the
         vitals queued for it come in order and leave no hole; one open across the restart
         is not reported (the stale-data alarm still covers data that stop)."""

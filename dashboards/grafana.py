@@ -365,37 +365,24 @@ def operations() -> db.Dashboard:
         .with_panel(gateways)
         .with_panel(
             _device_timeline(
-                "Wearables: link to their gateway",
-                "link",
-                {
-                    "connecting": ("connecting", "blue"),
-                    "connected": ("connected", "green"),
-                    "reconnecting": ("reconnecting", "orange"),
-                    "lost": ("lost", "red"),
-                },
-                LINK_CODES,
+                "Wearables: link to their gateway", "link", LINK_CODES,
+                {"connecting": "blue", "connected": "green", "reconnecting": "orange", "lost": "red"},
             )
-        )  # fmt: skip
+        )
         .with_panel(
             _device_timeline(
-                "Wearables: what they say of themselves",
-                "device_state",
-                {
-                    "ok": ("ok", "green"),
-                    "low_battery": ("low battery", "orange"),
-                    "battery_critical": ("battery critical", "red"),
-                    "sensor_fault": ("sensor fault", "red"),
-                },
-                DEVICE_STATE_CODES,
+                "Wearables: what they say of themselves", "device_state", DEVICE_STATE_CODES,
+                {"ok": "green", "low_battery": "orange", "battery_critical": "red", "sensor_fault": "red"},
             )
-        )  # fmt: skip
-    )
+        )
+    )  # fmt: skip
 
 
 def _device_timeline(
-    title: str, field: str, names: dict[str, tuple[str, str]], codes: dict[str, int]
+    title: str, field: str, codes: dict[str, int], colors: dict[str, str]
 ) -> statetimeline.Panel:
-    """One row per wearable (its gateway's status, written by ingest as `device_status`)."""
+    """One row per wearable (its gateway's status, written by ingest as `device_status`): each
+    state's code shown as its name, in its colour."""
     return (
         statetimeline.Panel()
         .title(title)
@@ -408,8 +395,8 @@ def _device_timeline(
             [
                 model.ValueMap(
                     options={
-                        str(codes[state]): model.ValueMappingResult(text=text, color=color)
-                        for state, (text, color) in names.items()
+                        str(code): model.ValueMappingResult(text=state.replace("_", " "), color=colors[state])
+                        for state, code in codes.items()
                     }
                 )
             ]

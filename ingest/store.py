@@ -161,10 +161,10 @@ class Store:
         for column in _VITALS_ADDED:
             if column not in have:
                 _add_column(self.db, f"ALTER TABLE vitals ADD COLUMN {column} REAL")
-        if "gateway" not in {r[1] for r in self.db.execute("PRAGMA table_info(enrolment)")}:
-            _add_column(
-                self.db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT"
-            )  # files from before 2026-11-27
+        if "gateway" not in {
+            r[1] for r in self.db.execute("PRAGMA table_info(enrolment)")
+        }:  # before 2026-11-27
+            _add_column(self.db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT")
         self.lock = threading.RLock()
 
     def strip_index(self, keep: bool) -> None:
