@@ -118,10 +118,15 @@ def _thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
 
 
 def _patient_variable(multi: bool) -> db.QueryVariable:
-    query = f'import "influxdata/influxdb/schema"\nschema.tagValues(bucket: "{BUCKET}", tag: "patient")'
+    return _tag_variable("patient", "Patient", multi)
+
+
+def _tag_variable(tag: str, label: str, multi: bool) -> db.QueryVariable:
+    """A variable listing the values of `tag` in the bucket (all of them, for a multi one)."""
+    query = f'import "influxdata/influxdb/schema"\nschema.tagValues(bucket: "{BUCKET}", tag: "{tag}")'
     return (
-        db.QueryVariable("patient")
-        .label("Patient")
+        db.QueryVariable(tag)
+        .label(label)
         .datasource(DATASOURCE)
         .query(query)
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
@@ -333,8 +338,12 @@ def operations() -> db.Dashboard:
         extra=["derivative(unit: 1s, nonNegative: true)"],
     )
     dead = flux("ingest_stats", ["dead_letters", "duplicates"], aggregate=None, extra=["increase()"])
-    spool = flux("gateway_status", ["spool_depth"], aggregate="max")
-    online = flux("gateway_status", ["online"], aggregate="last")
+    # At scale there are hundreds of gateways and thousands of wearables: the gateway variable
+    # (all of them by default) narrows the per-gateway and per-wearable panels to a few homes.
+    gw = {"gateway": "${gateway}"}
+    spool = flux("gateway_status", ["spool_depth"], where=gw, aggregate="max")
+    # the worst of each interval: a gateway offline for a moment shows, not only its last state
+    online = flux("gateway_status", ["online"], where=gw, aggregate="min")
     gateways = (
         statetimeline.Panel()
         .title("Gateways online")
@@ -359,6 +368,7 @@ def operations() -> db.Dashboard:
             "Nabz — operations",
             "Ingest throughput, dead letters, gateway spools and status, and each wearable's link and state.",
         )
+        .with_variable(_tag_variable("gateway", "Gateway", multi=True))
         .with_panel(_series_panel("Readings stored per second", rate, "short", span=12))
         .with_panel(_series_panel("Dead letters and duplicates", dead, _unit("dead_letters"), span=12))
         .with_panel(_series_panel("Gateway spool depth", spool, _unit("spool_depth"), span=24))
@@ -381,14 +391,22 @@ def operations() -> db.Dashboard:
 def _device_timeline(
     title: str, field: str, codes: dict[str, int], colors: dict[str, str]
 ) -> statetimeline.Panel:
-    """One row per wearable (its gateway's status, written by ingest as `device_status`): each
-    state's code shown as its name, in its colour."""
+    """One row per wearable of the chosen gateways (their status, written by ingest as
+    `device_status`): each state's code shown as its name, in its colour. The codes grow with
+    how bad the state is (but `connecting`, the first moments of a link), so an interval shows
+    the worst state reported in it: a wearable lost for a few seconds is not hidden by the
+    connected state before and after."""
     return (
         statetimeline.Panel()
         .title(title)
-        .description("Each wearable as its gateway last reported it; no row while the gateway is offline.")
+        .description(
+            "Each wearable of the chosen gateways as they reported it, the worst state of each interval;"
+            " no row while its gateway is offline."
+        )
         .datasource(DATASOURCE)
-        .with_target(FluxTarget(flux("device_status", [field], aggregate="last")))
+        .with_target(
+            FluxTarget(flux("device_status", [field], where={"gateway": "${gateway}"}, aggregate="max"))
+        )
         .span(12)
         .height(8)
         .mappings(

@@ -20,6 +20,7 @@ import yaml
 from dashboards.commands import JSON_DIR
 from dashboards.grafana import DATASOURCE_UID, SchemaError, build_all, flux
 from ingest.lines import WAVE_FLAGS, flags_mask
+from ingest.opsstats import DEVICE_STATE_CODES, LINK_CODES
 from nabz.catalogue import MEASUREMENTS, QUANTITIES
 
 ROOT = Path(__file__).parents[2]
@@ -149,6 +150,31 @@ def test_the_operations_board_has_a_row_per_wearable_with_its_link_and_state_in_
         assert 'r._measurement == "device_status"' in query and f'r._field == "{field}"' in query
         (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
         assert words <= {m["text"] for m in mapping["options"].values()}
+
+
+def test_the_operations_board_narrows_to_chosen_gateways_and_shows_the_worst_state(built) -> None:  # type: ignore[no-untyped-def]
+    """Thousands of wearables at scale: the per-gateway and per-wearable panels follow the
+    `gateway` variable (all by default), and a brief bad state inside an interval is shown."""
+    ops = built["nabz-ops"]
+    (gateway,) = [v for v in ops["templating"]["list"] if v["name"] == "gateway"]
+    assert gateway["multi"] and gateway["includeAll"] and 'tag: "gateway"' in gateway["query"]
+    panels = {p["title"]: p["targets"][0]["query"] for p in _panels(ops)}
+    narrowed = "r.gateway =~ /^${gateway:regex}$/"
+    for title in (
+        "Gateway spool depth",
+        "Gateways online",
+        *(t for t in panels if t.startswith("Wearables")),
+    ):
+        assert narrowed in panels[title], title
+    assert narrowed not in panels["Readings stored per second"]  # ingest's own rate has no gateway
+    # worst of each interval: online is 1, offline 0; the wearable codes grow with how bad the state is
+    assert "fn: min," in panels["Gateways online"]
+    assert all("fn: max," in q for t, q in panels.items() if t.startswith("Wearables"))
+    assert LINK_CODES["connected"] < LINK_CODES["reconnecting"] < LINK_CODES["lost"]
+    ok, low, critical, fault = (
+        DEVICE_STATE_CODES[s] for s in ("ok", "low_battery", "battery_critical", "sensor_fault")
+    )
+    assert ok < low < critical < fault
 
 
 def test_a_stale_patient_turns_red(built) -> None:  # type: ignore[no-untyped-def]
