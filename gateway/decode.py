@@ -12,9 +12,7 @@ Rules of this file:
 
 from __future__ import annotations
 
-import itertools
 import math
-import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +39,6 @@ __all__ = [
     "Notification",
     "ClockSync",
     "Decoder",
-    "message_ids",
     "normalize_uuid",
     "utc_from_us",
 ]
@@ -74,16 +71,6 @@ class Notification:
     char: str
     data: bytes
     rx_us: int
-
-
-def message_ids() -> Callable[[], str]:
-    """A source of unique message ids: 80 random bits drawn once per process, then a counter.
-
-    As unique as a uuid4 for this purpose, without a system call per message (os.urandom costs
-    tens of microseconds on some virtual machines: a third of the gateway's time per message)."""
-    prefix = secrets.token_hex(10)
-    counter = itertools.count()
-    return lambda: f"{prefix}{next(counter):012x}"
 
 
 def utc_from_us(us: int) -> datetime:

@@ -34,7 +34,7 @@ import paho.mqtt.client as paho
 from alerts.notify import Notifier
 from firmware import nabz_codec as codec
 from gateway.deadman import DeadMan, DeadManSender, HeartbeatWatch, recipients
-from gateway.decode import Decoder, Notification, message_ids, normalize_uuid, utc_from_us
+from gateway.decode import Decoder, Notification, normalize_uuid, utc_from_us
 from gateway.gaps import Expired, GapTracker
 from gateway.spool import Spool
 from gateway.transport import LinkHealth, Transport
@@ -89,7 +89,7 @@ class Gateway:
         self.id = gateway_id or config.gateway.id
         self.transport = transport
         self.clock = clock
-        self.decoder = Decoder(self.site, self.id, new_id=message_ids())
+        self.decoder = Decoder(self.site, self.id, new_id=contract.message_ids())
         self.spool = Spool(
             spool_path or config.gateway.spool_path, max_bytes=config.gateway.spool_max_mb * 1024 * 1024
         )

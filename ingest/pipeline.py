@@ -100,7 +100,7 @@ class IngestCore:
         *,
         sink: LineSink | None = None,
         enrolment: dict[str, str] | None = None,
-        new_id: Callable[[], str] = contract.new_id,
+        new_id: Callable[[], str] | None = None,
         waveforms: str = "points",
         spo2_calibration: Calibration | None = None,
         keep_payloads: bool = True,
@@ -113,7 +113,7 @@ class IngestCore:
         self._calibration = spo2_calibration
         self._keep_payloads = keep_payloads
         store.strip_index(keep_payloads)  # no payloads kept: nothing for the strip index to find
-        self.new_id = new_id
+        self.new_id = new_id or contract.message_ids()
         before = store.enrolment()
         for device, patient in (enrolment or {}).items():
             if before.get(device, patient) != patient:

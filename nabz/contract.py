@@ -8,8 +8,10 @@ Rules of this file:
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +51,7 @@ __all__ = [
     "decode_reading",
     "reading_count",
     "encode",
+    "message_ids",
     "new_id",
     "WAVE_FLAGS",
     "MAX_PAYLOAD_BYTES",
@@ -426,9 +429,19 @@ def encode(message: Any) -> bytes:
 
 
 def new_id() -> str:
-    """128 random bits as 32 hex digits, like `uuid4().hex` (whose UUID object cost ingest ~3 % of
-    its time: it names every derived vitals)."""
+    """128 random bits as 32 hex digits, like `uuid4().hex`, without its UUID object."""
     return os.urandom(16).hex()
+
+
+def message_ids() -> Callable[[], str]:
+    """A source of unique message ids: 80 random bits drawn once per process, then a counter.
+
+    As unique as a uuid4 for this purpose, without a system call per message (os.urandom costs
+    microseconds to tens of microseconds: a third of the gateway's time per message on one virtual
+    machine, ~3 % of an ingest worker's, which names every derived vitals)."""
+    prefix = secrets.token_hex(10)
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter):012x}"
 
 
 def vitals_messages(
