@@ -119,8 +119,9 @@ class GapRule:
     clear_after_s: float = 60.0
     grace_s: float = 60.0
     kind: str = "data_gap"
-    last: dict[tuple[str, str], float] = field(default_factory=dict)  # (device, source) -> vitals time
-    holes: dict[tuple[str, str], _Hole] = field(default_factory=dict)  # (device, source) -> not judged yet
+    # (patient, device, source) -> the newest vitals time, and the hole not judged yet
+    last: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    holes: dict[tuple[str, str, str], _Hole] = field(default_factory=dict)
     open_since: dict[str, float] = field(default_factory=dict)  # patient -> data back since
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
@@ -130,19 +131,54 @@ class GapRule:
         """Nothing: one rule per kind, and its episode ends when the alarm does."""
 
     def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
-        """Nothing: a hole is judged on the data this process saw arrive. After a restart the
-        vitals queued for it come in order and leave no hole; one open across the restart
-        is not reported (the stale-data alarm still covers data that stop)."""
-        return {}
+        """Each patient with a hole not judged yet or an open episode: those, with the newest
+        time of each of its sources; at a planned stop (`full`) every patient's newest times, so
+        that a hole open across the restart shows when the data come back. (After a crash those
+        times are not known: a hole that began before it and had not yet shown is not reported;
+        saving every patient's each second would cost more than this low-priority alarm is worth,
+        and an older save would make holes look longer than they were.)"""
+        wanted = None if full else {k[0] for k in self.holes} | set(self.open_since)
+        if wanted is not None and not wanted:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(patient: str) -> dict[str, Any]:
+            return out.setdefault(
+                patient,
+                {"raised": patient in self.open_since, "open_since": self.open_since.get(patient),
+                 "last": [], "holes": []},
+            )  # fmt: skip
+
+        for (patient, device, source), t in self.last.items():
+            if wanted is None or patient in wanted:
+                entry(patient)["last"].append([device, source, t])
+        for (patient, device, source), h in self.holes.items():
+            entry(patient)["holes"].append([device, source, h.start, h.end, list(h.filled)])
+        for patient in self.open_since:
+            entry(patient)
+        return out
 
     def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
-        raise ValueError("data_gap keeps no timers across a restart")
+        since = _opt_float(state["open_since"])
+        last = {(patient, str(d), str(s)): float(t) for d, s, t in state["last"]}
+        holes = {
+            (patient, str(d), str(s)): _Hole(float(a), float(b), [float(x) for x in filled])
+            for d, s, a, b, filled in state["holes"]
+        }
+
+        def apply() -> None:
+            self.last.update(last)
+            self.holes.update(holes)
+            if since is not None:
+                self.open_since[patient] = since
+
+        return apply
 
     def observe(self, v: Vitals, lim: object = None) -> Condition | None:
         if v.source == "device":
             return None  # device numbers come at irregular intervals (battery: on change)
         t = v.t.timestamp()
-        key = (v.device, v.source)
+        key = (v.patient, v.device, v.source)
         prev = self.last.get(key)
         if prev is None or t > prev:
             self.last[key] = t

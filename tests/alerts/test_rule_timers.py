@@ -54,6 +54,12 @@ def _no_beat_then_ecg_asystole(t: float) -> list[Vitals]:
     return [v(t, source="ecg", pause_s=6.0)]
 
 
+def _ecg_with_a_hole(t: float) -> list[Vitals]:
+    """ECG vitals for 10 s, none for 90 s (the gateway lost them for good), then again: the hole
+    shows at second 100 and is judged once the data have run on a minute past it."""
+    return [] if T0 + 10 <= t < T0 + 100 else [v(t, source="ecg", hr_bpm=70.0)]
+
+
 # What each scenario raises, and when to restart it (None: halfway through the first delay).
 SCENARIOS: dict[str, tuple[Second, str, int | None]] = {
     # AF suspicion above 0.7 for 120 s (a BandRule with a fixed delay)
@@ -65,6 +71,9 @@ SCENARIOS: dict[str, tuple[Second, str, int | None]] = {
     "leads_off": (lambda t: [v(t, source="ecg", flags=["leads_off"])], "leads_off", None),
     "asystole_after_noise": (_asystole_after_noise, "asystole", 23),
     "asystole_twice": (_no_beat_then_ecg_asystole, "asystole", 5),
+    # data lost for good: a restart while nothing comes, and one after the hole showed
+    "data_gap_in_the_hole": (_ecg_with_a_hole, "data_gap", 50),
+    "data_gap_shown": (_ecg_with_a_hole, "data_gap", 120),
 }
 
 Seen = list[tuple[str, str, str, float, float, bool]]
@@ -113,9 +122,13 @@ def _raised(seen: Seen, kind: str) -> Seen:
     return [x for x in seen if x[0] == kind and x[1] == "active" and not x[5]]
 
 
-# After a crash the NEWS2 medians refill from new values (only a planned stop saves its windows).
+# After a crash the NEWS2 medians refill from new values, and a hole that had not shown yet is
+# not seen (only a planned stop saves the windows and every source's newest time).
 RESTARTS = [
-    (name, how) for name in SCENARIOS for how in ("planned", "crash") if (name, how) != ("news2", "crash")
+    (name, how)
+    for name in SCENARIOS
+    for how in ("planned", "crash")
+    if (name, how) not in {("news2", "crash"), ("data_gap_in_the_hole", "crash")}
 ]
 
 
@@ -367,3 +380,22 @@ def test_a_planned_restart_of_the_service_keeps_a_building_alarm_on_time(
     assert event is not None and event.state == "active"
     assert event.condition_started_at.timestamp() == T0
     assert event.message.endswith("for 120 s"), event.message
+
+
+def test_data_flowing_normally_saves_no_data_gap_timers_but_a_planned_stop_saves_every_source(
+    tmp_path: Path,
+) -> None:
+    """Each second only the patients with a hole to judge (or an open data_gap episode) are
+    written; the newest time of every patient's every source is written at a planned stop only."""
+    rig = Rig(tmp_path)
+    for i in range(5):
+        for p in ("p-0001", "p-0002"):
+            rig.engine.observe(v(T0 + i, source="ecg", patient=p, device=f"ecg-{p[2:]}", hr_bpm=70.0), T0 + i)
+        rig.engine.save_timers(T0 + i)
+    assert [r for r in rig.store.rule_timers() if r[0] == "data_gap"] == []
+    rig.engine.save_timers(T0 + 5, full=True)
+    saved = {r[2]: json.loads(r[6]) for r in rig.store.rule_timers() if r[0] == "data_gap"}
+    assert saved == {
+        "p-0001": {"raised": False, "open_since": None, "last": [["ecg-0001", "ecg", T0 + 4]], "holes": []},
+        "p-0002": {"raised": False, "open_since": None, "last": [["ecg-0002", "ecg", T0 + 4]], "holes": []},
+    }
