@@ -160,8 +160,8 @@ class AlertEngine:
         """Save every rule's running timers (a condition building up, or raised and waiting to
         clear), with the open alarm each belongs to, so that a restart takes them up where they
         stood instead of starting each delay again (`_resume_timers`). The runner calls this once
-        a second, and with `full` (the NEWS2 windows too) at a planned stop; nothing is written
-        while no timer runs."""
+        a second, and with `full` (the NEWS2 windows and the data-gap rule's newest data times too)
+        at a planned stop; nothing is written while no timer runs."""
         rows: list[tuple[str, int, str, str | None, str | None, str]] = []
         for kind, rules in self._by_kind.items():
             for i, rule in enumerate(rules):
@@ -204,8 +204,15 @@ class AlertEngine:
         resumed: set[tuple[str, str]] = set()
         try:
             saved = self.store.rule_timers()
+            if saved:
+                # Used up: this process acknowledges newer vitals from now on, and if it could not
+                # save their effect before a restart, the next one must not take these up again
+                # (newest data times minutes old would show holes that are not there).
+                self.store.save_rule_timers(now if now is not None else 0.0, [])
         except Exception as exc:  # never keep the alarms from starting
-            log.warning("alerts: could not read the saved rule timers (%s); every delay starts again", exc)
+            log.warning(
+                "alerts: could not read or use up the saved rule timers (%s); every delay starts again", exc
+            )
             return resumed
         groups: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
         aside: set[tuple[str, str]] = set()  # one row set aside: none of the kind for the patient

@@ -10,6 +10,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,13 @@ class _Hole:
 
 
 @dataclass(slots=True)
+class _Source:
+    patient: str  # whose data they are now (a device can be enrolled to another patient)
+    last: float  # the newest data time
+    hole: _Hole | None = None  # the hole not judged yet
+
+
+@dataclass(slots=True)
 class GapRule:
     """A hole of `gap_s` or more in one device's derived data that is still not filled once the
     data have run on `grace_s` past it: the data in it are lost for good. A late delivery fills
@@ -119,10 +127,9 @@ class GapRule:
     clear_after_s: float = 60.0
     grace_s: float = 60.0
     kind: str = "data_gap"
-    # (patient, device, source) -> the newest vitals time, and the hole not judged yet
-    last: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    holes: dict[tuple[str, str, str], _Hole] = field(default_factory=dict)
+    sources: dict[tuple[str, str], _Source] = field(default_factory=dict)  # (device, source)
     open_since: dict[str, float] = field(default_factory=dict)  # patient -> data back since
+    newest: float = float("-inf")  # the newest data time seen from any device
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         self.open_since[patient] = started_at
@@ -131,44 +138,52 @@ class GapRule:
         """Nothing: one rule per kind, and its episode ends when the alarm does."""
 
     def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
-        """Each patient with a hole not judged yet or an open episode: those, with the newest
-        time of each of its sources; at a planned stop (`full`) every patient's newest times, so
-        that a hole open across the restart shows when the data come back. (After a crash those
-        times are not known: a hole that began before it and had not yet shown is not reported;
-        saving every patient's each second would cost more than this low-priority alarm is worth,
-        and an older save would make holes look longer than they were.)"""
-        wanted = None if full else {k[0] for k in self.holes} | set(self.open_since)
-        if wanted is not None and not wanted:
-            return {}
+        """Each second: each patient's holes not judged yet and open episode, while their data
+        could still come (a device silent for longer is the stale-data alarm's: its hole is
+        judged if it comes back, but not saved every second for good). At a planned stop
+        (`full`): also the newest time of every source, so that a hole open across the restart
+        shows when the data come back. The newest times are not saved each second: after a
+        crash the vitals handled since the last save are not delivered again (they were
+        acknowledged), and an older time would show a hole that is not there."""
+        recent = self.newest - self.stale_s - max(self.grace_s, self.clear_after_s)
         out: dict[str, dict[str, Any]] = {}
 
         def entry(patient: str) -> dict[str, Any]:
+            since = self.open_since.get(patient)
             return out.setdefault(
-                patient,
-                {"raised": patient in self.open_since, "open_since": self.open_since.get(patient),
-                 "last": [], "holes": []},
-            )  # fmt: skip
+                patient, {"raised": since is not None, "open_since": since, "last": [], "holes": []}
+            )
 
-        for (patient, device, source), t in self.last.items():
-            if wanted is None or patient in wanted:
-                entry(patient)["last"].append([device, source, t])
-        for (patient, device, source), h in self.holes.items():
-            entry(patient)["holes"].append([device, source, h.start, h.end, list(h.filled)])
-        for patient in self.open_since:
-            entry(patient)
+        for patient, since in self.open_since.items():
+            if full or since >= recent:
+                entry(patient)
+        for (device, source), src in self.sources.items():
+            h = src.hole
+            if h is not None and (full or h.end >= recent):
+                entry(src.patient)["holes"].append([device, source, h.start, h.end, list(h.filled)])
+            if full:
+                entry(src.patient)["last"].append([device, source, src.last])
         return out
 
     def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
-        since = _opt_float(state["open_since"])
-        last = {(patient, str(d), str(s)): float(t) for d, s, t in state["last"]}
-        holes = {
-            (patient, str(d), str(s)): _Hole(float(a), float(b), [float(x) for x in filled])
-            for d, s, a, b, filled in state["holes"]
-        }
+        """Raises ValueError on anything it cannot take up as it was saved (the row is set aside)."""
+        raised, since = state["raised"], state["open_since"]
+        if raised is not (since is not None) or (since is not None and not _is_time(since)):
+            raise ValueError(f"open_since {since!r} disagrees with raised {raised!r}")
+        sources: dict[tuple[str, str], _Source] = {}
+        for device, source, last in state["last"]:
+            if not (isinstance(device, str) and isinstance(source, str) and _is_time(last)):
+                raise ValueError(f"bad newest time {[device, source, last]!r}")
+            sources[(device, source)] = _Source(patient, last)
+        for device, source, a, b, filled in state["holes"]:
+            if not (isinstance(device, str) and isinstance(source, str) and isinstance(filled, list)
+                    and all(_is_time(x) for x in (a, b, *filled)) and a < b):  # fmt: skip
+                raise ValueError(f"bad hole {[device, source, a, b, filled]!r}")
+            src = sources.setdefault((device, source), _Source(patient, b))
+            src.hole = _Hole(a, b, list(filled))
 
         def apply() -> None:
-            self.last.update(last)
-            self.holes.update(holes)
+            self.sources.update(sources)
             if since is not None:
                 self.open_since[patient] = since
 
@@ -178,25 +193,30 @@ class GapRule:
         if v.source == "device":
             return None  # device numbers come at irregular intervals (battery: on change)
         t = v.t.timestamp()
-        key = (v.patient, v.device, v.source)
-        prev = self.last.get(key)
-        if prev is None or t > prev:
-            self.last[key] = t
-        hole = self.holes.get(key)
+        self.newest = max(self.newest, t)
+        key = (v.device, v.source)
+        src = self.sources.get(key)
+        if src is None or src.patient != v.patient:  # new, or enrolled to another patient
+            self.sources[key] = _Source(v.patient, t)
+            return self._flowing(v.patient, t)
+        prev = src.last
+        src.last = max(prev, t)
+        hole = src.hole
         if hole is not None and hole.start < t < hole.end:
             hole.filled.append(t)
         out = None
         if hole is not None and t >= hole.end + self.grace_s:
-            del self.holes[key]
+            src.hole = None
             out = self._judge(v, hole, t)
-        if prev is not None and self.gap_s <= t - prev < self.stale_s and key not in self.holes:
-            self.holes[key] = _Hole(prev, t, [])
-        if out is not None:
-            return out
-        back = self.open_since.get(v.patient)
+        if self.gap_s <= t - prev < self.stale_s and src.hole is None:
+            src.hole = _Hole(prev, t, [])
+        return out if out is not None else self._flowing(v.patient, t)
+
+    def _flowing(self, patient: str, t: float) -> Condition | None:
+        back = self.open_since.get(patient)
         if back is not None and t - back >= self.clear_after_s:
-            del self.open_since[v.patient]
-            return Condition(v.patient, self.kind, False, "low", None, self.gap_s, "s", back, t,
+            del self.open_since[patient]
+            return Condition(patient, self.kind, False, "low", None, self.gap_s, "s", back, t,
                              "data flowing again", True)  # fmt: skip
         return None
 
@@ -209,6 +229,10 @@ class GapRule:
         self.open_since[v.patient] = now
         text = f"{lost:.0f} s of {v.source.upper()} data lost ({v.device})"
         return Condition(v.patient, self.kind, True, "low", lost, self.gap_s, "s", since, now, text, True)
+
+
+def _is_time(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(slots=True)

@@ -399,3 +399,102 @@ def test_data_flowing_normally_saves_no_data_gap_timers_but_a_planned_stop_saves
         "p-0001": {"raised": False, "open_since": None, "last": [["ecg-0001", "ecg", T0 + 4]], "holes": []},
         "p-0002": {"raised": False, "open_since": None, "last": [["ecg-0002", "ecg", T0 + 4]], "holes": []},
     }
+
+
+def _gap_story(events: list[AlarmEvent]) -> list[tuple[str, float, float | None]]:
+    """data_gap events as the nurse's list tells them: state, raised and cleared (data time)."""
+    return [
+        (e.state, e.raised_at.timestamp(), e.cleared_at.timestamp() if e.cleared_at else None)
+        for e in events
+        if e.kind == "data_gap" and (e.state != "active" or e.notified_at is None)  # not "notified"
+    ]
+
+
+def _hole_then_flow(t: float) -> list[Vitals]:
+    """70 s of ECG lost from second 5: shows at 75, judged (raised) at 135, cleared at 195."""
+    return [] if T0 + 5 <= t < T0 + 75 else [v(t, source="ecg", hr_bpm=70.0)]
+
+
+@pytest.mark.parametrize("how", ["planned", "crash"])
+def test_a_data_gap_open_across_a_restart_clears_when_no_restart_would(tmp_path: Path, how: str) -> None:
+    plain = _gap_story(_run(Rig(tmp_path / "plain"), _hole_then_flow, 220))
+    assert plain == [("active", T0 + 135, None), ("cleared", T0 + 135, T0 + 195)]
+    assert _gap_story(_run(Rig(tmp_path / how), _hole_then_flow, 220, 150, how)) == plain
+    # with nothing saved the restored alarm counts from when the data were lost: it clears at once
+    forgot = _gap_story(_run(Rig(tmp_path / "forgot"), _hole_then_flow, 220, 150, "forgot"))
+    assert forgot[1][2] == T0 + 151
+
+
+def test_a_wearable_enrolled_to_another_patient_and_back_is_no_data_gap(tmp_path: Path) -> None:
+    """Enrolled to the wrong patient for two minutes and moved back: neither patient lost data."""
+    rig = Rig(tmp_path)
+    seq = [
+        v(T0 + i, source="ecg", patient="p-0002" if 10 <= i < 130 else "p-0001", hr_bpm=70.0)
+        for i in range(260)
+    ]
+    assert [e for e in rig.feed(seq) if e.kind == "data_gap"] == []
+
+
+def test_saved_times_are_used_up_at_start(tmp_path: Path) -> None:
+    """A planned stop saves every source's newest time. If the next process handles (and
+    acknowledges) two more minutes of vitals and then fails without saving, the process after it
+    must not take those times up again: every patient would seem to have lost two minutes."""
+    rig = Rig(tmp_path)
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(10)])
+    rig.engine.save_timers(T0 + 10, full=True)
+    rig.restart()
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(10, 130)])  # never saved
+    rig.restart()
+    events = rig.feed([v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(130, 260)])
+    assert [e for e in events if e.kind == "data_gap"] == []
+
+
+def test_a_wearable_that_stops_after_a_hole_is_not_saved_every_second_for_good(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, config(AlertsConfig(stale_after_s=300)))
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=70.0) for i in (*range(10), 80)])  # a hole, then silence
+    rig.engine.save_timers(T0 + 81)
+    assert [r[0] for r in rig.store.rule_timers()] == ["data_gap"]  # the hole to judge is kept
+    later = T0 + 81 + 600  # other patients' data run on; the stale-data alarm has this wearable
+    rig.feed(
+        [
+            v(t, source="ppg", patient="p-0002", device="oxi-0002", spo2_pct=97.0)
+            for t in range(int(T0), int(later))
+        ]
+    )
+    rig.engine.save_timers(later)
+    assert rig.store.rule_timers() == []
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"raised": True, "open_since": None, "last": [], "holes": []},
+        {"raised": False, "open_since": T0, "last": [], "holes": []},
+        {"raised": False, "open_since": None, "last": [["ecg-0001", "ecg", float("nan")]], "holes": []},
+        {"raised": False, "open_since": None, "last": ["xy1"], "holes": []},
+        {"raised": False, "open_since": None, "last": [], "holes": [["ecg-0001", "ecg", T0, T0 + 70, "12"]]},
+        {"raised": False, "open_since": None, "last": [], "holes": [["ecg-0001", "ecg", T0 + 70, T0, []]]},
+    ],
+    ids=[
+        "raised-without-time",
+        "time-without-raised",
+        "nan",
+        "not-a-triple",
+        "filled-not-a-list",
+        "backwards",
+    ],
+)
+def test_a_damaged_data_gap_row_is_set_aside(tmp_path: Path, state: dict[str, object]) -> None:
+    """Saved with the patient's open data_gap alarm: the rule then starts from that alarm alone,
+    as with nothing saved, and the alarm still clears once the data flow."""
+    rig = Rig(tmp_path)
+    _run(rig, _hole_then_flow, 140)
+    alarm = rig.engine.open[("p-0001", "data_gap")]
+    row = ("data_gap", 0, "p-0001", alarm.alarm_id, alarm.priority, json.dumps(state))
+    rig.store.save_rule_timers(T0 + 140, [row])
+    rig.restart()
+    gap = next(r for r in rig.engine.rules if r.kind == "data_gap")
+    assert gap.sources == {}  # type: ignore[union-attr]
+    assert gap.open_since == {"p-0001": alarm.condition_started_at}  # type: ignore[union-attr]
+    events = rig.feed([v(T0 + i, source="ecg", hr_bpm=70.0) for i in range(140, 150)])
+    assert [(e.kind, e.state) for e in events] == [("data_gap", "cleared")]
