@@ -117,6 +117,37 @@ def test_four_wearables_at_once_every_reading_arrives_with_mtu_rssi_and_battery(
         seen.close()
 
 
+def test_an_error_the_ble_stack_does_not_document_is_retried_not_fatal(
+    radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BlueZ has raised KeyError from `connect` (bleak issue #1435). The first attempts fail so;
+    the device is still tried again, and its readings flow once the stack behaves."""
+    import bleak
+
+    real_connect = bleak.BleakClient.connect
+    failures = {"left": 3}
+
+    async def connect(self: bleak.BleakClient, **kwargs: Any) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise KeyError("org.bluez.GattService1")
+        await real_connect(self, **kwargs)
+
+    monkeypatch.setattr(bleak.BleakClient, "connect", connect)
+    peripherals = radio.add_wearables([make_patients(1, seed=5)[0].devices[0]])
+    gw = _gateway(radio, mosquitto, tmp_path, peripherals)
+    seen = Collector("127.0.0.1", mosquitto.port)
+    try:
+        with running(gw):
+            assert seen.wait_for(lambda: _all_connected(seen, peripherals), 30), seen.last_status()
+            radio.start()
+            assert seen.wait_for(lambda: sum(seen.tally().values()) > 0, 20)
+        assert failures["left"] == 0
+    finally:
+        gw.stop()
+        seen.close()
+
+
 def test_a_drop_out_is_reconnected_and_the_missed_frames_come_back_by_resend(
     radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
