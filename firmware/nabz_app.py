@@ -14,6 +14,8 @@
 #   gateway gets a grace period to fetch what it lacks, then the board sleeps and wakes now and
 #   then to look at the battery again.
 
+import random
+
 import nabz_codec as codec
 from nabz_battery import STATE_CRITICAL, STATE_LOW, STATE_OK
 from nabz_ble import CHAR_CONTROL
@@ -43,6 +45,10 @@ class Wearable:
             cfg["ring_seconds"],
             cfg["ring_frames"],
             codec.wave_max_samples(self.kind, cfg["mtu"]),
+            # A random first sequence number at each boot: the device clock starts again at 0
+            # too, so from 0 the new boot's first frames would look to the gateway like frames
+            # it already has (dropped as duplicates); from anywhere else it sees a restart.
+            random.getrandbits(32),
         )
         self.sender = Sender(self.ring, periph)
         self.state = codec.DEVICE_STATE_OK

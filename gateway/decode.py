@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, NotRequired, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from firmware import nabz_codec as codec
 from nabz import contract
@@ -209,9 +209,11 @@ class Decoder:
             return Rejected(
                 "ble_decode", f"{char}: {len(n.data)} bytes, more than a characteristic value holds"
             )
+        if char == codec.NABZ_ECG_WAVEFORM or char == codec.NABZ_PPG_WAVEFORM:
+            frame = self.parse_wave(n)
+            assert frame is not None  # a waveform characteristic
+            return frame if isinstance(frame, Rejected) else self.wave_reading(n, frame)
         try:
-            if char == codec.NABZ_ECG_WAVEFORM or char == codec.NABZ_PPG_WAVEFORM:
-                return self._wave(n, char)
             if char == _HRM:
                 return self._hrm(n)
             if char in (_PLX_CONT, _PLX_SPOT):
@@ -250,13 +252,38 @@ class Decoder:
         self._last_t[key] = t
         return t
 
-    def _wave(self, n: Notification, char: str) -> Reading | Rejected:
-        frame = codec.wave_decode(n.data)
+    def parse_wave(self, n: Notification) -> dict[str, Any] | Rejected | None:
+        """A waveform frame's fields, checked whole (header, length, flags, its kind against its
+        characteristic) and nothing else done: the gateway's gap tracker sees a frame only once it
+        is known good (a malformed frame with a wrong sequence number must not move it), and the
+        clock estimate and the message id only once the tracker kept it (`wave_reading`).
+        None if `n` is not on a waveform characteristic."""
+        char = normalize_uuid(n.char)
+        if char != codec.NABZ_ECG_WAVEFORM and char != codec.NABZ_PPG_WAVEFORM:
+            return None
+        if len(n.data) > ATT_MAX_VALUE:
+            return Rejected(
+                "ble_decode", f"{char}: {len(n.data)} bytes, more than a characteristic value holds"
+            )
+        try:
+            frame: dict[str, Any] = codec.wave_decode(n.data)
+        except ValueError as exc:
+            return Rejected("ble_decode", f"{char}: {exc}")
         want = codec.WAVE_KIND_ECG if char == codec.NABZ_ECG_WAVEFORM else codec.WAVE_KIND_PPG
         if frame["kind"] != want:
             return Rejected(
                 "ble_decode", f"{char}: frame of kind {frame['kind']} on the wrong characteristic"
             )
+        return frame
+
+    def wave_reading(self, n: Notification, frame: dict[str, Any]) -> Reading | Rejected:
+        """The reading of a frame `parse_wave` returned: its time from the device clock's offset."""
+        try:
+            return self._wave(n, frame)
+        except ValueError as exc:
+            return Rejected("ble_decode", f"{normalize_uuid(n.char)}: {exc}")
+
+    def _wave(self, n: Notification, frame: dict[str, Any]) -> Reading:
         rate = frame["rate_hz"]
         count = frame["n"]
         t0_us = frame["t0_us"]

@@ -15,6 +15,12 @@ Rules of this file:
   produced). Those are given up at once, not after `timeout_s`; the ones on their way still wait.
 - A frame far behind the expected one (more than `restart_window` frames) that is not a resend
   means the device restarted: the stream starts afresh, and the gaps still open are given up.
+  So do a frame far ahead of it (more than `max_jump` frames, about 40 hours of ECG: Nabz
+  firmware starts each boot at a random sequence number, which lands there or behind far more
+  often than within reach), and a live frame ahead of it whose device time (`t0_us`, when given)
+  is earlier than the newest live frame's: the device clock starts again at 0 at each boot. Firmware
+  that starts at 0 and reboots within `restart_window` frames of its start is still taken for
+  duplicates.
 - The state is small and serialisable (`dump`/`load`): the gateway stores it in the spool's
   database in the same transaction as the frames it describes. After a kill -9 nothing that was
   accepted is accepted again, and a gap that opened while the gateway was down is still asked for.
@@ -65,12 +71,16 @@ class StreamState:
     gap_samples: int = 0
     duplicates: int = 0
     restarts: int = 0
+    last_t0: int | None = None  # device time of the newest live frame, when the caller gives it
+    # seq -> device time of the last `restart_window` live frames (not persisted): a frame behind
+    # with the number of one of them but another time is a rebooted device's, not a duplicate
+    recent: dict[int, int] = field(default_factory=dict, repr=False)
 
     def missing_frames(self) -> int:
         return sum(r.count for r in self.missing)
 
     def dump(self) -> str:
-        d = {k: v for k, v in self.__dict__.items() if k != "missing"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("missing", "recent")}
         d["missing"] = [[r.first, r.count, r.deadline] for r in self.missing]
         return json.dumps(d, separators=(",", ":"))
 
@@ -102,11 +112,15 @@ class Expired:
 class GapTracker:
     timeout_s: float = 10.0
     restart_window: int = 1024
+    max_jump: int = 1 << 20
     streams: dict[tuple[str, str], StreamState] = field(default_factory=dict)
     changed: set[tuple[str, str]] = field(default_factory=set)  # streams to persist
 
-    def observe(self, key: tuple[str, str], seq: int, resent: bool, samples: int, now: float) -> Verdict:
-        """One waveform frame of stream `key` = (device, stream): keep it or drop it."""
+    def observe(
+        self, key: tuple[str, str], seq: int, resent: bool, samples: int, now: float, t0_us: int | None = None
+    ) -> Verdict:
+        """One waveform frame of stream `key` = (device, stream): keep it or drop it. `t0_us` is
+        the frame's device time, if known (it tells a rebooted device from a drop-out)."""
         st = self.streams.setdefault(key, StreamState())
         self.changed.add(key)
         st.samples_per_frame = samples if not resent else st.samples_per_frame or samples
@@ -120,12 +134,18 @@ class GapTracker:
             return Verdict(False, reason="duplicate (resent frame not missing)")
         if st.next_seq is None:
             st.next_seq = (seq + 1) % _MOD
+            self._seen(st, seq, t0_us, newest=True)
             return Verdict(True)
         ahead = _ahead(seq, st.next_seq)
+        went_back = t0_us is not None and st.last_t0 is not None and t0_us < st.last_t0
+        if ahead < _HALF and (ahead > self.max_jump or went_back):
+            return self._restart(st, seq, t0_us)
         if ahead == 0:
             st.next_seq = (seq + 1) % _MOD
+            self._seen(st, seq, t0_us, newest=True)
             return Verdict(True)
         if ahead < _HALF:  # a jump forward: frames [next_seq, seq - 1] are missing
+            self._seen(st, seq, t0_us, newest=True)
             first = st.next_seq
             st.missing.append(_Range(first, ahead, now + self.timeout_s))
             st.gap_events += 1
@@ -134,15 +154,34 @@ class GapTracker:
                 self._give_up(st, st.missing.pop(0))
             return Verdict(True, resend=(first, (seq - 1) % _MOD), reason="gap")
         if self._fill(st, seq):  # late, but missing: welcome
+            self._seen(st, seq, t0_us, newest=False)
             return Verdict(True, reason="late")
-        if _MOD - ahead <= self.restart_window:
+        known = st.recent.get(seq) if t0_us is not None else None
+        if _MOD - ahead <= self.restart_window and (known is None or known == t0_us):
             st.duplicates += 1
             return Verdict(False, reason="duplicate")
+        return self._restart(st, seq, t0_us)
+
+    def _seen(self, st: StreamState, seq: int, t0_us: int | None, newest: bool) -> None:
+        if t0_us is None:
+            return
+        if newest:
+            st.last_t0 = t0_us
+        st.recent[seq] = t0_us
+        if len(st.recent) > self.restart_window:
+            del st.recent[next(iter(st.recent))]
+
+    def _restart(self, st: StreamState, seq: int, t0_us: int | None) -> Verdict:
+        """The device restarted: the open gaps are given up (it cannot resend a previous boot's
+        frames) and the stream starts afresh at `seq`."""
         for r in st.missing:
             self._give_up(st, r)
         st.missing.clear()
         st.restarts += 1
         st.next_seq = (seq + 1) % _MOD
+        st.last_t0 = None
+        st.recent.clear()
+        self._seen(st, seq, t0_us, newest=True)
         return Verdict(True, reason="restart")
 
     def expire(self, now: float) -> list[Expired]:

@@ -35,7 +35,7 @@ from alerts.notify import Notifier
 from firmware import nabz_codec as codec
 from gateway.deadman import DeadMan, DeadManSender, HeartbeatWatch, recipients
 from gateway.decode import Decoder, Notification, normalize_uuid, utc_from_us
-from gateway.gaps import Expired, GapTracker
+from gateway.gaps import Expired, GapTracker, Verdict
 from gateway.spool import Spool
 from gateway.transport import LinkHealth, Transport
 from nabz import contract
@@ -270,23 +270,20 @@ class Gateway:
             if normalize_uuid(note.char) == codec.NABZ_CONTROL:
                 self._control(note)
                 continue
-            wave = _peek_wave(note)
-            if wave is not None:
-                # Before decoding: a duplicate must not reach the clock estimate or get an id.
-                stream, seq, resent, n = wave
-                verdict = self.gaps.observe((note.device, stream), seq, resent, n, now_us / 1e6)
-                if not verdict.accept:
-                    self._duplicates += 1
-                    continue
-                if verdict.resend is not None:
-                    resends.append((note.device, stream, *verdict.resend))
-                    log.info(
-                        "gateway %s: %s %s frames %d..%d missing; asking the device to resend",
-                        self.id, note.device, stream, *verdict.resend,
-                    )  # fmt: skip
-                elif verdict.reason == "restart":
-                    log.warning("gateway %s: %s restarted its %s stream", self.id, note.device, stream)
-            reading = self.decoder.decode(note)
+            reading, verdict = admit(self.decoder, self.gaps, note, now_us / 1e6)
+            if reading is None:
+                self._duplicates += 1
+                continue
+            if verdict is not None and verdict.resend is not None:
+                resends.append((note.device, _stream_of_char(note.char), *verdict.resend))
+                log.info(
+                    "gateway %s: %s %s frames %d..%d missing; asking the device to resend",
+                    self.id, note.device, _stream_of_char(note.char), *verdict.resend,
+                )  # fmt: skip
+            elif verdict is not None and verdict.reason == "restart":
+                log.warning(
+                    "gateway %s: %s restarted its %s stream", self.id, note.device, _stream_of_char(note.char)
+                )
             if isinstance(reading, Rejected):
                 self._reject(note, reading)
                 continue
@@ -499,13 +496,31 @@ class Gateway:
 _WAVE_CHARS = {codec.NABZ_ECG_WAVEFORM: "ecg", codec.NABZ_PPG_WAVEFORM: "ppg"}
 
 
-def _peek_wave(note: Notification) -> tuple[str, int, bool, int] | None:
-    """(stream, seq, resent, samples) from a waveform frame's header, or None if it is not one
-    (a malformed frame is left to the decoder, which says why)."""
-    stream = _WAVE_CHARS.get(note.char.lower())
-    data = note.data
-    if stream is None or len(data) < codec.WAVE_HEADER_SIZE or data[0] != codec.WAVE_VERSION:
-        return None
-    flags, n = data[2], data[3]
-    seq = int.from_bytes(data[6:10], "little")
-    return stream, seq, bool(flags & codec.WAVE_FLAG_RESENT), n
+def _stream_of_char(char: str) -> str:
+    return _WAVE_CHARS[normalize_uuid(char)]
+
+
+def admit(
+    decoder: Decoder, gaps: GapTracker, note: Notification, now_s: float
+) -> tuple[contract.Reading | Rejected | None, Verdict | None]:
+    """One notification through the decoder and, for a waveform frame, the gap tracker, in the
+    order that keeps each honest: a frame is parsed whole before the tracker sees it (a malformed
+    one must not move the expected sequence number, or good frames after it would be dropped as
+    duplicates), and the tracker decides before the clock estimate and the message id (a
+    duplicate must reach neither). A restarted stream restarts the device's clock estimate.
+
+    Returns (reading or rejection, the tracker's verdict for a waveform frame); the reading is
+    None for a frame the tracker dropped."""
+    frame = decoder.parse_wave(note)
+    if frame is None:
+        return decoder.decode(note), None
+    if isinstance(frame, Rejected):
+        return frame, None
+    stream = _stream_of_char(note.char)
+    resent = bool(frame["flags"] & codec.WAVE_FLAG_RESENT)
+    verdict = gaps.observe((note.device, stream), frame["seq"], resent, frame["n"], now_s, frame["t0_us"])
+    if not verdict.accept:
+        return None, verdict
+    if verdict.reason == "restart":
+        decoder.clock.reset(note.device)
+    return decoder.wave_reading(note, frame), verdict

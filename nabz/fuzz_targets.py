@@ -104,19 +104,15 @@ def _ble_case(rng: random.Random) -> tuple[str, str, bytes, int]:
 
 def _ble_run(st: _BleState, case: tuple[str, str, bytes, int]) -> str:
     from gateway.decode import Notification
-    from gateway.service import _peek_wave
+    from gateway.service import admit
 
     device, char, data, dt_us = case
     st.rx_us += dt_us
     note = Notification(device, char, data, st.rx_us)
-    wave = _peek_wave(note)
-    if wave is not None:
-        stream, seq, resent, n = wave
-        verdict = st.gaps.observe((device, stream), seq, resent, n, st.rx_us / 1e6)
-        st.gaps.expire(st.rx_us / 1e6)
-        if not verdict.accept:
-            return f"gap_tracker:{verdict.reason}"
-    r = st.decoder.decode(note)
+    r, verdict = admit(st.decoder, st.gaps, note, st.rx_us / 1e6)
+    st.gaps.expire(st.rx_us / 1e6)
+    if r is None:
+        return f"gap_tracker:{verdict.reason if verdict else ''}"
     if isinstance(r, Rejected):
         return f"{r.reason}:{bucket(r.detail)}"
     # What the gateway publishes must be what ingest accepts; a value outside its physical range

@@ -118,6 +118,12 @@ def test_an_ecg_session_with_a_dropout_loses_nothing(scenario: Any) -> None:
     assert got["feeds"] == got["wdt_feeds"] > 0
 
 
+def test_each_boot_numbers_its_frames_from_a_random_start(scenario: Any) -> None:
+    """From 0 at every boot, a wearable that reboots would send numbers its gateway already has."""
+    first, second = scenario("ecg")["first seq of two boots"]
+    assert first != second and 0 <= first < 1 << 32 and 0 <= second < 1 << 32
+
+
 def test_heart_rate_measurements_once_a_second(scenario: Any) -> None:
     vitals = scenario("ecg")["ecg session"]["vitals"]
     steady = [v for v in vitals if v[1]]

@@ -3,7 +3,11 @@ counted; state survives a restart of the gateway."""
 
 from __future__ import annotations
 
+from firmware import nabz_codec as codec
+from gateway.decode import Decoder, Notification
 from gateway.gaps import GapTracker, StreamState
+from gateway.service import admit
+from nabz.contract import EcgReading, Rejected
 
 K = ("ecg-0001", "ecg")
 
@@ -75,11 +79,14 @@ def test_sequence_numbers_wrap_and_a_restarted_device_starts_afresh() -> None:
     for s in (top, top + 1, 0, 1):
         assert g.observe(K, s % (1 << 32), False, 37, 0.0).accept
     assert g.observe(K, 3, False, 37, 0.0).resend == (2, 2)
-    assert g.observe(K, 5_000_000, False, 37, 0.0).reason == "gap"  # far ahead: a long drop-out
+    assert g.observe(K, 500_000, False, 37, 0.0).reason == "gap"  # far ahead: a long drop-out
     v = g.observe(K, 0, False, 37, 1.0)  # far behind, not resent: the device restarted
     assert v.accept and v.reason == "restart"
     st = g.streams[K]
-    assert st.restarts == 1 and st.missing == [] and st.gap_frames == 1 + 5_000_000 - 4
+    assert st.restarts == 1 and st.missing == [] and st.gap_frames == 1 + 500_000 - 4
+    # further ahead than days of drop-out: a new boot's random first number, not a gap of billions
+    v = g.observe(K, 3_000_000_000, False, 37, 2.0)
+    assert v.reason == "restart" and st.restarts == 2 and st.gap_frames == 1 + 500_000 - 4
 
 
 def test_state_round_trips_so_a_killed_gateway_neither_repeats_nor_forgets() -> None:
@@ -96,3 +103,65 @@ def test_state_round_trips_so_a_killed_gateway_neither_repeats_nor_forgets() -> 
     assert h.pending() == [(K, 3, 8)]  # still asked for after the restart
     assert h.observe(K, 4, True, 113, 2.0).accept
     assert StreamState.load(h.streams[K].dump()) == h.streams[K]
+
+
+def _ecg_note(seq: int, t0_us: int, rx_us: int, *, n: int = 5, flags: int = 0) -> Notification:
+    data = codec.wave_encode(codec.WAVE_KIND_ECG, flags, 250, seq, t0_us, [100] * n)
+    return Notification("ecg-0001", codec.NABZ_ECG_WAVEFORM, data, rx_us)
+
+
+def test_a_malformed_frame_does_not_move_the_tracker_so_the_good_frames_after_it_are_kept() -> None:
+    """A frame with a corrupt sequence number and a bad length is dead-lettered; had the tracker
+    taken its number, it would ask for 500 frames that never existed and drop the next 100 good
+    ones as duplicates."""
+    decoder, gaps = Decoder("demo", "gw-0001"), GapTracker()
+    rx, t0 = 1_795_597_200_000_000, 1_000_000_000
+
+    def admit_ecg(note: Notification) -> object:
+        return admit(decoder, gaps, note, note.rx_us / 1e6)[0]
+
+    assert all(
+        isinstance(admit_ecg(_ecg_note(s, t0 + s * 20_000, rx + s * 20_000)), EcgReading) for s in range(10)
+    )
+    bad = _ecg_note(510, t0 + 200_000, rx + 200_000)
+    reading = admit_ecg(Notification(bad.device, bad.char, bad.data[:-3], bad.rx_us))
+    assert isinstance(reading, Rejected) and "sample bytes follow" in reading.detail
+    kept = [admit_ecg(_ecg_note(s, t0 + s * 20_000, rx + s * 20_000)) for s in range(10, 110)]
+    assert all(isinstance(r, EcgReading) for r in kept)
+    st = gaps.streams[("ecg-0001", "ecg")]
+    assert (st.next_seq, st.gap_events, st.duplicates) == (110, 0, 0)
+
+
+def test_a_wearable_that_reboots_is_a_restart_not_a_run_of_duplicates() -> None:
+    """Its device clock starts again at 0. Firmware that also starts its frames at 0 sends numbers
+    the gateway has seen, but with other device times: a restart (before, up to 1,024 frames of
+    the new boot were dropped as duplicates). A real duplicate, same number and time, is dropped."""
+    g = GapTracker()
+    frame_us = 452_000
+    for s in range(300):
+        assert g.observe(K, s, False, 113, 0.0, 1_000 + s * frame_us).accept
+    assert g.observe(K, 299, False, 113, 0.0, 1_000 + 299 * frame_us).reason == "duplicate"
+    assert g.observe(K, 0, False, 113, 1.0, 7_000).reason == "restart"  # boot 2, 6 ms later in its boot
+    assert all(g.observe(K, s, False, 113, 1.0, 7_000 + s * frame_us).accept for s in range(1, 400))
+    st = g.streams[K]
+    assert (st.restarts, st.duplicates, st.next_seq) == (1, 1, 400)
+    # Nabz firmware starts at a random number: ahead, with its device time gone back, or far ahead
+    assert g.observe(K, 1_000, False, 113, 2.0, 5_000).reason == "restart"
+    assert g.observe(K, 1_000 + 2_000_000, False, 113, 3.0, 10 * 3600 * 10**6).reason == "restart"
+
+
+def test_after_a_reboot_the_readings_get_the_new_boots_clock_not_the_old_one() -> None:
+    """The wearable rebooted while out of range and is heard again after 20 minutes of its new
+    boot, later in device time than where its old boot stopped: with the old boot's clock offset
+    every frame would be stamped half an hour early. Its random first number shows the restart."""
+    decoder, gaps = Decoder("demo", "gw-0001"), GapTracker()
+    boot1 = 1_795_597_200_000_000
+    for s in range(1_300):  # ~10 minutes of boot 1
+        t0 = s * 452_000
+        assert isinstance(admit(decoder, gaps, _ecg_note(s, t0, boot1 + t0 + 500_000), 0.0)[0], EcgReading)
+    boot2 = boot1 + 1_800 * 10**6
+    t0 = 1_220 * 10**6
+    reading, verdict = admit(decoder, gaps, _ecg_note(3_141_592_653, t0, boot2 + t0 + 500_000), 0.0)
+    assert verdict is not None and verdict.reason == "restart"
+    assert isinstance(reading, EcgReading)
+    assert abs(reading.t.timestamp() - (boot2 + t0) / 1e6) < 1.0
