@@ -373,8 +373,24 @@ class AlertEngine:
     def _command(
         self, action: str, args: dict[str, Any], source: str, now: float
     ) -> tuple[str, list[AlarmEvent]]:
+        not_after = args.get("not_after")
+        if not_after is not None and now > float(not_after):
+            # The nurse page told its user this did not go through: doing it now would surprise them.
+            self.store.audit_add(now, "-", action, "refused", json.dumps({**args, "why": "too late"}))
+            return f"refused: arrived {now - float(not_after):.1f} s after its sender gave up", []
         if action == "ack":
-            ev = self.acknowledge(str(args["code"]), str(args.get("by", source)), now)
+            seen = args.get("priority")
+            code = str(args["code"])
+            a = next((a for a in self.open.values() if code in (a.ack_code, a.alarm_id)), None)
+            if seen is not None and a is not None and PRIORITY_RANK[a.priority] > PRIORITY_RANK[str(seen)]:
+                # It worsened after the nurse saw it: a worse alarm must be seen before it is acknowledged.
+                why = {**args, "why": f"worsened to {a.priority}"}
+                self.store.audit_add(now, a.alarm_id, "ack", "refused", json.dumps(why))
+                return (
+                    f"refused: {a.kind} of {a.patient} worsened to {a.priority} after it was seen at {seen}",
+                    [],
+                )
+            ev = self.acknowledge(code, str(args.get("by", source)), now)
             return f"acknowledged {ev.kind} of {ev.patient}", [ev]
         if action == "silence":
             s = self.silence(str(args["patient"]), str(args.get("kind", "*")), float(args["duration_s"]),

@@ -73,6 +73,10 @@ class AlarmCommand(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float | None = None
     reason: str = ""
     silence_id: str | None = None  # unsilence
+    # ack: the priority the nurse saw; an alarm that has worsened since is not acknowledged
+    priority: Literal["high", "medium", "low"] | None = None
+    # epoch seconds: the sender gave up waiting then and told its user so; applied later, never
+    not_after: float | None = None
 
 
 _command_decoder = msgspec.json.Decoder(AlarmCommand)

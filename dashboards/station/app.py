@@ -46,6 +46,7 @@ from dashboards.station.influxstrips import InfluxStrips, StripReadError
 from dashboards.station.live import Hub, sse
 from dashboards.station.strips import Mark, render_strip
 from dashboards.station.trends import PRIORITY_COLOURS, Panel, Series, TrendMark, render_trends
+from dashboards.station.ward import PRIORITY_RANK
 from nabz.config import Config
 from nabz.contract import ID_PATTERN
 
@@ -189,6 +190,13 @@ def guarded(
         return endpoint
 
     return wrap
+
+
+def _worsened(alarm: dict[str, Any], seen: str) -> str:
+    return (
+        f"not acknowledged: this alarm is now {alarm['priority'].upper()}, worse than the "
+        f"{seen.upper()} you saw ({alarm.get('message', '')}); look at it again"
+    )
 
 
 def _known_patient(st: Station, pid: str) -> bool:
@@ -453,24 +461,55 @@ def create_app(
     # --- commands ---------------------------------------------------------------------------------
     @guarded(st, "ack", api=True, change=True)
     async def ack(request: Request, ctx: Ctx) -> Response:
+        """Acknowledge one open alarm at the priority the nurse saw (the page sends it): an alarm
+        that worsened since is not acknowledged, here or by the alerts service if it worsens while
+        the command is on its way; the answer is 200 only once the alarm is acknowledged."""
         alarm_id = request.path_params["alarm"]
         a = st.hub.ward.open_alarm(alarm_id)
         if a is None:
             await st.audit(ctx, request, "ack_refused", alarm_id, {"reason": "not open"})
             return JSONResponse({"error": "this alarm is not open any more"}, 409)
+        try:
+            body = json.loads(await request.body() or b"{}")
+            seen = str(body.get("priority") or a["priority"])
+        except (ValueError, AttributeError):
+            return JSONResponse({"error": "the body is a JSON object"}, 400)
+        if seen not in PRIORITY_RANK:
+            return JSONResponse({"error": f"unknown priority {seen[:20]!r}"}, 400)
         detail = {"patient": a["patient"], "kind": a["kind"], "priority": a["priority"], "state": a["state"]}
+        if PRIORITY_RANK[a["priority"]] > PRIORITY_RANK[seen]:
+            await st.audit(ctx, request, "ack_refused", alarm_id, {**detail, "reason": f"seen at {seen}"})
+            return JSONResponse({"error": _worsened(a, seen), "alarm": a}, 409)
         await st.audit(ctx, request, "ack", alarm_id, detail)
-        command = {"action": "ack", "code": alarm_id, "by": ctx.user.username}
-        if not await asyncio.to_thread(st.hub.publish_command, command):
-            await st.audit(ctx, request, "ack_failed", alarm_id, {"reason": "broker not reachable"})
-            return JSONResponse({"error": "the alarm service cannot be reached; acknowledge by SMS"}, 503)
-        state = await st.hub.wait_alarm(alarm_id, 5.0)
-        if isinstance(state, str):
-            await st.audit(ctx, request, "ack_unconfirmed", alarm_id, {"waited_s": 5})
-            return JSONResponse(
-                {"state": "sent", "detail": "sent; the alarm service has not answered yet"}, 202
-            )
-        return JSONResponse({"state": "cleared" if state is None else state["state"], "alarm": state})
+        command = {"action": "ack", "code": alarm_id, "by": ctx.user.username, "priority": seen}
+        events = st.hub.follow(alarm_id)
+        try:
+            if not await asyncio.to_thread(st.hub.publish_command, command):
+                await st.audit(ctx, request, "ack_failed", alarm_id, {"reason": "broker not reachable"})
+                return JSONResponse(
+                    {"error": "the alarm service cannot be reached: not acknowledged (it will not act on "
+                              "this later); acknowledge by SMS"},
+                    503,
+                )  # fmt: skip
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    state = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    await st.audit(ctx, request, "ack_unconfirmed", alarm_id, {"waited_s": 5})
+                    return JSONResponse(
+                        {"state": "sent", "detail": "sent; the alarm service has not answered yet"}, 202
+                    )
+                if state is None or state["state"] == "acknowledged":
+                    return JSONResponse(
+                        {"state": "cleared" if state is None else "acknowledged", "alarm": state}
+                    )
+                if PRIORITY_RANK[state["priority"]] > PRIORITY_RANK[seen]:
+                    await st.audit(ctx, request, "ack_refused", alarm_id, {**detail, "reason": "worsened"})
+                    return JSONResponse({"error": _worsened(state, seen), "alarm": state}, 409)
+                # another event of the alarm (an SMS recorded): keep waiting for the acknowledgement
+        finally:
+            st.hub.unfollow(alarm_id, events)
 
     @guarded(st, "silence", api=True, change=True)
     async def silence(request: Request, ctx: Ctx) -> Response:

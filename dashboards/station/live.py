@@ -81,7 +81,7 @@ class Hub:
         self.dropped_clients = 0
         self._dirty: set[str] = set()
         self._stale: set[str] = set()
-        self._waiters: list[tuple[str, asyncio.Future[dict[str, Any] | None]]] = []
+        self._followers: dict[str, list[asyncio.Queue[dict[str, Any] | None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: paho.Client | None = None
@@ -182,23 +182,22 @@ class Hub:
 
     def _wake(self, alarm_id: str) -> None:
         state = self.ward.open_alarm(alarm_id)
-        keep = []
-        for wanted, fut in self._waiters:
-            if wanted == alarm_id and not fut.done():
-                fut.set_result(state)
-            elif not fut.done():
-                keep.append((wanted, fut))
-        self._waiters = keep
+        for q in self._followers.get(alarm_id, []):
+            q.put_nowait(state)
 
-    async def wait_alarm(self, alarm_id: str, timeout_s: float) -> dict[str, Any] | None | str:
-        """The alarm's state at its next event (None once it cleared), or "timeout"."""
-        assert self._loop is not None
-        fut: asyncio.Future[dict[str, Any] | None] = self._loop.create_future()
-        self._waiters.append((alarm_id, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            return "timeout"
+    def follow(self, alarm_id: str) -> asyncio.Queue[dict[str, Any] | None]:
+        """The alarm's state at each of its events from now on (None once it cleared); `unfollow`
+        when done. Follow before sending a command, so that a quick answer is not missed."""
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._followers.setdefault(alarm_id, []).append(q)
+        return q
+
+    def unfollow(self, alarm_id: str, q: asyncio.Queue[dict[str, Any] | None]) -> None:
+        qs = self._followers.get(alarm_id, [])
+        if q in qs:
+            qs.remove(q)
+        if not qs:
+            self._followers.pop(alarm_id, None)
 
     def snapshot(self, patient: str | None = None) -> dict[str, Any]:
         now = self.clock()
@@ -274,11 +273,14 @@ class Hub:
     def publish_command(self, command: dict[str, Any], timeout_s: float = 5.0) -> bool:
         """Publish one alarm command (QoS 1) and wait for the broker's PUBACK; blocking (a thread).
 
-        Refused at once when the broker is not connected: a command queued in paho for minutes and
-        applied later would surprise the nurse who clicked."""
+        Refused at once when the broker is not connected. The command says until when it may be
+        applied (`not_after`, the end of the wait): paho resends an unacknowledged message after a
+        reconnect, and the alerts service refuses one that comes later, so a command the nurse was
+        told did not go through is never applied minutes afterwards. (The nurse page and the
+        alerts service must share a clock, NTP; they usually run on the same server.)"""
         if self._client is None or not self.connected:
             return False
-        payload = {"v": 1, "id": contract.new_id(), **command}
+        payload = {"v": 1, "id": contract.new_id(), **command, "not_after": self.clock() + timeout_s}
         info = self._client.publish(command_topic(self.config.site), json.dumps(payload), qos=1)
         try:
             info.wait_for_publish(timeout_s)

@@ -39,7 +39,10 @@ class _Patient:
     flags: dict[str, tuple[float, list[str]]] = field(default_factory=dict)  # source -> (t, flags)
     last_seen: float | None = None
     alarms: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> event as plain data
-    cleared: set[str] = field(default_factory=set)  # alarm ids known to be cleared
+    cleared: dict[str, None] = field(default_factory=dict)  # the last alarm ids known cleared, oldest first
+
+
+_CLEARED_KEPT = 64  # cleared alarm ids remembered per patient (late events of them are ignored)
 
 
 def _ts(x: Any) -> float | None:
@@ -89,11 +92,15 @@ class Ward:
 
     def alarm_data(self, a: dict[str, Any]) -> None:
         """An alarm as plain data (from an event, or the alerts store at start-up)."""
+        if a["state"] == "cleared" and a["patient"] not in self.patients:
+            return  # a retained clear of a patient not on the ward (a site alarm long over): no tile
         p = self.patients.setdefault(a["patient"], _Patient())
         if a["alarm_id"] in p.cleared:
             return
         if a["state"] == "cleared":
-            p.cleared.add(a["alarm_id"])
+            p.cleared[a["alarm_id"]] = None
+            if len(p.cleared) > _CLEARED_KEPT:  # bounded: a retained message is one per kind
+                del p.cleared[next(iter(p.cleared))]
             current = p.alarms.get(a["kind"])
             if current is not None and current["alarm_id"] == a["alarm_id"]:
                 del p.alarms[a["kind"]]

@@ -251,3 +251,42 @@ def test_an_alarm_that_worsens_while_no_sms_can_go_is_one_line_once_the_network_
     code = rig.engine.open[("p-0001", "hr_high")].ack_code
     assert text.startswith("NABZ HIGH p-0001: HR 165/min (>150/min)") and text.count(f"ACK {code}") == 1
     assert not rig.store.queued()
+
+
+def test_a_page_acknowledgement_of_an_alarm_that_worsened_on_the_way_is_refused(tmp_path: Path) -> None:
+    """The nurse saw it at medium; by the time her command is applied it is high: a worse alarm
+    must be seen before it is acknowledged (the nurse page says so, and she can look again)."""
+    rig = Rig(tmp_path)
+    rig.feed([v(T0 + i, spo2_pct=90.0) for i in range(70)])  # under 92 % for a minute: medium
+    (alarm,) = rig.engine.open.values()
+    seen = alarm.priority
+    assert seen == "medium"
+    rig.feed([v(T0 + 70 + i, spo2_pct=80.0) for i in range(20)])
+    (alarm,) = rig.engine.open.values()
+    assert alarm.priority == "high" != seen
+    rig.store.add_command(
+        T0 + 90, "ack", {"code": alarm.alarm_id, "by": "sana", "priority": seen}, "mqtt:sana"
+    )
+    assert "acknowledged" not in [e.state for e in rig.at(T0 + 90)]
+    assert rig.engine.open[(alarm.patient, alarm.kind)].state == "active"
+    refused = [a for a in rig.store.audit() if a["what"] == "ack" and a["state"] == "refused"]
+    assert refused and "worsened to high" in refused[0]["detail"]
+    rig.store.add_command(
+        T0 + 91, "ack", {"code": alarm.alarm_id, "by": "sana", "priority": "high"}, "mqtt:sana"
+    )
+    assert "acknowledged" in [e.state for e in rig.at(T0 + 91)]
+
+
+def test_a_command_that_arrives_after_its_sender_gave_up_is_refused(tmp_path: Path) -> None:
+    """The nurse page waited 5 s for the broker, then told the nurse it did not go through."""
+    rig = Rig(tmp_path)
+    desaturate(rig)
+    (alarm,) = rig.engine.open.values()
+    late = {"code": alarm.alarm_id, "by": "sana", "not_after": T0 + 50}
+    rig.store.add_command(T0 + 58, "ack", late, "mqtt:sana")
+    assert "acknowledged" not in [e.state for e in rig.at(T0 + 58)]
+    assert rig.engine.open[(alarm.patient, alarm.kind)].state == "active"
+    silence = {"patient": alarm.patient, "kind": "*", "duration_s": 900, "by": "sana", "not_after": T0 + 50}
+    rig.store.add_command(T0 + 59, "silence", silence, "mqtt:sana")
+    rig.at(T0 + 59)
+    assert rig.store.silences(T0 + 59) == []

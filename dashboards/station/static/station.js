@@ -80,8 +80,10 @@
       ev.preventDefault();
       b.disabled = true;
       b.textContent = "Sending…";
-      const r = await post("/api/alarms/" + encodeURIComponent(a.alarm_id) + "/ack");
-      if (r.status === 200) toast("Acknowledged: " + a.message);
+      // the priority shown: an alarm that has worsened since is not acknowledged unseen
+      const r = await post("/api/alarms/" + encodeURIComponent(a.alarm_id) + "/ack", { priority: a.priority });
+      if (r.status === 200 && r.data.state === "cleared") toast("Cleared before the acknowledgement: " + a.message);
+      else if (r.status === 200) toast("Acknowledged: " + a.message);
       else if (r.status === 202) toast("Sent; waiting for the alarm service");
       else { toast(r.data.error || "Could not acknowledge", true); b.disabled = false; b.textContent = "Acknowledge"; }
     });
