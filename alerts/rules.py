@@ -47,6 +47,9 @@ _RECENT_S = 60.0  # a source with valid data this recent can hold an alarm open
 _ECG_WINDOW_S = 12.0
 
 
+UNCALIBRATED = "(uncalibrated PPG)"  # said of the server's own SpO2 estimate in an alarm's text
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """A rule's verdict for one patient: raise or worsen (active=True) or clear (active=False)."""
@@ -158,7 +161,9 @@ class BandRule:
             return None
         if x is None or t - self.dirty.get((v.patient, source), float("-inf")) < self.clean_for_s:
             return None
-        return self.update(v.patient, source, t, float(x), lim)
+        # SpO2 the server estimated from the raw PPG and nobody calibrated: the alarm says so
+        note = f" {UNCALIBRATED}" if source == self.uncalibrated_fallback and not v.spo2_calibrated else ""
+        return self.update(v.patient, source, t, float(x), lim, note)
 
     def restore(self, patient: str, priority: Priority, started_at: float) -> None:
         """After a restart: an open alarm of this kind, which only valid recovered data may clear."""
@@ -235,8 +240,11 @@ class BandRule:
 
         return apply
 
-    def update(self, patient: str, source: str, t: float, x: float, lim: Limits) -> Condition | None:
-        """One valid value of `source` at time `t`; the patient's verdict if it changed."""
+    def update(
+        self, patient: str, source: str, t: float, x: float, lim: Limits, note: str = ""
+    ) -> Condition | None:
+        """One valid value of `source` at time `t`; the patient's verdict if it changed. `note`
+        qualifies the value in an alarm's text (the uncalibrated PPG estimate)."""
         per = self.states.setdefault(patient, {})
         before = _worst(per)
         st = per.setdefault(source, _Source())
@@ -312,7 +320,7 @@ class BandRule:
         side = "<" if self.direction == "low" else ">"
         started = _since(per) or t
         text = (
-            f"{self.label} {self._shown(x, band.limit)}{self.unit} ({side}{self.fmt.format(band.limit)}{self.unit}) "
+            f"{self.label} {self._shown(x, band.limit)}{self.unit}{note} ({side}{self.fmt.format(band.limit)}{self.unit}) "
             f"for {t - started:.0f} s"
         )
         return Condition(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from alerts.rules import UNCALIBRATED
+
 __all__ = [
     "Line", "compose", "encoding_of", "gsm7_length", "split", "gsm7_encode", "gsm7_decode", "SMS_LIMIT",
 ]  # fmt: skip
@@ -96,6 +98,8 @@ def compose(lines: list[Line], tz: str = "Asia/Karachi", language: str = "en") -
             what = _KIND_UR.get(x.kind, x.kind) + (
                 "" if x.value is None else f" {x.value:.0f}{x.unit.strip()}"
             )
+            if UNCALIBRATED in x.message:  # the server's PPG estimate, never calibrated here
+                what += " (PPG غیر کیلیبریٹڈ)"
         tag = _REASON[lang].get(x.reason, "")
         if x.reason == "cleared":
             parts.append(f"{tag}{what}")

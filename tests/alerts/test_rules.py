@@ -44,7 +44,14 @@ def test_a_deep_desaturation_raises_high_at_once_without_a_medium_alarm_first(ri
     assert kinds(events) == [("spo2_low", "active", "high")]
     assert events[0].raised_at.timestamp() - (T0 + 4) <= 7.0  # 5 points under 88: most of the 15 s gone
     (text,) = rig.notifier.texts()
-    assert text.startswith("NABZ HIGH p-0001: SpO2 83% (<88%)") and "ACK " in text
+    # the server's own estimate from the raw PPG, never calibrated here: the SMS says so
+    assert text.startswith("NABZ HIGH p-0001: SpO2 83% (uncalibrated PPG) (<88%)") and "ACK " in text
+
+
+def test_the_oximeters_own_spo2_is_not_called_uncalibrated(rig: Rig) -> None:
+    events = rig.feed([v(T0 + i, source="device", spo2_pct=83.0) for i in range(20)])
+    assert kinds(events) == [("spo2_low", "active", "high")]
+    assert events[0].message.startswith("SpO2 83% (<88%)")
 
 
 def test_a_desaturation_that_deepens_worsens_the_same_alarm(rig: Rig) -> None:

@@ -44,3 +44,11 @@ def test_urdu_is_ucs2_short_and_keeps_the_reply_in_latin_script() -> None:
 def test_extension_characters_force_ucs2_and_gsm7_round_trips() -> None:
     assert encoding_of("Bed [3]") == "ucs2" and encoding_of("Bed 3 @ £5") == "gsm7"
     assert gsm7_decode(gsm7_encode("NABZ @ 5% £ ok")) == "NABZ @ 5% £ ok"
+
+
+def test_the_uncalibrated_ppg_estimate_is_named_so_in_either_language() -> None:
+    estimate = line(message="SpO2 84% (uncalibrated PPG) (<88%) for 12 s")
+    assert "SpO2 84% (uncalibrated PPG)" in compose([estimate])
+    urdu = compose([estimate], language="ur")
+    assert "غیر کیلیبریٹڈ" in urdu and all(len(p) <= 70 for p in split(urdu)[1])
+    assert "کیلیبریٹڈ" not in compose([line()], language="ur")  # the oximeter's own reading
