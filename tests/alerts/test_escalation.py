@@ -19,8 +19,8 @@ FARAH, BILAL, AISHA, OMAR = (PEOPLE[n].phone for n in ("farah", "bilal", "aisha"
 
 
 def desaturate(rig: Rig, patient: str = "p-0001", start: float = T0) -> str:
-    """A deep desaturation: one high-priority spo2_low alarm; returns its ack code."""
-    rig.feed([v(start + i, patient=patient, spo2_pct=82.0) for i in range(10)])
+    """A deep desaturation, by the oximeter: one high-priority spo2_low alarm; returns its ack code."""
+    rig.feed([v(start + i, patient=patient, source="device", spo2_pct=82.0) for i in range(10)])
     return rig.engine.open[(patient, "spo2_low")].ack_code
 
 
@@ -203,7 +203,7 @@ def test_all_clear_tells_everyone_who_was_texted(tmp_path: Path) -> None:
     rig = Rig(tmp_path, config(escalation=EscalationConfig(all_clear=True)))
     desaturate(rig)
     rig.run(T0 + 10, T0 + 400, step=10.0)
-    rig.feed([v(T0 + 401 + i, spo2_pct=97.0) for i in range(15)])
+    rig.feed([v(T0 + 401 + i, source="device", spo2_pct=97.0) for i in range(15)])
     rig.run(T0 + 420, T0 + 500, step=10.0)
     assert rig.notifier.texts(FARAH)[-1].startswith("NABZ p-0001: CLEARED SpO2")
     assert rig.notifier.texts(BILAL)[-1].startswith("NABZ p-0001: ٹھیک")
