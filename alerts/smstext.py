@@ -99,7 +99,7 @@ def compose(lines: list[Line], tz: str = "Asia/Karachi", language: str = "en") -
                 "" if x.value is None else f" {x.value:.0f}{x.unit.strip()}"
             )
             if UNCALIBRATED in x.message:  # the server's PPG estimate, never calibrated here
-                what += " (PPG غیر کیلیبریٹڈ)"
+                what += " (غیر کیلیبریٹڈ)"
         tag = _REASON[lang].get(x.reason, "")
         if x.reason == "cleared":
             parts.append(f"{tag}{what}")
