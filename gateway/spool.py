@@ -16,11 +16,20 @@ oldest of those go. Every dropped row is counted (`dropped_messages`, `dropped_r
 with counts, and reported in the gateway status at once, so an overflow is never silent. The
 limit counts payload bytes; SQLite's pages, index and write-ahead log add a bounded overhead on
 disk (measured in tests/gateway/test_spool.py; docs/gateway.md sizes a Pi's card with it).
+
+A full disk (SQLite's "database or disk is full", whatever filled the card) is an overflow too,
+not a crash: the spool gives up the reserve file it keeps beside itself (`spool.reserve`, 4 MB,
+the size of the write-ahead log between checkpoints, so that the log can be checkpointed and rows
+deleted), lowers its limit to 80 % of what it holds (or half the reserve, if more), drops the oldest rows by the same policy, and writes again; the event
+is counted (`disk_full`) and logged. Only if nothing can be freed are the new readings counted as
+dropped. Once the disk has room for the reserve again (checked each minute), the limit is back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -57,6 +66,14 @@ CREATE TABLE IF NOT EXISTS status (id INTEGER PRIMARY KEY CHECK (id = 1), at REA
 """
 
 _WAVEFORM_STREAMS = ("ecg", "ppg")
+_RESERVE_BYTES = 4 * 1024 * 1024
+_WAL_LIMIT_BYTES = 16 * 1024 * 1024
+_TIGHT_WAL_PAGES = 64  # after a full disk: checkpoint every 64 pages (256 kB of log)
+_RESERVE_CHECK_S = 60.0
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,24 +91,49 @@ class Spool:
     def __init__(self, path: str | Path, max_bytes: int = 512 * 1024 * 1024) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes  # lowered while the disk is full, back once it has room
+        self._configured_max = max_bytes
         create_private(self.path)  # readings are health data: owner only
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         # After a checkpoint the write-ahead log is truncated to this, so it cannot grow unbounded
         # while a long backlog drains.
-        self.db.execute("PRAGMA journal_size_limit=16777216")
+        self.db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool").fetchone()
         self._depth, self._bytes = int(row[0]), int(row[1])
+        self._reserve = self.path.with_suffix(".reserve")
+        self._reserve_checked = 0.0
+        self._keep_reserve()
 
     # --- writing -------------------------------------------------------------------------
     def put(self, items: list[tuple[str, str, bytes, str, int]], marks: dict[str, str] | None = None) -> int:
         """Append (id, topic, payload, stream, readings) rows and set `marks`, in one durable
-        transaction. Returns the readings the overflow policy dropped to make room (normally 0)."""
+        transaction. Returns the readings the overflow policy dropped to make room (normally 0);
+        a full disk is made room on as the module docstring says, never raised."""
         if not items and not marks:
             return 0
+        try:
+            dropped = self._put(items, marks)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            dropped = self._make_room()
+            try:
+                dropped += self._put(items, marks)
+            except sqlite3.Error as again:
+                if not _is_full(again):
+                    raise
+                lost = sum(r for (_, _, _, _, r) in items)
+                log.error("spool: disk full and nothing left to free: %d new readings not kept", lost)
+                self._count_lost(len(items), lost)
+                return dropped + lost
+        if time.monotonic() - self._reserve_checked >= _RESERVE_CHECK_S:
+            self._keep_reserve()
+        return dropped
+
+    def _put(self, items: list[tuple[str, str, bytes, str, int]], marks: dict[str, str] | None) -> int:
         now = time.time()
         with self._tx():
             self.db.executemany(
@@ -110,6 +152,68 @@ class Spool:
             return self._overflow()
         return 0
 
+    def _make_room(self) -> int:
+        """The disk is full: free the reserve, lower the limit, drop by the overflow policy."""
+        # what the reserve frees (half of it: the write-ahead log needs room too) can hold readings
+        freed = _RESERVE_BYTES // 2 if self._reserve.exists() else 0
+        self._reserve.unlink(missing_ok=True)
+        self.max_bytes = max(1, min(self.max_bytes, max(freed, int(self._bytes * 0.8))))
+        # a short write-ahead log, checkpointed often, while the disk is short of room
+        self.db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
+        self.db.execute(f"PRAGMA journal_size_limit={_TIGHT_WAL_PAGES * 4096}")
+        log.error(
+            "spool: the disk is full (%s); limit lowered to %d bytes of readings, dropping the oldest",
+            self.path.parent, self.max_bytes,
+        )  # fmt: skip
+        self._checkpoint()
+        try:
+            dropped = self._overflow() if self._bytes > self.max_bytes else 0
+            with self._tx():
+                self._bump("disk_full", 1)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            return 0
+        self._checkpoint()
+        return dropped
+
+    def _checkpoint(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("spool: checkpoint failed: %s", exc)
+
+    def _count_lost(self, messages: int, readings: int) -> None:
+        try:
+            with self._tx():
+                self._bump("dropped_messages", messages)
+                self._bump("dropped_readings", readings)
+        except sqlite3.Error as exc:
+            log.error("spool: could not count %d dropped readings: %s", readings, exc)
+
+    def _keep_reserve(self) -> None:
+        """Keep `_RESERVE_BYTES` of the disk for a full disk's cleanup, while the disk has room."""
+        self._reserve_checked = time.monotonic()
+        if self._reserve.exists():
+            return
+        try:
+            if shutil.disk_usage(self._reserve.parent).free < 4 * _RESERVE_BYTES:
+                return
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, bytes(_RESERVE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.max_bytes < self._configured_max:
+                log.warning("spool: the disk has room again; limit back to %d bytes", self._configured_max)
+                self.max_bytes = self._configured_max
+                self.db.execute("PRAGMA wal_autocheckpoint=1000")
+                self.db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
+        except OSError as exc:
+            log.warning("spool: could not keep a reserve file (%s)", exc)
+            self._reserve.unlink(missing_ok=True)
+
     def marks(self, prefix: str = "") -> dict[str, str]:
         """Marks whose name starts with `prefix`."""
         rows = self.db.execute(
@@ -119,14 +223,33 @@ class Spool:
 
     def save_status(self, payload: bytes, at: float) -> None:
         """The latest status message, for `nabz gateway status` (read by another process)."""
-        self.db.execute(
-            "INSERT INTO status (id, at, payload) VALUES (1, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET at = excluded.at, payload = excluded.payload",
-            (at, payload),
-        )
+        try:
+            self.db.execute(
+                "INSERT INTO status (id, at, payload) VALUES (1, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET at = excluded.at, payload = excluded.payload",
+                (at, payload),
+            )
+        except sqlite3.Error as exc:  # a copy for the command line: never worth stopping for
+            if not _is_full(exc):
+                raise
+            log.warning("spool: disk full: the local copy of the status is not updated")
 
     def dead_letter(self, device: str, characteristic: str, data: bytes, reason: str, detail: str) -> None:
         """Keep a frame the gateway could not decode, with the reason, and count it."""
+        try:
+            self._dead_letter(device, characteristic, data, reason, detail)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            self._make_room()
+            try:
+                self._dead_letter(device, characteristic, data, reason, detail)
+            except sqlite3.Error as again:
+                if not _is_full(again):
+                    raise
+                log.error("spool: disk full: a bad frame from %s (%s) is not kept", device, reason)
+
+    def _dead_letter(self, device: str, characteristic: str, data: bytes, reason: str, detail: str) -> None:
         with self._tx():
             self.db.execute(
                 "INSERT INTO dead_letter (at, device, characteristic, data, reason, detail) VALUES (?,?,?,?,?,?)",
@@ -147,6 +270,19 @@ class Spool:
         """Delete acknowledged rows; returns how many readings they held."""
         if not seqs:
             return 0
+        try:
+            return self._ack(seqs)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            self._make_room()
+            readings = 0
+            for chunk in _chunks(seqs, 32):  # small transactions: a short log, checkpointed between
+                readings += self._ack(chunk)
+                self._checkpoint()
+            return readings
+
+    def _ack(self, seqs: list[int]) -> int:
         with self._tx():
             readings = 0
             size = 0
@@ -196,8 +332,9 @@ class Spool:
     # --- internals -------------------------------------------------------------------------
     def _overflow(self) -> int:
         dropped_msgs = dropped_readings = 0
+        size, depth = self._bytes, self._depth  # applied once the deletions are committed
         with self._tx():
-            while self._bytes > self.max_bytes:
+            while size > self.max_bytes:
                 row = (
                     self.db.execute(
                         "SELECT seq, readings, LENGTH(payload) FROM spool WHERE stream IN (?, ?) ORDER BY seq LIMIT 1",
@@ -212,10 +349,11 @@ class Spool:
                 self.db.execute("DELETE FROM spool WHERE seq = ?", (row[0],))
                 dropped_msgs += 1
                 dropped_readings += int(row[1])
-                self._bytes -= int(row[2])
-                self._depth -= 1
+                size -= int(row[2])
+                depth -= 1
             self._bump("dropped_messages", dropped_msgs)
             self._bump("dropped_readings", dropped_readings)
+        self._bytes, self._depth = size, depth
         log.error(
             "spool full (%d bytes > limit %d): dropped the %d oldest messages (%d readings); "
             "%d dropped in all since the spool was created",
@@ -286,7 +424,16 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is not None:
+            if self.db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                self.db.execute("ROLLBACK")
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:  # a full disk at commit: the transaction must not stay open
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

@@ -68,6 +68,27 @@ def test_overflow_drops_oldest_waveforms_first_and_counts_them(tmp_path: Path) -
     assert spool.size_bytes <= 1000
 
 
+def test_a_full_disk_drops_the_oldest_waveforms_and_keeps_spooling_instead_of_crashing(
+    tmp_path: Path,
+) -> None:
+    """The card fills up (logs, another program): SQLite answers 'database or disk is full'. Here
+    SQLite's own page limit gives that same error. Before, the gateway crashed on it, and again
+    after every restart, with the readings in memory lost each time."""
+    spool = Spool(tmp_path / "s.sqlite")  # the configured limit (512 MB) is far away
+    spool.put(_rows(5, "hr", size=100))
+    pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
+    spool.db.execute(f"PRAGMA max_page_count = {pages + 60}")  # ~240 kB more, then "full"
+    for k in range(400):
+        spool.put(_rows(1, "ecg", size=2000, start=100 + k))  # never raises
+    assert spool.counter("disk_full") >= 1 and spool.counter("dropped_messages") > 0
+    ids = [m.id for m in spool.peek(0, 1000)]
+    assert ids[:5] == [f"id-{i:06d}" for i in range(5)]  # vital signs kept
+    assert ids[-1] == "id-000499"  # the newest readings kept, the oldest waveforms gone
+    assert spool.max_bytes < 512 * 1024 * 1024
+    published = spool.ack([m.seq for m in spool.peek(0, 1000)])  # acknowledging still works
+    assert published == 10 * len(ids) and spool.depth == 0
+
+
 def test_bad_frames_are_kept_with_their_reason(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite")
     spool.dead_letter("ecg-0001", "2a37", b"\x10", "ble_decode", "2a37: truncated")
