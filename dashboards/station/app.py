@@ -548,9 +548,11 @@ def create_app(
 
     # --- operations -------------------------------------------------------------------------------
     async def healthz(request: Request) -> Response:
-        ok = st.hub.connected
-        body = {"status": "ok" if ok else "degraded", "mqtt": "connected" if ok else "disconnected",
-                "patients": len(st.hub.ward.patients), "sse_clients": len(st.hub.clients)}  # fmt: skip
+        unreadable = dict(st.records.unreadable)  # a damaged store: history and strips are missing
+        ok = st.hub.connected and not unreadable
+        body = {"status": "ok" if ok else "degraded", "mqtt": "connected" if st.hub.connected else "disconnected",
+                "patients": len(st.hub.ward.patients), "sse_clients": len(st.hub.clients),
+                "unreadable_stores": unreadable}  # fmt: skip
         return JSONResponse(body, 200 if ok else 503)
 
     async def metrics(request: Request) -> Response:

@@ -68,6 +68,7 @@ class Records:
         self.ingest_path = Path(ingest_path)
         self.alerts_path = Path(alerts_path)
         self.influx = influx  # where strips come from when the ingest store does not hold them
+        self.unreadable: dict[str, str] = {}  # store path -> why it could not be read (last time)
 
     @contextmanager
     def _open(self, path: Path) -> Iterator[sqlite3.Connection | None]:
@@ -90,10 +91,37 @@ class Records:
             if db is None:
                 return []
             try:
-                return db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:  # a table not created yet
-                log.debug("station: %s: %s", path, exc)
+                rows = db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._failed(path, exc)
                 return []
+            self.unreadable.pop(str(path), None)
+            return rows
+
+    def _failed(self, path: Path, exc: sqlite3.DatabaseError) -> None:
+        """A table not created yet is normal (nothing written yet); anything else (a damaged
+        file) is logged once and shown on the health page, and the page shows what it can."""
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+            log.debug("station: %s: %s", path, exc)
+            return
+        if str(path) not in self.unreadable:
+            log.error("station: cannot read %s: %s (pages show what they can without it)", path, exc)
+        self.unreadable[str(path)] = str(exc)
+
+    @staticmethod
+    def _alarm_data(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Alarm rows as data, without the SMS acknowledgement code; a damaged row is skipped."""
+        out = []
+        for (data,) in rows:
+            try:
+                a = json.loads(data)
+            except (ValueError, TypeError) as exc:
+                log.error("station: an alarm row in the alerts store cannot be read: %s", exc)
+                continue
+            if isinstance(a, dict):
+                a.pop("ack_code", None)  # what a doctor texts back: not for the page
+                out.append(a)
+        return out
 
     # --- ingest store -------------------------------------------------------------------------
     def enrolled_patients(self) -> set[str]:
@@ -124,8 +152,8 @@ class Records:
                         (patient, int((now - recent_s) * 1e9)),
                     ).fetchall()
                     out.extend(_vitals_of(patient, r, len(out) + i) for i, r in enumerate(rows))
-            except sqlite3.OperationalError as exc:  # no vitals table yet
-                log.debug("station: %s: %s", self.ingest_path, exc)
+            except sqlite3.DatabaseError as exc:  # no vitals table yet, or a damaged file
+                self._failed(self.ingest_path, exc)
         return out
 
     def trend(
@@ -212,31 +240,18 @@ class Records:
             f"SELECT data FROM alarms {where} ORDER BY raised_at DESC LIMIT ?",
             (*args, limit),
         )
-        out = []
-        for (data,) in rows:
-            a = json.loads(data)
-            a.pop("ack_code", None)  # what a doctor texts back: not for the page
-            out.append(a)
-        return out
+        return self._alarm_data(rows)
 
     def open_alarms(self) -> list[dict[str, Any]]:
         rows = self._rows(
             self.alerts_path, "SELECT data FROM alarms WHERE state != 'cleared' ORDER BY raised_at"
         )
-        out = []
-        for (data,) in rows:
-            a = json.loads(data)
-            a.pop("ack_code", None)
-            out.append(a)
-        return out
+        return self._alarm_data(rows)
 
     def alarm(self, alarm_id: str) -> dict[str, Any] | None:
         rows = self._rows(self.alerts_path, "SELECT data FROM alarms WHERE alarm_id = ?", (alarm_id,))
-        if not rows:
-            return None
-        a: dict[str, Any] = json.loads(rows[0][0])
-        a.pop("ack_code", None)
-        return a
+        found = self._alarm_data(rows[:1])
+        return found[0] if found else None
 
     def silences(self, now: float, patient: str | None = None) -> list[dict[str, Any]]:
         """Silences in force (for this patient, or for every patient with "*")."""

@@ -97,7 +97,7 @@ class Hub:
         for p in sorted(patients):
             self.ward.add_patient(p)
         for v in self.records.latest_vitals(sorted(patients), now):
-            self.ward.vitals(v)
+            self.ward.vitals(v, now)
         for a in self.records.open_alarms():
             self.ward.alarm_data(a)
         self._stale = {p for p in self.ward.patients if self.ward.stale(p, now)}
@@ -164,8 +164,9 @@ class Hub:
                 batch = _vitals.decode(payload)
                 if batch.site != self.config.site:
                     return  # another site's (the subscription is this site's; a wider ACL is not)
+                now = self.clock()
                 for v in batch.vitals:
-                    self.ward.vitals(v)
+                    self.ward.vitals(v, now)
                     self._dirty.add(v.patient)
                 self._kick.set()
             elif "/alarm/" in topic:

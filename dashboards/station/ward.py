@@ -36,12 +36,15 @@ class Value:
 @dataclass
 class _Patient:
     values: dict[str, Value] = field(default_factory=dict)  # "<source>.<quantity>" -> latest
-    flags: dict[str, tuple[float, list[str]]] = field(default_factory=dict)  # source -> (t, flags)
+    flags: dict[str, tuple[float, list[str]]] = field(
+        default_factory=dict
+    )  # "<source>.<device>" -> (t, flags)
     last_seen: float | None = None
     alarms: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> event as plain data
     cleared: dict[str, None] = field(default_factory=dict)  # the last alarm ids known cleared, oldest first
 
 
+_BATTERY_KEPT_S = 86400.0
 _CLEARED_KEPT = 64  # cleared alarm ids remembered per patient (late events of them are ignored)
 
 
@@ -59,20 +62,25 @@ class Ward:
         self.patients.setdefault(patient, _Patient())
 
     # --- input --------------------------------------------------------------------------------
-    def vitals(self, v: Vitals) -> None:
+    def vitals(self, v: Vitals, received_at: float | None = None) -> None:
+        """One vitals message, received at `received_at` by the station's clock: a time after
+        that (a gateway clock running fast: ingest accepts up to 5 minutes ahead) counts as that,
+        or a patient whose data stopped would look live for minutes."""
         p = self.patients.setdefault(v.patient, _Patient())
-        t = v.t.timestamp()
+        t = v.t.timestamp() if received_at is None else min(v.t.timestamp(), received_at)
         for q in _QUANTITIES:
             x = getattr(v, q)
             if x is None:
                 continue
-            key = f"{v.source}.{q}"
+            # a battery is each wearable's own: the patch's low level is not hidden by the oximeter's
+            key = f"{v.source}.{q}" if q != "battery_pct" else f"{v.source}.{q}.{v.device}"
             old = p.values.get(key)
             if old is None or old.t <= t:
                 p.values[key] = Value(float(x), t, v.device, q == "spo2_pct" and v.spo2_calibrated)
-        old_flags = p.flags.get(v.source)
+        where = f"{v.source}.{v.device}"  # one wearable's flags are not cleared by another's
+        old_flags = p.flags.get(where)
         if old_flags is None or old_flags[0] <= t:
-            p.flags[v.source] = (t, list(v.flags))
+            p.flags[where] = (t, list(v.flags))
         p.last_seen = t if p.last_seen is None else max(p.last_seen, t)
 
     def alarm(self, e: AlarmEvent) -> None:
@@ -142,7 +150,8 @@ class Ward:
         hr = self._pick(p, ("ecg.hr_bpm", "device.hr_bpm", "device.pr_bpm", "ppg.pr_bpm"), now)
         spo2 = self._pick(p, ("device.spo2_pct", "ppg.spo2_pct"), now)
         sqi = {s: round(v.x, 2) for s in ("ecg", "ppg") if (v := self._fresh(p, f"{s}.sqi", now))}
-        battery = [v for k, v in p.values.items() if k.endswith("battery_pct")]
+        # each wearable's latest level of the last day (batteries report on change), the lowest shown
+        battery = [v for k, v in p.values.items() if ".battery_pct" in k and now - v.t <= _BATTERY_KEPT_S]
         low = min(battery, key=lambda v: v.x) if battery else None
         flags = sorted({f for t, fs in p.flags.values() if now - t <= self.stale_after_s for f in fs})
         alarms = sorted(

@@ -185,6 +185,26 @@ def test_health_and_metrics_say_what_a_monitoring_system_needs(server: StationSe
     assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
 
 
+def test_a_damaged_store_does_not_keep_the_ward_from_starting(tmp_path: Path) -> None:
+    """The alerts store is not a database any more (a bad disk, a bad copy): the station starts
+    anyway, shows the ward from the live data, and its health page names the unreadable file.
+    Before, start-up failed and the nurses had no ward at all."""
+    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    add_users(config.station.db_path)
+    Path(config.alerts.store_path).write_bytes(b"this is not an sqlite file" * 200)
+    s = StationServer(config)
+    s.start()
+    try:
+        nurse = Agent(s.url)
+        nurse.login("sana", PASSWORDS["sana"])
+        assert nurse.request("GET", "/")[0] == 200
+        assert nurse.request("GET", "/patient/p-0001")[0] == 200
+        status, _, text, _ = nurse.request("GET", "/healthz")
+        assert status == 503 and config.alerts.store_path in json.loads(text)["unreadable_stores"]
+    finally:
+        s.stop()
+
+
 def test_the_server_says_so_when_its_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -87,3 +87,23 @@ def test_alarms_show_while_open_colour_the_tile_by_their_highest_priority_and_le
     assert w.summary(T0)["open_alarms"] == {"high": 0, "medium": 1, "low": 0}
     w.alarm(alarm("a0", "active", kind="battery_low", raised=T0 - 100))  # an older alarm of that kind
     assert w.open_alarm("a1") is not None and w.open_alarm("a0") is None
+
+
+def test_the_lowest_battery_of_the_patients_wearables_is_shown_and_each_ones_flags_kept() -> None:
+    """Both wearables report as the "device" source: the oximeter's full battery must not hide
+    the patch's nearly flat one, nor its message without flags clear the patch's no-contact."""
+    w = Ward(stale_after_s=15)
+    w.vitals(vit(T0, "device", device="ecg-0001", battery_pct=6, flags=["no_contact"]))
+    w.vitals(vit(T0 + 1, "device", device="oxi-0001", battery_pct=95))
+    tile = w.tile("p-0001", T0 + 2)
+    assert tile["battery"]["value"] == 6 and tile["battery"]["device"] == "ecg-0001"
+    assert tile["flags"] == ["no_contact"]
+
+
+def test_readings_dated_ahead_of_the_station_clock_do_not_keep_a_silent_patient_live() -> None:
+    """A gateway clock 4 minutes fast (ingest accepts up to 5): the patient's data stop, and the
+    tile must go stale after the usual 15 s, not after four minutes more."""
+    w = Ward(stale_after_s=15)
+    w.vitals(vit(T0 + 240, "device", spo2_pct=96.0), received_at=T0)
+    assert not w.stale("p-0001", T0 + 10)
+    assert w.stale("p-0001", T0 + 20) and w.tile("p-0001", T0 + 20)["spo2"] is None
