@@ -113,14 +113,32 @@ class GapTracker:
     timeout_s: float = 10.0
     restart_window: int = 1024
     max_jump: int = 1 << 20
+    clock_jump_s: float = 60.0
     streams: dict[tuple[str, str], StreamState] = field(default_factory=dict)
     changed: set[tuple[str, str]] = field(default_factory=set)  # streams to persist
+    last_now: float | None = None
+
+    def _tick(self, now: float) -> None:
+        """`now` went back, or leapt ahead by more than `clock_jump_s` since the last call (the
+        gateway steps every ~20 ms): the wall clock was stepped (a Pi without a real-time clock,
+        set by NTP after boot) or the process stalled. Open gaps keep the time they had left, or
+        a forward step would give up every one of them at once while their frames are coming."""
+        if self.last_now is not None:
+            d = now - self.last_now
+            if d < 0 or d > self.clock_jump_s:
+                for key, st in self.streams.items():
+                    for r in st.missing:
+                        r.deadline += d
+                    if st.missing:
+                        self.changed.add(key)
+        self.last_now = now
 
     def observe(
         self, key: tuple[str, str], seq: int, resent: bool, samples: int, now: float, t0_us: int | None = None
     ) -> Verdict:
         """One waveform frame of stream `key` = (device, stream): keep it or drop it. `t0_us` is
         the frame's device time, if known (it tells a rebooted device from a drop-out)."""
+        self._tick(now)
         st = self.streams.setdefault(key, StreamState())
         self.changed.add(key)
         st.samples_per_frame = samples if not resent else st.samples_per_frame or samples
@@ -186,6 +204,7 @@ class GapTracker:
 
     def expire(self, now: float) -> list[Expired]:
         """Gaps whose time is up: counted as unrecoverable and forgotten."""
+        self._tick(now)
         out: list[Expired] = []
         for key, st in self.streams.items():
             keep: list[_Range] = []

@@ -16,7 +16,12 @@ from urllib.parse import urlparse
 
 import msgspec
 
+from nabz.contract import ID_PATTERN
 from nabz.secrets import SECRET_KEYS, permission_problem
+
+# Ids that go into MQTT topics (site, gateway, device, patient): the contract's pattern, checked
+# when the configuration is read (an id with '+', '#' or '/' would make every publish fail).
+TopicId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 
 __all__ = [
     "Config",
@@ -68,7 +73,7 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class EnrolledDevice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A wearable this gateway serves (its allowlist): matched by BLE address or advertised name."""
 
-    id: str  # the device id in topics, e.g. "ecg-0001"
+    id: TopicId  # the device id in topics, e.g. "ecg-0001"
     address: str | None = None  # e.g. "C4:DE:E2:11:22:33" (case does not matter)
     name: str | None = None  # advertised local name, e.g. "Nabz ecg-0001"
 
@@ -106,7 +111,7 @@ class DeadmanConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    id: str = "gw-0001"
+    id: TopicId = "gw-0001"
     spool_path: str = "var/gateway-spool.sqlite"
     spool_max_mb: int = 512
     max_inflight: int = 100  # unacknowledged QoS 1 publishes at once
@@ -339,7 +344,7 @@ class StationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    site: str = "demo"
+    site: TopicId = "demo"
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
@@ -351,7 +356,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sms_http: SmsHttpConfig = msgspec.field(default_factory=SmsHttpConfig)
     grafana: GrafanaConfig = msgspec.field(default_factory=GrafanaConfig)
     station: StationConfig = msgspec.field(default_factory=StationConfig)
-    enrolment: dict[str, str] = msgspec.field(default_factory=dict)  # device id -> patient id
+    enrolment: dict[TopicId, TopicId] = msgspec.field(default_factory=dict)  # device id -> patient id
 
 
 def _env_value(text: str) -> Any:

@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "nabz_session"
 TREND_HOURS = (1, 6, 24, 72)
 _STRIP_READ_S = 8.0  # a strip's waveforms (both streams, read side by side) or the page says why not
+_STRIP_BEFORE_MAX_S = 60.0  # a strip reaches back to the condition's onset, but no further than this
 SILENCE_CHOICES_S = (15 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600)
 _ID = re.compile(ID_PATTERN)
 _CSP = (
@@ -343,6 +344,9 @@ def create_app(
             return PlainTextResponse("no such alarm", 404)
         sc = st.config.station
         start = a["raised_at"] - sc.strip_before_s
+        began = a.get("condition_started_at")
+        if began is not None and began - 2 < start:  # the onset too (SpO2 and lead alarms wait 15-30 s)
+            start = max(began - 2, a["raised_at"] - _STRIP_BEFORE_MAX_S)
         end = min(a["raised_at"] + sc.strip_after_s, st.clock())
         loop = asyncio.get_running_loop()
         reads = [
@@ -364,8 +368,17 @@ def create_app(
         if read_error:
             log.warning("station: strip of %s: %s", alarm_id, read_error)
         marks = [Mark(a["raised_at"], f"alarm raised {st.local(a['raised_at'], '%H:%M:%S')}")]
-        if a.get("condition_started_at") is not None and a["condition_started_at"] < a["raised_at"] - 0.5:
-            marks.append(Mark(a["condition_started_at"], "condition began", "#7a4b00", dashed=True))
+        if began is not None and start <= began < a["raised_at"] - 0.5:
+            marks.append(Mark(began, "condition began", "#7a4b00", dashed=True))
+        elif began is not None and began < start:  # longer ago than a strip shows: said, not drawn
+            marks.append(
+                Mark(
+                    start,
+                    f"condition began {st.local(began, '%H:%M:%S')}, before this strip",
+                    "#7a4b00",
+                    dashed=True,
+                )
+            )
         title = (
             f"{st.hub.ward.labels.get(pid, pid)} · {a['kind']} ({a['priority']}) · {st.local(a['raised_at'])}"
         )

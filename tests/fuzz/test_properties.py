@@ -222,3 +222,19 @@ def test_a_configuration_file_that_is_not_utf8_is_a_configuration_error(tmp_path
     else:
         raise AssertionError("loaded a file that is not UTF-8")
     assert msgspec  # (imported for the decoders' error types above)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['site = "de mo"', '[gateway]\nid = "gw+1"', '[enrolment]\n"ecg#1" = "p-0001"',
+     '[enrolment]\n"ecg-0001" = "p/1"', '[[gateway.devices]]\nid = "ecg-0001/x"\naddress = "AA:BB:CC:DD:EE:FF"'],
+)  # fmt: skip
+def test_an_id_that_cannot_be_in_a_topic_is_refused_when_the_configuration_is_read(
+    tmp_path: Path, text: str
+) -> None:
+    """A site, gateway, device or patient id goes into MQTT topics: '+', '#', '/' or a space
+    there made every publish fail (the gateway crashed in a loop on its spooled rows)."""
+    f = tmp_path / "nabz.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(ConfigError, match="regex"):
+        load(f, environ={})

@@ -165,3 +165,19 @@ def test_after_a_reboot_the_readings_get_the_new_boots_clock_not_the_old_one() -
     assert verdict is not None and verdict.reason == "restart"
     assert isinstance(reading, EcgReading)
     assert abs(reading.t.timestamp() - (boot2 + t0) / 1e6) < 1.0
+
+
+def test_a_stepped_wall_clock_does_not_give_up_the_gaps_being_resent() -> None:
+    """A Pi has no real-time clock: NTP steps it forward after boot while a drop-out's frames are
+    being resent. Each open gap keeps the time it had left (before, every one expired at once and
+    the resent frames were dropped as duplicates)."""
+    g = GapTracker(timeout_s=10.0)
+    for s in range(10):
+        g.observe(K, s, False, 113, 100.0 + s * 0.45)
+    assert g.observe(K, 30, False, 113, 110.0).resend == (10, 29)
+    assert g.expire(400.0) == []  # the clock jumped 5 minutes ahead
+    assert all(g.observe(K, s, True, 113, 400.01).accept for s in range(10, 30))
+    assert g.streams[K].gap_frames == 0 and g.streams[K].missing == []
+    g.observe(K, 50, False, 113, 401.0)  # a new gap ...
+    assert g.expire(330.0) == []  # ... then the clock steps back: it is not kept open for good
+    assert [e.frames for e in g.expire(340.5)] == [19]

@@ -71,14 +71,21 @@ def _config(tmp_path: Path, influx: InfluxConfig, **station: float) -> Config:
 
 @contextmanager
 def _station(
-    config: Config, alarm_id: str, raised: float, kind: str = "hr_high", message: str = "HR 150/min"
+    config: Config,
+    alarm_id: str,
+    raised: float,
+    kind: str = "hr_high",
+    message: str = "HR 150/min",
+    began: float | None = None,
 ) -> Iterator[StationServer]:
-    """The station running, with the test users and one high alarm of p-0001 raised at `raised`."""
+    """The station running, with the test users and one high alarm of p-0001 raised at `raised`
+    (its condition began at `began`, 5 s before by default)."""
     from alerts.lifecycle import Alarm, to_event
     from alerts.store import AlertStore
 
+    began = raised - 5 if began is None else began
     a = Alarm(
-        alarm_id, "demo", "p-0001", kind, "high", "active", message, 150.0, 130.0, "/min", raised - 5, raised
+        alarm_id, "demo", "p-0001", kind, "high", "active", message, 150.0, 130.0, "/min", began, raised
     )
     AlertStore(config.alerts.store_path).record(a, to_event(a, f"ev-{alarm_id}"), raised)
     add_users(config.station.db_path)
@@ -316,3 +323,27 @@ def test_a_stream_that_cannot_be_read_leaves_the_other_drawn(tmp_path: Path) -> 
         assert "The waveforms could not be read: InfluxDB could not be read" in text
         _, _, svg, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000005/strip.svg")
         assert len(re.findall(r"<polyline ", svg)) == 1  # the ECG trace
+
+
+def test_a_strip_reaches_back_to_when_the_condition_began(tmp_path: Path, influxdb: InfluxDB1) -> None:
+    """An SpO2 alarm waits 15-30 s: a strip of 6 s before the alarm would leave the onset out
+    without a word. It starts 2 s before the onset instead (at most 60 s before the alarm), and an
+    onset longer ago than that is said in words."""
+    readings = _readings(40)
+    influxdb.write(chunk_lines_many([(r, _patient(r)) for r in readings]))
+    influx = InfluxConfig(url=influxdb.url, bucket=influxdb.database, waveforms="chunks")
+    config = _config(tmp_path, influx, strip_before_s=6.0, strip_after_s=4.0)
+    raised = T0_US / 1e6 + 30
+    with _station(config, "alarm-000007", raised, "spo2_low", "SpO2 86 %", began=raised - 20) as server:
+        nurse = Agent(server.url)
+        nurse.login("sana", PASSWORDS["sana"])
+        _, _, svg, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000007/strip.svg")
+        width_mm = float(re.search(r'width="([0-9.]+)mm"', svg).group(1))  # type: ignore[union-attr]
+        assert width_mm == pytest.approx(10 + 25 * (22 + 4), abs=0.5)  # 25 mm/s from 2 s before the onset
+        assert ">condition began<" in svg
+    config = _config(tmp_path / "again", influx, strip_before_s=6.0, strip_after_s=4.0)
+    with _station(config, "alarm-000008", raised, "spo2_low", "SpO2 86 %", began=raised - 300) as server:
+        nurse = Agent(server.url)
+        nurse.login("sana", PASSWORDS["sana"])
+        _, _, svg, _ = nurse.request("GET", "/patient/p-0001/alarm/alarm-000008/strip.svg")
+        assert "before this strip" in svg
