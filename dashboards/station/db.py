@@ -46,6 +46,7 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 _GENESIS = "0" * 64
+_VERIFY_BATCH = 5000  # audit rows read at once while checking the chain
 
 
 def token_hash(token: str) -> str:
@@ -106,6 +107,7 @@ class StationDB:
             if p.exists():
                 p.chmod(0o600)
         self.lock = threading.RLock()
+        self._verified: tuple[str, int] | None = None  # (hash, seq) of the last row found intact
 
     # --- users --------------------------------------------------------------------------------
     def add_user(self, username: str, role: str, password_hash: str, now: float) -> None:
@@ -221,14 +223,28 @@ class StationDB:
             rows = self.db.execute(sql, args).fetchall()
         return [AuditRow(*r) for r in rows]
 
-    def verify_audit(self) -> int | None:
-        """The seq of the first row whose hash does not follow from the rows before it, or None."""
-        prev = _GENESIS
-        for r in self.audit_rows():
-            if _row_hash(prev, r.at, r.username, r.action, r.target, r.detail, r.address) != r.hash:
-                return r.seq
-            prev = r.hash
-        return None
+    def verify_audit(self, *, whole: bool = True) -> int | None:
+        """The seq of the first row whose hash does not follow from the rows before it, or None.
+
+        Read in batches, the lock released between them (every request's session check waits
+        for it). With `whole=False`, only the rows after the last check that found the chain
+        intact (the admin page, on every visit: the whole chain once per process, then what was
+        added since; `nabz station audit` checks it all)."""
+        prev, after = (_GENESIS, 0) if whole or self._verified is None else self._verified
+        while True:
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT seq, at, username, action, target, detail, address, hash FROM audit "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, _VERIFY_BATCH),
+                ).fetchall()
+            for r in (AuditRow(*row) for row in rows):
+                if _row_hash(prev, r.at, r.username, r.action, r.target, r.detail, r.address) != r.hash:
+                    return r.seq
+                prev, after = r.hash, r.seq
+            if len(rows) < _VERIFY_BATCH:
+                self._verified = (prev, after)
+                return None
 
     def close(self) -> None:
         with self.lock:

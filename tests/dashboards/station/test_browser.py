@@ -274,6 +274,10 @@ def test_an_admin_reads_the_audit_log_but_cannot_see_patients_or_acknowledge(
     expect(audit).to_contain_text("ack")
     expect(audit).to_contain_text("login_failed")
     expect(page.locator("text=the chain checks out")).to_be_visible()
+    # who did what, not about which patient: the nurse's views and acknowledgement hide their target
+    rows = audit.locator("tbody tr").all_inner_texts()
+    assert any("view_patient" in r and "(patient)" in r for r in rows)
+    assert not any("p-0001" in r for r in rows)
     status = page.evaluate(
         """async () => (await fetch('/api/alarms/0123456789abcdef/ack', {method: 'POST',
             headers: {'X-CSRF-Token': document.querySelector('meta[name=csrf]').content}})).status"""

@@ -69,3 +69,25 @@ def test_a_deleted_row_breaks_the_chain_at_the_next_one(tmp_path: Path) -> None:
     assert db.verify_audit() == 3
     rows = db.audit_rows(limit=2)
     assert [r.seq for r in rows] == [3, 4]
+
+
+def test_the_admin_pages_check_reads_only_the_rows_added_since_it_last_found_the_chain_intact(
+    tmp_path: Path,
+) -> None:
+    """So that a long log does not hold up every request each time the page is opened; the
+    command line still checks the whole chain."""
+    db = StationDB(tmp_path / "s.sqlite")
+    t0 = 1_795_597_200.0
+    for k in range(12_000):  # more than one batch
+        db.audit(t0 + k, "sana", "view_ward")
+    assert db.verify_audit(whole=False) is None
+    db.db.execute("DROP TRIGGER audit_no_update")  # a row changed behind the application's back
+    db.db.execute("UPDATE audit SET detail = 'x' WHERE seq = 5")
+    assert db.verify_audit(whole=False) is None  # checked already: not read again
+    assert db.verify_audit() == 5  # the whole chain
+    db2 = StationDB(tmp_path / "s.sqlite")  # a new process: its first check reads it all
+    assert db2.verify_audit(whole=False) == 5
+    db.audit(t0 + 20_000, "sana", "view_ward")
+    db.db.execute("DROP TRIGGER audit_no_update")  # (the second opening made it again)
+    db.db.execute("UPDATE audit SET detail = 'y' WHERE seq = 12001")
+    assert db.verify_audit(whole=False) == 12001  # a row added since: found
