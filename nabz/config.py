@@ -333,6 +333,9 @@ class StationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_cert_file: str | None = None  # serve HTTPS directly (cookies are then marked Secure)
     tls_key_file: str | None = None
     cookie_secure: bool = False  # mark cookies Secure although TLS ends in a proxy in front
+    # the address nurses open, e.g. "https://ward.example.org", behind a proxy that does not pass
+    # the Host it was asked for (nginx's default): state-changing requests must come from it
+    public_origin: str | None = None
     session_idle_s: float = 1800.0  # automatic logoff after this long without a user action
     session_max_s: float = 12 * 3600.0  # ... and after this long whatever happens (one shift)
     login_max_failures: int = 5  # per user name within login_window_s; an address gets 4 times as many

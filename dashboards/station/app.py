@@ -152,12 +152,18 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
-def _same_origin(request: Request) -> bool:
-    """A state-changing request must come from a page of this server (CSRF, with SameSite cookies)."""
+def _same_origin(request: Request, public_origin: str | None) -> bool:
+    """A state-changing request must come from a page of this server (CSRF, with SameSite cookies):
+    its Origin is `[station] public_origin` when set (behind a proxy that passes its own Host),
+    else the Host the request was sent to."""
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin:
         return False
-    return urlparse(origin).netloc == request.headers.get("host", "")
+    got = urlparse(origin)
+    if public_origin:
+        want = urlparse(public_origin)
+        return (got.scheme, got.netloc) == (want.scheme, want.netloc)
+    return got.netloc == request.headers.get("host", "")
 
 
 Endpoint = Callable[[Request, Ctx], Awaitable[Response]]
@@ -187,7 +193,8 @@ def guarded(
                     request, "denied.html", {"ctx": ctx, "action": action}, status_code=403
                 )
             if change and (
-                request.headers.get("x-csrf-token") != ctx.session.csrf or not _same_origin(request)
+                request.headers.get("x-csrf-token") != ctx.session.csrf
+                or not _same_origin(request, st.config.station.public_origin)
             ):
                 await st.audit(ctx, request, "denied", request.url.path, {"reason": "csrf"})
                 return JSONResponse({"error": "refused: the request did not come from this page"}, 403)
@@ -259,7 +266,7 @@ def create_app(
             r.status_code = status
             return r
 
-        if not _same_origin(request):
+        if not _same_origin(request, st.config.station.public_origin):
             return again("Refused: the form did not come from this page.", 403)
         wait = max(st.by_user.blocked(username, now), st.by_address.blocked(addr, now))
         if wait > 0:

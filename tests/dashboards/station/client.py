@@ -16,15 +16,16 @@ __all__ = ["Agent", "Events"]
 class Agent:
     """A cookie-keeping HTTP client that sends same-origin headers like a browser's page would."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, origin: str | None = None) -> None:
         self.base = base
+        self.origin = origin or base  # what a page behind a proxy would send instead
         self.jar = CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.csrf = ""
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 timeout: float = 10) -> tuple[int, dict[str, str], str, str]:  # fmt: skip
-        h = {"Origin": self.base, **(headers or {})}
+        h = {"Origin": self.origin, **(headers or {})}
         req = urllib.request.Request(self.base + path, data=body, method=method, headers=h)
         try:
             with self.opener.open(req, timeout=timeout) as r:

@@ -205,6 +205,28 @@ def test_a_damaged_store_does_not_keep_the_ward_from_starting(tmp_path: Path) ->
         s.stop()
 
 
+@pytest.mark.parametrize("public_origin", [None, "https://ward.example.org"])
+def test_behind_a_proxy_that_keeps_its_own_host_nurses_log_in_only_with_the_public_origin_set(
+    tmp_path: Path, public_origin: str | None
+) -> None:
+    """nginx by default sends the upstream's Host (127.0.0.1:port), while the browser's Origin is
+    the public address: the Origin check refuses every login unless public_origin says it."""
+    config = config_for(tmp_path, f"mqtt://127.0.0.1:{free_port()}", public_origin=public_origin)
+    add_users(config.station.db_path)
+    s = StationServer(config)
+    s.start()
+    try:
+        nurse = Agent(s.url, origin="https://ward.example.org")
+        status, _, _, url = nurse.login("sana", PASSWORDS["sana"])
+        if public_origin is None:
+            assert status == 403
+        else:
+            assert status == 200 and not url.endswith("/login")
+            assert Agent(s.url, origin="https://evil.example.com").login("sana", PASSWORDS["sana"])[0] == 403
+    finally:
+        s.stop()
+
+
 def test_the_server_says_so_when_its_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
