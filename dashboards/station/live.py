@@ -38,6 +38,7 @@ __all__ = ["Hub", "Client", "sse"]
 log = logging.getLogger(__name__)
 
 _QUEUE_FRAMES = 2000
+_SNAPSHOT_OVER = 200  # more changed tiles than this at once: a ward page gets one snapshot
 _vitals = msgspec.json.Decoder(VitalsBatch)
 _alarm = msgspec.json.Decoder(AlarmEvent)
 
@@ -238,12 +239,20 @@ class Hub:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        frames = {p: sse("tile", self.ward.tile(p, now)) for p in dirty}
         summary = sse("summary", self.ward.summary(now))
+        # many tiles at once (a site's data stopping, a reconnection): one snapshot to each ward
+        # page instead of a frame per tile, which would fill its queue and disconnect it
+        whole = sse("snapshot", self.snapshot()) if len(dirty) > _SNAPSHOT_OVER else None
+        frames: dict[str, str] = {}
         for c in list(self.clients):
-            for p, frame in frames.items():
+            if c.patient is None and whole is not None:
+                self._send(c, whole)
+                continue
+            for p in dirty:
                 if c.wants(p):
-                    self._send(c, frame)
+                    if p not in frames:
+                        frames[p] = sse("tile", self.ward.tile(p, now))
+                    self._send(c, frames[p])
             if c.patient is None:
                 self._send(c, summary)
 

@@ -87,6 +87,25 @@ def test_events_send_a_snapshot_then_each_changed_tile_and_only_the_patients_ask
     one.resp.close()
 
 
+def test_thousands_of_tiles_changing_at_once_reach_a_ward_page_as_one_snapshot(
+    server: StationServer, clock: Clock
+) -> None:
+    """A whole site's data stop, or the station reconnects: before, a frame per tile filled a
+    page's queue and every ward page was disconnected at once (3,000 patients measured)."""
+    nurse = Agent(server.url)
+    nurse.login("sana", PASSWORDS["sana"])
+    ward = Events(nurse, "/events")
+    ward.until("snapshot")
+    hub = server.app.station.hub
+    now = time.time()
+    for k in range(2_500):
+        hub.feed(*_vitals(f"p-{k + 10:05d}", now, hr_bpm=70.0, sqi=0.9))
+    snap = ward.until("snapshot", lambda d: len(d["tiles"]) > 2_500, limit=20)
+    assert sum(1 for t in snap["tiles"] if not t["stale"]) == 2_500
+    assert len(hub.clients) == 1 and hub.dropped_clients == 0
+    ward.resp.close()
+
+
 def test_an_open_page_is_logged_off_when_the_session_idles(server: StationServer, clock: Clock) -> None:
     nurse = Agent(server.url)
     nurse.login("sana", PASSWORDS["sana"])
