@@ -104,6 +104,9 @@ class Gateway:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
         self._sent_upto = 0  # highest spool seq handed to paho by this process
+        # rows the broker refused (a quota, an ACL being fixed): sent again at a growing interval
+        self._retry_at: dict[int, float] = {}  # spool seq -> when
+        self._retry_s: dict[int, float] = {}  # spool seq -> the interval after its last refusal
         self._connected = False
         self._spooled = 0
         self._duplicates = 0
@@ -407,12 +410,19 @@ class Gateway:
                     continue
                 if ok:
                     acked.append(seq)
+                    self._retry_s.pop(seq, None)
                 else:
-                    # Refused (e.g. not authorised): kept in the spool, retried after a restart
-                    # rather than in a tight loop, and reported.
+                    # Refused (not authorised, a quota): kept in the spool and sent again after
+                    # 1 minute, then 2, 4, ... 15 at most (not in a tight loop), and reported.
                     self._refused += 1
                     self._status_now = True
-                    log.error("gateway %s: broker refused message (spool seq %d): %s", self.id, seq, reason)
+                    wait = min(2 * self._retry_s.get(seq, _RETRY_FIRST_S / 2), _RETRY_MAX_S)
+                    self._retry_s[seq] = wait
+                    self._retry_at[seq] = self.clock() + wait
+                    log.error(
+                        "gateway %s: broker refused message (spool seq %d): %s; sending it again in %.0f s",
+                        self.id, seq, reason, wait,
+                    )  # fmt: skip
         self.spool.ack(acked)
         if self._backlog is not None and self.spool.depth <= self.config.gateway.max_inflight // 2:
             self._drained()
@@ -435,12 +445,26 @@ class Gateway:
         room = self.config.gateway.max_inflight - len(self._inflight)
         if room <= 0:
             return 0
-        batch = self.spool.peek(self._sent_upto, room)
+        now = self.clock()
+        due = sorted(seq for seq, at in self._retry_at.items() if at <= now)[:room]
+        again = self.spool.get(due) if due else []
+        for seq in due:  # sent now, or gone from the spool (the overflow policy)
+            del self._retry_at[seq]
+        batch = again + self.spool.peek(self._sent_upto, room - len(again))
+        sent = 0
         for msg in batch:
             info = self.client.publish(msg.topic, msg.payload, qos=1)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # not queued by paho
+                log.warning(
+                    "gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc
+                )
+                if msg.seq <= self._sent_upto:
+                    self._retry_at[msg.seq] = now + _RETRY_FIRST_S
+                break
             self._inflight[info.mid] = msg.seq
-            self._sent_upto = msg.seq
-        return len(batch)
+            self._sent_upto = max(self._sent_upto, msg.seq)
+            sent += 1
+        return sent
 
     def _publish_status(self) -> None:
         status = self.status()
@@ -493,6 +517,8 @@ class Gateway:
         )
 
 
+_RETRY_FIRST_S = 60.0  # a refused message is sent again after this, then twice as long each time
+_RETRY_MAX_S = 900.0
 _WAVE_CHARS = {codec.NABZ_ECG_WAVEFORM: "ecg", codec.NABZ_PPG_WAVEFORM: "ppg"}
 
 
