@@ -316,10 +316,22 @@ class BleTransport(Transport):
                 await self._round(dev)
             except Exception as exc:  # noqa: BLE001 - see the docstring
                 log.exception("BLE: %s: unexpected error; retrying", dev.id)
-                dev.client = None
-                now = self.clock()
-                await self._act(dev, dev.ladder.on_failed(now, f"{type(exc).__name__}: {exc}"), now)
+                try:
+                    await self._recover(dev, f"{type(exc).__name__}: {exc}")
+                except Exception:  # noqa: BLE001 - the ladder is told next round; the task lives on
+                    log.exception("BLE: %s: could not set its state after the error", dev.id)
                 await asyncio.sleep(0.5)
+
+    async def _recover(self, dev: _Device, why: str) -> None:
+        """After an unexpected error in a round: the ladder moved on by the state it is in (an
+        attempt failed; a link is down; otherwise it simply waits for its next attempt)."""
+        dev.client = None
+        now = self.clock()
+        if dev.ladder.state == "connecting" and dev.ladder.attempting:
+            await self._act(dev, dev.ladder.on_failed(now, why), now)
+        elif dev.ladder.state == "connected":
+            await self._act(dev, dev.ladder.on_disconnected(now, why), now)
+            self._event(dev.id, "disconnected", now, why)
 
     async def _round(self, dev: _Device) -> None:
         """Wait for the next attempt, connect, and stay until the link is lost."""

@@ -15,12 +15,14 @@ Rules of this file:
   produced). Those are given up at once, not after `timeout_s`; the ones on their way still wait.
 - A frame far behind the expected one (more than `restart_window` frames) that is not a resend
   means the device restarted: the stream starts afresh, and the gaps still open are given up.
-  So do a frame far ahead of it (more than `max_jump` frames, about 40 hours of ECG: Nabz
-  firmware starts each boot at a random sequence number, which lands there or behind far more
-  often than within reach), and a live frame ahead of it whose device time (`t0_us`, when given)
-  is earlier than the newest live frame's: the device clock starts again at 0 at each boot. Firmware
-  that starts at 0 and reboots within `restart_window` frames of its start is still taken for
-  duplicates.
+  So does a live frame ahead of it that is from a new boot (`_new_boot`): its device time
+  (`t0_us`, when given) went back by more than a second (the device clock starts again at 0 at
+  each boot), or more frames were skipped than the time between could hold (Nabz firmware starts
+  each boot at a random sequence number, which lands far ahead or behind); without device times,
+  more than `max_jump` frames ahead. Firmware that starts at 0 and reboots within
+  `restart_window` frames of its start sends numbers the gateway has seen: it is told from
+  duplicates by their other device times while the gateway remembers them (not after a restart
+  of the gateway, when such frames are taken for duplicates).
 - The state is small and serialisable (`dump`/`load`): the gateway stores it in the spool's
   database in the same transaction as the frames it describes. After a kill -9 nothing that was
   accepted is accepted again, and a gap that opened while the gateway was down is still asked for.
@@ -36,6 +38,9 @@ __all__ = ["GapTracker", "StreamState", "Verdict", "Expired"]
 _MOD = 1 << 32
 _HALF = 1 << 31
 _MAX_RANGES = 64  # open gaps per stream; more means a link so bad that old gaps are given up
+_BACK_TOLERANCE_US = 1_000_000  # device time going back by more than this: a new boot
+_MIN_FRAME_US = 500  # no frame is shorter than one sample at 2 kHz
+_NEXT_FRAME_MAX_US = 60_000_000  # nor is the next frame a minute later in device time
 
 
 def _ahead(a: int, b: int) -> int:
@@ -88,7 +93,10 @@ class StreamState:
     def load(cls, text: str) -> StreamState:
         d = json.loads(text)
         missing = [_Range(int(a), int(b), float(c)) for a, b, c in d.pop("missing", [])]
-        return cls(**d, missing=missing)
+        known = {f for f in cls.__dataclass_fields__ if f not in ("missing", "recent")}
+        return cls(
+            **{k: v for k, v in d.items() if k in known}, missing=missing
+        )  # another version's extra keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +163,14 @@ class GapTracker:
             self._seen(st, seq, t0_us, newest=True)
             return Verdict(True)
         ahead = _ahead(seq, st.next_seq)
-        went_back = t0_us is not None and st.last_t0 is not None and t0_us < st.last_t0
-        if ahead < _HALF and (ahead > self.max_jump or went_back):
+        if ahead < _HALF and self._new_boot(st, ahead, t0_us):
             return self._restart(st, seq, t0_us)
         if ahead == 0:
             st.next_seq = (seq + 1) % _MOD
-            self._seen(st, seq, t0_us, newest=True)
+            # the next frame minutes after the last in device time: its time is corrupt, and must
+            # not make the frames after it look like a new boot's
+            sane = t0_us is None or st.last_t0 is None or t0_us - st.last_t0 <= _NEXT_FRAME_MAX_US
+            self._seen(st, seq, t0_us, newest=sane)
             return Verdict(True)
         if ahead < _HALF:  # a jump forward: frames [next_seq, seq - 1] are missing
             self._seen(st, seq, t0_us, newest=True)
@@ -179,6 +189,19 @@ class GapTracker:
             st.duplicates += 1
             return Verdict(False, reason="duplicate")
         return self._restart(st, seq, t0_us)
+
+    def _new_boot(self, st: StreamState, ahead: int, t0_us: int | None) -> bool:
+        """A live frame `ahead` frames past the expected one: from a new boot of the device rather
+        than after a drop-out? With device times: if its time went back by more than a second
+        (a wearable's clock starts again at 0; a sampler re-anchoring moves it back by a sample
+        or two), or if more frames were skipped than the time between could hold (one sample a
+        frame at 2 kHz at most). Without: if more than `max_jump` frames were skipped."""
+        if t0_us is None or st.last_t0 is None:
+            return ahead > self.max_jump
+        span = t0_us - st.last_t0
+        if span < -_BACK_TOLERANCE_US:
+            return True
+        return span >= 0 and ahead > span / _MIN_FRAME_US + 16
 
     def _seen(self, st: StreamState, seq: int, t0_us: int | None, newest: bool) -> None:
         if t0_us is None:

@@ -36,7 +36,7 @@ from firmware import nabz_codec as codec
 from gateway.deadman import DeadMan, DeadManSender, HeartbeatWatch, recipients
 from gateway.decode import Decoder, Notification, normalize_uuid, utc_from_us
 from gateway.gaps import Expired, GapTracker, Verdict
-from gateway.spool import Spool
+from gateway.spool import Spool, SpooledMessage
 from gateway.transport import LinkHealth, Transport
 from nabz import contract
 from nabz.config import Config
@@ -104,9 +104,15 @@ class Gateway:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
         self._sent_upto = 0  # highest spool seq handed to paho by this process
-        # rows the broker refused (a quota, an ACL being fixed): sent again at a growing interval
-        self._retry_at: dict[int, float] = {}  # spool seq -> when
-        self._retry_s: dict[int, float] = {}  # spool seq -> the interval after its last refusal
+        # Rows the broker refused (a quota, an ACL being fixed) stay in the spool behind
+        # `_sent_upto`: once `_retry_due` comes, a round sends again every row up to where the
+        # spool stood (`_retry_end`) that is not in flight, from `_retry_from` on. No state per row.
+        self._retry_wait = _RETRY_FIRST_S  # doubles while refusals go on, back when one is accepted
+        self._retry_due: float | None = None
+        self._retry_from: int | None = None
+        self._retry_end = 0
+        self._refusals_logged_at = float("-inf")
+        self._refusals_unlogged = 0
         self._connected = False
         self._spooled = 0
         self._duplicates = 0
@@ -410,19 +416,25 @@ class Gateway:
                     continue
                 if ok:
                     acked.append(seq)
-                    self._retry_s.pop(seq, None)
+                    self._retry_wait = _RETRY_FIRST_S  # the broker takes messages again
                 else:
-                    # Refused (not authorised, a quota): kept in the spool and sent again after
-                    # 1 minute, then 2, 4, ... 15 at most (not in a tight loop), and reported.
+                    # Refused (not authorised, a quota): kept in the spool and sent again after a
+                    # minute, then 2, 4 ... 15 at most (not in a tight loop), and reported.
                     self._refused += 1
                     self._status_now = True
-                    wait = min(2 * self._retry_s.get(seq, _RETRY_FIRST_S / 2), _RETRY_MAX_S)
-                    self._retry_s[seq] = wait
-                    self._retry_at[seq] = self.clock() + wait
-                    log.error(
-                        "gateway %s: broker refused message (spool seq %d): %s; sending it again in %.0f s",
-                        self.id, seq, reason, wait,
-                    )  # fmt: skip
+                    if self._retry_due is None and self._retry_from is None:
+                        self._retry_due = self.clock() + self._retry_wait
+                        self._retry_wait = min(2 * self._retry_wait, _RETRY_MAX_S)
+                    self._refusals_unlogged += 1
+                    if time.monotonic() - self._refusals_logged_at >= 60.0:  # one line a minute at most
+                        self._refusals_logged_at = time.monotonic()
+                        log.error(
+                            "gateway %s: broker refused %d message(s) (the last: spool seq %d): %s; "
+                            "sending them again in %.0f s",
+                            self.id, self._refusals_unlogged, seq, reason,
+                            max(0.0, (self._retry_due or self.clock()) - self.clock()),
+                        )  # fmt: skip
+                        self._refusals_unlogged = 0
         self.spool.ack(acked)
         if self._backlog is not None and self.spool.depth <= self.config.gateway.max_inflight // 2:
             self._drained()
@@ -445,12 +457,20 @@ class Gateway:
         room = self.config.gateway.max_inflight - len(self._inflight)
         if room <= 0:
             return 0
-        now = self.clock()
-        due = sorted(seq for seq, at in self._retry_at.items() if at <= now)[:room]
-        again = self.spool.get(due) if due else []
-        for seq in due:  # sent now, or gone from the spool (the overflow policy)
-            del self._retry_at[seq]
-        batch = again + self.spool.peek(self._sent_upto, room - len(again))
+        if self._retry_due is not None and self.clock() >= self._retry_due:
+            self._retry_due, self._retry_from, self._retry_end = None, 0, self._sent_upto
+        batch: list[SpooledMessage] = []
+        if self._retry_from is not None:  # a round of sending refused rows again
+            flying = set(self._inflight.values())
+            got = self.spool.peek(self._retry_from, room)
+            again = [m for m in got if m.seq <= self._retry_end and m.seq not in flying]
+            batch = again
+            if not got or got[-1].seq >= self._retry_end or len(got) < room:
+                self._retry_from = None  # round done
+            else:
+                self._retry_from = got[-1].seq
+        if len(batch) < room:
+            batch += self.spool.peek(self._sent_upto, room - len(batch))
         sent = 0
         for msg in batch:
             info = self.client.publish(msg.topic, msg.payload, qos=1)
@@ -458,8 +478,8 @@ class Gateway:
                 log.warning(
                     "gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc
                 )
-                if msg.seq <= self._sent_upto:
-                    self._retry_at[msg.seq] = now + _RETRY_FIRST_S
+                if msg.seq <= self._sent_upto and self._retry_due is None:  # the rest of a round
+                    self._retry_due, self._retry_from = self.clock() + 1.0, None
                 break
             self._inflight[info.mid] = msg.seq
             self._sent_upto = max(self._sent_upto, msg.seq)

@@ -20,7 +20,8 @@ disk (measured in tests/gateway/test_spool.py; docs/gateway.md sizes a Pi's card
 A full disk (SQLite's "database or disk is full", whatever filled the card) is an overflow too,
 not a crash: the spool gives up the reserve file it keeps beside itself (`spool.reserve`, 4 MB,
 the size of the write-ahead log between checkpoints, so that the log can be checkpointed and rows
-deleted), lowers its limit to 80 % of what it holds (or half the reserve, if more), drops the oldest rows by the same policy, and writes again; the event
+deleted), lowers its limit to 80 % of what it holds (or half the reserve, if more; 2 MB at
+least), drops the oldest rows by the same policy in small transactions, and writes again; the event
 is counted (`disk_full`) and logged. Only if nothing can be freed are the new readings counted as
 dropped. Once the disk has room for the reserve again (checked each minute), the limit is back.
 """
@@ -69,6 +70,8 @@ _WAVEFORM_STREAMS = ("ecg", "ppg")
 _RESERVE_BYTES = 4 * 1024 * 1024
 _WAL_LIMIT_BYTES = 16 * 1024 * 1024
 _TIGHT_WAL_PAGES = 64  # after a full disk: checkpoint every 64 pages (256 kB of log)
+_FLOOR_BYTES = 2 * 1024 * 1024  # a full disk lowers the limit, but not below this
+_DROP_CHUNK = 64  # rows dropped per transaction by the overflow policy
 _RESERVE_CHECK_S = 60.0
 
 
@@ -114,26 +117,30 @@ class Spool:
         a full disk is made room on as the module docstring says, never raised."""
         if not items and not marks:
             return 0
+        dropped = 0
         try:
-            dropped = self._put(items, marks)
+            self._insert(items, marks)
         except sqlite3.Error as exc:
             if not _is_full(exc):
                 raise
             dropped = self._make_room()
             try:
-                dropped += self._put(items, marks)
-            except sqlite3.Error as again:
+                self._insert(items, marks)
+            except sqlite3.Error as again:  # rolled back: these rows are not in the table
                 if not _is_full(again):
                     raise
                 lost = sum(r for (_, _, _, _, r) in items)
                 log.error("spool: disk full and nothing left to free: %d new readings not kept", lost)
                 self._count_lost(len(items), lost)
                 return dropped + lost
+        if self._bytes > self.max_bytes:
+            dropped += self._overflow()
         if time.monotonic() - self._reserve_checked >= _RESERVE_CHECK_S:
             self._keep_reserve()
         return dropped
 
-    def _put(self, items: list[tuple[str, str, bytes, str, int]], marks: dict[str, str] | None) -> int:
+    def _insert(self, items: list[tuple[str, str, bytes, str, int]], marks: dict[str, str] | None) -> None:
+        """The rows and marks, committed (or, on any error, not at all)."""
         now = time.time()
         with self._tx():
             self.db.executemany(
@@ -148,32 +155,29 @@ class Spool:
                 )
         self._depth += len(items)
         self._bytes += sum(len(p) for (_, _, p, _, _) in items)
-        if self._bytes > self.max_bytes:
-            return self._overflow()
-        return 0
 
     def _make_room(self) -> int:
         """The disk is full: free the reserve, lower the limit, drop by the overflow policy."""
         # what the reserve frees (half of it: the write-ahead log needs room too) can hold readings
         freed = _RESERVE_BYTES // 2 if self._reserve.exists() else 0
         self._reserve.unlink(missing_ok=True)
-        self.max_bytes = max(1, min(self.max_bytes, max(freed, int(self._bytes * 0.8))))
-        # a short write-ahead log, checkpointed often, while the disk is short of room
-        self.db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
-        self.db.execute(f"PRAGMA journal_size_limit={_TIGHT_WAL_PAGES * 4096}")
+        floor = min(self._configured_max, _FLOOR_BYTES)  # never so low that every reading goes
+        self.max_bytes = max(floor, min(self.max_bytes, max(freed, int(self._bytes * 0.8))))
         log.error(
             "spool: the disk is full (%s); limit lowered to %d bytes of readings, dropping the oldest",
             self.path.parent, self.max_bytes,
         )  # fmt: skip
+        # a short write-ahead log, checkpointed often, while the disk is short of room
+        self.db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
+        self.db.execute(f"PRAGMA journal_size_limit={_TIGHT_WAL_PAGES * 4096}")
         self._checkpoint()
+        dropped = self._overflow() if self._bytes > self.max_bytes else 0
         try:
-            dropped = self._overflow() if self._bytes > self.max_bytes else 0
             with self._tx():
                 self._bump("disk_full", 1)
         except sqlite3.Error as exc:
             if not _is_full(exc):
                 raise
-            return 0
         self._checkpoint()
         return dropped
 
@@ -287,12 +291,17 @@ class Spool:
         except sqlite3.Error as exc:
             if not _is_full(exc):
                 raise
-            self._make_room()
-            readings = 0
-            for chunk in _chunks(seqs, 32):  # small transactions: a short log, checkpointed between
+        readings = 0
+        for chunk in _chunks(seqs, 32):  # small transactions: a short log, checkpointed between
+            try:
                 readings += self._ack(chunk)
-                self._checkpoint()
-            return readings
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                self._make_room()
+                readings += self._ack(chunk)
+            self._checkpoint()
+        return readings
 
     def _ack(self, seqs: list[int]) -> int:
         with self._tx():
@@ -343,38 +352,51 @@ class Spool:
 
     # --- internals -------------------------------------------------------------------------
     def _overflow(self) -> int:
+        """Drop by the policy until under the limit, in small transactions (a full disk leaves
+        room for a short write-ahead log only; one big deletion would need more than it frees).
+        Stops early, keeping what it dropped, if even that cannot be written."""
         dropped_msgs = dropped_readings = 0
-        size, depth = self._bytes, self._depth  # applied once the deletions are committed
-        with self._tx():
-            while size > self.max_bytes:
-                row = (
-                    self.db.execute(
-                        "SELECT seq, readings, LENGTH(payload) FROM spool WHERE stream IN (?, ?) ORDER BY seq LIMIT 1",
-                        _WAVEFORM_STREAMS,
-                    ).fetchone()
-                    or self.db.execute(
-                        "SELECT seq, readings, LENGTH(payload) FROM spool ORDER BY seq LIMIT 1"
-                    ).fetchone()
-                )
-                if row is None:
+        while self._bytes > self.max_bytes:
+            rows = (
+                self.db.execute(
+                    "SELECT seq, readings, LENGTH(payload) FROM spool WHERE stream IN (?, ?) ORDER BY seq LIMIT ?",
+                    (*_WAVEFORM_STREAMS, _DROP_CHUNK),
+                ).fetchall()
+                or self.db.execute(
+                    "SELECT seq, readings, LENGTH(payload) FROM spool ORDER BY seq LIMIT ?", (_DROP_CHUNK,)
+                ).fetchall()
+            )
+            if not rows:
+                break
+            chunk, size = [], 0
+            for seq, readings, length in rows:
+                if self._bytes - size <= self.max_bytes:
                     break
-                self.db.execute("DELETE FROM spool WHERE seq = ?", (row[0],))
-                dropped_msgs += 1
-                dropped_readings += int(row[1])
-                size -= int(row[2])
-                depth -= 1
-            self._bump("dropped_messages", dropped_msgs)
-            self._bump("dropped_readings", dropped_readings)
-        self._bytes, self._depth = size, depth
-        log.error(
-            "spool full (%d bytes > limit %d): dropped the %d oldest messages (%d readings); "
-            "%d dropped in all since the spool was created",
-            self._bytes,
-            self.max_bytes,
-            dropped_msgs,
-            dropped_readings,
-            self.counter("dropped_readings"),
-        )
+                chunk.append((int(seq), int(readings)))
+                size += int(length)
+            try:
+                with self._tx():
+                    self.db.execute(
+                        f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))})",
+                        [q for q, _ in chunk],
+                    )
+                    self._bump("dropped_messages", len(chunk))
+                    self._bump("dropped_readings", sum(r for _, r in chunk))
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                log.error("spool: the disk is too full to drop rows from (%s)", exc)
+                break
+            self._bytes -= size
+            self._depth -= len(chunk)
+            dropped_msgs += len(chunk)
+            dropped_readings += sum(r for _, r in chunk)
+        if dropped_msgs:
+            log.error(
+                "spool full (%d bytes, limit %d): dropped the %d oldest messages (%d readings); "
+                "%d dropped in all since the spool was created",
+                self._bytes, self.max_bytes, dropped_msgs, dropped_readings, self.counter("dropped_readings"),
+            )  # fmt: skip
         return dropped_readings
 
     def _bump(self, name: str, by: int) -> None:

@@ -362,3 +362,24 @@ def test_a_radio_that_appears_late_is_waited_for_and_its_wearables_connect_acros
         if radio is not None:
             radio.send_signal(signal.SIGINT)
             radio.wait(10)
+
+
+def test_after_an_unexpected_error_the_ladder_is_moved_on_by_the_state_it_is_in() -> None:
+    """The error can come while connected (the scan restarted after a drop-out) or between
+    attempts: telling the ladder "attempt failed" then was itself an error, and ended the task."""
+    import asyncio
+
+    from gateway.ble import _Device
+    from gateway.ladder import Ladder
+
+    t = BleTransport([EnrolledDevice(id="ecg-0001", address="AA:BB:CC:DD:EE:FF")], lost_after_s=60.0)
+    dev = _Device(EnrolledDevice(id="ecg-0001", address="AA:BB:CC:DD:EE:FF"), Ladder(0.0, lost_after_s=60.0))
+    dev.ladder.on_attempt(0.0)
+    dev.ladder.on_connected(0.0)
+    asyncio.run(t._recover(dev, "KeyError: 'org.bluez.GattService1'"))  # noqa: SLF001
+    assert dev.ladder.state == "reconnecting"
+    asyncio.run(t._recover(dev, "again"))  # noqa: SLF001 - between attempts: it just waits
+    assert dev.ladder.state == "reconnecting"
+    dev.ladder.on_attempt(1.0)
+    asyncio.run(t._recover(dev, "during an attempt"))  # noqa: SLF001
+    assert dev.ladder.state == "reconnecting" and dev.ladder.failures == 1

@@ -145,9 +145,16 @@ def test_a_wearable_that_reboots_is_a_restart_not_a_run_of_duplicates() -> None:
     assert all(g.observe(K, s, False, 113, 1.0, 7_000 + s * frame_us).accept for s in range(1, 400))
     st = g.streams[K]
     assert (st.restarts, st.duplicates, st.next_seq) == (1, 1, 400)
-    # Nabz firmware starts at a random number: ahead, with its device time gone back, or far ahead
+    # Nabz firmware starts at a random number: ahead, with its device time gone back, or further
+    # ahead than the time between could hold (2 million frames in a minute)
     assert g.observe(K, 1_000, False, 113, 2.0, 5_000).reason == "restart"
-    assert g.observe(K, 1_000 + 2_000_000, False, 113, 3.0, 10 * 3600 * 10**6).reason == "restart"
+    assert g.observe(K, 1_000 + 2_000_000, False, 113, 3.0, 5_000 + 60 * 10**6).reason == "restart"
+    # a long drop-out is a gap, however many frames it took (here ten hours of one-sample frames)
+    far = 2_001_001 + 9_000_000
+    assert g.observe(K, far, False, 1, 4.0, 5_000 + 60 * 10**6 + 10 * 3600 * 10**6).reason == "gap"
+    # a sampler re-anchoring its clock moves a frame's time back a little: not a new boot
+    assert g.observe(K, far + 1, False, 1, 4.0, 5_000 + 60 * 10**6 + 10 * 3600 * 10**6 - 8_000).accept
+    assert g.streams[K].restarts == 3
 
 
 def test_after_a_reboot_the_readings_get_the_new_boots_clock_not_the_old_one() -> None:
@@ -181,3 +188,12 @@ def test_a_stepped_wall_clock_does_not_give_up_the_gaps_being_resent() -> None:
     g.observe(K, 50, False, 113, 401.0)  # a new gap ...
     assert g.expire(330.0) == []  # ... then the clock steps back: it is not kept open for good
     assert [e.frames for e in g.expire(340.5)] == [19]
+
+
+def test_one_frame_with_a_corrupt_device_time_does_not_make_the_next_look_like_a_new_boot() -> None:
+    g = GapTracker()
+    for s in range(10):
+        g.observe(K, s, False, 113, 0.0, 1_000 + s * 452_000)
+    g.observe(K, 10, False, 113, 0.0, 9 * 10**15)  # its header parses; its time is garbage
+    assert g.observe(K, 11, False, 113, 0.0, 1_000 + 11 * 452_000).reason == ""  # the next, in order
+    assert g.streams[K].restarts == 0

@@ -77,15 +77,18 @@ def test_a_full_disk_drops_the_oldest_waveforms_and_keeps_spooling_instead_of_cr
     spool = Spool(tmp_path / "s.sqlite")  # the configured limit (512 MB) is far away
     spool.put(_rows(5, "hr", size=100))
     pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
-    spool.db.execute(f"PRAGMA max_page_count = {pages + 60}")  # ~240 kB more, then "full"
-    for k in range(400):
-        spool.put(_rows(1, "ecg", size=2000, start=100 + k))  # never raises
+    spool.db.execute(f"PRAGMA max_page_count = {pages + 1200}")  # ~4.8 MB more, then "full"
+    for k in range(2000):
+        spool.put(_rows(2, "ecg", size=2000, start=100 + 2 * k))  # never raises
     assert spool.counter("disk_full") >= 1 and spool.counter("dropped_messages") > 0
-    ids = [m.id for m in spool.peek(0, 1000)]
+    ids = [m.id for m in spool.peek(0, 10_000)]
     assert ids[:5] == [f"id-{i:06d}" for i in range(5)]  # vital signs kept
-    assert ids[-1] == "id-000499"  # the newest readings kept, the oldest waveforms gone
-    assert spool.max_bytes < 512 * 1024 * 1024
-    published = spool.ack([m.seq for m in spool.peek(0, 1000)])  # acknowledging still works
+    assert ids[-1] == "id-004099"  # the newest readings kept, the oldest waveforms gone
+    assert len(ids) == len(set(ids)) == spool.depth  # each row once, and counted as it is
+    assert spool.size_bytes == sum(len(m.payload) for m in spool.peek(0, 10_000))
+    assert spool.counter("dropped_messages") == 5 + 4000 - len(ids)  # dropped is what is gone
+    assert 2 * 1024 * 1024 <= spool.max_bytes < 512 * 1024 * 1024
+    published = spool.ack([m.seq for m in spool.peek(0, 10_000)])  # acknowledging still works
     assert published == 10 * len(ids) and spool.depth == 0
 
 
