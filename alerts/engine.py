@@ -374,10 +374,11 @@ class AlertEngine:
         self, action: str, args: dict[str, Any], source: str, now: float
     ) -> tuple[str, list[AlarmEvent]]:
         not_after = args.get("not_after")
-        if not_after is not None and now > float(not_after):
+        came = float(args.get("received_at", now))
+        if not_after is not None and came > float(not_after):
             # The nurse page told its user this did not go through: doing it now would surprise them.
             self.store.audit_add(now, "-", action, "refused", json.dumps({**args, "why": "too late"}))
-            return f"refused: arrived {now - float(not_after):.1f} s after its sender gave up", []
+            return f"refused: arrived {came - float(not_after):.1f} s after its sender gave up", []
         if action == "ack":
             seen = args.get("priority")
             code = str(args["code"])

@@ -104,9 +104,10 @@ class AlertService:
         self.store = store or AlertStore(config.alerts.store_path)
         self.engine = AlertEngine(config, self.store, now=clock())
         self.dispatcher = Dispatcher(config, self.store, notifiers or build_notifiers(config))
-        # (topic, payload, mid, qos): a message is acknowledged to the broker only once handled,
-        # so what a stop or a crash leaves in this queue is delivered again to the next process
-        self._queue: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()
+        # (topic, payload, mid, qos, received at): a message is acknowledged to the broker only
+        # once handled, so what a stop or a crash leaves in this queue is delivered again to the
+        # next process
+        self._queue: queue.SimpleQueue[tuple[str, bytes, int, int, float]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -130,19 +131,34 @@ class AlertService:
         self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload), m.mid, m.qos))
+        self.client.on_message = lambda _c, _u, m: self._queue.put(
+            (m.topic, bytes(m.payload), m.mid, m.qos, self.clock())
+        )
+        # The nurse page's commands come on a session of their own: on the main one they would
+        # wait in the broker behind any backlog of vitals (after a restart, a minute's worth),
+        # arrive after the page had given up, and be refused as too late. A command is worth
+        # something only while the nurse waits for it, so this session is not kept.
+        self.commands = make_client(config.mqtt, client_id=f"{client_id}-commands")
+        self.commands.on_connect = lambda c, _u, _f, reason, _p: (
+            c.subscribe(COMMAND_FILTER, qos=1) if reason_ok(reason) else None
+        )
+        self.commands.on_message = lambda _c, _u, m: self._queue.put(
+            (m.topic, bytes(m.payload), 0, 0, self.clock())
+        )
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
             self._disconnected_at = None
-            client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1), (COMMAND_FILTER, 1)])
+            client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1)])
             client.subscribe(contract.heartbeat_filter(), qos=0)
+            client.unsubscribe(COMMAND_FILTER)  # a session kept from before commands had their own
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, _r: object, _p: object) -> None:
         self._disconnected_at = time.monotonic()
 
     def start(self) -> None:
         connect(self.client, self.config.mqtt, persistent_session=True)
+        connect(self.commands, self.config.mqtt)
         for target, name in ((self._run, "nabz-alerts"), (self._dispatch, "nabz-alerts-dispatch")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -162,10 +178,13 @@ class AlertService:
                 log.warning("alerts: could not save the rule timers at stop: %s", exc)
         if self.health is not None:
             self.health.stop()
-        self.client.disconnect()
-        self.client.loop_stop()
+        for c in (self.commands, self.client):
+            c.disconnect()
+            c.loop_stop()
 
-    def _handle(self, topic: str, payload: bytes, now: float) -> list[AlarmEvent]:
+    def _handle(
+        self, topic: str, payload: bytes, now: float, received_at: float | None = None
+    ) -> list[AlarmEvent]:
         try:
             if topic.endswith("/heartbeat"):
                 self.sites.heartbeat(_heartbeat_decoder.decode(payload), now)
@@ -181,6 +200,8 @@ class AlertService:
                     for k, v in msgspec.structs.asdict(c).items()
                     if v is not None and k not in ("v", "id")
                 }
+                if c.not_after is not None:  # judged by when it came, not when its turn came
+                    args["received_at"] = now if received_at is None else received_at
                 self.store.add_command(now, c.action, args, f"mqtt:{c.by}")
                 return self.engine.tick(now)  # applied at once, in order with everything else
             try:
@@ -234,13 +255,13 @@ class AlertService:
                 next_beat = self._loop_at + self.config.alerts.heartbeat_s
                 self._heartbeat()
             try:
-                topic, payload, mid, qos = self._queue.get(timeout=0.2)
+                topic, payload, mid, qos, received_at = self._queue.get(timeout=0.2)
             except queue.Empty:
-                topic, payload, mid, qos = "", b"", 0, 0
+                topic, payload, mid, qos, received_at = "", b"", 0, 0, 0.0
             now = self.clock()
             save = False
             try:
-                events = self._handle(topic, payload, now) if topic else []
+                events = self._handle(topic, payload, now, received_at) if topic else []
                 if time.monotonic() >= next_tick:  # the cadence is the runner's; the time is the clock's
                     next_tick = time.monotonic() + 1.0
                     events.extend(self.engine.tick(now))
@@ -293,6 +314,8 @@ class AlertService:
         out = []
         if self._disconnected_at is not None and now - self._disconnected_at > 30.0:
             out.append(f"not connected to the broker for {now - self._disconnected_at:.0f} s")
+        if self._threads and self._disconnected_at is None and not self.commands.is_connected():
+            out.append("the session for the nurse page's commands is not connected")
         if any(not t.is_alive() for t in self._threads) or not self._threads:
             out.append("a worker thread is not running")
         if now - self._loop_at > _STUCK_S:

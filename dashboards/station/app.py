@@ -60,11 +60,13 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "nabz_session"
 TREND_HOURS = (1, 6, 24, 72)
 _STRIP_READ_S = 8.0  # a strip's waveforms (both streams, read side by side) or the page says why not
-# audit rows about accounts and sessions, whose target and detail the admin page shows; the rest
-# (pages with patient data, acknowledgements, silences) it shows without them
-_ADMIN_SEES_DETAIL = frozenset({"login", "login_failed", "login_blocked", "logout", "denied", "view_audit",
-                                "user_add", "user_disable", "user_enable", "user_passwd", "user_password", "user_role",
-                                "session_ended"})  # fmt: skip
+# Audit actions by what the admin page shows of them: rows about patients without their target
+# and detail (which patient, which alarm, why); rows about accounts and sessions whole. Every
+# action the station audits is in one of the two (tests/dashboards/station/test_db.py checks).
+AUDIT_ABOUT_PATIENTS = frozenset({"view_ward", "view_patient", "view_trends", "view_strip", "ack", "ack_failed",
+                                  "ack_refused", "ack_unconfirmed", "silence", "silence_failed", "unsilence"})  # fmt: skip
+AUDIT_ABOUT_ACCOUNTS = frozenset({"login", "login_failed", "login_blocked", "logout", "logoff_auto", "denied",
+                                  "view_audit", "user_add", "user_disable", "user_enable", "user_passwd"})  # fmt: skip
 _STRIP_BEFORE_MAX_S = 60.0  # a strip reaches back to the condition's onset, but no further than this
 SILENCE_CHOICES_S = (15 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600)
 _ID = re.compile(ID_PATTERN)
@@ -159,11 +161,16 @@ def _same_origin(request: Request, public_origin: str | None) -> bool:
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin:
         return False
-    got = urlparse(origin)
     if public_origin:
-        want = urlparse(public_origin)
-        return (got.scheme, got.netloc) == (want.scheme, want.netloc)
-    return got.netloc == request.headers.get("host", "")
+        return _origin_key(origin) == _origin_key(public_origin)
+    return urlparse(origin).netloc == request.headers.get("host", "")
+
+
+def _origin_key(url: str) -> tuple[str, str, int | None]:
+    """An origin as browsers compare it: scheme and host in lower case, the default port made explicit."""
+    u = urlparse(url if "://" in url else f"https://{url}")
+    scheme = u.scheme.lower()
+    return scheme, (u.hostname or "").lower(), u.port or {"https": 443, "http": 80}.get(scheme)
 
 
 Endpoint = Callable[[Request, Ctx], Awaitable[Response]]
@@ -440,7 +447,7 @@ def create_app(
         broken = await asyncio.to_thread(functools.partial(st.db.verify_audit, whole=False))
         await st.audit(ctx, request, "view_audit")
         # an administrator sees who did what and when, not about which patient or why
-        shown = [r if r.action in _ADMIN_SEES_DETAIL else dataclasses.replace(r, target="(patient)", detail="")
+        shown = [r if r.action not in AUDIT_ABOUT_PATIENTS else dataclasses.replace(r, target="(patient)", detail="")
                  for r in reversed(rows)]  # fmt: skip
         return _page(st, request, "admin.html", ctx, users=users, rows=shown, broken=broken)
 
@@ -466,7 +473,7 @@ def create_app(
                 next_check = time.monotonic() + every
                 while True:
                     try:
-                        frame = await asyncio.wait_for(client.queue.get(), every)
+                        frame = await client.take(every)
                     except TimeoutError:
                         frame = ""
                     if frame is None:
@@ -495,6 +502,15 @@ def create_app(
         that worsened since is not acknowledged, here or by the alerts service if it worsens while
         the command is on its way; the answer is 200 only once the alarm is acknowledged."""
         alarm_id = request.path_params["alarm"]
+        events = st.hub.follow(alarm_id)  # first: nothing that happens to it from now on is missed
+        try:
+            return await _acknowledge(request, ctx, alarm_id, events)
+        finally:
+            st.hub.unfollow(alarm_id, events)
+
+    async def _acknowledge(
+        request: Request, ctx: Ctx, alarm_id: str, events: asyncio.Queue[dict[str, Any] | None]
+    ) -> Response:
         a = st.hub.ward.open_alarm(alarm_id)
         if a is None:
             await st.audit(ctx, request, "ack_refused", alarm_id, {"reason": "not open"})
@@ -512,34 +528,30 @@ def create_app(
             return JSONResponse({"error": _worsened(a, seen), "alarm": a}, 409)
         await st.audit(ctx, request, "ack", alarm_id, detail)
         command = {"action": "ack", "code": alarm_id, "by": ctx.user.username, "priority": seen}
-        events = st.hub.follow(alarm_id)
-        try:
-            if not await asyncio.to_thread(st.hub.publish_command, command):
-                await st.audit(ctx, request, "ack_failed", alarm_id, {"reason": "broker not reachable"})
+        if not await asyncio.to_thread(st.hub.publish_command, command):
+            await st.audit(ctx, request, "ack_failed", alarm_id, {"reason": "broker not reachable"})
+            return JSONResponse(
+                {"error": "the alarm service cannot be reached: not acknowledged (it will not act on "
+                          "this later); acknowledge by SMS"},
+                503,
+            )  # fmt: skip
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                state = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                await st.audit(ctx, request, "ack_unconfirmed", alarm_id, {"waited_s": 5})
                 return JSONResponse(
-                    {"error": "the alarm service cannot be reached: not acknowledged (it will not act on "
-                              "this later); acknowledge by SMS"},
-                    503,
+                    {"state": "sent", "detail": "sent, but the alarm service has not confirmed it: "
+                                                "it is not acknowledged until the alarm shows it"},
+                    202,
                 )  # fmt: skip
-            deadline = time.monotonic() + 5.0
-            while True:
-                try:
-                    state = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    await st.audit(ctx, request, "ack_unconfirmed", alarm_id, {"waited_s": 5})
-                    return JSONResponse(
-                        {"state": "sent", "detail": "sent; the alarm service has not answered yet"}, 202
-                    )
-                if state is None or state["state"] == "acknowledged":
-                    return JSONResponse(
-                        {"state": "cleared" if state is None else "acknowledged", "alarm": state}
-                    )
-                if PRIORITY_RANK[state["priority"]] > PRIORITY_RANK[seen]:
-                    await st.audit(ctx, request, "ack_refused", alarm_id, {**detail, "reason": "worsened"})
-                    return JSONResponse({"error": _worsened(state, seen), "alarm": state}, 409)
-                # another event of the alarm (an SMS recorded): keep waiting for the acknowledgement
-        finally:
-            st.hub.unfollow(alarm_id, events)
+            if state is None or state["state"] == "acknowledged":
+                return JSONResponse({"state": "cleared" if state is None else "acknowledged", "alarm": state})
+            if PRIORITY_RANK[state["priority"]] > PRIORITY_RANK[seen]:
+                await st.audit(ctx, request, "ack_refused", alarm_id, {**detail, "reason": "worsened"})
+                return JSONResponse({"error": _worsened(state, seen), "alarm": state}, 409)
+            # another event of the alarm (an SMS recorded): keep waiting for the acknowledgement
 
     @guarded(st, "silence", api=True, change=True)
     async def silence(request: Request, ctx: Ctx) -> Response:

@@ -13,6 +13,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -59,6 +60,13 @@ class Waves(NamedTuple):
     # with no payloads kept still wrote them); None: this store keeps no waveforms at all
     missing: int | None
     source: str | None  # "store" (the ingest store), "influxdb", or None (nothing to read)
+
+
+# what the pages read of an alarm row (alerts/lifecycle.Alarm): a row without them is left out
+_ALARM_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "alarm_id": str, "patient": str, "kind": str, "priority": str, "state": str, "message": str,
+    "raised_at": (int, float),
+}  # fmt: skip
 
 
 class Records:
@@ -110,17 +118,22 @@ class Records:
 
     @staticmethod
     def _alarm_data(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """Alarm rows as data, without the SMS acknowledgement code; a damaged row is skipped."""
+        """Alarm rows (read as bytes) as data, without the SMS acknowledgement code; a damaged
+        row (not UTF-8, not JSON, a field missing or of another kind) is logged and skipped."""
         out = []
         for (data,) in rows:
             try:
-                a = json.loads(data)
+                a = json.loads(bytes(data).decode("utf-8"))
+                ok = isinstance(a, dict) and all(isinstance(a.get(k), t) for k, t in _ALARM_FIELDS.items())
+                ok = ok and a["priority"] in ("high", "medium", "low")
             except (ValueError, TypeError) as exc:
                 log.error("station: an alarm row in the alerts store cannot be read: %s", exc)
                 continue
-            if isinstance(a, dict):
-                a.pop("ack_code", None)  # what a doctor texts back: not for the page
-                out.append(a)
+            if not ok:
+                log.error("station: an alarm row in the alerts store is incomplete; left out")
+                continue
+            a.pop("ack_code", None)  # what a doctor texts back: not for the page
+            out.append(a)
         return out
 
     # --- ingest store -------------------------------------------------------------------------
@@ -138,15 +151,21 @@ class Records:
             if db is None:
                 return out
             try:
+                devices: dict[str, list[str | None]] = {}
+                with contextlib.suppress(sqlite3.OperationalError):  # an older store: no enrolment
+                    for device, patient in db.execute("SELECT device, patient FROM enrolment"):
+                        devices.setdefault(patient, []).append(device)
                 for patient in patients:
                     rows = db.execute(
                         f"SELECT {cols} FROM vitals WHERE patient = ? ORDER BY t_ns DESC LIMIT 1", (patient,)
                     ).fetchall()
-                    rows += db.execute(
-                        f"SELECT {cols} FROM vitals WHERE patient = ? AND battery_pct IS NOT NULL AND t_ns > ? "
-                        "ORDER BY t_ns DESC LIMIT 1",
-                        (patient, int((now - 86400) * 1e9)),
-                    ).fetchall()
+                    for device in devices.get(patient, [None]):  # each wearable's own battery
+                        rows += db.execute(
+                            f"SELECT {cols} FROM vitals WHERE patient = ? AND battery_pct IS NOT NULL AND t_ns > ? "
+                            + ("AND device = ? " if device else "")
+                            + "ORDER BY t_ns DESC LIMIT 1",
+                            (patient, int((now - 86400) * 1e9), *((device,) if device else ())),
+                        ).fetchall()
                     rows += db.execute(
                         f"SELECT {cols} FROM vitals WHERE patient = ? AND t_ns > ? ORDER BY t_ns",
                         (patient, int((now - recent_s) * 1e9)),
@@ -237,19 +256,22 @@ class Records:
         where, args = ("WHERE patient = ?", (patient,)) if patient else ("", ())
         rows = self._rows(
             self.alerts_path,
-            f"SELECT data FROM alarms {where} ORDER BY raised_at DESC LIMIT ?",
+            f"SELECT CAST(data AS BLOB) FROM alarms {where} ORDER BY raised_at DESC LIMIT ?",
             (*args, limit),
         )
         return self._alarm_data(rows)
 
     def open_alarms(self) -> list[dict[str, Any]]:
         rows = self._rows(
-            self.alerts_path, "SELECT data FROM alarms WHERE state != 'cleared' ORDER BY raised_at"
+            self.alerts_path,
+            "SELECT CAST(data AS BLOB) FROM alarms WHERE state != 'cleared' ORDER BY raised_at",
         )
         return self._alarm_data(rows)
 
     def alarm(self, alarm_id: str) -> dict[str, Any] | None:
-        rows = self._rows(self.alerts_path, "SELECT data FROM alarms WHERE alarm_id = ?", (alarm_id,))
+        rows = self._rows(
+            self.alerts_path, "SELECT CAST(data AS BLOB) FROM alarms WHERE alarm_id = ?", (alarm_id,)
+        )
         found = self._alarm_data(rows[:1])
         return found[0] if found else None
 

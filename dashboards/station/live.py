@@ -38,7 +38,8 @@ __all__ = ["Hub", "Client", "sse"]
 log = logging.getLogger(__name__)
 
 _QUEUE_FRAMES = 2000
-_SNAPSHOT_OVER = 200  # more changed tiles than this at once: a ward page gets one snapshot
+_QUEUE_BYTES = 8 * 1024 * 1024  # a page this far behind (seconds of a large ward) is not live
+_BATCH_OVER = 50  # more changed tiles than this at once: a ward page gets them in one frame
 _vitals = msgspec.json.Decoder(VitalsBatch)
 _alarm = msgspec.json.Decoder(AlarmEvent)
 
@@ -52,6 +53,12 @@ def sse(event: str, data: Any) -> str:
 class Client:
     patient: str | None  # None: the whole ward
     queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(_QUEUE_FRAMES))
+    queued_bytes: int = 0  # of the frames waiting (the page takes them off with `take`)
+
+    async def take(self, timeout_s: float) -> str | None:
+        frame = await asyncio.wait_for(self.queue.get(), timeout_s)
+        self.queued_bytes -= len(frame or "")
+        return frame
 
     def wants(self, patient: str) -> bool:
         return self.patient is None or self.patient == patient
@@ -220,11 +227,18 @@ class Hub:
         self.clients.discard(c)
         while not c.queue.empty():  # make room for the end marker
             c.queue.get_nowait()
+        c.queued_bytes = 0
         c.queue.put_nowait(None)
 
     def _send(self, c: Client, frame: str) -> None:
+        if c.queued_bytes + len(frame) > _QUEUE_BYTES:  # too far behind to be live: it reconnects
+            self.dropped_clients += 1
+            log.warning("station: a browser fell %d bytes behind; disconnecting it", c.queued_bytes)
+            self._close(c)
+            return
         try:
             c.queue.put_nowait(frame)
+            c.queued_bytes += len(frame)
         except asyncio.QueueFull:
             self.dropped_clients += 1
             log.warning("station: a browser fell %d events behind; disconnecting it", _QUEUE_FRAMES)
@@ -240,19 +254,20 @@ class Hub:
             return
         dirty, self._dirty = self._dirty, set()
         summary = sse("summary", self.ward.summary(now))
-        # many tiles at once (a site's data stopping, a reconnection): one snapshot to each ward
-        # page instead of a frame per tile, which would fill its queue and disconnect it
-        whole = sse("snapshot", self.snapshot()) if len(dirty) > _SNAPSHOT_OVER else None
+        # many tiles at once (a large ward: vitals every second; a site's data stopping): one
+        # frame with all of them to each ward page, not a frame per tile, which filled its queue
+        tiles = {p: self.ward.tile(p, now) for p in dirty} if len(dirty) > _BATCH_OVER else {}
+        batch = sse("tiles", list(tiles.values())) if tiles else None
         frames: dict[str, str] = {}
         for c in list(self.clients):
-            if c.patient is None and whole is not None:
-                self._send(c, whole)
-                continue
-            for p in dirty:
-                if c.wants(p):
-                    if p not in frames:
-                        frames[p] = sse("tile", self.ward.tile(p, now))
-                    self._send(c, frames[p])
+            if c.patient is None and batch is not None:
+                self._send(c, batch)
+            else:
+                for p in dirty:
+                    if c.wants(p):
+                        if p not in frames:
+                            frames[p] = sse("tile", tiles.get(p) or self.ward.tile(p, now))
+                        self._send(c, frames[p])
             if c.patient is None:
                 self._send(c, summary)
 

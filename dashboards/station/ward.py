@@ -45,6 +45,7 @@ class _Patient:
 
 
 _BATTERY_KEPT_S = 86400.0
+SITE_PREFIX = "site-"  # the pseudo-patient of a site-wide alarm (alerts.watchdog.site_patient)
 _CLEARED_KEPT = 64  # cleared alarm ids remembered per patient (late events of them are ignored)
 
 
@@ -112,6 +113,8 @@ class Ward:
             current = p.alarms.get(a["kind"])
             if current is not None and current["alarm_id"] == a["alarm_id"]:
                 del p.alarms[a["kind"]]
+            if a["patient"].startswith(SITE_PREFIX) and not p.alarms and p.last_seen is None:
+                del self.patients[a["patient"]]  # the site's alarm is over: its tile goes with it
             return
         current = p.alarms.get(a["kind"])
         if (

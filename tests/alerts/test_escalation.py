@@ -290,3 +290,15 @@ def test_a_command_that_arrives_after_its_sender_gave_up_is_refused(tmp_path: Pa
     rig.store.add_command(T0 + 59, "silence", silence, "mqtt:sana")
     rig.at(T0 + 59)
     assert rig.store.silences(T0 + 59) == []
+
+
+def test_a_command_is_judged_by_when_it_arrived_not_when_its_turn_came(tmp_path: Path) -> None:
+    """The service works through a backlog of vitals: a command that came in time but waited its
+    turn behind them is applied (it comes on a session of its own, so the broker does not hold it
+    back either)."""
+    rig = Rig(tmp_path)
+    desaturate(rig)
+    (alarm,) = rig.engine.open.values()
+    on_time = {"code": alarm.alarm_id, "by": "sana", "not_after": T0 + 50, "received_at": T0 + 49}
+    rig.store.add_command(T0 + 58, "ack", on_time, "mqtt:sana")
+    assert "acknowledged" in [e.state for e in rig.at(T0 + 58)]

@@ -84,7 +84,10 @@
       const r = await post("/api/alarms/" + encodeURIComponent(a.alarm_id) + "/ack", { priority: a.priority });
       if (r.status === 200 && r.data.state === "cleared") toast("Cleared before the acknowledgement: " + a.message);
       else if (r.status === 200) toast("Acknowledged: " + a.message);
-      else if (r.status === 202) toast("Sent; waiting for the alarm service");
+      else if (r.status === 202) {  // not confirmed: not acknowledged until the alarm shows it
+        toast("Not confirmed yet: watch the alarm, or acknowledge by SMS", true);
+        b.disabled = false; b.textContent = "Acknowledge";
+      }
       else { toast(r.data.error || "Could not acknowledge", true); b.disabled = false; b.textContent = "Acknowledge"; }
     });
     return b;
@@ -186,6 +189,10 @@
       const d = JSON.parse(e.data);
       offset = d.now - Date.now() / 1000;
       staleAfter = d.stale_after_s;
+      seen();
+    });
+    es.addEventListener("tiles", (e) => {  // many changed at once: one event
+      JSON.parse(e.data).forEach(draw);
       seen();
     });
     es.addEventListener("snapshot", (e) => {

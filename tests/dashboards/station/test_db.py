@@ -91,3 +91,29 @@ def test_the_admin_pages_check_reads_only_the_rows_added_since_it_last_found_the
     db.db.execute("DROP TRIGGER audit_no_update")  # (the second opening made it again)
     db.db.execute("UPDATE audit SET detail = 'y' WHERE seq = 12001")
     assert db.verify_audit(whole=False) == 12001  # a row added since: found
+
+
+def test_every_action_the_station_audits_is_classed_for_the_admin_page() -> None:
+    """Rows about patients are shown to the admin without their target and detail: an action
+    that is in neither class would be shown whole (found: the automatic logoff was hidden)."""
+    import ast
+
+    from dashboards.station.app import AUDIT_ABOUT_ACCOUNTS, AUDIT_ABOUT_PATIENTS
+
+    root = Path(__file__).parents[3]
+    actions: set[str] = set()
+    for source in [
+        *(root / "dashboards" / "station").glob("*.py"),
+        root / "dashboards" / "station_commands.py",
+    ]:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", "")) == "audit"
+            ):
+                for arg in node.args[2:3]:  # (now, user, action, ...) and (ctx, request, action, ...)
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        actions.add(arg.value)
+    assert "logoff_auto" in actions and "view_patient" in actions  # the scan finds them
+    assert not AUDIT_ABOUT_PATIENTS & AUDIT_ABOUT_ACCOUNTS
+    assert actions - AUDIT_ABOUT_PATIENTS - AUDIT_ABOUT_ACCOUNTS == set()

@@ -107,3 +107,20 @@ def test_readings_dated_ahead_of_the_station_clock_do_not_keep_a_silent_patient_
     w.vitals(vit(T0 + 240, "device", spo2_pct=96.0), received_at=T0)
     assert not w.stale("p-0001", T0 + 10)
     assert w.stale("p-0001", T0 + 20) and w.tile("p-0001", T0 + 20)["spo2"] is None
+
+
+def test_a_site_alarm_leaves_no_tile_once_it_is_over() -> None:
+    """ "No data from the site" is raised on the pseudo-patient site-<site>: its tile shows while
+    the alarm is open and goes when it clears (before, an empty tile stayed, counted as stale)."""
+    w = Ward(stale_after_s=15)
+
+    def site(state: str) -> AlarmEvent:
+        return AlarmEvent(id=f"ev-s-{state}", alarm_id="s1", site="demo", patient="site-demo", kind="site_quiet",
+                          priority="high", state=state, message="no data from the site",  # type: ignore[arg-type]
+                          condition_started_at=datetime.fromtimestamp(T0, UTC),
+                          raised_at=datetime.fromtimestamp(T0, UTC))  # fmt: skip
+
+    w.alarm(site("active"))
+    assert "site-demo" in w.patients
+    w.alarm(site("cleared"))
+    assert "site-demo" not in w.patients and w.summary(T0)["patients"] == 0
