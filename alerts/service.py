@@ -139,12 +139,14 @@ class AlertService:
         # arrive after the page had given up, and be refused as too late. A command is worth
         # something only while the nurse waits for it, so this session is not kept.
         self.commands = make_client(config.mqtt, client_id=f"{client_id}-commands")
-        self.commands.on_connect = lambda c, _u, _f, reason, _p: (
-            c.subscribe(COMMAND_FILTER, qos=1) if reason_ok(reason) else None
-        )
-        self.commands.on_message = lambda _c, _u, m: self._queue.put(
+        self.commands.on_connect = self._on_commands_connect
+        # ... and a queue of their own, handled before the vitals waiting in the main one
+        self._commands_q: queue.SimpleQueue[tuple[str, bytes, int, int, float]] = queue.SimpleQueue()
+        self.commands.on_message = lambda _c, _u, m: self._commands_q.put(
             (m.topic, bytes(m.payload), 0, 0, self.clock())
         )
+        self._commands_down_at: float | None = time.monotonic()
+        self.commands.on_disconnect = lambda *_: setattr(self, "_commands_down_at", time.monotonic())
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
@@ -152,6 +154,13 @@ class AlertService:
             client.subscribe([(contract.VITALS_FILTER, 1), (contract.STATUS_FILTER, 1)])
             client.subscribe(contract.heartbeat_filter(), qos=0)
             client.unsubscribe(COMMAND_FILTER)  # a session kept from before commands had their own
+
+    def _on_commands_connect(
+        self, client: paho.Client, _u: object, _f: object, reason: object, _p: object
+    ) -> None:
+        if reason_ok(reason):
+            self._commands_down_at = None
+            client.subscribe(COMMAND_FILTER, qos=1)
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, _r: object, _p: object) -> None:
         self._disconnected_at = time.monotonic()
@@ -254,10 +263,13 @@ class AlertService:
             ):
                 next_beat = self._loop_at + self.config.alerts.heartbeat_s
                 self._heartbeat()
-            try:
-                topic, payload, mid, qos, received_at = self._queue.get(timeout=0.2)
+            try:  # a nurse's command first: she is waiting for it
+                topic, payload, mid, qos, received_at = self._commands_q.get_nowait()
             except queue.Empty:
-                topic, payload, mid, qos, received_at = "", b"", 0, 0, 0.0
+                try:
+                    topic, payload, mid, qos, received_at = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    topic, payload, mid, qos, received_at = "", b"", 0, 0, 0.0
             now = self.clock()
             save = False
             try:
@@ -314,8 +326,10 @@ class AlertService:
         out = []
         if self._disconnected_at is not None and now - self._disconnected_at > 30.0:
             out.append(f"not connected to the broker for {now - self._disconnected_at:.0f} s")
-        if self._threads and self._disconnected_at is None and not self.commands.is_connected():
-            out.append("the session for the nurse page's commands is not connected")
+        if self._commands_down_at is not None and now - self._commands_down_at > 30.0:
+            out.append(
+                f"the session for the nurse page's commands is down for {now - self._commands_down_at:.0f} s"
+            )
         if any(not t.is_alive() for t in self._threads) or not self._threads:
             out.append("a worker thread is not running")
         if now - self._loop_at > _STUCK_S:

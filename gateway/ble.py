@@ -24,6 +24,7 @@ Rules of this file:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -325,6 +326,9 @@ class BleTransport(Transport):
     async def _recover(self, dev: _Device, why: str) -> None:
         """After an unexpected error in a round: the ladder moved on by the state it is in (an
         attempt failed; a link is down; otherwise it simply waits for its next attempt)."""
+        if dev.client is not None:  # a link that may still be up: closed, not left behind
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(dev.client.disconnect(), 10)
         dev.client = None
         now = self.clock()
         if dev.ladder.state == "connecting" and dev.ladder.attempting:

@@ -80,12 +80,15 @@ class StreamState:
     # seq -> device time of the last `restart_window` live frames (not persisted): a frame behind
     # with the number of one of them but another time is a rebooted device's, not a duplicate
     recent: dict[int, int] = field(default_factory=dict, repr=False)
+    prev_t0: int | None = field(
+        default=None, repr=False
+    )  # the last live frame's, sane or not (not persisted)
 
     def missing_frames(self) -> int:
         return sum(r.count for r in self.missing)
 
     def dump(self) -> str:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("missing", "recent")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("missing", "recent", "prev_t0")}
         d["missing"] = [[r.first, r.count, r.deadline] for r in self.missing]
         return json.dumps(d, separators=(",", ":"))
 
@@ -93,7 +96,7 @@ class StreamState:
     def load(cls, text: str) -> StreamState:
         d = json.loads(text)
         missing = [_Range(int(a), int(b), float(c)) for a, b, c in d.pop("missing", [])]
-        known = {f for f in cls.__dataclass_fields__ if f not in ("missing", "recent")}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("missing", "recent", "prev_t0")}
         return cls(
             **{k: v for k, v in d.items() if k in known}, missing=missing
         )  # another version's extra keys
@@ -167,9 +170,15 @@ class GapTracker:
             return self._restart(st, seq, t0_us)
         if ahead == 0:
             st.next_seq = (seq + 1) % _MOD
-            # the next frame minutes after the last in device time: its time is corrupt, and must
-            # not make the frames after it look like a new boot's
-            sane = t0_us is None or st.last_t0 is None or t0_us - st.last_t0 <= _NEXT_FRAME_MAX_US
+            # The next frame minutes after the last in device time: a corrupt time, which must not
+            # make the frames after it look like a new boot's; unless the frame before it agreed
+            # (a sensor outage moves a stream's time on by minutes in one frame).
+            sane = (
+                t0_us is None
+                or st.last_t0 is None
+                or t0_us - st.last_t0 <= _NEXT_FRAME_MAX_US
+                or (st.prev_t0 is not None and abs(t0_us - st.prev_t0) <= _NEXT_FRAME_MAX_US)
+            )
             self._seen(st, seq, t0_us, newest=sane)
             return Verdict(True)
         if ahead < _HALF:  # a jump forward: frames [next_seq, seq - 1] are missing
@@ -206,6 +215,7 @@ class GapTracker:
     def _seen(self, st: StreamState, seq: int, t0_us: int | None, newest: bool) -> None:
         if t0_us is None:
             return
+        st.prev_t0 = t0_us
         if newest:
             st.last_t0 = t0_us
         st.recent[seq] = t0_us

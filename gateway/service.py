@@ -422,7 +422,7 @@ class Gateway:
                     # minute, then 2, 4 ... 15 at most (not in a tight loop), and reported.
                     self._refused += 1
                     self._status_now = True
-                    if self._retry_due is None and self._retry_from is None:
+                    if self._retry_due is None:  # (during a round: another after it, from the start)
                         self._retry_due = self.clock() + self._retry_wait
                         self._retry_wait = min(2 * self._retry_wait, _RETRY_MAX_S)
                     self._refusals_unlogged += 1

@@ -20,8 +20,9 @@ disk (measured in tests/gateway/test_spool.py; docs/gateway.md sizes a Pi's card
 A full disk (SQLite's "database or disk is full", whatever filled the card) is an overflow too,
 not a crash: the spool gives up the reserve file it keeps beside itself (`spool.reserve`, 4 MB,
 the size of the write-ahead log between checkpoints, so that the log can be checkpointed and rows
-deleted), lowers its limit to 80 % of what it holds (or half the reserve, if more; 2 MB at
-least), drops the oldest rows by the same policy in small transactions, and writes again; the event
+deleted), lowers its limit to 80 % of what it holds (or half the reserve, if more; 256 kB at
+least), drops the oldest rows by the same policy in small transactions, and writes again (if that
+is not enough room, the oldest make room for the new batch); the event
 is counted (`disk_full`) and logged. Only if nothing can be freed are the new readings counted as
 dropped. Once the disk has room for the reserve again (checked each minute), the limit is back.
 """
@@ -70,7 +71,7 @@ _WAVEFORM_STREAMS = ("ecg", "ppg")
 _RESERVE_BYTES = 4 * 1024 * 1024
 _WAL_LIMIT_BYTES = 16 * 1024 * 1024
 _TIGHT_WAL_PAGES = 64  # after a full disk: checkpoint every 64 pages (256 kB of log)
-_FLOOR_BYTES = 2 * 1024 * 1024  # a full disk lowers the limit, but not below this
+_MIN_LIMIT_BYTES = 256 * 1024  # a full disk lowers the limit, but not below this
 _DROP_CHUNK = 64  # rows dropped per transaction by the overflow policy
 _RESERVE_CHECK_S = 60.0
 
@@ -129,6 +130,17 @@ class Spool:
             except sqlite3.Error as again:  # rolled back: these rows are not in the table
                 if not _is_full(again):
                     raise
+                # the newest come first: the oldest make room for them, as much as they need
+                need = sum(len(p) for (_, _, p, _, _) in items)
+                limit, self.max_bytes = self.max_bytes, max(0, self._bytes - 2 * need)
+                dropped += self._overflow()
+                self.max_bytes = limit
+                try:
+                    self._insert(items, marks)
+                    return dropped
+                except sqlite3.Error as last:
+                    if not _is_full(last):
+                        raise
                 lost = sum(r for (_, _, _, _, r) in items)
                 log.error("spool: disk full and nothing left to free: %d new readings not kept", lost)
                 self._count_lost(len(items), lost)
@@ -161,8 +173,7 @@ class Spool:
         # what the reserve frees (half of it: the write-ahead log needs room too) can hold readings
         freed = _RESERVE_BYTES // 2 if self._reserve.exists() else 0
         self._reserve.unlink(missing_ok=True)
-        floor = min(self._configured_max, _FLOOR_BYTES)  # never so low that every reading goes
-        self.max_bytes = max(floor, min(self.max_bytes, max(freed, int(self._bytes * 0.8))))
+        self.max_bytes = max(_MIN_LIMIT_BYTES, min(self.max_bytes, max(freed, int(self._bytes * 0.8))))
         log.error(
             "spool: the disk is full (%s); limit lowered to %d bytes of readings, dropping the oldest",
             self.path.parent, self.max_bytes,

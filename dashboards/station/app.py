@@ -162,7 +162,10 @@ def _same_origin(request: Request, public_origin: str | None) -> bool:
     if not origin:
         return False
     if public_origin:
-        return _origin_key(origin) == _origin_key(public_origin)
+        try:
+            return _origin_key(origin) == _origin_key(public_origin)
+        except ValueError:  # a port that is not a number: not this page
+            return False
     return urlparse(origin).netloc == request.headers.get("host", "")
 
 

@@ -197,3 +197,17 @@ def test_one_frame_with_a_corrupt_device_time_does_not_make_the_next_look_like_a
     g.observe(K, 10, False, 113, 0.0, 9 * 10**15)  # its header parses; its time is garbage
     assert g.observe(K, 11, False, 113, 0.0, 1_000 + 11 * 452_000).reason == ""  # the next, in order
     assert g.streams[K].restarts == 0
+
+
+def test_a_stream_whose_time_moved_on_by_minutes_in_one_frame_is_taken_at_its_new_time() -> None:
+    """An oximeter whose sensor was out for five minutes: its next frame is one number on but
+    minutes later; the frame after agrees with it, so that is the stream's time from then on."""
+    g = GapTracker()
+    for s in range(10):
+        g.observe(K, s, False, 17, 0.0, s * 170_000)
+    late = 300 * 10**6
+    g.observe(K, 10, False, 17, 0.0, late)
+    g.observe(K, 11, False, 17, 0.0, late + 170_000)
+    assert g.streams[K].last_t0 == late + 170_000
+    # and a new boot after it is still seen as one (its time back at 0)
+    assert g.observe(K, 12, False, 17, 0.0, 5_000).reason == "restart"

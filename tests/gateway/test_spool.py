@@ -92,6 +92,20 @@ def test_a_full_disk_drops_the_oldest_waveforms_and_keeps_spooling_instead_of_cr
     assert published == 10 * len(ids) and spool.depth == 0
 
 
+def test_on_a_full_disk_a_small_spools_oldest_waveforms_make_room_for_the_newest(tmp_path: Path) -> None:
+    """The card is full with the spool holding little (another program filled it): the new
+    readings still go in, in place of the oldest waveforms, not counted as lost."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.put(_rows(300, "ecg", size=1000))
+    pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
+    spool.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    for k in range(20):
+        spool.put(_rows(5, "ecg", size=1000, start=1000 + 5 * k))
+    ids = [m.id for m in spool.peek(0, 10_000)]
+    assert ids[-1] == "id-001099" and len(ids) == len(set(ids)) == spool.depth
+    assert spool.counter("dropped_messages") == 300 + 100 - len(ids)
+
+
 def test_bad_frames_are_kept_with_their_reason(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite")
     spool.dead_letter("ecg-0001", "2a37", b"\x10", "ble_decode", "2a37: truncated")
