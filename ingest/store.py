@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS vitals (
     pause_s REAL, af_score REAL, hrv_sdnn_ms REAL, hrv_rmssd_ms REAL, resp_bpm REAL
 );
 CREATE INDEX IF NOT EXISTS vitals_patient_t ON vitals (patient, t_ns);
+-- each wearable's latest battery level (the nurse station's tiles at start-up): battery readings
+-- come on change, so without it the station walks a day of a patient's rows to find one
+CREATE INDEX IF NOT EXISTS vitals_battery ON vitals (patient, device, t_ns) WHERE battery_pct IS NOT NULL;
 -- vitals.id is each derived vitals' contract id (fresh, contract.new_id), kept as packed_id()
 -- makes it (since 2026-11-26 15:00 UTC; 16 bytes a row less), and looked up by nothing: it has
 -- no index, since a unique index on random ids cost ~60 % of each insert (~10 -> 4 µs a row).

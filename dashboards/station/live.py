@@ -254,6 +254,13 @@ class Hub:
             return
         dirty, self._dirty = self._dirty, set()
         summary = sse("summary", self.ward.summary(now))
+        gone = {p for p in dirty if p not in self.ward.patients}  # a site alarm's tile, now over
+        dirty -= gone
+        for p in gone:
+            frame = sse("gone", {"patient": p})
+            for c in list(self.clients):
+                if c.wants(p):
+                    self._send(c, frame)
         # many tiles at once (a large ward: vitals every second; a site's data stopping): one
         # frame with all of them to each ward page, not a frame per tile, which filled its queue
         tiles = {p: self.ward.tile(p, now) for p in dirty} if len(dirty) > _BATCH_OVER else {}

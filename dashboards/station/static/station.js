@@ -191,6 +191,13 @@
       staleAfter = d.stale_after_s;
       seen();
     });
+    es.addEventListener("gone", (e) => {  // a site alarm's tile, once the alarm is over
+      const patient = JSON.parse(e.data).patient;
+      tiles.delete(patient);
+      const old = document.querySelector('article[data-patient="' + CSS.escape(patient) + '"]');
+      if (old) old.remove();
+      seen();
+    });
     es.addEventListener("tiles", (e) => {  // many changed at once: one event
       JSON.parse(e.data).forEach(draw);
       seen();

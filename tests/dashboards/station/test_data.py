@@ -117,3 +117,29 @@ def test_a_store_without_payloads_has_no_strips_and_says_so(tmp_path: Path) -> N
     assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], None, None)
     IngestCore(store, keep_payloads=True)  # payloads kept again: the index is built again
     assert rec.waveforms("p-0001", "ecg", T0 - 10, T0 + 10) == (None, [], 1, "store")
+
+
+def test_at_start_each_wearables_last_battery_level_is_read(tmp_path: Path) -> None:
+    """Batteries report when they change: the patch's 5 % an hour ago must not be hidden by the
+    oximeter's 100 % ten minutes ago (before, only the newest battery row of the patient was read)."""
+    from dashboards.station.ward import Ward
+
+    store = Store(tmp_path / "nabz.sqlite")
+    store.enrol("ecg-0001", "p-0001")
+    store.enrol("oxi-0001", "p-0001")
+    now = T0 + 7200
+    patch = _vitals_row(1, now - 3600, "device", battery_pct=5)
+    oxi = _vitals_row(2, now - 600, "device", battery_pct=100)
+    rows = [(*patch[:3], "ecg-0001", *patch[4:]), (*oxi[:3], "oxi-0001", *oxi[4:])]
+    rows += [_vitals_row(10 + k, now - 3000 + k, "ecg", hr_bpm=70.0) for k in range(2_000)]  # no battery
+    with store.batch():
+        store.add_vitals(rows)
+    got = Records(tmp_path / "nabz.sqlite", tmp_path / "alerts.sqlite").latest_vitals(["p-0001"], now)
+    assert {(v.device, v.battery_pct) for v in got if v.battery_pct is not None} == {
+        ("ecg-0001", 5),
+        ("oxi-0001", 100),
+    }
+    w = Ward(stale_after_s=15)
+    for v in got:
+        w.vitals(v, now)
+    assert w.tile("p-0001", now)["battery"] == {"value": 5, "device": "ecg-0001", "t": now - 3600}

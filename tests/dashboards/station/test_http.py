@@ -112,6 +112,23 @@ def test_thousands_of_tiles_changing_at_once_reach_a_ward_page_in_one_frame(
     ward.resp.close()
 
 
+def test_a_site_alarms_tile_leaves_open_pages_when_it_clears(server: StationServer) -> None:
+    nurse = Agent(server.url)
+    nurse.login("sana", PASSWORDS["sana"])
+    ward = Events(nurse, "/events")
+    ward.until("snapshot")
+    hub = server.app.station.hub
+    event = {"v": 1, "id": "ev-site-1", "alarm_id": "alarm-site01", "site": "demo", "patient": "site-demo",
+             "kind": "site_quiet", "priority": "high", "state": "active", "message": "no data from the site",
+             "condition_started_at": "2026-11-25T09:00:05Z", "raised_at": "2026-11-25T09:00:12Z"}  # fmt: skip
+    hub.feed("nabz/v1/demo/patient/site-demo/alarm/site_quiet", json.dumps(event).encode())
+    assert ward.until("tile", lambda d: d["patient"] == "site-demo")["alarm_priority"] == "high"
+    cleared = {**event, "id": "ev-site-2", "state": "cleared", "cleared_at": "2026-11-25T09:01:00Z"}
+    hub.feed("nabz/v1/demo/patient/site-demo/alarm/site_quiet", json.dumps(cleared).encode())
+    assert ward.until("gone") == {"patient": "site-demo"}
+    ward.resp.close()
+
+
 def test_an_open_page_is_logged_off_when_the_session_idles(server: StationServer, clock: Clock) -> None:
     nurse = Agent(server.url)
     nurse.login("sana", PASSWORDS["sana"])
