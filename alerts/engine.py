@@ -175,12 +175,15 @@ class AlertEngine:
 
     def acknowledge(self, code_or_id: str, by: str, now: float) -> AlarmEvent:
         """Acknowledge one open alarm, by its ack code or alarm id; never any other alarm."""
-        for key, alarm in self.open.items():
-            if code_or_id in (alarm.ack_code, alarm.alarm_id):
-                acked = apply(alarm, "ack", now, by)
-                self.open[key] = acked
-                return self._record(acked, now)
-        raise KeyError(f"no open alarm with code or id {code_or_id}")
+        key = self._open_by_code(code_or_id)
+        if key is None:
+            raise KeyError(f"no open alarm with code or id {code_or_id}")
+        acked = apply(self.open[key], "ack", now, by)
+        self.open[key] = acked
+        return self._record(acked, now)
+
+    def _open_by_code(self, code_or_id: str) -> tuple[str, str] | None:
+        return next((k for k, a in self.open.items() if code_or_id in (a.ack_code, a.alarm_id)), None)
 
     def silence(
         self, patient: str, kind: str, duration_s: float, by: str, now: float, reason: str = ""
@@ -382,7 +385,8 @@ class AlertEngine:
         if action == "ack":
             seen = args.get("priority")
             code = str(args["code"])
-            a = next((a for a in self.open.values() if code in (a.ack_code, a.alarm_id)), None)
+            key = self._open_by_code(code)
+            a = self.open[key] if key is not None else None
             if seen is not None and a is not None and PRIORITY_RANK[a.priority] > PRIORITY_RANK[str(seen)]:
                 # It worsened after the nurse saw it: a worse alarm must be seen before it is acknowledged.
                 why = {**args, "why": f"worsened to {a.priority}"}

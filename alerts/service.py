@@ -104,10 +104,9 @@ class AlertService:
         self.store = store or AlertStore(config.alerts.store_path)
         self.engine = AlertEngine(config, self.store, now=clock())
         self.dispatcher = Dispatcher(config, self.store, notifiers or build_notifiers(config))
-        # (topic, payload, mid, qos, received at): a message is acknowledged to the broker only
-        # once handled, so what a stop or a crash leaves in this queue is delivered again to the
-        # next process
-        self._queue: queue.SimpleQueue[tuple[str, bytes, int, int, float]] = queue.SimpleQueue()
+        # (topic, payload, mid, qos): a message is acknowledged to the broker only once handled,
+        # so what a stop or a crash leaves in this queue is delivered again to the next process
+        self._queue: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -131,19 +130,17 @@ class AlertService:
         self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, m: self._queue.put(
-            (m.topic, bytes(m.payload), m.mid, m.qos, self.clock())
-        )
+        self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload), m.mid, m.qos))
         # The nurse page's commands come on a session of their own: on the main one they would
         # wait in the broker behind any backlog of vitals (after a restart, a minute's worth),
         # arrive after the page had given up, and be refused as too late. A command is worth
         # something only while the nurse waits for it, so this session is not kept.
         self.commands = make_client(config.mqtt, client_id=f"{client_id}-commands")
         self.commands.on_connect = self._on_commands_connect
-        # ... and a queue of their own, handled before the vitals waiting in the main one
-        self._commands_q: queue.SimpleQueue[tuple[str, bytes, int, int, float]] = queue.SimpleQueue()
+        # ... and a queue of their own (topic, payload, received at), handled before the vitals
+        self._commands_q: queue.SimpleQueue[tuple[str, bytes, float]] = queue.SimpleQueue()
         self.commands.on_message = lambda _c, _u, m: self._commands_q.put(
-            (m.topic, bytes(m.payload), 0, 0, self.clock())
+            (m.topic, bytes(m.payload), self.clock())
         )
         self._commands_down_at: float | None = time.monotonic()
         self.commands.on_disconnect = lambda *_: setattr(self, "_commands_down_at", time.monotonic())
@@ -263,13 +260,15 @@ class AlertService:
             ):
                 next_beat = self._loop_at + self.config.alerts.heartbeat_s
                 self._heartbeat()
-            try:  # a nurse's command first: she is waiting for it
-                topic, payload, mid, qos, received_at = self._commands_q.get_nowait()
+            received_at: float | None = None  # a command's (a nurse's first: she is waiting for it)
+            try:
+                topic, payload, received_at = self._commands_q.get_nowait()
+                mid = qos = 0
             except queue.Empty:
                 try:
-                    topic, payload, mid, qos, received_at = self._queue.get(timeout=0.2)
+                    topic, payload, mid, qos = self._queue.get(timeout=0.2)
                 except queue.Empty:
-                    topic, payload, mid, qos, received_at = "", b"", 0, 0, 0.0
+                    topic, payload, mid, qos = "", b"", 0, 0
             now = self.clock()
             save = False
             try:

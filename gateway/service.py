@@ -284,10 +284,11 @@ class Gateway:
                 self._duplicates += 1
                 continue
             if verdict is not None and verdict.resend is not None:
-                resends.append((note.device, _stream_of_char(note.char), *verdict.resend))
+                wave = _stream_of_char(note.char)
+                resends.append((note.device, wave, *verdict.resend))
                 log.info(
                     "gateway %s: %s %s frames %d..%d missing; asking the device to resend",
-                    self.id, note.device, _stream_of_char(note.char), *verdict.resend,
+                    self.id, note.device, wave, *verdict.resend,
                 )  # fmt: skip
             elif verdict is not None and verdict.reason == "restart":
                 log.warning(

@@ -281,18 +281,6 @@ class Spool:
         ).fetchall()
         return [SpooledMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4])) for r in rows]
 
-    def get(self, seqs: list[int]) -> list[SpooledMessage]:
-        """The rows with these seqs that are still here, in order."""
-        out: list[SpooledMessage] = []
-        for chunk in _chunks(sorted(seqs), 500):
-            rows = self.db.execute(
-                f"SELECT seq, id, topic, payload, readings FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY seq",
-                chunk,
-            ).fetchall()
-            out += [SpooledMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4])) for r in rows]
-        return out
-
     def ack(self, seqs: list[int]) -> int:
         """Delete acknowledged rows; returns how many readings they held."""
         if not seqs:
