@@ -8,12 +8,18 @@ Rules of this file:
   moves on to the next at once; when every notifier failed and one said the failure may pass,
   the notifications are queued again after a backoff (`retry_min_s` doubling to `retry_max_s`);
   when none may pass, they are given up and the audit log says so.
+- Only a notifier that reaches a phone delivers when one is configured: the outbox then keeps a
+  copy of each SMS no phone notifier took, and the SMS stays failed and is tried again (a file
+  written is nobody told). With the outbox alone (the demo) the outbox is the delivery.
+- A part's idempotency key is the same at every attempt of the same notifications with the same
+  text, so a provider that honours keys never sends a retried part twice.
 - Incoming SMS and delivery reports from notifiers that can receive are stored as commands and
   delivery records; the engine applies the commands.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from alerts.grouping import Batch, Queued, plan
@@ -35,6 +41,9 @@ class Dispatcher:
         self.cfg = config.alerts
         self.store = store
         self.notifiers = notifiers
+        phones = [n for n in notifiers if getattr(n, "reaches_phone", True)]
+        self._delivery = phones or notifiers
+        self._records = [n for n in notifiers if n not in self._delivery]
         self.profiles = Profiles(self.cfg)
         self._attempts: dict[int, int] = {}
         # For the heartbeat and /metrics: can this service reach anyone now?
@@ -44,14 +53,18 @@ class Dispatcher:
         self.last_ok_at: float | None = None
         self.last_failure_at: float | None = None
         self.last_failure = ""
+        self.notifier_down: dict[str, str] = {}  # notifier -> its latest failure, until it next delivers
 
-    def text_for(self, b: Batch) -> tuple[str, list[int]]:
-        """The SMS text, and the queued items it leaves out (acknowledged since they were queued)."""
-        replies = [q.text for q in b.items if q.text]
+    def text_for(self, b: Batch) -> tuple[str, list[int], dict[str, str]]:
+        """The SMS text, the queued items it leaves out (acknowledged since they were queued), and
+        each alarm it names with the priority it gives (what a reply to it has seen)."""
+        replies = [q for q in b.items if q.text]
         if replies:
-            return " ".join(replies), []
+            shown = {q.alarm_id: q.priority for q in replies if q.alarm_id not in ("", "-")}
+            return " ".join(q.text for q in replies), [], shown
         lines: list[Line] = []
         skipped: list[int] = []
+        shown = {}
         for q in _one_per_alarm(b.items):
             a = self.store.alarm(q.alarm_id)
             if a is None or (a.state == "acknowledged" and q.reason != "cleared"):
@@ -63,6 +76,7 @@ class Dispatcher:
                 message += " (now cleared)"
             label = self.profiles.get(a.patient).label
             value = None if a.technical else a.value
+            shown[a.alarm_id] = a.priority
             lines.append(
                 Line(
                     label,
@@ -77,8 +91,8 @@ class Dispatcher:
                 )
             )
         if not lines:
-            return "", skipped
-        return compose(lines, self.cfg.timezone, b.language), skipped
+            return "", skipped, {}
+        return compose(lines, self.cfg.timezone, b.language), skipped, shown
 
     def step(self, now: float) -> int:
         """Send what is due now; the number of SMS accepted."""
@@ -90,7 +104,7 @@ class Dispatcher:
         )
         sent = 0
         for b in batches:
-            text, skipped = self.text_for(b)
+            text, skipped, shown = self.text_for(b)
             if skipped:
                 self.store.drop_queued(skipped, now, "acknowledged before it went out")
             if not text:
@@ -99,19 +113,26 @@ class Dispatcher:
                 b.phone, b.person, b.language, b.patient, tuple(q for q in b.items if q.seq not in skipped)
             )
             encoding, parts = split(text)
-            seq = self.store.begin_sms(keep, text, parts, encoding, now)
-            sent += self._send(seq, b, parts, now)
+            seq = self.store.begin_sms(keep, text, parts, encoding, now, shown)
+            sent += self._send(seq, keep, parts, now)
         return sent
 
     def _send(self, seq: int, b: Batch, parts: list[str], now: float) -> int:
         details: list[str] = []
         retryable = False
-        for n in self.notifiers:
+        # The same notifications in the same words make the same keys, whichever attempt this is.
+        same = hashlib.sha256(
+            "|".join(
+                [b.phone, ",".join(str(q.seq) for q in sorted(b.items, key=lambda q: q.seq)), *parts]
+            ).encode()
+        ).hexdigest()[:20]
+        keys = [f"nabz-{same}-{i + 1}" for i in range(len(parts))]
+        for n in self._delivery:
             ref: str | None = None
             failed = None
-            for i, part in enumerate(parts):
+            for part, key in zip(parts, keys, strict=True):
                 try:
-                    d = n.send(b.phone, part, f"nabz-{seq}-{i + 1}", now)
+                    d = n.send(b.phone, part, key, now)
                 except Exception as exc:  # a notifier's bug is a failed attempt, not a stuck SMS
                     log.exception("notifier %s", n.name)
                     d = Delivery(False, retryable=True, detail=f"{type(exc).__name__}: {exc}")
@@ -123,11 +144,20 @@ class Dispatcher:
                 self.store.finish_sms(seq, True, n.name, ref, "accepted", now, None)
                 self.sent_ok += 1
                 self.last_ok_at = now
+                self.notifier_down.pop(n.name, None)
                 return 1
             self.notifier_failures[n.name] = self.notifier_failures.get(n.name, 0) + 1
+            self.notifier_down[n.name] = failed.detail
             details.append(f"{n.name}: {failed.detail}")
             retryable = retryable or failed.retryable
             log.error("SMS %d to %s failed through %s: %s", seq, b.phone, n.name, failed.detail)
+        if q_attempts(self.store, seq) == 0:  # a copy of what no phone took, once per SMS
+            for r in self._records:
+                for part, key in zip(parts, keys, strict=True):
+                    try:
+                        r.send(b.phone, part, key, now)
+                    except Exception:
+                        log.exception("notifier %s", r.name)
         self.failures += 1
         self.last_failure_at = now
         self.last_failure = "; ".join(details)
@@ -136,9 +166,15 @@ class Dispatcher:
         if retryable:
             retry_at = now + min(self.cfg.retry_max_s, self.cfg.retry_min_s * 2.0**attempts)
         self.store.finish_sms(
-            seq, False, ",".join(n.name for n in self.notifiers), None, "; ".join(details), now, retry_at
+            seq, False, ",".join(n.name for n in self._delivery), None, "; ".join(details), now, retry_at
         )
         return 0
+
+    @property
+    def degraded(self) -> str | None:
+        """Which delivering notifiers failed on their latest attempt (SMS may be going another way)."""
+        down = [f"{name}: {why}" for name, why in self.notifier_down.items()]
+        return "; ".join(down) or None
 
     @property
     def failing(self) -> bool:

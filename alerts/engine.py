@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Callable
@@ -50,6 +51,9 @@ _TIMERS_MAX_AGE_S = 600.0
 _STARTUP_GRACE_S = 60.0
 _INHIBIT_GRACE_S = 30.0
 _SENSOR_INHIBITORS = frozenset({"leads_off", "sensor_off"})  # inhibit because the data were unusable
+# An ACK code is not given to another alarm within a day of the last, and an SMS reply acts only on
+# alarms texted to that phone within as long (docs/alerts.md "Replies").
+CODE_REUSE_S = 24 * 3600.0
 
 
 def parse_sms_command(text: str) -> tuple[str, list[str], float | None] | None:
@@ -115,6 +119,9 @@ class AlertEngine:
         self._devices_saved_at = float("-inf")
         self._timers_saved = True  # whether the store may hold timers (at start: maybe)
         self._notified_seq = max((s for s, _, _ in store.notified_after(0)), default=0)
+        # ack code -> when an alarm last got it: a code is not given again within CODE_REUSE_S, so a
+        # late or mistyped reply to an old SMS cannot acknowledge another patient's new alarm
+        self._codes: dict[str, float] = store.recent_codes(-math.inf if now is None else now - CODE_REUSE_S)
 
     # --- inputs -------------------------------------------------------------------------------
     def observe(self, v: Vitals, now: float) -> list[AlarmEvent]:
@@ -285,7 +292,7 @@ class AlertEngine:
                 alarm = Alarm(
                     alarm_id=self.new_id(), site=self.site, patient=c.patient, kind=c.kind, priority=priority,
                     state="active", message=c.message, value=c.value, threshold=c.threshold, unit=c.unit,
-                    condition_started_at=c.started_at, raised_at=now, ack_code=self._ack_code(),
+                    condition_started_at=c.started_at, raised_at=now, ack_code=self._ack_code(now),
                     technical=c.technical,
                 )  # fmt: skip
                 with self.store.tx():
@@ -431,10 +438,28 @@ class AlertEngine:
         action, codes, minutes = parsed
         events: list[AlarmEvent] = []
         done: list[str] = []
+        texted = self.store.texted(phone, now - CODE_REUSE_S)
         for code in codes:
             alarm = next((a for a in self.open.values() if a.ack_code == code), None)
             if alarm is None:
                 done.append(f"{code}: no open alarm")
+                continue
+            if alarm.alarm_id not in texted:  # a mistyped code, or someone else's alarm
+                why = {"phone": phone, "text": text[:160], "why": "not an alarm texted to this phone"}
+                self.store.audit_add(now, alarm.alarm_id, f"sms_{action}", "refused", json.dumps(why))
+                done.append(f"{code}: no open alarm texted to you")
+                continue
+            seen = texted[alarm.alarm_id]
+            if seen is not None and PRIORITY_RANK[alarm.priority] > PRIORITY_RANK[seen]:
+                # It worsened after the SMS this reply answers: say so, and take the next ACK.
+                why = {"phone": phone, "text": text[:160], "why": f"worsened to {alarm.priority}"}
+                self.store.audit_add(now, alarm.alarm_id, f"sms_{action}", "refused", json.dumps(why))
+                self.store.enqueue(Queued(
+                    0, phone, person.name, person.language, alarm.patient, alarm.alarm_id, alarm.priority,
+                    "ack_reply", now,
+                    text=f"NABZ: {code} {alarm.patient} {alarm.kind} is now {alarm.priority.upper()}: "
+                    f"{alarm.message}. Not done; reply {'ACK' if action == 'ack' else 'SNOOZE'} {code} again",
+                ))  # fmt: skip
                 continue
             if action == "ack":
                 if alarm.state == "active":
@@ -445,18 +470,27 @@ class AlertEngine:
                     alarm.patient, alarm.kind, (minutes or 15.0) * 60.0, person.name, now, "SMS snooze"
                 )
                 done.append(f"SNOOZED {code} {alarm.patient} {alarm.kind} {(s.ends_at - now) / 60:.0f} min")
-        self._reply(person.name, phone, person.language, "NABZ: " + "; ".join(done), now)
-        return "; ".join(done), events
+        if done:
+            self._reply(person.name, phone, person.language, "NABZ: " + "; ".join(done), now)
+        return "; ".join(done) or "refused: worsened since texted", events
 
     def _reply(self, name: str, phone: str, lang: str, text: str, now: float) -> None:
         self.store.enqueue(Queued(0, phone, name, lang, "-", "", "low", "ack_reply", now, text=text))
 
-    def _ack_code(self) -> str:
+    def _ack_code(self, now: float) -> str:
+        """A code no open alarm has and none got in the last CODE_REUSE_S (else the longest unused)."""
         used = {a.ack_code for a in self.open.values()}
-        while True:
+        for _ in range(64):
             code = f"{self.rng.randrange(1000, 10000)}"
-            if code not in used:
-                return code
+            if code not in used and now - self._codes.get(code, -math.inf) > CODE_REUSE_S:
+                break
+        else:  # thousands of alarms a day: the code given out longest ago
+            code = min((c for c in map(str, range(1000, 10000)) if c not in used),
+                       key=lambda c: self._codes.get(c, -math.inf))  # fmt: skip
+        self._codes[code] = now
+        if len(self._codes) > 20_000:
+            self._codes = {c: t for c, t in self._codes.items() if now - t <= CODE_REUSE_S}
+        return code
 
     def _record(self, alarm: Alarm, now: float) -> AlarmEvent:
         event = to_event(alarm, self.new_id())

@@ -61,6 +61,8 @@ class DeliveryReport:
 
 
 class Notifier(Protocol):
+    """Where SMS go. A notifier without `reaches_phone = False` is taken to reach a phone."""
+
     name: str
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
@@ -74,9 +76,11 @@ class Pollable(Protocol):
 
 
 class OutboxNotifier:
-    """Appends one JSON line per SMS to a file and logs it."""
+    """Appends one JSON line per SMS to a file and logs it. It reaches no phone: beside a modem or a
+    provider it keeps a copy of what they could not send, and never counts as a delivery."""
 
     name = "outbox"
+    reaches_phone = False
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -107,6 +111,7 @@ class HttpSmsNotifier:
     """An HTTP SMS provider (see the module docstring)."""
 
     name = "http"
+    reaches_phone = True
 
     def __init__(self, cfg: SmsHttpConfig) -> None:
         if not cfg.url:

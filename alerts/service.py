@@ -305,6 +305,8 @@ class AlertService:
             detail = f"no notifier can send: {self.dispatcher.last_failure}"[:300]
         elif time.monotonic() - self._dispatch_at > _STUCK_S:
             detail = f"the dispatcher has not turned for {time.monotonic() - self._dispatch_at:.0f} s"
+        elif self.dispatcher.degraded:  # SMS still go, through a later notifier
+            detail = f"a notifier failed on its latest SMS: {self.dispatcher.degraded}"[:300]
         hb = Heartbeat(
             site=self.config.site,
             service="alerts",
@@ -356,6 +358,8 @@ class AlertService:
             Metric.one("nabz_alerts_notifications_queued", "notifications waiting to be sent", "gauge", queued),
             Metric.one("nabz_alerts_can_notify", "0 while the latest SMS went through no notifier", "gauge",
                        0.0 if d.failing else 1.0),
+            Metric("nabz_alerts_notifier_up", "0 while a notifier's latest attempt failed", "gauge",
+                   [({"notifier": n}, 0.0 if n in d.notifier_down else 1.0) for n in sorted(d.notifier_failures)]),
             Metric.one("nabz_alerts_bad_messages_total", "malformed messages ignored", "counter", self.bad_messages),
             Metric.one("nabz_alerts_bad_vitals_total", "invalid vitals left out of a batch, the rest used",
                        "counter", self.bad_vitals),

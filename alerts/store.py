@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alerts.grouping import Batch, Queued
-from alerts.lifecycle import Alarm
+from alerts.lifecycle import PRIORITY_RANK, Alarm
 from alerts.oncall import Escalation
 from alerts.silences import Silence
 from nabz import contract
@@ -89,6 +89,12 @@ class AlertStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        if "shown" not in {row[1] for row in self.db.execute("PRAGMA table_info(sms)")}:
+            try:  # stores from before 2026-11-27: SMS sent before have no record of the priorities shown
+                self.db.execute("ALTER TABLE sms ADD COLUMN shown TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
         self.lock = threading.RLock()
         self._depth = 0
 
@@ -138,6 +144,13 @@ class AlertStore:
     def alarm(self, alarm_id: str) -> Alarm | None:
         rows = self._rows("SELECT data FROM alarms WHERE alarm_id = ?", (alarm_id,))
         return Alarm(**_decode(rows[0][0])) if rows else None
+
+    def recent_codes(self, since: float) -> dict[str, float]:
+        """ack code -> when the latest alarm raised after `since` with that code was raised."""
+        rows = self._rows(
+            "SELECT ack_code, MAX(raised_at) FROM alarms WHERE raised_at > ? GROUP BY ack_code", (since,)
+        )
+        return {str(code): float(at) for code, at in rows if code}
 
     def open_alarms(self) -> list[Alarm]:
         rows = self._rows("SELECT data FROM alarms WHERE state != 'cleared' ORDER BY raised_at")
@@ -219,14 +232,24 @@ class AlertStore:
                 row = self.db.execute("SELECT alarm_id FROM queue WHERE seq = ?", (seq,)).fetchone()
                 self.audit_add(now, row[0] if row else "-", "notification", "dropped", why)
 
-    def begin_sms(self, b: Batch, text: str, parts: list[str], encoding: str, now: float) -> int:
+    def begin_sms(
+        self,
+        b: Batch,
+        text: str,
+        parts: list[str],
+        encoding: str,
+        now: float,
+        shown: dict[str, str] | None = None,
+    ) -> int:
+        """Record an SMS before it is handed over; `shown` is each alarm's priority as its text says."""
         alarm_ids = sorted({q.alarm_id for q in b.items if q.alarm_id})
         with self.tx():
             cur = self.db.execute(
-                "INSERT INTO sms (created_at, phone, person, patient, alarm_ids, text, parts, encoding, status) "
-                "VALUES (?,?,?,?,?,?,?,?, 'sending')",
-                (now, b.phone, b.person, b.patient, json.dumps(alarm_ids), text, json.dumps(parts), encoding),
-            )
+                "INSERT INTO sms (created_at, phone, person, patient, alarm_ids, text, parts, encoding, status, "
+                "shown) VALUES (?,?,?,?,?,?,?,?, 'sending', ?)",
+                (now, b.phone, b.person, b.patient, json.dumps(alarm_ids), text, json.dumps(parts), encoding,
+                 json.dumps(shown or {})),
+            )  # fmt: skip
             seq = int(cur.lastrowid or 0)
             self.db.executemany(
                 "UPDATE queue SET status = 'sending', sms_seq = ? WHERE seq = ?",
@@ -283,6 +306,21 @@ class AlertStore:
             for a in json.loads(row[1]):
                 self.audit_add(now, a, "delivery", status, json.dumps({"sms": row[0]}))
             return int(row[0])
+
+    def texted(self, phone: str, since: float) -> dict[str, str | None]:
+        """The alarms an SMS to `phone` named since `since` (sent or not: a timed-out SMS may have gone),
+        each with the highest priority an SMS that went said it had (None: none known to have gone)."""
+        out: dict[str, str | None] = {}
+        for ids, shown, status in self._rows(
+            "SELECT alarm_ids, shown, status FROM sms WHERE phone = ? AND created_at > ? ORDER BY seq",
+            (phone, since),
+        ):
+            said = json.loads(shown) if shown and status == "sent" else {}
+            for a in json.loads(ids):
+                p, was = said.get(a), out.setdefault(a, None)
+                if p in PRIORITY_RANK and (was is None or PRIORITY_RANK[p] > PRIORITY_RANK[was]):
+                    out[a] = p
+        return out
 
     def sent_times(self, since: float) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}

@@ -39,8 +39,10 @@ class Recorder:
     name: str = "rec"
     sent: list[tuple[str, str, float]] = field(default_factory=list)
     fail: Delivery | None = None
+    keys: list[str] = field(default_factory=list)  # every part's idempotency key, failed attempts too
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
+        self.keys.append(key)
         if self.fail is not None:
             return self.fail
         self.sent.append((to, text, at))

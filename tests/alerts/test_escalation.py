@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from alerts.dispatch import Dispatcher
 from alerts.engine import parse_sms_command
 from alerts.lifecycle import Alarm, LifecycleError, apply
-from alerts.notify import Delivery
+from alerts.notify import Delivery, OutboxNotifier
 from alerts.oncall import Schedule
 from nabz.config import AlertsConfig, EscalationConfig, OncallConfig, OverrideConfig
 from tests.alerts.helpers import PEOPLE, T0, Recorder, Rig, config, v
@@ -302,3 +305,118 @@ def test_a_command_is_judged_by_when_it_arrived_not_when_its_turn_came(tmp_path:
     on_time = {"code": alarm.alarm_id, "by": "sana", "not_after": T0 + 50, "received_at": T0 + 49}
     rig.store.add_command(T0 + 58, "ack", on_time, "mqtt:sana")
     assert "acknowledged" in [e.state for e in rig.at(T0 + 58)]
+
+
+def test_the_outbox_beside_a_modem_keeps_a_copy_but_is_no_delivery(tmp_path: Path) -> None:
+    """With `notifiers = ["gsm", "outbox"]` a modem with no network must not be hidden by the file:
+    the SMS stays unsent and is tried again through the modem, the service says it cannot notify,
+    and the outbox holds one copy of what no phone got."""
+    modem = Recorder("gsm", fail=Delivery(False, retryable=True, detail="+CMS ERROR: 331"))
+    outbox = OutboxNotifier(tmp_path / "outbox.jsonl")
+    rig = Rig(tmp_path, config(schedule=False), notifier=modem)
+    rig.dispatcher = Dispatcher(rig.cfg, rig.store, [modem, outbox])
+    desaturate(rig)
+    rig.run(T0 + 10, T0 + 60, step=5.0)  # several retries
+    assert modem.sent == [] and rig.dispatcher.failing
+    assert all(s["status"] == "failed" for s in rig.store.sms())
+    (copy,) = (json.loads(x) for x in outbox.path.read_text().splitlines())
+    assert copy["text"].startswith("NABZ HIGH p-0001: SpO2 82%")
+    assert rig.engine.open[("p-0001", "spo2_low")].notified_at is None
+    modem.fail = None
+    rig.run(T0 + 61, T0 + 250, step=5.0)  # before the repeat at 5 minutes
+    assert [t[:20] for t in modem.texts()] == ["NABZ HIGH p-0001: Sp"]
+    assert not rig.dispatcher.failing and rig.store.sms()[-1]["notifier"] == "gsm"
+    assert rig.engine.open[("p-0001", "spo2_low")].notified_at is not None
+    assert len(outbox.path.read_text().splitlines()) == 1
+
+
+def test_a_failing_notifier_with_a_working_fallback_is_reported(tmp_path: Path) -> None:
+    modem = Recorder("gsm", fail=Delivery(False, retryable=True, detail="modem backing off"))
+    http = Recorder("http")
+    rig = Rig(tmp_path, config(schedule=False), notifier=modem)
+    rig.dispatcher = Dispatcher(rig.cfg, rig.store, [modem, http])
+    desaturate(rig)
+    assert len(http.sent) == 1 and not rig.dispatcher.failing
+    assert rig.dispatcher.degraded == "gsm: modem backing off"
+    modem.fail = None
+    rig.feed([v(T0 + 20 + i, patient="p-0002", source="device", spo2_pct=82.0) for i in range(10)])
+    assert len(modem.sent) == 1 and rig.dispatcher.degraded is None
+
+
+def test_a_retried_sms_keeps_its_idempotency_keys(tmp_path: Path) -> None:
+    """A provider that times out after taking a part gets the same key when it is sent again, so it
+    can drop the copy; the next notification of the same alarm gets new keys."""
+    flaky = Recorder("http", fail=Delivery(False, retryable=True, detail="no answer: timed out"))
+    rig = Rig(tmp_path, config(schedule=False), notifier=flaky)
+    desaturate(rig)
+    flaky.fail = None
+    rig.run(T0 + 10, T0 + 15)
+    assert len(flaky.sent) == 1 and len(flaky.keys) == 2 and flaky.keys[0] == flaky.keys[1]
+    rig.run(T0 + 16, T0 + 400, step=10.0)  # the repeat after 5 minutes
+    assert len(flaky.sent) == 2 and flaky.keys[-1] != flaky.keys[0]
+
+
+def test_an_sms_reply_acts_only_on_alarms_texted_to_that_phone(tmp_path: Path) -> None:
+    """The backup has not been texted yet: their ACK of the code (a typo, or a code heard of
+    second-hand) does nothing, and the primary's escalation goes on."""
+    rig = Rig(tmp_path)
+    code = desaturate(rig)
+    rig.run(T0 + 10, T0 + 20)
+    assert [p for p, _, _ in rig.notifier.sent] == [FARAH]
+    rig.store.add_command(T0 + 30, "sms_in", {"phone": BILAL, "text": f"ACK {code}"}, "sms")
+    rig.at(T0 + 30)
+    assert rig.engine.open[("p-0001", "spo2_low")].state == "active"
+    assert f"{code}: no open alarm texted to you" in rig.notifier.texts(BILAL)[-1]
+    assert any(a["what"] == "sms_ack" and a["state"] == "refused" for a in rig.store.audit())
+    rig.store.add_command(T0 + 31, "sms_in", {"phone": FARAH, "text": f"ACK {code}"}, "sms")
+    rig.at(T0 + 31)
+    assert rig.engine.open[("p-0001", "spo2_low")].state == "acknowledged"
+
+
+def test_an_ack_code_is_not_given_again_for_a_day(tmp_path: Path) -> None:
+    """An alarm clears; a reply to its SMS that comes late must not acknowledge the next alarm,
+    even when the random draw offers the same code again."""
+    rig = Rig(tmp_path, config(schedule=False))
+    old = desaturate(rig)
+    rig.feed([v(T0 + 10 + i, source="device", spo2_pct=97.0) for i in range(15)])
+    assert ("p-0001", "spo2_low") not in rig.engine.open
+
+    class SameCode(random.Random):
+        def randrange(self, *args: Any, **kw: Any) -> int:
+            return int(old)
+
+    rig.restart()  # and the service restarted meanwhile: the codes of the last day come from the store
+    rig.engine.rng = SameCode()
+    new = desaturate(rig, patient="p-0002", start=T0 + 60)
+    assert new != old
+    rig.run(T0 + 70, T0 + 80)
+    rig.store.add_command(
+        T0 + 90, "sms_in", {"phone": rig.cfg.alerts.on_call[0], "text": f"ACK {old}"}, "sms"
+    )
+    rig.at(T0 + 90)
+    assert rig.engine.open[("p-0002", "spo2_low")].state == "active"
+
+
+def test_an_sms_ack_of_an_alarm_that_worsened_since_its_sms_is_refused_until_the_doctor_has_seen_it(
+    tmp_path: Path,
+) -> None:
+    """The doctor's ACK to the MEDIUM text crosses the HIGH one: it is not taken (the escalation of
+    a worse alarm goes on); the answer says it is now HIGH, and the next ACK is taken."""
+    modem = Recorder("gsm")
+    rig = Rig(tmp_path, config(schedule=False), notifier=modem)
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=140.0) for i in range(15)])  # medium, texted
+    alarm = rig.engine.open[("p-0001", "hr_high")]
+    phone = rig.cfg.alerts.on_call[0]
+    assert modem.texts(phone)[0].startswith("NABZ MEDIUM p-0001: HR")
+    modem.fail = Delivery(False, retryable=True, detail="+CMS ERROR: 331")
+    rig.feed([v(T0 + 15 + i, source="ecg", hr_bpm=175.0) for i in range(15)])  # worse: high, not yet texted
+    rig.store.add_command(T0 + 30, "sms_in", {"phone": phone, "text": f"ACK {alarm.ack_code}"}, "sms")
+    rig.at(T0 + 30)
+    assert rig.engine.open[("p-0001", "hr_high")].state == "active"
+    assert any(a["what"] == "sms_ack" and "worsened to high" in a["detail"] for a in rig.store.audit())
+    modem.fail = None
+    rig.run(T0 + 31, T0 + 60, step=5.0)
+    assert any("is now HIGH" in t and f"ACK {alarm.ack_code} again" in t for t in modem.texts(phone))
+    rig.store.add_command(T0 + 61, "sms_in", {"phone": phone, "text": f"ACK {alarm.ack_code}"}, "sms")
+    rig.at(T0 + 61)
+    assert rig.engine.open[("p-0001", "hr_high")].state == "acknowledged"
