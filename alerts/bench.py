@@ -170,10 +170,10 @@ class _Stopwatch:
     name = "bench"
 
     def __init__(self) -> None:
-        self.accepted: dict[str, float] = {}
+        self.accepted: dict[tuple[str, str], float] = {}  # (phone, text of a part) -> first accepted
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
-        self.accepted[key] = time.perf_counter()
+        self.accepted.setdefault((to, text), time.perf_counter())
         return Delivery(True, ref=key)
 
 
@@ -266,7 +266,7 @@ def _score(
     worst: list[tuple[float, str]] = []
     for alarm_id, first in first_sms.items():
         waited = first["sent_at"] - by_id[alarm_id]["raised_at"]
-        accepted = watch.accepted.get(f"nabz-{first['seq']}-1")
+        accepted = watch.accepted.get((first["phone"], first["parts"][0]))
         if accepted is None or alarm_id not in started:
             continue
         proc = max(0.0, accepted - started[alarm_id]) if waited == 0 else 0.0

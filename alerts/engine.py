@@ -97,6 +97,14 @@ class AlertEngine:
         self.stale = StaleTracker(self.cfg.stale_after_s)
         self.gateways = GatewayTracker(self.cfg.gateway_offline_after_s, self._patient_of)
         self.schedule = Schedule(config.oncall, self.cfg.on_call)
+        esc = config.escalation
+        targets = [t for pol in (esc.high, esc.medium, esc.low) for step in pol.steps for t in step.notify]
+        unknown = self.schedule.unknown_targets(targets)
+        if unknown:
+            raise ValueError(f"[escalation] notifies {sorted(set(unknown))}: no such role, person or team")
+        if not self.schedule.everyone():
+            raise ValueError("nobody to text: set [oncall.people] or [alerts] on_call")
+        self.nobody_on_call = 0  # alarms whose escalation found nobody on call (sent to everyone instead)
         self.open: dict[tuple[str, str], Alarm] = {(a.patient, a.kind): a for a in store.open_alarms()}
         self.latest: dict[str, dict[str, object]] = {}  # patient -> latest values, for the console
         self._by_kind: dict[str, list[Rule]] = {}
@@ -358,6 +366,17 @@ class AlertEngine:
             esc = self.store.escalation(alarm.alarm_id) or Escalation()
             before = (esc.started_at, esc.steps_done, esc.paused_at, dict(esc.reached))
             due = advance(esc, self._policy(alarm), self.schedule, now, self._suppressed(alarm, now))
+            if esc.steps_done and not esc.reached:
+                # Its steps so far name nobody on call now (no rotation for the role, an empty team):
+                # an alarm texted to no one is the one thing this service must not do.
+                due = [(p, "new") for p in self.schedule.everyone()]
+                for p, _ in due:
+                    esc.reached[p.name] = (p.phone, p.language, now)
+                self.nobody_on_call += 1
+                log.error("alerts: %s of %s: the escalation names nobody on call; texting everyone on the"
+                          " schedule", alarm.kind, alarm.patient)  # fmt: skip
+                self.store.audit_add(now, alarm.alarm_id, "escalation", "nobody_on_call",
+                                     json.dumps({"to": [p.name for p, _ in due]}))  # fmt: skip
             for person, why in due:
                 reason = reason_first if why == "new" else why
                 self._queue(alarm, person.name, person.phone, person.language, reason, now)

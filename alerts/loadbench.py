@@ -40,12 +40,12 @@ class _Stopwatch:
     name = "bench"
 
     def __init__(self) -> None:
-        self.accepted: dict[str, float] = {}
+        self.accepted: dict[tuple[str, str], float] = {}  # (phone, text of a part) -> first accepted
         self.lock = threading.Lock()
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
         with self.lock:
-            self.accepted[key] = time.time()
+            self.accepted.setdefault((to, text), time.time())
         return Delivery(True, ref=key)
 
 
@@ -84,7 +84,7 @@ def live_latency(
         time.sleep(3.0)  # let the last alarms through
         latencies: list[float] = []
         for sms in service.store.sms():
-            accepted = watch.accepted.get(f"nabz-{sms['seq']}-1")
+            accepted = watch.accepted.get((sms["phone"], sms["parts"][0]))
             if accepted is None or sms["patient"] not in desat:
                 continue
             trigger = published_at.get((sms["patient"], desat[sms["patient"]] + int(_DELAY_S)))

@@ -68,6 +68,24 @@ class Schedule:
                 return [self.people[r.members[turn % len(r.members)]]]
         return []
 
+    def everyone(self) -> list[Person]:
+        """Every person on the schedule (or the fallback numbers): who an alarm goes to when its
+        escalation names nobody who is on call."""
+        return list(self.fallback) or list(self.people.values())
+
+    def unknown_targets(self, targets: list[str]) -> list[str]:
+        """Escalation targets that name no role, person or the team (a typo in the configuration)."""
+        if self.fallback:
+            return []
+        roles = {
+            "primary",
+            "backup",
+            "team",
+            *(r.role for r, _ in self.rotations),
+            *(o.role for o, _, _ in self.overrides),
+        }
+        return [t for t in targets if t not in roles and t not in self.people]
+
     def resolve(self, targets: list[str], at: float) -> list[Person]:
         out: list[Person] = []
         for t in targets:

@@ -355,6 +355,8 @@ class AlertService:
             Metric.one("nabz_alerts_sms_failed_total", "SMS no notifier took (each attempt)", "counter", d.failures),
             Metric("nabz_alerts_notifier_failures_total", "failed attempts, by notifier", "counter",
                    [({"notifier": n}, float(c)) for n, c in sorted(d.notifier_failures.items())]),
+            Metric.one("nabz_alerts_nobody_on_call_total", "alarms whose escalation named nobody on call"
+                       " (texted to everyone instead)", "counter", self.engine.nobody_on_call),
             Metric.one("nabz_alerts_notifications_queued", "notifications waiting to be sent", "gauge", queued),
             Metric.one("nabz_alerts_can_notify", "0 while the latest SMS went through no notifier", "gauge",
                        0.0 if d.failing else 1.0),

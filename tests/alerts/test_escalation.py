@@ -15,7 +15,15 @@ from alerts.engine import parse_sms_command
 from alerts.lifecycle import Alarm, LifecycleError, apply
 from alerts.notify import Delivery, OutboxNotifier
 from alerts.oncall import Schedule
-from nabz.config import AlertsConfig, EscalationConfig, OncallConfig, OverrideConfig
+from nabz.config import (
+    AlertsConfig,
+    Config,
+    EscalationConfig,
+    EscalationPolicy,
+    EscalationStep,
+    OncallConfig,
+    OverrideConfig,
+)
 from tests.alerts.helpers import PEOPLE, T0, Recorder, Rig, config, v
 
 FARAH, BILAL, AISHA, OMAR = (PEOPLE[n].phone for n in ("farah", "bilal", "aisha", "omar"))
@@ -420,3 +428,23 @@ def test_an_sms_ack_of_an_alarm_that_worsened_since_its_sms_is_refused_until_the
     rig.store.add_command(T0 + 61, "sms_in", {"phone": phone, "text": f"ACK {alarm.ack_code}"}, "sms")
     rig.at(T0 + 61)
     assert rig.engine.open[("p-0001", "hr_high")].state == "acknowledged"
+
+
+def test_an_alarm_whose_escalation_names_nobody_on_call_goes_to_everyone(tmp_path: Path) -> None:
+    """Low alarms go to the primary; with no primary rotation they went to nobody, silently."""
+    base = config()
+    oncall = OncallConfig(
+        people=base.oncall.people, rotations=[r for r in base.oncall.rotations if r.role != "primary"],
+        team=base.oncall.team,
+    )  # fmt: skip
+    rig = Rig(tmp_path, Config(site="demo", alerts=base.alerts, oncall=oncall))
+    rig.feed([v(T0, source="device", battery_pct=15)])  # battery_low: low priority, primary only
+    assert sorted(p for p, _, _ in rig.notifier.sent) == sorted([AISHA, BILAL, FARAH, OMAR])
+    assert rig.engine.nobody_on_call == 1
+    assert any(a["state"] == "nobody_on_call" for a in rig.store.audit())
+
+
+def test_an_escalation_naming_no_role_or_person_is_refused_at_start(tmp_path: Path) -> None:
+    esc = EscalationConfig(low=EscalationPolicy(steps=[EscalationStep(after_s=0.0, notify=["primay"])]))
+    with pytest.raises(ValueError, match="primay"):
+        Rig(tmp_path, config(escalation=esc))
