@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from nabz.config import EscalationPolicy, OncallConfig
@@ -35,6 +35,11 @@ def _local(text: str, tz: ZoneInfo) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
     return dt.timestamp()
+
+
+def _wall(t: float, tz: ZoneInfo) -> float:
+    """Seconds on the local wall clock at epoch time `t` (as if it never changed)."""
+    return datetime.fromtimestamp(t, tz).replace(tzinfo=UTC).timestamp()
 
 
 class Schedule:
@@ -64,7 +69,10 @@ class Schedule:
                 return [self.people[o.person]]
         for r, start in self.rotations:
             if r.role == role and r.members:
-                turn = math.floor((at - start) / (r.shift_h * 3600.0))
+                # Shifts are counted on the local wall clock, so a hand-over stays at its local time
+                # across a daylight-saving change (a 24 h shift that spans one is 23 or 25 h long).
+                elapsed = _wall(at, self.tz) - _wall(start, self.tz)
+                turn = math.floor(elapsed / (r.shift_h * 3600.0))
                 return [self.people[r.members[turn % len(r.members)]]]
         return []
 

@@ -23,6 +23,7 @@ from nabz.config import (
     EscalationStep,
     OncallConfig,
     OverrideConfig,
+    RotationConfig,
 )
 from tests.alerts.helpers import PEOPLE, T0, Recorder, Rig, config, v
 
@@ -448,3 +449,16 @@ def test_an_escalation_naming_no_role_or_person_is_refused_at_start(tmp_path: Pa
     esc = EscalationConfig(low=EscalationPolicy(steps=[EscalationStep(after_s=0.0, notify=["primay"])]))
     with pytest.raises(ValueError, match="primay"):
         Rig(tmp_path, config(escalation=esc))
+
+
+def test_hand_overs_keep_their_local_time_across_a_daylight_saving_change() -> None:
+    """London: 08:00 hand-overs; the clocks went back on 25 October 2026."""
+    cfg = OncallConfig(
+        timezone="Europe/London", people=PEOPLE,
+        rotations=[RotationConfig(role="primary", members=["aisha", "farah"], start="2026-10-20T08:00")],
+    )  # fmt: skip
+    s = Schedule(cfg)
+    nov_2_0800 = 1_793_606_400.0  # 2026-11-02 08:00 GMT
+    # Turns from 08:00 on 20 October: the 1 November shift is Aisha's; Farah's starts at 08:00, not 07:00.
+    assert [p.name for p in s.who("primary", nov_2_0800 - 1800)] == ["aisha"]
+    assert [p.name for p in s.who("primary", nov_2_0800)] == ["farah"]
