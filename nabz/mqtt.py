@@ -35,6 +35,10 @@ _PUBACK_HEAD = (PacketTypes.PUBACK << 4 << 24) | (2 << 16)  # a PUBACK of remain
 
 # A persistent session outlives a restart of its client by this long (MQTT v5 session expiry).
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# A persistent session's services (ingest, alerts) take at most this many unacknowledged QoS 1
+# messages at once (MQTT v5 Receive Maximum; the protocol's default is 65,535): after an outage
+# the broker hands over its queue this much at a time instead of into the service's memory.
+RECEIVE_MAXIMUM = 4096
 
 
 class MqttError(Exception):
@@ -306,6 +310,7 @@ def connect(client: paho.Client, config: MqttConfig, *, persistent_session: bool
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if persistent_session:
             props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
             clean_start = False
     try:
         client.connect_async(

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from nabz.config import MqttConfig
-from nabz.mqtt import connect, make_client
+from nabz.mqtt import RECEIVE_MAXIMUM, connect, make_client
 from tests.servers import Mosquitto
 
 TOPIC = "nabz/v1/test/reads"
@@ -335,3 +335,34 @@ def test_messages_split_from_the_read_buffer_are_those_paho_decodes(
     assert (b"\x40\x02" in want_sent) is not manual_ack  # QoS 1 acknowledged by the client
     # the fast way was taken: by most of the 600, by some of the first forty or so
     assert ours.slow < (len(want) / 2 if stop_after is None else len(want))
+
+
+def test_a_persistent_session_takes_a_backlog_a_window_at_a_time(mosquitto: Mosquitto) -> None:
+    """After an outage the broker holds thousands of messages for ingest: it hands over at most
+    RECEIVE_MAXIMUM unacknowledged at once (the protocol's default lets it push 65,535 into the
+    service's memory), and the rest as they are acknowledged."""
+    config = MqttConfig(url=mosquitto.url, protocol="5", keepalive_s=30)
+    got: list[int] = []
+    subscribed = threading.Event()
+    c = make_client(config, "window-sub", persistent_session=True, manual_ack=True, max_inflight=1000)
+    c.on_connect = lambda c, *_a: c.subscribe(TOPIC, qos=1)
+    c.on_subscribe = lambda *_a: subscribed.set()
+    c.on_message = lambda _c, _u, m: got.append(m.mid)
+    connect(c, config, persistent_session=True)
+    try:
+        assert subscribed.wait(10)
+        n = RECEIVE_MAXIMUM + 1500
+        _publish(mosquitto.port, [b"x%d" % i for i in range(n)])
+        deadline = time.monotonic() + 10
+        while len(got) < RECEIVE_MAXIMUM and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # and no more until some are acknowledged
+        assert len(got) == RECEIVE_MAXIMUM
+        c.ack_many(got[:2000])
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(got) == n
+    finally:
+        c.disconnect()
+        c.loop_stop()
