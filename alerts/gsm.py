@@ -1,14 +1,27 @@
 """SMS through a GSM modem: 3GPP TS 27.005 text mode over a serial port (pyserial).
 
 Rules of this file:
-- The parsing is pure (`classify`, `parse_cds`, `parse_cmgr`, `cms_retryable`); `GsmNotifier` only
-  moves bytes and keeps time limits. Unsolicited results (+CMTI new SMS, +CDS delivery report)
-  may arrive between or in the middle of command responses: they are set aside and handled by
-  `poll`.
+- The parsing is pure and lives in `alerts.atparse` (re-exported here); `GsmNotifier` only moves
+  bytes and keeps time limits. Unsolicited results (+CMTI new SMS, +CDS
+  delivery report, and vendors' own: Huawei "^RSSI: 14", Quectel "+QIND: ...", SIMCom "SMS Ready")
+  may arrive between or in the middle of command responses: they are set aside; `poll` handles
+  +CMTI and +CDS and drops the others.
 - Sending: AT+CSCS "GSM" (or "UCS2" for text outside the GSM alphabet, e.g. Urdu; the number is
   then UCS-2 hex as well), AT+CSMP (status report requested, 24 h validity, data coding 0 or 8),
   AT+CMGS="<number>",145, wait for the "> " prompt, the text, Ctrl-Z; then "+CMGS: <mr>" and OK,
   or "+CMS ERROR: <n>". ESC aborts a message after a timeout.
+- After any time-out the modem's state is unknown and its answer may still come: it is initialised
+  afresh before the next command, and initialising first reads away what the line holds until it
+  goes quiet (a late "+CMGS: 7 / OK" must not pass for the answer to AT, shifting every answer by
+  one). An answer to AT+CPIN? without a +CPIN: line is such a shift, not a SIM fault: retryable.
+- A modem that times out or cannot be initialised is down for a back-off (30 s doubling to 10 min,
+  on the caller's clock): `send` refuses at once and `poll` leaves it alone. A hung modem then costs
+  one time limit per back-off, not one per SMS and per poll on the dispatcher's single thread.
+- Received SMS: +CMTI -> AT+CMGR, and at start and every few minutes AT+CMGL="REC UNREAD" for those
+  whose +CMTI nobody heard (stored while the service was down, or lost in a reset). A message is
+  deleted from the SIM only at the `poll` after the one that handed it over; one that cannot be
+  parsed stays on the SIM and is logged. A reply's text may itself read "OK": in a message's text
+  the final result is the last OK/ERROR line before the modem goes quiet.
 - A failure is retryable when waiting may cure it (no network, network timeout, SIM busy,
   memory full, timeouts, the port missing); not when it needs a person (no SIM, SIM PIN needed
   without one configured, SMSC unknown, bad parameters).
@@ -22,101 +35,40 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from alerts.atparse import (
+    ModemError,
+    ModemTimeout,
+    classify,
+    cms_retryable,
+    error,
+    fields,
+    parse_cds,
+    parse_cmgl,
+    parse_cmgr,
+    result,
+    ucs2_hex,
+)
 from alerts.notify import Delivery, DeliveryReport, Incoming
 from alerts.smstext import encoding_of, gsm7_encode
 from nabz.config import ModemConfig
 
-__all__ = ["GsmNotifier", "ModemError", "classify", "parse_cds", "parse_cmgr", "cms_retryable", "ucs2_hex"]
+__all__ = [
+    "GsmNotifier", "ModemError", "ModemTimeout", "classify", "parse_cds", "parse_cmgr", "parse_cmgl",
+    "cms_retryable", "ucs2_hex",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 CTRL_Z = b"\x1a"
 ESC = b"\x1b"
-_NOT_RETRYABLE_CMS = {301, 303, 304, 305, 310, 311, 312, 313, 315, 316, 317, 318, 321, 330}
-_URC_PREFIXES = ("+CMTI:", "+CDS:", "+CDSI:", "RING", "+CREG:", "+CMT:")
-
-
-class ModemError(Exception):
-    def __init__(self, detail: str, retryable: bool) -> None:
-        super().__init__(detail)
-        self.retryable = retryable
-
-
-def cms_retryable(code: int) -> bool:
-    return code not in _NOT_RETRYABLE_CMS
-
-
-def classify(line: str) -> str:
-    """'final_ok', 'final_error', 'urc' or 'info' for one response line."""
-    if line == "OK":
-        return "final_ok"
-    if line == "ERROR" or line.startswith(("+CMS ERROR:", "+CME ERROR:")):
-        return "final_error"
-    if line.startswith(_URC_PREFIXES):
-        return "urc"
-    return "info"
-
-
-def _fields(text: str) -> list[str]:
-    out: list[str] = []
-    cur = ""
-    quoted = False
-    for c in text:
-        if c == '"':
-            quoted = not quoted
-        elif c == "," and not quoted:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += c
-    out.append(cur.strip())
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Cds:
-    mr: int
-    status: int
-
-
-def parse_cds(line: str) -> _Cds | None:
-    """`+CDS: <fo>,<mr>,[<ra>],[<tora>],<scts>,<dt>,<st>` (text mode) -> message reference, status."""
-    if not line.startswith("+CDS:"):
-        return None
-    f = _fields(line[5:])
-    try:
-        return _Cds(int(f[1]), int(f[-1]))
-    except (IndexError, ValueError):
-        return None
-
-
-def ucs2_hex(text: str) -> str:
-    return text.encode("utf-16-be").hex().upper()
-
-
-def _maybe_ucs2(text: str) -> str:
-    t = text.strip()
-    if len(t) >= 4 and len(t) % 4 == 0 and all(c in "0123456789ABCDEFabcdef" for c in t):
-        try:
-            return bytes.fromhex(t).decode("utf-16-be")
-        except ValueError:
-            return text
-    return text
-
-
-def parse_cmgr(lines: list[str], ucs2: bool = False) -> Incoming | None:
-    """`+CMGR: "REC UNREAD","+92300...",,"26/11/25,14:00:00+20"` then the text line(s)."""
-    if not lines or not lines[0].startswith("+CMGR:"):
-        return None
-    f = _fields(lines[0][6:])
-    if len(f) < 2:
-        return None
-    phone = _maybe_ucs2(f[1]) if ucs2 else f[1]
-    body = "\n".join(lines[1:])
-    return Incoming(phone, _maybe_ucs2(body) if ucs2 else body)
+_QUIET_S = 0.25  # no byte for this long: the modem has said all it had (115200 baud: ~2,900 bytes)
+_BACKOFF_MIN_S = 30.0
+_BACKOFF_MAX_S = 600.0
+_SWEEP_S = 300.0  # AT+CMGL for replies whose +CMTI was missed
+_REREAD_S = 30.0  # after a failed AT+CMGR: the message is still unread, the next sweep this soon
+_INVALID_INDEX = "+CMS ERROR: 321"  # nothing at that index (a +CMTI for a message already deleted)
 
 
 class GsmNotifier:
@@ -125,7 +77,13 @@ class GsmNotifier:
     name = "gsm"
 
     def __init__(
-        self, cfg: ModemConfig, *, port: Any = None, monotonic: Callable[[], float] = time.monotonic
+        self,
+        cfg: ModemConfig,
+        *,
+        port: Any = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        backoff_min_s: float = _BACKOFF_MIN_S,
+        backoff_max_s: float = _BACKOFF_MAX_S,
     ) -> None:
         self.cfg = cfg
         self.port: Any = port
@@ -135,6 +93,17 @@ class GsmNotifier:
         self.urcs: list[str] = []
         self._buf = b""
         self.charset = ""
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        # Down: on the caller's clock (`at` of send/poll), for the service's health and heartbeat.
+        self.down_until: float | None = None
+        self.down_reason = ""
+        self._down_for = 0.0
+        self._down_retryable = True
+        self._backoff_s = backoff_min_s  # the next back-off
+        self._failed_in_init = False
+        self._sweep_at: float | None = None  # AT+CMGL due at this time; None: at the next poll
+        self._handed: set[int] = set()  # SIM indexes poll returned: deleted at the next poll
 
     # --- bytes ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -173,35 +142,87 @@ class GsmNotifier:
             self.close()
             raise ModemError(f"serial port error: {exc}", retryable=True) from exc
 
-    def command(self, cmd: str, timeout_s: float | None = None) -> list[str]:
-        """Send one AT command; its information lines (URCs set aside). Raises ModemError."""
-        self._write(cmd.encode("latin-1") + b"\r")
-        return self._final(cmd, self.monotonic() + (timeout_s or self.cfg.command_timeout_s))
+    def _drain(self) -> None:
+        """Read what the line holds until the modem has been quiet for `_QUIET_S`.
 
-    def _final(self, cmd: str, deadline: float) -> list[str]:
-        info: list[str] = []
+        Answers to commands we gave up on are thrown away; URCs among them are kept. (Reading,
+        rather than the port's reset_input_buffer, is what keeps a +CDS or +CMTI that came in
+        with them.) A modem that never stops talking is cut off after the command time limit.
+        """
+        limit = self.monotonic() + self.cfg.command_timeout_s
+        quiet_at = self.monotonic() + _QUIET_S
         while True:
-            line = self._line(deadline)
+            had = len(self._buf)
+            self._read_some()
+            now = self.monotonic()
+            if len(self._buf) > had:
+                quiet_at = now + _QUIET_S
+            if now >= quiet_at or now >= limit:
+                break
+        stale, self._buf = self._buf, b""
+        for raw in stale.split(b"\r\n"):
+            line = raw.decode("latin-1").strip()
+            if classify(line) == "urc":
+                self.urcs.append(line)
+            elif line:
+                log.info("modem: a late answer thrown away: %r", line[:80])
+
+    def command(
+        self, cmd: str, timeout_s: float | None = None, *, text_after: str | None = None
+    ) -> list[str]:
+        """Send one AT command; its information lines (URCs set aside). Raises ModemError.
+
+        `text_after`: the header after which lines are message text (see `_final`).
+        """
+        self._write(cmd.encode("latin-1") + b"\r")
+        return self._final(cmd, self.monotonic() + (timeout_s or self.cfg.command_timeout_s), text_after)
+
+    def _final(self, cmd: str, deadline: float, text_after: str | None = None) -> list[str]:
+        """The information lines up to the final result; a time-out leaves the modem to be initialised.
+
+        After a `text_after` header (+CMGR:, +CMGL:) the lines are an SMS's text, and a doctor may
+        well write "OK" on a line of his own: there an OK or ERROR line is the final result only
+        when the modem says nothing more (but URCs) for `_QUIET_S`; text after it makes it text.
+        """
+        info: list[str] = []
+        in_text = False
+        pending: str | None = None  # a final-looking line inside message text
+        quiet_at = deadline
+        while True:
+            line = self._line(deadline if pending is None else min(deadline, quiet_at))
             if line is None:
-                raise ModemError(f"{cmd}: no answer from the modem", retryable=True)
+                if pending is not None:
+                    return result(cmd, pending, info)
+                self.ready = False
+                raise ModemTimeout(f"{cmd}: no answer from the modem")
             kind = classify(line)
-            if kind == "final_ok":
-                return info
-            if kind == "final_error":
-                raise _error(cmd, line)
             if kind == "urc":
                 self.urcs.append(line)
-            elif line != cmd:  # an echo, if the modem echoes
+                continue
+            if kind != "info" and not in_text:
+                return result(cmd, line, info)
+            if pending is not None:
+                info.append(pending)
+                pending = None
+            if kind != "info":
+                pending, quiet_at = line, self.monotonic() + _QUIET_S
+            elif text_after is not None and line.startswith(text_after):
+                in_text = True
+                info.append(line)
+            elif in_text or line != cmd:  # an echo, if the modem echoes
                 info.append(line)
 
     # --- session -------------------------------------------------------------------------------
     def init(self) -> None:
         self._open()
-        self._buf = b""
+        self._drain()
         self.command("AT")
         self.command("ATE0")
         self.command("AT+CMEE=1")
-        pin = " ".join(self.command("AT+CPIN?"))
+        answer = self.command("AT+CPIN?")
+        pin = " ".join(line for line in answer if line.startswith("+CPIN:"))
+        if not pin:  # another command's answer (one that came late): the line is out of step
+            raise ModemError(f"AT+CPIN?: no +CPIN in the answer {answer!r}"[:200], retryable=True)
         if "SIM PIN" in pin:
             if not self.cfg.sim_pin:
                 raise ModemError("the SIM needs its PIN and modem.sim_pin is not set", retryable=False)
@@ -214,6 +235,7 @@ class GsmNotifier:
         self.command("AT+CMGF=1")
         self.command("AT+CNMI=2,1,0,1,0")  # +CMTI for new SMS, +CDS for delivery reports
         self.charset = ""
+        self._sweep_at = None  # what came while nobody listened: at the next poll
         self.ready = True
 
     def close(self) -> None:
@@ -225,6 +247,40 @@ class GsmNotifier:
                 pass
         self.port = None
 
+    # --- back-off ------------------------------------------------------------------------------
+    def is_down(self, now: float) -> bool:
+        """Whether the modem is backing off at `now` (`send` refuses, `poll` leaves it alone)."""
+        if self.down_until is None:
+            return False
+        # The caller's clock is wall time: stepped back (NTP at boot), it must not hold the modem
+        # down for hours.
+        self.down_until = min(self.down_until, now + self._down_for)
+        return now < self.down_until
+
+    def _back_off(self, now: float, exc: ModemError, in_init: bool) -> None:
+        self._down_for = self._backoff_s
+        self.down_until = now + self._down_for
+        self.down_reason = str(exc)
+        self._down_retryable = exc.retryable
+        self._failed_in_init = in_init
+        self._backoff_s = min(self._backoff_s * 2.0, self.backoff_max_s)
+        log.warning("modem: left alone for %.0f s after: %s", self._down_for, exc)
+
+    def _ready(self) -> None:
+        """Initialise if needed; the back-off ends when the step that failed works again.
+
+        A modem that answers AT but swallows every SMS must not be tried at the shortest interval
+        for ever: a successful initialisation resets the back-off only when initialising failed.
+        """
+        if self.ready:
+            return
+        self.init()
+        self.down_until = None
+        if self._failed_in_init:
+            self._backoff_s = self.backoff_min_s
+            self._failed_in_init = False
+
+    # --- sending -------------------------------------------------------------------------------
     def _charset(self, cs: str) -> None:
         if self.charset != cs:
             self.command(f'AT+CSCS="{cs}"')
@@ -233,23 +289,34 @@ class GsmNotifier:
             self.charset = cs
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
+        if self.is_down(at) and self.down_until is not None:
+            # The failure's own verdict: a SIM that wants its PIN needs a person, backing off or not.
+            return Delivery(
+                False,
+                retryable=self._down_retryable,
+                detail=f"modem backing off for {self.down_until - at:.0f} s after: {self.down_reason}",
+            )
         while self.sent_at and self.sent_at[0] <= at - 60.0:
             self.sent_at.popleft()
         if len(self.sent_at) >= self.cfg.max_per_minute:
             return Delivery(
                 False, retryable=True, detail=f"rate cap: {self.cfg.max_per_minute} SMS per minute"
             )
+        initialising = not self.ready
         try:
-            if not self.ready:
-                self.init()
+            self._ready()
+            initialising = False
             ucs2 = encoding_of(text) == "ucs2"
             self._charset("UCS2" if ucs2 else "GSM")
             number = ucs2_hex(to) if ucs2 else to
             mr = self._cmgs(number, ucs2_hex(text).encode() if ucs2 else gsm7_encode(text))
         except ModemError as exc:
             log.warning("modem: %s", exc)
+            if initialising or isinstance(exc, ModemTimeout):
+                self._back_off(at, exc, initialising)
             return Delivery(False, retryable=exc.retryable, detail=str(exc))
         self.sent_at.append(at)
+        self._backoff_s, self._failed_in_init = self.backoff_min_s, False
         if mr is None:  # OK is what counts: the modem took the message; only its reference is lost
             return Delivery(True, detail="+CMGS without a readable reference")
         return Delivery(True, detail=f"+CMGS: {mr}", ref=str(mr))
@@ -271,14 +338,10 @@ class GsmNotifier:
             if self.monotonic() >= deadline:
                 self._write(ESC)
                 self.ready = False
-                raise ModemError("AT+CMGS: no '> ' prompt from the modem", retryable=True)
+                raise ModemTimeout("AT+CMGS: no '> ' prompt from the modem")
             self._read_some()
         self._write(body + CTRL_Z)
-        try:
-            info = self._final("AT+CMGS", self.monotonic() + self.cfg.send_timeout_s)
-        except ModemError:
-            self.ready = False  # state unknown after a timeout: initialise again next time
-            raise
+        info = self._final("AT+CMGS", self.monotonic() + self.cfg.send_timeout_s)
         for line in info:
             if line.startswith("+CMGS:"):
                 mr = line[6:].strip().split(",")[0]
@@ -292,23 +355,36 @@ class GsmNotifier:
         if not line:
             return
         if classify(line) == "final_error":
-            raise _error("AT+CMGS", line)
+            raise error("AT+CMGS", line)
         if classify(line) == "urc":
             self.urcs.append(line)
 
+    # --- receiving -----------------------------------------------------------------------------
     def poll(self, at: float) -> list[Incoming | DeliveryReport]:
-        """Unsolicited results so far: read new SMS (then delete them) and delivery reports."""
+        """Unsolicited results so far (delivery reports, new SMS) and, every few minutes, unread SMS.
+
+        What this returns is handed over; its messages are deleted from the SIM at the next call.
+        """
         out: list[Incoming | DeliveryReport] = []
+        if self.is_down(at):
+            return out
+        initialising = not self.ready
+        urcs: list[str] = []
         try:
-            if not self.ready:
-                self.init()
+            self._ready()
+            initialising = False
+            self._delete_handed()
             self._read_some()
             while b"\r\n" in self._buf:
                 line = self._line(self.monotonic())
                 if line is not None and classify(line) == "urc":
                     self.urcs.append(line)
+            if self._sweep_at is None or at >= self._sweep_at:
+                self._sweep_at = at + _SWEEP_S  # before: a listing that fails waits its turn too
+                out += self._list_unread()
             urcs, self.urcs = self.urcs, []
-            for u in urcs:
+            while urcs:
+                u = urcs[0]
                 if u.startswith("+CDS:"):
                     cds = parse_cds(u)
                     if cds is not None:
@@ -316,25 +392,69 @@ class GsmNotifier:
                         status = "delivered" if st < 32 else "pending" if st < 64 else f"failed ({st})"
                         out.append(DeliveryReport(str(cds.mr), st < 32, status))
                 elif u.startswith("+CMTI:"):
-                    index = _fields(u[6:])[-1]
-                    lines = self.command(f"AT+CMGR={index}")
-                    msg = parse_cmgr(lines, self.charset == "UCS2")
+                    msg = self._read_new(fields(u[6:])[-1], at)
                     if msg is not None:
                         out.append(msg)
-                    self.command(f"AT+CMGD={index}")
+                urcs.pop(0)
         except ModemError as exc:
             log.warning("modem poll: %s", exc)
+            self.urcs[:0] = urcs  # not handled yet: the next poll takes them up
+            if initialising or isinstance(exc, ModemTimeout):
+                self._back_off(at, exc, initialising)
         return out
 
-
-def _error(cmd: str, line: str) -> ModemError:
-    if line.startswith(("+CMS ERROR:", "+CME ERROR:")):
-        tail = line.split(":", 1)[1].strip()
+    def _read_new(self, index: str, at: float) -> Incoming | None:
+        """AT+CMGR of a +CMTI's index. An error leaves the message unread on the SIM for a sweep."""
+        if not (index.isascii() and index.isdigit() and len(index) <= 5):
+            log.warning("modem: +CMTI without a readable index: %r", index)
+            return None
+        i = int(index)
+        if i in self._handed:  # already read (by a sweep), not deleted yet
+            return None
         try:
-            code = int(tail)
-        except ValueError:
-            return ModemError(f"{cmd}: {line}", retryable=True)
-        if line.startswith("+CME ERROR:"):
-            return ModemError(f"{cmd}: {line}", retryable=code not in (10, 11, 12, 13, 15, 16))
-        return ModemError(f"{cmd}: {line}", retryable=cms_retryable(code))
-    return ModemError(f"{cmd}: {line}", retryable=True)
+            lines = self.command(f"AT+CMGR={i}", text_after="+CMGR:")
+        except ModemTimeout:
+            raise
+        except ModemError as exc:
+            if not str(exc).endswith(_INVALID_INDEX):
+                log.warning("modem: %s; left unread on the SIM for the next listing", exc)
+                if self._sweep_at is not None:
+                    self._sweep_at = min(self._sweep_at, at + _REREAD_S)
+            return None
+        msg = parse_cmgr(lines, self.charset == "UCS2")
+        if msg is None:
+            log.warning("modem: SMS %d could not be parsed, kept on the SIM: %r", i, lines[:4])
+            return None
+        self._handed.add(i)
+        return msg
+
+    def _list_unread(self) -> list[Incoming]:
+        """AT+CMGL="REC UNREAD": replies whose +CMTI nobody heard. A refusal waits for the next sweep."""
+        stat = ucs2_hex("REC UNREAD") if self.charset == "UCS2" else "REC UNREAD"  # strings follow +CSCS
+        try:
+            lines = self.command(f'AT+CMGL="{stat}"', text_after="+CMGL:")
+        except ModemTimeout:
+            raise
+        except ModemError as exc:
+            log.warning("modem: %s", exc)
+            return []
+        out: list[Incoming] = []
+        for i, msg in parse_cmgl(lines, self.charset == "UCS2"):
+            if i in self._handed:
+                continue
+            if msg is None:
+                log.warning("modem: SMS %d could not be parsed, kept on the SIM", i)
+                continue
+            self._handed.add(i)
+            out.append(msg)
+        return out
+
+    def _delete_handed(self) -> None:
+        for i in sorted(self._handed):
+            try:
+                self.command(f"AT+CMGD={i}")
+            except ModemTimeout:
+                raise
+            except ModemError as exc:  # read already: it stays on the SIM, never handed over twice
+                log.warning("modem: %s; SMS %d stays on the SIM", exc, i)
+            self._handed.discard(i)
