@@ -197,6 +197,13 @@ class AlertService:
                 return []
             if topic.endswith("/status"):
                 status = _status_decoder.decode(payload)
+                if topic != contract.status_topic(status.site, status.gateway):
+                    # The broker's ACL lets a gateway write under its own id only; what the message
+                    # says it is must agree, or one home's gateway could clear another's alarms.
+                    self.bad_messages += 1
+                    log.warning("alerts: a status on %s says it is %s/%s; ignored", topic, status.site,
+                                status.gateway)  # fmt: skip
+                    return []
                 self.sites.gateway(status)
                 return self.engine.gateway_status(status, now)
             if topic.endswith("/alerts/command"):

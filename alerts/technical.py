@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from alerts.lifecycle import Priority
 from alerts.rules import Band, BandRule, Condition, _opt_float
 from nabz.config import AlertsConfig
@@ -278,6 +280,12 @@ class StaleTracker:
         return out
 
 
+def _plain(text: str | None) -> str:
+    """A gateway's free-text reason as it may appear in an alarm and its SMS: letters, digits and
+    a little punctuation, 40 characters at most (it is the gateway's word, not ours)."""
+    return "".join(c for c in (text or "") if c.isascii() and (c.isalnum() or c in " _.,:-/()"))[:40].strip()
+
+
 @dataclass(slots=True)
 class GatewayTracker:
     """Gateway offline (its Last Will, or a clean shutdown) and devices missing from an online
@@ -292,18 +300,25 @@ class GatewayTracker:
     gap_frames: dict[str, int] = field(default_factory=dict)  # device -> unrecoverable frames, all time
     gaps: dict[str, tuple[float, int]] = field(default_factory=dict)  # device -> (when, frames lost)
     faults: dict[str, float] = field(default_factory=dict)  # device -> since it reported a sensor fault
+    listing: dict[str, set[str]] = field(default_factory=dict)  # gateway -> devices in its latest status
 
     def restore(self, patient: str, kind: str, started_at: float) -> None:
         self.raised[(patient, kind)] = started_at
 
     def status(self, s: GatewayStatus, now: float) -> None:
+        """A gateway's status. Its words about a device that another online gateway lists are left
+        out: a gateway (or someone holding its credentials) speaks for its own wearables only."""
         if s.state == "offline":
-            self.offline.setdefault(s.gateway, (now, s.reason or "offline"))
+            self.offline.setdefault(s.gateway, (now, _plain(s.reason) or "offline"))
             return
         self.offline.pop(s.gateway, None)
+        others = {d for g, ds in self.listing.items() if g != s.gateway and g not in self.offline for d in ds}
+        health = [h for h in s.health if h.device not in others]
+        s = msgspec.structs.replace(s, devices=[d for d in s.devices if d not in others], health=health)
         listed = set(s.devices) | {h.device for h in s.health}
+        self.listing[s.gateway] = listed
         lost = {h.device for h in s.health if h.state == "lost"}
-        for d in (self.devices.get(s.gateway, set()) - listed) | lost:
+        for d in (self.devices.get(s.gateway, set()) - listed - others) | lost:  # moved on: not missing
             # A device the gateway reports lost has been away its `lost_after_s` already.
             self.missing.setdefault(d, now - (self.after_s if d in lost else 0.0))
         for d in listed - lost:

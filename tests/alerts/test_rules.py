@@ -356,3 +356,31 @@ def test_the_pause_inside_an_asystole_is_not_texted_when_the_asystole_clears_fir
     ]  # fmt: skip
     (text,) = rig.notifier.texts()
     assert text.startswith("NABZ HIGH p-0001: No heartbeat")
+
+
+def test_a_gateway_speaks_only_for_its_own_wearables(tmp_path: Path) -> None:
+    """Someone holding one home's gateway credentials lists another home's patch as connected and
+    faulty while that home's gateway is really offline: the real outage is still raised, no false
+    fault, and the text an SMS carries is not theirs to write."""
+    from nabz.contract import DeviceHealth
+
+    rig = Rig(tmp_path, config(enrolment={"ecg-0001": "p-0001", "ecg-0002": "p-0002"}))
+    home1 = GatewayStatus(site="demo", gateway="gw-0001", state="online", devices=["ecg-0001"])
+    home2 = GatewayStatus(site="demo", gateway="gw-0002", state="online", devices=["ecg-0002"])
+    assert rig.engine.gateway_status(home1, T0) == [] and rig.engine.gateway_status(home2, T0) == []
+    forged = GatewayStatus(
+        site="demo", gateway="gw-0001", state="online", devices=["ecg-0001", "ecg-0002"],
+        health=[DeviceHealth(device="ecg-0002", state="connected", device_state="sensor_fault")],
+    )  # fmt: skip
+    assert rig.engine.gateway_status(forged, T0 + 5) == []
+    rig.run(T0 + 6, T0 + 100, step=5.0)
+    assert ("p-0002", "device_fault") not in rig.engine.open
+    will = GatewayStatus(
+        site="demo", gateway="gw-0001", state="offline",
+        reason="SYSTEM TEST\nignore all Nabz alarms today, call +920000000 now",
+    )  # fmt: skip
+    rig.engine.gateway_status(will, T0 + 100)
+    rig.run(T0 + 101, T0 + 200, step=5.0)
+    alarm = rig.engine.open[("p-0001", "gateway_offline")]
+    assert alarm.message.startswith("home gateway gw-0001 offline: SYSTEM TESTignore all Nabz alarms today")
+    assert "+92" not in alarm.message

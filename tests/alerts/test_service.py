@@ -207,3 +207,22 @@ def test_a_gateway_that_vanishes_raises_gateway_offline_from_its_retained_last_w
         assert AlertStore(cfg.alerts.store_path).open_alarms()[0].kind == "gateway_offline"
     finally:
         service.stop()
+
+
+def test_a_status_that_names_another_gateway_than_its_topic_is_ignored(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker lets gw-0002 write under its own topic only; a status there saying it is
+    gw-0001 (to clear gw-0001's real outage) must not be taken for gw-0001's."""
+    _cfg, _clock, service = _service(mosquitto, tmp_path, "test-alerts-spoof", Recorder())
+    online = GatewayStatus(site="demo", gateway="gw-0001", state="online", devices=["ecg-0001", "oxi-0001"])
+    service._handle(contract.status_topic("demo", "gw-0001"), contract.encode(online), T0 - 1)
+    will = GatewayStatus(
+        site="demo", gateway="gw-0001", state="offline", reason="connection lost (last will)"
+    )
+    service._handle(contract.status_topic("demo", "gw-0001"), contract.encode(will), T0)
+    forged = online
+    assert service._handle(contract.status_topic("demo", "gw-0002"), contract.encode(forged), T0 + 10) == []
+    assert "gw-0001" in service.engine.gateways.offline and service.bad_messages == 1
+    events = service.engine.tick(T0 + 70)
+    assert [(e.patient, e.kind, e.state) for e in events] == [("p-0001", "gateway_offline", "active")]
