@@ -168,6 +168,7 @@ class _Stopwatch:
     """A notifier that accepts at once and notes the wall time of each acceptance."""
 
     name = "bench"
+    reaches_phone = False  # a stopwatch, not a phone
 
     def __init__(self) -> None:
         self.accepted: dict[tuple[str, str], float] = {}  # (phone, text of a part) -> first accepted

@@ -38,6 +38,7 @@ _DELAY_S = 5.0
 
 class _Stopwatch:
     name = "bench"
+    reaches_phone = False  # a stopwatch, not a phone
 
     def __init__(self) -> None:
         self.accepted: dict[tuple[str, str], float] = {}  # (phone, text of a part) -> first accepted

@@ -33,7 +33,7 @@ from alerts.notify import Notifier
 from alerts.store import AlertStore
 from alerts.watchdog import SITE_QUIET, SiteWatch
 from nabz import contract
-from nabz.config import Config
+from nabz.config import DEMO_ON_CALL, Config
 from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, Vitals, VitalsBatch
 from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
@@ -103,7 +103,18 @@ class AlertService:
         self.clock = clock
         self.store = store or AlertStore(config.alerts.store_path)
         self.engine = AlertEngine(config, self.store, now=clock())
-        self.dispatcher = Dispatcher(config, self.store, notifiers or build_notifiers(config))
+        notifiers = notifiers or build_notifiers(config)
+        if (
+            any(getattr(n, "reaches_phone", True) for n in notifiers)
+            and not config.oncall.people
+            and tuple(config.alerts.on_call) == DEMO_ON_CALL
+        ):
+            # The demo's number might be somebody's: they would get every alarm and could ACK it.
+            raise ValueError(
+                "the alerts service would text the demo's placeholder number: set [oncall.people] or"
+                " [alerts] on_call before using a modem or an SMS provider"
+            )
+        self.dispatcher = Dispatcher(config, self.store, notifiers)
         # (topic, payload, mid, qos): a message is acknowledged to the broker only once handled,
         # so what a stop or a crash leaves in this queue is delivered again to the next process
         self._queue: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()

@@ -174,6 +174,9 @@ class PatientAlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     disabled: list[str] = msgspec.field(default_factory=list)  # alarm kinds never raised for this patient
 
 
+DEMO_ON_CALL = ("+923000000000",)
+
+
 class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Alarm rules, priorities, silences, grouping and notifiers (docs/alerts.md explains each)."""
 
@@ -229,8 +232,9 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_max_s: float = 300.0
     store_path: str = "var/alerts.sqlite"  # open alarms, audit log, notifications
     outbox_path: str = "var/outbox/sms.jsonl"
-    # Without an [oncall] schedule these numbers are everybody's primary, backup and team.
-    on_call: list[str] = msgspec.field(default_factory=lambda: ["+923000000000"])
+    # Without an [oncall] schedule these numbers are everybody's primary, backup and team. The
+    # default is the demo's placeholder for its outbox: the alerts service refuses to text it.
+    on_call: list[str] = msgspec.field(default_factory=lambda: list(DEMO_ON_CALL))
     timezone: str = "Asia/Karachi"  # for times in SMS
     heartbeat_s: float = 10.0  # the heartbeat gateways watch (0: none)
     site_quiet_after_s: float = 120.0  # no data from any device of the site this long: site_quiet

@@ -21,7 +21,7 @@ from alerts.service import AlertService, command_topic
 from alerts.store import AlertStore
 from nabz import contract
 from nabz.cli import main
-from nabz.config import Config, MqttConfig
+from nabz.config import AlertsConfig, Config, MqttConfig
 from nabz.contract import AlarmEvent, GatewayStatus
 from tests.alerts.helpers import PEOPLE, T0, Recorder, config, v
 from tests.servers import Mosquitto
@@ -226,3 +226,14 @@ def test_a_status_that_names_another_gateway_than_its_topic_is_ignored(
     assert "gw-0001" in service.engine.gateways.offline and service.bad_messages == 1
     events = service.engine.tick(T0 + 70)
     assert [(e.patient, e.kind, e.state) for e in events] == [("p-0001", "gateway_offline", "active")]
+
+
+def test_the_service_will_not_text_the_demos_placeholder_number(tmp_path: Path) -> None:
+    """A site that turns the modem on but forgets its on-call numbers must not text whoever owns
+    the demo's number every alarm (and take their ACKs)."""
+    from alerts.notify import OutboxNotifier
+
+    cfg = Config(site="demo", alerts=AlertsConfig(store_path=str(tmp_path / "a.sqlite")))
+    with pytest.raises(ValueError, match=r"\[oncall.people\] or \[alerts\] on_call"):
+        AlertService(cfg, notifiers=[Recorder("gsm")], client_id="placeholder")
+    AlertService(cfg, notifiers=[OutboxNotifier(tmp_path / "o.jsonl")], client_id="demo")  # the demo's way
