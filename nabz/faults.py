@@ -251,8 +251,10 @@ class IngestProcess:
 # --- SMS -----------------------------------------------------------------------------------------
 @dataclass
 class SmsBook:
-    """A notifier that keeps every SMS it takes; `failing(now)` makes it refuse for a while."""
+    """A notifier that keeps every SMS it takes; `failing(now)` makes it refuse for a while. It
+    stands in for the outbox, not for a phone."""
 
+    reaches_phone = False
     name: str = "book"
     sent: list[tuple[str, str, float]] = field(default_factory=list)
     refused: int = 0
