@@ -11,6 +11,10 @@ Rules of this file:
 - Signal processing runs once per stored message, after its commit, so a retried batch never feeds
   a processor twice. It takes each device's messages in time order (a batch is sorted, back-to-back
   frames joined); waveforms far behind live processing are stored only (see FUTURE_S and friends).
+- Nothing after the commit raises: a store write then (derived vitals, counters) that fails is
+  logged and counted in memory (`not_stored_vitals`, `uncounted`), and the derived vitals are
+  returned all the same, to be published; were it to raise, the retry would find the batch stored
+  and acknowledge it, and the vitals would never go out.
 - PPG windows due in a batch are analysed together (streams.analyse_many), with the same values
   as one at a time.
 """
@@ -50,6 +54,9 @@ log = logging.getLogger(__name__)
 
 # Bad-input policy (docs/operations.md "What happens to bad input"):
 FUTURE_S = 300.0  # a reading dated this far past ingest's clock is dead-lettered ("future_dated")
+# A reading dated before this (2000-01-01T00:00:00Z) is dead-lettered ("past_dated"): a device or
+# gateway clock never set. Before 1678 it would not even fit the store's nanoseconds.
+PAST_FLOOR_S = 946_684_800.0
 LATE_DSP_S = 60.0  # a waveform this far behind its processor is stored but not fed to it ("late")
 RATES_HZ = {"ecg": (100, 1000), "ppg": (25, 1000)}  # waveform rates the signal processing takes
 
@@ -129,6 +136,8 @@ class IngestCore:
         self._ppg: dict[str, tuple[int, PpgProcessor]] = {}
         self._newest: dict[tuple[str, str], float] = {}  # (device, stream) -> newest t fed to DSP
         self._pending_ppg: list[tuple[PpgWindow, _Who, list[str]]] = []
+        self.not_stored_vitals = 0  # derived vitals published but not in the store (it failed)
+        self.uncounted = 0  # counter bumps lost after a commit (the store failed)
 
     def refresh_enrolment(self) -> None:
         self._enrolment = self.store.enrolment()
@@ -140,7 +149,8 @@ class IngestCore:
         return dict(self._enrolment)
 
     def handle_batch(self, batch: list[Message]) -> BatchResult:
-        """Store a batch; raises only if the sink fails (then nothing of the batch is committed)."""
+        """Store a batch; raises only if the sink or the store fails before the batch's commit
+        (then nothing of the batch is committed; the sink may have had its lines: at least once)."""
         result = BatchResult()
         accepted: list[_Accepted] = []
         rejected: list[tuple[Message, Rejected]] = []
@@ -216,28 +226,39 @@ class IngestCore:
 
         # Out of order within a batch (a gateway draining its spool after an outage, QoS 1
         # redelivery): signal processing sees each device's messages in time order.
+        # Committed: from here on nothing raises (see the rules above).
         self._pending_ppg = []
         ordered = sorted(accepted, key=lambda a: (a.reading.device, a.stream, a.t))
-        for a in _merge_contiguous([a for a in ordered if not self._late_counted(a)]):
+        live = [a for a in ordered if not self._late(a)]
+        if len(live) < len(ordered):
+            self._bump("late_no_dsp", len(ordered) - len(live))
+        for a in _merge_contiguous(live):
             try:
                 result.vitals.extend(self._derive(a.reading, a.patient, a.t))
             except Exception:
                 # The reading is stored; a fault in signal processing must not hold up storage or
                 # acknowledgement. It is logged and counted for the operations board.
                 log.exception("signal processing failed on %s from %s", a.reading.id, a.reading.device)
-                with self.store.batch():
-                    self.store.bump("dsp_errors", 1)
+                self._bump("dsp_errors", 1)
         if self._pending_ppg:
             try:
                 result.vitals.extend(self._ppg_vitals())
             except Exception:
                 log.exception("PPG analysis failed for %d windows", len(self._pending_ppg))
-                with self.store.batch():
-                    self.store.bump("dsp_errors", 1)
+                self._bump("dsp_errors", 1)
             self._pending_ppg = []
         if result.vitals:
             self._store_vitals(result.vitals)
         return result
+
+    def _bump(self, name: str, by: int) -> None:
+        """A counter in the store, after a batch's commit: never raises (see the rules above)."""
+        try:
+            with self.store.batch():
+                self.store.bump(name, by)
+        except Exception:
+            self.uncounted += by
+            log.exception("ingest: counter %s (+%d) not written to the embedded store", name, by)
 
     def _ppg_vitals(self) -> list[Vitals]:
         pending = self._pending_ppg
@@ -257,13 +278,6 @@ class IngestCore:
             )
             for (_, base, flags), p in zip(pending, analysed, strict=True)
         ]
-
-    def _late_counted(self, a: _Accepted) -> bool:
-        if not self._late(a):
-            return False
-        with self.store.batch():
-            self.store.bump("late_no_dsp", 1)
-        return True
 
     def _late(self, a: _Accepted) -> bool:
         """A waveform far behind what its processor has seen (hours-late spool data): store only."""
@@ -340,16 +354,25 @@ class IngestCore:
         return out
 
     def _store_vitals(self, vitals: list[Vitals]) -> None:
-        rows = [
-            (
-                v.id, v.site, v.patient, v.device, v.source, to_ns(v.t), v.hr_bpm, v.pr_bpm, v.spo2_pct,
-                int(v.spo2_calibrated), v.pi_pct, v.sqi, v.battery_pct, ",".join(v.flags),
-                v.pause_s, v.af_score, v.hrv_sdnn_ms, v.hrv_rmssd_ms, v.resp_bpm,
+        try:
+            rows = [
+                (
+                    v.id, v.site, v.patient, v.device, v.source, to_ns(v.t), v.hr_bpm, v.pr_bpm, v.spo2_pct,
+                    int(v.spo2_calibrated), v.pi_pct, v.sqi, v.battery_pct, ",".join(v.flags),
+                    v.pause_s, v.af_score, v.hrv_sdnn_ms, v.hrv_rmssd_ms, v.resp_bpm,
+                )
+                for v in vitals
+            ]  # fmt: skip
+            with self.store.batch():
+                self.store.add_vitals(rows)
+        except Exception:
+            # After the messages' commit: raising would lose these vitals for good (the retry
+            # finds the messages stored). They are published all the same; the alerts service
+            # gets them, the nurse station's history in the embedded store has a hole.
+            self.not_stored_vitals += len(vitals)
+            log.exception(
+                "ingest: %d derived vitals not stored in the embedded store; published", len(vitals)
             )
-            for v in vitals
-        ]  # fmt: skip
-        with self.store.batch():
-            self.store.add_vitals(rows)
         if self.sink is not None:
             lines: list[str] = []
             for v in vitals:
@@ -358,7 +381,7 @@ class IngestCore:
                 self.sink.write(lines)
             except Exception as exc:  # derived values can be recomputed from stored raw data
                 log.warning("could not write %d derived vitals to InfluxDB: %s", len(vitals), exc)
-                self.store.bump("vitals_sink_failures", 1)
+                self._bump("vitals_sink_failures", 1)
 
 
 def _utc(t: float) -> datetime:
@@ -372,8 +395,10 @@ def _round(x: float | None, digits: int = 1) -> float | None:
 
 
 def _implausible(r: Reading, stream: str, t: float, received_at: float) -> Rejected | None:
-    """Valid by the schema, but not storable as it is: future-dated, or a rate DSP cannot take.
-    `t` is the reading's time in epoch seconds."""
+    """Valid by the schema, but not storable as it is: past- or future-dated, or a rate DSP
+    cannot take. `t` is the reading's time in epoch seconds."""
+    if t < PAST_FLOOR_S:
+        return Rejected("past_dated", f"t is {r.t.isoformat()}, before 2000-01-01 (a clock never set?)")
     if received_at and t > received_at + FUTURE_S:
         return Rejected(
             "future_dated", f"t is {t - received_at:.0f} s after ingest's clock (limit {FUTURE_S:g} s)"

@@ -8,10 +8,15 @@ Rules of this file:
 - paho's thread only queues; one worker thread owns the batch loop.
 - With `ingest.workers` > 1 this process is one worker slot: its client id ends in the slot, and
   it subscribes (MQTT v5 shared subscriptions) to the devices of the patients it owns only, kept in
-  step with the enrolment every 2 s (ingest.partition, docs/scale.md).
-- A batch that fails for a reason other than the database (a bug) is retried message by message;
-  a message that still fails alone is dead-lettered `internal_error`, so one bad message cannot
-  hold up everything behind it.
+  step with the enrolment every 2 s (ingest.partition, docs/scale.md). Its subscriptions are noted
+  in the store (`Store.note_subscriptions`): a device moved away is let go only once its new owner's
+  subscription is confirmed (never a moment without a subscriber, when mosquitto would drop its
+  readings), and on a reconnect to a kept session whatever it no longer owns is unsubscribed.
+- A batch that fails because the store or InfluxDB cannot take it (locked, busy, full, down) is
+  held unacknowledged and retried with backoff (/healthz says so): nothing about the messages.
+- A batch that fails for another reason (a bug) is retried message by message; a message that
+  still fails alone is dead-lettered `internal_error`, so one bad message cannot hold up
+  everything behind it.
 - It says how it is doing (ingest.opsstats): a heartbeat from the batch loop every
   `ingest.heartbeat_s` (gateways and the alerts service watch for its absence), `ingest_stats`
   and `gateway_status` points to InfluxDB (worker 0 writes the gateways'), and `/metrics` and
@@ -29,14 +34,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.dsp import _kernels as dsp_kernels
 from ingest.influx import InfluxSink, SinkError
 from ingest.opsstats import GatewayStatuses, Rates, Totals, gateway_metrics, ops_lines
-from ingest.partition import device_filter, owned_devices, slot_client_id
+from ingest.partition import device_filter, filter_device, holding, owned_devices, owner_of, slot_client_id
 from ingest.pipeline import BatchResult, IngestCore, Message
 from ingest.store import Store
 from nabz import contract
@@ -60,6 +68,15 @@ _PRUNE_ROWS = 20_000  # per table and second at most (see _run)
 _STUCK_S = 60.0  # the batch loop silent this long (real seconds): /healthz says so
 _LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
 _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
+_SYNC_S = 2.0  # enrolment changes are picked up this fast (subscriptions, with several workers)
+_STORE_RETRY_S = (0.5, 10.0)  # a batch the store cannot take: retried after 0.5, 1, 2 ... 10 s
+
+
+def _store_unavailable(exc: BaseException) -> bool:
+    """The embedded store cannot take writes now (locked, busy, full, I/O error, read-only, damaged):
+    nothing about the messages, which wait. Other database errors (a constraint, a value it cannot
+    bind) may be about one message: those go the one-by-one way."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +101,20 @@ class IngestService:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.store = store or Store(config.ingest.store_path)
-        cid = slot_client_id(
-            client_id or config.ingest.client_id, config.ingest.worker, config.ingest.workers
+        # Without InfluxDB the embedded store is the only copy of the readings, and the broker's
+        # acknowledgement follows its commit: each commit must survive a power loss (FULL). With
+        # InfluxDB the lines are there (or in the fsynced spill) before the commit, so NORMAL's
+        # last commits lost to a power cut cost the store's copy only.
+        self.store = store or Store(
+            config.ingest.store_path, synchronous="NORMAL" if config.influx.url else "FULL"
         )
-        spill = config.influx.spill_dir or str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
+        self._base_client_id = client_id or config.ingest.client_id
+        cid = slot_client_id(self._base_client_id, config.ingest.worker, config.ingest.workers)
+        spill = (
+            str(Path(config.influx.spill_dir) / cid)  # a configured directory holds one per worker
+            if config.influx.spill_dir
+            else str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
+        )
         self.sink = InfluxSink(config.influx, spill_dir=spill) if config.influx.url else None
         try:
             self.core = IngestCore(
@@ -116,6 +142,9 @@ class IngestService:
         self.rates = Rates()
         self.internal_errors = 0
         self.batch_failures = 0
+        self.store_failures = 0  # batches the store could not take (held, retried)
+        self._store_trouble: str | None = None  # the store's latest error while it fails
+        self._store_failures_in_row = 0
         self.heartbeats = 0
         self._loop_at = time.monotonic()  # the batch loop's last turn
         self._pending_since: float | None = None  # oldest message not yet stored (monotonic)
@@ -135,8 +164,12 @@ class IngestService:
         self._partitioned = ic.workers > 1
         if self._partitioned and not 0 <= ic.worker < ic.workers:
             raise ValueError(f"ingest.worker {ic.worker} outside 0..{ic.workers - 1}")
-        self._subscribed: set[str] = set()
-        self._sub_lock = threading.Lock()
+        self.holding: set[str] = set()  # devices subscribed to (owned, or moved and not yet taken over)
+        self._sub_lock = threading.RLock()  # one sync at a time (paho's thread on connect, the loop)
+        self._ack_lock = threading.Lock()  # SUBSCRIBE mids and SUBACKs, between the two threads
+        self._sub_mids: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters
+        self._confirmed: list[str] = []  # filters the broker acknowledged, not yet noted in the store
+        self._sync_on_connect: bool | None = None  # a connect's sync left to the loop: session kept?
         self._next_sync = 0.0
         self._next_prune = 0.0
         self._next_prune_log = 0.0
@@ -150,23 +183,44 @@ class IngestService:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda _c, _u, _mid, _rc, _p: self.subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
 
     # --- paho thread ---------------------------------------------------------------------------
-    def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+    def _on_connect(self, client: paho.Client, _u: object, flags: object, reason: object, _p: object) -> None:
         if not reason_ok(reason):
             log.warning("ingest: broker refused the connection: %s", reason)
             return
         if self._partitioned:
-            with self._sub_lock:
-                self._subscribed = set()
-            self._sync_subscriptions()
+            kept = bool(getattr(flags, "session_present", False))
+            with self._ack_lock:  # the previous connection's packets are gone with it
+                self._sub_mids.clear()
+                self._confirmed.clear()
+            try:
+                self.sync_subscriptions(session_kept=kept)
+            except Exception:  # the store busy, say: the batch loop does it on its next turn
+                log.exception("ingest: subscribing on connect failed; the batch loop tries again")
+                self._sync_on_connect = kept
+                self._next_sync = 0.0
         else:
             client.subscribe([(contract.READINGS_FILTER, 1)])
         client.subscribe([(contract.STATUS_FILTER, 1)])  # retained: every gateway's latest, at once
         self._disconnected_at = None
         self.connected.set()
         log.info("ingest connected to %s", safe_url(self.config.mqtt.url))
+
+    def _on_subscribe(
+        self, _c: paho.Client, _u: object, mid: int, reasons: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        with self._ack_lock:
+            filters = self._sub_mids.pop(mid, None)
+            if filters is not None:
+                refused = [f for f, rc in zip(filters, reasons, strict=False) if not reason_ok(rc)]
+                self._confirmed.extend(f for f, rc in zip(filters, reasons, strict=False) if reason_ok(rc))
+        if filters is not None and refused:
+            log.error(
+                "ingest: the broker refused %d subscriptions, e.g. %s: %s", len(refused), refused[0], reasons
+            )
+        self.subscribed.set()
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self.connected.clear()
@@ -212,21 +266,90 @@ class IngestService:
         return self._queue.qsize()
 
     # --- worker --------------------------------------------------------------------------------
-    def _sync_subscriptions(self) -> None:
-        """Subscribe to the devices of the patients this worker owns (ingest.partition)."""
+    def sync_subscriptions(self, *, session_kept: bool | None = None) -> None:
+        """Subscribe to the devices of the patients this worker owns, and let go of the others
+        (ingest.partition.holding): a device moved to another worker once that worker's
+        subscription to it is confirmed. The batch loop calls this every 2 s; `_on_connect`
+        right after a CONNACK, with `session_kept` (did the broker keep this slot's session?).
+
+        On a kept session the broker has this slot's subscriptions from before, some perhaps for
+        devices moved away meanwhile (the broker would share their readings with the new owner):
+        it unsubscribes from every enrolled device it is not to hold, noted or not."""
         ic = self.config.ingest
-        self.core.refresh_enrolment()
-        want = owned_devices(self.core.enrolment, ic.worker, ic.workers)
-        with self._sub_lock:
-            new, gone = sorted(want - self._subscribed), sorted(self._subscribed - want)
-            self._subscribed = want
         group = ic.share_group
-        for i in range(0, len(new), 100):
-            self.client.subscribe([(device_filter(d, group), 1) for d in new[i : i + 100]])
-        if gone:
-            self.client.unsubscribe([device_filter(d, group) for d in gone])
-        if new or gone:
-            log.info("ingest worker %d/%d: +%d -%d devices", ic.worker, ic.workers, len(new), len(gone))
+        with self._sub_lock:
+            self._note_confirmed()
+            self.core.refresh_enrolment()
+            enrolment = self.core.enrolment
+            owned = owned_devices(enrolment, ic.worker, ic.workers)
+            noted = self.store.subscriptions(self.instance)  # filter -> confirmed
+            if session_kept is False:  # a new session at the broker: it holds nothing of ours
+                noted = dict.fromkeys(noted, False)
+            held = {d for f in noted if (d := filter_device(f, group)) is not None}
+            hold = holding(owned, held, enrolment, self._taken_over(held - owned, enrolment))
+            want = {device_filter(d, group) for d in hold}
+            # On connect all of them: a new session has none, and on a kept one subscribing again
+            # changes nothing but makes sure (a SUBSCRIBE noted may never have got there).
+            new = want - set(noted) if session_kept is None else want
+            gone = set(noted) - want
+            if session_kept:
+                gone |= {device_filter(d, group) for d in enrolment} - want
+            self.store.note_subscriptions(
+                self.instance, added=new, removed=gone, unconfirm_all=session_kept is False
+            )
+            gone_list = sorted(gone)  # first: once a SUBACK comes (`subscribed`), they are gone
+            for i in range(0, len(gone_list), 100):
+                self.client.unsubscribe(gone_list[i : i + 100])
+            new_list = sorted(new)
+            for i in range(0, len(new_list), 100):
+                part = new_list[i : i + 100]
+                with self._ack_lock:  # its SUBACK may come before subscribe() returns
+                    _rc, mid = self.client.subscribe([(f, 1) for f in part])
+                    if mid is not None:
+                        self._sub_mids[mid] = part
+            kept_moved = hold - owned
+            if kept_moved - (self.holding - owned):
+                log.info(
+                    "ingest worker %d/%d: keeps %d moved devices (e.g. %s) until their new worker has subscribed",
+                    ic.worker, ic.workers, len(kept_moved), min(kept_moved),
+                )  # fmt: skip
+            self.holding = hold
+        if new or gone or session_kept is not None:
+            log.info(
+                "ingest worker %d/%d: +%d -%d devices",
+                ic.worker,
+                ic.workers,
+                len(new),
+                len(set(noted) - want),
+            )
+
+    def _taken_over(self, moved: set[str], enrolment: dict[str, str]) -> set[str]:
+        """Of these devices (held, owned by other workers now), those whose owner's session has a
+        confirmed subscription to them."""
+        ic = self.config.ingest
+        if not moved:
+            return set()
+        owner = {
+            d: slot_client_id(self._base_client_id, owner_of(enrolment[d], ic.workers), ic.workers)
+            for d in moved
+            if d in enrolment
+        }
+        filters = {device_filter(d, ic.share_group): d for d in owner}
+        confirmed = self.store.confirmed_subscriptions(list(filters))
+        return {d for f, d in filters.items() if (owner[d], f) in confirmed}
+
+    def _note_confirmed(self) -> None:
+        """Note in the store the subscriptions the broker has acknowledged since the last call."""
+        with self._ack_lock:
+            done, self._confirmed = self._confirmed, []
+        if not done:
+            return
+        try:
+            self.store.note_subscriptions(self.instance, confirmed=done)
+        except Exception:
+            with self._ack_lock:
+                self._confirmed[:0] = done
+            raise
 
     def _run(self) -> None:
         pending: list[_Incoming] = []
@@ -255,12 +378,16 @@ class IngestService:
                         " older than ingest.vitals_window_h", *self._pruned,
                     )  # fmt: skip
                     self._pruned = [0, 0]
+            if self._confirmed:  # SUBACKs: noted at once, a moved device's old owner is waiting
+                self._try("noting confirmed subscriptions", self._note_confirmed)
             if time.monotonic() >= self._next_sync and (self.connected.is_set() or not self._partitioned):
-                self._next_sync = time.monotonic() + 2.0  # enrolment changes are picked up this fast
+                self._next_sync = time.monotonic() + _SYNC_S
                 if self._partitioned:
-                    self._sync_subscriptions()
+                    kept, self._sync_on_connect = self._sync_on_connect, None
+                    if not self._try("subscribing", partial(self.sync_subscriptions, session_kept=kept)):
+                        self._sync_on_connect = kept
                 else:  # a gateway binding added to an enrolled device, say
-                    self.core.refresh_enrolment()
+                    self._try("reading the enrolment", self.core.refresh_enrolment)
             if not pending:
                 pending = self._take_batch()
                 if not pending:
@@ -274,18 +401,48 @@ class IngestService:
                 log.error("ingest: %s; holding %d messages unacknowledged and retrying", exc, len(pending))
                 self._stop.wait(1.0)
                 continue
-            except Exception:
-                # A bug, not bad input (bad input is dead-lettered): find the message, if it is one.
+            except Exception as exc:
                 self.batch_failures += 1
+                if _store_unavailable(exc):
+                    self._store_failed(exc, len(pending))
+                    continue
+                # A bug, not bad input (bad input is dead-lettered): find the message, if it is one.
                 log.exception("ingest: a batch of %d failed; trying its messages one by one", len(pending))
                 pending = self._one_by_one(pending)
-                if pending:
+                if pending and self._store_trouble is None:
                     self._stop.wait(1.0)
                 continue
             self._done(pending, result)
             pending = []
 
+    def _try(self, what: str, do: Callable[[], object]) -> bool:
+        """Housekeeping that needs the store: a failure is logged and tried again later (raised,
+        it would end the batch loop)."""
+        try:
+            do()
+        except sqlite3.Error as exc:
+            log.warning("ingest: %s failed on the embedded store (%s); trying again later", what, exc)
+            return False
+        return True
+
+    def _store_failed(self, exc: BaseException, held: int) -> None:
+        """The store cannot take a batch: hold it unacknowledged, wait (backoff), retry."""
+        self.store_failures += 1
+        self._store_trouble = f"{type(exc).__name__}: {exc}"[:200]
+        self._store_failures_in_row += 1
+        first, most = _STORE_RETRY_S
+        wait_s = min(most, first * 2.0 ** min(self._store_failures_in_row - 1, 16))
+        log.error(
+            "ingest: the embedded store cannot take a batch (%s); holding %d messages unacknowledged,"
+            " retrying in %.1f s", self._store_trouble, held, wait_s,
+        )  # fmt: skip
+        self._stop.wait(wait_s)
+
     def _done(self, items: list[_Incoming], result: BatchResult) -> None:
+        if self._store_trouble is not None:
+            log.info("ingest: the embedded store takes batches again")
+            self._store_trouble = None
+            self._store_failures_in_row = 0
         self.client.ack_many([item.mid for item in items if item.qos == 1])  # in arrival order
         for item in items:
             if item.qos == 2:
@@ -304,6 +461,9 @@ class IngestService:
             except SinkError:
                 return items[k:]
             except Exception as exc:
+                if _store_unavailable(exc):
+                    self._store_failed(exc, len(items) - k)
+                    return items[k:]
                 log.exception("ingest: message on %s fails on its own: dead-lettered", item.msg.topic)
                 try:
                     with self.store.batch():
@@ -311,8 +471,10 @@ class IngestService:
                             item.msg.topic, item.msg.payload, "internal_error",
                             f"{type(exc).__name__}: {exc}"[:500], item.msg.received_at,
                         )  # fmt: skip
-                except Exception:
+                except Exception as exc2:
                     log.exception("ingest: cannot dead-letter either; retrying later")
+                    if _store_unavailable(exc2):
+                        self._store_failed(exc2, len(items) - k)
                     return items[k:]
                 self.internal_errors += 1
                 result = BatchResult(dead_lettered=1)
@@ -376,6 +538,8 @@ class IngestService:
             out.append(f"the batch loop has not turned for {now - self._loop_at:.0f} s")
         if self._pending_since is not None and now - self._pending_since > _LAG_S:
             out.append(f"messages wait {now - self._pending_since:.0f} s to be stored")
+        if self._store_trouble is not None:
+            out.append(f"the embedded store cannot take readings ({self._store_trouble}); they are held")
         return out
 
     def metrics(self) -> list[Metric]:
@@ -414,6 +578,10 @@ class IngestService:
                    "counter", ((labels, self.internal_errors),)),
             Metric("nabz_ingest_batch_failures_total", "batches that failed and were retried", "counter",
                    ((labels, self.batch_failures),)),
+            Metric("nabz_ingest_store_failures_total", "batches the embedded store could not take (held, retried)",
+                   "counter", ((labels, self.store_failures),)),
+            Metric("nabz_ingest_vitals_not_stored_total", "derived vitals published but not in the embedded store",
+                   "counter", ((labels, self.core.not_stored_vitals),)),
             Metric("nabz_ingest_broker_connected", "1 while connected to the broker", "gauge",
                    ((labels, float(self.connected.is_set())),)),
             Metric("nabz_ingest_heartbeats_total", "heartbeats published", "counter", ((labels, self.heartbeats),)),

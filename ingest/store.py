@@ -9,6 +9,10 @@ Rules of this file:
 - Every write the ingest does for one batch of MQTT messages happens in one transaction
   (`batch()`), committed before those messages are acknowledged to the broker.
 - Dead letters keep the raw payload as received, the topic, the reason and a detail for people.
+- `subscriptions` is each ingest worker slot's MQTT subscriptions as far as the broker's session
+  goes (written before SUBSCRIBE, confirmed on SUBACK, removed at UNSUBSCRIBE), so that a slot
+  knows after a restart what its kept session holds, and the old owner of a moved device when the
+  new owner has it (ingest.partition, docs/scale.md).
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from nabz.secrets import create_private
 
@@ -89,6 +93,14 @@ CREATE TABLE IF NOT EXISTS enrolment (
     gateway TEXT
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- client: an ingest worker slot's MQTT client id; filter: a subscription of its session;
+-- confirmed: the broker acknowledged it (SUBACK), so it routes that filter's messages there
+CREATE TABLE IF NOT EXISTS subscriptions (
+    client TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    confirmed INTEGER NOT NULL,
+    PRIMARY KEY (client, filter)
+) WITHOUT ROWID;
 """
 
 
@@ -142,7 +154,12 @@ def _while_locked(do: Callable[[], _T], timeout_s: float = 30.0) -> _T:
 class Store:
     """One SQLite file; safe to share between threads of one process (a lock serialises writers)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+        """`synchronous`: "FULL" syncs the log at every commit, so a commit survives a power loss
+        (ingest asks for it when the store is the only copy of the readings: no InfluxDB);
+        "NORMAL" survives a crash of the process, and a power loss may take the last commits."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous: NORMAL or FULL, not {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         create_private(self.path)  # readings are health data: owner only
@@ -150,7 +167,7 @@ class Store:
         # Several workers open one new file at once: switching it to WAL can meet a lock that
         # SQLite's busy timeout does not wait for. Wait here instead.
         _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
         fresh = not _while_locked(
             lambda: self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchall()
         )
@@ -209,7 +226,14 @@ class Store:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (busy, disk full, I/O) can leave the transaction open; left so,
+                # every later BEGIN would fail ("within a transaction") and nothing be stored again.
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
 
     # --- readings -----------------------------------------------------------------------------
     def seen_many(self, message_ids: Sequence[str]) -> set[str]:
@@ -397,6 +421,57 @@ class Store:
         with self.lock:
             rows = self.db.execute("SELECT device, gateway FROM enrolment WHERE gateway IS NOT NULL")
             return {r[0]: r[1] for r in rows}
+
+    # --- the ingest workers' MQTT subscriptions -------------------------------------------------
+    def subscriptions(self, client: str) -> dict[str, bool]:
+        """A worker slot's subscriptions: filter -> confirmed by the broker."""
+        with self.lock:
+            rows = self.db.execute("SELECT filter, confirmed FROM subscriptions WHERE client = ?", (client,))
+            return {r[0]: bool(r[1]) for r in rows}
+
+    def note_subscriptions(
+        self,
+        client: str,
+        *,
+        added: Collection[str] = (),
+        confirmed: Collection[str] = (),
+        removed: Collection[str] = (),
+        unconfirm_all: bool = False,
+    ) -> None:
+        """Record, in one transaction, what a worker slot asks of the broker: `added` before it
+        subscribes (unconfirmed), `confirmed` when the broker has acknowledged them, `removed`
+        as it unsubscribes; `unconfirm_all` first when its session at the broker is new (empty)."""
+        if not (added or confirmed or removed or unconfirm_all):
+            return
+        with self.batch():
+            if unconfirm_all:
+                self.db.execute("UPDATE subscriptions SET confirmed = 0 WHERE client = ?", (client,))
+            self.db.executemany(
+                "INSERT OR IGNORE INTO subscriptions (client, filter, confirmed) VALUES (?, ?, 0)",
+                ((client, f) for f in added),
+            )
+            self.db.executemany(
+                "UPDATE subscriptions SET confirmed = 1 WHERE client = ? AND filter = ?",
+                ((client, f) for f in confirmed),
+            )
+            self.db.executemany(
+                "DELETE FROM subscriptions WHERE client = ? AND filter = ?", ((client, f) for f in removed)
+            )
+
+    def confirmed_subscriptions(self, filters: Collection[str]) -> set[tuple[str, str]]:
+        """(client, filter) for each of these filters that a slot's session has, confirmed."""
+        out: set[tuple[str, str]] = set()
+        wanted = list(filters)
+        with self.lock:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows = self.db.execute(
+                    f"SELECT client, filter FROM subscriptions WHERE confirmed = 1 AND filter IN ({marks})",
+                    part,
+                )
+                out.update((r[0], r[1]) for r in rows)
+        return out
 
     # --- counters --------------------------------------------------------------------------
     def bump(self, name: str, by: int) -> None:

@@ -3,13 +3,14 @@ reason (docs/operations.md). Waveforms from the `hardware` simulator (synthetic)
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 
 from gateway.decode import Decoder, Notification
 from hardware import make_patients
+from ingest.lines import reading_lines
 from ingest.pipeline import IngestCore, Message
 from ingest.store import Store
 from nabz import contract
@@ -102,3 +103,33 @@ def test_oversized_messages_are_dead_lettered(tmp_path: Path) -> None:
     big = Message("nabz/v1/demo/gw/gw-0001/ecg-0001/ecg", b'{"v": 1, "pad": "' + b"x" * 300_000 + b'"}', T0)
     assert core.handle_batch([big]).dead_lettered == 1
     assert core.store.dead_letters()[0].reason == "too_large"
+
+
+class _Lines:
+    """A line sink that keeps what it is given (stands in for InfluxDB)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, lines: list[str]) -> None:
+        self.lines += lines
+
+
+def test_past_dated_readings_are_dead_lettered_not_stored(tmp_path: Path) -> None:
+    """A device clock never set says year 1 (or any time before 2000): before, such a reading passed validation,
+    then its batch failed in the store and it went to InfluxDB twice and to the dead letters as
+    an ingest fault (`internal_error`)."""
+    good, unset, epoch = _ecg(3)[:3]
+    sink = _Lines()
+    core = IngestCore(Store(tmp_path / "s.sqlite"), sink=sink, enrolment={"ecg-0001": "p-0001"})
+    batch = [
+        _msg(msgspec.structs.replace(unset, t=datetime(1, 1, 1, tzinfo=UTC)), T0 + 3),
+        _msg(msgspec.structs.replace(epoch, t=datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)), T0 + 3),
+        _msg(good, T0 + 3),
+    ]
+    result = core.handle_batch(batch)
+    assert (result.stored, result.dead_lettered) == (1, 2)
+    assert [d.reason for d in core.store.dead_letters()] == ["past_dated", "past_dated"]
+    assert "0001-01-01" in core.store.dead_letters()[0].detail
+    assert core.store.count_readings() == len(good.signal_uv)
+    assert len(sink.lines) == len(reading_lines(good, "p-0001"))  # only the good reading went to InfluxDB

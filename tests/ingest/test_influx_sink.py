@@ -65,6 +65,7 @@ def test_spilled_data_survives_a_restart_of_ingest(tmp_path: Path) -> None:
     last = sorted((tmp_path / "spill").glob("*.spill"))[-1]
     with last.open("ab") as f:
         f.write(b"NZS1\xff\x00\x00\x00garbage")
+    spill.close()  # ingest stops (a crash releases the directory the same way)
     again = Spill(tmp_path / "spill", segment_bytes=4096)
     assert again.pending_lines == 200
     seen: list[str] = []
