@@ -6,8 +6,13 @@
 #   wearable, minutes of it, with a fake clock and fake radio, sensors and watchdog.
 # - Order inside a step: BLE events, sensor reads, live frames and resends, vitals, battery,
 #   watchdog. Live data always goes before resends (nabz_stream).
-# - The watchdog is fed only while the sampling makes progress (or is stopped on purpose, or the
-#   sensor is being recovered): a hung loop or a dead sample timer resets the board.
+# - The watchdog is fed only while samples keep arriving (or sampling is stopped on purpose, or
+#   the sensor is being recovered): a hung loop or a dead sample timer resets the board.
+# - The status (control 0x82) goes out on connection, on every change, with each battery
+#   notification, and every vitals period while it is not "ok" and for 10 s after a connection;
+#   the control characteristic's value is the current status too. A notification sent before
+#   the gateway subscribed (a second or more after connecting) is lost: the repeats, and the
+#   value it reads in its setup, are what make the state at connection known.
 # - Low battery: frames carry the low-battery flag, the oximeter samples at 50 Hz, vitals go out
 #   every 2 s, advertising slows down, and a status notification says so. Critical: the sensors
 #   are stopped, the last frames, battery level and a "battery critical" status go out, the
@@ -26,6 +31,11 @@ FIRMWARE_REV = "0.1.0"
 _MTU_WAIT_US = 1000000  # after connecting, wait this long for the MTU exchange before streaming
 _STALL_US = 2000000  # no new samples for this long (while sampling) and the watchdog starves
 _PPG_POLL_US = 100000  # FIFO read without an interrupt at least this often (17 samples = 170 ms)
+# After a connection the status goes out with every vitals notification for this long, whatever
+# it is: the gateway subscribes only after discovery and its reads (BlueZ: a second or more), and
+# a notification sent before that is lost. Later it is repeated while not "ok", and with the
+# battery notification (at least every battery_notify_s).
+_STATUS_AFTER_CONNECT_US = 10000000
 
 
 class Wearable:
@@ -50,7 +60,8 @@ class Wearable:
             # it already has (dropped as duplicates); from anywhere else it sees a restart.
             random.getrandbits(32),
         )
-        self.sender = Sender(self.ring, periph)
+        # Frames are cut for the configured MTU at most (nabz_config keeps it within one ATT value).
+        self.sender = Sender(self.ring, periph, cfg["mtu"] - 3)
         self.state = codec.DEVICE_STATE_OK
         self.vitals_period_us = cfg["vitals_period_s"] * 1000000
         self.adv_interval_ms = cfg["adv_interval_ms"]
@@ -67,6 +78,7 @@ class Wearable:
         self.progress_us = 0
         self.feeds = 0
         self.status_sent = []  # (state, battery) notified, for the log and tests
+        self.status_until_us = 0  # the status goes with every vitals notification until then
 
     # -- life cycle -------------------------------------------------------------------------------
     def begin(self):
@@ -84,6 +96,7 @@ class Wearable:
             self.battery.state = STATE_LOW
             self.state = codec.DEVICE_STATE_LOW_BATTERY  # said on connection
             self._low_battery(True)
+        self._status_value()
         self.start_sensor()
         self.periph.advertise(self.adv_interval_ms)
         self.next_vitals_us = now + self.vitals_period_us
@@ -98,6 +111,7 @@ class Wearable:
         for ev in self.periph.take_events():
             self._event(ev, now)
         self.poll_sensor(now)
+        self.ring.rebase()  # frame times and sequence numbers stay right past 2**29 (24.8 days)
         if self.periph.conn is not None and self.critical_at_us is None:
             if not self.mtu_ready and now >= self.mtu_deadline_us:
                 self._mtu_known(self.periph.mtu)
@@ -110,6 +124,8 @@ class Wearable:
             if self.next_vitals_us <= now:
                 self.next_vitals_us = now + self.vitals_period_us
             self.send_vitals()
+            if self.state != codec.DEVICE_STATE_OK or now < self.status_until_us:
+                self._notify_status()  # a fault is said again until it is gone
         if now >= self.next_battery_us:
             self.next_battery_us = now + self.cfg["battery_period_s"] * 1000000
             self._battery(now)
@@ -131,12 +147,14 @@ class Wearable:
             self.sender.connected()
             self.periph.exchange_mtu()
             self._notify_status()
+            self.status_until_us = now + _STATUS_AFTER_CONNECT_US
         elif what == "disconnect":
             if self.critical_at_us is None:
                 self.periph.advertise(self.adv_interval_ms)
         elif what == "mtu":
             self._mtu_known(ev[1])
         elif what == "control":
+            self._status_value()  # the write replaced the value a read returns: the status again
             try:
                 req = codec.control_decode(ev[1])
             except ValueError:
@@ -158,10 +176,18 @@ class Wearable:
     def set_frame_samples(self, n):
         self.ring.set_frame_samples(n)
 
-    def _notify_status(self):
+    def _status_value(self):
+        """The control characteristic's value, what a read returns: the current status."""
         data = codec.control_status_encode(self.state, self.battery.level)
+        self.periph.set_value(self.periph.h_control, data)
+        return data
+
+    def _notify_status(self):
+        data = self._status_value()
         if self.periph.notify(CHAR_CONTROL, data):
             self.status_sent.append((self.state, self.battery.level))
+            if len(self.status_sent) > 16:
+                del self.status_sent[0]  # repeated now: keep the log's memory bounded
 
     def _set_state(self, state):
         if state != self.state:
@@ -180,6 +206,8 @@ class Wearable:
             if self.periph.notify_handle(self.periph.h_battery, codec.battery_encode(level)):
                 self.battery_notified = level
                 self.battery_notified_us = now
+                if change is None:
+                    self._notify_status()  # the status with it (a change below says it anyway)
         if change == STATE_LOW:
             self._low_battery(True)
             self._set_state(codec.DEVICE_STATE_LOW_BATTERY)
@@ -390,13 +418,13 @@ class OximeterWearable(Wearable):
         self.sampler.set_rate(rate)
 
     def progress_count(self):
-        return self.sampler.reads
+        return self.sampler.samples  # samples, not FIFO reads: a chip that stopped reads 0 each time
 
     def sampling_expected(self):
         return self.sampler.running and not self.stopped
 
     def send_vitals(self):
-        spo2, pr, pai, meas, dev = self.estimator.status()
+        spo2, pr, pai, meas, dev = self.estimator.status(self.clock.now_us())
         data = codec.plx_continuous_encode(
             None if spo2 is None else round(spo2),
             None if pr is None else round(pr),

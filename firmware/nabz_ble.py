@@ -108,7 +108,10 @@ class Peripheral:
         )
         wave = (
             U(codec.NABZ_WAVEFORM_SERVICE),
-            ((U(wave_uuid), _FLAG_NOTIFY), (U(codec.NABZ_CONTROL), _FLAG_WRITE | _FLAG_NOTIFY)),
+            # Control: RESEND written in; reports and the status notified; a read returns the
+            # current status (the gateway reads it in its setup: a notification sent before it
+            # subscribed is lost).
+            ((U(wave_uuid), _FLAG_NOTIFY), (U(codec.NABZ_CONTROL), _FLAG_READ | _FLAG_WRITE | _FLAG_NOTIFY)),
         )
         ble.active(True)
         ble.config(gap_name=self.name)

@@ -68,6 +68,10 @@ _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 _ID_MAX = 13  # "Nabz " + id must fit the 31-byte advertising packet with flags, appearance, service
 
 
+_MTU_MAX = 515  # 512-byte ATT value + 3 bytes of notification header
+_RING_INSTANTS = 65535  # nabz_ring: sample positions are 16-bit
+
+
 class ConfigError(ValueError):
     pass
 
@@ -95,12 +99,21 @@ def validate(raw):
         )
     if cfg["sensor"] not in SENSORS:
         raise ConfigError("device config: sensor must be one of %s" % ", ".join(SENSORS))
-    if not 23 <= cfg["mtu"] <= 517:
-        raise ConfigError("device config: mtu must be 23..517")
+    if not 23 <= cfg["mtu"] <= _MTU_MAX:
+        # A notification carries MTU - 3 bytes, and an attribute value is at most 512 bytes
+        # (Core 5.3 Vol 3 Part F 3.2.9): a larger MTU would only cut frames no notification holds.
+        raise ConfigError(
+            "device config: mtu must be 23..%d (a frame is one ATT value, 512 bytes at most)" % _MTU_MAX
+        )
     if cfg["ring_frames"] < 2 or cfg["ring_frames"] & (cfg["ring_frames"] - 1):
         raise ConfigError("device config: ring_frames must be a power of two")
-    if not 60 <= cfg["ring_seconds"] <= 600:
-        raise ConfigError("device config: ring_seconds must be 60..600 (the contract promises a minute)")
+    rate = cfg["ecg_rate_hz"] if cfg["sensor"] == "ecg" else cfg["ppg_rate_hz"]
+    most = min(600, _RING_INSTANTS // rate) if rate > 0 else 600
+    if not 60 <= cfg["ring_seconds"] <= most:
+        raise ConfigError(
+            "device config: ring_seconds must be 60..%d at %d Hz (the contract promises a minute; "
+            "the ring's index counts at most %d samples)" % (most, rate, _RING_INSTANTS)
+        )
     if not 0 <= cfg["battery_critical_pct"] < cfg["battery_low_pct"] <= 100:
         raise ConfigError("device config: need 0 <= battery_critical_pct < battery_low_pct <= 100")
     if cfg["ecg_gain"] <= 0 or cfg["battery_divider"] < 1.0:

@@ -14,14 +14,19 @@
 #   clocks and a STOP free a slave holding SDA, then a new I2C object), the chip is reset and
 #   configured again, and the samples lost meanwhile become one flagged gap. While the sensor
 #   fails, the PLX status says "sensor malfunctioning".
+# - A chip that answers but does not sample is a failed sensor too: after a power-on reset (a
+#   supply dip or ESD sets PWR_RDY and every register to its default: not sampling) or with no
+#   sample for 0.5 s while running, it is reset and configured again the same way. Without this
+#   the estimator would keep its last values and the watchdog would be fed for empty reads.
 
 import nabz_codec as codec
-from max30102 import INT_ALC_OVF, MAX30102
+from max30102 import INT_ALC_OVF, INT_PWR_RDY, MAX30102
 from nabz_ring import kdiff
 from nabz_spo2 import DEV_EQUIPMENT_MALFUNCTION, DEV_SENSOR_MALFUNCTIONING
 
 _RETRY_US = 1000000  # at most one recovery attempt a second
 _FAULT_AFTER = 3  # failed reads in a row before the bus is recovered
+_NO_SAMPLES_US = 500000  # running, and no sample for this long: the chip stopped (17 = 170 ms at 100 Hz)
 
 
 class PpgSampler:
@@ -42,7 +47,7 @@ class PpgSampler:
         self.sensor = MAX30102(make_i2c())
         self.extra_flags = 0  # low battery, set by the wearable
         self.running = False
-        self.faulty = False  # the sensor is not answering (the wearable reports it)
+        self.faulty = False  # the sensor is not answering or not sampling (the wearable reports it)
         self.errors = 0
         self.errors_in_row = 0
         self.recoveries = 0
@@ -57,6 +62,9 @@ class PpgSampler:
         self._fit_us = 0
         self.period_us = 10000
         self.stopped_us = None  # when the sensor failed: the time of the first sample missed
+        self.last_sample_us = 0  # device time of the last read that brought samples (or of start)
+        self.resets_seen = 0  # power-on resets of the chip noticed (PWR_RDY)
+        self.stalls = 0  # times the chip answered but had stopped sampling
 
     # -- start and stop ---------------------------------------------------------------------------
     def start(self):
@@ -81,10 +89,11 @@ class PpgSampler:
             ring.set_time(ring.k, now + self.period_us, self.period_us * 1000)
         self._fit_k = ring.k
         self._fit_us = now + self.period_us
+        self.last_sample_us = now
         self.running = True
-        self.faulty = False
         self.errors_in_row = 0
-        self.estimator.faults = 0
+        # `faulty` and the estimator's fault bits stay until samples arrive: a chip that takes
+        # its settings but does not sample is not recovered (and its old values not current).
 
     def stop(self):
         """Power the sensor down (LEDs off). Errors are ignored: it may be what failed."""
@@ -103,8 +112,10 @@ class PpgSampler:
             self.poll()  # keep what the FIFO holds at the old rate
             try:
                 self.start()
-            except OSError:
-                self._failed()
+            except (OSError, ValueError):
+                # The chip is left in shutdown (configure() stops it first): nothing is sampled
+                # until poll() has recovered it.
+                self._failed(True)
 
     # -- reading ----------------------------------------------------------------------------------
     def poll(self):
@@ -116,9 +127,19 @@ class PpgSampler:
         except OSError:
             self._failed()
             return -1
+        s = self.sensor
+        if s.status & INT_PWR_RDY:
+            # The chip went through a power-on reset since it was configured: not sampling.
+            self.resets_seen += 1
+            self._failed(True)
+            return -1
+        if count == 0 and self.clock.now_us() - self.last_sample_us > _NO_SAMPLES_US:
+            self.stalls += 1  # it answers, but nothing was sampled for too long
+            self._failed(True)
+            return -1
         self.errors_in_row = 0
         self.reads += 1
-        lost = self.sensor.lost
+        lost = s.lost
         ring = self.ring
         est = self.estimator
         if lost:
@@ -133,7 +154,6 @@ class PpgSampler:
             ring.skip(lost)  # rollover: the lost samples came before the ones read now
             est.gap()
         flags = self.extra_flags
-        s = self.sensor
         if s.status & INT_ALC_OVF:
             est.interference_until = est.n + 2 * ring.rate_hz
             flags |= codec.WAVE_FLAG_SATURATED
@@ -149,15 +169,20 @@ class PpgSampler:
                 f |= codec.WAVE_FLAG_SATURATED
             ring.put_ppg(red, ir, f)
             est.update(red, ir)
-        self.samples += count
+        self.samples = (self.samples + count) & 0x3FFFFFFF  # the watchdog's progress: a small int
         if count:
             self._track_time(False)
+            if self.faulty or est.faults:
+                self.faulty = False  # samples again: recovered
+                est.faults = 0
         return count
 
     def _track_time(self, unknown_loss):
         """Compare the newest sample's predicted time with now; re-anchor on drift or loss."""
         ring = self.ring
         now = self.clock.now_us()
+        self.last_sample_us = now
+        self.estimator.sample_us = now
         newest = (ring.k - 1) & 0x3FFFFFFF
         drift = now - ring.time_of(newest)
         if abs(drift) > self.max_drift_us:
@@ -178,9 +203,12 @@ class PpgSampler:
             self._fit_us = now
 
     # -- faults -----------------------------------------------------------------------------------
-    def _failed(self):
+    def _failed(self, at_once=False):
+        """A failed read (or, at_once, a chip that certainly stopped sampling: recover it now)."""
         self.errors += 1
         self.errors_in_row += 1
+        if at_once and self.errors_in_row < _FAULT_AFTER:
+            self.errors_in_row = _FAULT_AFTER
         self.estimator.faults = DEV_SENSOR_MALFUNCTIONING
         if self.errors_in_row >= _FAULT_AFTER:
             self.faulty = True
@@ -212,6 +240,8 @@ class PpgSampler:
             if missed > 0:
                 self.ring.skip(missed)
                 self.estimator.gap()
+                if missed > 2 * self.ring.rate_hz:
+                    self.estimator.reset()  # beats from before a long outage are not current
             self.ring.stamp()
             self.ring.set_time(self.ring.k, now + self.period_us, self.period_us * 1000)
             self._fit_k = self.ring.k

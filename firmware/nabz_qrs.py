@@ -100,12 +100,16 @@ class QrsDetector:
     def update(self, x):
         """Feed one sample (microvolts). Beats are queued for take()."""
         k = self.k
+        if k >= 2 * _REBASE:
+            # k counts every sample and skip since boot (n restarts when the leads come back):
+            # each is moved back on its own, before either leaves the small-int range.
+            self._rebase_k()
+            k = self.k
         self.k = k + 1
         n = self.n
         if n >= 2 * _REBASE:
-            self._rebase()
+            self._rebase_n()
             n = self.n
-            k = self.k - 1
         self.n = n + 1
         # Low-pass: moving sum of 5.
         i = self.lp_i
@@ -175,16 +179,21 @@ class QrsDetector:
                 self._qrs(self.sb_n)
                 self.sb_val = 0
 
-    def _rebase(self):
+    def _rebase_n(self):
+        """Detector time (n and what is measured in it) back by _REBASE."""
         self.n -= _REBASE
-        self.k -= _REBASE
         self.peak_n -= _REBASE
         self.sb_n -= _REBASE
         self.last_qrs_n -= _REBASE
-        if self.last_r_k >= 0:
-            self.last_r_k -= _REBASE
-            if self.last_r_k < 0:
-                self.last_r_k = -1
+
+    def _rebase_k(self):
+        """Stream time (k and the last R peak) back by _REBASE (beat_k is written, never read)."""
+        while self.k >= 2 * _REBASE:  # a long skip() may have moved it on by more than once
+            self.k -= _REBASE
+            if self.last_r_k >= 0:
+                self.last_r_k -= _REBASE
+                if self.last_r_k < 0:
+                    self.last_r_k = -1
 
     def _peak(self, val, pn):
         since = pn - self.last_qrs_n

@@ -8,10 +8,14 @@
 # - Samples are kept in wire format (ECG int16 LE; PPG uint24 LE, red then IR), so a frame is an
 #   18-byte header plus a copy, and a resent frame is the first one byte for byte (plus its flag).
 # - Frames are counted by a wrapping 30-bit counter `fc` (a small int on the ESP32); the frame's
-#   sequence number is seq_start + fc (mod 2**32), worked out only outside the sampling path.
+#   sequence number is seq_start + (fc - seq_fc) (mod 2**32), worked out only outside the
+#   sampling path.
 # - Time: sample k (also a wrapping 30-bit index) was taken at anchor_us + (k - anchor_k) x period.
 #   The 64-bit device time of each frame's first sample is stamped by stamp(), outside the
 #   sampling path, before the owner moves the anchor (after a gap on the oximeter).
+# - Both differences are signed 30-bit (kdiff): they turn negative at 2**29 (24.8 days of ECG).
+#   rebase(), called by the owner's task loop, moves the time anchor and the sequence base up to
+#   the newest sample and frame once they are 2**28 behind, so a board can run for months.
 # - A frame older than the ring is gone: it is never resent and the sender reports it as a gap.
 
 from array import array
@@ -21,6 +25,7 @@ from micropython import const
 
 _K_MASK = const(0x3FFFFFFF)  # sample and frame counters wrap at 2**30 (small ints on the ESP32)
 _K_HALF = const(0x20000000)
+_REBASE_AFTER = const(0x10000000)  # rebase() moves the anchors on past this distance (2**28)
 _SEQ_MOD = 0x100000000  # sequence numbers wrap at 2**32 (a long int: never in the sampling path)
 
 
@@ -57,7 +62,8 @@ class WaveRing:
         self.f_k = array("i", [0] * max_frames)  # sample index of the first sample
         self.f_t0 = array("q", [0] * max_frames)  # device time of the first sample, us (stamp())
         self.f_rate = array("H", [0] * max_frames)  # sample rate the frame was taken at, Hz
-        self.seq_start = seq_start & 0xFFFFFFFF
+        self.seq_start = seq_start & 0xFFFFFFFF  # the sequence number of frame seq_fc
+        self.seq_fc = 0
         self.frame_samples = 1
         self.set_frame_samples(frame_samples)
         # Counters and cursors (all small ints, changed only by the sampling path unless noted).
@@ -113,6 +119,29 @@ class WaveRing:
     def time_of(self, k):
         """Device time (us) of sample index k by the current anchor."""
         return self.anchor_us + (kdiff(k, self.anchor_k) * self.period_ns) // 1000
+
+    def rebase(self):
+        """Keep the time anchor and the sequence base within 2**28 of the newest sample and frame
+        (task side, from the owner's loop; safe while the sampling path runs). Returns True if
+        either moved.
+
+        kdiff() from them is signed: past 2**29 samples (24.8 days of ECG) frame times would go
+        negative, past 2**29 frames the sequence numbers would jump back. The new anchor is a
+        point of the same line (exact on the ECG's 4 ms grid; the oximeter's fitted period may
+        round it down by under a microsecond), so no frame time moves.
+        """
+        moved = False
+        k = self.k  # read once: the sampling path may move it meanwhile, any k of the line will do
+        if kdiff(k, self.anchor_k) >= _REBASE_AFTER:
+            self.stamp()  # frames closed so far keep the times they were cut with
+            self.set_time(k, self.time_of(k), self.period_ns)
+            moved = True
+        fc = self.next_fc
+        if kdiff(fc, self.seq_fc) >= _REBASE_AFTER:
+            self.seq_start = self.seq_of(fc)
+            self.seq_fc = fc
+            moved = True
+        return moved
 
     def request_close(self):
         """Close the open frame at the next sample (safe while the sampling path runs)."""
@@ -223,11 +252,12 @@ class WaveRing:
         return 0 <= kdiff(fc, self.oldest_fc) and kdiff(fc, self.stamped_fc) < 0
 
     def seq_of(self, fc):
-        return (self.seq_start + fc) % _SEQ_MOD
+        """The sequence number of frame fc (near the frames now held): wraps at 2**32."""
+        return (self.seq_start + kdiff(fc, self.seq_fc)) % _SEQ_MOD
 
     def fc_of(self, seq):
         """The frame counter of sequence number seq (near the frames now held)."""
-        return (seq - self.seq_start) & _K_MASK
+        return (self.seq_fc + seq - self.seq_start) & _K_MASK
 
     def frame_len(self, fc):
         return codec.WAVE_HEADER_SIZE + self.f_n[fc & self._fmask] * self.sample_size

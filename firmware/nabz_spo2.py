@@ -20,7 +20,9 @@
 # Rules of this file:
 # - update() runs once per sample in the oximeter's read loop; between beats it does small-int
 #   work only. At a beat it stores three floats (allocates a few dozen bytes).
-# - status() (once a second) returns the PLX fields; it allocates freely.
+# - status() (once a second) returns the PLX fields; it allocates freely. Given the time, it
+#   says "unavailable" when no sample arrived for over a second (the sampler sets sample_us at
+#   each read that brings samples): values are never repeated from a sensor that went quiet.
 
 from array import array
 
@@ -56,6 +58,7 @@ _DC_SHIFT = const(7)  # running mean over 128 samples
 _SMOOTH_N = const(4)
 _BEATS = const(8)
 _FULL_BEATS = const(5)  # beats in the SpO2 median before it stops being an "early estimate"
+_STALE_US = const(1000000)  # no sample for this long (real time): no values
 
 
 class Spo2Estimator:
@@ -72,6 +75,7 @@ class Spo2Estimator:
         self.finger = False
         self._finger_run = 0
         self.n = 0  # samples seen
+        self.sample_us = 0  # device time of the newest samples (set by the sampler)
         self.reset()
 
     def set_rate(self, rate_hz):
@@ -245,12 +249,15 @@ class Spo2Estimator:
         return out
 
     # -- once a second ---------------------------------------------------------------------------
-    def status(self):
+    def status(self, now_us=None):
         """(spo2 %, pulse rate /min, PAI %, measurement status, device and sensor status).
 
-        Values are None when there are none; the statuses say why.
+        Values are None when there are none; the statuses say why. now_us: the device time, to
+        tell a sensor that stopped delivering samples (staleness in samples cannot: none come).
         """
         dev = self.faults
+        if now_us is not None and now_us - self.sample_us > _STALE_US:
+            return None, None, None, MEAS_UNAVAILABLE, dev | DEV_SENSOR_MALFUNCTIONING
         if self.interference_until > self.n:
             dev |= DEV_SENSOR_INTERFERENCE
         if not self.finger:

@@ -22,6 +22,9 @@ _SEQ_MOD = 0x100000000
 
 
 class Sender:
+    """max_frame_bytes: the largest frame the ring cuts (the configured MTU - 3, at most 512,
+    the largest ATT value)."""
+
     def __init__(self, ring, link, max_frame_bytes=512):
         self.ring = ring
         self.link = link  # .notify(char, data) -> bool, .mtu
@@ -98,7 +101,15 @@ class Sender:
                     a[2] = (fc + 1) & 0x3FFFFFFF
                     a[4] = (a[4] + 1) % _SEQ_MOD
                 else:
-                    a[3] = fc  # stop here: the report tells the gateway the rest is not coming
+                    # The ring dropped frames from under the run (or this one no longer fits):
+                    # one report for the run resent so far, and the rest of the request asked
+                    # again first, so the frames still held are resent and only those really
+                    # gone are reported as a gap (a report covering the whole request would tell
+                    # the gateway that every frame after the run is never coming).
+                    seq = ring.seq_of(fc)
+                    self.requests.insert(0, (seq, a[1]))
+                    a[1] = (seq - 1) % _SEQ_MOD
+                    a[3] = fc
                 continue
             if not self.link.notify(CHAR_WAVE, self._mv[:n]):
                 return sent

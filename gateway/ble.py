@@ -12,8 +12,10 @@ Rules of this file:
   jitter, a reset of the connection state (a fresh BleakClient, the cached device forgotten until
   a new advertisement, the scanner restarted), then "lost" - while it keeps trying, forever.
 - On every connection: MTU (negotiated by the stack; the bumble backend asks for `mtu`), service
-  discovery, reads of Device Information, Battery Level, Body Sensor Location and PLX Features, and
-  subscriptions to every characteristic the decoder knows (notify or indicate).
+  discovery, reads of Device Information, Battery Level, Body Sensor Location and PLX Features,
+  subscriptions to every characteristic the decoder knows (notify or indicate), then a read of
+  the control characteristic where it is readable (the wearable's status: what it notified on
+  connection was sent before the subscriptions and lost).
 - `backend="bleak"` is the operating system's stack (BlueZ on the Pi); `backend="bumble"` runs
   bumble's host on an HCI transport (`hci`) or an in-process virtual link (`link`, tests).
 - The radio itself may be missing (BlueZ not up yet at boot, a dongle unplugged): opening it is
@@ -442,6 +444,17 @@ class BleTransport(Transport):
             if uuid in SUBSCRIBE and ("notify" in char.properties or "indicate" in char.properties):
                 await client.start_notify(char, self._deliver(dev.id, uuid))
                 dev.subscribed.append(uuid)
+        for char in client.services.characteristics.values():
+            if normalize_uuid(char.uuid) == codec.NABZ_CONTROL and "read" in char.properties:
+                # The wearable's state now, read once subscribed: the status it notified on
+                # connection went out before the subscription and was lost (Nabz firmware keeps
+                # its current status as the value; a device whose value is something else - a
+                # RESEND just written - says its state later, on the next notification).
+                value = bytes(await client.read_gatt_char(char))
+                if value[:1] == bytes((codec.CTRL_OP_STATUS,)):
+                    self._queue.append(
+                        Notification(dev.id, codec.NABZ_CONTROL, value, int(self.clock() * 1_000_000))
+                    )
 
     def _deliver(self, device: str, uuid: str) -> Callable[[BleakGATTCharacteristic, bytearray], None]:
         queue, clock = self._queue, self.clock

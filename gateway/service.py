@@ -343,12 +343,14 @@ class Gateway:
                 self._lost(lost, "are no longer held by the device")
             return
         self._battery[note.device] = msg["battery_pct"]
-        if self._device_state.get(note.device, "ok") != msg["state"]:
+        before = self._device_state.get(note.device)
+        if (before or "ok") != msg["state"]:
             self._status_now = True
         self._device_state[note.device] = msg["state"]
-        level = logging.INFO if msg["state"] == "ok" else logging.WARNING
-        log.log(level, "gateway %s: %s reports its state: %s (battery %d %%)", self.id, note.device,
-                msg["state"], msg["battery_pct"])  # fmt: skip
+        if before != msg["state"]:  # the wearable repeats its status (docs/contract.md): logged on change
+            level = logging.INFO if msg["state"] == "ok" else logging.WARNING
+            log.log(level, "gateway %s: %s reports its state: %s (battery %d %%)", self.id, note.device,
+                    msg["state"], msg["battery_pct"])  # fmt: skip
 
     def _reject(self, note: Notification, why: Rejected) -> None:
         self.spool.dead_letter(note.device, note.char, note.data, why.reason, why.detail)

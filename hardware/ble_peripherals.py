@@ -194,11 +194,14 @@ class NabzPeripheral(Peripheral):
         self.wave = characteristic(
             core.UUID(codec.NABZ_ECG_WAVEFORM if ecg else codec.NABZ_PPG_WAVEFORM), _P.NOTIFY, b"", _NONE
         )
+        # The state the wearable says of itself (control 0x82), read from the control
+        # characteristic as the firmware keeps it; tests set it.
+        self.state = codec.DEVICE_STATE_OK
         self.control = characteristic(
             core.UUID(codec.NABZ_CONTROL),
-            _P.WRITE | _P.NOTIFY,  # RESEND in; the RESEND report and device state out
-            gatt.CharacteristicValue(write=self._on_control),
-            _WRITEABLE,
+            _P.READ | _P.WRITE | _P.NOTIFY,  # RESEND in; the RESEND report and device state out
+            gatt.CharacteristicValue(read=self._read_control, write=self._on_control),
+            _READABLE | _WRITEABLE,
         )
         self.hrm = characteristic(_U(codec.UUID_HEART_RATE_MEASUREMENT), _P.NOTIFY, b"", _NONE)
         self.plx_continuous = characteristic(_U(codec.UUID_PLX_CONTINUOUS), _P.NOTIFY, b"", _NONE)
@@ -257,6 +260,12 @@ class NabzPeripheral(Peripheral):
             if self.in_range and self.connected:
                 self.heard[stream] += readings
             await self.notify(self.by_uuid[n.char_uuid], n.data)
+
+    def _read_control(self, connection: Connection) -> bytes:
+        level = self.battery.value
+        return codec.control_status_encode(
+            self.state, level[0] if isinstance(level, bytes | bytearray) else 100
+        )
 
     def _on_control(self, connection: Connection, value: bytes) -> None:
         try:

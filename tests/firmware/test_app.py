@@ -43,6 +43,16 @@ def scenario(run_micropython_module: RunMicroPython, data: Path) -> Any:
     return run
 
 
+def states(control: list[Any]) -> list[tuple[str, int]]:
+    """The status notifications a gateway heard, as (state, battery %) with repeats folded: the
+    wearable says its state again now and then (after connecting, while not ok, with the battery)."""
+    out: list[tuple[str, int]] = []
+    for _t, msg in control:
+        if msg["op"] == 0x82 and (not out or out[-1][0] != msg["state"]):
+            out.append((msg["state"], msg["battery_pct"]))
+    return out
+
+
 def ad_fields(adv: bytes) -> dict[int, bytes]:
     out, i = {}, 0
     while i < len(adv):
@@ -80,7 +90,7 @@ def test_the_ecg_gatt_table(scenario: Any) -> None:
         "2a29": "Nabz",
     }
     assert gatt[codec.NABZ_ECG_WAVEFORM]["flags"] == 0x10
-    assert gatt[codec.NABZ_CONTROL]["flags"] == 0x18  # write + notify
+    assert gatt[codec.NABZ_CONTROL]["flags"] == 0x1A  # read (the status) + write + notify
     assert codec.NABZ_PPG_WAVEFORM not in gatt and "2a5f" not in gatt
 
 
@@ -107,13 +117,13 @@ def test_an_ecg_session_with_a_dropout_loses_nothing(scenario: Any) -> None:
     first, last, count = got["hole"]
     assert count >= 20 * 250 // 113 - 1  # 20 s of drop-out
     assert got["resent"] == list(range(first, last + 1))
-    report = got["control"][-1][1]
+    report = [c[1] for c in got["control"] if c[1]["op"] == 0x81][-1]
     assert report == {"op": 0x81, "kind": 1, "first_seq": first, "last_seq": last,
                       "resent_first_seq": first, "resent_count": count}  # fmt: skip
     seqs = got["all_seqs"]
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "every frame from the first live one on arrived"
     assert got["adv_after_disconnect"]
-    assert [c[1]["state"] for c in got["control"][:2]] == ["ok", "ok"]  # status on each connection
+    assert {c[1]["state"] for c in got["control"] if c[1]["op"] == 0x82} == {"ok"}
     assert got["jitter"]["missed"] == 0 and got["jitter"]["early"] == 0
     assert got["feeds"] == got["wdt_feeds"] > 0
 
@@ -141,6 +151,14 @@ def test_ecg_at_the_default_mtu(scenario: Any) -> None:
     assert got["frames"] >= 2 * 250  # one sample per notification, 250 a second
 
 
+def test_ecg_at_the_largest_mtu(scenario: Any) -> None:
+    """MTU 515: 247 samples in a 512-byte frame, the largest ATT value; the sender's buffer is
+    sized from the configured MTU (it was a fixed 512 bytes, which a 517 MTU overflowed)."""
+    got = scenario("ecg_mtu515")["ecg mtu 515"]
+    assert got["sizes"] == [512] and got["frames"] >= 2 * 250 // 247
+    assert got["sender_buffer"] == 512
+
+
 def test_an_oximeter_session(scenario: Any) -> None:
     got = scenario("oximeter")["oximeter session"]
     assert got["registers"] == {"mode": 3, "spo2": 0x27}
@@ -163,8 +181,7 @@ def test_an_oximeter_at_mtu_23_sends_vitals_only(scenario: Any) -> None:
 
 def test_an_oximeter_sensor_fault_is_reported_and_recovered(scenario: Any) -> None:
     got = scenario("oximeter_fault")["oximeter fault"]
-    states = [c[1]["state"] for c in got["control"]]
-    assert states == ["ok", "sensor_fault", "ok"]
+    assert [s for s, _ in states(got["control"])] == ["ok", "sensor_fault", "ok"]
     for _, spo2, pr, meas, dev, _pai in got["during"]:
         assert spo2 is None and pr is None and meas == MEAS_UNAVAILABLE
         assert dev == DEV_SENSOR_MALFUNCTIONING | DEV_MALFUNCTION
@@ -175,9 +192,9 @@ def test_an_oximeter_sensor_fault_is_reported_and_recovered(scenario: Any) -> No
 
 def test_low_then_critical_battery_on_the_ecg_patch(scenario: Any) -> None:
     got = scenario("ecg_battery")["ecg battery"]
-    states = [(c[1]["state"], c[1]["battery_pct"]) for c in got["control"]]
-    assert [s for s, _ in states] == ["ok", "low_battery", "battery_critical"]
-    assert states[1][1] < 15 and states[2][1] <= 3
+    heard = states(got["control"])
+    assert [s for s, _ in heard] == ["ok", "low_battery", "battery_critical"]
+    assert heard[1][1] < 15 and heard[2][1] <= 3
     assert got["low_frames"] > 0 and got["last_frame_flags"] & codec.WAVE_FLAG_LOW_BATTERY
     times = got["vitals_times"]
     gaps = [b - a for a, b in pairwise(times)]
@@ -191,7 +208,7 @@ def test_low_battery_halves_the_oximeter_rate(scenario: Any) -> None:
     got = scenario("oximeter_battery")["oximeter battery"]
     assert got["rates"] == [50, 100] and got["low_frames_rate"] == [50]
     assert (got["chip_spo2_config"] >> 2) & 0x07 == 0  # SPO2_SR: 50 Hz
-    assert [c[1]["state"] for c in got["control"]] == ["ok", "low_battery"]
+    assert [s for s, _ in states(got["control"])] == ["ok", "low_battery"]
     assert abs(got["last_vitals"][2] - 72) <= 3, "the pulse rate is still right at 50 Hz"
     times = got["vitals_after_low"]
     assert all(b - a == 2 for a, b in pairwise(times))
@@ -208,6 +225,80 @@ def test_the_watchdog_starves_when_sampling_stops(scenario: Any) -> None:
     assert got["fed_1s_after_stall"] > 0  # a short stall is tolerated (2 s)
     assert got["fed_after"] == 0, "a dead sample timer must lead to a watchdog reset"
     assert got["timeout_ms"] == 8000
+
+
+def test_an_oximeter_whose_chip_resets_itself_is_restarted_not_frozen(scenario: Any) -> None:
+    """A supply dip or ESD resets the MAX30102 (not sampling) while it still answers on I2C: the
+    nurse must not see the last SpO2 and pulse rate repeated over a sensor that measures nothing."""
+    got = scenario("oximeter_por")["oximeter power-on reset"]
+    assert got["frames_after"] >= 9 * 100 // 37 and got["last_seconds_of_frames"] >= 9  # the 10 s after
+    assert got["mode"] == 3, "the chip is configured and sampling again"
+    assert got["gap_frames_after"] == 1, "the samples it missed are one flagged gap"
+    assert [s for s, _ in states(got["control"])] == ["ok", "sensor_fault", "ok"]
+    assert got["last_vitals"][1] is not None
+    assert got["resets_seen"] == 1 and got["recoveries"] == 1  # told by PWR_RDY, at once
+
+
+def test_a_chip_that_answers_but_never_samples_is_a_sensor_fault(scenario: Any) -> None:
+    got = scenario("oximeter_dead")["oximeter dead"]
+    assert got["vitals_before"][1] is not None
+    after = got["vitals_after"]
+    assert len(after) >= 19
+    for _, spo2, pr, meas, dev, _pai in after:
+        assert spo2 is None and pr is None and meas == MEAS_UNAVAILABLE, "no value from a sensor that stopped"
+        assert dev & DEV_SENSOR_MALFUNCTIONING
+    assert [s for s, _ in states(got["control"])] == ["ok", "sensor_fault"], "raised once, no flapping"
+    assert got["control"][-1][0] >= after[-1][0] - 1, "and said again while it lasts"
+    assert got["frames_after"] <= 1 and got["stalls"] >= 10  # restarted once a second, in vain
+    assert got["wdt_feeds"] > 0, "a sensor fault is reported, not a reason to reset"
+
+
+def test_an_i2c_error_while_switching_to_50_hz_is_recovered(scenario: Any) -> None:
+    """configure() puts the chip in shutdown first: an error after that left it shut down with the
+    sampler believing it ran - no frames, no values, no fault, for good."""
+    got = scenario("oximeter_set_rate_fault")["oximeter set rate fault"]
+    assert got["injected"]
+    assert got["mode"] == 3 and (got["spo2_config"] >> 2) & 0x07 == 0  # sampling, at 50 Hz
+    assert got["recoveries"] == 1
+    assert got["frames_at_50_hz"] >= 40 * 50 // 37, "the 44 s after the switch are streamed"
+    assert [s for s, _ in states(got["control"])] == ["ok", "low_battery", "sensor_fault", "low_battery"]
+    assert got["last_vitals"][1] is not None and abs(got["last_vitals"][2] - 72) <= 3
+
+
+def test_a_gateway_that_subscribes_late_still_learns_the_state(scenario: Any) -> None:
+    """The gateway subscribes after discovery and its reads; the status notified on connection is
+    lost. A wearable already failing must still raise the technical alarm, and one that recovered
+    while the gateway was away must clear it."""
+    got = scenario("late_subscriber")
+    failing = got["already failing"]
+    assert failing["unheard"] > 0, "the model drops what is notified before the subscription"
+    assert failing["read"]["state"] == "sensor_fault", "the control characteristic reads the status"
+    heard = [c[1]["state"] for c in failing["control"] if c[1]["op"] == 0x82]
+    assert heard and set(heard) == {"sensor_fault"} and failing["control"][0][0] <= 8  # within 1 s
+    away = got["recovered while away"]
+    assert away["heard_before"][-1] == "sensor_fault"
+    assert away["read"]["state"] == "ok"
+    assert [c[1]["state"] for c in away["control"] if c[1]["op"] == 0x82][:1] == ["ok"]
+    assert got["read after a resend"]["state"] == "ok"
+
+
+def test_frames_stay_right_past_24_8_and_49_7_days(scenario: Any) -> None:
+    """Sample and frame counters are 30-bit; frame times and sequence numbers are worked out from
+    differences to an anchor that turn negative after 2**29 (24.8 days at 250 Hz). Each frame's
+    time must stay the device time of its first sample (the contract's DeviceTime) and the
+    sequence numbers must run on (wrapping at 2**32 only), or the gateway dead-letters every frame
+    or sees a false restart."""
+    got = scenario("ecg_50_days")["ecg after 50 days"]
+    assert got["uptime_days"] > 49.7
+    for leap in got["leaps"]:
+        assert leap["frames"] >= 240
+        first, last = leap["t0_behind_now_us"]
+        assert 0 <= last <= first <= 1_000_000, leap  # the last second's frames, at their true times
+        assert leap["t0_steps_us"] == [4000] and leap["seq_steps"] == [1]
+    assert got["seq_steps_over_a_leap"] == [(1 << 27) + 1]  # the frames of the leap, nothing else
+    assert got["seq_advance"] == got["frames"] - 1 + 8 * (1 << 27)
+    # The QRS detector's sample index stays a small int: no allocation per sample after 49.7 days.
+    assert got["detector_k"] < 1 << 30 and got["alloc_per_250_samples"][1:] == [0, 0]
 
 
 # ---------------------------------------------------------------------------------------------

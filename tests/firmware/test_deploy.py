@@ -72,6 +72,14 @@ def test_example_configs_are_valid(config: Path) -> None:
         ({"device_id": "ecg-0001", "sensor": "ecg", "mtu": "247"}, "mtu must be int"),
         ({"device_id": "ecg-0001", "sensor": "ecg", "ring_frames": 500}, "power of two"),
         ({"device_id": "ecg-0001", "sensor": "ecg", "ring_seconds": 30}, "a minute"),
+        # A 248-sample ECG frame (MTU 517) is 514 bytes: more than one ATT value holds; the patch
+        # restarted on every connection.
+        ({"device_id": "ecg-0001", "sensor": "ecg", "mtu": 517}, r"mtu must be 23\.\.515"),
+        # 300 s at 250 Hz overflow the ring's 16-bit index: refused here, not a boot loop later.
+        (
+            {"device_id": "ecg-0001", "sensor": "ecg", "ring_seconds": 300},
+            r"ring_seconds must be 60\.\.262 at 250 Hz",
+        ),
         ({"device_id": "ecg-0001", "sensor": "ecg", "battery_low_pct": 2}, "battery_critical_pct"),
     ],
 )
@@ -79,6 +87,18 @@ def test_bad_configs_are_refused_with_a_reason(raw: dict[str, Any], message: str
     cfg = nabz_config()
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.validate(raw)
+
+
+def test_the_largest_allowed_values_are_accepted() -> None:
+    cfg = nabz_config()
+    assert (
+        cfg.validate({"device_id": "ecg-0001", "sensor": "ecg", "mtu": 515, "ring_seconds": 262})["mtu"]
+        == 515
+    )
+    assert (
+        cfg.validate({"device_id": "oxi-0001", "sensor": "oximeter", "ring_seconds": 600})["ring_seconds"]
+        == 600
+    )
 
 
 def test_the_manifest_freezes_every_device_module() -> None:

@@ -138,6 +138,15 @@ def test_low_perfusion_is_flagged(ppg: dict[str, Any]) -> None:
     assert all(s[4] & DEV_LOW_PERF and s[2] < 0.3 for s in late)
 
 
+def test_values_are_withdrawn_when_samples_stop_arriving(ppg: dict[str, Any]) -> None:
+    """Staleness counted in samples cannot see a sensor that delivers none: in real time it can."""
+    got = ppg["quiet sensor"]
+    assert got["measuring"][0] is not None and got["0.7 s"][:2] == got["measuring"][:2]
+    spo2, pr, pai, meas, dev = got["1.2 s"]
+    assert (spo2, pr, pai, meas) == (None, None, None, MEAS_UNAVAILABLE)
+    assert dev & DEV_SENSOR_MALFUNCTIONING
+
+
 def test_no_allocation_per_sample(ppg: dict[str, Any]) -> None:
     got = ppg["alloc"]
     assert got["ring+estimator per flat sample x20"] == 0

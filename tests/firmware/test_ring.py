@@ -100,3 +100,31 @@ def test_sequence_numbers_wrap(ring: dict[str, Any]) -> None:
 
 def test_the_sampling_path_allocates_nothing(ring: dict[str, Any]) -> None:
     assert ring["alloc"] == {"put_ecg x2000": 0, "put_ppg x2000": 0, "skip x50": 0}
+
+
+def test_a_resend_overtaken_by_the_ring_reports_only_the_frames_really_gone(ring: dict[str, Any]) -> None:
+    """The ring dropped 1004 and 1005 from under a resend of 1000..1015: the gateway must hear that
+    those two are gone and get 1006..1015 - not be told that everything after 1003 is not coming
+    (it would give up on ten frames the wearable still holds and report them lost)."""
+    from gateway.gaps import GapTracker
+
+    got = ring["resend overtaken"]
+    assert got["held"] == [1006, 1021]
+    assert got["resent"] == [1000, 1001, 1002, 1003, *range(1006, 1016)]
+    first, second = got["reports"]
+    assert (first["first_seq"], first["last_seq"], first["resent_first_seq"], first["resent_count"]) == (
+        1000, 1003, 1000, 4,
+    )  # fmt: skip
+    assert (second["first_seq"], second["last_seq"], second["resent_first_seq"], second["resent_count"]) == (
+        1004, 1015, 1006, 10,
+    )  # fmt: skip
+    # What the gateway makes of it: its gap tracker asked for 1000..1015 and gives up on 1004-1005 only.
+    gaps = GapTracker()
+    key = ("ecg-0001", "ecg")
+    gaps.observe(key, 999, False, 1, 0.0)
+    assert gaps.observe(key, 1016, False, 1, 0.1).resend == (1000, 1015)
+    for seq in got["resent"]:
+        gaps.observe(key, seq, True, 1, 0.2)
+    lost = [x for r in got["reports"] for x in gaps.report(key, r["first_seq"], r["last_seq"],
+                                                           r["resent_first_seq"], r["resent_count"])]  # fmt: skip
+    assert [(x.first_seq, x.frames) for x in lost] == [(1004, 2)]

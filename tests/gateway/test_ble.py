@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from firmware import nabz_codec as codec
 from gateway.ble import BleTransport
 from gateway.service import Gateway
 from hardware import make_patients
@@ -112,6 +113,29 @@ def test_four_wearables_at_once_every_reading_arrives_with_mtu_rssi_and_battery(
         assert seen.frames_twice() == []
         info = gw.transport.device_info("ecg-0001")  # type: ignore[attr-defined]
         assert info["model"] == "Nabz ECG patch" and info["serial"] == "ecg-0001"
+    finally:
+        gw.stop()
+        seen.close()
+
+
+def test_the_state_a_wearable_is_in_when_it_connects_is_read_not_missed(
+    radio: VirtualRadio, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A wearable notifies its status on connection, before the gateway has subscribed (it does so
+    after discovery and its reads): lost. The gateway reads the control characteristic once
+    subscribed, so one already in sensor_fault raises the technical alarm at once."""
+    peripherals = radio.add_wearables(make_patients(1, seed=25)[0].devices)
+    ecg, oxi = peripherals
+    oxi.state = codec.DEVICE_STATE_SENSOR_FAULT  # failing before the gateway comes
+    gw = _gateway(radio, mosquitto, tmp_path, peripherals)
+    seen = Collector("127.0.0.1", mosquitto.port)
+    try:
+        with running(gw):
+            assert seen.wait_for(lambda: _all_connected(seen, peripherals), 20), seen.last_status()
+            assert seen.wait_for(
+                lambda: health(seen.last_status(), oxi.device_id).get("device_state") == "sensor_fault", 10
+            ), seen.last_status()
+            assert health(seen.last_status(), ecg.device_id).get("device_state") == "ok"
     finally:
         gw.stop()
         seen.close()

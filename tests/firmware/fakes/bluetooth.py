@@ -2,6 +2,10 @@
 # for the interpreter tests: a GATT server whose handles are numbered like NimBLE's, notifications
 # recorded per handle, a stack that runs out of buffers (OSError ENOMEM) when told to, and the IRQ
 # events a central causes (connect, MTU exchange, writes, disconnect), raised by the test.
+# Subscriptions: the port sends a notification whether or not the central subscribed (the
+# MicroPython docs say so for gatts_notify), but a central that has not written the CCCD yet
+# drops it - BlueZ hands it to nobody. The model records only what a subscribed central hears;
+# the rest is counted in `unheard`.
 
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
@@ -54,7 +58,9 @@ class BLE:
         self.values = {}  # handle -> bytes
         self.buffers = {}  # handle -> max write size
         self.chars = {}  # handle -> (uuid string, flags)
-        self.notified = []  # (conn, handle, bytes)
+        self.notified = []  # (conn, handle, bytes) the central heard (it had subscribed)
+        self.subscribed = set()  # handles whose CCCD the central wrote (this connection)
+        self.unheard = 0  # notifications sent before the central subscribed: lost
         self.room = None  # notifications the stack takes before ENOMEM (None: unlimited)
         self.refused = 0
         self.adv = None  # (interval_us, adv_data, resp_data, connectable)
@@ -124,6 +130,9 @@ class BLE:
         mtu = self._config.get("_link_mtu", 23)
         if len(payload) > mtu - 3:
             raise AssertionError("notification of %d bytes on a link with MTU %d" % (len(payload), mtu))
+        if handle not in self.subscribed:
+            self.unheard += 1
+            return
         self.notified.append((conn, handle, payload))
 
     def gap_advertise(self, interval_us, adv_data=None, resp_data=None, connectable=True):
@@ -140,6 +149,7 @@ class BLE:
     # -- what a central does (tests) ----------------------------------------------------------------
     def central_connect(self, conn=64):
         self.connected = conn
+        self.subscribed = set()
         self._config["_link_mtu"] = 23
         self.adv = None
         self._irq(_IRQ_CENTRAL_CONNECT, (conn, 0, b"\xaa\xbb\xcc\xdd\xee\xff"))
@@ -147,6 +157,18 @@ class BLE:
     def central_mtu(self, mtu):
         self._config["_link_mtu"] = min(mtu, self._config["mtu"])
         self._irq(_IRQ_MTU_EXCHANGED, (self.connected, self._config["_link_mtu"]))
+
+    def central_subscribe(self, handles=None):
+        """The central writes the CCCDs (of every notify/indicate characteristic by default)."""
+        if handles is None:
+            handles = [h for h, (_, f) in self.chars.items() if f & (FLAG_NOTIFY | FLAG_INDICATE)]
+        self.subscribed.update(handles)
+
+    def central_read(self, handle):
+        """A read by the central: the value the server holds (it must be readable)."""
+        if not self.chars[handle][1] & FLAG_READ:
+            raise AssertionError("read of a characteristic without the read property")
+        return self.values[handle]
 
     def central_write(self, handle, data):
         if len(data) > self.buffers[handle]:

@@ -1,8 +1,9 @@
 # A model of the MAX30102 as the firmware sees it over I2C: the register file, the 32-sample FIFO
 # with its write/read pointers (5 bits, wrapping), the overflow counter (saturating at 31, cleared
 # when a sample is popped), FIFO rollover, the almost-full interrupt on the INT pin (active low),
-# reset, shutdown, part ID; and faults: a chip that does not answer, or one that holds SDA low
-# until the bus is clocked nine times (the I2C bus-recovery case).
+# reset, shutdown, part ID; and faults: a chip that does not answer, one that holds SDA low
+# until the bus is clocked nine times (the I2C bus-recovery case), a power-on reset (por(): a
+# supply dip or ESD; it still answers), and one that answers but never samples (dead).
 #
 # Samples come from source(i) -> (red, ir) at the configured rate, in time given by sync(now_us).
 
@@ -28,6 +29,7 @@ class FakeMax30102:
         self.total_samples = 0
         self.clock_ppm = 0  # the chip's oscillator error: +20000 is 2 % fast
         self.source_hz = 100  # source(i) is the signal at time i / source_hz after sampling began
+        self.dead = False  # answers on I2C, takes every setting, never samples (a damaged chip)
         self.por()
 
     def por(self):
@@ -69,7 +71,7 @@ class FakeMax30102:
         return self.regs[0x09] & 0x07
 
     def running(self):
-        return self.mode() in (2, 3, 7) and not self.regs[0x09] & 0x80
+        return not self.dead and self.mode() in (2, 3, 7) and not self.regs[0x09] & 0x80
 
     def rate_hz(self):
         sr = _RATES[(self.regs[0x0A] >> 2) & 0x07]

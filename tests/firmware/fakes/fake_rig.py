@@ -157,9 +157,24 @@ class Rig:
         self.battery_mv = mv
         self.bat_adc.uv = battery_uv(mv)
 
-    def connect(self, mtu=None):
+    def connect(self, mtu=None, subscribe=True):
+        """A central connects and exchanges the MTU; it subscribes at once unless told not to
+        (a real gateway subscribes after discovery and its reads: see subscribe())."""
         self.ble.central_connect()
         self.ble.central_mtu(mtu or self.mtu)
+        if subscribe:
+            self.ble.central_subscribe()
+
+    def subscribe(self):
+        self.ble.central_subscribe()
+
+    def read_status(self):
+        """What a gateway reading the control characteristic gets, decoded (or the raw bytes)."""
+        raw = self.ble.central_read(self.ble.handle_of(codec.NABZ_CONTROL))
+        try:
+            return codec.control_notify_decode(raw)
+        except ValueError:
+            return raw.hex()
 
     def run(self, seconds, each=None):
         """Advance device time; the ECG timer fires every 4 ms, the loop steps every 20 ms."""

@@ -6,7 +6,7 @@ import bluetooth
 import machine
 import nabz_codec as codec
 from fake_rig import Rig, use_data
-from mptest import emit
+from mptest import alloc_of, emit
 
 SCENARIO = sys.argv[1]
 
@@ -77,6 +77,21 @@ elif SCENARIO == "ecg_mtu23":
             "n": sorted(set(f[1] for f in rig.gw.frames)),
             "vitals": rig.gw.vitals,
             "refused": rig.ble.refused,
+        },
+    )
+
+elif SCENARIO == "ecg_mtu515":
+    # The largest MTU the configuration allows: 247 samples, a 512-byte frame (one whole ATT value).
+    rig = Rig("ecg", mtu=515, extra={"mtu": 515})
+    rig.run(2)
+    rig.connect()
+    rig.run(3)
+    emit(
+        "ecg mtu 515",
+        {
+            "frames": len(rig.gw.frames),
+            "sizes": sorted(set(f[5] for f in rig.gw.frames)),
+            "sender_buffer": len(rig.w.sender.buf),
         },
     )
 
@@ -215,5 +230,184 @@ elif SCENARIO == "oximeter_battery":
             "chip_spo2_config": rig.chip.regs[10],
             "vitals_after_low": [v[0] for v in rig.gw.vitals[-6:]],
             "last_vitals": rig.gw.vitals[-1],
+        },
+    )
+
+elif SCENARIO == "oximeter_por":
+    # The MAX30102 resets itself (supply dip, ESD): registers at their defaults, not sampling,
+    # while it still answers on I2C.
+    rig = Rig("oximeter")
+    rig.connect()
+    rig.run(20)
+    before = len(rig.gw.frames)
+    rig.chip.por()
+    rig.run(10)
+    after = rig.gw.frames[before:]
+    emit(
+        "oximeter power-on reset",
+        {
+            "control": rig.gw.control,
+            "frames_after": len(after),
+            "gap_frames_after": len([f for f in after if f[2] & codec.WAVE_FLAG_GAP_BEFORE]),
+            "last_seconds_of_frames": (after[-1][4] - after[0][4]) // 1000000 if after else 0,
+            "mode": rig.chip.regs[9],
+            "resets_seen": getattr(rig.w.sampler, "resets_seen", 0),
+            "recoveries": rig.w.sampler.recoveries,
+            "last_vitals": rig.gw.vitals[-1],
+        },
+    )
+
+elif SCENARIO == "oximeter_dead":
+    # The chip keeps answering on I2C but stops sampling for good.
+    rig = Rig("oximeter")
+    rig.connect()
+    rig.run(20)
+    before_v = len(rig.gw.vitals)
+    before_f = len(rig.gw.frames)
+    fed = rig.wdt.feeds
+    rig.chip.dead = True
+    rig.chip.por()
+    rig.run(20)
+    emit(
+        "oximeter dead",
+        {
+            "vitals_before": rig.gw.vitals[before_v - 1],
+            "vitals_after": rig.gw.vitals[before_v:],
+            "control": rig.gw.control,
+            "frames_after": len(rig.gw.frames) - before_f,
+            "wdt_feeds": rig.wdt.feeds - fed,
+            "stalls": getattr(rig.w.sampler, "stalls", 0),
+        },
+    )
+
+elif SCENARIO == "oximeter_set_rate_fault":
+    # One I2C error while the oximeter switches to 50 Hz on low battery (configure() has already
+    # put the chip in shutdown).
+    rig = Rig("oximeter", battery_mv=3760, extra={"battery_period_s": 2})
+    rig.connect()
+    rig.run(10)
+    chip = rig.chip
+    write = chip.write
+    armed = [True]
+
+    def flaky_write(reg, data):
+        if armed[0] and reg == 0x0A:  # SPO2_CONFIG, written after MODE = SHDN
+            armed[0] = False
+            raise OSError(116)
+        return write(reg, data)
+
+    chip.write = flaky_write
+    before = len(rig.gw.frames)
+    rig.set_battery(3700)
+    rig.run(60)
+    after = rig.gw.frames[before:]
+    emit(
+        "oximeter set rate fault",
+        {
+            "injected": not armed[0],
+            "control": rig.gw.control,
+            "rates_after": sorted(set(f[3] for f in after)),
+            "frames_at_50_hz": len([f for f in after if f[3] == 50]),
+            "mode": chip.regs[9],
+            "spo2_config": chip.regs[10],
+            "recoveries": rig.w.sampler.recoveries,
+            "last_vitals": rig.gw.vitals[-1],
+        },
+    )
+
+elif SCENARIO == "late_subscriber":
+    # A gateway subscribes only after discovery and its reads, a second or more after connecting:
+    # the status notified at once on connection is lost. (a) An oximeter whose sensor is already
+    # failing when the gateway connects; (b) one that recovered while the gateway was away.
+    rig = Rig("oximeter")
+    rig.chip.nack = True  # the sensor fails from boot
+    rig.run(3)
+    rig.connect(subscribe=False)
+    rig.run(2)
+    unheard = rig.ble.unheard
+    read = rig.read_status()
+    rig.subscribe()
+    rig.run(3)
+    emit("already failing", {"unheard": unheard, "read": read, "control": rig.gw.control})
+
+    rig = Rig("oximeter")
+    rig.connect()
+    rig.run(5)
+    rig.chip.nack = True
+    rig.run(3)
+    heard_before = [c[1]["state"] for c in rig.gw.control]
+    rig.ble.central_disconnect()
+    rig.chip.nack = False
+    rig.run(5)  # recovers while nobody listens
+    rig.gw = type(rig.gw)(rig.ble)
+    rig.connect(subscribe=False)
+    rig.run(2)
+    read = rig.read_status()
+    rig.subscribe()
+    rig.run(3)
+    emit("recovered while away", {"heard_before": heard_before, "read": read, "control": rig.gw.control})
+
+    # a RESEND written to the control characteristic does not replace the status a read returns
+    rig.ble.central_write(
+        rig.ble.handle_of(codec.NABZ_CONTROL), codec.control_resend_encode(codec.WAVE_KIND_PPG, 0, 0)
+    )
+    rig.run(1)
+    emit("read after a resend", rig.read_status())
+
+elif SCENARIO == "ecg_50_days":
+    # 49.7 days of uptime at MTU 23 (one sample a frame) in eight leaps of 2**27 samples and
+    # frames (2**27 x 4 ms is a whole number of 2**30 us tick periods: the sample timer's ticks
+    # do not move). Each leap is what the wearable would have done meanwhile - the ring and the
+    # detector counted the samples, the ring cut the frames and the sender sent them - with the
+    # service loop running for a second between leaps. (The ring's leap goes through skip(),
+    # so the first frame after each is flagged "gap before".)
+    LEAP = 1 << 27
+
+    def feed_detector(det):
+        det.update(100)
+
+    rig = Rig("ecg", mtu=23)
+    rig.connect()
+    rig.run(2)
+    w = rig.w
+    ring = w.ring
+    leaps = []
+    for _ in range(8):
+        w.sender.pump()  # nothing waits to be sent: every frame after the leap is a new one
+        assert w.sender.pending() == 0
+        rig.gw.collect(rig.clock.now_us())
+        rig.clock.advance(LEAP * 4000)
+        ring.skip(LEAP)  # closes the open frame, flags the next one "gap before"
+        # The detector's stream time moves on with its last R peak, as if it had been beating all
+        # along (its detector time n stays small: the leads were put back on lately).
+        w.detector.k += LEAP
+        w.detector.last_r_k += LEAP
+        for name in ("oldest_fc", "next_fc", "stamped_fc"):
+            setattr(ring, name, (getattr(ring, name) + LEAP) & 0x3FFFFFFF)
+        w.sender.live_fc = (w.sender.live_fc + LEAP) & 0x3FFFFFFF
+        before = len(rig.gw.frames)
+        rig.run(1)
+        f = rig.gw.frames[before:]
+        now = rig.clock.now_us()
+        leaps.append(
+            {
+                "frames": len(f),
+                "t0_behind_now_us": [now - f[0][4], now - f[-1][4]],
+                "t0_steps_us": sorted(set(f[i + 1][4] - f[i][4] for i in range(len(f) - 1))),
+                "seq_steps": sorted(set((f[i + 1][0] - f[i][0]) % (1 << 32) for i in range(len(f) - 1))),
+            }
+        )
+    seqs = [fr[0] for fr in rig.gw.frames]
+    steps = [(seqs[i + 1] - seqs[i]) % (1 << 32) for i in range(len(seqs) - 1)]
+    emit(
+        "ecg after 50 days",
+        {
+            "uptime_days": rig.clock.now_us() / 86400e6,
+            "leaps": leaps,
+            "seq_steps_over_a_leap": sorted(set(s for s in steps if s != 1)),
+            "seq_advance": (seqs[-1] - seqs[0]) % (1 << 32),
+            "frames": len(seqs),
+            "detector_k": w.detector.k,
+            "alloc_per_250_samples": [alloc_of(feed_detector, w.detector, 250) for _ in range(3)],
         },
     )

@@ -242,6 +242,25 @@ for name in cases:
     rig.run(len(data) // 2 * 10, each_second=each_second)
     emit("spo2 " + name, seconds)
 
+# G2. The chip goes quiet (no sample reaches the estimator): its last values are not repeated.
+rig = Rig(Recorded(array("i", open("/ppg/hr72_spo2_97.bin", "rb").read())))
+rig.run(10000)
+
+
+def status_now(est, now_us):
+    try:
+        return est.status(now_us)
+    except TypeError:  # an estimator that does not take the time: staleness in samples only
+        return est.status()
+
+
+measuring = status_now(rig.est, rig.clock.now_us())
+rig.clock.advance(700000)  # reads are due (one every 170 ms); the chip has stopped
+within_a_second = status_now(rig.est, rig.clock.now_us())
+rig.clock.advance(500000)
+quiet = status_now(rig.est, rig.clock.now_us())
+emit("quiet sensor", {"measuring": list(measuring), "0.7 s": list(within_a_second), "1.2 s": list(quiet)})
+
 # H. Allocation: the per-sample work (ring + estimator between beats), and the per-read time check.
 rig = Rig(Recorded(array("i", open("/ppg/hr72_spo2_97.bin", "rb").read())), start_us=2 * 3600 * 1000000)
 rig.run(5000)

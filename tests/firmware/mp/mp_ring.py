@@ -252,3 +252,31 @@ emit(
         "skip x50": alloc_of(gap, ring, 50),
     },
 )
+
+# 9. A resend overtaken by the ring: while the radio is busy the oldest frames are dropped from
+# under the run being resent (a 16-frame index at one sample a frame, MTU 23).
+ring = WaveRing(ECG, 250, 64, 16, 1, 1000)
+link = FakeLink(23)
+s = Sender(ring, link)
+feed(ring, 0, 16)
+s.pump()  # live: 1000..1015
+link.take()
+s.request_resend(1000, 1015)  # the gateway asks for all 16 again
+link.drain(4)  # the radio takes 4, then is busy (NimBLE ENOMEM)
+s.pump()
+feed(ring, 100, 6)  # 24 ms of sampling meanwhile: the 6 oldest frames are dropped
+link.drain(100)
+s.pump()
+out = link.take()
+emit(
+    "resend overtaken",
+    {
+        "held": [ring.seq_of(ring.oldest_fc), ring.seq_of((ring.next_fc - 1) & 0x3FFFFFFF)],
+        "resent": [
+            codec.wave_decode(d)["seq"]
+            for c, d in out
+            if c == CHAR_WAVE and codec.wave_decode(d)["flags"] & codec.WAVE_FLAG_RESENT
+        ],
+        "reports": [codec.control_notify_decode(d) for c, d in out if c == CHAR_CONTROL],
+    },
+)
