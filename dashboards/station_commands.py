@@ -174,12 +174,22 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(text: str) -> str:
+    """`text` safe to print on a terminal: control and format characters (escape sequences, carriage
+    returns, right-to-left overrides) written as Python escapes, so a row cannot rewrite the rows
+    around it. An audit row holds whatever a login form or a proxy header sent."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _audit(args: argparse.Namespace) -> int:
     db = _db(args)
     rows = [r for r in db.audit_rows() if args.user is None or r.username == args.user][-args.limit :]
     for r in rows:
         at = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        print(f"{r.seq:6d} {at} {r.username:16s} {r.action:16s} {r.target:20s} {r.detail} {r.address}")
+        user, action, target, detail, address = map(
+            _shown, (r.username, r.action, r.target, r.detail, r.address)
+        )
+        print(f"{r.seq:6d} {at} {user:16s} {action:16s} {target:20s} {detail} {address}")
     broken = db.verify_audit()
     if broken is not None:
         print(f"nabz: the audit chain is broken at entry {broken}", file=sys.stderr)

@@ -342,7 +342,9 @@ class StationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     public_origin: str | None = None
     session_idle_s: float = 1800.0  # automatic logoff after this long without a user action
     session_max_s: float = 12 * 3600.0  # ... and after this long whatever happens (one shift)
-    login_max_failures: int = 5  # per user name within login_window_s; an address gets 4 times as many
+    # After this many failures a user name is blocked for 1 min, doubling per further failure up to
+    # login_window_s; failures are forgotten after twice that without attempts. An address gets 4x.
+    login_max_failures: int = 5
     login_window_s: float = 900.0
     stale_after_s: float = 15.0  # a tile without vitals this long is shown as stale (no data)
     strip_before_s: float = 12.0  # ECG/PPG strip around an alarm: seconds before it was raised ...

@@ -7,7 +7,9 @@ Rules of this file:
   the service refuses to start and says how to fix it (`permission_problem`). Readable by the
   group (0640, root:nabz, as docs/gateway.md installs it) is allowed.
 - Files Nabz itself writes with secrets in them are created 0600, whatever the umask
-  (`write_private`).
+  (`write_private`, `create_private`), and never through a file or a symbolic link that another
+  user could have put there: an existing one must belong to us, and so must its directory (or to
+  root), else `UnsafeFileError`.
 - Every log line goes through `RedactingFormatter` once a configuration is loaded: the secrets it
   holds are replaced by `***` wherever they would appear (an error message that echoes an AT
   command with the SIM PIN, a URL with credentials), whichever module logged them.
@@ -15,6 +17,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -29,10 +32,13 @@ __all__ = [
     "permission_problem",
     "write_private",
     "create_private",
+    "UnsafeFileError",
     "safe_url",
     "RedactingFormatter",
     "redact_logs",
 ]
+
+log = logging.getLogger(__name__)
 
 SECRET_KEYS = frozenset({"password", "token", "sim_pin", "account_token", "secret"})
 _MIN_LEN = 4  # a 4-digit PIN is the shortest secret; shorter values would star out common text
@@ -78,23 +84,96 @@ def permission_problem(path: Path, data: Any) -> str | None:
     return None
 
 
+class UnsafeFileError(OSError):
+    """A private file that cannot be made safely: its path is a symbolic link or not a regular
+    file, or it or its directory belongs to another user. The message says what to do."""
+
+
+def _check_directory(directory: Path) -> None:
+    """Another user who can change `directory` can swap a file in it between our check and
+    SQLite's open, or replace what we wrote. Root may own it (it can do that anyway: /tmp,
+    /var/lib); the owner's group may write to it (trusted like the 0640 configuration's); other
+    users only if the sticky bit stops them replacing our files (/tmp)."""
+    st = os.stat(directory)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UnsafeFileError(
+            f"{directory} belongs to user id {st.st_uid}, not to this user ({os.geteuid()}) or root: "
+            "keep private files in a directory of the user the service runs as"
+        )
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise UnsafeFileError(f"{directory} is writable by every user: run chmod o-w {directory}")
+
+
+def _check_existing(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeFileError(f"{path} is a symbolic link: give the path of the file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFileError(f"{path} is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise UnsafeFileError(
+            f"{path} belongs to user id {st.st_uid}, not to this user ({os.geteuid()}): run this as the "
+            "user that owns it, or remove it if nobody should"
+        )
+
+
 def create_private(path: Path) -> None:
     """Create `path` empty and 0600 if it does not exist yet: before SQLite opens a new database
-    there (its write-ahead log and shared-memory files then take the same mode)."""
+    there (its write-ahead log and shared-memory files then take the same mode). An existing file
+    must be ours and a regular file (not a link someone planted); if users outside its group
+    could use it, or its group change it (made before stores were private), it is made 0600."""
+    path = Path(path)
+    _check_directory(path.parent)
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+        fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), True
     except FileExistsError:
-        pass
+        created = False
+        try:  # O_NONBLOCK: a FIFO planted here must not hang us before fstat says what it is
+            fd = os.open(path, flags | os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ELOOP: a symbolic link
+            _check_existing(path, os.lstat(path))
+            raise UnsafeFileError(f"{path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        _check_existing(path, st)
+        mode = stat.S_IMODE(st.st_mode)
+        if created:
+            if mode != 0o600:
+                os.fchmod(fd, 0o600)  # whatever the umask
+        elif mode & (stat.S_IRWXO | stat.S_IWGRP):
+            # Made before stores were private, or by hand. Group read (0640) is left alone, as for
+            # the configuration: someone chose to share it with a service's group.
+            log.warning("%s could be used by other users (mode %04o): made 0600", path, mode)
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write `text` to a file only its owner can read (0600), whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write `text` to a file only its owner can read (0600), whatever the umask.
+
+    Written to a new file of our own next to it (O_EXCL, O_NOFOLLOW) and renamed over `path`, so
+    no other user sees it half-written or can have prepared the file it goes into; an existing
+    `path` must be ours and not a symbolic link (`UnsafeFileError` otherwise)."""
+    path = Path(path)
+    _check_directory(path.parent)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+        _check_existing(path, os.lstat(path))
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # replaces whatever is at `path` without following it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def safe_url(url: str | None) -> str:

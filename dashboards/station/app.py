@@ -12,6 +12,8 @@ Rules of this file:
   acknowledgement from this page takes the same path through the lifecycle as one by SMS.
 - Blocking work (SQLite, argon2, PUBACK waits) runs in threads, never on the event loop that
   feeds the live pages.
+- A login counts against the rate limit from the moment it arrives, before its password is
+  checked (auth.RateLimiter), and at most _LOGIN_CHECKS passwords are checked at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import ipaddress
 import json
 import logging
 import re
@@ -60,6 +63,10 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "nabz_session"
 TREND_HOURS = (1, 6, 24, 72)
 _STRIP_READ_S = 8.0  # a strip's waveforms (both streams, read side by side) or the page says why not
+# Passwords checked at once. Each argon2 check takes 64 MiB and, with its 4 lanes, every core of a
+# small server for ~0.1 s: a flood of logins waits its turn here, holding neither memory nor one of
+# the threads that every page's session check runs in.
+_LOGIN_CHECKS = 2
 # Audit actions by what the admin page shows of them: rows about patients without their target
 # and detail (which patient, which alarm, why); rows about accounts and sessions whole. Every
 # action the station audits is in one of the two (tests/dashboards/station/test_db.py checks).
@@ -94,6 +101,7 @@ class Station:
         sc = config.station
         self.by_user = auth.RateLimiter(sc.login_max_failures, sc.login_window_s)
         self.by_address = auth.RateLimiter(sc.login_max_failures * 4, sc.login_window_s)
+        self.login_checks = asyncio.Semaphore(_LOGIN_CHECKS)
         self.logins_failed = 0
         self.logins_blocked = 0
         self.logins = 0
@@ -139,6 +147,10 @@ class Station:
         return Ctx(s, user), ""
 
 
+def _wait_text(s: float) -> str:
+    return f"{max(1, round(s))} s" if s < 90 else f"{round(s / 60)} min"
+
+
 def _ago(s: float) -> str:
     s = max(0.0, s)
     if s < 90:
@@ -151,7 +163,13 @@ def _ago(s: float) -> str:
 
 
 def _address(request: Request) -> str:
-    return request.client.host if request.client else "-"
+    """The client's IP address. Behind a proxy uvicorn takes it from X-Forwarded-For, whatever the
+    text (docs/dashboards.md): anything that is not an address is audited and counted as one key."""
+    host = request.client.host if request.client else ""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "(invalid)" if host else "-"
 
 
 def _same_origin(request: Request, public_origin: str | None) -> bool:
@@ -263,7 +281,13 @@ def create_app(
 
     async def login(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
-        username = form.get("username", "").strip().lower()[:64]
+        typed = form.get("username", "").strip().lower()[:64]
+        try:
+            username, valid = auth.check_username(typed), True
+        except auth.AuthError:
+            # No account has such a name (accounts are made through check_username): audited and
+            # counted under one name, so it cannot carry terminal escapes into `nabz station audit`.
+            username, valid = "(invalid)", False
         password = form.get("password", "")
         nxt = form.get("next", "/")
         if not nxt.startswith("/") or nxt.startswith("//"):
@@ -282,25 +306,31 @@ def create_app(
         if wait > 0:
             st.logins_blocked += 1
             await asyncio.to_thread(
-                st.db.audit, now, username or "-", "login_blocked", "", {"wait_s": round(wait)}, addr
+                st.db.audit, now, username, "login_blocked", "", {"wait_s": round(wait)}, addr
             )
-            r = again(f"Too many failed logins. Try again in {max(1, round(wait / 60))} min.", 429)
+            r = again(f"Too many failed logins. Try again in {_wait_text(wait)}.", 429)
             r.headers["retry-after"] = str(int(wait) + 1)
             return r
-        user = await asyncio.to_thread(st.db.user, username)
-        ok = await asyncio.to_thread(auth.verify_password, user.password_hash if user else None, password)
+        # Counted before the first await, so that logins sent in parallel each see those before
+        # them: at most login_max_failures passwords of a name are checked, however many arrive.
+        st.by_user.attempt(username, now)
+        st.by_address.attempt(addr, now)
+        async with st.login_checks:
+            user = await asyncio.to_thread(st.db.user, username) if valid else None
+            ok = await asyncio.to_thread(auth.verify_password, user.password_hash if user else None, password)
+            rehash = None
+            if ok and user is not None and not user.disabled and auth.needs_rehash(user.password_hash):
+                rehash = await asyncio.to_thread(auth.hash_password, password)
         if not ok or user is None or user.disabled:
             st.logins_failed += 1
-            st.by_user.failed(username, now)
-            st.by_address.failed(addr, now)
             why = "disabled" if ok and user is not None else "bad password or unknown user"
-            await asyncio.to_thread(st.db.audit, now, username or "-", "login_failed", "", {"why": why}, addr)
+            await asyncio.to_thread(st.db.audit, now, username, "login_failed", "", {"why": why}, addr)
             return again("Wrong user name or password.", 401)
         st.by_user.clear(username)
+        st.by_address.take_back(addr, now)
         st.logins += 1
-        if auth.needs_rehash(user.password_hash):
-            h = await asyncio.to_thread(auth.hash_password, password)
-            await asyncio.to_thread(st.db.set_password, username, h, now)
+        if rehash is not None:
+            await asyncio.to_thread(st.db.set_password, username, rehash, now)
         token, _ = await asyncio.to_thread(st.db.new_session, username, now, addr)
         await asyncio.to_thread(st.db.audit, now, username, "login", "", {"role": user.role}, addr)
         if user.role == "admin" and nxt == "/":
@@ -675,7 +705,10 @@ def create_app(
 async def _prune(st: Station) -> None:
     sc = st.config.station
     while True:
-        await asyncio.to_thread(st.db.prune_sessions, st.clock(), sc.session_idle_s, sc.session_max_s)
+        now = st.clock()
+        await asyncio.to_thread(st.db.prune_sessions, now, sc.session_idle_s, sc.session_max_s)
+        st.by_user.prune(now)  # names and addresses tried once, long ago
+        st.by_address.prune(now)
         await asyncio.sleep(300)
 
 

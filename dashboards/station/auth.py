@@ -14,6 +14,7 @@ per person, no shared logins), automatic logoff (`session_state`), person authen
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -112,36 +113,65 @@ def session_state(
 
 @dataclass
 class RateLimiter:
-    """Failed logins per key (a user name, an address) in a sliding window.
+    """Login attempts per key (a user name, an address), remembered until the key has made none
+    for twice `window_s` (longer than its longest block, or waiting out a block would wipe it).
 
-    `blocked(key, now)` is how long (s) the key must wait; `failed` records a failure; a success
-    clears the user-name key (not the address key: an attacker with one valid account must not
-    reset the count for the others they try from the same address).
+    An attempt counts from the moment it starts (`attempt`), before its password is checked, so
+    attempts sent in parallel each see the ones before them: however many arrive at once, no more
+    than `max_failures` of a key are checked before it is blocked. A successful attempt is taken
+    back (`take_back`), or clears the key (`clear`, for the user name: not for the address, or an
+    attacker with one valid account could reset the count for the names they try).
+
+    Once `max_failures` attempts are remembered the key waits `first_block_s` after the latest,
+    and each further one doubles the wait, up to `window_s`: a nurse who mistypes five times
+    waits a minute, a guesser soon waits the whole window for each guess (12 guesses in the
+    first hour with the defaults, then 4 an hour). The block holds even for the right password
+    (anything else tells a guesser when they are right), so whoever can send a few wrong
+    passwords for a name can keep it blocked (docs/security.md, I1).
     """
 
     max_failures: int
     window_s: float
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    first_block_s: float = 60.0
+    _attempts: dict[str, deque[float]] = field(default_factory=dict)
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.get(key)
+        q = self._attempts.get(key)
         if q is None:
             return deque()
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        if not q:
-            del self._failures[key]
+        if not q or q[-1] <= now - 2 * self.window_s:  # quiet for long after any block: forgotten
+            del self._attempts[key]
+            return deque()
         return q
 
     def blocked(self, key: str, now: float) -> float:
+        """How long (s) `key` must wait before its next attempt; 0 if it may try now."""
         q = self._recent(key, now)
-        if len(q) < self.max_failures:
+        beyond = len(q) - self.max_failures
+        if beyond < 0:
             return 0.0
-        return q[-self.max_failures] + self.window_s - now
+        block = min(self.window_s, self.first_block_s * 2.0 ** min(beyond, 32))
+        return max(0.0, q[-1] + block - now)
 
-    def failed(self, key: str, now: float) -> None:
+    def attempt(self, key: str, now: float) -> None:
+        """Count an attempt that starts now (a failure unless taken back)."""
         self._recent(key, now)
-        self._failures.setdefault(key, deque()).append(now)
+        # Only the newest few matter: a few doublings past max_failures the wait is the whole window.
+        doublings = math.ceil(math.log2(max(2.0, self.window_s / self.first_block_s)))
+        self._attempts.setdefault(key, deque(maxlen=self.max_failures + doublings + 1)).append(now)
+
+    def take_back(self, key: str, at: float) -> None:
+        """Uncount the attempt counted at `at` (it succeeded, or was never checked)."""
+        q = self._attempts.get(key)
+        if q is not None and at in q:
+            q.remove(at)
+            if not q:
+                del self._attempts[key]
 
     def clear(self, key: str) -> None:
-        self._failures.pop(key, None)
+        self._attempts.pop(key, None)
+
+    def prune(self, now: float) -> None:
+        """Forget keys long quiet (names and addresses tried once, long ago)."""
+        for key in list(self._attempts):
+            self._recent(key, now)

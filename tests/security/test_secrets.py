@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nabz.cli import build_parser
-from nabz.secrets import redact_logs, safe_url, write_private
+from nabz.secrets import UnsafeFileError, create_private, redact_logs, safe_url, write_private
 
 ROOT = Path(__file__).parents[2]
 SECRETS = {"password": "pw-Zq81xK", "token": "tok-9fJ2mm", "sim_pin": "4321", "url_pw": "urlpw-77QQ"}
@@ -133,6 +133,88 @@ def test_files_written_with_secrets_are_0600_whatever_the_umask(tmp_path: Path) 
     finally:
         os.umask(old)
     assert (tmp_path / "s.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_secret_is_never_written_through_a_link_another_user_planted(tmp_path: Path) -> None:
+    """Another local user who knows where a secret goes (`--out DIR`'s accounts.toml, the
+    station's database) puts a symbolic link there first. Before, write_private followed it and
+    wrote the secret over whatever it named (as root: any file on the machine)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    link = tmp_path / "accounts.toml"
+    link.symlink_to(victim)
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
+        write_private(link, "gw-0001 = 'secret'\n")
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
+        create_private(link)
+    assert victim.read_text() == "untouched\n" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accounts.toml", "victim.txt"]  # no temporary left
+
+
+def test_a_file_or_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    """A file another user made where a secret or a store goes would stay theirs to read; a
+    directory of theirs lets them swap the file after the check. Before, both were used."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    nobody = 65534
+    theirs = tmp_path / "station.sqlite"
+    theirs.write_bytes(b"")
+    os.chown(theirs, nobody, nobody)
+    with pytest.raises(UnsafeFileError, match=f"belongs to user id {nobody}"):
+        create_private(theirs)
+    with pytest.raises(UnsafeFileError, match=f"belongs to user id {nobody}"):
+        write_private(theirs, "token = 'secret'\n")
+    assert theirs.read_bytes() == b""
+    their_dir = tmp_path / "theirs"
+    their_dir.mkdir()
+    os.chown(their_dir, nobody, nobody)
+    with pytest.raises(UnsafeFileError, match=f"{their_dir} belongs to user id {nobody}"):
+        write_private(their_dir / "accounts.toml", "token = 'secret'\n")
+    with pytest.raises(UnsafeFileError, match=f"{their_dir} belongs to user id {nobody}"):
+        create_private(their_dir / "nabz.sqlite")
+    assert list(their_dir.iterdir()) == []
+
+
+def test_a_directory_anyone_may_change_is_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UnsafeFileError, match="writable by every user"):
+        write_private(shared / "accounts.toml", "token = 'secret'\n")
+    with pytest.raises(UnsafeFileError, match="writable by every user"):
+        create_private(shared / "nabz.sqlite")
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)  # sticky, like /tmp: others cannot remove or rename our files there
+    write_private(shared / "accounts.toml", "token = 'secret'\n")
+    assert (shared / "accounts.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_secret_written_over_a_readable_file_is_not_seen_by_who_had_it_open(tmp_path: Path) -> None:
+    """A file others could read was opened by one of them; then Nabz writes a secret to that path.
+    Before, it truncated and wrote that same file, so the open reader read the new secret."""
+    path = tmp_path / "accounts.toml"
+    path.write_text("old = 1\n")
+    path.chmod(0o644)
+    with path.open() as reader:
+        write_private(path, "gw-0001 = 'new-secret'\n")
+        assert reader.read() == "old = 1\n"
+    assert path.read_text() == "gw-0001 = 'new-secret'\n" and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["accounts.toml"]
+
+
+def test_a_store_that_others_could_read_is_made_private(tmp_path: Path) -> None:
+    """A database made before stores were private (or copied with a loose umask) is made 0600
+    when Nabz next opens it, not left readable by every user."""
+    from dashboards.station.db import StationDB
+
+    path = tmp_path / "station.sqlite"
+    StationDB(path).close()
+    path.chmod(0o644)
+    StationDB(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o640)  # shared with a service's group on purpose, as a configuration may be: kept
+    StationDB(path).close()
+    assert path.stat().st_mode & 0o777 == 0o640
 
 
 def test_the_stores_of_health_data_are_private_files_whatever_the_umask(tmp_path: Path) -> None:

@@ -42,19 +42,48 @@ def test_sessions_end_after_idleness_and_after_their_longest_life() -> None:
     assert auth.session_state(0, 43_100, 43_200, idle, longest) == "expired"  # twelve hours after login
 
 
-def test_failed_logins_block_a_name_for_the_rest_of_the_window() -> None:
+def test_failed_logins_block_a_name_for_a_minute_then_twice_as_long_each_time() -> None:
     rl = auth.RateLimiter(max_failures=5, window_s=900)
     for k in range(4):
-        rl.failed("sana", 100.0 + k)
+        rl.attempt("sana", 100.0 + k)
         assert rl.blocked("sana", 100.0 + k) == 0
-    rl.failed("sana", 104.0)
-    assert rl.blocked("sana", 105.0) == pytest.approx(895.0)  # until the first failure leaves the window
+    rl.attempt("sana", 104.0)
+    assert rl.blocked("sana", 105.0) == pytest.approx(59.0)  # a minute after the fifth
     assert rl.blocked("imran", 105.0) == 0  # other names are not affected
-    assert rl.blocked("sana", 999.0) == pytest.approx(1.0)
-    assert rl.blocked("sana", 1000.0) == 0  # four failures left in the window
-    rl.failed("sana", 1005.0)
+    waits = []
+    t = 104.0
+    for _ in range(8):  # a guesser who tries again as soon as they may
+        t += rl.blocked("sana", t)
+        rl.attempt("sana", t)
+        waits.append(rl.blocked("sana", t))
+    # at most the window, and waiting a block out does not wipe the count: 4 guesses an hour
+    assert waits == pytest.approx([120.0, 240.0, 480.0, 900.0, 900.0, 900.0, 900.0, 900.0])
+    t += 1799  # back just before the count is forgotten: one guess, then the whole window again
+    assert rl.blocked("sana", t) == 0
+    rl.attempt("sana", t)
+    assert rl.blocked("sana", t) == pytest.approx(900.0)
     rl.clear("sana")  # a successful login forgets the name's failures
-    assert rl.blocked("sana", 1006.0) == 0
+    assert rl.blocked("sana", t) == 0
+    for k in range(5):  # mistyped five times, then quiet for twice the window: forgotten
+        rl.attempt("imran", 2000.0 + k)
+    assert rl.blocked("imran", 2004.0 + 1800) == 0 and "imran" not in rl._attempts
+
+
+def test_an_attempt_counts_from_when_it_starts_until_taken_back() -> None:
+    """Attempts still being checked count: six at once, and the sixth must wait."""
+    rl = auth.RateLimiter(max_failures=5, window_s=900)
+    for _ in range(5):
+        assert rl.blocked("10.0.0.7", 100.0) == 0
+        rl.attempt("10.0.0.7", 100.0)
+    assert rl.blocked("10.0.0.7", 100.0) == pytest.approx(60.0)
+    rl.take_back("10.0.0.7", 100.0)  # one of them was the right password
+    assert rl.blocked("10.0.0.7", 100.0) == 0
+    rl.take_back("10.0.0.7", 50.0)  # nothing counted then: nothing changes
+    rl.attempt("10.0.0.7", 100.0)
+    assert rl.blocked("10.0.0.7", 100.0) > 0
+    rl.attempt("once", 100.0)
+    rl.prune(100.0 + 1800)  # both quiet for twice the window: forgotten
+    assert rl._attempts == {}
 
 
 def test_user_names_and_new_passwords_are_checked() -> None:

@@ -65,3 +65,18 @@ def test_passwords_change_accounts_are_disabled_and_it_is_all_in_the_audit_log(t
     assert [line.split()[5] for line in lines] == ["user_add", "user_passwd", "user_disable"]
     assert all(" cli:" in line for line in lines)
     assert "password-" not in audit.stdout
+
+
+def test_the_audit_log_is_printed_without_terminal_escapes(tmp_path: Path) -> None:
+    """Rows hold what login forms and proxy headers sent (a station before 2026-11-27 audited the
+    user name as typed): printed raw, escape sequences could erase or hide rows on the installer's
+    terminal. Each control character is shown as its escape instead."""
+    db = StationDB(tmp_path / "station.sqlite")
+    db.audit(1.9e9, "\x1b[2A\x1b[2Ksana", "login_failed", "\x1b[8m", "\r\u202edetail", "\x1b]0;title\x07")
+    db.close()
+    audit = nabz(tmp_path, "audit")
+    assert audit.returncode == 0, audit.stderr
+    printed = audit.stdout.rstrip("\n")
+    assert printed and all(c.isprintable() for c in printed), repr(printed)
+    for shown in (r"\x1b[2A\x1b[2Ksana", r"\x1b[8m", r"\r\u202edetail", r"\x1b]0;title\x07"):
+        assert shown in printed

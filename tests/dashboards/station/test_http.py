@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dashboards.station import StationServer
+from dashboards.station import StationServer, auth
 from nabz.broker import free_port
 from tests.dashboards.station.client import Agent, Events
 from tests.dashboards.station.stack import PASSWORDS, add_users, config_for
@@ -156,25 +158,111 @@ def test_a_session_ends_after_its_longest_life_even_when_in_use(server: StationS
 
 
 def test_failed_logins_are_limited_counted_and_audited(server: StationServer, clock: Clock) -> None:
+    """Five wrong passwords block the name for a minute, each one after that twice as long."""
     a = Agent(server.url)
     for _ in range(5):
         assert a.login("sana", "guess-guess-guess")[0] == 401
     status, headers, text, _ = a.login("sana", PASSWORDS["sana"])  # right, but too late
-    assert status == 429 and int(headers["retry-after"]) > 800 and "Too many failed logins" in text
+    assert status == 429 and 50 < int(headers["retry-after"]) <= 61 and "Too many failed logins" in text
     assert a.login("imran", PASSWORDS["imran"])[0] == 200  # another user from the same address
     metrics = Agent(server.url).request("GET", "/metrics")[2]
     assert (
         "nabz_station_logins_failed_total 5" in metrics and "nabz_station_logins_blocked_total 1" in metrics
     )
-    clock.offset += server.app.station.config.station.login_window_s
+    clock.offset += 60
+    assert Agent(server.url).login("sana", "guess-guess-again")[0] == 401  # one more guess ...
+    status, headers, _, _ = Agent(server.url).login("sana", PASSWORDS["sana"])
+    assert status == 429 and 110 < int(headers["retry-after"]) <= 121  # ... and twice the wait
+    clock.offset += 120
     assert Agent(server.url).login("sana", PASSWORDS["sana"])[0] == 200
     rows = server.app.station.db.audit_rows()
     assert [r.action for r in rows if r.username == "sana"] == ["login_failed"] * 5 + [
+        "login_blocked",
+        "login_failed",
         "login_blocked",
         "login",
         "view_ward",
     ]
     assert PASSWORDS["sana"] not in json.dumps([r.detail for r in rows])
+
+
+def test_logins_sent_all_at_once_are_held_to_the_limit(
+    server: StationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's attack: 39 wrong passwords for one name at once, then the right one while
+    they are still being checked. Before, failures were counted only once argon2 had answered, so
+    every password was checked and the right one got in; and each check held one of the threads
+    every page needs, so a nurse's open ward stalled behind the flood. Now at most
+    login_max_failures passwords are checked, the right one is refused, two at a time."""
+    nurse = Agent(server.url)
+    assert nurse.login("imran", PASSWORDS["imran"])[0] == 200  # logged in before the flood
+    real, gate, lock = auth.verify_password, threading.Event(), threading.Lock()
+    checked: list[str] = []
+    running, peak = [0], [0]
+
+    def slow_verify(stored_hash: str | None, password: str) -> bool:  # argon2 on a busy server
+        with lock:
+            checked.append(password)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            gate.wait(30)
+            return real(stored_hash, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(auth, "verify_password", slow_verify)
+    limit = server.app.station.config.station.login_max_failures
+    answers: dict[str, int] = {}
+
+    def attempt(password: str) -> None:
+        answers[password] = Agent(server.url).login("sana", password)[0]
+
+    wrong = [f"wrong-guess-{i:04d}" for i in range(39)]
+    threads = [threading.Thread(target=attempt, args=(pw,)) for pw in wrong]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5  # until those not checked are answered (before: none were)
+    while len(answers) < len(wrong) - limit and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        status, _, _, url = nurse.request("GET", "/", timeout=3)  # the flood is still being checked
+        assert status == 200 and "/login" not in url
+        right = threading.Thread(target=attempt, args=(PASSWORDS["sana"],))
+        right.start()
+        right.join(3)
+    finally:
+        gate.set()
+    for t in [*threads, right]:
+        t.join(30)
+    assert answers[PASSWORDS["sana"]] == 429
+    assert Counter(answers[pw] for pw in wrong) == {401: limit, 429: len(wrong) - limit}
+    assert len(checked) == limit and PASSWORDS["sana"] not in checked
+    assert peak[0] <= 2  # argon2 checks at once (64 MiB each)
+    actions = Counter(r.action for r in server.app.station.db.audit_rows() if r.username == "sana")
+    assert actions == {"login_failed": limit, "login_blocked": len(wrong) - limit + 1}
+
+
+def test_a_user_name_no_account_can_have_is_audited_as_invalid(server: StationServer) -> None:
+    """A login form's user name, or a proxy header's address, goes into the audit log that
+    `nabz station audit` prints on an installer's terminal: escape sequences there could hide or
+    rewrite rows. Before, the name was audited as typed."""
+    evil = "\x1b[2A\x1b[2K\r\x1b[8m"  # up two lines, erase, hide what follows
+    a = Agent(server.url)
+    assert a.login(evil, "x" * 12)[0] == 401
+    assert (
+        a.request("POST", "/login", b"username=sana&password=x", {"X-Forwarded-For": "not-an-address"})[0]
+        == 401
+    )
+    rows = server.app.station.db.audit_rows()
+    assert [(r.username, r.action, r.address) for r in rows] == [
+        ("(invalid)", "login_failed", "127.0.0.1"),
+        ("sana", "login_failed", "(invalid)"),  # uvicorn trusts X-Forwarded-For from 127.0.0.1
+    ]
+    assert not any(
+        c in f for r in rows for f in (r.username, r.target, r.detail, r.address) for c in "\x1b\r"
+    )
 
 
 def test_roles_csrf_and_the_command_path_are_enforced(server: StationServer) -> None:
