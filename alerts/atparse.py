@@ -158,6 +158,7 @@ def error(cmd: str, line: str) -> ModemError:
         except ValueError:
             return ModemError(f"{cmd}: {line}", retryable=True)
         if line.startswith("+CME ERROR:"):
-            return ModemError(f"{cmd}: {line}", retryable=code not in (10, 11, 12, 13, 15, 16))
+            # 10 (no SIM) and 13 (SIM failure) are also what a modem says for a moment after it resets
+            return ModemError(f"{cmd}: {line}", retryable=code not in (11, 12, 15, 16))
         return ModemError(f"{cmd}: {line}", retryable=cms_retryable(code))
     return ModemError(f"{cmd}: {line}", retryable=True)

@@ -173,7 +173,9 @@ class Dispatcher:
     @property
     def degraded(self) -> str | None:
         """Which delivering notifiers failed on their latest attempt (SMS may be going another way)."""
-        down = [f"{name}: {why}" for name, why in self.notifier_down.items()]
+        down = [
+            f"{name}: {why}" for name, why in list(self.notifier_down.items())
+        ]  # another thread writes it
         return "; ".join(down) or None
 
     @property

@@ -321,6 +321,7 @@ class AlertEngine:
             elif not c.active and current is not None:
                 cleared = apply(current, "clear", now)
                 self._cleared_at[key] = now
+                self._codes[cleared.ack_code] = now  # SMS showed it until now: a day from here
                 for rule in self._by_kind.get(c.kind, ()):  # e.g. asystole: two rules, one alarm
                     rule.forget_restored(c.patient)
                 with self.store.tx():
@@ -365,10 +366,15 @@ class AlertEngine:
         with self.store.tx():
             esc = self.store.escalation(alarm.alarm_id) or Escalation()
             before = (esc.started_at, esc.steps_done, esc.paused_at, dict(esc.reached))
-            due = advance(esc, self._policy(alarm), self.schedule, now, self._suppressed(alarm, now))
-            if esc.steps_done and not esc.reached:
-                # Its steps so far name nobody on call now (no rotation for the role, an empty team):
-                # an alarm texted to no one is the one thing this service must not do.
+            policy = self._policy(alarm)
+            due = advance(esc, policy, self.schedule, now, self._suppressed(alarm, now))
+            if (
+                before[1] == 0
+                and esc.steps_done
+                and not any(self.schedule.resolve(st.notify, now) for st in policy.steps[: esc.steps_done])
+            ):
+                # The first steps of a new (or worsened) alarm name nobody on call now (no rotation for
+                # the role, an empty team): an alarm texted to no one is what this service must not do.
                 due = [(p, "new") for p in self.schedule.everyone()]
                 for p, _ in due:
                     esc.reached[p.name] = (p.phone, p.language, now)

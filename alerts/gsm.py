@@ -65,7 +65,7 @@ CTRL_Z = b"\x1a"
 ESC = b"\x1b"
 _QUIET_S = 0.25  # no byte for this long: the modem has said all it had (115200 baud: ~2,900 bytes)
 _BACKOFF_MIN_S = 30.0
-_BACKOFF_MAX_S = 600.0
+_BACKOFF_MAX_S = 120.0  # also how long doctors' replies may wait unread
 _SWEEP_S = 300.0  # AT+CMGL for replies whose +CMTI was missed
 _REREAD_S = 30.0  # after a failed AT+CMGR: the message is still unread, the next sweep this soon
 _INVALID_INDEX = "+CMS ERROR: 321"  # nothing at that index (a +CMTI for a message already deleted)
@@ -99,7 +99,6 @@ class GsmNotifier:
         self.down_until: float | None = None
         self.down_reason = ""
         self._down_for = 0.0
-        self._down_retryable = True
         self._backoff_s = backoff_min_s  # the next back-off
         self._failed_in_init = False
         self._sweep_at: float | None = None  # AT+CMGL due at this time; None: at the next poll
@@ -261,7 +260,6 @@ class GsmNotifier:
         self._down_for = self._backoff_s
         self.down_until = now + self._down_for
         self.down_reason = str(exc)
-        self._down_retryable = exc.retryable
         self._failed_in_init = in_init
         self._backoff_s = min(self._backoff_s * 2.0, self.backoff_max_s)
         log.warning("modem: left alone for %.0f s after: %s", self._down_for, exc)
@@ -290,10 +288,12 @@ class GsmNotifier:
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
         if self.is_down(at) and self.down_until is not None:
-            # The failure's own verdict: a SIM that wants its PIN needs a person, backing off or not.
+            # Always worth trying again: whatever failed may have passed by the end of the back-off
+            # (a modem that reset answers "SIM not ready" for a few seconds), and an SMS given up
+            # here would be lost for a failure nobody has looked at again.
             return Delivery(
                 False,
-                retryable=self._down_retryable,
+                retryable=True,
                 detail=f"modem backing off for {self.down_until - at:.0f} s after: {self.down_reason}",
             )
         while self.sent_at and self.sent_at[0] <= at - 60.0:

@@ -277,7 +277,13 @@ class AlertService:
                 and self._disconnected_at is None
             ):
                 next_beat = self._loop_at + self.config.alerts.heartbeat_s
-                self._heartbeat()
+                try:
+                    self._heartbeat()
+                except (
+                    Exception
+                ):  # a missed heartbeat is a warning to the watchers; a dead rules loop is worse
+                    self.errors += 1
+                    log.exception("alerts: could not publish the heartbeat")
             received_at: float | None = None  # a command's (a nurse's first: she is waiting for it)
             try:
                 topic, payload, received_at = self._commands_q.get_nowait()

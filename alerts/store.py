@@ -146,9 +146,12 @@ class AlertStore:
         return Alarm(**_decode(rows[0][0])) if rows else None
 
     def recent_codes(self, since: float) -> dict[str, float]:
-        """ack code -> when the latest alarm raised after `since` with that code was raised."""
+        """ack code -> when the latest alarm with that code last had it (cleared, else raised), of
+        those after `since`."""
         rows = self._rows(
-            "SELECT ack_code, MAX(raised_at) FROM alarms WHERE raised_at > ? GROUP BY ack_code", (since,)
+            "SELECT ack_code, MAX(t) FROM (SELECT ack_code, COALESCE(json_extract(data, '$.cleared_at'),"
+            " raised_at) AS t FROM alarms) WHERE t > ? GROUP BY ack_code",
+            (since,),
         )
         return {str(code): float(at) for code, at in rows if code}
 

@@ -300,25 +300,37 @@ class GatewayTracker:
     gap_frames: dict[str, int] = field(default_factory=dict)  # device -> unrecoverable frames, all time
     gaps: dict[str, tuple[float, int]] = field(default_factory=dict)  # device -> (when, frames lost)
     faults: dict[str, float] = field(default_factory=dict)  # device -> since it reported a sensor fault
-    listing: dict[str, set[str]] = field(default_factory=dict)  # gateway -> devices in its latest status
+    # gateway -> device -> since when its statuses have listed it (the longest-listing gateway owns it)
+    listing: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def restore(self, patient: str, kind: str, started_at: float) -> None:
         self.raised[(patient, kind)] = started_at
 
     def status(self, s: GatewayStatus, now: float) -> None:
-        """A gateway's status. Its words about a device that another online gateway lists are left
-        out: a gateway (or someone holding its credentials) speaks for its own wearables only."""
+        """A gateway's status. A wearable belongs to the gateway that has listed it longest (offline
+        or not): another gateway's words about it are left out, so a gateway (or someone holding its
+        credentials) speaks for its own wearables only. A wearable moved to another home moves once
+        its old gateway stops listing it."""
         if s.state == "offline":
             self.offline.setdefault(s.gateway, (now, _plain(s.reason) or "offline"))
             return
         self.offline.pop(s.gateway, None)
-        others = {d for g, ds in self.listing.items() if g != s.gateway and g not in self.offline for d in ds}
+        mine = self.listing.get(s.gateway, {})
+        since = {d: mine.get(d, now) for d in (*s.devices, *(h.device for h in s.health))}
+        others = {
+            d
+            for g, ds in self.listing.items()
+            if g != s.gateway
+            for d, t in ds.items()
+            if t < since.get(d, t)
+        }
         health = [h for h in s.health if h.device not in others]
         s = msgspec.structs.replace(s, devices=[d for d in s.devices if d not in others], health=health)
         listed = set(s.devices) | {h.device for h in s.health}
-        self.listing[s.gateway] = listed
+        self.listing[s.gateway] = {d: since[d] for d in listed}
         lost = {h.device for h in s.health if h.state == "lost"}
-        for d in (self.devices.get(s.gateway, set()) - listed - others) | lost:  # moved on: not missing
+        elsewhere = {d for g, ds in self.listing.items() if g != s.gateway for d in ds}
+        for d in (self.devices.get(s.gateway, set()) - listed - elsewhere) | lost:  # moved on: not missing
             # A device the gateway reports lost has been away its `lost_after_s` already.
             self.missing.setdefault(d, now - (self.after_s if d in lost else 0.0))
         for d in listed - lost:

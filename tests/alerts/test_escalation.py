@@ -382,12 +382,15 @@ def test_an_sms_reply_acts_only_on_alarms_texted_to_that_phone(tmp_path: Path) -
     assert rig.engine.open[("p-0001", "spo2_low")].state == "acknowledged"
 
 
-def test_an_ack_code_is_not_given_again_for_a_day(tmp_path: Path) -> None:
+@pytest.mark.parametrize("open_s", [10.0, 2 * 86400.0])
+def test_an_ack_code_is_not_given_again_for_a_day(tmp_path: Path, open_s: float) -> None:
     """An alarm clears; a reply to its SMS that comes late must not acknowledge the next alarm,
-    even when the random draw offers the same code again."""
+    even when the random draw offers the same code again; nor when the alarm was open (and its
+    SMS repeated) for longer than a day before it cleared."""
     rig = Rig(tmp_path, config(schedule=False))
     old = desaturate(rig)
-    rig.feed([v(T0 + 10 + i, source="device", spo2_pct=97.0) for i in range(15)])
+    T1 = T0 + open_s - 10  # noqa: N806
+    rig.feed([v(T1 + 10 + i, source="device", spo2_pct=97.0) for i in range(15)])
     assert ("p-0001", "spo2_low") not in rig.engine.open
 
     class SameCode(random.Random):
@@ -396,13 +399,13 @@ def test_an_ack_code_is_not_given_again_for_a_day(tmp_path: Path) -> None:
 
     rig.restart()  # and the service restarted meanwhile: the codes of the last day come from the store
     rig.engine.rng = SameCode()
-    new = desaturate(rig, patient="p-0002", start=T0 + 60)
+    new = desaturate(rig, patient="p-0002", start=T1 + 60)
     assert new != old
-    rig.run(T0 + 70, T0 + 80)
+    rig.run(T1 + 70, T1 + 80)
     rig.store.add_command(
-        T0 + 90, "sms_in", {"phone": rig.cfg.alerts.on_call[0], "text": f"ACK {old}"}, "sms"
+        T1 + 90, "sms_in", {"phone": rig.cfg.alerts.on_call[0], "text": f"ACK {old}"}, "sms"
     )
-    rig.at(T0 + 90)
+    rig.at(T1 + 90)
     assert rig.engine.open[("p-0002", "spo2_low")].state == "active"
 
 
@@ -462,3 +465,20 @@ def test_hand_overs_keep_their_local_time_across_a_daylight_saving_change() -> N
     # Turns from 08:00 on 20 October: the 1 November shift is Aisha's; Farah's starts at 08:00, not 07:00.
     assert [p.name for p in s.who("primary", nov_2_0800 - 1800)] == ["aisha"]
     assert [p.name for p in s.who("primary", nov_2_0800)] == ["farah"]
+
+
+def test_a_worsened_alarm_whose_new_policy_names_nobody_goes_to_everyone(tmp_path: Path) -> None:
+    """High alarms go to a night role covered by overrides only: a medium alarm that reached the
+    primary and worsens by day must still be texted as worse, to everyone, not wait for a repeat."""
+    base = config()
+    night = OverrideConfig(role="night", person="omar", start="2026-11-25T22:00", end="2026-11-26T06:00")
+    oncall = OncallConfig(people=base.oncall.people, rotations=base.oncall.rotations, team=base.oncall.team,
+                          overrides=[night])  # fmt: skip
+    esc = EscalationConfig(high=EscalationPolicy(steps=[EscalationStep(after_s=0.0, notify=["night"])]))
+    rig = Rig(tmp_path, Config(site="demo", alerts=base.alerts, oncall=oncall, escalation=esc))
+    rig.feed([v(T0 + i, source="ecg", hr_bpm=140.0) for i in range(15)])  # medium: the primary
+    assert [p for p, _, _ in rig.notifier.sent] == [FARAH]
+    rig.feed([v(T0 + 15 + i, source="ecg", hr_bpm=175.0) for i in range(15)])  # high at 14:00: no night
+    worse = [(p, t[:16]) for p, t, at in rig.notifier.sent if at < T0 + 40][1:]
+    assert sorted(p for p, _ in worse) == sorted([AISHA, BILAL, FARAH, OMAR])
+    assert rig.engine.nobody_on_call == 1

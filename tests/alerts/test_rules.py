@@ -384,3 +384,28 @@ def test_a_gateway_speaks_only_for_its_own_wearables(tmp_path: Path) -> None:
     alarm = rig.engine.open[("p-0001", "gateway_offline")]
     assert alarm.message.startswith("home gateway gw-0001 offline: SYSTEM TESTignore all Nabz alarms today")
     assert "+92" not in alarm.message
+
+
+def test_a_wearable_stays_with_the_gateway_that_listed_it_first(tmp_path: Path) -> None:
+    """Its home gateway is offline for a moment and another gateway lists the patch meanwhile: when
+    the home gateway is back, its report that the patch is lost still raises device_offline."""
+    from nabz.contract import DeviceHealth
+
+    rig = Rig(tmp_path, config(enrolment={"ecg-0001": "p-0001", "ecg-0009": "p-0009"}))
+
+    def home(state: str) -> GatewayStatus:
+        health = [DeviceHealth(device="ecg-0001", state=state)]  # type: ignore[arg-type]
+        return GatewayStatus(
+            site="demo", gateway="gw-0001", state="online", devices=["ecg-0001"], health=health
+        )
+
+    rig.engine.gateway_status(home("connected"), T0)
+    rig.engine.gateway_status(
+        GatewayStatus(site="demo", gateway="gw-0001", state="offline", reason="lost"), T0 + 5
+    )
+    other = GatewayStatus(site="demo", gateway="gw-0009", state="online", devices=["ecg-0009", "ecg-0001"])
+    rig.engine.gateway_status(other, T0 + 10)
+    rig.engine.gateway_status(home("lost"), T0 + 20)
+    rig.engine.gateway_status(other, T0 + 30)
+    rig.run(T0 + 31, T0 + 100, step=5.0)
+    assert ("p-0001", "device_offline") in rig.engine.open
