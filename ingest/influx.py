@@ -26,6 +26,7 @@ Rules of this file:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -104,7 +105,9 @@ class InfluxSink:
             self.spill = Spill(spill_dir or config.spill_dir or "var/influx-spill")
         except SpillBusy as exc:
             raise SinkError(str(exc)) from exc
-        if stranded := sorted(self.spill.dir.parent.glob("*.spill")):
+        stranded = sorted(self.spill.dir.parent.glob("*.spill"))
+        self.stranded = len(stranded)  # /healthz says so until they are moved (and ingest restarted)
+        if stranded:
             # Segments left in a configured spill_dir itself by versions that put every worker
             # there (each worker now has a subdirectory): nothing replays them where they are.
             log.error(
@@ -170,6 +173,8 @@ class InfluxSink:
         log.error("InfluxDB refused %d lines: %s (kept in rejected.lp)", len(chunk), why)
         with (self.spill.dir / "rejected.lp").open("a", encoding="utf-8") as f:
             f.write(f"# {time.time():.3f} {why}\n" + "\n".join(chunk) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the messages are acknowledged next: this is their only copy
         self.rejected_lines += len(chunk)
 
     def _send(self, chunk: list[str], retries: int) -> None:
@@ -253,6 +258,8 @@ class InfluxSink:
 
         def write(chunk: list[str]) -> None:
             nonlocal written
+            if self._stop.is_set():  # closing: the rest waits in the spill for the next process
+                raise _Down("ingest is stopping", chunk)
             self._send(chunk, retries=0)
             written += len(chunk)
 
@@ -289,4 +296,7 @@ class InfluxSink:
         if replayer is not None:
             replayer.join(timeout=10)
         self.client.close()  # type: ignore[no-untyped-call]
-        self.spill.close()
+        if replayer is None or not replayer.is_alive():
+            self.spill.close()
+        else:  # a write hung past the join: the directory stays locked until this process ends
+            log.error("InfluxDB spill replay did not stop; %s stays locked by this process", self.spill.dir)

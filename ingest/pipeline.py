@@ -199,7 +199,8 @@ class IngestCore:
                 lines = [line for a in accepted for line in reading_lines(a.reading, a.patient)]
             self.sink.write(lines)
 
-        with self.store.batch():
+        # Dead letters go nowhere else (InfluxDB has only accepted readings): their commit is durable.
+        with self.store.batch(durable=bool(rejected)):
             self.store.bump("duplicates", result.duplicates)
             for msg, why in rejected:
                 self.store.dead_letter(msg.topic, msg.payload, why.reason, why.detail, msg.received_at)

@@ -540,6 +540,11 @@ class IngestService:
             out.append(f"messages wait {now - self._pending_since:.0f} s to be stored")
         if self._store_trouble is not None:
             out.append(f"the embedded store cannot take readings ({self._store_trouble}); they are held")
+        if self.sink is not None and self.sink.stranded:
+            out.append(
+                f"{self.sink.stranded} InfluxDB spill segments of an older version wait in "
+                f"{self.sink.spill.dir.parent}: move them into {self.sink.spill.dir} (docs/operations.md)"
+            )
         return out
 
     def metrics(self) -> list[Metric]:

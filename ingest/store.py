@@ -168,6 +168,7 @@ class Store:
         # SQLite's busy timeout does not wait for. Wait here instead.
         _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.synchronous = synchronous
         fresh = not _while_locked(
             lambda: self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchall()
         )
@@ -217,8 +218,21 @@ class Store:
                       "build" if keep else "drop", exc)  # fmt: skip
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """One transaction for a batch of writes."""
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        """One transaction for a batch of writes; `durable`: its commit survives a power loss even
+        when the store runs with synchronous=NORMAL (what it holds has no other copy)."""
+        with self.lock:
+            if durable and self.synchronous != "FULL":
+                self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._transaction():
+                    yield
+            finally:
+                if durable and self.synchronous != "FULL":
+                    self.db.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:

@@ -428,3 +428,46 @@ def test_a_configuration_fault_keeps_the_data_in_the_spill_until_it_is_fixed(
         assert set(_lines("good", 20)) <= set(_sent(stub))
     finally:
         sink.close()
+
+
+# --- closing: a replay in progress stops, and the directory is released only once it has -------
+def test_closing_during_a_long_replay_stops_it_and_the_next_process_gets_the_rest(tmp_path: Path) -> None:
+    """Ingest stopped while a large spill drains into a slow database: it stops within a write,
+    not after the whole spill (or with its replayer still writing after the lock was given up)."""
+    took: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(0.05)
+            took.extend(body.decode().split("\n"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        sink = _sink(url, tmp_path / "spill")
+        for i in range(60):
+            sink.spill.append([f"m v={i} {i}"])
+        sink._start_replayer()
+        assert _wait(lambda: len(took) >= 5)
+        t0 = time.monotonic()
+        sink.close()
+        assert time.monotonic() - t0 < 2.0 and sink._replayer is not None and not sink._replayer.is_alive()
+        n = len(took)
+        time.sleep(0.3)
+        assert len(took) == n < 60  # nothing written after the close
+        again = _sink(url, tmp_path / "spill")  # the next process: the lock is free, the rest is there
+        try:
+            assert _wait(lambda: not again.spill, timeout=30)
+            assert {f"m v={i} {i}" for i in range(60)} <= set(took)
+        finally:
+            again.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -76,14 +76,14 @@ class BusyStore(Store):
         self.go = threading.Event()
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
         if self.busy > 0:
             self.busy -= 1
             raise sqlite3.OperationalError("database is locked")
         if self.busy == 0:
             self.busy = -1
             assert self.go.wait(10)
-        with super().batch():
+        with super().batch(durable=durable):
             yield
 
 
@@ -195,3 +195,28 @@ def test_a_commit_that_fails_does_not_leave_the_store_stuck(tmp_path: Path) -> N
     msg = Message(contract.reading_topic("test", "gw-1", "hr-0001", "hr"), contract.encode(r), time.time())
     assert core.handle_batch([msg]).stored == 1
     assert store.count_readings() == 1
+
+
+def test_dead_letters_are_committed_synced_even_beside_influxdb(tmp_path: Path) -> None:
+    """InfluxDB gets accepted readings only: a dead letter's one copy is the store, so the commit
+    that holds one is synced (FULL) even when the store otherwise runs NORMAL; clean batches are not."""
+    store = Store(tmp_path / "s.sqlite", synchronous="NORMAL")
+    said: list[str] = []
+    store.db.set_trace_callback(said.append)
+    core = IngestCore(store, enrolment={"hr-0001": "p-0001"})
+
+    def hr(device: str) -> Message:
+        r = contract.HrReading(v=1, id=contract.new_id(), site="test", gateway="gw-0001", device=device,
+                               t=datetime.now(UTC), hr_bpm=70)  # fmt: skip
+        return Message(
+            contract.reading_topic("test", "gw-0001", device, "hr"), contract.encode(r), time.time()
+        )
+
+    core.handle_batch([hr("hr-0001")])
+    clean = list(said)
+    said.clear()
+    result = core.handle_batch([hr("hr-0001"), hr("hr-0404")])  # the second is not enrolled
+    assert result.dead_lettered == 1
+    begin = said.index("BEGIN IMMEDIATE")
+    assert "PRAGMA synchronous=FULL" in said[:begin] and "PRAGMA synchronous=FULL" not in clean
+    assert _synchronous(store) == "NORMAL"  # and back for the next
