@@ -314,20 +314,27 @@ def create_app(
         # Counted before the first await, so that logins sent in parallel each see those before
         # them: at most login_max_failures passwords of a name are checked, however many arrive.
         st.by_user.attempt(username, now)
-        st.by_address.attempt(addr, now)
         async with st.login_checks:
+            # An address counts failures only (shared by a ward behind one NAT): looked at again
+            # here, after the wait for a turn, so that a flood of names from one address is held too.
+            wait = st.by_address.blocked(addr, st.clock())
+            if wait > 0:
+                st.logins_blocked += 1
+                r = again(f"Too many failed logins. Try again in {_wait_text(wait)}.", 429)
+                r.headers["retry-after"] = str(int(wait) + 1)
+                return r
             user = await asyncio.to_thread(st.db.user, username) if valid else None
             ok = await asyncio.to_thread(auth.verify_password, user.password_hash if user else None, password)
             rehash = None
             if ok and user is not None and not user.disabled and auth.needs_rehash(user.password_hash):
                 rehash = await asyncio.to_thread(auth.hash_password, password)
         if not ok or user is None or user.disabled:
+            st.by_address.attempt(addr, now)
             st.logins_failed += 1
             why = "disabled" if ok and user is not None else "bad password or unknown user"
             await asyncio.to_thread(st.db.audit, now, username, "login_failed", "", {"why": why}, addr)
             return again("Wrong user name or password.", 401)
         st.by_user.clear(username)
-        st.by_address.take_back(addr, now)
         st.logins += 1
         if rehash is not None:
             await asyncio.to_thread(st.db.set_password, username, rehash, now)

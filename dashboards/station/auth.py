@@ -14,7 +14,6 @@ per person, no shared logins), automatic logoff (`session_state`), person authen
 
 from __future__ import annotations
 
-import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -116,18 +115,19 @@ class RateLimiter:
     """Login attempts per key (a user name, an address), remembered until the key has made none
     for twice `window_s` (longer than its longest block, or waiting out a block would wipe it).
 
-    An attempt counts from the moment it starts (`attempt`), before its password is checked, so
-    attempts sent in parallel each see the ones before them: however many arrive at once, no more
-    than `max_failures` of a key are checked before it is blocked. A successful attempt is taken
-    back (`take_back`), or clears the key (`clear`, for the user name: not for the address, or an
-    attacker with one valid account could reset the count for the names they try).
+    A key is blocked once `max_failures` of its attempts came within `window_s` of each other
+    (a sliding window: a typo now and then over a long shift never adds up to a block). It then
+    waits `first_block_s` after its latest attempt, and each attempt after that, while the key
+    keeps trying (no gap longer than twice `window_s`), doubles the wait up to `window_s`: a nurse
+    who mistypes five times waits a minute, a guesser soon waits the whole window for each guess
+    (12 guesses in the first hour with the defaults, then 4 an hour). The block holds even for
+    the right password (anything else tells a guesser when they are right), so whoever can send a
+    few wrong passwords for a name can keep it blocked (docs/security.md, I1).
 
-    Once `max_failures` attempts are remembered the key waits `first_block_s` after the latest,
-    and each further one doubles the wait, up to `window_s`: a nurse who mistypes five times
-    waits a minute, a guesser soon waits the whole window for each guess (12 guesses in the
-    first hour with the defaults, then 4 an hour). The block holds even for the right password
-    (anything else tells a guesser when they are right), so whoever can send a few wrong
-    passwords for a name can keep it blocked (docs/security.md, I1).
+    The station counts a user name's attempt from the moment it starts (`attempt`), before its
+    password is checked, so attempts sent in parallel each see the ones before them; a success
+    clears the name (`clear`). An address counts failures only (an address is shared: a ward
+    behind one NAT), after their check, and is looked at again just before each check.
     """
 
     max_failures: int
@@ -146,27 +146,24 @@ class RateLimiter:
 
     def blocked(self, key: str, now: float) -> float:
         """How long (s) `key` must wait before its next attempt; 0 if it may try now."""
-        q = self._recent(key, now)
-        beyond = len(q) - self.max_failures
-        if beyond < 0:
+        q = list(self._recent(key, now))
+        n = self.max_failures
+        start = len(q) - 1  # the run of attempts that ends with the latest, none long apart
+        while start > 0 and q[start] - q[start - 1] <= 2 * self.window_s:
+            start -= 1
+        run = q[start:]
+        first = next((i for i in range(len(run) - n + 1) if run[i + n - 1] - run[i] <= self.window_s), None)
+        if first is None:
             return 0.0
+        beyond = len(run) - (first + n)
         block = min(self.window_s, self.first_block_s * 2.0 ** min(beyond, 32))
-        return max(0.0, q[-1] + block - now)
+        return max(0.0, run[-1] + block - now)
 
     def attempt(self, key: str, now: float) -> None:
         """Count an attempt that starts now (a failure unless taken back)."""
         self._recent(key, now)
-        # Only the newest few matter: a few doublings past max_failures the wait is the whole window.
-        doublings = math.ceil(math.log2(max(2.0, self.window_s / self.first_block_s)))
-        self._attempts.setdefault(key, deque(maxlen=self.max_failures + doublings + 1)).append(now)
-
-    def take_back(self, key: str, at: float) -> None:
-        """Uncount the attempt counted at `at` (it succeeded, or was never checked)."""
-        q = self._attempts.get(key)
-        if q is not None and at in q:
-            q.remove(at)
-            if not q:
-                del self._attempts[key]
+        # Bounded: a guesser's run longer than this (days at one guess per window) starts afresh.
+        self._attempts.setdefault(key, deque(maxlen=self.max_failures + 256)).append(now)
 
     def clear(self, key: str) -> None:
         self._attempts.pop(key, None)

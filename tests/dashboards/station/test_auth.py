@@ -69,21 +69,30 @@ def test_failed_logins_block_a_name_for_a_minute_then_twice_as_long_each_time() 
     assert rl.blocked("imran", 2004.0 + 1800) == 0 and "imran" not in rl._attempts
 
 
-def test_an_attempt_counts_from_when_it_starts_until_taken_back() -> None:
+def test_an_attempt_counts_from_when_it_starts() -> None:
     """Attempts still being checked count: six at once, and the sixth must wait."""
     rl = auth.RateLimiter(max_failures=5, window_s=900)
     for _ in range(5):
-        assert rl.blocked("10.0.0.7", 100.0) == 0
-        rl.attempt("10.0.0.7", 100.0)
-    assert rl.blocked("10.0.0.7", 100.0) == pytest.approx(60.0)
-    rl.take_back("10.0.0.7", 100.0)  # one of them was the right password
-    assert rl.blocked("10.0.0.7", 100.0) == 0
-    rl.take_back("10.0.0.7", 50.0)  # nothing counted then: nothing changes
-    rl.attempt("10.0.0.7", 100.0)
-    assert rl.blocked("10.0.0.7", 100.0) > 0
+        assert rl.blocked("sana", 100.0) == 0
+        rl.attempt("sana", 100.0)
+    assert rl.blocked("sana", 100.0) == pytest.approx(60.0)
     rl.attempt("once", 100.0)
     rl.prune(100.0 + 1800)  # both quiet for twice the window: forgotten
     assert rl._attempts == {}
+
+
+def test_typos_now_and_then_over_a_shift_never_add_up_to_a_block() -> None:
+    """A ward behind one address mistypes once every 14 minutes for 12 hours: never blocked (the
+    reviewer's case: blocked after 4.7 h, 120 of 360 logins refused). Twenty within the window are."""
+    rl = auth.RateLimiter(max_failures=20, window_s=900)
+    t = 0.0
+    for _ in range(int(12 * 3600 / 840)):
+        assert rl.blocked("10.0.0.7", t) == 0
+        rl.attempt("10.0.0.7", t)
+        t += 840.0
+    for k in range(20):
+        rl.attempt("10.0.0.9", 100.0 + 40 * k)
+    assert rl.blocked("10.0.0.9", 100.0 + 40 * 19) == pytest.approx(60.0)
 
 
 def test_user_names_and_new_passwords_are_checked() -> None:
