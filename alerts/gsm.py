@@ -222,15 +222,18 @@ class GsmNotifier:
         pin = " ".join(line for line in answer if line.startswith("+CPIN:"))
         if not pin:  # another command's answer (one that came late): the line is out of step
             raise ModemError(f"AT+CPIN?: no +CPIN in the answer {answer!r}"[:200], retryable=True)
-        if "SIM PIN" in pin:
+        state = pin.split(":", 1)[1].strip().upper()
+        if state == "SIM PIN":
             if not self.cfg.sim_pin:
                 raise ModemError("the SIM needs its PIN and modem.sim_pin is not set", retryable=False)
             try:
                 self.command(f'AT+CPIN="{self.cfg.sim_pin}"')
             except ModemError as exc:  # its text echoes the command: keep the PIN out of logs and audit
                 raise ModemError(str(exc).replace(str(self.cfg.sim_pin), "****"), exc.retryable) from None
-        elif "READY" not in pin:
-            raise ModemError(f"SIM not ready: {pin}", retryable=False)
+        elif "PUK" in state or state.startswith("PH-"):  # blocked SIM, or one locked to a network
+            raise ModemError(f"the SIM needs a person: {pin}", retryable=False)
+        elif state != "READY":  # "NOT READY" (and "NOT INSERTED") for a moment after a reset: retryable
+            raise ModemError(f"SIM not ready: {pin}", retryable=True)
         self.command("AT+CMGF=1")
         self.command("AT+CNMI=2,1,0,1,0")  # +CMTI for new SMS, +CDS for delivery reports
         self.charset = ""

@@ -13,6 +13,7 @@ The script (JSON) sets:
   "mute_once": command lines answered nowhere the first time each is given, or, with "late_s",
   answered that much later;
 - "no_cpin_line": AT+CPIN? answered with OK alone (as when the line is out of step);
+- "not_ready_first": the first N AT+CPIN? answered "+CPIN: NOT READY" (a SIM still starting);
 - "reports" (emit +CDS after a send);
 - "inbox": SMS that arrive, one after each successful send, each announced by +CMTI (unless
   "quiet_inbox": a +CMTI lost); "stored": SMS on the SIM, unread, before anyone listens. Each is
@@ -193,6 +194,9 @@ def main() -> None:
             elif up == "AT+CPIN?":
                 if script.get("no_cpin_line"):
                     out("\r\nOK\r\n")
+                elif st.setdefault("not_ready", int(script.get("not_ready_first", 0))) > 0:
+                    st["not_ready"] -= 1
+                    out("\r\n+CPIN: NOT READY\r\n\r\nOK\r\n")
                 else:
                     out(
                         "\r\n+CPIN: READY\r\n\r\nOK\r\n"

@@ -248,6 +248,17 @@ def test_an_answer_to_cpin_without_a_cpin_line_is_a_retryable_failure(modem: Mod
     assert (d.ok, d.retryable) == (False, True) and "+CPIN" in d.detail
 
 
+def test_a_sim_still_starting_is_not_taken_for_ready_and_the_sms_goes_once_it_is(modem: Modem) -> None:
+    """ "+CPIN: NOT READY" contains "READY": it passed for a ready SIM, and what became of the SMS
+    depended on what the modem then said to AT+CMGS."""
+    port, log = modem(not_ready_first=1)
+    n = notifier(port)
+    d = n.send(TO, "hello", "k1", T0)
+    assert (d.ok, d.retryable) == (False, True) and "NOT READY" in d.detail
+    assert not any(c.startswith("AT+CMGS") for c in commands(log))
+    assert n.send(TO, "hello", "k1", T0 + 60).ok  # after the back-off: initialised afresh, sent
+
+
 # --- a hung or slow modem (review fault B) ---------------------------------------------------------
 def test_a_hung_modem_costs_one_time_limit_and_the_next_notifier_gets_every_sms_at_once(
     modem: Modem, tmp_path: Path
