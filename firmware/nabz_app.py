@@ -111,7 +111,7 @@ class Wearable:
         for ev in self.periph.take_events():
             self._event(ev, now)
         self.poll_sensor(now)
-        self.ring.rebase()  # frame times and sequence numbers stay right past 2**29 (24.8 days)
+        self.rebase()  # frame times and sequence numbers stay right past 2**29 (24.8 days)
         if self.periph.conn is not None and self.critical_at_us is None:
             if not self.mtu_ready and now >= self.mtu_deadline_us:
                 self._mtu_known(self.periph.mtu)
@@ -259,6 +259,10 @@ class Wearable:
         self.feeds += 1
 
     # -- per sensor -------------------------------------------------------------------------------
+    def rebase(self):
+        """Move the anchors of 30-bit differences up before they turn negative (each step)."""
+        self.ring.rebase()
+
     def start_sensor(self):
         raise NotImplementedError
 
@@ -382,6 +386,10 @@ class OximeterWearable(Wearable):
 
     def _irq(self, _pin):
         self.int_pending = True
+
+    def rebase(self):
+        self.ring.rebase()
+        self.sampler.rebase()  # the clock fit's start too (62 days at 100 Hz)
 
     def start_sensor(self):
         self.stopped = False

@@ -70,6 +70,19 @@ _ID_MAX = 13  # "Nabz " + id must fit the 31-byte advertising packet with flags,
 
 _MTU_MAX = 515  # 512-byte ATT value + 3 bytes of notification header
 _RING_INSTANTS = 65535  # nabz_ring: sample positions are 16-bit
+# What nabz_ring.WaveRing allocates: ring_seconds x rate x bytes a sample instant (ECG int16;
+# PPG red + IR uint24), plus ring_frames x 18 bytes of index (start H, n B, flags B, k i, t0 q,
+# rate H). tests/firmware/test_deploy.py checks these against a ring built in MicroPython.
+_SAMPLE_BYTES = {"ecg": 2, "oximeter": 6}
+_FRAME_SLOT_BYTES = 18
+# The heap a ring may take on the board the firmware is built for, an ESP32-WROOM-32E (no PSRAM;
+# hardware/BOM.md) with BLE on: the default oximeter's ring, 64 s x 100 Hz x 6 B + 512 x 18 B =
+# 47,616 B. That is the largest ring whose wearable was measured (docs/firmware.md, Memory:
+# 56,000 B live with it) and the one the board check test_heap_left_with_the_wearable_running
+# (> 20 kB left) is run with; each byte more comes out of that headroom, and a ring the heap
+# cannot hold is a MemoryError at every boot. Raise it only for a board that passes that check
+# with the larger ring (a WROVER's PSRAM holds far more).
+_RING_BUDGET_BYTES = 47616
 
 
 class ConfigError(ValueError):
@@ -107,13 +120,7 @@ def validate(raw):
         )
     if cfg["ring_frames"] < 2 or cfg["ring_frames"] & (cfg["ring_frames"] - 1):
         raise ConfigError("device config: ring_frames must be a power of two")
-    rate = cfg["ecg_rate_hz"] if cfg["sensor"] == "ecg" else cfg["ppg_rate_hz"]
-    most = min(600, _RING_INSTANTS // rate) if rate > 0 else 600
-    if not 60 <= cfg["ring_seconds"] <= most:
-        raise ConfigError(
-            "device config: ring_seconds must be 60..%d at %d Hz (the contract promises a minute; "
-            "the ring's index counts at most %d samples)" % (most, rate, _RING_INSTANTS)
-        )
+    _check_ring(cfg)
     if not 0 <= cfg["battery_critical_pct"] < cfg["battery_low_pct"] <= 100:
         raise ConfigError("device config: need 0 <= battery_critical_pct < battery_low_pct <= 100")
     if cfg["ecg_gain"] <= 0 or cfg["battery_divider"] < 1.0:
@@ -121,6 +128,38 @@ def validate(raw):
     if not cfg["model"]:
         cfg["model"] = "Nabz ECG patch" if cfg["sensor"] == "ecg" else "Nabz pulse oximeter"
     return cfg
+
+
+def ring_bytes(sensor, rate_hz, ring_seconds, ring_frames):
+    """Bytes of heap the waveform ring of this configuration takes (samples and frame index)."""
+    return ring_seconds * rate_hz * _SAMPLE_BYTES[sensor] + ring_frames * _FRAME_SLOT_BYTES
+
+
+def _check_ring(cfg):
+    """The ring must keep the contract's minute and fit both its 16-bit index and the heap budget."""
+    sensor = cfg["sensor"]
+    key = "ecg_rate_hz" if sensor == "ecg" else "ppg_rate_hz"
+    rate = cfg[key]
+    if rate <= 0:
+        raise ConfigError("device config: %s must be > 0" % key)
+    frames = cfg["ring_frames"]
+    seconds = cfg["ring_seconds"]
+    index = ring_bytes(sensor, rate, 0, frames)
+    most = (_RING_BUDGET_BYTES - index) // (rate * _SAMPLE_BYTES[sensor])
+    if most > _RING_INSTANTS // rate:
+        most = _RING_INSTANTS // rate
+    if most < 60:
+        raise ConfigError(
+            "device config: ring_frames %d take %d bytes of index: no room left for a minute of "
+            "ring at %d Hz in the %d-byte heap budget" % (frames, index, rate, _RING_BUDGET_BYTES)
+        )
+    if not 60 <= seconds <= most:
+        raise ConfigError(
+            "device config: ring_seconds must be 60..%d at %d Hz with ring_frames %d (the contract "
+            "promises a minute; %d s would take %d bytes of heap, and the ring may take %d "
+            "on an ESP32-WROOM with BLE: docs/firmware.md, Memory)"
+            % (most, rate, frames, seconds, ring_bytes(sensor, rate, seconds, frames), _RING_BUDGET_BYTES)
+        )
 
 
 def load(path="/device.json"):

@@ -12,8 +12,13 @@
 #   queued callbacks run back to back) is dropped and counted.
 # - Leads off (LO+ or LO- high, AD8232 DC leads-off detection) flags the samples and silences
 #   the detector; saturation (the output at the ADC's usable limits) flags them too.
+# - Every counter wraps at 2**30 (_MASK): past it a count is a long int, allocated at each sample
+#   (2**30 samples are 49.7 days at 250 Hz). The watchdog only needs `samples` to change, and
+#   the statistics are read over minutes (tests, the board's jitter check): modulo 2**30 is exact
+#   for them; over longer, take differences mod 2**30.
 
 import nabz_codec as codec
+from micropython import const
 
 try:
     from typing import TYPE_CHECKING
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     import machine
 
 _LATE_BUCKETS_US = (250, 1000, 2000)  # histogram edges: <250 us, <1 ms, <2 ms, >= 2 ms
+_MASK = const(0x3FFFFFFF)  # counters wrap at 2**30: small ints on the ESP32
 
 
 class EcgSampler:
@@ -103,13 +109,13 @@ class EcgSampler:
         late = clock.ticks_diff(clock.ticks(), self.due)
         period = self.period_us
         if late < -(period >> 1):
-            self.early += 1
+            self.early = (self.early + 1) & _MASK
             return
         if late >= period:
             missed = late // period
             self.due = clock.ticks_add(self.due, missed * period)
             late -= missed * period
-            self.missed += missed
+            self.missed = (self.missed + missed) & _MASK
             self.ring.skip(missed)
             self.detector.skip(missed)
         self.due = clock.ticks_add(self.due, period)
@@ -117,20 +123,20 @@ class EcgSampler:
             self.max_late_us = late
         h = self.late_hist
         if late < 250:
-            h[0] += 1
+            h[0] = (h[0] + 1) & _MASK
         elif late < 1000:
-            h[1] += 1
+            h[1] = (h[1] + 1) & _MASK
         elif late < 2000:
-            h[2] += 1
+            h[2] = (h[2] + 1) & _MASK
         else:
-            h[3] += 1
-        self.samples += 1
+            h[3] = (h[3] + 1) & _MASK
+        self.samples = (self.samples + 1) & _MASK  # the watchdog's progress: it needs a change only
         v = self.adc.read_uv()
         self.last_uv = v
         uv = ((v - self.ref_uv) * 16 + (self.gain_x16 >> 1)) // self.gain_x16
         if self.lo_plus.value() or self.lo_minus.value():
             flags = codec.WAVE_FLAG_LEADS_OFF
-            self.leads_off_samples += 1
+            self.leads_off_samples = (self.leads_off_samples + 1) & _MASK
             if not self.leads_off:
                 self.leads_off = True
             self.detector.skip(1)
@@ -138,7 +144,7 @@ class EcgSampler:
             flags = 0
             if v <= self.adc_min_uv or v >= self.adc_max_uv:
                 flags = codec.WAVE_FLAG_SATURATED
-                self.saturated_samples += 1
+                self.saturated_samples = (self.saturated_samples + 1) & _MASK
             if self.leads_off:
                 self.leads_off = False
                 self.detector.reset()
@@ -146,7 +152,8 @@ class EcgSampler:
         self.ring.put_ecg(uv, flags | self.extra_flags)
 
     def jitter(self):
-        """Timing statistics since start (for the device log and docs/firmware.md)."""
+        """Timing statistics since start (for the device log and docs/firmware.md); the counts
+        are modulo 2**30 (49.7 days of samples)."""
         return {
             "samples": self.samples,
             "max_late_us": self.max_late_us,

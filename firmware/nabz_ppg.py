@@ -10,6 +10,10 @@
 #   two drift more than two sample periods apart, the period is re-estimated from the whole run
 #   and the anchor moved (frames carry their own t0, so the gateway sees at most a step of two
 #   periods between frames, never a gap in the samples).
+# - The fit runs from a start point (_fit_k, _fit_us) measured at start() or after an unknown
+#   loss. Its span is a signed 30-bit difference, negative after 2**29 samples (62 days at
+#   100 Hz): rebase(), from the wearable's loop with the ring's, moves the start up along the
+#   run once it is 2**28 behind, keeping 2**27 samples (15.5 days) of run to fit over.
 # - I2C errors: each failed read is counted; after three in a row the bus is recovered (nine SCL
 #   clocks and a STOP free a slave holding SDA, then a new I2C object), the chip is reset and
 #   configured again, and the samples lost meanwhile become one flagged gap. While the sensor
@@ -21,12 +25,16 @@
 
 import nabz_codec as codec
 from max30102 import INT_ALC_OVF, INT_PWR_RDY, MAX30102
+from micropython import const
 from nabz_ring import kdiff
 from nabz_spo2 import DEV_EQUIPMENT_MALFUNCTION, DEV_SENSOR_MALFUNCTIONING
 
 _RETRY_US = 1000000  # at most one recovery attempt a second
 _FAULT_AFTER = 3  # failed reads in a row before the bus is recovered
 _NO_SAMPLES_US = 500000  # running, and no sample for this long: the chip stopped (17 = 170 ms at 100 Hz)
+_K_MASK = const(0x3FFFFFFF)  # the ring's sample index wraps at 2**30
+_FIT_REBASE = const(0x10000000)  # the fit's start moves up once it is 2**28 samples behind ...
+_FIT_KEEP = const(0x8000000)  # ... to 2**27 behind the newest sample
 
 
 class PpgSampler:
@@ -146,11 +154,11 @@ class PpgSampler:
             if lost >= 31:
                 # The counter saturated ("31 or more"): count the loss from the clock instead.
                 # The newest sample was taken less than a period before this read.
-                t_newest = ring.time_of((ring.k + count - 1) & 0x3FFFFFFF)
+                t_newest = ring.time_of((ring.k + count - 1) & _K_MASK)
                 by_time = (self.clock.now_us() - t_newest) // self.period_us
                 if by_time > lost:
                     lost = by_time
-            self.overflows += lost
+            self.overflows = (self.overflows + lost) & _K_MASK  # a count modulo 2**30, like the ring's
             ring.skip(lost)  # rollover: the lost samples came before the ones read now
             est.gap()
         flags = self.extra_flags
@@ -169,7 +177,7 @@ class PpgSampler:
                 f |= codec.WAVE_FLAG_SATURATED
             ring.put_ppg(red, ir, f)
             est.update(red, ir)
-        self.samples = (self.samples + count) & 0x3FFFFFFF  # the watchdog's progress: a small int
+        self.samples = (self.samples + count) & _K_MASK  # the watchdog's progress: a small int
         if count:
             self._track_time(False)
             if self.faulty or est.faults:
@@ -183,7 +191,7 @@ class PpgSampler:
         now = self.clock.now_us()
         self.last_sample_us = now
         self.estimator.sample_us = now
-        newest = (ring.k - 1) & 0x3FFFFFFF
+        newest = (ring.k - 1) & _K_MASK
         drift = now - ring.time_of(newest)
         if abs(drift) > self.max_drift_us:
             self.max_drift_us = abs(drift)
@@ -201,6 +209,28 @@ class PpgSampler:
         if unknown_loss:
             self._fit_k = newest
             self._fit_us = now
+
+    def rebase(self):
+        """Keep the clock fit's start within 2**28 samples of the newest (task side, from the
+        wearable's loop after ring.rebase()). Returns True if it moved.
+
+        Without it the span of the fit turns negative after 2**29 samples (62 days at 100 Hz)
+        and the fitted period is never used again: the nominal one drifts from the chip's and
+        frame times step by up to two periods every few seconds. The start moves to a point of
+        the chord from the old start to the ring's time of the newest sample (both measured to
+        within about two periods), 2**27 samples behind the newest, so the next fit still runs
+        over 15.5 days and its period is as good as before.
+        """
+        ring = self.ring
+        newest = (ring.k - 1) & _K_MASK
+        span = kdiff(newest, self._fit_k)
+        if span < _FIT_REBASE:
+            return False
+        move = span - _FIT_KEEP
+        # Long ints (device times in us): task side, once every 2**27 samples.
+        self._fit_us += ((ring.time_of(newest) - self._fit_us) * move) // span
+        self._fit_k = (self._fit_k + move) & _K_MASK
+        return True
 
     # -- faults -----------------------------------------------------------------------------------
     def _failed(self, at_once=False):

@@ -95,7 +95,11 @@ class QrsDetector:
     # -- sampling path ---------------------------------------------------------------------------
     def skip(self, missed):
         """Samples lost by the sampler: time moves on, the filters see nothing."""
-        self.k += missed
+        k = self.k + missed
+        self.k = k
+        if k >= 2 * _REBASE:
+            # Leads off for weeks (skip(1) per sample, no update()) must not take k past 2**30.
+            self._rebase_k()
 
     def update(self, x):
         """Feed one sample (microvolts). Beats are queued for take()."""

@@ -55,7 +55,9 @@ class WaveRing:
         self._mv = memoryview(self.data)
         self.max_frames = max_frames
         self._fmask = max_frames - 1
-        # Frame index, one slot per frame: slot = fc & _fmask.
+        # Frame index, one slot per frame: slot = fc & _fmask. 18 bytes a slot, and the samples
+        # capacity x sample_size: nabz_config refuses a ring whose total passes the heap budget
+        # (tests/firmware check that its sizes are these).
         self.f_start = array("H", [0] * max_frames)  # first sample's position in data (instants)
         self.f_n = bytearray(max_frames)  # samples in the frame
         self.f_flags = bytearray(max_frames)  # status flags (OR over its samples, gap before)
@@ -80,7 +82,9 @@ class WaveRing:
         self.open_flags = 0
         self.pending_flags = 0  # flags for the next frame (gap before)
         self.close_requested = False
-        # Statistics (what the device reports and tests read).
+        # Statistics (tests and logs read them), counted modulo 2**30 like the counters above: a
+        # count past 2**30 would be a long int, allocated at every sample (49.7 days at 250 Hz).
+        # Nothing needs their true totals; a reader over days takes differences mod 2**30.
         self.samples_in = 0
         self.samples_lost = 0  # sample instants skipped by the sampler (gaps)
         self.gaps = 0
@@ -181,8 +185,8 @@ class WaveRing:
         self.close()
         self.pending_flags |= codec.WAVE_FLAG_GAP_BEFORE
         self.k = (self.k + missed) & _K_MASK
-        self.samples_lost += missed
-        self.gaps += 1
+        self.samples_lost = (self.samples_lost + missed) & _K_MASK
+        self.gaps = (self.gaps + 1) & _K_MASK
 
     def _slot_for_sample(self):
         if self.close_requested:
@@ -202,7 +206,7 @@ class WaveRing:
         self.open_n += 1
         self.open_flags |= flags
         self.k = (self.k + 1) & _K_MASK
-        self.samples_in += 1
+        self.samples_in = (self.samples_in + 1) & _K_MASK
         if self.open_n >= self.frame_samples:
             self.close()
 
@@ -232,7 +236,7 @@ class WaveRing:
         self.used -= self.f_n[self.oldest_fc & self._fmask]
         self.oldest_fc = (self.oldest_fc + 1) & _K_MASK
         self.count -= 1
-        self.frames_dropped += 1
+        self.frames_dropped = (self.frames_dropped + 1) & _K_MASK
 
     # -- task side -------------------------------------------------------------------------------
     def stamp(self):

@@ -20,6 +20,12 @@
 # Rules of this file:
 # - update() runs once per sample in the oximeter's read loop; between beats it does small-int
 #   work only. At a beat it stores three floats (allocates a few dozen bytes).
+# - Sample counts are kept small: n (samples seen) is moved back by whatever is over 2**24 once
+#   it reaches 2**25 (3.9 days at 100 Hz), with every value measured in it (the last beat, the
+#   last foot in 1/16 samples, the interference deadline), so a beat time (n << 4) stays under
+#   2**30 and nothing becomes a long int however long the oximeter runs. The run lengths
+#   (finger debounce, since_reset) are capped at the same time: they are only compared with
+#   a few seconds' worth of samples.
 # - status() (once a second) returns the PLX fields; it allocates freely. Given the time, it
 #   says "unavailable" when no sample arrived for over a second (the sampler sets sample_us at
 #   each read that brings samples): values are never repeated from a sensor that went quiet.
@@ -59,6 +65,8 @@ _SMOOTH_N = const(4)
 _BEATS = const(8)
 _FULL_BEATS = const(5)  # beats in the SpO2 median before it stops being an "early estimate"
 _STALE_US = const(1000000)  # no sample for this long (real time): no values
+_N_REBASE = const(0x2000000)  # n is moved back when it reaches 2**25 ...
+_N_KEEP = const(0x1000000)  # ... to 2**24 (more than any interval measured in it)
 
 
 class Spo2Estimator:
@@ -119,7 +127,10 @@ class Spo2Estimator:
     # -- per sample -------------------------------------------------------------------------------
     def update(self, red, ir):
         """One sample (raw counts). Returns True when the finger is on the sensor."""
-        self.n += 1
+        n = self.n + 1
+        if n >= _N_REBASE:
+            n = self._rebase(n)
+        self.n = n
         if ir >= self.finger_on_counts:
             self._finger_run = self._finger_run + 1 if self._finger_run >= 0 else 1
             if not self.finger and self._finger_run >= self._on_debounce:
@@ -189,6 +200,25 @@ class Spo2Estimator:
                     frac = ((self.mid - prev) << 4) // (s - prev) if s > prev else 0
                     self._beat(((self.n - 1) << 4) + frac)
         return True
+
+    def _rebase(self, n):
+        """Move sample time n back to _N_KEEP, and what is measured in it with it; returns the
+        new n. Small-int work only (it runs in the per-sample path once every 2**24 samples)."""
+        shift = n - _N_KEEP
+        b = self.last_beat_n - shift
+        self.last_beat_n = b if b > -_N_KEEP else -_N_KEEP  # no beat for days: still stale
+        u = self.interference_until - shift
+        self.interference_until = u if u > 0 else 0
+        if self.last_foot >= 0:
+            f = self.last_foot - (shift << 4)
+            self.last_foot = f if f >= 0 else -1  # a foot days old begins no beat
+        if self.since_reset > _N_KEEP:
+            self.since_reset = _N_KEEP
+        if self._finger_run > _N_KEEP:
+            self._finger_run = _N_KEEP
+        elif self._finger_run < -_N_KEEP:
+            self._finger_run = -_N_KEEP
+        return _N_KEEP
 
     def _beat(self, at16):
         """A beat's fiducial point at sample at16 / 16: close the beat since the previous one."""

@@ -299,6 +299,35 @@ def test_frames_stay_right_past_24_8_and_49_7_days(scenario: Any) -> None:
     assert got["seq_advance"] == got["frames"] - 1 + 8 * (1 << 27)
     # The QRS detector's sample index stays a small int: no allocation per sample after 49.7 days.
     assert got["detector_k"] < 1 << 30 and got["alloc_per_250_samples"][1:] == [0, 0]
+    # Nor the timer callback's (it allocated 8,000 bytes a second once its counts passed 2**30):
+    # the counts of samples, on-time callbacks, samples and frames into the ring wrap at 2**30,
+    # and the watchdog, which needs the sample count to change, is still fed.
+    assert got["tick_alloc_per_250"][1:] == [0, 0]
+    assert all(0 <= c < 1 << 30 for c in got["counters"]), got["counters"]
+    assert got["wdt_fed_after"] >= 45
+
+
+def test_oximeter_frame_times_stay_on_the_device_clock_past_62_and_124_days(scenario: Any) -> None:
+    """The oximeter fits its chip's period over the whole run from a start point; the span was a
+    signed 30-bit difference, negative after 2**29 samples (62 days at 100 Hz): the fit was then
+    dropped for good, and with the nominal period frame times stepped by up to two periods
+    every second or so. Its SpO2 estimator counted samples in a plain int: beat times (n << 4)
+    were long ints after 7.8 days, and after 124 days every sample allocated."""
+    got = scenario("oximeter_124_days")["oximeter after 124 days"]
+    assert got["uptime_days"] > 121  # 2**30 samples of a chip at 102 Hz
+    period_us = 1e6 / 102
+    for n, leap in enumerate(got["leaps"], 1):
+        # after each leap of 15.2 days, one re-anchor (the whole-ns period drifted) and a new fit
+        assert leap["frames"] >= 8 * 102 // 37 and leap["gap_frames"] == 1, leap
+        assert leap["period_ns"] in (9_803_921, 9_803_922), (n, leap)  # the chip's, not 10 ms
+        assert leap["reanchors_in_8_s"] == 0, (n, leap)
+        assert set(leap["step_errors_us"]) <= {-1, 0, 1}, (n, leap)  # frame to frame: the chip's period
+        lo, hi = leap["t0_error_us"]
+        assert -period_us <= lo <= hi <= period_us, (n, leap)  # each frame within a period of its time
+    spo2_pr = [(v[1], v[2]) for v in got["vitals"]]
+    assert all(spo2 is not None and abs(spo2 - 97) <= 1.5 and abs(pr - 72) <= 3 for spo2, pr in spo2_pr)
+    assert got["est_n"] < 1 << 26
+    assert got["alloc_per_100_samples"] == [0, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,11 +75,27 @@ def test_example_configs_are_valid(config: Path) -> None:
         # A 248-sample ECG frame (MTU 517) is 514 bytes: more than one ATT value holds; the patch
         # restarted on every connection.
         ({"device_id": "ecg-0001", "sensor": "ecg", "mtu": 517}, r"mtu must be 23\.\.515"),
-        # 300 s at 250 Hz overflow the ring's 16-bit index: refused here, not a boot loop later.
+        # 300 s at 250 Hz overflow the ring's 16-bit index (and the heap): refused here, not a
+        # boot loop later.
         (
             {"device_id": "ecg-0001", "sensor": "ecg", "ring_seconds": 300},
-            r"ring_seconds must be 60\.\.262 at 250 Hz",
+            r"ring_seconds must be 60\.\.76 at 250 Hz with ring_frames 512 .*300 s would take 159216 bytes",
         ),
+        # 600 s of PPG fit the index but are a 360,000-byte ring: a MemoryError at every boot on
+        # an ESP32-WROOM (the oximeter restarted in a loop).
+        (
+            {"device_id": "oxi-0001", "sensor": "oximeter", "ring_seconds": 600},
+            r"ring_seconds must be 60\.\.64 at 100 Hz .*600 s would take 369216 bytes of heap, "
+            r"and the ring may take 47616",
+        ),
+        ({"device_id": "oxi-0001", "sensor": "oximeter", "ring_seconds": 65}, r"60\.\.64 at 100 Hz"),
+        # A bigger index leaves less room for samples; 1024 frames leave none for a minute.
+        (
+            {"device_id": "ecg-0001", "sensor": "ecg", "ring_frames": 1024},
+            r"ring_frames 1024 take 18432 bytes",
+        ),
+        ({"device_id": "ecg-0001", "sensor": "ecg", "ring_frames": 256, "ring_seconds": 87}, r"60\.\.86 at"),
+        ({"device_id": "ecg-0001", "sensor": "ecg", "ecg_rate_hz": 0}, "ecg_rate_hz must be > 0"),
         ({"device_id": "ecg-0001", "sensor": "ecg", "battery_low_pct": 2}, "battery_critical_pct"),
     ],
 )
@@ -92,13 +108,38 @@ def test_bad_configs_are_refused_with_a_reason(raw: dict[str, Any], message: str
 def test_the_largest_allowed_values_are_accepted() -> None:
     cfg = nabz_config()
     assert (
-        cfg.validate({"device_id": "ecg-0001", "sensor": "ecg", "mtu": 515, "ring_seconds": 262})["mtu"]
-        == 515
+        cfg.validate({"device_id": "ecg-0001", "sensor": "ecg", "mtu": 515, "ring_seconds": 76})["mtu"] == 515
     )
     assert (
-        cfg.validate({"device_id": "oxi-0001", "sensor": "oximeter", "ring_seconds": 600})["ring_seconds"]
-        == 600
+        cfg.validate({"device_id": "oxi-0001", "sensor": "oximeter", "ring_seconds": 64})["ring_seconds"]
+        == 64
     )
+    assert cfg.validate({"device_id": "ecg-0001", "sensor": "ecg", "ring_frames": 256, "ring_seconds": 86})
+
+
+def test_the_ring_budget_counts_what_the_ring_really_allocates(run_micropython: RunMicroPython) -> None:
+    """The config's sizes must be nabz_ring's: rings built in MicroPython at the largest accepted
+    settings take exactly what the check counted, within the budget (a ring it under-counted would
+    pass the check and still fail at boot)."""
+    got = run_script(run_micropython, "mp_ring_budget.py")["ring budget"]
+    assert got["budget"] == 47_616
+    assert [case["sensor"] for case in got["cases"]] == ["ecg", "oximeter", "ecg", "oximeter"]
+    for case in got["cases"]:
+        assert case["allocated"] == case["counted"] <= got["budget"], case
+    # One more second is refused for each.
+    assert all("ring_seconds must be 60.." in case["one_more"] for case in got["cases"]), got
+
+
+def test_an_oximeter_ring_too_big_for_the_heap_stops_the_boot_with_the_reason(
+    run_micropython: RunMicroPython,
+) -> None:
+    """The 600 s ring the docs allowed runs here (this heap grows on demand) but is a MemoryError
+    at every boot on a WROOM, a restart loop with no reason given. The config check refuses it
+    first: the board restarts as after any bad config, with the reason in /last_error.txt."""
+    got = run_main(run_micropython, b'{"device_id": "oxi-0001", "sensor": "oximeter", "ring_seconds": 600}')
+    assert got["outcome"] == "reset" and not got["advertising"]
+    assert "ConfigError: device config: ring_seconds must be 60..64 at 100 Hz" in got["last_error"]
+    assert "600 s would take 369216 bytes of heap" in got["last_error"]
 
 
 def test_the_manifest_freezes_every_device_module() -> None:

@@ -121,3 +121,20 @@ def test_the_detector_keeps_going_past_its_counter_rebase(ecg: dict[str, Any]) -
     assert got["beats"] >= 8 and got["alloc"] == 0
     assert all(190 <= rr <= 230 for rr in got["rr"][1:]), got["rr"]  # 72 bpm: ~208 samples
     assert all(68 <= hr <= 76 for hr in got["hr"])
+
+
+def test_a_sample_allocates_nothing_after_49_7_days(ecg: dict[str, Any]) -> None:
+    """After 2**30 samples (49.7 days) each count the timer callback kept was a long int, allocated
+    at every sample (8,000 bytes per second with the ring's): the garbage collector ran inside the
+    callback, making it late. Every counter wraps at 2**30 (its readers need a change, or counts
+    over minutes); the detector's stream index stays small through weeks of leads off too."""
+    got = ecg["counters past 2**30"]
+    assert got["alloc 25 cycles"] == 0
+    assert got["alloc 250 leads-off ticks"] == 0
+    assert got["detector_k"] < 1 << 30
+    # What a reader sees: the counts modulo 2**30, 20 cycles of 11 samples after 2**30 - 10.
+    w = got["wrapped"]
+    assert w["samples"] == 20 * 11 - 10
+    assert w["late_hist"] == [20 * 8 - 10, 10, 10, 10]
+    assert (w["missed"], w["early"], w["leads_off_samples"], w["saturated_samples"]) == (10, 10, 10, 10)
+    assert w["ring"] == [20 * 11 - 10, 10, 10, 20 * 11 - 10]  # in, lost, gaps, frames dropped

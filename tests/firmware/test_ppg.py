@@ -153,3 +153,14 @@ def test_no_allocation_per_sample(ppg: dict[str, Any]) -> None:
     # Per FIFO read (about 6 a second), at two hours of uptime: 64-bit device times are long ints.
     print("oximeter per-read time check allocates", got["time check per read"], "bytes")
     assert got["time check per read"] <= 256
+
+
+def test_the_estimator_moves_its_sample_count_back_without_a_change_in_values(ppg: dict[str, Any]) -> None:
+    """Beat times are the sample count x 16: past 2**26 samples (7.8 days) a long int, past 2**30
+    (124 days) the count itself, allocated at every sample. The estimator moves the count back,
+    with the last beat and foot measured in it, and reports exactly what it would have."""
+    got = ppg["estimator rebase"]
+    assert got["n"] < 1 << 25, "the count was moved back"
+    assert got["beats"][1] == got["beats"][0] >= 20
+    assert got["seconds"]["moved"] == got["seconds"]["plain"]
+    assert got["seconds"]["plain"][-1][0] is not None  # values throughout, not an idle estimator

@@ -102,6 +102,17 @@ def test_the_sampling_path_allocates_nothing(ring: dict[str, Any]) -> None:
     assert ring["alloc"] == {"put_ecg x2000": 0, "put_ppg x2000": 0, "skip x50": 0}
 
 
+def test_the_sampling_path_allocates_nothing_after_2_30_samples(ring: dict[str, Any]) -> None:
+    """After 2**30 samples (49.7 days of ECG) a count past the small-int range was a long int,
+    allocated at every sample: put_ecg x250 took 8,000 bytes (the garbage collector then runs
+    in the ECG timer callback). The statistics wrap at 2**30 like the other counters."""
+    got = ring["alloc at 2**30"]
+    assert (got["put_ecg x2000"], got["put_ppg x2000"], got["skip x50"]) == (0, 0, 0)
+    # 2020 samples (and frames dropped) since 2**30 - 10; 70 skips of 2 samples on the PPG ring
+    assert got["ecg"] == [2010, 2010]
+    assert got["ppg"] == [2010, 130, 60]
+
+
 def test_a_resend_overtaken_by_the_ring_reports_only_the_frames_really_gone(ring: dict[str, Any]) -> None:
     """The ring dropped 1004 and 1005 from under a resend of 1000..1015: the gateway must hear that
     those two are gone and get 1006..1015 - not be told that everything after 1003 is not coming

@@ -360,11 +360,17 @@ elif SCENARIO == "ecg_50_days":
     # do not move). Each leap is what the wearable would have done meanwhile - the ring and the
     # detector counted the samples, the ring cut the frames and the sender sent them - with the
     # service loop running for a second between leaps. (The ring's leap goes through skip(),
-    # so the first frame after each is flagged "gap before".)
+    # so the first frame after each is flagged "gap before"; the counts of samples taken, late
+    # callbacks and frames dropped - one a sample at MTU 23 - are moved on by the leap as well.)
     LEAP = 1 << 27
 
     def feed_detector(det):
         det.update(100)
+
+    def tick(_):
+        # the sample timer alone (the clock's 64-bit time would allocate: its ticks are enough)
+        rig.clock._ticks = (rig.clock._ticks + 4000) & 0x3FFFFFFF
+        timer.fire()
 
     rig = Rig("ecg", mtu=23)
     rig.connect()
@@ -385,6 +391,10 @@ elif SCENARIO == "ecg_50_days":
         for name in ("oldest_fc", "next_fc", "stamped_fc"):
             setattr(ring, name, (getattr(ring, name) + LEAP) & 0x3FFFFFFF)
         w.sender.live_fc = (w.sender.live_fc + LEAP) & 0x3FFFFFFF
+        w.sampler.samples += LEAP
+        w.sampler.late_hist[0] += LEAP
+        ring.samples_in += LEAP
+        ring.frames_dropped += LEAP
         before = len(rig.gw.frames)
         rig.run(1)
         f = rig.gw.frames[before:]
@@ -399,6 +409,11 @@ elif SCENARIO == "ecg_50_days":
         )
     seqs = [fr[0] for fr in rig.gw.frames]
     steps = [(seqs[i + 1] - seqs[i]) % (1 << 32) for i in range(len(seqs) - 1)]
+    timer = machine.timer(rig.cfg["ecg_timer_id"])
+    tick_alloc = [alloc_of(tick, None, 250) for _ in range(3)]
+    feeds = rig.wdt.feeds
+    rig.clock.us += 750 * 4000  # the time of the ticks above, then a second of the loop
+    rig.run(1)
     emit(
         "ecg after 50 days",
         {
@@ -409,5 +424,95 @@ elif SCENARIO == "ecg_50_days":
             "frames": len(seqs),
             "detector_k": w.detector.k,
             "alloc_per_250_samples": [alloc_of(feed_detector, w.detector, 250) for _ in range(3)],
+            "tick_alloc_per_250": tick_alloc,
+            "counters": [w.sampler.samples, w.sampler.late_hist[0], ring.samples_in, ring.frames_dropped],
+            "wdt_fed_after": rig.wdt.feeds - feeds,
+        },
+    )
+
+elif SCENARIO == "oximeter_124_days":
+    # An oximeter whose MAX30102 runs 2 % fast (102 Hz: a sample every 9,803,921.57 ns, which the
+    # fit, in whole ns, cannot hit: its prediction drifts two periods off in about 4.5 days and is
+    # re-anchored, as a real chip's would be) through 2**30 samples (124 days at 100 Hz; 122 at
+    # 102 Hz) in eight leaps of 2**27 samples, with the service loop running 12 s between leaps.
+    # Each leap is what the wearable would have done meanwhile: the chip sampled on (its clock
+    # moves on with the device's, the samples are counted), the ring took them (through skip():
+    # the first frame after a leap is flagged "gap before") and the estimator counted them on
+    # the same beat.
+    LEAP = 1 << 27
+    PPM = 20000
+    CHIP_HZ_E6 = 100 * (1000000 + PPM)  # the chip's rate in micro-Hz: period = 10**12 / this us
+    LEAP_US = LEAP * 10**12 // CHIP_HZ_E6
+
+    def true_us(k, leaps):
+        # the chip's sample p is taken at its start + (p + 1) periods; the ring numbered it k
+        p = (k - leaps * LEAP) & 0x3FFFFFFF
+        return rig.chip.start_us + (p + 1) * 10**12 // CHIP_HZ_E6
+
+    rig = Rig("oximeter")
+    rig.chip.clock_ppm = PPM
+    rig.connect()
+    rig.run(30)  # the chip's period is fitted
+    w = rig.w
+    ring = w.ring
+    est = w.estimator
+    s = w.sampler
+    leaps = []
+    for leap in range(1, 9):
+        s.poll()  # what the FIFO holds belongs before the leap
+        rig.gw.collect(rig.clock.now_us())
+        rig.clock.advance(LEAP_US)
+        rig.chip.start_us += LEAP_US  # the chip sampled all along: none of that is left to read
+        ring.skip(LEAP)
+        s.samples += LEAP
+        est.n += LEAP
+        est.last_beat_n += LEAP
+        est.since_reset += LEAP
+        est._finger_run += LEAP
+        if est.last_foot >= 0:
+            est.last_foot += LEAP << 4
+        before = len(rig.gw.frames)
+        rig.run(4)  # the first read after the leap re-anchors (its clock is off by minutes)
+        reanchors = s.reanchors
+        first = len(rig.gw.frames)
+        rig.run(8)
+        f = rig.gw.frames[first:]
+        ring.stamp()
+        errors = []
+        fc = ring.oldest_fc
+        while ring.holds(fc):
+            i = fc & (ring.max_frames - 1)
+            if ring.f_t0[i] >= rig.clock.now_us() - 8000000:
+                errors.append(ring.f_t0[i] - true_us(ring.f_k[i], leap))
+            fc = (fc + 1) & 0x3FFFFFFF
+        leaps.append(
+            {
+                "frames": len(f),
+                "gap_frames": len([x for x in rig.gw.frames[before:] if x[2] & codec.WAVE_FLAG_GAP_BEFORE]),
+                "reanchors_in_8_s": s.reanchors - reanchors,
+                # t0 steps minus the frame's samples at the chip's period (us): 0 or rounding
+                "step_errors_us": sorted(
+                    set(f[j + 1][4] - f[j][4] - f[j][1] * 10**12 // CHIP_HZ_E6 for j in range(len(f) - 1))
+                ),
+                "t0_error_us": [min(errors), max(errors)] if errors else None,
+                "period_ns": ring.period_ns,
+            }
+        )
+
+    def per_sample(_):
+        ring.put_ppg(120000, 150000, 0)
+        est.update(120000, 150000)
+
+    vitals = rig.gw.vitals[-3:]
+    for _ in range(500):  # a flat signal for 5 s: no beat, so the estimator's work is all small-int
+        per_sample(None)
+    emit(
+        "oximeter after 124 days",
+        {
+            "uptime_days": rig.clock.now_us() / 86400e6,
+            "leaps": leaps,
+            "vitals": vitals,
+            "est_n": est.n,
+            "alloc_per_100_samples": [alloc_of(per_sample, None, 100) for _ in range(3)],
         },
     )

@@ -209,3 +209,76 @@ emit(
         "alloc": alloc,
     },
 )
+
+# G. 49.7 days in: every counter of the sampler and of its ring 10 short of 2**30 (2**30 samples
+# at 250 Hz), at MTU 23 (one sample a frame: each sample also pushes a frame out of the full
+# index). One cycle of callbacks moves every counter: on time, late into each histogram bucket,
+# a missed slot, an early callback, a leads-off sample, a saturated one. The counters pass 2**30
+# first (a wrap makes one 16-byte temporary, once in 2**30 samples); then the cycles are measured.
+s, clock, adc, lop, lom, ring, det, tim = make(frame=1)
+vals = array("h", [100 * (i % 7) for i in range(16000)])
+for i in range(600 + 10, 16000, 11):
+    vals[i] = 5000  # the positive rail, the last sample of each cycle below: flagged saturated
+adc.source = Source(vals)
+for _ in range(600):  # fill the 512-frame index
+    clock.advance(PERIOD)
+    tim.fire()
+EDGE = (1 << 30) - 10
+s.samples = s.missed = s.early = s.leads_off_samples = s.saturated_samples = EDGE
+for b in range(4):
+    s.late_hist[b] = EDGE
+ring.samples_in = ring.samples_lost = ring.gaps = ring.frames_dropped = EDGE
+
+
+def cycle(_):
+    for late in (0, 500, 1500, 2500):  # one callback into each bucket, then back on the grid
+        clock.advance(PERIOD + late)
+        tim.fire()
+        clock.advance(PERIOD - late)
+        tim.fire()
+    clock.advance(2 * PERIOD)  # a slot without a callback: missed, a gap in the ring
+    tim.fire()
+    tim.fire()  # a queued callback right behind it: early, dropped
+    lop.level = 1
+    clock.advance(PERIOD)
+    tim.fire()  # leads off
+    lop.level = 0
+    clock.advance(PERIOD)
+    tim.fire()
+
+
+for _ in range(20):
+    cycle(None)
+wrapped = {
+    "samples": s.samples,
+    "late_hist": list(s.late_hist),
+    "missed": s.missed,
+    "early": s.early,
+    "leads_off_samples": s.leads_off_samples,
+    "saturated_samples": s.saturated_samples,
+    "ring": [ring.samples_in, ring.samples_lost, ring.gaps, ring.frames_dropped],
+}
+per_cycle = alloc_of(cycle, None, 25)
+
+# Leads off for 24.8 days: the detector only sees skip(1) per sample (as one skip here).
+lop.level = 1
+det.skip((1 << 30) - 10 - det.k)
+
+
+def leads_off_tick(_):
+    clock.advance(PERIOD)
+    tim.fire()
+
+
+for _ in range(20):
+    leads_off_tick(None)
+emit(
+    "counters past 2**30",
+    {
+        "wrapped": wrapped,
+        "alloc 25 cycles": per_cycle,
+        "alloc 250 leads-off ticks": alloc_of(leads_off_tick, None, 250),
+        "detector_k": det.k,
+        "samples_read": adc.source.i,
+    },
+)

@@ -261,6 +261,22 @@ rig.clock.advance(500000)
 quiet = status_now(rig.est, rig.clock.now_us())
 emit("quiet sensor", {"measuring": list(measuring), "0.7 s": list(within_a_second), "1.2 s": list(quiet)})
 
+# G3. The estimator moves its sample count back (at 2**25, 3.9 days at 100 Hz) with what is measured
+# in it: one that does so 10 s into a recording reports what one that does not reports.
+data = array("i", open("/ppg/hr72_spo2_97.bin", "rb").read())
+plain = Spo2Estimator()
+moved = Spo2Estimator()
+moved.n = (1 << 25) - 1000  # 3.9 days in, as if the finger had been in only now
+moved.reset()
+seconds = {"plain": [], "moved": []}
+for i in range(len(data) // 2):
+    for est in (plain, moved):
+        est.update(data[2 * i], data[2 * i + 1])
+    if i % 100 == 99:
+        seconds["plain"].append(list(plain.status()))
+        seconds["moved"].append(list(moved.status()))
+emit("estimator rebase", {"seconds": seconds, "n": moved.n, "beats": [plain.beats, moved.beats]})
+
 # H. Allocation: the per-sample work (ring + estimator between beats), and the per-read time check.
 rig = Rig(Recorded(array("i", open("/ppg/hr72_spo2_97.bin", "rb").read())), start_us=2 * 3600 * 1000000)
 rig.run(5000)

@@ -253,6 +253,32 @@ emit(
     },
 )
 
+# 8b. The same after 49.7 days: the ring's statistics 10 short of 2**30 (at MTU 23 a frame is one
+# sample, so every sample also pushes a frame out once the 512-frame index is full). They pass
+# 2**30 first (a wrap makes one 16-byte temporary, once in 2**30 samples), then are measured.
+ring = make(ECG, 23)
+ring_p = make(PPG, 247)
+feed(ring, 0, 600)
+feed(ring_p, 0, 10)
+EDGE = (1 << 30) - 10
+for r in (ring, ring_p):
+    r.samples_in = r.samples_lost = r.gaps = r.frames_dropped = EDGE
+for _ in range(20):
+    put_e(ring)
+    put_p(ring_p)
+    gap(ring_p)
+emit(
+    "alloc at 2**30",
+    {
+        "put_ecg x2000": alloc_of(put_e, ring, 2000),
+        "put_ppg x2000": alloc_of(put_p, ring_p, 2000),
+        "skip x50": alloc_of(gap, ring_p, 50),
+        # what a reader sees: the counts modulo 2**30
+        "ecg": [ring.samples_in, ring.frames_dropped],
+        "ppg": [ring_p.samples_in, ring_p.samples_lost, ring_p.gaps],
+    },
+)
+
 # 9. A resend overtaken by the ring: while the radio is busy the oldest frames are dropped from
 # under the run being resent (a 16-frame index at one sample a frame, MTU 23).
 ring = WaveRing(ECG, 250, 64, 16, 1, 1000)
