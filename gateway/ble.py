@@ -10,7 +10,9 @@ Rules of this file:
   attempts are made one at a time.
 - Each device has its own task climbing the reconnect ladder (gateway.ladder): backoff with
   jitter, a reset of the connection state (a fresh BleakClient, the cached device forgotten until
-  a new advertisement, the scanner restarted), then "lost" - while it keeps trying, forever.
+  a new advertisement, the scanner restarted), then "lost" - while it keeps trying, forever. The
+  task ticks the ladder while a link is up too, until the link is stable (a link that drops
+  sooner is a flap, not a return).
 - On every connection: MTU (negotiated by the stack; the bumble backend asks for `mtu`), service
   discovery, reads of Device Information, Battery Level, Body Sensor Location and PLX Features,
   subscriptions to every characteristic the decoder knows (notify or indicate), then a read of
@@ -363,6 +365,13 @@ class BleTransport(Transport):
             dev.mtu,
             ", ".join(dev.subscribed),
         )
+        while (stable_at := dev.ladder.stable_at()) is not None and not dev.gone.is_set():
+            # The link becomes stable (the device counts as back, found if it was lost) only by
+            # staying up: tell the ladder when that time comes, unless the link drops first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(dev.gone.wait(), min(1.0, max(0.02, stable_at - self.clock())))
+            now = self.clock()
+            await self._act(dev, dev.ladder.tick(now), now)
         await dev.gone.wait()
         now = self.clock()
         dev.client = None

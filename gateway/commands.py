@@ -105,7 +105,11 @@ def build_transport(cfg: Config, kind: str, args: argparse.Namespace | None = No
     if kind == "serial":
         port = getattr(args, "serial_port", None) or g.serial.port
         return make_transport(
-            "serial", port=port, baudrate=g.serial.baudrate, devices=[d.id for d in g.devices]
+            "serial",
+            port=port,
+            baudrate=g.serial.baudrate,
+            devices=[d.id for d in g.devices],
+            modem_port=cfg.modem.port if g.deadman.modem else None,  # refused if the same device
         )
     if kind == "ble":
         hci = getattr(args, "hci", None)

@@ -180,6 +180,15 @@ class LineReader:
         self._buf = bytearray()
         self._skipping = False  # inside a line that is already too long
 
+    def reset(self) -> int:
+        """Forget a partial line (the port was closed and opened again: its end will never come,
+        and joined to the new port's first line it would make one bad line of two). Returns how
+        many bytes were dropped."""
+        dropped = len(self._buf)
+        self._buf.clear()
+        self._skipping = False
+        return dropped
+
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
         out: list[Frame] = []

@@ -7,7 +7,15 @@ Rules of this file:
   notifications returned so far.
 - Bad lines are counted by reason, handed to the gateway's dead-letter table (`take_rejects`) and
   skipped; they are never fatal. A port that fails (a USB adapter pulled out) is reopened along the
-  reconnect ladder (gateway.ladder), reported lost after `lost_after_s`, and never needs a restart.
+  reconnect ladder (gateway.ladder) and never needs a restart.
+- The link is judged by what comes over it, not by the port opening: it is reported lost once
+  `lost_after_s` have passed without a valid line (an `N1` line of an enrolled device, or an `R1`)
+  - a silent or hung sensor, the wrong device on the port, or the port gone - and found again
+  at the next valid line. A reopened port starts with an empty line reader: the partial line
+  left by the old port never ends, and joined to the new port's first line would make a bad one.
+- The serial port must not be the gateway's GSM modem's (`modem_port`): two USB serial adapters
+  may swap /dev/ttyUSBn names between boots, so the two are compared after resolving symlinks
+  and the transport refuses to be built when they are the same device.
 - After a (re)start the gateway asks the sensor to replay from the first line it has not spooled,
   so the link loses nothing across a gateway kill -9, if the sensor still holds those lines.
 """
@@ -15,6 +23,7 @@ Rules of this file:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -36,7 +45,7 @@ from gateway.serial_protocol import (
     encode_replay,
     encode_write,
 )
-from gateway.transport import LinkEvent, LinkHealth, Reject, Transport
+from gateway.transport import LinkEvent, LinkHealth, LinkState, Reject, Transport, TransportError
 
 __all__ = ["SerialTransport"]
 
@@ -51,6 +60,11 @@ _MAX_BUFFERED = 1 << 20
 
 def _open_port(port: str, baudrate: int) -> Any:
     return serial.serial_for_url(port, baudrate=baudrate, timeout=0.05, write_timeout=2.0)
+
+
+def same_device(a: str, b: str) -> bool:
+    """Whether two port names are the same device (/dev/serial/by-id/... links resolved)."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 class SerialTransport(Transport):
@@ -69,7 +83,15 @@ class SerialTransport(Transport):
         lost_after_s: float = 60.0,
         open_port: OpenPort = _open_port,
         rand: Callable[[], float] = random.random,
+        modem_port: str | None = None,
     ) -> None:
+        if modem_port is not None and same_device(port, modem_port):
+            # Sensor lines read from the modem would be dead letters, and the dead-man's texts
+            # would go to a sensor: fail at start, where the installer sees it.
+            raise TransportError(
+                f"serial transport: the sensors' port {port} is the GSM modem's port {modem_port} "
+                f"({os.path.realpath(port)}); name each by its /dev/serial/by-id/... link"
+            )
         self.port_name = port
         self.baudrate = baudrate
         self.allowlist = list(devices)
@@ -81,15 +103,22 @@ class SerialTransport(Transport):
         self.unknown_devices = 0
         self._key = f"serial:{port}"
         self._seen: list[str] = []
-        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._chunks: deque[tuple[int, int, bytes]] = deque()  # (port generation, rx µs, bytes)
+        self._generation = 0  # +1 at each port opened
+        self._reader_generation = 0
         self._buffered = 0
         self._events: list[LinkEvent] = []
         self._rejects: list[Reject] = []
-        self._lock = threading.Lock()  # _chunks, _events, ladder and port state
+        self._lock = threading.Lock()  # _chunks, _events, ladder, port and silence state
         self._write_lock = threading.Lock()
         self._ladder = Ladder(
             clock(), min_s=retry_min_s, max_s=retry_max_s, reset_after=3, lost_after_s=lost_after_s, rand=rand
         )
+        self.lost_after_s = lost_after_s
+        self._heard_at = self._ladder.now  # the last valid line (or the start)
+        self._lost = False
+        self._lost_reason = ""
+        self._since = self._ladder.now  # when lost or found was last reported
         self._port: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,6 +130,7 @@ class SerialTransport(Transport):
         return list(self.allowlist) if self.allowlist else list(self._seen)
 
     def start(self, now_us: int) -> None:
+        self._heard_at = self._since = self.clock()  # the silence is counted from the start
         self._thread = threading.Thread(target=self._run, name=f"nabz-serial-{self.port_name}", daemon=True)
         self._thread.start()
 
@@ -131,29 +161,43 @@ class SerialTransport(Transport):
                 log.info("serial %s: asking the sensor to replay from line %d", self.port_name, resume[1])
                 self._send(encode_replay(*resume))
         out: list[Notification] = []
-        for rx_us, data in chunks:
+        for generation, rx_us, data in chunks:
+            if generation != self._reader_generation:
+                self._reader_generation = generation
+                dropped = self.reader.reset()
+                if dropped:
+                    log.info(
+                        "serial %s: %d bytes of a line cut by the reopening dropped", self.port_name, dropped
+                    )
             for frame in self.reader.feed(data):
                 if isinstance(frame, Notify):
+                    if not self.allowlist or frame.device in self.allowlist:
+                        self._heard(rx_us / 1e6)
                     self._notify(frame, rx_us, out)
                 elif isinstance(frame, ReplayStart):
+                    self._heard(rx_us / 1e6)
                     self.link.on_replay_start(frame)
                 elif isinstance(frame, BadLine):
                     self._bad(frame.reason, frame.line)
                 elif isinstance(frame, Command):
                     self._bad("unexpected_command", frame.op.encode())
+        self._check_silence(self.clock())
         return out
 
     def write(self, device: str, char: str, data: bytes) -> bool:
         return self._send(encode_write(device, char, data))
 
     def health(self, now_us: int) -> dict[str, LinkHealth]:
+        self._check_silence(self.clock())  # as of now, even if nothing was polled meanwhile
         with self._lock:
             lad = self._ladder
+            state: LinkState = "lost" if self._lost else lad.state
+            since = self._since if self._lost else max(self._since, lad.since)
             h = LinkHealth(
-                lad.link_state,
-                since_us=int(lad.since * 1e6),
+                state,
+                since_us=int(since * 1e6),
                 reconnects=lad.reconnects,
-                reason=lad.last_reason,
+                reason=self._lost_reason if self._lost else lad.last_reason,
             )
         return {d: h for d in self.devices}
 
@@ -167,6 +211,31 @@ class SerialTransport(Transport):
         return out
 
     # --- poll helpers (gateway thread) -------------------------------------------------------
+    def _heard(self, at: float) -> None:
+        """A valid line arrived at `at`: the link works (found again if it had been lost)."""
+        with self._lock:
+            self._heard_at = max(self._heard_at, at)
+            found = self._lost
+            if found:
+                self._lost, self._since = False, max(at, self._since)
+                self._events.extend(LinkEvent(d, "found", int(at * 1e6)) for d in self.devices)
+        if found:
+            log.warning("serial %s: valid lines again", self.port_name)
+
+    def _check_silence(self, now: float) -> None:
+        """No valid line for `lost_after_s`: report the link lost, whatever the port does."""
+        with self._lock:
+            if self._lost or now - self._heard_at < self.lost_after_s:
+                return
+            if self._port is not None:
+                why = f"no valid line for {now - self._heard_at:.0f} s (a silent sensor, or another device)"
+            else:
+                why = f"port closed: {self._ladder.last_reason or 'not opened yet'}"
+            self._lost, self._since, self._lost_reason = True, now, why
+            detail = f"serial port {self.port_name}: {why}"
+            self._events.extend(LinkEvent(d, "lost", int(now * 1e6), detail) for d in self.devices)
+        log.error("serial %s: link lost: %s", self.port_name, why)
+
     def _notify(self, frame: Notify, rx_us: int, out: list[Notification]) -> None:
         decision = self.link.on_notify(frame, rx_us / 1e6)
         if decision.replay_from is not None and self.link.session is not None:
@@ -233,7 +302,7 @@ class SerialTransport(Transport):
                 continue
             if data:
                 with self._lock:
-                    self._chunks.append((int(self.clock() * 1_000_000), data))
+                    self._chunks.append((self._generation, int(self.clock() * 1_000_000), data))
                     self._buffered += len(data)
 
     def _try_open(self, now: float) -> None:
@@ -247,6 +316,7 @@ class SerialTransport(Transport):
             return
         with self._lock:
             self._port = port
+            self._generation += 1
             for action in self._ladder.on_connected(now):
                 self._event(action, now)
             self._events.extend(LinkEvent(d, "connected", int(now * 1e6)) for d in self.devices)
@@ -270,7 +340,8 @@ class SerialTransport(Transport):
                 pass
 
     def _event(self, action: str, now: float) -> None:
-        kind = {"report_lost": "lost", "report_found": "found"}.get(action)
-        if kind is not None:
-            detail = f"serial port {self.port_name}: {self._ladder.last_reason}"
-            self._events.extend(LinkEvent(d, kind, int(now * 1e6), detail) for d in self.devices)  # type: ignore[arg-type]
+        # The ladder only paces the reopening of the port. Lost and found are decided by the lines
+        # (`_check_silence`, `_heard`): a port that opens is not yet a sensor that talks, and one
+        # closed for `lost_after_s` has been silent at least that long.
+        if action == "reset":
+            log.info("serial %s: %d failed openings in a row", self.port_name, self._ladder.failures)

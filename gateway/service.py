@@ -15,7 +15,10 @@ Rules of this file:
   something a person must know happens: a device lost or found, an unrecoverable gap, a spool
   overflow, a message the broker refused.
 - The gateway watches the server's heartbeats (gateway.deadman): silent too long, it logs an
-  error and, with a modem (`gateway.deadman.modem`), texts the on-call numbers itself.
+  error and, with a modem (`gateway.deadman.modem`), texts the on-call numbers itself. Whom it
+  would text is checked before anything starts (nobody, or the demo's placeholder number, is a
+  configuration error); the dead-man measures on the monotonic clock and keeps its state in the
+  spool (a mark), so a restart or an NTP step neither forgets an outage nor invents one.
 """
 
 from __future__ import annotations
@@ -32,8 +35,17 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from alerts.notify import Notifier
+from alerts.oncall import Schedule
 from firmware import nabz_codec as codec
-from gateway.deadman import DeadMan, DeadManSender, HeartbeatWatch, recipients
+from gateway.deadman import (
+    DeadMan,
+    DeadManSender,
+    HeartbeatWatch,
+    deadman_schedule,
+    dump,
+    recipients,
+    restore,
+)
 from gateway.decode import Decoder, Notification, normalize_uuid, utc_from_us
 from gateway.gaps import Expired, GapTracker, Verdict
 from gateway.spool import Spool, SpooledMessage
@@ -54,6 +66,8 @@ _KIND = {"ecg": codec.WAVE_KIND_ECG, "ppg": codec.WAVE_KIND_PPG}
 _GAPS = "gaps/"  # spool marks: gap tracker state per device/stream
 _CLOCK = "clock/"  # spool marks: each device's clock offset, so a restart keeps data time continuous
 _TRANSPORT = "transport/"  # spool marks: the transport's checkpoint
+_DEADMAN = "deadman/state"  # spool mark: the dead-man's state (gateway.deadman.dump)
+_DEADMAN_SAVE_S = 5.0  # the dead-man's state is saved this often (and at once when it texts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +94,29 @@ class Gateway:
         transport: Transport,
         *,
         clock: Clock = time.time,
+        monotonic: Clock | None = None,
         gateway_id: str | None = None,
         spool_path: str | None = None,
         deadman_notifier: Notifier | None = None,
+        deadman_sender: DeadManSender | None = None,
     ) -> None:
+        """`clock` is the wall clock (timestamps); `monotonic` measures the dead-man's silences
+        (default: time.monotonic, or `clock` itself when a simulated one is given). A
+        `deadman_sender` is used as it is (not started: tests drive it) instead of one made at
+        start for `deadman_notifier` or the modem."""
         self.config = config
         self.site = config.site
         self.id = gateway_id or config.gateway.id
         self.transport = transport
         self.clock = clock
+        self.mono: Clock = monotonic or (time.monotonic if clock is time.time else clock)
+        dm = config.gateway.deadman
+        texter = deadman_sender.notifier if deadman_sender is not None else deadman_notifier
+        texting = getattr(texter, "reaches_phone", True) if texter is not None else dm.modem
+        self._schedule: Schedule | None = None
+        if texting:  # before anything is opened: a gateway that would text nobody does not start
+            self._schedule, to = deadman_schedule(dm.phones, config.oncall, config.alerts.on_call, clock())
+            log.info("gateway %s: the dead-man texts %s", self.id, ", ".join(to))
         self.decoder = Decoder(self.site, self.id, new_id=contract.message_ids())
         self.spool = Spool(
             spool_path or config.gateway.spool_path, max_bytes=config.gateway.spool_max_mb * 1024 * 1024
@@ -124,11 +152,13 @@ class Gateway:
         self._battery: dict[str, int] = {}
         self._device_state: dict[str, str] = {}  # what each wearable last said of itself (control STATUS)
         self._last_seen: dict[str, int] = {}  # device -> rx µs
-        dm = config.gateway.deadman
         self.watch = HeartbeatWatch(dm.services, dm.after_s)
         self.deadman = DeadMan(self.site, self.id, dm.repeat_s, config.alerts.timezone)
         self._deadman_notifier = deadman_notifier
-        self.deadman_sender: DeadManSender | None = None
+        self.deadman_sender: DeadManSender | None = deadman_sender
+        self._outage_to: list[str] = []  # who was texted about the current outage
+        self._deadman_saved_at = float("-inf")
+        self._deadman_restored = False  # saved only once restored: never over a state not read yet
         self.client = make_client(
             config.mqtt,
             client_id=f"nabz-gw-{self.site}-{self.id}",
@@ -170,9 +200,9 @@ class Gateway:
             from alerts.gsm import GsmNotifier
 
             notifier = GsmNotifier(self.config.modem)
-        if notifier is not None:
-            self.deadman_sender = DeadManSender(notifier)
-        self.watch.started_at = self.clock()
+        if notifier is not None and self.deadman_sender is None:
+            self.deadman_sender = DeadManSender(notifier, clock=self.mono, wall=self.clock).start()
+        self._restore_deadman()
         connect(self.client, self.config.mqtt)
         log.info(
             "gateway %s started: %d messages waiting in the spool, devices %s",
@@ -228,6 +258,7 @@ class Gateway:
         self.client.loop_stop()
         if self.deadman_sender is not None:
             self.deadman_sender.stop()
+        self._save_deadman()  # with the texts not yet delivered: the next start sends them
         self.spool.close()
 
     def stats(self) -> GatewayStats:
@@ -362,9 +393,15 @@ class Gateway:
             log.info("gateway %s: cannot ask %s to resend now; will ask when it is back", self.id, device)
 
     def _watch_server(self, now: float) -> None:
-        """The dead-man switch: text the on-call numbers when the server has been silent too long."""
-        silence = self.watch.silence(now)
-        for text in self.deadman.step(now, silence, self._connected):
+        """The dead-man switch: text the on-call numbers when the server has been silent too long.
+        `now` is the wall clock, for the text only; silences are measured on `self.mono`."""
+        mono = self.mono()
+        silence = self.watch.silence(mono, now)
+        outage = self.deadman.outage
+        texts = self.deadman.step(mono, silence, self._connected, wall=now)
+        if self.deadman.outage != outage:
+            self._outage_to = []  # a new outage: whoever is on call now
+        for text in texts:
             if silence is not None:
                 log.error("gateway %s: %s", self.id, text)
             else:
@@ -372,9 +409,61 @@ class Gateway:
             self._status_now = True
             if self.deadman_sender is None:
                 continue
-            dm = self.config.gateway.deadman
-            for phone in recipients(dm.phones, self.config.oncall, self.config.alerts.on_call, now):
-                self.deadman_sender.send(phone, text, f"deadman-{self.id}-{self.deadman.texts}")
+            # those told of this outage hear of it to its end, and so does whoever is on call now
+            self._outage_to = list(dict.fromkeys(self._outage_to + self._deadman_recipients(now)))
+            key = f"deadman-{self.id}-{self.deadman.texts}"
+            for phone in self._outage_to:
+                self.deadman_sender.send(phone, text, key, self.deadman.outage)
+        if texts or mono - self._deadman_saved_at >= _DEADMAN_SAVE_S:
+            self._save_deadman()
+
+    def _deadman_recipients(self, now: float) -> list[str]:
+        dm = self.config.gateway.deadman
+        schedule = self._schedule
+        try:
+            if schedule is None:
+                return recipients(dm.phones, self.config.oncall, self.config.alerts.on_call, now)
+            return recipients(dm.phones, schedule, [], now)
+        except Exception:  # checked at start, so a bug: text someone rather than nobody
+            log.exception(
+                "gateway %s: dead-man: who is on call cannot be worked out; texting everyone", self.id
+            )
+            if schedule is not None:
+                return list(dict.fromkeys(p.phone for p in schedule.everyone()))
+            return list(dict.fromkeys(dm.phones or self.config.alerts.on_call))
+
+    def _save_deadman(self) -> None:
+        if not self._deadman_restored:
+            return
+        pending = self.deadman_sender.undelivered() if self.deadman_sender is not None else []
+        mono = self.mono()
+        self._deadman_saved_at = mono
+        state = dump(self.watch, self.deadman, pending, self._outage_to, mono, self.clock())
+        self.spool.set_marks({_DEADMAN: state})
+
+    def _restore_deadman(self) -> None:
+        """At start: the silence counted so far, an outage texted about, the texts not delivered."""
+        mono = self.mono()
+        self.watch.started_at = mono
+        self._deadman_restored = True
+        saved = self.spool.marks(_DEADMAN).get(_DEADMAN)
+        if saved is None:
+            return
+        pending, self._outage_to = restore(saved, self.watch, self.deadman, mono, self.clock())
+        if self.deadman.state == "silent":
+            log.error("gateway %s: dead-man: the server was silent when this gateway stopped", self.id)
+        sender = self.deadman_sender
+        if sender is None:
+            if pending:
+                log.error(
+                    "gateway %s: dead-man: %d text(s) not delivered, and no modem now", self.id, len(pending)
+                )
+            return
+        for p in pending:
+            log.warning(
+                "gateway %s: dead-man: sending again a text not delivered before: %s", self.id, p.text
+            )
+            sender.send(p.phone, p.text, p.key, p.outage, p.attempts)
 
     def _link_events(self) -> int:
         events = self.transport.take_events()
@@ -403,7 +492,7 @@ class Gateway:
             n += 1
             if kind == "heartbeat":
                 topic, payload = value
-                self.watch.feed(topic, payload, self.clock())
+                self.watch.feed(topic, payload, self.mono())
                 continue
             if kind == "connected":
                 self._connected = bool(value)
@@ -502,7 +591,11 @@ class Gateway:
             "published_readings": self.spool.counter("published_readings"),
             "server": {
                 "silent": self.deadman.state == "silent",
-                "heard_s_ago": {s: round(self.clock() - t, 1) for s, t in self.watch.working_at.items()},
+                "heard_s_ago": {s: round(self.mono() - t, 1) for s, t in self.watch.working_at.items()},
+                "texts_undelivered": [
+                    {"to": p.phone, "text": p.text, "attempts": p.attempts, "error": p.detail}
+                    for p in (self.deadman_sender.undelivered() if self.deadman_sender is not None else [])
+                ],
             },
         }
         self.spool.save_status(json.dumps(local).encode(), self.clock())

@@ -229,6 +229,23 @@ class Spool:
             log.warning("spool: could not keep a reserve file (%s)", exc)
             self._reserve.unlink(missing_ok=True)
 
+    def set_marks(self, marks: dict[str, str]) -> bool:
+        """Set marks that describe no rows (the dead-man's state), durably. On a full disk they
+        are not written (False, logged): no reading is dropped for them."""
+        try:
+            with self._tx():
+                self.db.executemany(
+                    "INSERT INTO marks (name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    list(marks.items()),
+                )
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            log.warning("spool: disk full: marks %s not updated", ", ".join(marks))
+            return False
+        return True
+
     def marks(self, prefix: str = "") -> dict[str, str]:
         """Marks whose name starts with `prefix`."""
         rows = self.db.execute(

@@ -101,13 +101,15 @@ class SerialConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class DeadmanConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The gateway's watch on the server (gateway.deadman, docs/operations.md "The monitoring must
     not fail silently"): when no heartbeat of a `services` entry has been heard for `after_s`, the
-    gateway says so in its log and status and, with `modem = true`, texts `phones` directly."""
+    gateway says so in its log and status and, with `modem = true`, texts `phones` directly (or,
+    without them, who the gateway's own [oncall] schedule puts on call; with neither it refuses to
+    start rather than text the demo's placeholder number)."""
 
     after_s: float = 600.0
     repeat_s: float = 6 * 3600.0  # a reminder while the server stays silent; 0: never
     services: list[Literal["ingest", "alerts"]] = msgspec.field(default_factory=lambda: ["ingest", "alerts"])
     modem: bool = False  # a GSM modem on the gateway ([modem] settings) sends the texts
-    phones: list[str] = msgspec.field(default_factory=list)  # default: on-call primary and backup
+    phones: list[str] = msgspec.field(default_factory=list)  # default: the [oncall] primary and backup
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

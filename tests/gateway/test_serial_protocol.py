@@ -86,6 +86,21 @@ def test_garbage_costs_one_line_and_the_reader_resynchronises() -> None:
     assert [f.lseq for f in frames if isinstance(f, Notify)] == [0, 2, 3]
 
 
+def test_a_reset_reader_drops_the_cut_line_and_reads_the_next_port_cleanly() -> None:
+    # The port was closed in the middle of a line, and reopened (synthetic lines).
+    good = [encode_notify(SESSION, i, "ecg-0001", "2a19", bytes([90 - i])) for i in range(3)]
+    reader = LineReader()
+    assert reader.feed(good[0] + good[1][:9]) == [parse_line(good[0].rstrip(b"\n"))]
+    assert reader.reset() == 9
+    assert [(type(f).__name__, getattr(f, "lseq", None)) for f in reader.feed(good[1] + good[2])] == [
+        ("Notify", 1),
+        ("Notify", 2),
+    ]
+    reader.feed(b"x" * (2 * MAX_LINE))  # cut inside a line too long: the next port starts afresh
+    reader.reset()
+    assert [type(f).__name__ for f in reader.feed(good[0])] == ["Notify"]
+
+
 @settings(max_examples=300, derandomize=True)
 @given(st.binary(max_size=2 * MAX_LINE))
 def test_random_bytes_never_raise(data: bytes) -> None:
