@@ -109,6 +109,7 @@ def build_transport(cfg: Config, kind: str, args: argparse.Namespace | None = No
             port=port,
             baudrate=g.serial.baudrate,
             devices=[d.id for d in g.devices],
+            lost_after_s=g.serial.lost_after_s,
             modem_port=cfg.modem.port if g.deadman.modem else None,  # refused if the same device
         )
     if kind == "ble":

@@ -351,7 +351,7 @@ class DeadManSender:
                     self.failed.append((p.phone, p.text, detail))
                     log.error("dead-man SMS to %s failed for good (%s): %s", p.phone, detail, p.text)
                     continue
-                wait = min(self.retry_s * 2 ** (p.attempts - 1), self.max_retry_s)
+                wait = min(self.retry_s * 2.0 ** min(p.attempts - 1, 16), self.max_retry_s)
                 p.due = self.clock() + wait
             log.error(
                 "dead-man SMS to %s not delivered after %d attempt(s) (%s); trying again in %.0f s",
@@ -370,7 +370,11 @@ class DeadManSender:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            due = self.pump()
+            try:
+                due = self.pump()
+            except Exception:  # this thread is the doctor's only news of an outage: it must not die
+                log.exception("dead-man: sending failed; trying again in %.0f s", self.max_retry_s)
+                due = self.clock() + self.max_retry_s
             self._wake.wait(None if due is None else max(0.0, due - self.clock()))
 
 
@@ -415,7 +419,7 @@ def restore(
         since = None if since is None else float(since)
         began = None if began is None else float(began)
         lasts = {s: None if last is None else float(last) for s, (_, last) in services.items()}
-    except (ValueError, KeyError, TypeError) as exc:  # a damaged mark must not stop the gateway
+    except Exception as exc:  # a damaged mark (or one of another version) must not stop the gateway
         log.error("dead-man: its saved state cannot be read (%s); starting afresh", exc)
         return [], []
     carried = gap if 0.0 <= gap <= RESTART_GAP_S else 0.0

@@ -77,6 +77,7 @@ class SerialTransport(Transport):
         devices: Sequence[str] = (),
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         replay_timeout_s: float = 2.0,
         retry_min_s: float = 0.5,
         retry_max_s: float = 10.0,
@@ -96,6 +97,9 @@ class SerialTransport(Transport):
         self.baudrate = baudrate
         self.allowlist = list(devices)
         self.clock = clock
+        # Silences are measured on this (default time.monotonic; the clock itself when a simulated
+        # one is given): an NTP step of the wall clock must not make a streaming sensor "lost".
+        self.mono: Callable[[], float] = monotonic or (time.monotonic if clock is time.time else clock)
         self.open_port = open_port
         self.link = SerialLink(replay_timeout_s=replay_timeout_s)
         self.reader = LineReader()
@@ -103,7 +107,7 @@ class SerialTransport(Transport):
         self.unknown_devices = 0
         self._key = f"serial:{port}"
         self._seen: list[str] = []
-        self._chunks: deque[tuple[int, int, bytes]] = deque()  # (port generation, rx µs, bytes)
+        self._chunks: deque[tuple[int, int, float, bytes]] = deque()  # (port generation, rx µs, mono, bytes)
         self._generation = 0  # +1 at each port opened
         self._reader_generation = 0
         self._buffered = 0
@@ -115,7 +119,7 @@ class SerialTransport(Transport):
             clock(), min_s=retry_min_s, max_s=retry_max_s, reset_after=3, lost_after_s=lost_after_s, rand=rand
         )
         self.lost_after_s = lost_after_s
-        self._heard_at = self._ladder.now  # the last valid line (or the start)
+        self._heard_at = self.mono()  # the last valid line (or the start), monotonic
         self._lost = False
         self._lost_reason = ""
         self._since = self._ladder.now  # when lost or found was last reported
@@ -130,7 +134,7 @@ class SerialTransport(Transport):
         return list(self.allowlist) if self.allowlist else list(self._seen)
 
     def start(self, now_us: int) -> None:
-        self._heard_at = self._since = self.clock()  # the silence is counted from the start
+        self._heard_at, self._since = self.mono(), self.clock()  # the silence is counted from the start
         self._thread = threading.Thread(target=self._run, name=f"nabz-serial-{self.port_name}", daemon=True)
         self._thread.start()
 
@@ -161,7 +165,7 @@ class SerialTransport(Transport):
                 log.info("serial %s: asking the sensor to replay from line %d", self.port_name, resume[1])
                 self._send(encode_replay(*resume))
         out: list[Notification] = []
-        for generation, rx_us, data in chunks:
+        for generation, rx_us, mono, data in chunks:
             if generation != self._reader_generation:
                 self._reader_generation = generation
                 dropped = self.reader.reset()
@@ -172,23 +176,23 @@ class SerialTransport(Transport):
             for frame in self.reader.feed(data):
                 if isinstance(frame, Notify):
                     if not self.allowlist or frame.device in self.allowlist:
-                        self._heard(rx_us / 1e6)
+                        self._heard(rx_us / 1e6, mono)
                     self._notify(frame, rx_us, out)
                 elif isinstance(frame, ReplayStart):
-                    self._heard(rx_us / 1e6)
+                    self._heard(rx_us / 1e6, mono)
                     self.link.on_replay_start(frame)
                 elif isinstance(frame, BadLine):
                     self._bad(frame.reason, frame.line)
                 elif isinstance(frame, Command):
                     self._bad("unexpected_command", frame.op.encode())
-        self._check_silence(self.clock())
+        self._check_silence()
         return out
 
     def write(self, device: str, char: str, data: bytes) -> bool:
         return self._send(encode_write(device, char, data))
 
     def health(self, now_us: int) -> dict[str, LinkHealth]:
-        self._check_silence(self.clock())  # as of now, even if nothing was polled meanwhile
+        self._check_silence()  # as of now, even if nothing was polled meanwhile
         with self._lock:
             lad = self._ladder
             state: LinkState = "lost" if self._lost else lad.state
@@ -211,10 +215,11 @@ class SerialTransport(Transport):
         return out
 
     # --- poll helpers (gateway thread) -------------------------------------------------------
-    def _heard(self, at: float) -> None:
-        """A valid line arrived at `at`: the link works (found again if it had been lost)."""
+    def _heard(self, at: float, mono: float) -> None:
+        """A valid line arrived at `at` (wall; `mono` monotonic): the link works (found again if
+        it had been lost)."""
         with self._lock:
-            self._heard_at = max(self._heard_at, at)
+            self._heard_at = max(self._heard_at, mono)
             found = self._lost
             if found:
                 self._lost, self._since = False, max(at, self._since)
@@ -222,13 +227,14 @@ class SerialTransport(Transport):
         if found:
             log.warning("serial %s: valid lines again", self.port_name)
 
-    def _check_silence(self, now: float) -> None:
+    def _check_silence(self) -> None:
         """No valid line for `lost_after_s`: report the link lost, whatever the port does."""
+        mono, now = self.mono(), self.clock()
         with self._lock:
-            if self._lost or now - self._heard_at < self.lost_after_s:
+            if self._lost or mono - self._heard_at < self.lost_after_s:
                 return
             if self._port is not None:
-                why = f"no valid line for {now - self._heard_at:.0f} s (a silent sensor, or another device)"
+                why = f"no valid line for {mono - self._heard_at:.0f} s (a silent sensor, or another device)"
             else:
                 why = f"port closed: {self._ladder.last_reason or 'not opened yet'}"
             self._lost, self._since, self._lost_reason = True, now, why
@@ -302,7 +308,7 @@ class SerialTransport(Transport):
                 continue
             if data:
                 with self._lock:
-                    self._chunks.append((self._generation, int(self.clock() * 1_000_000), data))
+                    self._chunks.append((self._generation, int(self.clock() * 1_000_000), self.mono(), data))
                     self._buffered += len(data)
 
     def _try_open(self, now: float) -> None:

@@ -96,6 +96,9 @@ class SerialConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     port: str = "/dev/ttyUSB0"
     baudrate: int = 115200
+    # No valid line for this long and the port's devices are reported lost (a sensor must send at
+    # least this often: raise it for a spot-check device that is quiet between readings).
+    lost_after_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class DeadmanConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -377,3 +377,35 @@ def test_heard_again_after_a_silence_from_the_start_says_since_when_the_gateway_
     back = modem.texts[-1][2]
     assert "not heard since this gateway started listening at 14:00 PKT" in back
     assert "15:1" not in back
+
+
+def test_the_sender_keeps_trying_after_days_of_failures_and_a_later_outage_is_still_texted() -> None:
+    """A 'heard again' nobody could deliver for 3.5 days (1,024 tries): its next wait overflowed,
+    the sending thread died, and no later outage was ever texted."""
+    clocks = Clocks()
+    modem = Modem(clocks)
+    modem.down = True
+    sender = DeadManSender(modem, clock=clocks.mono, wall=clocks.wall)
+    sender.send(AISHA, "NABZ server heard again", "k-old", outage=1, attempts=1100)
+    due = sender.pump()  # the 1,101st try: refused, and the next one scheduled
+    assert due is not None and due - clocks.mono() <= sender.max_retry_s
+    modem.down = False
+    sender.send(AISHA, "NABZ SERVER SILENT (a new outage)", "k-new", outage=2)
+    clocks.run(sender.max_retry_s)
+    sender.pump()
+    assert {text for _, _, text in modem.texts} == {
+        "NABZ server heard again",
+        "NABZ SERVER SILENT (a new outage)",
+    }
+
+
+@pytest.mark.parametrize(
+    "mark",
+    ['{"at": 1, "services": [], "state": "silent"}', '{"at": 1, "services": "x"}', "[1, 2]", "garbage"],
+)
+def test_a_damaged_saved_state_starts_the_dead_man_afresh(mark: str) -> None:
+    from gateway.deadman import DeadMan, HeartbeatWatch, restore
+
+    assert restore(
+        mark, HeartbeatWatch(["ingest"], 600.0), DeadMan("demo", "gw-0001", 0.0, "Asia/Karachi"), 0.0, 10.0
+    ) == ([], [])

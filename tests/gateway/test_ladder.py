@@ -110,6 +110,16 @@ def test_a_wearable_that_drops_at_once_after_each_connection_backs_off_and_is_re
     assert lad.resets >= connections // 3 - 1  # the reset rung is climbed too
 
 
+def test_short_links_that_carry_data_are_retried_quickly_but_still_count_towards_lost() -> None:
+    """At the edge of range links last 8 s: backed off as failures, the wearable was connected a
+    sixth of the time; retried quickly, over half of it. It is still reported lost once (its data
+    comes in pieces) and never found while no link holds."""
+    lad = Ladder(0.0, min_s=1.0, max_s=30.0, reset_after=3, lost_after_s=60.0, rand=random.Random(1).random)
+    connections, lost_at = _flapping_hour(lad, up_s=8.0)
+    assert connections * 8.0 / 3600 > 0.5
+    assert len(lost_at) == 1 and lad.link_state == "lost" and lad.failures == 0
+
+
 def test_a_link_that_holds_a_minute_is_a_return_and_its_next_drop_is_retried_at_once() -> None:
     lad = _ladder()
     lad.on_attempt(0.0)

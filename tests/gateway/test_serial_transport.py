@@ -190,13 +190,15 @@ def _line(lseq: int, device: str = "ecg-0001") -> bytes:
     return encode_notify("0000abcd", lseq, device, "2a37", bytes([0, 60 + lseq]))
 
 
-def _transport(clock: Clock, ports: list[FakePort], opened: list[FakePort]) -> SerialTransport:
+def _transport(
+    clock: Clock, ports: list[FakePort], opened: list[FakePort], mono: Clock | None = None
+) -> SerialTransport:
     def open_port(name: str, baudrate: int) -> FakePort:
         opened.append(ports[len(opened)])
         return opened[-1]
 
     return SerialTransport(
-        "/dev/fake", devices=["ecg-0001"], clock=clock, lost_after_s=60.0, retry_min_s=0.5,
+        "/dev/fake", devices=["ecg-0001"], clock=clock, monotonic=mono, lost_after_s=60.0, retry_min_s=0.5,
         retry_max_s=10.0, open_port=open_port, rand=lambda: 1.0,
     )  # fmt: skip
 
@@ -253,6 +255,33 @@ def test_a_sensor_that_falls_silent_or_the_wrong_device_on_the_port_is_reported_
         assert [(e.kind, e.at_us) for e in tr.take_events()] == [("found", 1_200_000_000)]
         h = tr.health(0)["ecg-0001"]
         assert (h.state, h.since_us) == ("connected", 1_200_000_000)
+    finally:
+        tr.stop()
+
+
+def test_a_wall_clock_step_neither_loses_a_streaming_sensor_nor_delays_a_real_loss() -> None:
+    """NTP setting a Pi's clock 45 min forward after boot made a streaming sensor "lost" (and the
+    server raised device_offline at once); a step back delayed a real loss by the step."""
+    wall, mono, port, opened = Clock(1000.0), Clock(50.0), FakePort(), []
+    tr = _transport(wall, [port], opened, mono)
+    tr.start(0)
+    try:
+        _until(lambda: bool(opened), "port opened")
+        port.incoming.put(_line(0))
+        _drain(tr, notes=1)
+        wall.t += 45 * 60  # the step
+        mono.t += 1.0
+        port.incoming.put(_line(1))
+        _drain(tr, notes=1)
+        assert tr.health(0)["ecg-0001"].state == "connected" and [e.kind for e in tr.take_events()] == [
+            "connected"
+        ]
+        wall.t -= 75 * 60  # a step back, and the sensor falls silent
+        mono.t += 59.9
+        assert tr.health(0)["ecg-0001"].state == "connected"
+        mono.t += 0.1
+        wall.t += 60.0
+        assert tr.health(0)["ecg-0001"].state == "lost"  # 60 s after its last line, not 76 min
     finally:
         tr.stop()
 
@@ -316,3 +345,13 @@ def test_the_sensors_port_and_the_modems_port_being_one_device_is_refused_at_sta
     assert isinstance(build_transport(config(True, other, by_id), "serial"), SerialTransport)
     # Without a modem on the gateway its [modem] port is not used, whatever it says.
     assert isinstance(build_transport(config(False, real, real), "serial"), SerialTransport)
+
+
+def test_a_quiet_spot_check_sensor_gets_a_longer_silence_from_the_configuration(tmp_path: Path) -> None:
+    """A wired spot-check oximeter sends a reading every few minutes and nothing between: with
+    the fixed 60 s it would be lost and found between every two readings."""
+    port = tmp_path / "ttyUSB0"
+    port.touch()
+    cfg = Config(gateway=GatewayConfig(serial=SerialConfig(port=str(port), lost_after_s=900.0)))
+    tr = build_transport(cfg, "serial")
+    assert isinstance(tr, SerialTransport) and tr.lost_after_s == 900.0
