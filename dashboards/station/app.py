@@ -329,7 +329,7 @@ def create_app(
             if ok and user is not None and not user.disabled and auth.needs_rehash(user.password_hash):
                 rehash = await asyncio.to_thread(auth.hash_password, password)
         if not ok or user is None or user.disabled:
-            st.by_address.attempt(addr, now)
+            st.by_address.attempt(addr, st.clock())  # when checked: a queued flood stays blocked
             st.logins_failed += 1
             why = "disabled" if ok and user is not None else "bad password or unknown user"
             await asyncio.to_thread(st.db.audit, now, username, "login_failed", "", {"why": why}, addr)

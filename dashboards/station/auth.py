@@ -157,7 +157,7 @@ class RateLimiter:
             return 0.0
         beyond = len(run) - (first + n)
         block = min(self.window_s, self.first_block_s * 2.0 ** min(beyond, 32))
-        return max(0.0, run[-1] + block - now)
+        return max(0.0, max(run) + block - now)  # two checks may finish in either order
 
     def attempt(self, key: str, now: float) -> None:
         """Count an attempt that starts now (a failure unless taken back)."""

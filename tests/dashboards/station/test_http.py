@@ -244,6 +244,42 @@ def test_logins_sent_all_at_once_are_held_to_the_limit(
     assert actions == {"login_failed": limit, "login_blocked": len(wrong) - limit + 1}
 
 
+def test_a_flood_of_names_from_one_address_stays_blocked_however_long_it_waits_its_turn(
+    server: StationServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Password spraying: many names, one guess each, from one address, queued behind the two
+    argon2 checks. Failures were dated when their request arrived, so once the queue had waited
+    longer than a block every guess behind it was checked (2,224 of 4,000 in the reviewer's run)."""
+    real, gate = auth.verify_password, threading.Event()
+    checked: list[str] = []
+
+    def slow_verify(stored_hash: str | None, password: str) -> bool:
+        checked.append(password)
+        gate.wait(30)
+        return real(stored_hash, password)
+
+    monkeypatch.setattr(auth, "verify_password", slow_verify)
+    st = server.app.station
+    answers: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: answers.append(Agent(server.url).login(f"guess-{i:02d}", "x" * 12)[0])
+        )
+        for i in range(30)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(st.by_user._attempts) < 30 and time.monotonic() < deadline:  # all arrived, queued
+        time.sleep(0.02)
+    clock.offset += 1000.0  # the queue is slow: a quarter of an hour passes before their turns
+    gate.set()
+    for t in threads:
+        t.join(30)
+    limit = 4 * st.config.station.login_max_failures  # an address's
+    assert len(checked) <= limit + 1 and Counter(answers)[429] >= 30 - limit - 1
+
+
 def test_a_user_name_no_account_can_have_is_audited_as_invalid(server: StationServer) -> None:
     """A login form's user name, or a proxy header's address, goes into the audit log that
     `nabz station audit` prints on an installer's terminal: escape sequences there could hide or
