@@ -23,7 +23,7 @@ import hashlib
 import logging
 
 from alerts.grouping import Batch, Queued, plan
-from alerts.notify import Delivery, DeliveryReport, Incoming, Notifier, Pollable
+from alerts.notify import Delivery, DeliveryReport, Incoming, Notifier, Pollable, reaches_phone
 from alerts.profile import Profiles
 from alerts.smstext import Line, compose, split
 from alerts.store import AlertStore
@@ -41,7 +41,7 @@ class Dispatcher:
         self.cfg = config.alerts
         self.store = store
         self.notifiers = notifiers
-        phones = [n for n in notifiers if getattr(n, "reaches_phone", True)]
+        phones = [n for n in notifiers if reaches_phone(n)]
         self._delivery = phones or notifiers
         self._records = [n for n in notifiers if n not in self._delivery]
         self.profiles = Profiles(self.cfg)
@@ -151,7 +151,8 @@ class Dispatcher:
             details.append(f"{n.name}: {failed.detail}")
             retryable = retryable or failed.retryable
             log.error("SMS %d to %s failed through %s: %s", seq, b.phone, n.name, failed.detail)
-        if q_attempts(self.store, seq) == 0:  # a copy of what no phone took, once per SMS
+        attempts = q_attempts(self.store, seq)
+        if attempts == 0:  # a copy of what no phone took, once per SMS
             for r in self._records:
                 for part, key in zip(parts, keys, strict=True):
                     try:
@@ -161,7 +162,6 @@ class Dispatcher:
         self.failures += 1
         self.last_failure_at = now
         self.last_failure = "; ".join(details)
-        attempts = max(q_attempts(self.store, seq), 0)
         retry_at = None
         if retryable:
             retry_at = now + min(self.cfg.retry_max_s, self.cfg.retry_min_s * 2.0**attempts)

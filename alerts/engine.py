@@ -512,9 +512,7 @@ class AlertEngine:
         else:  # thousands of alarms a day: the code given out longest ago
             code = min((c for c in map(str, range(1000, 10000)) if c not in used),
                        key=lambda c: self._codes.get(c, -math.inf))  # fmt: skip
-        self._codes[code] = now
-        if len(self._codes) > 20_000:
-            self._codes = {c: t for c, t in self._codes.items() if now - t <= CODE_REUSE_S}
+        self._codes[code] = now  # at most the 9,000 four-digit codes: nothing to prune
         return code
 
     def _record(self, alarm: Alarm, now: float) -> AlarmEvent:

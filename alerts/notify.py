@@ -32,6 +32,7 @@ __all__ = [
     "DeliveryReport",
     "OutboxNotifier",
     "HttpSmsNotifier",
+    "reaches_phone",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class Notifier(Protocol):
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
         """Hand one SMS (one part) to the network. `key` is unique per part: an idempotency key."""
         ...
+
+
+def reaches_phone(n: object) -> bool:
+    """Whether a notifier delivers to a phone (`reaches_phone = False` says it does not: the
+    outbox, a test's recorder standing in for it)."""
+    return bool(getattr(n, "reaches_phone", True))
 
 
 @runtime_checkable

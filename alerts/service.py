@@ -29,7 +29,7 @@ import paho.mqtt.client as paho
 
 from alerts.dispatch import Dispatcher, build_notifiers
 from alerts.engine import AlertEngine
-from alerts.notify import Notifier
+from alerts.notify import Notifier, reaches_phone
 from alerts.store import AlertStore
 from alerts.watchdog import SITE_QUIET, SiteWatch
 from nabz import contract
@@ -105,7 +105,7 @@ class AlertService:
         self.engine = AlertEngine(config, self.store, now=clock())
         notifiers = notifiers or build_notifiers(config)
         if (
-            any(getattr(n, "reaches_phone", True) for n in notifiers)
+            any(reaches_phone(n) for n in notifiers)
             and not config.oncall.people
             and tuple(config.alerts.on_call) == DEMO_ON_CALL
         ):

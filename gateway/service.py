@@ -34,7 +34,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from alerts.notify import Notifier
+from alerts.notify import Notifier, reaches_phone
 from alerts.oncall import Schedule
 from firmware import nabz_codec as codec
 from gateway.deadman import (
@@ -112,7 +112,7 @@ class Gateway:
         self.mono: Clock = monotonic or (time.monotonic if clock is time.time else clock)
         dm = config.gateway.deadman
         texter = deadman_sender.notifier if deadman_sender is not None else deadman_notifier
-        texting = getattr(texter, "reaches_phone", True) if texter is not None else dm.modem
+        texting = reaches_phone(texter) if texter is not None else dm.modem
         self._schedule: Schedule | None = None
         if texting:  # before anything is opened: a gateway that would text nobody does not start
             self._schedule, to = deadman_schedule(dm.phones, config.oncall, config.alerts.on_call, clock())
