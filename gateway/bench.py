@@ -3,7 +3,10 @@
 Real processes throughout: a mosquitto broker, a virtual radio with four wearables (two patients:
 ECG patch 250 Hz + pulse oximeter 2 x 100 Hz) in one process (`python -m hardware.ble_peripherals`),
 and `nabz gateway run --transport ble` in another, reaching the radio through bumble's HCI over TCP
-as it would a USB dongle. Measured on the gateway process only (psutil):
+as it would a USB dongle. A subscriber in this process stands in for ingest (a persistent MQTT v5
+session on a broker that keeps its sessions across the outage, as deployed): a reading nobody
+subscribes to would be held back by the gateway (gateway.hold), not delivered. Measured on the
+gateway process only (psutil):
 
 - `rss_mb`: resident memory at the end of the live phase (and `rss_max_mb` over it);
 - `cpu_percent`: CPU time over wall time during the live phase, in percent of one core;
@@ -51,8 +54,9 @@ class _Broker:
         self.port = _free_port()
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nmax_queued_messages 1000000\nmax_inflight_messages 0\n"
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -62,9 +66,29 @@ class _Broker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
+            self.proc.terminate()  # it saves its sessions on the way out
             self.proc.wait(10)
             self.proc = None
+
+
+def _ingest_stand_in(port: int) -> Any:
+    """A persistent subscriber to every reading that does nothing with them (paho reconnects it)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from nabz import contract
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-ingest", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.subscribe(f"$share/bench/{contract.READINGS_FILTER}", qos=1)
+    client.loop_start()
+    return client
 
 
 def _wait_port(port: int, timeout_s: float = 15.0) -> None:
@@ -115,6 +139,7 @@ def run_bench(live_s: float = 30.0, outage_s: float = 60.0, transport: str = "bl
     work = Path(tempfile.mkdtemp(prefix="nabz-bench-gateway-"))
     broker = _Broker(work)
     broker.start()
+    ingest = _ingest_stand_in(broker.port)
     procs: list[subprocess.Popen[bytes]] = []
     spool = work / "spool.sqlite"
     ids = ["ecg-0001", "oxi-0001", "ecg-0002", "oxi-0002"]
@@ -213,6 +238,8 @@ def run_bench(live_s: float = 30.0, outage_s: float = 60.0, transport: str = "bl
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        ingest.loop_stop()
+        ingest.disconnect()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -182,6 +182,9 @@ def _status(args: argparse.Namespace) -> int:
     lost = [h["device"] for h in status.get("health", []) if h.get("state") == "lost"]
     if lost:
         problems.append(f"lost: {', '.join(lost)}")
+    held = status.get("held", [])
+    if held:
+        problems.append(f"nobody on the server takes the readings of {', '.join(held)} (not enrolled?): kept")
     report = {
         "ok": not problems,
         "problems": problems,

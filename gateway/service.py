@@ -11,9 +11,12 @@ Rules of this file:
   is dropped, a jump in sequence numbers becomes a RESEND request to the device, and frames that
   never come back are counted and reported. The tracker's state and the transport's checkpoint are
   stored in the same transaction as the readings they describe.
+- A reading the broker acknowledges with "No matching subscribers" (nobody on the server takes
+  that device's readings yet: not enrolled, or ingest not subscribed) stays in the spool, and
+  the device's later readings are held back with it until a probe is taken (gateway.hold).
 - The status (retained) is published at birth, every `status_interval_s`, and at once when
   something a person must know happens: a device lost or found, an unrecoverable gap, a spool
-  overflow, a message the broker refused.
+  overflow, a message the broker refused, a device whose readings nobody takes.
 - The gateway watches the server's heartbeats (gateway.deadman): silent too long, it logs an
   error and, with a modem (`gateway.deadman.modem`), texts the on-call numbers itself. Whom it
   would text is checked before anything starts (nobody, or the demo's placeholder number, is a
@@ -48,6 +51,7 @@ from gateway.deadman import (
 )
 from gateway.decode import Decoder, Notification, normalize_uuid, utc_from_us
 from gateway.gaps import Expired, GapTracker, Verdict
+from gateway.hold import NO_MATCHING_SUBSCRIBERS, Holds
 from gateway.spool import Spool, SpooledMessage
 from gateway.transport import LinkHealth, Transport
 from nabz import contract
@@ -83,6 +87,7 @@ class GatewayStats:
     resent_frames: int = 0  # missing frames the devices sent again (all time)
     gap_frames: int = 0  # missing frames that never came back (all time)
     refused: int = 0  # messages the broker refused (this process)
+    held: tuple[str, ...] = ()  # devices whose readings nobody on the server takes yet (kept)
 
 
 class Gateway:
@@ -131,10 +136,14 @@ class Gateway:
         self.status_topic = contract.status_topic(self.site, self.id)
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
+        self._inflight_device: dict[int, str | None] = {}  # paho mid -> the reading's device
+        self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
         self._sent_upto = 0  # highest spool seq handed to paho by this process
         # Rows the broker refused (a quota, an ACL being fixed) stay in the spool behind
-        # `_sent_upto`: once `_retry_due` comes, a round sends again every row up to where the
-        # spool stood (`_retry_end`) that is not in flight, from `_retry_from` on. No state per row.
+        # `_sent_upto`: once `_retry_due` comes (monotonic), a round sends again every row up to
+        # where the spool stood (`_retry_end`) that is not in flight and not held, from
+        # `_retry_from` on. No state per row. Rows held back (gateway.hold) go the same way once
+        # their device's readings are taken: a round at once.
         self._retry_wait = _RETRY_FIRST_S  # doubles while refusals go on, back when one is accepted
         self._retry_due: float | None = None
         self._retry_from: int | None = None
@@ -187,7 +196,8 @@ class Gateway:
             log.warning("gateway %s disconnected (%s); the spool keeps everything", self.id, reason)
 
     def _on_publish(self, _c: paho.Client, _u: object, mid: int, reason: object, _p: object) -> None:
-        self._events.put(("ack", (mid, reason_ok(reason), str(reason))))
+        nobody = getattr(reason, "value", None) == NO_MATCHING_SUBSCRIBERS
+        self._events.put(("ack", (mid, reason_ok(reason), str(reason), nobody)))
 
     def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
         self._events.put(("heartbeat", (m.topic, bytes(m.payload))))
@@ -276,6 +286,7 @@ class Gateway:
             resent_frames=resent,
             gap_frames=gap_frames,
             refused=self._refused,
+            held=tuple(sorted(self.holds.devices)),
         )
 
     def status(self) -> GatewayStatus:
@@ -293,6 +304,7 @@ class Gateway:
             spool_dropped_readings=self.spool.counter("dropped_readings"),
             refused=self._refused,
             dead_letters=self.spool.counter("dead_letters"),
+            held=sorted(self.holds.devices),
             health=[self._health(d, links.get(d)) for d in self.transport.devices],
         )
 
@@ -502,20 +514,25 @@ class Gateway:
                         published = self.spool.counter("published_readings")
                         self._backlog = (self.clock(), self.spool.depth, published)
             elif kind == "ack":
-                mid, ok, reason = value
+                mid, ok, reason, nobody = value
                 seq = self._inflight.pop(mid, None)
+                device = self._inflight_device.pop(mid, None)
                 if seq is None:
                     continue
-                if ok:
+                if ok and nobody and device is not None:  # dropped by the broker: kept here
+                    self._untaken(device, seq)
+                elif ok:
                     acked.append(seq)
                     self._retry_wait = _RETRY_FIRST_S  # the broker takes messages again
+                    if self.holds and self.holds.taken(device) is not None:
+                        self._release(device)
                 else:
                     # Refused (not authorised, a quota): kept in the spool and sent again after a
                     # minute, then 2, 4 ... 15 at most (not in a tight loop), and reported.
                     self._refused += 1
                     self._status_now = True
                     if self._retry_due is None:  # (during a round: another after it, from the start)
-                        self._retry_due = self.clock() + self._retry_wait
+                        self._retry_due = self.mono() + self._retry_wait
                         self._retry_wait = min(2 * self._retry_wait, _RETRY_MAX_S)
                     self._refusals_unlogged += 1
                     if time.monotonic() - self._refusals_logged_at >= 60.0:  # one line a minute at most
@@ -524,13 +541,59 @@ class Gateway:
                             "gateway %s: broker refused %d message(s) (the last: spool seq %d): %s; "
                             "sending them again in %.0f s",
                             self.id, self._refusals_unlogged, seq, reason,
-                            max(0.0, (self._retry_due or self.clock()) - self.clock()),
+                            max(0.0, (self._retry_due or self.mono()) - self.mono()),
                         )  # fmt: skip
                         self._refusals_unlogged = 0
         self.spool.ack(acked)
         if self._backlog is not None and self.spool.depth <= self.config.gateway.max_inflight // 2:
             self._drained()
         return n
+
+    def _untaken(self, device: str, seq: int) -> None:
+        if self.holds.untaken(device, seq, self.mono()):
+            self._status_now = True
+            log.warning(
+                "gateway %s: nobody on the server takes %s's readings (not enrolled yet, or ingest "
+                "not subscribed): keeping them in the spool and asking again every %.0f s at most",
+                self.id, device, self.holds.max_s,
+            )  # fmt: skip
+
+    def _release(self, device: str | None) -> None:
+        """A held device's readings are taken again: a round sends what was held, at once."""
+        self._status_now = True
+        now = self.mono()
+        if self._retry_due is None or self._retry_due > now:
+            self._retry_due = now
+        log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
+
+    def _probe(self, room: int) -> int:
+        """Send each held device whose time has come its oldest held reading again."""
+        sent = 0
+        now = self.mono()
+        for device, first in self.holds.probes(now):
+            if sent >= room:
+                break
+            prefix = contract.reading_topic(self.site, self.id, device, "")
+            row = self.spool.first_with_prefix(prefix, first)
+            if row is None:
+                self.holds.forget(device)  # nothing of it left (the overflow policy dropped it)
+                self._status_now = True
+                continue
+            if row.seq in self._inflight.values() or not self._send(row, device):
+                self.holds.lost_probe(device, now)
+                continue
+            self.holds.probing(device, row.seq)
+            sent += 1
+        return sent
+
+    def _send(self, msg: SpooledMessage, device: str | None) -> bool:
+        info = self.client.publish(msg.topic, msg.payload, qos=1)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # not queued by paho
+            log.warning("gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc)
+            return False
+        self._inflight[info.mid] = msg.seq
+        self._inflight_device[info.mid] = device
+        return True
 
     def _drained(self) -> None:
         assert self._backlog is not None
@@ -549,7 +612,9 @@ class Gateway:
         room = self.config.gateway.max_inflight - len(self._inflight)
         if room <= 0:
             return 0
-        if self._retry_due is not None and self.clock() >= self._retry_due:
+        if self.holds:
+            room -= self._probe(room)
+        if self._retry_due is not None and self.mono() >= self._retry_due:
             self._retry_due, self._retry_from, self._retry_end = None, 0, self._sent_upto
         batch: list[SpooledMessage] = []
         if self._retry_from is not None:  # a round of sending refused rows again
@@ -565,15 +630,15 @@ class Gateway:
             batch += self.spool.peek(self._sent_upto, room - len(batch))
         sent = 0
         for msg in batch:
-            info = self.client.publish(msg.topic, msg.payload, qos=1)
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # not queued by paho
-                log.warning(
-                    "gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc
-                )
+            reading = contract.parse_reading_topic(msg.topic)
+            device = reading.device if reading is not None else None
+            if self.holds.held(device):  # stays in the spool, behind `_sent_upto`, until released
+                self._sent_upto = max(self._sent_upto, msg.seq)
+                continue
+            if not self._send(msg, device):
                 if msg.seq <= self._sent_upto and self._retry_due is None:  # the rest of a round
-                    self._retry_due, self._retry_from = self.clock() + 1.0, None
+                    self._retry_due, self._retry_from = self.mono() + 1.0, None
                 break
-            self._inflight[info.mid] = msg.seq
             self._sent_upto = max(self._sent_upto, msg.seq)
             sent += 1
         return sent

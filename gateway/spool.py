@@ -298,6 +298,15 @@ class Spool:
         ).fetchall()
         return [SpooledMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4])) for r in rows]
 
+    def first_with_prefix(self, prefix: str, from_seq: int) -> SpooledMessage | None:
+        """The oldest row from seq `from_seq` on whose topic starts with `prefix`."""
+        row = self.db.execute(
+            "SELECT seq, id, topic, payload, readings FROM spool WHERE seq >= ? AND substr(topic, 1, ?) = ? "
+            "ORDER BY seq LIMIT 1",
+            (from_seq, len(prefix), prefix),
+        ).fetchone()
+        return SpooledMessage(int(row[0]), row[1], row[2], bytes(row[3]), int(row[4])) if row else None
+
     def ack(self, seqs: list[int]) -> int:
         """Delete acknowledged rows; returns how many readings they held."""
         if not seqs:

@@ -234,6 +234,9 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     spool_dropped_readings: int | None = None  # dropped by the overflow policy, all time
     refused: int | None = None  # messages the broker refused (e.g. not authorised), kept in the spool
     dead_letters: int | None = None  # frames the gateway could not decode, all time
+    # devices whose readings nobody on the server takes yet (the broker answered "No matching
+    # subscribers": not enrolled, or ingest not subscribed); kept in the spool (gateway.hold)
+    held: list[str] = []
     health: list[DeviceHealth] = []
 
 

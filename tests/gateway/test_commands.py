@@ -67,6 +67,7 @@ def test_status_shows_spool_and_devices_while_running_and_says_when_the_broker_i
 ) -> None:
     cfg_file = _config(tmp_path, mosquitto.url)
     gw = Gateway(load(cfg_file, environ={}), VirtualTransport(make_patients(1, 8)[0].devices))
+    server = Collector("127.0.0.1", mosquitto.port)  # stands in for ingest: the readings are taken
     with running(gw):
         time.sleep(2.5)
         ok = _nabz("gateway", "status", "--config", str(cfg_file), "--json")
@@ -76,6 +77,7 @@ def test_status_shows_spool_and_devices_while_running_and_says_when_the_broker_i
         away = _nabz("gateway", "status", "--config", str(cfg_file), "--json")
         mosquitto.start()
     gw.stop()
+    server.close()
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report = json.loads(ok.stdout)
     assert report["ok"] and report["spool"]["published_readings"] > 500
