@@ -4,6 +4,10 @@ Rules of this file:
 - bleak is asyncio; the gateway is not. This transport runs its own event loop on a thread (or
   the loop it is given) and only moves bytes: notification callbacks append to a queue that
   `poll` drains on the gateway's thread, stamped with the gateway's clock when they arrived.
+- Two clocks: the wall clock (`clock`) dates what goes out (notifications, link events, the
+  status's `since`); the ladder's waits and durations run on the monotonic one (`mono`), so an
+  NTP step of a Pi's wall clock neither reports a wearable lost (forward) nor delays a real loss
+  and the retries (back) by the size of the step.
 - Allowlist: only enrolled devices (by address or advertised name) are connected to. One
   scanner runs while any enrolled device is away; it pauses while a connection is being made
   (many controllers and BlueZ behave badly when scanning and connecting at once), and connection
@@ -122,9 +126,12 @@ class BleTransport(Transport):
         reset_after_failures: int = 3,
         lost_after_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        """`clock` is the wall clock (timestamps); `monotonic` measures the ladder's durations
+        (default: time.monotonic, or `clock` itself when a simulated one is given)."""
         if not devices:
             raise TransportError(
                 "BLE transport: no enrolled devices ([[gateway.devices]] in the configuration)"
@@ -140,6 +147,7 @@ class BleTransport(Transport):
         self.mtu = mtu
         self.connect_timeout_s = connect_timeout_s
         self.clock = clock
+        self.mono: Callable[[], float] = monotonic or (time.monotonic if clock is time.time else clock)
         self._enrolled = list(devices)
         self._ladder_args = dict(
             min_s=retry_min_s, max_s=retry_max_s, reset_after=reset_after_failures, lost_after_s=lost_after_s
@@ -232,9 +240,10 @@ class BleTransport(Transport):
     async def _main(self) -> None:
         self._connect_lock = asyncio.Lock()
         self._radio_ready = asyncio.Event()
-        now = self.clock()
+        now, wall = self._now()
         for cfg in self._enrolled:
-            self._devices[cfg.id] = _Device(cfg, Ladder(now, rand=self._rand, **self._ladder_args))  # type: ignore[arg-type]
+            ladder = Ladder(now, rand=self._rand, wall=wall, **self._ladder_args)  # type: ignore[arg-type]
+            self._devices[cfg.id] = _Device(cfg, ladder)
         self._tasks = [asyncio.create_task(self._run_device(d)) for d in self._devices.values()]
         self._reopening = asyncio.create_task(self._open_radio())
 
@@ -334,29 +343,29 @@ class BleTransport(Transport):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(dev.client.disconnect(), 10)
         dev.client = None
-        now = self.clock()
+        now, wall = self._now()
         if dev.ladder.state == "connecting" and dev.ladder.attempting:
-            await self._act(dev, dev.ladder.on_failed(now, why), now)
+            await self._act(dev, dev.ladder.on_failed(now, why, wall), wall)
         elif dev.ladder.state == "connected":
-            await self._act(dev, dev.ladder.on_disconnected(now, why), now)
-            self._event(dev.id, "disconnected", now, why)
+            await self._act(dev, dev.ladder.on_disconnected(now, why, wall), wall)
+            self._event(dev.id, "disconnected", wall, why)
 
     async def _round(self, dev: _Device) -> None:
         """Wait for the next attempt, connect, and stay until the link is lost."""
-        now = self.clock()
-        await self._act(dev, dev.ladder.tick(now), now)
+        now, wall = self._now()
+        await self._act(dev, dev.ladder.tick(now, wall), wall)
         if not dev.ladder.attempt_due(now):
             await asyncio.sleep(min(0.5, max(0.02, dev.ladder.next_attempt - now)))
             return
-        dev.ladder.on_attempt(now)
+        dev.ladder.on_attempt(now, wall)
         failure = await self._attempt(dev)
-        now = self.clock()
+        now, wall = self._now()
         if failure is not None:
             log.info("BLE: %s: connection attempt failed: %s", dev.id, failure)
-            await self._act(dev, dev.ladder.on_failed(now, failure), now)
+            await self._act(dev, dev.ladder.on_failed(now, failure, wall), wall)
             return
-        await self._act(dev, dev.ladder.on_connected(now), now)
-        self._event(dev.id, "connected", now, f"MTU {dev.mtu}")
+        await self._act(dev, dev.ladder.on_connected(now, wall), wall)
+        self._event(dev.id, "connected", wall, f"MTU {dev.mtu}")
         log.info(
             "BLE: %s connected (%s, firmware %s), MTU %s, subscribed to %s",
             dev.id,
@@ -369,14 +378,14 @@ class BleTransport(Transport):
             # The link becomes stable (the device counts as back, found if it was lost) only by
             # staying up: tell the ladder when that time comes, unless the link drops first.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(dev.gone.wait(), min(1.0, max(0.02, stable_at - self.clock())))
-            now = self.clock()
-            await self._act(dev, dev.ladder.tick(now), now)
+                await asyncio.wait_for(dev.gone.wait(), min(1.0, max(0.02, stable_at - self.mono())))
+            now, wall = self._now()
+            await self._act(dev, dev.ladder.tick(now, wall), wall)
         await dev.gone.wait()
-        now = self.clock()
+        now, wall = self._now()
         dev.client = None
-        await self._act(dev, dev.ladder.on_disconnected(now, "link lost"), now)
-        self._event(dev.id, "disconnected", now, "link lost")
+        await self._act(dev, dev.ladder.on_disconnected(now, "link lost", wall), wall)
+        self._event(dev.id, "disconnected", wall, "link lost")
         log.warning("BLE: %s disconnected; reconnecting", dev.id)
         await self._scan(True)
 
@@ -479,7 +488,11 @@ class BleTransport(Transport):
         except _FAILURES as exc:
             log.warning("BLE: %s: write to %s failed: %s", device, char, exc)
 
-    async def _act(self, dev: _Device, actions: list[Action], now: float) -> None:
+    def _now(self) -> tuple[float, float]:
+        """(monotonic, wall): the first for the ladder's durations, the second for what is reported."""
+        return self.mono(), self.clock()
+
+    async def _act(self, dev: _Device, actions: list[Action], wall: float) -> None:
         for action in actions:
             if action == "reset":
                 # Start over: a new client next time, the device must be seen advertising again,
@@ -497,10 +510,10 @@ class BleTransport(Transport):
                     "BLE: %s: %d failed attempts; reset its connection state", dev.id, dev.ladder.failures
                 )
             elif action == "report_lost":
-                self._event(dev.id, "lost", now, dev.ladder.last_reason)
+                self._event(dev.id, "lost", wall, dev.ladder.last_reason)
             elif action == "report_found":
-                self._event(dev.id, "found", now)
+                self._event(dev.id, "found", wall)
 
-    def _event(self, device: str, kind: str, now: float, detail: str = "") -> None:
+    def _event(self, device: str, kind: str, wall: float, detail: str = "") -> None:
         with self._events_lock:
-            self._events.append(LinkEvent(device, kind, int(now * 1_000_000), detail))  # type: ignore[arg-type]
+            self._events.append(LinkEvent(device, kind, int(wall * 1_000_000), detail))  # type: ignore[arg-type]

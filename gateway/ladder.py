@@ -1,9 +1,13 @@
 """The reconnect ladder of one device: when to try again, when to start over, when to say it is lost.
 
 Rules of this file:
-- Pure: no I/O, no clock, no randomness of its own. Every event takes `now` (seconds, the
-  gateway's clock) and the jitter comes from an injected `rand`. The BLE runner (gateway.ble)
-  performs what the returned actions say, and calls `tick` while the link is up as well as while
+- Pure: no I/O, no clock, no randomness of its own. Every event takes `now` (seconds on a
+  monotonic clock: every wait and duration is measured on it) and may take `wall` (the wall clock
+  at that moment, default `now`), which only dates `since`, the time reported outward. A Pi has no
+  real-time clock and NTP steps its wall clock, by hours at boot and sometimes back: measured on
+  it, a drop-out of a second would be hours long (a false "lost") and a real loss hours late. The
+  jitter comes from an injected `rand`. The runners (gateway.ble, gateway.serial_transport)
+  perform what the returned actions say, and call `tick` while the link is up as well as while
   it is down (stability and "found" are decided by time passing, not only by events).
 - The link state moves only along `TRANSITIONS` (a table, checked); the three rungs are:
   1. a failed connection attempt or a drop-out is retried after an exponential backoff with jitter;
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Literal
 
 from nabz.mqtt import Backoff
@@ -65,13 +69,19 @@ STABLE_AFTER_S = 15.0
 USEFUL_AFTER_S = 5.0
 
 
+def _dated(now: float, wall: float | None) -> float:
+    """The wall-clock time of an event at monotonic `now` (a caller on one clock gives no `wall`)."""
+    return now if wall is None else wall
+
+
 class LadderError(Exception):
     """An event that cannot happen in the current state (the runner called the ladder wrongly)."""
 
 
 @dataclass
 class Ladder:
-    """The reconnect ladder of one device. Times are seconds on the gateway's clock."""
+    """The reconnect ladder of one device. `now`, and every time it keeps but `since`, are seconds
+    on a monotonic clock; `since` is on the wall clock (`wall` at the start, default `now`)."""
 
     now: float
     min_s: float = 1.0
@@ -80,6 +90,7 @@ class Ladder:
     lost_after_s: float = 60.0
     rand: Callable[[], float] = field(default=random.random)
     stable_after_s: float = STABLE_AFTER_S
+    wall: InitVar[float | None] = None
 
     state: State = field(init=False, default="connecting")
     lost: bool = field(init=False, default=False)
@@ -91,9 +102,9 @@ class Ladder:
     connections: int = field(init=False, default=0)
     last_reason: str = field(init=False, default="")
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, wall: float | None) -> None:
         self.stable_after_s = min(self.stable_after_s, self.lost_after_s)
-        self.since = self.now  # when `link_state` last changed
+        self.since = _dated(self.now, wall)  # when `link_state` last changed (wall clock)
         self.down_since = self.now  # end of the last stable link (or the ladder's start)
         self.up_since = self.now  # start of the current connection (meaningful while connected)
         self.next_attempt = self.now
@@ -114,33 +125,33 @@ class Ladder:
         return self.up_since + self.stable_after_s if self.state == "connected" and not self.stable else None
 
     # --- what the runner tells -----------------------------------------------------------------
-    def on_attempt(self, now: float) -> None:
-        self._move("attempt", now)
+    def on_attempt(self, now: float, wall: float | None = None) -> None:
+        self._move("attempt", now, wall)
         self.attempting = True
 
-    def on_connected(self, now: float) -> list[Action]:
+    def on_connected(self, now: float, wall: float | None = None) -> list[Action]:
         """A connection is up (set up and subscribed). Not yet a return: see `tick`."""
-        self._move("connected", now)
+        self._move("connected", now, wall)
         self.attempting = False
         self.up_since = now
         self.stable = False
         self.connections += 1
         if self.connections > 1:
             self.reconnects += 1
-        return self.tick(now)
+        return self.tick(now, wall)
 
-    def on_failed(self, now: float, reason: str) -> list[Action]:
+    def on_failed(self, now: float, reason: str, wall: float | None = None) -> list[Action]:
         """A connection attempt failed (timeout, refused, discovery error...)."""
-        self._move("failed", now)
+        self._move("failed", now, wall)
         self.attempting = False
         self.last_reason = reason
-        return self._failure(now) + self.tick(now)
+        return self._failure(now) + self.tick(now, wall)
 
-    def on_disconnected(self, now: float, reason: str) -> list[Action]:
+    def on_disconnected(self, now: float, reason: str, wall: float | None = None) -> list[Action]:
         """An established connection dropped. After a stable link the first retry comes quickly
         (one jittered min_s); after a flap the backoff climbs as after a failed attempt."""
-        actions = self.tick(now)  # a link that had become stable by now counts as one
-        self._move("disconnected", now)
+        actions = self.tick(now, wall)  # a link that had become stable by now counts as one
+        self._move("disconnected", now, wall)
         self.last_reason = reason
         if self.stable:
             self.stable = False
@@ -152,9 +163,9 @@ class Ladder:
             self.next_attempt = now + self._backoff.delay(1)
         else:
             actions += self._failure(now)
-        return actions + self.tick(now)
+        return actions + self.tick(now, wall)
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float, wall: float | None = None) -> list[Action]:
         """Time passed: a link up `stable_after_s` is stable (the device is back, found if it had
         been lost); a device not connected `lost_after_s` after its last stable link is lost."""
         if self.state == "connected":
@@ -163,12 +174,12 @@ class Ladder:
                 self.failures = 0
                 if self.lost:
                     self.lost = False
-                    self.since = now
+                    self.since = _dated(now, wall)
                     return ["report_found"]
             return []
         if not self.lost and now - self.down_since >= self.lost_after_s:
             self.lost = True
-            self.since = now
+            self.since = _dated(now, wall)
             return ["report_lost"]
         return []
 
@@ -181,11 +192,11 @@ class Ladder:
         self.next_attempt = now + self._backoff.delay(self.failures)
         return actions
 
-    def _move(self, event: Event, now: float) -> None:
+    def _move(self, event: Event, now: float, wall: float | None) -> None:
         nxt = TRANSITIONS.get((self.state, event))
         if nxt is None:
             raise LadderError(f"event {event!r} cannot happen while {self.state!r}")
         shown = self.link_state
         self.state = nxt
         if self.link_state != shown:
-            self.since = now
+            self.since = _dated(now, wall)

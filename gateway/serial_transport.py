@@ -8,6 +8,9 @@ Rules of this file:
 - Bad lines are counted by reason, handed to the gateway's dead-letter table (`take_rejects`) and
   skipped; they are never fatal. A port that fails (a USB adapter pulled out) is reopened along the
   reconnect ladder (gateway.ladder) and never needs a restart.
+- Two clocks: the wall clock (`clock`) dates what goes out (receive times, link events, `since`);
+  silences and the ladder's waits are measured on the monotonic one (`mono`), so an NTP step of a
+  Pi's wall clock neither makes a streaming sensor lost nor keeps a closed port closed.
 - The link is judged by what comes over it, not by the port opening: it is reported lost once
   `lost_after_s` have passed without a valid line (an `N1` line of an enrolled device, or an `R1`)
   - a silent or hung sensor, the wrong device on the port, or the port gone - and found again
@@ -97,8 +100,9 @@ class SerialTransport(Transport):
         self.baudrate = baudrate
         self.allowlist = list(devices)
         self.clock = clock
-        # Silences are measured on this (default time.monotonic; the clock itself when a simulated
-        # one is given): an NTP step of the wall clock must not make a streaming sensor "lost".
+        # Silences and the reopening's pacing are measured on this (default time.monotonic; the
+        # clock itself when a simulated one is given): an NTP step of the wall clock must neither
+        # make a streaming sensor "lost" nor keep a closed port closed for the size of the step.
         self.mono: Callable[[], float] = monotonic or (time.monotonic if clock is time.time else clock)
         self.open_port = open_port
         self.link = SerialLink(replay_timeout_s=replay_timeout_s)
@@ -116,13 +120,19 @@ class SerialTransport(Transport):
         self._lock = threading.Lock()  # _chunks, _events, ladder, port and silence state
         self._write_lock = threading.Lock()
         self._ladder = Ladder(
-            clock(), min_s=retry_min_s, max_s=retry_max_s, reset_after=3, lost_after_s=lost_after_s, rand=rand
+            self.mono(),
+            min_s=retry_min_s,
+            max_s=retry_max_s,
+            reset_after=3,
+            lost_after_s=lost_after_s,
+            rand=rand,
+            wall=clock(),
         )
         self.lost_after_s = lost_after_s
         self._heard_at = self.mono()  # the last valid line (or the start), monotonic
         self._lost = False
         self._lost_reason = ""
-        self._since = self._ladder.now  # when lost or found was last reported
+        self._since = self._ladder.since  # when lost or found was last reported (wall clock)
         self._port: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -285,15 +295,15 @@ class SerialTransport(Transport):
     # --- reader thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = self.clock()
+            now, wall = self.mono(), self.clock()
             with self._lock:
-                for action in self._ladder.tick(now):
-                    self._event(action, now)
+                for action in self._ladder.tick(now, wall):
+                    self._event(action)
                 due = self._port is None and self._ladder.attempt_due(now)
                 if due:
-                    self._ladder.on_attempt(now)
+                    self._ladder.on_attempt(now, wall)
             if due:
-                self._try_open(now)
+                self._try_open(now, wall)
             port = self._port
             if port is None:
                 self._stop.wait(0.05)
@@ -311,30 +321,31 @@ class SerialTransport(Transport):
                     self._chunks.append((self._generation, int(self.clock() * 1_000_000), self.mono(), data))
                     self._buffered += len(data)
 
-    def _try_open(self, now: float) -> None:
+    def _try_open(self, now: float, wall: float) -> None:
+        """Open the port (the ladder said it is time; `now` monotonic, `wall` the wall clock)."""
         try:
             port = self.open_port(self.port_name, self.baudrate)
         except (serial.SerialException, OSError, ValueError) as exc:
             with self._lock:
-                for action in self._ladder.on_failed(now, str(exc)):
-                    self._event(action, now)
+                for action in self._ladder.on_failed(now, str(exc), wall):
+                    self._event(action)
             log.warning("serial %s: cannot open: %s", self.port_name, exc)
             return
         with self._lock:
             self._port = port
             self._generation += 1
-            for action in self._ladder.on_connected(now):
-                self._event(action, now)
-            self._events.extend(LinkEvent(d, "connected", int(now * 1e6)) for d in self.devices)
+            for action in self._ladder.on_connected(now, wall):
+                self._event(action)
+            self._events.extend(LinkEvent(d, "connected", int(wall * 1e6)) for d in self.devices)
         log.info("serial %s: open at %d baud", self.port_name, self.baudrate)
 
     def _lost_port(self, reason: str) -> None:
-        now = self.clock()
+        now, wall = self.mono(), self.clock()
         self._close()
         with self._lock:
-            for action in self._ladder.on_disconnected(now, reason):
-                self._event(action, now)
-            self._events.extend(LinkEvent(d, "disconnected", int(now * 1e6), reason) for d in self.devices)
+            for action in self._ladder.on_disconnected(now, reason, wall):
+                self._event(action)
+            self._events.extend(LinkEvent(d, "disconnected", int(wall * 1e6), reason) for d in self.devices)
         log.warning("serial %s: port failed (%s); reopening", self.port_name, reason)
 
     def _close(self) -> None:
@@ -345,7 +356,7 @@ class SerialTransport(Transport):
             except (serial.SerialException, OSError):
                 pass
 
-    def _event(self, action: str, now: float) -> None:
+    def _event(self, action: str) -> None:
         # The ladder only paces the reopening of the port. Lost and found are decided by the lines
         # (`_check_silence`, `_heard`): a port that opens is not yet a sensor that talks, and one
         # closed for `lost_after_s` has been silent at least that long.

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -407,3 +407,94 @@ def test_after_an_unexpected_error_the_ladder_is_moved_on_by_the_state_it_is_in(
     dev.ladder.on_attempt(1.0)
     asyncio.run(t._recover(dev, "during an attempt"))  # noqa: SLF001
     assert dev.ladder.state == "reconnecting" and dev.ladder.failures == 1
+
+
+# --- an NTP step of the wall clock (a Pi has no real-time clock) ---------------------------------
+_LOST_AFTER_S = 5.0  # and so stable after 5 s too; the wearable is away shorter than that
+
+
+class _SteppedWall:
+    """The wall clock of a Pi whose NTP daemon steps it: real time plus an offset the test sets."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_s
+
+
+def _until(cond: Callable[[], bool], timeout_s: float, what: Callable[[], object]) -> float:
+    """Wait (the radio runs in real time) until `cond()`; returns how long it took."""
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout_s, what()
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _stepped_transport(radio: VirtualRadio, p: NabzPeripheral, wall: _SteppedWall) -> BleTransport:
+    return BleTransport(
+        [EnrolledDevice(id=p.device_id, address=p.address)],
+        backend="bumble", link=radio.link, loop=radio.loop, connect_timeout_s=1.0, retry_min_s=0.2,
+        retry_max_s=1.0, reset_after_failures=3, lost_after_s=_LOST_AFTER_S, clock=wall,
+        monotonic=time.monotonic,
+    )  # fmt: skip
+
+
+def _stable_then_away(radio: VirtualRadio, transport: BleTransport, p: NabzPeripheral) -> None:
+    """Connect, hold the link until it is stable, then lose it: reconnecting."""
+    _until(lambda: _state(transport, p) == "connected", 20, lambda: transport.health(0))
+    time.sleep(_LOST_AFTER_S + 0.5)
+    radio.leave(p)
+    _until(lambda: _state(transport, p) == "reconnecting", 5, lambda: transport.health(0))
+
+
+def _state(transport: BleTransport, p: NabzPeripheral) -> str:
+    return transport.health(0)[p.device_id].state
+
+
+def test_an_ntp_step_forward_during_a_drop_out_does_not_report_the_wearable_lost(radio: VirtualRadio) -> None:
+    """A Pi's clock set 2 hours forward by NTP while a wearable was out of range for a second:
+    measured on the wall clock, its absence had lasted 2 hours, it was reported lost at once and
+    the server raised device_offline to the nurses for a wearable that came straight back."""
+    p = radio.add_wearables([make_patients(1, seed=26)[0].devices[0]])[0]
+    wall = _SteppedWall()
+    transport = _stepped_transport(radio, p, wall)
+    transport.start(0)
+    try:
+        _stable_then_away(radio, transport, p)
+        wall.offset_s += 2 * 3600  # NTP steps the clock
+        time.sleep(1.0)  # retries go on meanwhile (and find it away)
+        radio.come_back(p)
+        _until(lambda: _state(transport, p) == "connected", 10, lambda: transport.health(0))
+        time.sleep(0.5)
+        events = [(e.kind, e.at_us) for e in transport.take_events()]
+        assert [k for k, _ in events] == ["connected", "disconnected", "connected"], events
+        # What goes out stays on the wall clock: the new connection is dated after the step.
+        assert events[2][1] / 1e6 > time.time() + 2 * 3600 - 10
+        assert transport.health(0)[p.device_id].since_us == events[2][1]
+    finally:
+        transport.stop()
+
+
+def test_a_real_loss_is_reported_on_time_and_retried_despite_an_ntp_step_back(radio: VirtualRadio) -> None:
+    """NTP stepping a Pi's clock back an hour just after a wearable went away: measured on the
+    wall clock, it was reported lost an hour late, and its retries waited an hour as well."""
+    p = radio.add_wearables([make_patients(1, seed=27)[0].devices[0]])[0]
+    wall = _SteppedWall()
+    transport = _stepped_transport(radio, p, wall)
+    transport.start(0)
+    try:
+        _stable_then_away(radio, transport, p)
+        wall.offset_s -= 3600
+        took = _until(lambda: _state(transport, p) == "lost", 10, lambda: "not reported lost")
+        assert took < _LOST_AFTER_S + 2.0  # plus an attempt of the ladder (1 s) and a margin
+        lost = [e for e in transport.take_events() if e.kind == "lost"]
+        assert len(lost) == 1
+        assert abs(lost[0].at_us / 1e6 - (time.time() - 3600)) < 5  # dated on the wall clock
+        radio.come_back(p)
+        _until(lambda: p.connected, 5, lambda: "not retried")  # shown lost until the link holds
+        _until(lambda: _state(transport, p) == "connected", _LOST_AFTER_S + 3, lambda: "not found")
+        assert [e.kind for e in transport.take_events()] == ["connected", "found"]
+    finally:
+        transport.stop()

@@ -169,3 +169,19 @@ def test_a_lost_device_that_flaps_stays_lost_instead_of_raising_and_clearing_its
         shown.append(lad.link_state)
         now += 8.0
     assert set(shown) == {"lost"}
+
+
+def test_durations_follow_the_monotonic_now_and_since_the_wall_clock_whatever_ntp_does_to_it() -> None:
+    """The runner gives each event the monotonic time (`now`) and the wall clock (`wall`): a step
+    of the wall clock (2 h forward, then 1 h back) moves neither a wait nor lost; only `since`,
+    which is reported, follows the wall clock."""
+    lad = _ladder(0.0, wall=1_000.0)
+    assert lad.since == 1_000.0
+    lad.on_attempt(0.0, wall=1_000.0)
+    lad.on_connected(1.0, wall=1_001.0)
+    assert lad.tick(16.0, wall=1_016.0 + 7200) == []  # stable, nothing to report
+    assert lad.on_disconnected(100.0, "supervision timeout", wall=8_300.0) == []
+    assert lad.since == 8_300.0 and lad.next_attempt == 101.0  # one jittered min_s, monotonic
+    assert lad.tick(159.9, wall=8_359.9 + 7200) == []  # a forward step: not lost
+    assert lad.tick(160.0, wall=8_360.0 - 3600) == ["report_lost"]  # a step back: lost on time
+    assert lad.since == 4_760.0

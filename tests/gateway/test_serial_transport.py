@@ -286,6 +286,30 @@ def test_a_wall_clock_step_neither_loses_a_streaming_sensor_nor_delays_a_real_lo
         tr.stop()
 
 
+def test_a_closed_port_is_reopened_on_time_despite_a_wall_clock_step_back() -> None:
+    """The reopening of a failed port was paced on the wall clock: NTP stepping a Pi's clock back
+    an hour while the adapter was out kept the port closed an hour - the sensor "lost" the while -
+    although the adapter was back within a second."""
+    wall, mono, first, second, opened = Clock(1_800_000_000.0), Clock(50.0), FakePort(), FakePort(), []
+    tr = _transport(wall, [first, second], opened, mono)
+    tr.start(0)
+    try:
+        _until(lambda: bool(opened), "port opened")
+        first.incoming.put(serial.SerialException("device disconnected"))
+        _until(lambda: tr.health(0)["ecg-0001"].state == "reconnecting", "port failed")
+        wall.t -= 3600.0  # the step
+        mono.t += 1.0  # the ladder's first retry is due (within retry_min_s)
+        _until(lambda: len(opened) == 2, "port not reopened a second after it failed")
+        second.incoming.put(_line(0))
+        assert [n.data for n in _drain(tr, notes=1)[0]] == [bytes([0, 60])]
+        events = [(e.kind, e.at_us) for e in tr.take_events()]
+        assert [k for k, _ in events] == ["connected", "disconnected", "connected"]
+        assert events[2][1] == 1_799_996_400_000_000  # reported on the wall clock, as it now reads
+        assert tr.health(0)["ecg-0001"].state == "connected"
+    finally:
+        tr.stop()
+
+
 def test_a_port_that_never_delivers_a_valid_line_is_lost_after_lost_after_s_from_the_start() -> None:
     clock, port, opened = Clock(1000.0), FakePort(), []
     tr = _transport(clock, [port], opened)
