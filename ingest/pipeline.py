@@ -281,14 +281,23 @@ class IngestCore:
         ]
 
     def _late(self, a: _Accepted) -> bool:
-        """A waveform far behind what its processor has seen (hours-late spool data): store only."""
+        """A waveform far behind what its processor has seen and far behind ingest's clock
+        (hours-late spool data): store only. One far behind its processor but current by
+        ingest's clock is live: the device's times were ahead (a gateway clock stepped back,
+        e.g. by NTP), and its processor starts a new session on it rather than stop analysing
+        the device until the clock has caught up (which took the whole step: minutes without
+        an ECG-derived asystole alarm, until 2026-11-27)."""
         if not isinstance(a.reading, EcgReading | PpgReading):
             return False
         key = (a.reading.device, a.stream)
         t = a.t
         newest = self._newest.get(key)
         if newest is not None and t < newest - LATE_DSP_S:
-            return True
+            now = a.msg.received_at
+            if not now or t < now - LATE_DSP_S:
+                return True
+            self._newest[key] = t  # the times it had were wrong
+            return False
         self._newest[key] = t if newest is None else max(newest, t)
         return False
 

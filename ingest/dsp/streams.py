@@ -7,9 +7,16 @@ Rules of this file:
   chunks are split at emission boundaries, and the detector is itself chunk-invariant.
 - Timeline: a chunk that starts within ``gap_tolerance_s`` of where the previous one ended
   continues the stream (its ``t0`` re-anchors the clock, so device clock drift never builds up).
-  A later start is missing data: the state is reset and the processor warms up again rather than
-  splice signal across the hole. An earlier start is a resend (MQTT QoS 1 delivers duplicates):
-  the samples already seen are dropped. A start more than 60 s early is a new session: reset.
+  A later start is missing data. A hole of up to `BRIDGE_S` (a BLE drop-out, whose frames the
+  gateway asks the wearable for again and publishes after the live ones that followed) is
+  bridged: a straight line from the last sample to the next stands in for it, no beat is found
+  in it, no vitals are emitted inside it, an RR interval across it is not one (HRV and AF never
+  see it), and a pause across it counts only the time outside it (a pause is never made up of
+  samples nobody saw, and one that spans a drop-out is not forgotten either). The frames that
+  fill the hole arrive after it was bridged and are dropped as seen. A longer hole resets the
+  state, and the processor warms up again rather than splice signal across it. An earlier start
+  is a resend (MQTT QoS 1 delivers duplicates): the samples already seen are dropped. A start
+  more than 60 s early is a new session: reset.
 """
 
 from __future__ import annotations
@@ -20,15 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .ecg import _rate_and_pause, _sqi_core
+from .ecg import _MAX_INTERVALS, _MIN_INTERVALS, _rate_and_pause, _sqi_core
 from .hrv import Hrv, af_score, hrv_time_domain
 from .ppg import Calibration, _check_calibration, ppg_process_many
 from .qrs import EcgPeakStream
 from .resp import ecg_resp_rate
 
-__all__ = ["EcgVitals", "EcgProcessor", "PpgVitals", "PpgProcessor", "PpgWindow", "analyse_many"]
+__all__ = ["EcgVitals", "EcgProcessor", "PpgVitals", "PpgProcessor", "PpgWindow", "analyse_many", "BRIDGE_S"]
 
 _NEW_SESSION_S = 60.0
+# The longest hole bridged rather than reset: the gateway's default `resend_timeout_s`, after
+# which a drop-out's frames that did not come back are a gap for good (docs/gateway.md).
+BRIDGE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,23 +81,33 @@ class _Timeline:
     def time_of(self, index: int) -> float:
         return self._t_ref + (index - self._n_ref) / self.fs
 
-    def place(self, t0: float, size: int) -> tuple[bool, int]:
-        """Where a chunk goes: (reset first?, samples to skip at its start)."""
+    def place(self, t0: float, size: int) -> tuple[bool, int, int]:
+        """Where a chunk goes: (reset first?, samples to skip at its start, samples of a hole
+        to bridge before it)."""
         if self.n == 0:
             self._t_ref, self._n_ref = t0, 0
-            return False, 0
+            return False, 0, 0
         delta = t0 - self.time_of(self.n)
         if abs(delta) <= self.tolerance_s:
             self._t_ref, self._n_ref = t0, self.n
-            return False, 0
+            return False, 0, 0
+        if 0 < delta <= BRIDGE_S:
+            hole = round(delta * self.fs)
+            self._t_ref, self._n_ref = t0, self.n + hole
+            return False, 0, hole
         if delta > 0 or -delta > _NEW_SESSION_S:
             self.n = 0
             self._t_ref, self._n_ref = t0, 0
-            return True, 0
+            return True, 0, 0
         skip = round(-delta * self.fs)
         if skip < size:
             self._t_ref, self._n_ref = t0 + skip / self.fs, self.n
-        return False, skip
+        return False, skip, 0
+
+
+def _line(first: float, last: float, n: int) -> npt.NDArray[np.float64]:
+    """`n` samples on the straight line strictly between `first` and `last`."""
+    return np.linspace(first, last, n + 2)[1:-1]
 
 
 class EcgProcessor:
@@ -143,6 +163,7 @@ class EcgProcessor:
         self._qrs_half = max(1, round(0.06 * self._fs))
         self._peaks: list[int] = []
         self._last_peak: int | None = None
+        self._holes: list[tuple[int, int]] = []  # bridged holes [from, to) in samples, oldest first
         self._new_rr: list[float] = []
         # RR history for HRV and AF suspicion: the last 64 intervals (about a minute at 60 bpm)
         self._rr_hist: deque[float] = deque(maxlen=64)
@@ -165,9 +186,11 @@ class EcgProcessor:
         x = np.asarray(samples, dtype=np.float64).ravel()
         if x.size == 0:
             return []
-        reset, skip = self._clock.place(float(t0), x.size)
+        reset, skip, hole = self._clock.place(float(t0), x.size)
         if reset:
             self._reset()
+        if hole:
+            self._bridge(hole, float(x[0]))
         x = x[skip:]
         out: list[EcgVitals] = []
         i = 0
@@ -180,10 +203,23 @@ class EcgProcessor:
                 out.append(self._emit())
         return out
 
+    def _bridge(self, hole: int, next_uv: float) -> None:
+        """A straight line across a hole of `hole` samples, to the next chunk's first sample."""
+        n = self._clock.n
+        last = float(self._stream.window(n - 1, n)[0][0])
+        self._holes.append((n, n + hole))
+        self._feed(_line(last, next_uv, hole))  # no emission inside: nobody saw these samples
+
+    def _across_hole(self, a: int, b: int) -> int:
+        """Samples of bridged holes between sample indices a and b."""
+        return sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in self._holes)
+
     def _feed(self, x: npt.NDArray[np.float64]) -> None:
         peaks = self._stream.push(x)
         for p in peaks.tolist():
-            if self._last_peak is not None:
+            if self._last_peak is not None and self._holes and self._across_hole(self._last_peak, p):
+                pass  # two beats either side of a hole: not an RR interval
+            elif self._last_peak is not None:
                 rr_ms = (p - self._last_peak) * 1000.0 / self._fs
                 self._new_rr.append(rr_ms)
                 self._rr_hist.append(rr_ms)
@@ -200,6 +236,32 @@ class EcgProcessor:
         start = self._clock.n - self._keep
         while len(self._peaks) > 1 and self._peaks[1] < start:  # keep one beat before the window
             self._peaks.pop(0)
+        oldest = self._peaks[0] if self._peaks else 0
+        while self._holes and (self._holes[0][1] <= oldest or len(self._holes) > 64):
+            self._holes.pop(0)  # before every interval the window can still measure
+
+    def _rate_and_pause_seen(self, peaks: npt.NDArray[np.int64], stop: int) -> tuple[float | None, float]:
+        """`_rate_and_pause` (the kernel `ecg_rate_k`, explained in `ecg.ecg_rate`) with bridged
+        holes in or before the window: an interval across a hole is no RR interval for the rate,
+        and a pause counts only the samples outside holes."""
+        before = [int(p) for p in peaks if p <= stop]
+        if not before:
+            return None, (stop - self._across_hole(0, stop)) / self._fs
+        first = stop - self._win  # as the kernel counts the window
+        spans = [(a, b) for a, b in zip(before, before[1:], strict=False) if b > first]
+        open_ = (before[-1], stop)
+        seen = [
+            (b - a) - self._across_hole(a, b) for a, b in ([open_, *spans] if before[-1] > first else [open_])
+        ]
+        pause_s = max(seen) / self._fs
+        rr = [b - a for a, b in spans if not self._across_hole(a, b)][-_MAX_INTERVALS:]
+        if len(rr) < _MIN_INTERVALS:
+            return None, pause_s
+        mean_rr = sum(rr) / len(rr)
+        open_seen = seen[0]
+        if open_seen > 1.5 * mean_rr:
+            mean_rr = (sum(rr) + open_seen) / (len(rr) + 1)
+        return 60.0 * self._fs / mean_rr, pause_s
 
     def _emit(self) -> EcgVitals:
         end = self._clock.n - self._lag  # exclusive: beats before `end` are decided
@@ -209,6 +271,8 @@ class EcgProcessor:
         inside = peaks[(peaks >= start) & (peaks < end)] - start
         sqi = _sqi_core(raw, bp, inside, self._fs, self._stream.group_delay_samples)
         hr_bpm, pause_s = _rate_and_pause(peaks, self._fs, end - 1, self._win / self._fs)
+        if self._holes:
+            hr_bpm, pause_s = self._rate_and_pause_seen(peaks, end - 1)
         ok = sqi >= self._min_sqi
         rr, self._new_rr = self._new_rr, []
         # HRV and AF look at the last ~64 beats: recomputed every 4 new beats, not every second
@@ -301,10 +365,17 @@ class PpgProcessor:
             raise ValueError("red and ir chunks must have the same length")
         if r_.size == 0:
             return []
-        reset, skip = self._clock.place(float(t0), r_.size)
+        reset, skip, hole = self._clock.place(float(t0), r_.size)
         if reset:
             self._new_buffer()
-        r_, i_ = r_[skip:], i_[skip:]
+        if hole:  # a straight line across it, no window ending inside it (nobody saw it)
+            last = self._buf[:, self._used - 1]
+            self._append(_line(last[0], r_[0], hole), _line(last[1], i_[0], hole), emit=False)
+        return self._append(r_[skip:], i_[skip:], emit=True)
+
+    def _append(
+        self, r_: npt.NDArray[np.float64], i_: npt.NDArray[np.float64], *, emit: bool
+    ) -> list[PpgWindow]:
         out: list[PpgWindow] = []
         i = 0
         while i < r_.size:
@@ -317,7 +388,7 @@ class PpgProcessor:
             self._used += take
             self._clock.n += take
             i += take
-            if self._clock.n % self._every == 0 and self._clock.n >= self._win:
+            if emit and self._clock.n % self._every == 0 and self._clock.n >= self._win:
                 lo, hi = self._used - self._win, self._used
                 red, ir = self._buf[0, lo:hi], self._buf[1, lo:hi]
                 out.append(PpgWindow(self, self._clock.time_of(self._clock.n - 1), red, ir))

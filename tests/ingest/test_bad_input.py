@@ -77,6 +77,20 @@ def test_hours_late_readings_are_stored_but_do_not_disturb_live_processing(tmp_p
     assert all(v.hr_bpm is not None for v in after.vitals)
 
 
+def test_a_gateway_clock_stepped_back_does_not_stop_the_analysis(tmp_path: Path) -> None:
+    """A gateway whose clock ran 3 minutes ahead is corrected by NTP: its later readings are
+    dated 3 minutes before the ones already seen, but they are current by ingest's clock. They
+    are analysed at once (a new session), not stored unanalysed for 3 minutes (no ECG-derived
+    heart rate or asystole alarm meanwhile, until 2026-11-27)."""
+    frames = _ecg(40)
+    ahead = [msgspec.structs.replace(r, t=r.t + timedelta(minutes=3)) for r in frames[: len(frames) // 2]]
+    core = _core(tmp_path)
+    before = core.handle_batch([_msg(r, T0 + 20) for r in ahead])  # ingest's clock: 20 s in
+    after = core.handle_batch([_msg(r, T0 + 40) for r in frames[len(frames) // 2 :]])  # stepped back
+    assert before.vitals and core.store.counter("late_no_dsp") == 0
+    assert after.vitals and all(v.hr_bpm is not None for v in after.vitals[-5:])
+
+
 def test_future_dated_readings_are_dead_lettered(tmp_path: Path) -> None:
     (r,) = _ecg(1)[:1]
     core = _core(tmp_path)

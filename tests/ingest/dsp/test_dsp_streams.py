@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from ingest.dsp import EcgProcessor, EcgVitals, PpgProcessor, PpgVitals, ecg_rate
-from ingest.dsp.streams import PpgWindow, analyse_many
+from ingest.dsp.streams import BRIDGE_S, PpgWindow, analyse_many
 from ingest.dsp.synth import regular_beats, synth_ecg, synth_ppg
 
 FS_ECG = 250
@@ -110,16 +110,47 @@ def test_output_does_not_depend_on_chunking(record_100: Recording) -> None:
         assert dataclasses.replace(u, t=0.0) == dataclasses.replace(w, t=0.0)
 
 
-def test_missing_data_resets_instead_of_splicing(rng: np.random.Generator) -> None:
-    x = _synthetic_ecg(70, 40.0, rng)  # synthetic
+def test_a_long_hole_resets_instead_of_splicing(rng: np.random.Generator) -> None:
+    x = _synthetic_ecg(70, 50.0, rng)  # synthetic
     proc = EcgProcessor(FS_ECG)
     before = _feed_ecg(proc, x[: 20 * FS_ECG], [250])
-    # 1.5 s of samples never arrive; the stream resumes at the right time
-    after = _feed_ecg(proc, x[int(21.5 * FS_ECG) :], [250], t0=T0 + 21.5)
+    # 12 s of samples never arrive (longer than BRIDGE_S); the stream resumes at the right time
+    after = _feed_ecg(proc, x[32 * FS_ECG :], [250], t0=T0 + 32.0)
+    assert BRIDGE_S < 12.0
     assert before[-1].t - T0 < 20.0
-    assert after[0].t - T0 > 21.5 + 4.0  # warm-up again: nothing reported across the hole
+    assert after[0].t - T0 > 32.0 + 4.0  # warm-up again: nothing reported across the hole
     assert all(v.hr_bpm == pytest.approx(70, abs=2) for v in after)
     assert all(v.pause_s < 1.5 for v in after)
+
+
+def test_a_drop_out_is_bridged_without_inventing_a_pause_or_an_rr_interval(rng: np.random.Generator) -> None:
+    """A BLE drop-out: 3 s of frames arrive only after the live ones that followed them (the
+    gateway's RESEND), so to the processor they are a hole, then duplicates."""
+    x = _synthetic_ecg(70, 50.0, rng)  # synthetic
+    proc = EcgProcessor(FS_ECG)
+    before = _feed_ecg(proc, x[: 20 * FS_ECG], [125])
+    after = _feed_ecg(proc, x[23 * FS_ECG :], [125], t0=T0 + 23.0)
+    late = _feed_ecg(proc, x[20 * FS_ECG : 23 * FS_ECG], [125], t0=T0 + 20.0)  # the resent frames
+    assert late == []
+    assert before[-1].t - T0 < 20.0 and after[0].t - T0 < 24.0  # no warm-up: it goes on at once
+    assert all(not (20.0 < v.t - T0 < 23.0) for v in after)  # nothing reported from inside the hole
+    assert all(v.pause_s < 1.5 for v in after)  # the beats nobody saw are not a pause ...
+    rr = [r for v in after for r in v.rr_ms]
+    assert rr and all(r == pytest.approx(857, abs=40) for r in rr)  # ... nor one long RR (AF, HRV)
+    assert all(v.hr_bpm is not None and 55 < v.hr_bpm < 75 for v in after)
+
+
+def test_a_pause_across_a_drop_out_is_still_reported(rng: np.random.Generator) -> None:
+    """A pause (the last beat at 19.26 s, the next at 26.0 s: 6.74 s) with a frame (0.45 s) in
+    its middle resent late: reported from the time outside the hole, not forgotten by a reset
+    (the processor reset there until 2026-11-27, and the pause alarm never came)."""
+    beats = np.concatenate((regular_beats(70, 20.0), 26.0 + regular_beats(70, 14.0, start_s=0.0)))
+    x = np.round(synth_ecg(beats, 40.0, FS_ECG) + 15.0 * rng.standard_normal(40 * FS_ECG))
+    hole = (int(22.0 * FS_ECG), int(22.45 * FS_ECG))
+    proc = EcgProcessor(FS_ECG)
+    vitals = _feed_ecg(proc, x[: hole[0]], [113])
+    vitals += _feed_ecg(proc, x[hole[1] :], [113], t0=T0 + hole[1] / FS_ECG)
+    assert max(v.pause_s for v in vitals) == pytest.approx(6.74 - 0.45, abs=0.05)
 
 
 def test_resent_chunks_are_ignored(rng: np.random.Generator) -> None:
@@ -188,13 +219,24 @@ def test_ppg_finger_out_reports_nothing(rng: np.random.Generator) -> None:
     assert (last.spo2_pct, last.pr_bpm, last.pi_pct) == (None, None, None)
 
 
-def test_ppg_gap_resets(rng: np.random.Generator) -> None:
-    red, ir = synth_ppg(72, 30.0, FS_PPG, rng=rng)  # synthetic
+def test_ppg_long_gap_resets(rng: np.random.Generator) -> None:
+    red, ir = synth_ppg(72, 40.0, FS_PPG, rng=rng)  # synthetic
+    proc = PpgProcessor(FS_PPG)
+    before = _feed_ppg(proc, red[: 12 * FS_PPG], ir[: 12 * FS_PPG])
+    after = _feed_ppg(proc, red[24 * FS_PPG :], ir[24 * FS_PPG :], t0=T0 + 24.0)
+    assert before and after
+    assert after[0].t == pytest.approx(T0 + 24.0 + 8.0 - 1 / FS_PPG)  # a full window after the gap
+
+
+def test_ppg_drop_out_is_bridged(rng: np.random.Generator) -> None:
+    red, ir = synth_ppg(72, 30.0, FS_PPG, r_ratio=0.6, rng=rng)  # synthetic
     proc = PpgProcessor(FS_PPG)
     before = _feed_ppg(proc, red[: 12 * FS_PPG], ir[: 12 * FS_PPG])
     after = _feed_ppg(proc, red[14 * FS_PPG :], ir[14 * FS_PPG :], t0=T0 + 14.0)
     assert before and after
-    assert after[0].t == pytest.approx(T0 + 14.0 + 8.0 - 1 / FS_PPG)  # a full window after the gap
+    assert after[0].t == pytest.approx(T0 + 14.0 + 1.0 - 1 / FS_PPG)  # at once, not 8 s later
+    assert all(v.pr_bpm == pytest.approx(72.0, abs=3.0) for v in after)
+    assert all(v.spo2_pct == pytest.approx(95.0, abs=1.5) for v in after)
 
 
 def test_ppg_windows_held_for_a_batch_keep_their_samples(rng: np.random.Generator) -> None:
@@ -205,12 +247,12 @@ def test_ppg_windows_held_for_a_batch_keep_their_samples(rng: np.random.Generato
     at_once: list[PpgVitals] = []
     windows: list[PpgWindow] = []
     for i in range(0, red.size, 37):
-        t = T0 + i / FS_PPG + (3.0 if i >= 30 * FS_PPG else 0.0)  # 3 s missing at 30 s: a reset
+        t = T0 + i / FS_PPG + (12.0 if i >= 30 * FS_PPG else 0.0)  # 12 s missing at 30 s: a reset
         at_once += now.push(red[i : i + 37], ir[i : i + 37], t)
         windows += held.windows(red[i : i + 37], ir[i : i + 37], t)
-    assert len(windows) == 23 + 22  # 0-30.3 s, then from 33.3 s: a full window again 8 s after it
+    assert len(windows) == 23 + 22  # 0-30.3 s, then from 42.3 s: a full window again 8 s after it
     for w in windows:
-        last = round((w.t - T0 - (3.0 if w.t > T0 + 30 else 0.0)) * FS_PPG)  # index of its last sample
+        last = round((w.t - T0 - (12.0 if w.t > T0 + 30 else 0.0)) * FS_PPG)  # index of its last sample
         assert np.array_equal(w.red, red[last + 1 - 8 * FS_PPG : last + 1])
         assert np.array_equal(w.ir, ir[last + 1 - 8 * FS_PPG : last + 1])
     assert analyse_many(windows) == at_once
