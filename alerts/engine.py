@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Rule = BandRule | News2Rule | NoBeatNoPulseRule | FlagRule | GapRule
 _SAVE_DEVICES_EVERY_S = 30.0
+_ALL = 2**62  # drops every saved value of a window
 # Saved rule timers older than this at start are not taken up: after a longer outage the vitals
 # queued in the broker may not all be there, and a delay that counted them would mislead.
 _TIMERS_MAX_AGE_S = 600.0
@@ -126,6 +127,8 @@ class AlertEngine:
         self._started = False
         self._devices_saved_at = float("-inf")
         self._timers_saved = True  # whether the store may hold timers (at start: maybe)
+        # (kind, idx, patient, param) -> the number of the first value of that window not saved
+        self._window_marks: dict[tuple[str, int, str, str], int] = {}
         self._notified_seq = max((s for s, _, _ in store.notified_after(0)), default=0)
         # ack code -> when an alarm last got it: a code is not given again within CODE_REUSE_S, so a
         # late or mistyped reply to an old SMS cannot acknowledge another patient's new alarm
@@ -175,18 +178,37 @@ class AlertEngine:
         """Save every rule's running timers (a condition building up, or raised and waiting to
         clear), with the open alarm each belongs to, so that a restart takes them up where they
         stood instead of starting each delay again (`_resume_timers`). The runner calls this once
-        a second, and with `full` (the NEWS2 windows and the data-gap rule's newest data times too)
-        at a planned stop; nothing is written while no timer runs."""
+        a second, and with `full` (the data-gap rule's newest data times too) at a planned stop.
+        The NEWS2 windows of the patients whose timers are saved go with them, as they changed
+        since the last save (whole, they are kilobytes a patient). Nothing is written while no
+        timer runs."""
         rows: list[tuple[str, int, str, str | None, str | None, str]] = []
+        gone: list[tuple[str, int, str, str, int]] = []
+        new: list[tuple[str, int, str, str, int, float, float]] = []
+        marks: dict[tuple[str, int, str, str], int] = {}
         for kind, rules in self._by_kind.items():
             for i, rule in enumerate(rules):
-                for patient, state in rule.saved(full).items():
+                timers = rule.saved(full)
+                for patient, state in timers.items():
                     a = self.open.get((patient, kind))
                     alarm_id, priority = (a.alarm_id, a.priority) if a is not None else (None, None)
                     rows.append((kind, i, patient, alarm_id, priority, json.dumps(state)))
+                    if isinstance(rule, News2Rule):
+                        for param in rule.PARAMS:
+                            key = (kind, i, patient, param)
+                            got = rule.window(patient, param, self._window_marks.get(key, 0))
+                            if got is None:
+                                continue
+                            oldest, values = got
+                            if key in self._window_marks:
+                                gone.append((*key, oldest))
+                            new += [(*key, n, t, x) for n, t, x in values]
+                            marks[key] = values[-1][0] + 1 if values else self._window_marks.get(key, oldest)
+        gone += [(*key, _ALL) for key in self._window_marks if key not in marks]  # no timers now
         if rows or self._timers_saved:
-            self.store.save_rule_timers(now, rows)
+            self.store.save_rule_timers(now, rows, (gone, new))
         self._timers_saved = bool(rows)
+        self._window_marks = marks  # only once saved: after a failure the next save writes them again
 
     def acknowledge(self, code_or_id: str, by: str, now: float) -> AlarmEvent:
         """Acknowledge one open alarm, by its ack code or alarm id; never any other alarm."""
@@ -222,16 +244,20 @@ class AlertEngine:
         resumed: set[tuple[str, str]] = set()
         try:
             saved = self.store.rule_timers()
-            if saved:
+            values = self.store.rule_window_values()
+            if saved or values:
                 # Used up: this process acknowledges newer vitals from now on, and if it could not
                 # save their effect before a restart, the next one must not take these up again
                 # (newest data times minutes old would show holes that are not there).
-                self.store.save_rule_timers(now if now is not None else 0.0, [])
+                self.store.forget_rule_timers()
         except Exception as exc:  # never keep the alarms from starting
             log.warning(
                 "alerts: could not read or use up the saved rule timers (%s); every delay starts again", exc
             )
             return resumed
+        windows: dict[tuple[str, int, str], dict[str, list[Any]]] = {}  # saved beside a timers row
+        for kind, i, patient, param, t, x in values:
+            windows.setdefault((kind, i, patient), {}).setdefault(param, []).append([t, x])
         groups: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
         aside: set[tuple[str, str]] = set()  # one row set aside: none of the kind for the patient
         for kind, i, patient, alarm_id, priority, at, data in saved:
@@ -239,6 +265,8 @@ class AlertEngine:
             a = self.open.get((patient, kind))
             try:
                 state = json.loads(data)
+                if (kind, i, patient) in windows:  # the rule reads them; a bad value sets the row aside
+                    state["windows"] = windows[(kind, i, patient)]
                 usable = (
                     0 <= i < len(rules)
                     and (now is None or now - _TIMERS_MAX_AGE_S <= at <= now + _TIMERS_MAX_AGE_S)

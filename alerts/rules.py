@@ -21,6 +21,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 from alerts.lifecycle import PRIORITY_RANK, Priority
@@ -374,6 +375,9 @@ def news2_resp(per_min: float) -> int:
     return 3 if x <= 8 else 1 if x <= 11 else 0 if x <= 20 else 2 if x <= 24 else 3
 
 
+_NEWS2_PARAMS = ("pulse", "spo2", "resp")
+
+
 @dataclass(slots=True)
 class _Window:
     """A parameter's values of the last window: in arrival order, to let them go, and sorted, for
@@ -383,6 +387,7 @@ class _Window:
 
     arrived: deque[tuple[float, float]] = field(default_factory=deque)
     ordered: list[float] = field(default_factory=list)
+    dropped: int = 0  # values let go so far: arrived[k] is the window's value number dropped + k
 
     def add(self, t: float, x: float) -> None:
         self.arrived.append((t, x))
@@ -392,6 +397,12 @@ class _Window:
         while self.arrived and self.arrived[0][0] < t:
             _, x = self.arrived.popleft()
             del self.ordered[bisect_left(self.ordered, x)]
+            self.dropped += 1
+
+    def numbered_from(self, n: int) -> list[tuple[int, float, float]]:
+        """The values held numbered `n` on: (number, t, x)."""
+        k = max(0, n - self.dropped)
+        return [(self.dropped + k + j, t, x) for j, (t, x) in enumerate(islice(self.arrived, k, None))]
 
     def median(self) -> float | None:
         n = len(self.ordered)
@@ -405,6 +416,8 @@ class _Window:
 class News2Rule:
     """The partial NEWS2 aggregate of pulse, SpO2 and (where derived) respiration, each the median
     of its valid values over the last `window_s`, raising when it stays at or above a band."""
+
+    PARAMS = _NEWS2_PARAMS
 
     inner: BandRule
     min_sqi: float
@@ -424,26 +437,31 @@ class News2Rule:
         self.inner.forget_restored(patient)
 
     def saved(self, full: bool = False) -> dict[str, dict[str, Any]]:
-        """The score's timers (`BandRule.saved`); with `full` (a planned stop), also the values
-        of its windows, so that the score after the restart is the one it would have been. The
-        windows are kilobytes a patient: saved every second for thousands of patients they would
-        cost the rules' thread most of its time; after a crash the medians refill from new values."""
+        """The score's timers (`BandRule.saved`). The values of its windows are kilobytes a
+        patient: the engine saves them as they change (`window`), for the patients given here."""
         out = self.inner.saved(full)
-        if full:
-            for patient, state in out.items():
-                state["windows"] = {
-                    param: [list(tx) for tx in w.arrived]
-                    for param in ("pulse", "spo2", "resp")
-                    if (w := self.values.get((patient, param))) is not None
-                }
-                state["scored_at"] = self.scored_at.get(patient)
+        for patient, state in out.items():
+            state["scored_at"] = self.scored_at.get(patient)
         return out
 
+    def window(self, patient: str, param: str, n: int) -> tuple[int, list[tuple[int, float, float]]] | None:
+        """A window of the patient's (`param` of `PARAMS`) as its saved copy needs it: the number
+        of the oldest value it holds, and its values numbered `n` on (number, t, x); None if the
+        patient has no such window. Numbers start again at 0 in a window `resume` made."""
+        w = self.values.get((patient, param))
+        return None if w is None else (w.dropped, w.numbered_from(n))
+
     def resume(self, patient: str, state: dict[str, Any]) -> Callable[[], None]:
+        """As `BandRule.resume`; `state` may hold the windows too: {param: [[t, x], ...]} in
+        arrival order."""
         windows: dict[tuple[str, str], _Window] = {}
         for param, values in state.get("windows", {}).items():
-            w = windows[(patient, str(param))] = _Window()
+            if param not in _NEWS2_PARAMS:
+                raise ValueError(f"no NEWS2 parameter {param!r}")
+            w = windows[(patient, param)] = _Window()
             for t, x in values:
+                if not (math.isfinite(float(t)) and math.isfinite(float(x))):
+                    raise ValueError(f"a value {[t, x]!r} no vitals can give")
                 w.add(float(t), float(x))
         scored_at = _opt_float(state.get("scored_at"))
         inner = self.inner.resume(patient, state)
@@ -473,7 +491,7 @@ class News2Rule:
             return None
         self.scored_at[v.patient] = t
         parts: dict[str, float] = {}
-        for param in ("pulse", "spo2", "resp"):
+        for param in _NEWS2_PARAMS:
             w = self.values.get((v.patient, param))
             if w is None:
                 continue

@@ -30,7 +30,12 @@ from nabz import contract
 from nabz.contract import AlarmEvent
 from nabz.secrets import create_private
 
-__all__ = ["AlertStore"]
+__all__ = ["AlertStore", "WindowChanges"]
+
+# What changed in the rules' saved windows (AlertStore.save_rule_timers)
+WindowChanges = tuple[
+    list[tuple[str, int, str, str, int]], list[tuple[str, int, str, str, int, float, float]]
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alarms (
@@ -77,6 +82,12 @@ CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, patient TEXT NOT NU
 CREATE TABLE IF NOT EXISTS rule_timers (
     kind TEXT NOT NULL, idx INTEGER NOT NULL, patient TEXT NOT NULL, alarm_id TEXT, priority TEXT,
     saved_at REAL NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, idx, patient)
+);
+-- The values of the NEWS2 score's 60 s windows for the rows of rule_timers (kilobytes a patient):
+-- written as they change, n numbering each window's values in arrival order.
+CREATE TABLE IF NOT EXISTS rule_window_values (
+    kind TEXT NOT NULL, idx INTEGER NOT NULL, patient TEXT NOT NULL, param TEXT NOT NULL,
+    n INTEGER NOT NULL, t REAL NOT NULL, x REAL NOT NULL, PRIMARY KEY (kind, idx, patient, param, n)
 );
 """
 
@@ -419,9 +430,16 @@ class AlertStore:
         return {d: (p, t) for d, p, t in self._rows("SELECT device, patient, last_seen FROM devices")}
 
     def save_rule_timers(
-        self, at: float, rows: list[tuple[str, int, str, str | None, str | None, str]]
+        self,
+        at: float,
+        rows: list[tuple[str, int, str, str | None, str | None, str]],
+        windows: WindowChanges | None = None,
     ) -> None:
-        """Replace the saved timers with `rows`: (kind, idx, patient, alarm_id, priority, data)."""
+        """Replace the saved timers with `rows`: (kind, idx, patient, alarm_id, priority, data);
+        in the same transaction, change the saved window values: `windows` is (values let go:
+        (kind, idx, patient, param, n) drops that window's values numbered below n; new values:
+        (kind, idx, patient, param, n, t, x))."""
+        gone, new = windows or ([], [])
         with self.tx():
             self.db.execute("DELETE FROM rule_timers")
             self.db.executemany(
@@ -429,6 +447,21 @@ class AlertStore:
                 "VALUES (?,?,?,?,?,?,?)",
                 [(k, i, p, a, pr, at, d) for k, i, p, a, pr, d in rows],
             )
+            self.db.executemany(
+                "DELETE FROM rule_window_values WHERE kind=? AND idx=? AND patient=? AND param=? AND n<?",
+                gone,
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO rule_window_values (kind, idx, patient, param, n, t, x) "
+                "VALUES (?,?,?,?,?,?,?)",
+                new,
+            )
+
+    def forget_rule_timers(self) -> None:
+        """Drop every saved timer and window value (they are used once)."""
+        with self.tx():
+            self.db.execute("DELETE FROM rule_timers")
+            self.db.execute("DELETE FROM rule_window_values")
 
     def rule_timers(self) -> list[tuple[str, int, str, str | None, str | None, float, str]]:
         """The saved timers: (kind, idx, patient, alarm_id, priority, saved_at, data)."""
@@ -438,6 +471,13 @@ class AlertStore:
                 "SELECT kind, idx, patient, alarm_id, priority, saved_at, data FROM rule_timers"
             )
         ]
+
+    def rule_window_values(self) -> list[tuple[Any, ...]]:
+        """The saved window values, each window's in order: (kind, idx, patient, param, t, x), as
+        stored (a damaged row may hold anything)."""
+        return self._rows(
+            "SELECT kind, idx, patient, param, t, x FROM rule_window_values ORDER BY kind, idx, patient, param, n"
+        )
 
     def close(self) -> None:
         with self.lock:
