@@ -26,8 +26,9 @@ def register(sub: Any, bench: Any) -> None:
         "run",
         help="run a gateway: transport -> decode -> spool -> MQTT",
         description="Run one gateway (docs/gateway.md). The transport comes from [gateway] transport "
-        "in the configuration unless --transport says otherwise: 'ble' for enrolled wearables "
-        "([[gateway.devices]]), 'serial' for wired sensors, 'virtual' for simulated wearables.",
+        "in the configuration unless --transport says otherwise: 'ble' (the default) for enrolled "
+        "wearables ([[gateway.devices]]), 'serial' for wired sensors, 'virtual' for simulated "
+        "wearables (a demonstration or a test: never on a patient's gateway).",
     )
     add_config_option(run)
     run.add_argument("--transport", choices=["virtual", "ble", "serial"], help="override [gateway] transport")
@@ -142,11 +143,18 @@ def _run(args: argparse.Namespace) -> int:
     if logging.getLogger().level > logging.INFO and args.log_format == "json":
         logging.getLogger().setLevel(logging.INFO)  # a service's journal wants its INFO lines
     cfg = load_config(args)
+    kind = args.transport or cfg.gateway.transport
     try:
-        transport = build_transport(cfg, args.transport or cfg.gateway.transport, args)
+        transport = build_transport(cfg, kind, args)
     except TransportError as exc:
         print(f"nabz gateway: {exc}", file=sys.stderr)
         return 2
+    if kind == "virtual":
+        logging.getLogger("gateway").warning(
+            "gateway %s: the wearables are SIMULATED (transport 'virtual'): their readings are made "
+            "up; never run this on a patient's gateway",
+            cfg.gateway.id,
+        )
     gateway = Gateway(cfg, transport)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

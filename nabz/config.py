@@ -121,7 +121,10 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spool_max_mb: int = 512
     max_inflight: int = 100  # unacknowledged QoS 1 publishes at once
     status_interval_s: float = 30.0
-    transport: Literal["virtual", "ble", "serial"] = "virtual"
+    # the wearables enrolled below, over BLE; "virtual" (simulated wearables) only when asked for:
+    # until 2026-11-27 it was the default, and a gateway configured without it sent simulated
+    # vital signs under the real devices' ids
+    transport: Literal["virtual", "ble", "serial"] = "ble"
     devices: list[EnrolledDevice] = msgspec.field(default_factory=list)
     resend_timeout_s: float = 10.0  # a requested waveform range not back by then is a gap
     ble: BleConfig = msgspec.field(default_factory=BleConfig)

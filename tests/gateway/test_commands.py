@@ -145,3 +145,25 @@ def test_run_logs_json_lines_and_says_goodbye_on_sigterm(mosquitto: Mosquitto, t
     lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
     assert any("started" in x["msg"] and x["logger"] == "gateway.service" for x in lines)
+    assert any(x["level"] == "warning" and "SIMULATED" in x["msg"] for x in lines)  # said loudly
+
+
+def test_a_gateway_configured_without_a_transport_uses_its_enrolled_wearables_not_simulated_ones(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The installer's configuration names no transport: the gateway uses BLE and its enrolled
+    wearables; with none enrolled it says so and stops. Until 2026-11-27 the default was the
+    virtual transport: simulated vital signs went to the broker under the real devices' ids."""
+    cfg_file = _config(tmp_path, mosquitto.url)
+    seen = Collector("127.0.0.1", mosquitto.port)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "nabz.cli", "gateway", "run", "--config", str(cfg_file)],
+            capture_output=True, text=True, cwd=ROOT, timeout=30,
+        )  # fmt: skip
+        time.sleep(0.5)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert "no enrolled devices ([[gateway.devices]]" in run.stderr
+        assert seen.tally() == {} and seen.statuses == []  # nothing was sent
+    finally:
+        seen.close()
