@@ -12,6 +12,10 @@ Rules of this file:
   and published but its escalation waits.
 - Acknowledgements and silences arrive as commands in the store (from the CLI or an SMS reply) and
   are applied in `tick`, in order: one writer for alarm state.
+- Rules run on the data's time, the lifecycle on the service's (`now`). When the data that raise,
+  worsen or clear an alarm are more than `LATE_AFTER_S` behind `now` (a gateway's spool after an
+  outage), the alarm's message says when they are from and how late, and so does its event
+  (`data_t`, `late_s`): the alarm is raised all the same, never held back.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from alerts.grouping import Queued
 from alerts.lifecycle import PRIORITY_RANK, Alarm, LifecycleError, apply, to_event
@@ -32,6 +39,7 @@ from alerts.oncall import Escalation, Schedule, advance
 from alerts.profile import Profiles
 from alerts.rules import BandRule, Condition, News2Rule, NoBeatNoPulseRule, physiological_rules
 from alerts.silences import Silence, make_silence, silenced
+from alerts.smstext import late_note
 from alerts.store import AlertStore
 from alerts.technical import FlagRule, GapRule, GatewayTracker, StaleTracker, technical_rules
 from alerts.watchdog import EXPLAINED_BY_SITE_QUIET, SITE_QUIET, site_patient
@@ -39,7 +47,7 @@ from nabz import contract
 from nabz.config import Config, EscalationPolicy
 from nabz.contract import AlarmEvent, GatewayStatus, Vitals
 
-__all__ = ["AlertEngine", "parse_sms_command"]
+__all__ = ["AlertEngine", "parse_sms_command", "LATE_AFTER_S"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ _ALL = 2**62  # drops every saved value of a window
 # queued in the broker may not all be there, and a delay that counted them would mislead.
 _TIMERS_MAX_AGE_S = 600.0
 _STARTUP_GRACE_S = 60.0
+# Live vitals reach the rules within about 2 s of their time (ingest's windows and batches, a
+# frame resent after a BLE drop-out); data further behind are a backlog (a gateway's spool after an
+# outage, the broker's queue after this service was down) and their alarm says how late they are.
+LATE_AFTER_S = 10.0
 _INHIBIT_GRACE_S = 30.0
 _SENSOR_INHIBITORS = frozenset({"leads_off", "sensor_off"})  # inhibit because the data were unusable
 # An ACK code is not given to another alarm within a day of the last, and an SMS reply acts only on
@@ -324,37 +336,44 @@ class AlertEngine:
             priority = lim.priority.get(c.kind, c.priority)
             key = (c.patient, c.kind)
             current = self.open.get(key)
+            # Rules judge by the data's time: data replayed minutes late must not read as fresh.
+            late = (c.at, now - c.at) if now - c.at > LATE_AFTER_S else None
+            note = "" if late is None else late_note(*late, self.cfg.timezone, ended=not c.active)
             if c.active and current is None:
                 alarm = Alarm(
                     alarm_id=self.new_id(), site=self.site, patient=c.patient, kind=c.kind, priority=priority,
-                    state="active", message=c.message, value=c.value, threshold=c.threshold, unit=c.unit,
-                    condition_started_at=c.started_at, raised_at=now, ack_code=self._ack_code(now),
-                    technical=c.technical,
+                    state="active", message=c.message + note, value=c.value, threshold=c.threshold,
+                    unit=c.unit, condition_started_at=c.started_at, raised_at=now,
+                    ack_code=self._ack_code(now), technical=c.technical,
                 )  # fmt: skip
                 with self.store.tx():
                     self.open[key] = alarm
-                    events.append(self._record(alarm, now))
+                    events.append(self._record(alarm, now, late))
                     self._escalate(alarm, now)
             elif c.active and current is not None:
                 if PRIORITY_RANK[priority] <= PRIORITY_RANK[current.priority]:
                     continue
-                worse = apply(current, "worsen", now, priority=priority, message=c.message, value=c.value)
+                worse = apply(
+                    current, "worsen", now, priority=priority, message=c.message + note, value=c.value
+                )
                 with self.store.tx():
                     self.open[key] = worse
-                    events.append(self._record(worse, now))
+                    events.append(self._record(worse, now, late))
                     esc = self.store.escalation(worse.alarm_id) or Escalation()
                     esc.started_at, esc.steps_done, esc.paused_at = None, 0, None
                     self.store.put_escalation(worse.alarm_id, esc)
                     self._escalate(worse, now, reason_first="worse")
             elif not c.active and current is not None:
                 cleared = apply(current, "clear", now)
+                if note:  # what it was, and that it ended on data this late
+                    cleared = replace(cleared, message=current.message + note)
                 self._cleared_at[key] = now
                 self._codes[cleared.ack_code] = now  # SMS showed it until now: a day from here
                 for rule in self._by_kind.get(c.kind, ()):  # e.g. asystole: two rules, one alarm
                     rule.forget_restored(c.patient)
                 with self.store.tx():
                     del self.open[key]
-                    events.append(self._record(cleared, now))
+                    events.append(self._record(cleared, now, late))
                     done = self.store.escalation(cleared.alarm_id)
                     if done is not None and self.config.escalation.all_clear:
                         for name, (phone, lang, _) in done.reached.items():
@@ -543,8 +562,15 @@ class AlertEngine:
         self._codes[code] = now  # at most the 9,000 four-digit codes: nothing to prune
         return code
 
-    def _record(self, alarm: Alarm, now: float) -> AlarmEvent:
+    def _record(self, alarm: Alarm, now: float, late: tuple[float, float] | None = None) -> AlarmEvent:
+        """The alarm's event, stored and audited. `late`: the time of the data that caused this
+        transition and how far behind `now` they came, when more than `LATE_AFTER_S`."""
         event = to_event(alarm, self.new_id())
+        if late is not None:
+            data_t, late_s = late
+            event = msgspec.structs.replace(
+                event, data_t=datetime.fromtimestamp(data_t, UTC), late_s=round(late_s, 1)
+            )
         self.store.record(alarm, event, now)
         return event
 

@@ -22,12 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from alerts.lifecycle import PRIORITY_RANK, Priority
 from alerts.profile import Limits
 from nabz.config import AlertsConfig
-from nabz.contract import Vitals
+from nabz.contract import MeasStatus, SensorStatus, Vitals
 
 __all__ = [
     "Condition", "Band", "BandRule", "News2Rule", "NoBeatNoPulseRule", "physiological_rules", "usable", "news2_pulse",
@@ -43,6 +43,8 @@ POOR_FLAGS = frozenset(
         "nonpulsatile_signal", "questionable_pulse", "sensor_interference", "calibrating", "testing", "demo",
     }
 )  # fmt: skip
+# The PLX characteristic's status flags: only an oximeter's own SpO2 report carries them.
+_SPO2_STATUS = frozenset(get_args(MeasStatus)) | frozenset(get_args(SensorStatus))
 _RECENT_S = 60.0  # a source with valid data this recent can hold an alarm open
 # ingest measures a pause over a 10 s ECG window: a gap left by lead noise stays in it that long.
 _ECG_WINDOW_S = 12.0
@@ -151,7 +153,7 @@ class BandRule:
         x = getattr(v, self.quantity)
         t = v.t.timestamp()
         if self.uncalibrated_fallback is not None:
-            if source != self.uncalibrated_fallback and (x is not None or v.flags):
+            if source != self.uncalibrated_fallback and _oximeter_reported(v):
                 self.calibrated_seen[v.patient] = t
             elif source == self.uncalibrated_fallback and not v.spo2_calibrated:
                 if t - self.calibrated_seen.get(v.patient, float("-inf")) < _RECENT_S / 2:
@@ -327,6 +329,15 @@ class BandRule:
         return Condition(
             patient, self.kind, True, after, x, band.limit, self.unit, started, t, text, self.technical
         )
+
+
+def _oximeter_reported(v: Vitals) -> bool:
+    """Whether a device's vitals are its oximeter's own SpO2 report (the PLX measurement: SpO2,
+    pulse rate, or its status flags alone when it has no reading). The ECG patch's heart rate
+    and any device's battery level come from the same source ("device") but say nothing of SpO2:
+    until 2026-11-27 a patch's flagged heart rate (electrodes off, "no_contact") counted, and
+    held the raw-PPG estimate back for an oximeter that reports no SpO2 at all."""
+    return v.spo2_pct is not None or v.pr_bpm is not None or not _SPO2_STATUS.isdisjoint(v.flags)
 
 
 def _worst(per: dict[str, _Source]) -> Priority | None:

@@ -10,10 +10,14 @@ Rules of this file:
 - No personal data beyond the patient label the site configured (default: the patient id).
 - Urdu texts (a person's `language = "ur"`) keep numbers, units and "ACK" in Latin script so the
   reply is the same for everyone.
+- Data that came late (a gateway's spool after an outage) raise alarms minutes after the event:
+  the alarm's message says so (`late_note`, written by alerts.engine), and then the SMS gives the
+  start to the second and, in Urdu too, how late the data were.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -22,6 +26,7 @@ from alerts.rules import UNCALIBRATED
 
 __all__ = [
     "Line", "compose", "encoding_of", "gsm7_length", "split", "gsm7_encode", "gsm7_decode", "SMS_LIMIT",
+    "late_note",
 ]  # fmt: skip
 
 _BASIC = (
@@ -57,6 +62,9 @@ _KIND_UR = {
     "battery_low": "بیٹری کم", "data_gap": "ڈیٹا ضائع", "gateway_data_gap": "ڈیٹا ضائع",
     "device_fault": "آلے کا سینسر خراب",
 }  # fmt: skip
+_LATE_UR = " (ڈیٹا {} دیر سے)"  # "(data {} late)": UCS-2 leaves 70 characters; the start follows
+# what `late_note` writes; group 1: it is the clearing data's, 2: their local time, 3: how late
+_LATE = re.compile(r"(; ended)? \(data from (\d\d:\d\d:\d\d), ([0-9.]+ (?:s|min|h)) late\)")
 _REASON = {
     "en": {"repeat": "REPEAT ", "escalation": "ESCALATED ", "worse": "WORSE ", "cleared": "CLEARED "},
     "ur": {"repeat": "دوبارہ ", "escalation": "آگے بھیجا ", "worse": "بدتر ", "cleared": "ٹھیک "},
@@ -78,9 +86,34 @@ class Line:
     unit: str = ""
 
 
-def _hhmm(t: float, tz: str) -> str:
+def _hhmm(t: float, tz: str, seconds: bool = False) -> str:
     local = datetime.fromtimestamp(t, UTC).astimezone(ZoneInfo(tz))
-    return f"{local:%H:%M} {local.tzname()}"
+    return f"{local:%H:%M:%S} {local.tzname()}" if seconds else f"{local:%H:%M} {local.tzname()}"
+
+
+def _late_for(late_s: float) -> str:
+    if late_s < 90.0:
+        return f"{late_s:.0f} s"
+    if late_s < 90 * 60.0:
+        return f"{late_s / 60.0:.0f} min"
+    return f"{late_s / 3600.0:.1f} h"
+
+
+def late_note(data_t: float, late_s: float, tz: str = "Asia/Karachi", *, ended: bool = False) -> str:
+    """What an alarm's message adds when the data that raised or worsened it are `late_s` behind
+    the service's clock: " (data from 14:06:46, 4 min late)", the data's local time to the second;
+    with `ended`, for the data that cleared it: "; ended (data from 14:08:10, 3 min late)"."""
+    local = datetime.fromtimestamp(data_t, UTC).astimezone(ZoneInfo(tz))
+    return f"{'; ended' if ended else ''} (data from {local:%H:%M:%S}, {_late_for(late_s)} late)"
+
+
+def _late_ur(message: str, cleared: bool) -> str:
+    """The late-data note of `message` in Urdu: of the data that cleared it for an all-clear, else
+    of those that raised it; "" if the data were not late."""
+    for m in _LATE.finditer(message):
+        if bool(m.group(1)) == cleared:
+            return _LATE_UR.format(m.group(3))
+    return ""
 
 
 def compose(lines: list[Line], tz: str = "Asia/Karachi", language: str = "en") -> str:
@@ -100,12 +133,15 @@ def compose(lines: list[Line], tz: str = "Asia/Karachi", language: str = "en") -
             )
             if UNCALIBRATED in x.message:  # the server's PPG estimate, never calibrated here
                 what += " (غیر کیلیبریٹڈ)"
+            what += _late_ur(x.message, x.reason == "cleared")
         tag = _REASON[lang].get(x.reason, "")
         if x.reason == "cleared":
             parts.append(f"{tag}{what}")
             continue
         prio = "" if i == 0 else f"{words.get(x.priority, x.priority)} "
-        since = _hhmm(x.since, tz) if lang == "ur" else f"since {_hhmm(x.since, tz)}"
+        # raised on late data: when it began, to the second, not just "14:06" beside "4 min late"
+        when = _hhmm(x.since, tz, seconds=_LATE.search(x.message) is not None)
+        since = when if lang == "ur" else f"since {when}"
         parts.append(f"{tag}{prio}{what}, {since}. ACK {x.ack_code}")
     if head.reason == "cleared":
         return f"NABZ {label}: " + "; ".join(parts)

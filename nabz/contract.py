@@ -265,6 +265,10 @@ class AlarmEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
     cleared_at: datetime | None = None
+    # Only on a transition that data well behind the service's clock caused (a gateway's spool
+    # after an outage): when those data are from, and how late they came.
+    data_t: datetime | None = None
+    late_s: float | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
