@@ -183,13 +183,28 @@ def _status(args: argparse.Namespace) -> int:
     now = time.time()
     age = now - snap.status_at if snap.status_at is not None else None
     problems = []
-    if age is None or age > 3 * cfg.gateway.status_interval_s + 5:
+    server: dict[str, Any] = local.get("server", {})
+    if local.get("stopped"):
+        problems.append("the gateway was stopped")
+    elif age is None or age > 3 * cfg.gateway.status_interval_s + 5:
         problems.append("no recent heartbeat: the gateway is not running")
     if not local.get("mqtt", {}).get("connected"):
         problems.append("not connected to the broker")
     lost = [h["device"] for h in status.get("health", []) if h.get("state") == "lost"]
     if lost:
         problems.append(f"lost: {', '.join(lost)}")
+    if server.get("silent"):
+        problems.append("the server is silent: alarms for this home may not reach the doctors")
+    if server.get("modem_error"):
+        problems.append(f"the dead man's switch cannot text: {server['modem_error']}")
+    undelivered = server.get("texts_undelivered", [])
+    if undelivered:
+        problems.append(
+            f"{len(undelivered)} dead-man text(s) not delivered yet: {undelivered[-1].get('error')}"
+        )
+    failed = server.get("texts_failed", [])
+    if failed:
+        problems.append(f"{len(failed)} dead-man text(s) failed for good: {failed[-1].get('error')}")
     held = status.get("held", [])
     if held:
         problems.append(f"nobody on the server takes the readings of {', '.join(held)} (not enrolled?): kept")
@@ -207,6 +222,7 @@ def _status(args: argparse.Namespace) -> int:
             "dead_letters": snap.counters.get("dead_letters", 0),
         },
         "mqtt": local.get("mqtt", {}),
+        "server": server,
         "devices": status.get("health", []),
     }
     if args.json:

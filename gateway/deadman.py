@@ -300,11 +300,31 @@ class DeadManSender:
         self.wall = wall
         self.sent: list[tuple[str, str]] = []
         self.failed: list[tuple[str, str, str]] = []
+        self.modem_error: str | None = None  # what the check at start found wrong (None: it can text)
         self._pending: list[Pending] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def check(self) -> str | None:
+        """Ask the notifier whether it can text now (a modem: it answers, its SIM is ready), so
+        that a missing or wrong modem is found at start, not when the server has gone silent.
+        Returns what is wrong (also in `modem_error`), or None."""
+        probe = getattr(self.notifier, "init", None)
+        if probe is None:
+            return None
+        try:
+            probe()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is reported, and the sender lives on
+            self.modem_error = f"{exc}"[:200] or type(exc).__name__
+            log.error(
+                "dead-man: the modem cannot text (%s): if the server goes silent, nobody will be told",
+                self.modem_error,
+            )
+        else:
+            self.modem_error = None
+        return self.modem_error
 
     def start(self) -> DeadManSender:
         self._thread = threading.Thread(target=self._run, name="nabz-deadman", daemon=True)
@@ -343,6 +363,7 @@ class DeadManSender:
                 if ok or not retryable:
                     self._pending = [q for q in self._pending if q is not p]
                 if ok:
+                    self.modem_error = None
                     self.sent.append((p.phone, p.text))
                     log.warning("dead-man SMS sent to %s: %s", p.phone, p.text)
                     continue
@@ -368,6 +389,7 @@ class DeadManSender:
             self._thread.join(5)
 
     def _run(self) -> None:
+        self.check()
         while not self._stop.is_set():
             self._wake.clear()
             try:

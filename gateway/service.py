@@ -269,6 +269,9 @@ class Gateway:
         if self.deadman_sender is not None:
             self.deadman_sender.stop()
         self._save_deadman()  # with the texts not yet delivered: the next start sends them
+        self._connected = False
+        local = self._local_status(contract.encode(self.status()), stopped=True)
+        self.spool.save_status(json.dumps(local).encode(), self.clock())  # `gateway status`: not running
         self.spool.close()
 
     def stats(self) -> GatewayStats:
@@ -646,7 +649,15 @@ class Gateway:
     def _publish_status(self) -> None:
         status = self.status()
         payload = contract.encode(status)
-        local = {
+        self.spool.save_status(json.dumps(self._local_status(payload)).encode(), self.clock())
+        if self._connected:
+            self.client.publish(self.status_topic, payload, qos=1, retain=True)
+
+    def _local_status(self, payload: bytes, stopped: bool = False) -> dict[str, Any]:
+        """What `nabz gateway status` reads from the spool: the status, the broker link, and the
+        dead-man's view of the server."""
+        sender = self.deadman_sender
+        return {
             "status": json.loads(payload),
             "mqtt": {
                 "url": safe_url(self.config.mqtt.url),
@@ -659,13 +670,16 @@ class Gateway:
                 "heard_s_ago": {s: round(self.mono() - t, 1) for s, t in self.watch.working_at.items()},
                 "texts_undelivered": [
                     {"to": p.phone, "text": p.text, "attempts": p.attempts, "error": p.detail}
-                    for p in (self.deadman_sender.undelivered() if self.deadman_sender is not None else [])
+                    for p in (sender.undelivered() if sender is not None else [])
                 ],
+                "texts_failed": [
+                    {"to": to, "text": text, "error": why}
+                    for to, text, why in (sender.failed if sender else [])
+                ][-10:],
+                "modem_error": sender.modem_error if sender is not None else None,
             },
+            "stopped": stopped,
         }
-        self.spool.save_status(json.dumps(local).encode(), self.clock())
-        if self._connected:
-            self.client.publish(self.status_topic, payload, qos=1, retain=True)
 
     def _health(self, device: str, link: LinkHealth | None) -> DeviceHealth:
         link = link or LinkHealth("connecting")

@@ -6,6 +6,9 @@ broker (it is unreachable: the texts say so) and no real waiting. Heartbeats are
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -409,3 +412,61 @@ def test_a_damaged_saved_state_starts_the_dead_man_afresh(mark: str) -> None:
     assert restore(
         mark, HeartbeatWatch(["ingest"], 600.0), DeadMan("demo", "gw-0001", 0.0, "Asia/Karachi"), 0.0, 10.0
     ) == ([], [])
+
+
+# --- a modem that cannot text was found only when the server had gone silent ---------------------
+class MissingModem(Modem):
+    """The configured port has no modem behind it."""
+
+    def init(self) -> None:
+        raise OSError("cannot open /dev/ttyUSB0: [Errno 2] No such file or directory")
+
+    def send(self, to: str, text: str, key: str, at: float) -> Delivery:
+        self.attempts.append(self.clocks.elapsed)
+        return Delivery(False, retryable=True, detail="cannot open /dev/ttyUSB0")
+
+
+def test_a_modem_that_cannot_text_is_found_at_start_and_gateway_status_says_so(tmp_path: Path) -> None:
+    """The installer runs `nabz gateway status` after setting up: a missing modem is named there
+    (and in the log) at once, not discovered when the server has gone silent; once the server is
+    silent, status says that too, and that the text is undelivered; and after a stop, that the
+    gateway was stopped. Until 2026-11-27 status said OK (exit 0) throughout."""
+    clocks = Clocks()
+    spool = tmp_path / "s.sqlite"
+    sender = DeadManSender(MissingModem(clocks), clock=clocks.mono, wall=clocks.wall)
+    gw = Gateway(
+        config(spool), VirtualTransport([]), clock=clocks.wall, monotonic=clocks.mono, deadman_sender=sender
+    )
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'site = "demo"\n[gateway]\nid = "gw-0001"\nspool_path = "{spool}"\n')
+
+    def status() -> tuple[int, list[str]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "nabz.cli", "gateway", "status", "--config", str(cfg), "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return out.returncode, json.loads(out.stdout)["problems"]
+
+    gw.start()
+    try:
+        sender.start()  # its thread checks the modem before anything else
+        deadline = time.monotonic() + 10
+        while sender.modem_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sender.stop()
+        gw.step()
+        gw._publish_status()
+        code, problems = status()
+        assert code == 1 and any("cannot text" in p and "/dev/ttyUSB0" in p for p in problems), problems
+        for _ in range(140):  # the server never beats: silent after 600 s
+            clocks.run(5.0)
+            gw.step()
+            sender.pump()
+        gw._publish_status()
+        code, problems = status()
+        assert code == 1 and any("server is silent" in p for p in problems), problems
+        assert any("not delivered" in p for p in problems), problems
+    finally:
+        gw.stop()
+    code, problems = status()
+    assert code == 1 and "the gateway was stopped" in problems, problems
