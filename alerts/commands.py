@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -82,15 +84,45 @@ def register(sub: Any, bench: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from alerts.service import AlertService
+    from alerts.service import AlertService, demo_recipients
+    from nabz.config import ConfigError
 
-    return serve(AlertService(load_config(args)))
+    cfg = load_config(args)
+    try:
+        service = AlertService(cfg)
+    except ValueError as exc:  # what the configuration asks cannot be done (nobody to text, ...)
+        raise ConfigError(str(exc)) from exc
+    if not service.phone_notifier and demo_recipients(cfg):
+        # The demo's own setup, which the service leaves unsaid; `nabz alerts run` is never the demo.
+        logging.getLogger("alerts.service").warning(
+            "alerts: no notifier reaches a phone and nobody is on call ([oncall.people] and [alerts] "
+            "on_call unset): alarms go to the outbox file only (%s), addressed to the demo's number",
+            cfg.alerts.outbox_path,
+        )
+    return serve(service)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, cfg: Any = None) -> Any:
+    """The alerts service's store, or None (said on stderr) if there is none at the configured path.
+
+    Only `nabz alerts run` makes the store: opening it here would create an empty one wherever
+    this command runs (a relative store_path is taken from the working directory), and its
+    "no open alarms" would hide the real ones."""
+    from pathlib import Path
+
     from alerts.store import AlertStore
 
-    return AlertStore(load_config(args).alerts.store_path)
+    path = Path((cfg or load_config(args)).alerts.store_path)
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        print(
+            f"nabz alerts {args.action}: no alerts store at {path.absolute()}{where}: check [alerts] "
+            "store_path in the configuration the alerts service runs with (--config), or run this "
+            "from its working directory",
+            file=sys.stderr,
+        )
+        return None
+    return AlertStore(path)
 
 
 def _local(t: float, tz: str) -> str:
@@ -99,9 +131,10 @@ def _local(t: float, tz: str) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    from alerts.store import AlertStore
-
-    alarms = AlertStore(cfg.alerts.store_path).open_alarms()
+    store = _store(args, cfg)
+    if store is None:
+        return 2
+    alarms = store.open_alarms()
     for a in alarms:
         print(f"{a.ack_code}  {a.priority:6s} {a.state:12s} {a.patient:10s} {a.kind:16s} "
               f"{_local(a.raised_at, cfg.alerts.timezone)}  {a.message}")  # fmt: skip
@@ -112,6 +145,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace, action: str, payload: dict[str, Any]) -> int:
     store = _store(args)
+    if store is None:
+        return 2
     seq = store.add_command(time.time(), action, payload, "cli")
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
@@ -143,9 +178,10 @@ def _unsilence(args: argparse.Namespace) -> int:
 
 def _silences(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    from alerts.store import AlertStore
-
-    for s in AlertStore(cfg.alerts.store_path).silences(time.time()):
+    store = _store(args, cfg)
+    if store is None:
+        return 2
+    for s in store.silences(time.time()):
         print(f"{s.silence_id}  {s.patient} {s.kind}  until {_local(s.ends_at, cfg.alerts.timezone)}  "
               f"by {s.created_by} {s.reason}")  # fmt: skip
     return 0
@@ -187,7 +223,10 @@ def _test_sms(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    for a in _store(args).audit()[-args.limit :]:
+    store = _store(args, cfg)
+    if store is None:
+        return 2
+    for a in store.audit()[-args.limit :]:
         detail = a["detail"] if len(a["detail"]) < 160 else a["detail"][:157] + "..."
         print(
             f"{_local(a['at'], cfg.alerts.timezone)}  {a['what']:12s} {a['state']:12s} {a['alarm_id'][:8]:8s} {detail}"

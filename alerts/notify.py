@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from nabz.config import SmsHttpConfig
+from nabz.secrets import create_private
 
 __all__ = [
     "Notifier",
@@ -101,6 +102,8 @@ class OutboxNotifier:
             "sent_at": datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z"),
         }
         try:
+            # Patient ids and ACK codes: 0600 whatever the umask, like the stores (docs/security.md I7).
+            create_private(self.path)
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.flush()
@@ -145,7 +148,11 @@ class HttpSmsNotifier:
                 headers["Authorization"] = f"Bearer {c.token}"
             headers["Content-Type"] = "application/json"
             body = json.dumps(payload, ensure_ascii=False).encode()
-        return urllib.request.Request(c.url, data=body, headers=headers, method="POST")
+        auth = headers.pop("Authorization", None)
+        req = urllib.request.Request(c.url, data=body, headers=headers, method="POST")
+        if auth is not None:  # for `sms_http.url` only: urllib drops it when it follows a redirect
+            req.add_unredirected_header("Authorization", auth)
+        return req
 
     def send(self, to: str, text: str, key: str, at: float) -> Delivery:
         try:

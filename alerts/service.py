@@ -10,7 +10,9 @@ It also watches and tells: ingest's heartbeats and the vitals feed the site watc
 (alerts.watchdog: a whole site gone quiet is one high alarm); the worker thread publishes this
 service's heartbeat every `alerts.heartbeat_s` (`degraded` while no notifier can send, so the
 gateways' dead-man switches can text instead); `/metrics` and `/healthz` with
-`alerts.metrics_listen`. A message that breaks the engine is logged and skipped, never fatal.
+`alerts.metrics_listen`. A service with no notifier that reaches a phone (the outbox only) says
+so at start and in `nabz_alerts_phone_notifier`, except in the demo. A message that breaks the
+engine is logged and skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from nabz.contract import AlarmEvent, GatewayStatus, Heartbeat, Vitals, VitalsBa
 from nabz.health import HealthServer, Metric
 from nabz.mqtt import connect, make_client, reason_ok
 
-__all__ = ["AlertService", "AlarmCommand", "command_topic", "COMMAND_FILTER"]
+__all__ = ["AlertService", "AlarmCommand", "command_topic", "COMMAND_FILTER", "demo_recipients"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,11 @@ def command_topic(site: str) -> str:
 COMMAND_FILTER = f"{contract.ROOT}/+/alerts/command"
 
 
+def demo_recipients(config: Config) -> bool:
+    """Whether the only number to text is the demo's placeholder (no on-call people set)."""
+    return not config.oncall.people and tuple(config.alerts.on_call) == DEMO_ON_CALL
+
+
 class AlertService:
     def __init__(
         self,
@@ -104,15 +111,21 @@ class AlertService:
         self.store = store or AlertStore(config.alerts.store_path)
         self.engine = AlertEngine(config, self.store, now=clock())
         notifiers = notifiers or build_notifiers(config)
-        if (
-            any(reaches_phone(n) for n in notifiers)
-            and not config.oncall.people
-            and tuple(config.alerts.on_call) == DEMO_ON_CALL
-        ):
+        if any(reaches_phone(n) for n in notifiers) and demo_recipients(config):
             # The demo's number might be somebody's: they would get every alarm and could ACK it.
             raise ValueError(
                 "the alerts service would text the demo's placeholder number: set [oncall.people] or"
                 " [alerts] on_call before using a modem or an SMS provider"
+            )
+        # Outside the demo (whose texts go to its placeholder number, in the outbox on purpose),
+        # a service that reaches no phone tells no doctor of any alarm: said at start and in the
+        # metrics, but not refused (a site may be waiting for its modem).
+        self.phone_notifier = any(reaches_phone(n) for n in notifiers)
+        if not self.phone_notifier and not demo_recipients(config):
+            log.warning(
+                "alerts: no notifier reaches a phone: alarms go to the outbox file only (%s); set [alerts] "
+                'notifiers = ["gsm", "outbox"] (or "http") to text the doctors on call',
+                config.alerts.outbox_path,
             )
         self.dispatcher = Dispatcher(config, self.store, notifiers)
         # (topic, payload, mid, qos): a message is acknowledged to the broker only once handled,
@@ -382,6 +395,8 @@ class AlertService:
             Metric.one("nabz_alerts_nobody_on_call_total", "alarms whose escalation named nobody on call"
                        " (texted to everyone instead)", "counter", self.engine.nobody_on_call),
             Metric.one("nabz_alerts_notifications_queued", "notifications waiting to be sent", "gauge", queued),
+            Metric.one("nabz_alerts_phone_notifier", "1 if a notifier reaches a phone (gsm, http); 0: alarms"
+                       " go to the outbox file only", "gauge", 1.0 if self.phone_notifier else 0.0),
             Metric.one("nabz_alerts_can_notify", "0 while the latest SMS went through no notifier", "gauge",
                        0.0 if d.failing else 1.0),
             Metric("nabz_alerts_notifier_up", "0 while a notifier's latest attempt failed", "gauge",

@@ -31,7 +31,8 @@ def _request(
     if data is not None:
         req.add_header("Content-Type", "application/json")
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
+        # Not along a redirect: the token is for `[grafana] url` only.
+        req.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"null")

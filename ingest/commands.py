@@ -173,6 +173,6 @@ def _influx_setup(args: argparse.Namespace) -> int:
         ):
             print(line)
     except InfluxSetupError as exc:
-        print(f"nabz influx setup: {exc}")
+        print(f"nabz influx setup: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -55,7 +55,8 @@ class _Api:
         url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", f"Token {self.token}")
+        # Not along a redirect: the token is for `[influx] url` only (docs/security.md section 4).
+        req.add_unredirected_header("Authorization", f"Token {self.token}")
         req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=15) as resp:

@@ -10,6 +10,7 @@ import argparse
 import gc
 import importlib
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from nabz import config as config_mod
+from nabz.secrets import UnsafeFileError
 
 __all__ = ["main", "build_parser", "add_config_option", "load_config", "serve", "Service"]
 
@@ -128,6 +130,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"nabz: configuration error: {exc}", file=sys.stderr)
         return 2
+    except UnsafeFileError as exc:
+        # Typically root running a command on a store the service user owns (docs/security.md).
+        line = shlex.join(sys.argv[1:] if argv is None else argv)
+        print(
+            f"nabz: {exc}. To use a service's files, run this as the user they belong to, "
+            f"e.g. sudo -u nabz nabz {line}",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:
+        what = (args.command, getattr(args, "action", None))
+        if what not in MACHINE_HINTS or not _machine_error(exc):
+            raise
+        print(f"nabz {' '.join(what)}: {exc or type(exc).__name__}: {MACHINE_HINTS[what]}", file=sys.stderr)
+        return 2
+
+
+# Commands that need something of the machine which may be missing, and what to do then: one
+# line instead of a traceback from deep inside a library.
+MACHINE_HINTS = {
+    ("gateway", "scan"): "Bluetooth is not reachable: through BlueZ (the default), is bluetoothd running "
+    "and this user in the bluetooth group? with --hci, is that HCI transport there?",
+}
+
+
+def _machine_error(exc: BaseException) -> bool:
+    """Whether `exc` says something is missing on this machine (a socket, device or file; the
+    Bluetooth stack's own errors), rather than a fault of Nabz, which keeps its traceback."""
+    return isinstance(exc, OSError) or type(exc).__module__.partition(".")[0] in ("bleak", "dbus_fast")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,9 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notifiers: list[Literal["gsm", "http", "outbox"]] = msgspec.field(default_factory=lambda: ["outbox"])
     retry_min_s: float = 5.0
     retry_max_s: float = 300.0
-    store_path: str = "var/alerts.sqlite"  # open alarms, audit log, notifications
+    # Open alarms, audit log, notifications. Relative paths are taken from the working directory:
+    # give absolute ones in production (docs/operations.md "Installing the server").
+    store_path: str = "var/alerts.sqlite"
     outbox_path: str = "var/outbox/sms.jsonl"
     # Without an [oncall] schedule these numbers are everybody's primary, backup and team. The
     # default is the demo's placeholder for its outbox: the alerts service refuses to text it.
@@ -246,7 +248,9 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timezone: str = "Asia/Karachi"  # for times in SMS
     heartbeat_s: float = 10.0  # the heartbeat gateways watch (0: none)
     site_quiet_after_s: float = 120.0  # no data from any device of the site this long: site_quiet
-    metrics_listen: str | None = None  # e.g. "127.0.0.1:9109": /metrics and /healthz
+    # e.g. "127.0.0.1:9120": /metrics and /healthz. Not ingest's port + 1 (or + i): with
+    # [ingest] workers above 1, worker i listens on ingest's port + i.
+    metrics_listen: str | None = None
 
 
 class PersonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

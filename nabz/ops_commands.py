@@ -10,7 +10,10 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nabz.broker_config import BrokerFiles
 
 __all__ = ["register"]
 
@@ -26,7 +29,8 @@ def register(sub: Any, bench: Any) -> None:
         "that lets each gateway write only under its own topics, ingest read the gateways and write "
         "vitals, alerts read vitals and write alarms, and the nurse station read derived topics and "
         "write nurse commands. Without --out the files are printed. With --passwords a password is "
-        "generated for every account into files created 0600 (never printed).",
+        "generated for every account into files created 0600 (never printed); run again with one more "
+        "--gateway, it adds that account and keeps every existing password (--rotate replaces them all).",
     )
     conf.add_argument("--site", action="append", required=True, help="site id (repeat for several)")
     conf.add_argument("--gateway", action="append", default=[], metavar="ID", help="gateway id (repeat)")
@@ -44,7 +48,14 @@ def register(sub: Any, bench: Any) -> None:
     conf.add_argument(
         "--passwords",
         action="store_true",
-        help="with --out: generate a password per account into passwd (hashed) and accounts.toml (0600)",
+        help="with --out: generate a password per account into passwd (hashed) and accounts.toml (0600); "
+        "accounts already in DIR/passwd keep theirs, only new ones (a gateway added) get one",
+    )
+    conf.add_argument(
+        "--rotate",
+        action="store_true",
+        help="with --passwords: make every account's password anew, the existing ones too "
+        "(every service and gateway then needs its new line of accounts.toml)",
     )
     conf.set_defaults(handler=_broker_config)
 
@@ -91,12 +102,20 @@ def _broker_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nabz broker config: {exc}", file=sys.stderr)
         return 2
+    if args.rotate and not args.passwords:
+        print("nabz broker config: --rotate needs --passwords", file=sys.stderr)
+        return 2
     if args.out:
-        for path in write_broker_files(plan, Path(args.out), passwords=args.passwords):
+        try:
+            done = write_broker_files(plan, Path(args.out), passwords=args.passwords, rotate=args.rotate)
+        except ValueError as exc:
+            print(f"nabz broker config: {exc}", file=sys.stderr)
+            return 2
+        for path in done.written:
             mode = path.stat().st_mode & 0o777
             print(f"wrote {path} ({mode:04o})")
         if args.passwords:
-            print("install passwd as password_file and hand each service its line of accounts.toml")
+            _report_passwords(done, Path(args.out))
         return 0
     if args.passwords:
         print("nabz broker config: --passwords needs --out (passwords are never printed)", file=sys.stderr)
@@ -105,6 +124,25 @@ def _broker_config(args: argparse.Namespace) -> int:
     print("# ---- nabz.acl ----")
     print(render_acl(plan))
     return 0
+
+
+def _report_passwords(done: BrokerFiles, out: Path) -> None:
+    """What changed in passwd, and what the installer does next."""
+    if done.kept:
+        print(f"kept the passwords in {out / 'passwd'} of: {', '.join(done.kept)}")
+    if done.added:
+        print(f"new passwords for: {', '.join(done.added)}")
+        print(
+            "install passwd as password_file (then reload mosquitto) and hand each new account "
+            f"its line of {out / 'accounts.toml'}"
+        )
+    else:
+        print("every account already has a password: passwd and accounts.toml left as they were")
+    for name in done.stale:
+        print(
+            f"{out / 'passwd'} still has {name}, which this ACL no longer names: "
+            f"remove it with mosquitto_passwd -D {out / 'passwd'} {name}"
+        )
 
 
 def _fuzz(args: argparse.Namespace) -> int:

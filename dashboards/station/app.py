@@ -271,6 +271,9 @@ def create_app(
         ),
         clock,
     )
+    missing = st.records.missing_alerts_store()
+    if missing:
+        log.warning("station: %s", missing)
 
     # --- login ----------------------------------------------------------------------------------
     async def login_page(request: Request) -> Response:
@@ -630,6 +633,7 @@ def create_app(
 
     # --- operations -------------------------------------------------------------------------------
     async def healthz(request: Request) -> Response:
+        st.records.missing_alerts_store()
         unreadable = dict(st.records.unreadable)  # a damaged store: history and strips are missing
         ok = st.hub.connected and not unreadable
         body = {"status": "ok" if ok else "degraded", "mqtt": "connected" if st.hub.connected else "disconnected",

@@ -5,7 +5,10 @@ or pruned after the dedup window; dashboards/station/influxstrips.py).
 
 Rules of this file:
 - Read-only connections (`mode=ro`), one per call: the station never writes another service's
-  file, and a file that does not exist yet (ingest not started) reads as empty.
+  file, and a file that does not exist yet (ingest not started) reads as empty. A missing alerts
+  store is also reported (`unreadable`, shown by /healthz): the alerts service makes it when it
+  starts, so its absence means no alarm history, often a relative `[alerts] store_path` taken
+  from another working directory than the service's.
 - The tables and columns read here are those of ingest/store.py and alerts/store.py; a change
   there must change this file (tests/dashboards/station/test_data.py writes through the real
   stores and reads back through this module).
@@ -41,6 +44,7 @@ TREND_FIELDS = (
     ("device", "battery_pct"), ("ecg", "resp_bpm"), ("ppg", "resp_bpm"),
 )  # fmt: skip
 _LATEST = ("hr_bpm", "pr_bpm", "spo2_pct", "sqi", "battery_pct", "resp_bpm")
+_MISSING = "no alerts store"  # how `unreadable` says it, so that it is cleared once the file is there
 
 
 class _Wave(msgspec.Struct, kw_only=True):
@@ -78,8 +82,25 @@ class Records:
         self.influx = influx  # where strips come from when the ingest store does not hold them
         self.unreadable: dict[str, str] = {}  # store path -> why it could not be read (last time)
 
+    def missing_alerts_store(self) -> str | None:
+        """Why the alerts store is not there (also kept in `unreadable` until it is), or None."""
+        key = str(self.alerts_path)
+        if self.alerts_path.exists():
+            if self.unreadable.get(key, "").startswith(_MISSING):
+                del self.unreadable[key]
+            return None
+        where = "" if self.alerts_path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        why = (
+            f"{_MISSING} at {self.alerts_path.absolute()}{where}: no alarm history until the alerts "
+            "service makes it there; check [alerts] store_path (the same file as the alerts service's)"
+        )
+        self.unreadable[key] = why
+        return why
+
     @contextmanager
     def _open(self, path: Path) -> Iterator[sqlite3.Connection | None]:
+        if path == self.alerts_path:
+            self.missing_alerts_store()
         if not path.exists():
             yield None
             return

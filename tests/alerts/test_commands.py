@@ -71,12 +71,12 @@ def test_oncall_shows_rotation_and_override(cfg_file: Path, capsys: pytest.Captu
 def test_silence_is_queued_for_the_service_and_applied_by_it(
     cfg_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    cfg = config_mod.load(cfg_file, environ={})
+    store = AlertStore(cfg.alerts.store_path)  # made by the service (the commands never make it)
     args = ["alerts", "silence", "p-0007", "sensor_off", "--for", "45m", "--by", "aisha", "--wait", "0",
             "--config", str(cfg_file)]  # fmt: skip
     assert main(args) == 0
     assert "queued as command 1" in capsys.readouterr().out
-    cfg = config_mod.load(cfg_file, environ={})
-    store = AlertStore(cfg.alerts.store_path)
     AlertEngine(cfg, store).tick(T0)  # the service picks it up
     (s,) = store.silences(T0)
     assert (s.patient, s.kind, s.ends_at - s.starts_at, s.created_by) == (

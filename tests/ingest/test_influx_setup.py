@@ -78,4 +78,5 @@ def test_setup_reports_a_refusal(influx2: Stub, tmp_path: Path, capsys: pytest.C
     cfg.chmod(0o600)  # it holds a token: nabz refuses it readable by others
     assert main(["influx", "setup", "--config", str(cfg)]) == 1
     influx2.close()
-    assert "401" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "401" in out.err and out.out == ""  # an error goes to stderr

@@ -329,3 +329,31 @@ def test_with_auth_both_a_gateway_logs_in_by_its_certificate_and_keeps_to_its_ow
             if c.error is None:
                 c.close()
         b.stop()
+
+
+def test_adding_a_gateway_later_keeps_every_deployed_password(tmp_path: Path) -> None:
+    """The installer runs `nabz broker config --passwords` again with one more --gateway: the
+    accounts already deployed keep their passwd lines, and their passwords still log in to the
+    mosquitto running the new files; only the new gateway gets a password. `--rotate` alone
+    makes them all anew."""
+    pki = make_pki(tmp_path / "pki")
+    first = GeneratedBroker(tmp_path, pki)
+    before = (first.files / "passwd").read_text().splitlines()
+    second = GeneratedBroker(tmp_path, pki, "--gateway", "gw-0003")
+    after = (second.files / "passwd").read_text().splitlines()
+    assert after[: len(before)] == before and [line.split(":")[0] for line in after[len(before) :]] == [
+        "gw-0003"
+    ]
+    assert {k: second.accounts[k] for k in first.accounts} == first.accounts
+    assert "new passwords for: gw-0003" in second.cli.stdout
+    second.start()
+    clients = [Client(second, name) for name in ("ingest", "alerts", "station", "gw-0001", "gw-0003")]
+    try:
+        assert [c.connected() for c in clients] == [True] * len(clients)
+    finally:
+        for c in clients:
+            c.close()
+        second.stop()
+    rotated = GeneratedBroker(tmp_path, pki, "--gateway", "gw-0003", "--rotate")
+    assert all(rotated.accounts[k] != first.accounts[k] for k in first.accounts)
+    assert set(rotated.accounts) == {*first.accounts, "gw-0003"}
