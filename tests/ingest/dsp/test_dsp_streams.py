@@ -142,15 +142,33 @@ def test_a_drop_out_is_bridged_without_inventing_a_pause_or_an_rr_interval(rng: 
 
 def test_a_pause_across_a_drop_out_is_still_reported(rng: np.random.Generator) -> None:
     """A pause (the last beat at 19.26 s, the next at 26.0 s: 6.74 s) with a frame (0.45 s) in
-    its middle resent late: reported from the time outside the hole, not forgotten by a reset
-    (the processor reset there until 2026-11-27, and the pause alarm never came)."""
+    its middle resent late: reported as its longest stretch seen without a beat (26.0 - 22.45 s),
+    not forgotten by a reset (the processor reset there until 2026-11-27, and the pause alarm,
+    over 3 s, never came)."""
     beats = np.concatenate((regular_beats(70, 20.0), 26.0 + regular_beats(70, 14.0, start_s=0.0)))
     x = np.round(synth_ecg(beats, 40.0, FS_ECG) + 15.0 * rng.standard_normal(40 * FS_ECG))
     hole = (int(22.0 * FS_ECG), int(22.45 * FS_ECG))
     proc = EcgProcessor(FS_ECG)
     vitals = _feed_ecg(proc, x[: hole[0]], [113])
     vitals += _feed_ecg(proc, x[hole[1] :], [113], t0=T0 + hole[1] / FS_ECG)
-    assert max(v.pause_s for v in vitals) == pytest.approx(6.74 - 0.45, abs=0.05)
+    assert max(v.pause_s for v in vitals) == pytest.approx(26.0 - 22.45, abs=0.05)
+
+
+@pytest.mark.parametrize("hr_bpm", [34, 40, 50])
+def test_a_drop_out_that_hid_a_beat_makes_no_pause(hr_bpm: int, rng: np.random.Generator) -> None:
+    """Slow sinus rhythm; a lost frame (0.3 s, resent late) held an R peak. The beat-free time on
+    both sides of the hole is not one pause: counted so (a first version of the bridging), this
+    was a 3.2 s 'pause' at 34/min, and a lossy link at 66/min made tens of seconds of asystole."""
+    beats = regular_beats(hr_bpm, 60.0)
+    x = np.round(synth_ecg(beats, 60.0, FS_ECG) + 15.0 * rng.standard_normal(60 * FS_ECG))
+    hidden = beats[np.searchsorted(beats, 30.0)]
+    hole = (int((hidden - 0.15) * FS_ECG), int((hidden + 0.15) * FS_ECG))
+    proc = EcgProcessor(FS_ECG)
+    vitals = _feed_ecg(proc, x[: hole[0]], [113])
+    vitals += _feed_ecg(proc, x[hole[1] :], [113], t0=T0 + hole[1] / FS_ECG)
+    rr = 60.0 / hr_bpm
+    assert max(v.pause_s for v in vitals) <= rr + 0.1  # never more than the rhythm's own RR
+    assert all(v.hr_bpm is None or v.hr_bpm > hr_bpm - 5 for v in vitals)
 
 
 def test_resent_chunks_are_ignored(rng: np.random.Generator) -> None:
