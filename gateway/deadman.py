@@ -275,6 +275,9 @@ class Pending:
     detail: str = ""  # why the last attempt failed
 
 
+RECHECK_S = 300.0  # a modem that could not text is checked again this often while idle
+
+
 class DeadManSender:
     """Sends the dead-man's texts through a notifier (a GSM modem) until each is delivered.
 
@@ -300,7 +303,8 @@ class DeadManSender:
         self.wall = wall
         self.sent: list[tuple[str, str]] = []
         self.failed: list[tuple[str, str, str]] = []
-        self.modem_error: str | None = None  # what the check at start found wrong (None: it can text)
+        self.modem_error: str | None = None  # what the last check found wrong (None: it can text)
+        self._checked_at = float("-inf")  # monotonic
         self._pending: list[Pending] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -314,6 +318,7 @@ class DeadManSender:
         probe = getattr(self.notifier, "init", None)
         if probe is None:
             return None
+        self._checked_at = self.clock()
         try:
             probe()
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is reported, and the sender lives on
@@ -394,6 +399,10 @@ class DeadManSender:
             self._wake.clear()
             try:
                 due = self.pump()
+                if self.modem_error is not None and due is None:  # a modem fitted since is seen
+                    if self.clock() >= self._checked_at + RECHECK_S:
+                        self.check()
+                    due = self._checked_at + RECHECK_S
             except Exception:  # this thread is the doctor's only news of an outage: it must not die
                 log.exception("dead-man: sending failed; trying again in %.0f s", self.max_retry_s)
                 due = self.clock() + self.max_retry_s

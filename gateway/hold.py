@@ -7,14 +7,14 @@ reading that means nobody will ever store it: a wearable paired before it was en
 several ingest workers only the devices of enrolled patients are subscribed), the seconds between
 `nabz enrol` and its owner's subscription, or a server whose ingest has not subscribed yet (a
 first installation, a broker restarted without its sessions). So the gateway keeps such a
-reading in its spool, as it keeps one the broker refused, and holds the device's later readings
-back too instead of sending a growing backlog into nothing over a rural link. Once in a while it
-sends the device's oldest held reading again (a probe: one message, the first after 5 s, then
-twice as long each time up to 2 minutes). When a reading of the device is taken, everything held
-is sent, in the order it was spooled.
+reading, and holds the device's later readings back with it (the spool's held rows: out of the
+way of the other devices' rows, within a quarter of the spool) instead of sending a growing
+backlog into nothing over a rural link. Once in a while it sends the device's oldest held
+reading again (a probe: one message, the first after 5 s, then twice as long each time up to 2
+minutes). When the probe is taken, everything held goes back into the spool, in order, and is
+sent; a probe the broker refuses (an ACL being changed) is tried again at the next probe time.
 
-The state is per process: after a restart the first readings of a held device go out once more,
-and their answers hold it again.
+Which devices are held is kept in the spool (their held rows), so a restart goes on holding them.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ PROBE_MAX_S = 120.0
 
 @dataclass
 class Hold:
-    """One held device."""
+    """One held device's probing."""
 
-    since: float  # when its first reading came back untaken (the caller's clock)
-    first_seq: int  # the oldest spool row known to be held (rows before it are not its)
-    wait_s: float  # until the next probe after this one
+    since: float  # when it was held (the caller's clock)
+    wait_s: float  # until the probe after the next one
     probe_due: float
-    probe_seq: int | None = None  # the probe in flight, if any
+    probing: bool = False  # a probe is in flight
 
 
 class Holds:
@@ -51,49 +50,33 @@ class Holds:
         return bool(self.devices)
 
     def held(self, device: str | None) -> bool:
-        """Whether this device's readings are held back (its rows are not to be sent)."""
         return device is not None and device in self.devices
 
-    def untaken(self, device: str, seq: int, now: float) -> bool:
-        """A reading of `device` (spool row `seq`) came back with nobody subscribed. True when
-        the device is newly held (worth telling people once)."""
+    def hold(self, device: str, now: float) -> bool:
+        """A reading of `device` came back with nobody subscribed (or it was held before a
+        restart). True when the device is newly held (worth telling people once)."""
+        if device in self.devices:
+            return False
+        self.devices[device] = Hold(now, min(2 * self.first_s, self.max_s), now + self.first_s)
+        return True
+
+    def probes(self, now: float) -> list[str]:
+        """Devices to probe now."""
+        return [d for d, h in self.devices.items() if not h.probing and now >= h.probe_due]
+
+    def probing(self, device: str) -> None:
+        """Its probe went out."""
+        self.devices[device].probing = True
+
+    def unanswered(self, device: str, now: float) -> None:
+        """Its probe came back with nobody subscribed, or was refused, or could not go: the next
+        probe after the current wait, which then doubles (up to `max_s`)."""
         hold = self.devices.get(device)
-        if hold is None:
-            self.devices[device] = Hold(now, seq, min(2 * self.first_s, self.max_s), now + self.first_s)
-            return True
-        hold.first_seq = min(hold.first_seq, seq)
-        if hold.probe_seq == seq:  # the probe: nobody yet; ask again later, less often
-            hold.probe_seq = None
+        if hold is not None:
+            hold.probing = False
             hold.probe_due = now + hold.wait_s
             hold.wait_s = min(2 * hold.wait_s, self.max_s)
-        return False
 
     def taken(self, device: str | None) -> Hold | None:
         """A reading of `device` was taken: it is released (returned, if it was held)."""
-        if device is None:
-            return None
-        return self.devices.pop(device, None)
-
-    def probes(self, now: float) -> list[tuple[str, int]]:
-        """Devices to probe now, each with the oldest row that may be its held reading."""
-        return [
-            (device, hold.first_seq)
-            for device, hold in self.devices.items()
-            if hold.probe_seq is None and now >= hold.probe_due
-        ]
-
-    def probing(self, device: str, seq: int) -> None:
-        """Row `seq` went out as this device's probe."""
-        self.devices[device].probe_seq = seq
-
-    def lost_probe(self, device: str, now: float) -> None:
-        """The probe could not be sent, or the held rows are gone (dropped by the spool's
-        overflow): nothing to ask with until the next probe time."""
-        hold = self.devices.get(device)
-        if hold is not None:
-            hold.probe_seq = None
-            hold.probe_due = now + hold.wait_s
-
-    def forget(self, device: str) -> None:
-        """Nothing of this device is left in the spool."""
-        self.devices.pop(device, None)
+        return None if device is None else self.devices.pop(device, None)

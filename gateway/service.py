@@ -138,12 +138,15 @@ class Gateway:
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
         self._inflight_device: dict[int, str | None] = {}  # paho mid -> the reading's device
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
+        for device in self.spool.held_devices:  # held before a restart: held still, probed soon
+            self.holds.hold(device, self.mono())
+        self._probes: dict[int, tuple[str, int]] = {}  # paho mid -> (device, held row) of a probe
         self._sent_upto = 0  # highest spool seq handed to paho by this process
         # Rows the broker refused (a quota, an ACL being fixed) stay in the spool behind
         # `_sent_upto`: once `_retry_due` comes (monotonic), a round sends again every row up to
-        # where the spool stood (`_retry_end`) that is not in flight and not held, from
-        # `_retry_from` on. No state per row. Rows held back (gateway.hold) go the same way once
-        # their device's readings are taken: a round at once.
+        # where the spool stood (`_retry_end`) that is not in flight, from `_retry_from` on. No
+        # state per row. Rows held back (gateway.hold) are out of the spool until released, and
+        # then at its end.
         self._retry_wait = _RETRY_FIRST_S  # doubles while refusals go on, back when one is accepted
         self._retry_due: float | None = None
         self._retry_from: int | None = None
@@ -301,9 +304,9 @@ class Gateway:
             gateway=self.id,
             state="online",
             t=utc_from_us(now_us),
-            spool_depth=self.spool.depth,
+            spool_depth=self.spool.depth + self.spool.held_depth,
             devices=self.transport.devices,
-            spool_bytes=self.spool.size_bytes,
+            spool_bytes=self.spool.size_bytes + self.spool.held_bytes,
             spool_dropped_readings=self.spool.counter("dropped_readings"),
             refused=self._refused,
             dead_letters=self.spool.counter("dead_letters"),
@@ -518,6 +521,9 @@ class Gateway:
                         self._backlog = (self.clock(), self.spool.depth, published)
             elif kind == "ack":
                 mid, ok, reason, nobody = value
+                if mid in self._probes:
+                    self._probe_answer(*self._probes.pop(mid), taken=ok and not nobody)
+                    continue
                 seq = self._inflight.pop(mid, None)
                 device = self._inflight_device.pop(mid, None)
                 if seq is None:
@@ -527,8 +533,8 @@ class Gateway:
                 elif ok:
                     acked.append(seq)
                     self._retry_wait = _RETRY_FIRST_S  # the broker takes messages again
-                    if self.holds and self.holds.taken(device) is not None:
-                        self._release(device)
+                    if device is not None and self.holds.held(device):  # sent before it was held
+                        self._release(device)  # and taken after all
                 else:
                     # Refused (not authorised, a quota): kept in the spool and sent again after a
                     # minute, then 2, 4 ... 15 at most (not in a tight loop), and reported.
@@ -552,40 +558,55 @@ class Gateway:
             self._drained()
         return n
 
+    def _prefix(self, device: str) -> str:
+        return contract.reading_topic(self.site, self.id, device, "")
+
     def _untaken(self, device: str, seq: int) -> None:
-        if self.holds.untaken(device, seq, self.mono()):
+        """A reading came back untaken: its device is held (its rows out of the spool's way)."""
+        if self.holds.hold(device, self.mono()):
+            moved = self.spool.hold(device, self._prefix(device), keep=set(self._inflight.values()))
             self._status_now = True
             log.warning(
                 "gateway %s: nobody on the server takes %s's readings (not enrolled yet, or ingest "
-                "not subscribed): keeping them in the spool and asking again every %.0f s at most",
-                self.id, device, self.holds.max_s,
+                "not subscribed): %d kept aside, with its later ones, and asked about again every "
+                "%.0f s at most",
+                self.id, device, moved, self.holds.max_s,
             )  # fmt: skip
+        else:
+            self.spool.hold_row(device, self._prefix(device), seq)
 
-    def _release(self, device: str | None) -> None:
-        """A held device's readings are taken again: a round sends what was held, at once."""
+    def _release(self, device: str, delivered: int | None = None) -> None:
+        """A held device's readings are taken: what was held goes to the end of the spool."""
+        self.holds.taken(device)
+        moved = self.spool.release(device, delivered)
         self._status_now = True
-        now = self.mono()
-        if self._retry_due is None or self._retry_due > now:
-            self._retry_due = now
-        log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
+        log.info("gateway %s: %s's readings are taken; sending the %d held", self.id, device, moved)
+
+    def _probe_answer(self, device: str, held_seq: int, *, taken: bool) -> None:
+        if taken:
+            self._release(device, held_seq)
+        else:  # nobody yet, or refused (an ACL being changed): ask again later
+            self.holds.unanswered(device, self.mono())
 
     def _probe(self, room: int) -> int:
         """Send each held device whose time has come its oldest held reading again."""
         sent = 0
         now = self.mono()
-        for device, first in self.holds.probes(now):
+        for device in self.holds.probes(now):
             if sent >= room:
                 break
-            prefix = contract.reading_topic(self.site, self.id, device, "")
-            row = self.spool.first_with_prefix(prefix, first)
-            if row is None:
-                self.holds.forget(device)  # nothing of it left (the overflow policy dropped it)
+            row = self.spool.held_oldest(device)
+            if row is None:  # nothing of it held any more (the overflow policy dropped it)
+                self.holds.taken(device)
+                self.spool.release(device)
                 self._status_now = True
                 continue
-            if row.seq in self._inflight.values() or not self._send(row, device):
-                self.holds.lost_probe(device, now)
+            info = self.client.publish(row.topic, row.payload, qos=1)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                self.holds.unanswered(device, now)
                 continue
-            self.holds.probing(device, row.seq)
+            self._probes[info.mid] = (device, row.seq)
+            self.holds.probing(device)
             sent += 1
         return sent
 
@@ -612,7 +633,7 @@ class Gateway:
         )  # fmt: skip
 
     def _publish(self) -> int:
-        room = self.config.gateway.max_inflight - len(self._inflight)
+        room = self.config.gateway.max_inflight - len(self._inflight) - len(self._probes)
         if room <= 0:
             return 0
         if self.holds:
@@ -634,11 +655,7 @@ class Gateway:
         sent = 0
         for msg in batch:
             reading = contract.parse_reading_topic(msg.topic)
-            device = reading.device if reading is not None else None
-            if self.holds.held(device):  # stays in the spool, behind `_sent_upto`, until released
-                self._sent_upto = max(self._sent_upto, msg.seq)
-                continue
-            if not self._send(msg, device):
+            if not self._send(msg, reading.device if reading is not None else None):
                 if msg.seq <= self._sent_upto and self._retry_due is None:  # the rest of a round
                     self._retry_due, self._retry_from = self.mono() + 1.0, None
                 break

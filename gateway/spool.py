@@ -9,6 +9,13 @@ Rules of this file:
 - Marks (small named strings: a serial link's position, waveform sequence state) are written in
   the same transaction as the rows they describe, so after a crash they agree exactly.
 - Other processes may read the file (`snapshot`, for `nabz gateway status`); only the gateway writes.
+- Held rows: the readings of a device nobody on the server takes yet (gateway.hold) wait in a
+  table of their own, `held`, so that they neither hold up the other devices' rows nor are sent
+  into nothing: `hold` moves a device's rows there and later rows of the device go there at once,
+  `release` moves them back to the end of the spool, in order. Held rows may fill a quarter of
+  the limit at most and are the first to go when the spool is full (counted like any dropped row,
+  and as `dropped_held`): a wearable nobody enrolled must not cost the enrolled ones their outage
+  budget.
 
 Overflow policy (when the payloads waiting exceed `max_bytes`): the oldest raw-waveform rows go
 first, since vital-sign readings are small and clinically denser; if only vital signs remain, the
@@ -29,11 +36,13 @@ dropped. Once the disk has room for the reserve again (checked each minute), the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +71,18 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     reason TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    stream TEXT NOT NULL,
+    readings INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_by_device ON held (device, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS status (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL, payload BLOB NOT NULL);
@@ -107,6 +128,12 @@ class Spool:
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool").fetchone()
         self._depth, self._bytes = int(row[0]), int(row[1])
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held").fetchone()
+        self._held_depth, self._held_bytes = int(row[0]), int(row[1])
+        # device -> the topic prefix of its readings, for every device with held rows
+        self._held: dict[str, str] = dict(
+            self.db.execute("SELECT device, MIN(prefix) FROM held GROUP BY device")
+        )
         self._reserve = self.path.with_suffix(".reserve")
         self._reserve_checked = 0.0
         self._keep_reserve()
@@ -145,19 +172,35 @@ class Spool:
                 log.error("spool: disk full and nothing left to free: %d new readings not kept", lost)
                 self._count_lost(len(items), lost)
                 return dropped + lost
-        if self._bytes > self.max_bytes:
+        if self._bytes > self.max_bytes or self._held_bytes > self._held_limit():
             dropped += self._overflow()
         if time.monotonic() - self._reserve_checked >= _RESERVE_CHECK_S:
             self._keep_reserve()
         return dropped
 
     def _insert(self, items: list[tuple[str, str, bytes, str, int]], marks: dict[str, str] | None) -> None:
-        """The rows and marks, committed (or, on any error, not at all)."""
+        """The rows and marks, committed (or, on any error, not at all). Rows of a held device go
+        to the held rows."""
         now = time.time()
+        held: list[tuple[str, str, str, str, bytes, str, int, float]] = []
+        if self._held:
+            rest = []
+            for item in items:
+                device = self._held_device(item[1])
+                if device is None:
+                    rest.append(item)
+                else:
+                    held.append((device, self._held[device], *item, now))
+            items = rest
         with self._tx():
             self.db.executemany(
                 "INSERT INTO spool (id, topic, payload, stream, readings, created) VALUES (?, ?, ?, ?, ?, ?)",
                 [(i, t, p, s, r, now) for (i, t, p, s, r) in items],
+            )
+            self.db.executemany(
+                "INSERT INTO held (device, prefix, id, topic, payload, stream, readings, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                held,
             )
             if marks:
                 self.db.executemany(
@@ -167,6 +210,154 @@ class Spool:
                 )
         self._depth += len(items)
         self._bytes += sum(len(p) for (_, _, p, _, _) in items)
+        self._held_depth += len(held)
+        self._held_bytes += sum(len(h[4]) for h in held)
+
+    def _held_device(self, topic: str) -> str | None:
+        for device, prefix in self._held.items():
+            if topic.startswith(prefix):
+                return device
+        return None
+
+    # --- held rows (gateway.hold) ----------------------------------------------------------
+    @property
+    def held_devices(self) -> list[str]:
+        return sorted(self._held)
+
+    @property
+    def held_depth(self) -> int:
+        return self._held_depth
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    def hold(self, device: str, prefix: str, keep: Collection[int] = ()) -> int:
+        """Hold a device's readings (topics starting with `prefix`): its rows move to the held
+        rows, except `keep` (rows in flight: their answers decide), and its later rows go there
+        too. Reads the whole spool once: for a device newly held. Returns rows moved."""
+        where = "substr(topic, 1, ?) = ? AND seq NOT IN (SELECT value FROM json_each(?))"
+        args = [len(prefix), prefix, json.dumps(sorted(keep))]
+        with self._tx():
+            row = self.db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool WHERE {where}", args
+            ).fetchone()
+            self.db.execute(
+                "INSERT INTO held (device, prefix, id, topic, payload, stream, readings, created) "
+                f"SELECT ?, ?, id, topic, payload, stream, readings, created FROM spool WHERE {where} ORDER BY seq",
+                [device, prefix, *args],
+            )
+            self.db.execute(f"DELETE FROM spool WHERE {where}", args)
+        moved, size = int(row[0]), int(row[1])
+        self._held[device] = prefix
+        self._depth -= moved
+        self._bytes -= size
+        self._held_depth += moved
+        self._held_bytes += size
+        self._drop_held(self._held_limit())
+        return moved
+
+    def hold_row(self, device: str, prefix: str, seq: int) -> None:
+        """One more row of a held device, answered with nobody subscribed, joins its held rows."""
+        with self._tx():
+            row = self.db.execute("SELECT LENGTH(payload) FROM spool WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return
+            self.db.execute(
+                "INSERT INTO held (device, prefix, id, topic, payload, stream, readings, created) "
+                "SELECT ?, ?, id, topic, payload, stream, readings, created FROM spool WHERE seq = ?",
+                (device, prefix, seq),
+            )
+            self.db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+        self._held.setdefault(device, prefix)
+        self._depth -= 1
+        self._bytes -= int(row[0])
+        self._held_depth += 1
+        self._held_bytes += int(row[0])
+
+    def held_oldest(self, device: str) -> SpooledMessage | None:
+        """The oldest held row of a device (its seq numbers the held rows, not the spool)."""
+        row = self.db.execute(
+            "SELECT seq, id, topic, payload, readings FROM held WHERE device = ? ORDER BY seq LIMIT 1",
+            (device,),
+        ).fetchone()
+        return SpooledMessage(int(row[0]), row[1], row[2], bytes(row[3]), int(row[4])) if row else None
+
+    def release(self, device: str, delivered: int | None = None) -> int:
+        """A device's readings are taken: its held row `delivered` (the probe the broker took) is
+        gone, the others move to the end of the spool in their order, and its later rows stay
+        there. Returns rows moved."""
+        with self._tx():
+            gone = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(readings), 0), COALESCE(SUM(LENGTH(payload)), 0) FROM held "
+                "WHERE device = ? AND seq = ?",
+                (device, delivered if delivered is not None else -1),
+            ).fetchone()
+            self.db.execute("DELETE FROM held WHERE device = ? AND seq = ?", (device, delivered or -1))
+            self._bump("published_messages", int(gone[0]))
+            self._bump("published_readings", int(gone[1]))
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held WHERE device = ?", (device,)
+            ).fetchone()
+            self.db.execute(
+                "INSERT INTO spool (id, topic, payload, stream, readings, created) "
+                "SELECT id, topic, payload, stream, readings, created FROM held WHERE device = ? ORDER BY seq",
+                (device,),
+            )
+            self.db.execute("DELETE FROM held WHERE device = ?", (device,))
+        self._held.pop(device, None)
+        moved, size = int(row[0]), int(row[1])
+        self._held_depth -= moved + int(gone[0])
+        self._held_bytes -= size + int(gone[2])
+        self._depth += moved
+        self._bytes += size
+        return moved
+
+    def _held_limit(self) -> int:
+        """Bytes held rows may take now: a quarter of the limit, and only what the rest leaves."""
+        return max(0, min(self.max_bytes // 4, self.max_bytes - self._bytes))
+
+    def _drop_held(self, limit: int) -> int:
+        """Drop the oldest held rows until they take `limit` bytes at most; returns readings."""
+        dropped_msgs = dropped_readings = 0
+        while self._held_bytes > limit:
+            rows = self.db.execute(
+                "SELECT seq, readings, LENGTH(payload), device FROM held ORDER BY seq LIMIT ?", (_DROP_CHUNK,)
+            ).fetchall()
+            if not rows:
+                break
+            chunk, size = [], 0
+            for seq, readings, length, _ in rows:
+                if self._held_bytes - size <= limit:
+                    break
+                chunk.append((int(seq), int(readings)))
+                size += int(length)
+            try:
+                with self._tx():
+                    self.db.execute(
+                        f"DELETE FROM held WHERE seq IN ({','.join('?' * len(chunk))})", [q for q, _ in chunk]
+                    )
+                    for name in ("dropped_messages", "dropped_held"):
+                        self._bump(name, len(chunk))
+                    self._bump("dropped_readings", sum(r for _, r in chunk))
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                log.error("spool: the disk is too full to drop held rows from (%s)", exc)
+                break
+            self._held_bytes -= size
+            self._held_depth -= len(chunk)
+            dropped_msgs += len(chunk)
+            dropped_readings += sum(r for _, r in chunk)
+        if dropped_msgs:
+            left = {d for (d,) in self.db.execute("SELECT DISTINCT device FROM held")}
+            self._held = {d: p for d, p in self._held.items() if d in left}
+            log.error(
+                "spool: dropped the %d oldest held messages (%d readings) of devices nobody on the server "
+                "takes: held rows may take %d bytes now",
+                dropped_msgs, dropped_readings, limit,
+            )  # fmt: skip
+        return dropped_readings
 
     def _make_room(self) -> int:
         """The disk is full: free the reserve, lower the limit, drop by the overflow policy."""
@@ -298,15 +489,6 @@ class Spool:
         ).fetchall()
         return [SpooledMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4])) for r in rows]
 
-    def first_with_prefix(self, prefix: str, from_seq: int) -> SpooledMessage | None:
-        """The oldest row from seq `from_seq` on whose topic starts with `prefix`."""
-        row = self.db.execute(
-            "SELECT seq, id, topic, payload, readings FROM spool WHERE seq >= ? AND substr(topic, 1, ?) = ? "
-            "ORDER BY seq LIMIT 1",
-            (from_seq, len(prefix), prefix),
-        ).fetchone()
-        return SpooledMessage(int(row[0]), row[1], row[2], bytes(row[3]), int(row[4])) if row else None
-
     def ack(self, seqs: list[int]) -> int:
         """Delete acknowledged rows; returns how many readings they held."""
         if not seqs:
@@ -380,7 +562,8 @@ class Spool:
         """Drop by the policy until under the limit, in small transactions (a full disk leaves
         room for a short write-ahead log only; one big deletion would need more than it frees).
         Stops early, keeping what it dropped, if even that cannot be written."""
-        dropped_msgs = dropped_readings = 0
+        dropped_readings = self._drop_held(self._held_limit())  # rows nobody takes go first
+        dropped_msgs = 0
         while self._bytes > self.max_bytes:
             rows = (
                 self.db.execute(
@@ -418,7 +601,7 @@ class Spool:
             dropped_readings += sum(r for _, r in chunk)
         if dropped_msgs:
             log.error(
-                "spool full (%d bytes, limit %d): dropped the %d oldest messages (%d readings); "
+                "spool full (%d bytes, limit %d): dropped the %d oldest messages (up to %d readings); "
                 "%d dropped in all since the spool was created",
                 self._bytes, self.max_bytes, dropped_msgs, dropped_readings, self.counter("dropped_readings"),
             )  # fmt: skip

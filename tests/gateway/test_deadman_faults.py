@@ -470,3 +470,27 @@ def test_a_modem_that_cannot_text_is_found_at_start_and_gateway_status_says_so(t
         gw.stop()
     code, problems = status()
     assert code == 1 and "the gateway was stopped" in problems, problems
+
+
+def test_a_modem_fitted_after_the_start_is_seen_without_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installer plugs the modem in after seeing 'cannot text': the next check finds it (every
+    5 minutes while idle; shortened here), and status stops saying so (it said so until a restart
+    or a text, found by review)."""
+    import gateway.deadman as deadman
+
+    monkeypatch.setattr(deadman, "RECHECK_S", 0.2)
+    clocks = Clocks()
+    modem = MissingModem(clocks)
+    sender = DeadManSender(modem).start()
+    try:
+        deadline = time.monotonic() + 10
+        while sender.modem_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sender.modem_error is not None and "/dev/ttyUSB0" in sender.modem_error
+        modem.init = lambda: None  # type: ignore[method-assign]  # plugged in
+        deadline = time.monotonic() + 10
+        while sender.modem_error is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sender.modem_error is None
+    finally:
+        sender.stop()
