@@ -214,11 +214,13 @@ def _status(args: argparse.Namespace) -> int:
         "heartbeat_age_s": round(age, 1) if age is not None else None,
         "spool": {
             "messages": snap.depth,
+            "held_messages": snap.held,  # of those: readings nobody on the server takes yet
             "payload_bytes": snap.payload_bytes,
             "file_bytes": snap.file_bytes,
             "oldest_age_s": round(now - snap.oldest_created, 1) if snap.oldest_created else None,
             "published_readings": snap.counters.get("published_readings", 0),
             "dropped_readings": snap.counters.get("dropped_readings", 0),
+            "dropped_held_messages": snap.counters.get("dropped_held", 0),
             "dead_letters": snap.counters.get("dead_letters", 0),
         },
         "mqtt": local.get("mqtt", {}),
@@ -239,7 +241,8 @@ def _print_status(cfg: Config, r: dict[str, Any]) -> None:
         print(f"  ! {p}")
     print(f"  heartbeat: {r['heartbeat_age_s']} s ago; broker {cfg.mqtt.url}: "
           f"{'connected' if r['mqtt'].get('connected') else 'not connected'}")  # fmt: skip
-    print(f"  spool: {s['messages']} messages ({s['payload_bytes'] / 1e6:.1f} MB, file {s['file_bytes'] / 1e6:.1f} MB), "
+    held = f", {s['held_messages']} of them held" if s["held_messages"] else ""
+    print(f"  spool: {s['messages']} messages{held} ({s['payload_bytes'] / 1e6:.1f} MB, file {s['file_bytes'] / 1e6:.1f} MB), "
           f"oldest {s['oldest_age_s']} s; published {s['published_readings']} readings; "
           f"dropped {s['dropped_readings']}; dead letters {s['dead_letters']}")  # fmt: skip
     print(

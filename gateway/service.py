@@ -136,11 +136,11 @@ class Gateway:
         self.status_topic = contract.status_topic(self.site, self.id)
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> spool seq
-        self._inflight_device: dict[int, str | None] = {}  # paho mid -> the reading's device
+        self._inflight_device: dict[int, tuple[str | None, str]] = {}  # paho mid -> (device, message id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
         for device in self.spool.held_devices:  # held before a restart: held still, probed soon
             self.holds.hold(device, self.mono())
-        self._probes: dict[int, tuple[str, int]] = {}  # paho mid -> (device, held row) of a probe
+        self._probes: dict[int, tuple[str, str]] = {}  # paho mid -> (device, message id) of a probe
         self._sent_upto = 0  # highest spool seq handed to paho by this process
         # Rows the broker refused (a quota, an ACL being fixed) stay in the spool behind
         # `_sent_upto`: once `_retry_due` comes (monotonic), a round sends again every row up to
@@ -284,7 +284,7 @@ class Gateway:
             generated=int(getattr(self.transport, "readings_generated", 0)),
             spooled=self._spooled,
             published=self.spool.counter("published_readings"),
-            spool_depth=self.spool.depth,
+            spool_depth=self.spool.depth + self.spool.held_depth,
             dead_letters=self.spool.counter("dead_letters"),
             dropped=self.spool.counter("dropped_readings"),
             connected=self._connected,
@@ -525,16 +525,16 @@ class Gateway:
                     self._probe_answer(*self._probes.pop(mid), taken=ok and not nobody)
                     continue
                 seq = self._inflight.pop(mid, None)
-                device = self._inflight_device.pop(mid, None)
+                device, msg_id = self._inflight_device.pop(mid, (None, ""))
                 if seq is None:
                     continue
                 if ok and nobody and device is not None:  # dropped by the broker: kept here
-                    self._untaken(device, seq)
+                    self._untaken(device)
                 elif ok:
                     acked.append(seq)
                     self._retry_wait = _RETRY_FIRST_S  # the broker takes messages again
                     if device is not None and self.holds.held(device):  # sent before it was held
-                        self._release(device)  # and taken after all
+                        self._release(device, [msg_id])  # and taken after all
                 else:
                     # Refused (not authorised, a quota): kept in the spool and sent again after a
                     # minute, then 2, 4 ... 15 at most (not in a tight loop), and reported.
@@ -561,30 +561,32 @@ class Gateway:
     def _prefix(self, device: str) -> str:
         return contract.reading_topic(self.site, self.id, device, "")
 
-    def _untaken(self, device: str, seq: int) -> None:
+    def _untaken(self, device: str) -> None:
         """A reading came back untaken: its device is held (its rows out of the spool's way)."""
         if self.holds.hold(device, self.mono()):
-            moved = self.spool.hold(device, self._prefix(device), keep=set(self._inflight.values()))
+            self.spool.hold(device, self._prefix(device))
             self._status_now = True
             log.warning(
                 "gateway %s: nobody on the server takes %s's readings (not enrolled yet, or ingest "
-                "not subscribed): %d kept aside, with its later ones, and asked about again every "
-                "%.0f s at most",
-                self.id, device, moved, self.holds.max_s,
+                "not subscribed): kept aside, with its later ones, and asked about again every %.0f s "
+                "at most",
+                self.id, device, self.holds.max_s,
             )  # fmt: skip
-        else:
-            self.spool.hold_row(device, self._prefix(device), seq)
+        elif self.spool.holding(device):  # a move a full disk cut short
+            self.spool.hold(device, self._prefix(device))
 
-    def _release(self, device: str, delivered: int | None = None) -> None:
+    def _release(self, device: str, delivered: list[str]) -> None:
         """A held device's readings are taken: what was held goes to the end of the spool."""
         self.holds.taken(device)
-        moved = self.spool.release(device, delivered)
+        if not self.spool.release(device, delivered):  # a full disk: held still, asked again later
+            self.holds.hold(device, self.mono())
+            return
         self._status_now = True
-        log.info("gateway %s: %s's readings are taken; sending the %d held", self.id, device, moved)
+        log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
 
-    def _probe_answer(self, device: str, held_seq: int, *, taken: bool) -> None:
+    def _probe_answer(self, device: str, msg_id: str, *, taken: bool) -> None:
         if taken:
-            self._release(device, held_seq)
+            self._release(device, [msg_id])
         else:  # nobody yet, or refused (an ACL being changed): ask again later
             self.holds.unanswered(device, self.mono())
 
@@ -597,15 +599,13 @@ class Gateway:
                 break
             row = self.spool.held_oldest(device)
             if row is None:  # nothing of it held any more (the overflow policy dropped it)
-                self.holds.taken(device)
-                self.spool.release(device)
-                self._status_now = True
+                self._release(device, [])
                 continue
             info = self.client.publish(row.topic, row.payload, qos=1)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 self.holds.unanswered(device, now)
                 continue
-            self._probes[info.mid] = (device, row.seq)
+            self._probes[info.mid] = (device, row.id)
             self.holds.probing(device)
             sent += 1
         return sent
@@ -616,7 +616,7 @@ class Gateway:
             log.warning("gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc)
             return False
         self._inflight[info.mid] = msg.seq
-        self._inflight_device[info.mid] = device
+        self._inflight_device[info.mid] = (device, msg.id)
         return True
 
     def _drained(self) -> None:

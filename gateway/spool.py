@@ -36,15 +36,15 @@ dropped. Once the disk has room for the reserve again (checked each minute), the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nabz.secrets import create_private
 
@@ -94,6 +94,7 @@ _WAL_LIMIT_BYTES = 16 * 1024 * 1024
 _TIGHT_WAL_PAGES = 64  # after a full disk: checkpoint every 64 pages (256 kB of log)
 _MIN_LIMIT_BYTES = 256 * 1024  # a full disk lowers the limit, but not below this
 _DROP_CHUNK = 64  # rows dropped per transaction by the overflow policy
+_MOVE_CHUNK = 500  # rows moved to or from the held rows per transaction
 _RESERVE_CHECK_S = 60.0
 
 
@@ -134,6 +135,7 @@ class Spool:
         self._held: dict[str, str] = dict(
             self.db.execute("SELECT device, MIN(prefix) FROM held GROUP BY device")
         )
+        self._moving: set[str] = set()  # held devices some of whose rows may still be in the spool
         self._reserve = self.path.with_suffix(".reserve")
         self._reserve_checked = 0.0
         self._keep_reserve()
@@ -159,7 +161,7 @@ class Spool:
                     raise
                 # the newest come first: the oldest make room for them, as much as they need
                 need = sum(len(p) for (_, _, p, _, _) in items)
-                limit, self.max_bytes = self.max_bytes, max(0, self._bytes - 2 * need)
+                limit, self.max_bytes = self.max_bytes, max(0, self._bytes + self._held_bytes - 2 * need)
                 dropped += self._overflow()
                 self.max_bytes = limit
                 try:
@@ -232,48 +234,50 @@ class Spool:
     def held_bytes(self) -> int:
         return self._held_bytes
 
-    def hold(self, device: str, prefix: str, keep: Collection[int] = ()) -> int:
+    def hold(self, device: str, prefix: str) -> bool:
         """Hold a device's readings (topics starting with `prefix`): its rows move to the held
-        rows, except `keep` (rows in flight: their answers decide), and its later rows go there
-        too. Reads the whole spool once: for a device newly held. Returns rows moved."""
-        where = "substr(topic, 1, ?) = ? AND seq NOT IN (SELECT value FROM json_each(?))"
-        args = [len(prefix), prefix, json.dumps(sorted(keep))]
+        rows in their order (those in flight too: if one is taken after all, `release` names it),
+        and its later rows go there at once. Moved in small transactions, the oldest beyond the
+        held rows' budget dropped as it goes; reads the spool once. A full disk that nothing
+        frees leaves the rest in the spool: False (call again)."""
+        self._held[device] = prefix
+        self._moving.add(device)
+        after = 0
+        while True:
+            seqs = [int(q) for (q,) in self.db.execute(
+                "SELECT seq FROM spool WHERE seq > ? AND substr(topic, 1, ?) = ? ORDER BY seq LIMIT ?",
+                (after, len(prefix), prefix, _MOVE_CHUNK),
+            )]  # fmt: skip
+            if not seqs:
+                break
+            if not self._durably(self._move_to_held, device, prefix, seqs):
+                return False
+            after = seqs[-1]
+            self._drop_held(self._held_limit())
+        self._moving.discard(device)
+        return True
+
+    def holding(self, device: str) -> bool:
+        """Whether a device's rows are still partly in the spool (a hold a full disk cut short)."""
+        return device in self._moving
+
+    def _move_to_held(self, device: str, prefix: str, seqs: list[int]) -> None:
+        marks = ",".join("?" * len(seqs))
         with self._tx():
             row = self.db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool WHERE {where}", args
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool WHERE seq IN ({marks})", seqs
             ).fetchone()
             self.db.execute(
                 "INSERT INTO held (device, prefix, id, topic, payload, stream, readings, created) "
-                f"SELECT ?, ?, id, topic, payload, stream, readings, created FROM spool WHERE {where} ORDER BY seq",
-                [device, prefix, *args],
+                f"SELECT ?, ?, id, topic, payload, stream, readings, created FROM spool WHERE seq IN ({marks}) "
+                "ORDER BY seq",
+                [device, prefix, *seqs],
             )
-            self.db.execute(f"DELETE FROM spool WHERE {where}", args)
-        moved, size = int(row[0]), int(row[1])
-        self._held[device] = prefix
-        self._depth -= moved
-        self._bytes -= size
-        self._held_depth += moved
-        self._held_bytes += size
-        self._drop_held(self._held_limit())
-        return moved
-
-    def hold_row(self, device: str, prefix: str, seq: int) -> None:
-        """One more row of a held device, answered with nobody subscribed, joins its held rows."""
-        with self._tx():
-            row = self.db.execute("SELECT LENGTH(payload) FROM spool WHERE seq = ?", (seq,)).fetchone()
-            if row is None:
-                return
-            self.db.execute(
-                "INSERT INTO held (device, prefix, id, topic, payload, stream, readings, created) "
-                "SELECT ?, ?, id, topic, payload, stream, readings, created FROM spool WHERE seq = ?",
-                (device, prefix, seq),
-            )
-            self.db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
-        self._held.setdefault(device, prefix)
-        self._depth -= 1
-        self._bytes -= int(row[0])
-        self._held_depth += 1
-        self._held_bytes += int(row[0])
+            self.db.execute(f"DELETE FROM spool WHERE seq IN ({marks})", seqs)
+        self._depth -= int(row[0])
+        self._bytes -= int(row[1])
+        self._held_depth += int(row[0])
+        self._held_bytes += int(row[1])
 
     def held_oldest(self, device: str) -> SpooledMessage | None:
         """The oldest held row of a device (its seq numbers the held rows, not the spool)."""
@@ -283,35 +287,73 @@ class Spool:
         ).fetchone()
         return SpooledMessage(int(row[0]), row[1], row[2], bytes(row[3]), int(row[4])) if row else None
 
-    def release(self, device: str, delivered: int | None = None) -> int:
-        """A device's readings are taken: its held row `delivered` (the probe the broker took) is
-        gone, the others move to the end of the spool in their order, and its later rows stay
-        there. Returns rows moved."""
+    def release(self, device: str, delivered: Collection[str] = ()) -> bool:
+        """A device's readings are taken: its held rows whose message ids are `delivered` (the
+        probe, or a row that was in flight when it was held) are gone, counted as published; the
+        others move to the end of the spool in their order (small transactions), and its later
+        rows stay there. A full disk that nothing frees leaves the rest held: False."""
+        if delivered:
+            ids = sorted(delivered)
+            marks = ",".join("?" * len(ids))
+
+            def forget() -> None:
+                with self._tx():
+                    gone = self.db.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(readings), 0), COALESCE(SUM(LENGTH(payload)), 0) "
+                        f"FROM held WHERE device = ? AND id IN ({marks})",
+                        [device, *ids],
+                    ).fetchone()
+                    self.db.execute(f"DELETE FROM held WHERE device = ? AND id IN ({marks})", [device, *ids])
+                    self._bump("published_messages", int(gone[0]))
+                    self._bump("published_readings", int(gone[1]))
+                self._held_depth -= int(gone[0])
+                self._held_bytes -= int(gone[2])
+
+            if not self._durably(forget):
+                return False
+        while True:
+            seqs = [int(q) for (q,) in self.db.execute(
+                "SELECT seq FROM held WHERE device = ? ORDER BY seq LIMIT ?", (device, _MOVE_CHUNK)
+            )]  # fmt: skip
+            if not seqs:
+                break
+            if not self._durably(self._move_to_spool, seqs):
+                return False
+        self._held.pop(device, None)
+        self._moving.discard(device)
+        return True
+
+    def _move_to_spool(self, seqs: list[int]) -> None:
+        marks = ",".join("?" * len(seqs))
         with self._tx():
-            gone = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(readings), 0), COALESCE(SUM(LENGTH(payload)), 0) FROM held "
-                "WHERE device = ? AND seq = ?",
-                (device, delivered if delivered is not None else -1),
-            ).fetchone()
-            self.db.execute("DELETE FROM held WHERE device = ? AND seq = ?", (device, delivered or -1))
-            self._bump("published_messages", int(gone[0]))
-            self._bump("published_readings", int(gone[1]))
             row = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held WHERE device = ?", (device,)
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held WHERE seq IN ({marks})", seqs
             ).fetchone()
             self.db.execute(
                 "INSERT INTO spool (id, topic, payload, stream, readings, created) "
-                "SELECT id, topic, payload, stream, readings, created FROM held WHERE device = ? ORDER BY seq",
-                (device,),
+                f"SELECT id, topic, payload, stream, readings, created FROM held WHERE seq IN ({marks}) ORDER BY seq",
+                seqs,
             )
-            self.db.execute("DELETE FROM held WHERE device = ?", (device,))
-        self._held.pop(device, None)
-        moved, size = int(row[0]), int(row[1])
-        self._held_depth -= moved + int(gone[0])
-        self._held_bytes -= size + int(gone[2])
-        self._depth += moved
-        self._bytes += size
-        return moved
+            self.db.execute(f"DELETE FROM held WHERE seq IN ({marks})", seqs)
+        self._held_depth -= int(row[0])
+        self._held_bytes -= int(row[1])
+        self._depth += int(row[0])
+        self._bytes += int(row[1])
+
+    def _durably(self, write: Callable[..., None], *args: Any) -> bool:
+        """Run a write; on a full disk make room (the module docstring) and try once more."""
+        for attempt in (1, 2):
+            try:
+                write(*args)
+                return True
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                if attempt == 2:
+                    log.error("spool: the disk is full and nothing left to free: held rows not moved now")
+                    return False
+                self._make_room()
+        return False
 
     def _held_limit(self) -> int:
         """Bytes held rows may take now: a quarter of the limit, and only what the rest leaves."""
@@ -349,9 +391,7 @@ class Spool:
             self._held_depth -= len(chunk)
             dropped_msgs += len(chunk)
             dropped_readings += sum(r for _, r in chunk)
-        if dropped_msgs:
-            left = {d for (d,) in self.db.execute("SELECT DISTINCT device FROM held")}
-            self._held = {d: p for d, p in self._held.items() if d in left}
+        if dropped_msgs:  # (a device left with no rows stays held: its later rows still come here)
             log.error(
                 "spool: dropped the %d oldest held messages (%d readings) of devices nobody on the server "
                 "takes: held rows may take %d bytes now",
@@ -364,7 +404,8 @@ class Spool:
         # what the reserve frees (half of it: the write-ahead log needs room too) can hold readings
         freed = _RESERVE_BYTES // 2 if self._reserve.exists() else 0
         self._reserve.unlink(missing_ok=True)
-        self.max_bytes = max(_MIN_LIMIT_BYTES, min(self.max_bytes, max(freed, int(self._bytes * 0.8))))
+        held = self._bytes + self._held_bytes
+        self.max_bytes = max(_MIN_LIMIT_BYTES, min(self.max_bytes, max(freed, int(held * 0.8))))
         log.error(
             "spool: the disk is full (%s); limit lowered to %d bytes of readings, dropping the oldest",
             self.path.parent, self.max_bytes,
@@ -373,7 +414,7 @@ class Spool:
         self.db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
         self.db.execute(f"PRAGMA journal_size_limit={_TIGHT_WAL_PAGES * 4096}")
         self._checkpoint()
-        dropped = self._overflow() if self._bytes > self.max_bytes else 0
+        dropped = self._overflow() if self._bytes + self._held_bytes > self.max_bytes else 0
         try:
             with self._tx():
                 self._bump("disk_full", 1)
@@ -630,6 +671,8 @@ class SpoolSnapshot:
     counters: dict[str, int]
     status_at: float | None
     status: bytes | None
+    held: int = 0  # of `depth`: messages of devices nobody on the server takes yet
+    held_bytes: int = 0  # of `payload_bytes`
 
 
 def snapshot(path: str | Path) -> SpoolSnapshot:
@@ -642,19 +685,28 @@ def snapshot(path: str | Path) -> SpoolSnapshot:
         depth, size, oldest = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), MIN(created) FROM spool"
         ).fetchone()
+        try:  # (a spool from before the held rows has no such table)
+            held, held_size, held_oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), MIN(created) FROM held"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            held, held_size, held_oldest = 0, 0, None
         counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
         row = db.execute("SELECT at, payload FROM status WHERE id = 1").fetchone()
     finally:
         db.close()
     files = sum(f.stat().st_size for f in p.parent.glob(p.name + "*") if f.is_file())
+    oldest = min((t for t in (oldest, held_oldest) if t is not None), default=None)
     return SpoolSnapshot(
-        depth=int(depth),
-        payload_bytes=int(size),
+        depth=int(depth) + int(held),
+        payload_bytes=int(size) + int(held_size),
         file_bytes=files,
         oldest_created=float(oldest) if oldest is not None else None,
         counters=counters,
         status_at=float(row[0]) if row else None,
         status=bytes(row[1]) if row else None,
+        held=int(held),
+        held_bytes=int(held_size),
     )
 
 

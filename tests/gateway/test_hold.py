@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 import gateway.hold as hold_mod
 from gateway.hold import Holds
 from gateway.service import Gateway
-from gateway.spool import Spool
+from gateway.spool import Spool, snapshot
 from gateway.virtual import VirtualTransport
 from hardware import make_patients
 from nabz import contract
@@ -62,25 +62,43 @@ def test_a_probe_refused_by_the_broker_is_asked_again_not_held_for_ever() -> Non
 
 # --- the spool's held rows ------------------------------------------------------------------------
 def _rows(
-    device: str, n: int, size: int = 300, stream: str = "ppg"
+    device: str, n: int, size: int = 300, stream: str = "ppg", start: int = 0
 ) -> list[tuple[str, str, bytes, str, int]]:
-    return [(f"{device}-{i}", f"nabz/v1/s/gw/g/{device}/{stream}", bytes(size), stream, 10) for i in range(n)]
+    return [
+        (f"{device}-{i}", f"nabz/v1/s/gw/g/{device}/{stream}", bytes(size), stream, 10)
+        for i in range(start, start + n)
+    ]
 
 
 def test_held_rows_stay_out_of_the_other_devices_way_and_come_back_in_order(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite")
     spool.put(_rows("oxi-9", 3) + _rows("ecg-1", 2))
-    spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/", keep=())
-    spool.put(_rows("oxi-9", 2)[::-1] + _rows("ecg-1", 1))  # later ones go aside at once
-    assert [m.id for m in spool.peek(0, 100)] == ["ecg-1-0", "ecg-1-1", "ecg-1-0"]
+    assert spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")
+    spool.put(_rows("oxi-9", 2, start=3) + _rows("ecg-1", 1, start=2))  # later ones go aside at once
+    assert [m.id for m in spool.peek(0, 100)] == ["ecg-1-0", "ecg-1-1", "ecg-1-2"]
     assert (spool.depth, spool.held_depth, spool.held_devices) == (3, 5, ["oxi-9"])
     again = Spool(tmp_path / "s.sqlite")  # a restart keeps them held
     assert again.held_devices == ["oxi-9"] and again.held_depth == 5
+    seen = snapshot(tmp_path / "s.sqlite")  # `nabz gateway status` counts them
+    assert (seen.depth, seen.held) == (8, 5)
     oldest = again.held_oldest("oxi-9")
     assert oldest is not None and oldest.id == "oxi-9-0"
-    assert again.release("oxi-9", delivered=oldest.seq) == 4  # the probe was taken: the rest back
-    assert [m.id for m in again.peek(0, 100)][3:] == ["oxi-9-1", "oxi-9-2", "oxi-9-1", "oxi-9-0"]
+    assert again.release("oxi-9", [oldest.id])  # the probe was taken: the rest come back in order
+    assert [m.id for m in again.peek(0, 100)][3:] == ["oxi-9-1", "oxi-9-2", "oxi-9-3", "oxi-9-4"]
     assert again.held_depth == 0 and again.counter("published_messages") == 1
+
+
+def test_rows_in_flight_when_a_device_is_held_keep_their_place(tmp_path: Path) -> None:
+    """The rows of a device in flight when it was held were answered a moment later and appended
+    after its later rows: after the release the server got 0, 100-299, then 1-99 (found by
+    review). Now all of a device's rows move in their order, and one taken after all is named."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.put(_rows("oxi-9", 300))
+    in_flight = spool.peek(0, 100)  # sent; the first answer says nobody takes them
+    assert spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")
+    assert spool.depth == 0 and spool.held_depth == 300
+    assert spool.release("oxi-9", [in_flight[0].id])  # one was taken after all, then the rest
+    assert [m.id for m in spool.peek(0, 1000)] == [f"oxi-9-{i}" for i in range(1, 300)]
 
 
 def test_held_rows_take_a_quarter_of_the_spool_at_most_and_go_first_when_it_is_full(tmp_path: Path) -> None:
@@ -88,13 +106,50 @@ def test_held_rows_take_a_quarter_of_the_spool_at_most_and_go_first_when_it_is_f
     patients' waveforms were dropped instead (found by review). Now its held rows are capped at
     a quarter of the limit, and dropped first, counted."""
     spool = Spool(tmp_path / "s.sqlite", max_bytes=400 * 300)
-    spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/", keep=())
+    spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")
     spool.put(_rows("oxi-9", 200))
     assert spool.held_bytes <= 100 * 300 and spool.counter("dropped_held") == 100
     assert spool.held_oldest("oxi-9") is not None  # the newest are kept
     spool.put(_rows("ecg-1", 380, stream="ecg"))  # the enrolled patient's readings fill the rest
     assert spool.depth == 380 and spool.held_bytes <= 20 * 300  # the held rows made way
     assert spool.counter("dropped_messages") == spool.counter("dropped_held")  # nothing else lost
+
+
+def test_on_a_full_disk_held_rows_make_room_first(tmp_path: Path) -> None:
+    """The card fills up with 3 MB held and 2 MB of an enrolled patient's ECG waiting: making room
+    dropped every held row and a fifth of the ECG besides (found by review). Now the held rows
+    make the room."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.put(_rows("oxi-9", 3000, size=1000))
+    spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")
+    spool.put(_rows("ecg-1", 2000, size=1000, stream="ecg"))
+    pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
+    spool.db.execute(f"PRAGMA max_page_count = {pages + 2}")  # the card is full
+    spool.put(_rows("ecg-1", 10, size=1000, stream="ecg", start=2000))
+    assert spool.counter("disk_full") >= 1 and spool.depth == 2010  # every ECG row kept
+    assert spool.counter("dropped_messages") == spool.counter("dropped_held") > 0
+
+
+def test_on_a_full_disk_holding_and_releasing_do_not_crash(tmp_path: Path) -> None:
+    """Holding a device copies its rows within the spool's file: on a full card that raised
+    'database or disk is full', and the gateway died at every start (found by review). Now a
+    hold or release that cannot be written is left for later, and the counts stay the tables'."""
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.put(_rows("ecg-1", 2000, size=1000, stream="ecg") + _rows("oxi-9", 1500, size=1000))
+    pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
+    spool.db.execute(f"PRAGMA max_page_count = {pages + 2}")  # the card is full
+    spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")  # never raises (True, or False: left for later)
+    spool.put(_rows("ecg-1", 10, size=1000, stream="ecg", start=2000))
+    spool.release("oxi-9")  # never raises either
+
+    def counted() -> tuple[int, int]:
+        return (
+            spool.db.execute("SELECT COUNT(*) FROM spool").fetchone()[0],
+            spool.db.execute("SELECT COUNT(*) FROM held").fetchone()[0],
+        )
+
+    assert counted() == (spool.depth, spool.held_depth)
+    assert spool.depth + spool.held_depth == 3510 - spool.counter("dropped_messages")
 
 
 # --- against mosquitto ----------------------------------------------------------------------------
