@@ -135,6 +135,7 @@ class IngestCore:
         self._ecg: dict[str, tuple[int, EcgProcessor]] = {}
         self._ppg: dict[str, tuple[int, PpgProcessor]] = {}
         self._newest: dict[tuple[str, str], float] = {}  # (device, stream) -> newest t fed to DSP
+        self._last_seq: dict[tuple[str, str], int] = {}  # (device, stream) -> newest frame fed to DSP
         self._pending_ppg: list[tuple[PpgWindow, _Who, list[str]]] = []
         self.not_stored_vitals = 0  # derived vitals published but not in the store (it failed)
         self.uncounted = 0  # counter bumps lost after a commit (the store failed)
@@ -301,6 +302,17 @@ class IngestCore:
         self._newest[key] = t if newest is None else max(newest, t)
         return False
 
+    def _fresh(self, r: EcgReading | PpgReading, stream: str, t0: float) -> bool:
+        """Whether a waveform chunk is new signal by its frame number (a resend or a duplicate
+        has one already fed; counters wrap at 2^30 or 2^32), for the processors' timeline. The
+        newest in time sets the reference too (a rebooted wearable numbers its frames afresh)."""
+        key = (r.device, stream)
+        last = self._last_seq.get(key)
+        newer = last is None or r.seq > last or last - r.seq > 1 << 29
+        if newer or t0 >= self._newest.get(key, t0):
+            self._last_seq[key] = r.seq
+        return newer and last is not None
+
     # --- derived vitals ------------------------------------------------------------------------
     def _derive(self, r: Reading, patient: str, t0: float) -> list[Vitals]:
         """Derived vitals of a reading whose first sample was taken at `t0` (epoch seconds)."""
@@ -312,7 +324,7 @@ class IngestCore:
                 proc = EcgProcessor(float(r.rate_hz))
                 self._ecg[r.device] = (r.rate_hz, proc)
             flags: list[str] = [str(f) for f in r.flags]
-            for e in proc.push(np.asarray(r.signal_uv, dtype=np.float64), t0):
+            for e in proc.push(np.asarray(r.signal_uv, dtype=np.float64), t0, self._fresh(r, "ecg", t0)):
                 out.append(
                     Vitals(
                         **base,
@@ -337,7 +349,7 @@ class IngestCore:
             red = np.asarray(r.red_counts, dtype=np.float64)
             ir = np.asarray(r.ir_counts, dtype=np.float64)
             # analysed later for the whole batch at once (streams.analyse_many): same values
-            for w in pproc.windows(red, ir, t0):
+            for w in pproc.windows(red, ir, t0, self._fresh(r, "ppg", t0)):
                 self._pending_ppg.append((w, base, [str(f) for f in r.flags]))
         elif isinstance(r, HrReading):
             contact_flags = [] if r.contact in (None, True) else ["no_contact"]

@@ -40,6 +40,9 @@ _NEW_SESSION_S = 60.0
 # The longest hole bridged rather than reset: the gateway's default `resend_timeout_s`, after
 # which a drop-out's frames that did not come back are a gap for good (docs/gateway.md).
 BRIDGE_S = 10.0
+# A new chunk this far behind its stream is a clock step, not jitter (the gateway steps its
+# estimate of a device's clock only for changes over 2 s; smaller mismatches are skipped over).
+STEP_BACK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +85,12 @@ class _Timeline:
     def time_of(self, index: int) -> float:
         return self._t_ref + (index - self._n_ref) / self.fs
 
-    def place(self, t0: float, size: int) -> tuple[bool, int, int]:
+    def place(self, t0: float, size: int, fresh: bool = False) -> tuple[bool, int, int]:
         """Where a chunk goes: (reset first?, samples to skip at its start, samples of a hole
-        to bridge before it)."""
+        to bridge before it). A `fresh` chunk (the caller knows it is new signal, by its frame
+        numbers) starting more than `STEP_BACK_S` early is a device time stepped back (a gateway
+        clock set back by NTP), not a resend: a new session, rather than every chunk skipped
+        until the time has caught up."""
         if self.n == 0:
             self._t_ref, self._n_ref = t0, 0
             return False, 0, 0
@@ -96,7 +102,7 @@ class _Timeline:
             hole = round(delta * self.fs)
             self._t_ref, self._n_ref = t0, self.n + hole
             return False, 0, hole
-        if delta > 0 or -delta > _NEW_SESSION_S:
+        if delta > 0 or -delta > _NEW_SESSION_S or (fresh and -delta > STEP_BACK_S):
             self.n = 0
             self._t_ref, self._n_ref = t0, 0
             return True, 0, 0
@@ -176,8 +182,9 @@ class EcgProcessor:
         self._resp: float | None = None
         self._resp_due = 0
 
-    def push(self, samples: npt.ArrayLike, t0: float) -> list[EcgVitals]:
-        """Feed a chunk of ECG (µV) whose first sample was taken at `t0` (UTC epoch seconds).
+    def push(self, samples: npt.ArrayLike, t0: float, fresh: bool = False) -> list[EcgVitals]:
+        """Feed a chunk of ECG (µV) whose first sample was taken at `t0` (UTC epoch seconds);
+        `fresh`: new signal, never seen (see `_Timeline.place`).
 
         Returns
         -------
@@ -187,7 +194,7 @@ class EcgProcessor:
         x = np.asarray(samples, dtype=np.float64).ravel()
         if x.size == 0:
             return []
-        reset, skip, hole = self._clock.place(float(t0), x.size)
+        reset, skip, hole = self._clock.place(float(t0), x.size, fresh)
         if reset:
             self._reset()
         if hole:
@@ -368,7 +375,9 @@ class PpgProcessor:
         """
         return self.finish(self.windows(red, ir, t0))
 
-    def windows(self, red: npt.ArrayLike, ir: npt.ArrayLike, t0: float) -> list[PpgWindow]:
+    def windows(
+        self, red: npt.ArrayLike, ir: npt.ArrayLike, t0: float, fresh: bool = False
+    ) -> list[PpgWindow]:
         """`push` without the analysis: the windows due for analysis, for `finish` (or for
         `analyse_many` together with other patients' windows)."""
         r_ = np.asarray(red, dtype=np.float64).ravel()
@@ -377,7 +386,7 @@ class PpgProcessor:
             raise ValueError("red and ir chunks must have the same length")
         if r_.size == 0:
             return []
-        reset, skip, hole = self._clock.place(float(t0), r_.size)
+        reset, skip, hole = self._clock.place(float(t0), r_.size, fresh)
         if reset:
             self._new_buffer()
         if hole:  # a straight line across it, no window ending inside it (nobody saw it)
