@@ -8,7 +8,7 @@ several ingest workers only the devices of enrolled patients are subscribed), th
 `nabz enrol` and its owner's subscription, or a server whose ingest has not subscribed yet (a
 first installation, a broker restarted without its sessions). So the gateway keeps such a
 reading, and holds the device's later readings back with it (the spool's held rows: out of the
-way of the other devices' rows, within a quarter of the spool) instead of sending a growing
+way of the other devices' rows, the first dropped when the spool is full) instead of sending a growing
 backlog into nothing over a rural link. Once in a while it sends the device's oldest held
 reading again (a probe: one message, the first after 5 s, then twice as long each time up to 2
 minutes). When the probe is taken, everything held goes back into the spool, in order, and is

@@ -529,7 +529,7 @@ class Gateway:
                 if seq is None:
                     continue
                 if ok and nobody and device is not None:  # dropped by the broker: kept here
-                    self._untaken(device)
+                    self._untaken(device, seq)
                 elif ok:
                     acked.append(seq)
                     self._retry_wait = _RETRY_FIRST_S  # the broker takes messages again
@@ -561,7 +561,7 @@ class Gateway:
     def _prefix(self, device: str) -> str:
         return contract.reading_topic(self.site, self.id, device, "")
 
-    def _untaken(self, device: str) -> None:
+    def _untaken(self, device: str, seq: int) -> None:
         """A reading came back untaken: its device is held (its rows out of the spool's way)."""
         if self.holds.hold(device, self.mono()):
             self.spool.hold(device, self._prefix(device))
@@ -572,8 +572,8 @@ class Gateway:
                 "at most",
                 self.id, device, self.holds.max_s,
             )  # fmt: skip
-        elif self.spool.holding(device):  # a move a full disk cut short
-            self.spool.hold(device, self._prefix(device))
+        elif self.spool.holding(device) or self.spool.waiting(seq):  # a move cut short (full disk)
+            self.spool.hold(device, self._prefix(device))  # or rows left from before a restart
 
     def _release(self, device: str, delivered: list[str]) -> None:
         """A held device's readings are taken: what was held goes to the end of the spool."""

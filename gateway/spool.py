@@ -12,10 +12,12 @@ Rules of this file:
 - Held rows: the readings of a device nobody on the server takes yet (gateway.hold) wait in a
   table of their own, `held`, so that they neither hold up the other devices' rows nor are sent
   into nothing: `hold` moves a device's rows there and later rows of the device go there at once,
-  `release` moves them back to the end of the spool, in order. Held rows may fill a quarter of
-  the limit at most and are the first to go when the spool is full (counted like any dropped row,
+  `release` moves them back to the end of the spool, in order. Held rows count towards the limit
+  and are the first to go when the spool is full, waveforms first (counted like any dropped row,
   and as `dropped_held`): a wearable nobody enrolled must not cost the enrolled ones their outage
-  budget.
+  budget, and when every device is held (a server whose ingest has not subscribed again after a
+  restart) nothing is dropped that would not have been dropped anyway. Moving rows needs room for a
+  copy: on a full card a move is left for later (the rows stay where they are), never made room for.
 
 Overflow policy (when the payloads waiting exceed `max_bytes`): the oldest raw-waveform rows go
 first, since vital-sign readings are small and clinically denser; if only vital signs remain, the
@@ -135,7 +137,11 @@ class Spool:
         self._held: dict[str, str] = dict(
             self.db.execute("SELECT device, MIN(prefix) FROM held GROUP BY device")
         )
-        self._moving: set[str] = set()  # held devices some of whose rows may still be in the spool
+        # held devices some of whose rows may still be in the spool (a move a full disk cut short)
+        self._moving: set[str] = {
+            d for d, prefix in self._held.items()
+            if self.db.execute("SELECT 1 FROM spool WHERE substr(topic, 1, ?) = ? LIMIT 1", (len(prefix), prefix)).fetchone()
+        }  # fmt: skip
         self._reserve = self.path.with_suffix(".reserve")
         self._reserve_checked = 0.0
         self._keep_reserve()
@@ -174,7 +180,7 @@ class Spool:
                 log.error("spool: disk full and nothing left to free: %d new readings not kept", lost)
                 self._count_lost(len(items), lost)
                 return dropped + lost
-        if self._bytes > self.max_bytes or self._held_bytes > self._held_limit():
+        if self._bytes + self._held_bytes > self.max_bytes:
             dropped += self._overflow()
         if time.monotonic() - self._reserve_checked >= _RESERVE_CHECK_S:
             self._keep_reserve()
@@ -216,8 +222,10 @@ class Spool:
         self._held_bytes += sum(len(h[4]) for h in held)
 
     def _held_device(self, topic: str) -> str | None:
+        """The held device a new row belongs to, if any (not one still being moved: its new rows
+        go behind its old ones in the spool, to move with them in order)."""
         for device, prefix in self._held.items():
-            if topic.startswith(prefix):
+            if topic.startswith(prefix) and device not in self._moving:
                 return device
         return None
 
@@ -237,9 +245,9 @@ class Spool:
     def hold(self, device: str, prefix: str) -> bool:
         """Hold a device's readings (topics starting with `prefix`): its rows move to the held
         rows in their order (those in flight too: if one is taken after all, `release` names it),
-        and its later rows go there at once. Moved in small transactions, the oldest beyond the
-        held rows' budget dropped as it goes; reads the spool once. A full disk that nothing
-        frees leaves the rest in the spool: False (call again)."""
+        and its later rows go there at once. Moved in small transactions; reads the spool once. A
+        full disk leaves the rest in the spool, and the device's new rows behind them: False
+        (call again)."""
         self._held[device] = prefix
         self._moving.add(device)
         after = 0
@@ -253,9 +261,12 @@ class Spool:
             if not self._durably(self._move_to_held, device, prefix, seqs):
                 return False
             after = seqs[-1]
-            self._drop_held(self._held_limit())
         self._moving.discard(device)
         return True
+
+    def waiting(self, seq: int) -> bool:
+        """Whether spool row `seq` is still there (not moved, acknowledged or dropped)."""
+        return self.db.execute("SELECT 1 FROM spool WHERE seq = ?", (seq,)).fetchone() is not None
 
     def holding(self, device: str) -> bool:
         """Whether a device's rows are still partly in the spool (a hold a full disk cut short)."""
@@ -341,31 +352,36 @@ class Spool:
         self._bytes += int(row[1])
 
     def _durably(self, write: Callable[..., None], *args: Any) -> bool:
-        """Run a write; on a full disk make room (the module docstring) and try once more."""
-        for attempt in (1, 2):
-            try:
-                write(*args)
-                return True
-            except sqlite3.Error as exc:
-                if not _is_full(exc):
-                    raise
-                if attempt == 2:
-                    log.error("spool: the disk is full and nothing left to free: held rows not moved now")
-                    return False
-                self._make_room()
-        return False
+        """Run a write that moves rows; False on a full disk (no room is made for a move: that
+        would drop readings to shuffle others, found by review)."""
+        try:
+            write(*args)
+            return True
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            log.error("spool: the disk is full: held rows not moved now (%s)", exc)
+            return False
 
     def _held_limit(self) -> int:
-        """Bytes held rows may take now: a quarter of the limit, and only what the rest leaves."""
-        return max(0, min(self.max_bytes // 4, self.max_bytes - self._bytes))
+        """Bytes held rows may take now: what the rest of the spool leaves under the limit."""
+        return max(0, self.max_bytes - self._bytes)
 
     def _drop_held(self, limit: int) -> int:
         """Drop the oldest held rows until they take `limit` bytes at most; returns readings."""
         dropped_msgs = dropped_readings = 0
         while self._held_bytes > limit:
-            rows = self.db.execute(
-                "SELECT seq, readings, LENGTH(payload), device FROM held ORDER BY seq LIMIT ?", (_DROP_CHUNK,)
-            ).fetchall()
+            rows = (
+                self.db.execute(
+                    "SELECT seq, readings, LENGTH(payload), device FROM held WHERE stream IN (?, ?) "
+                    "ORDER BY seq LIMIT ?",
+                    (*_WAVEFORM_STREAMS, _DROP_CHUNK),
+                ).fetchall()
+                or self.db.execute(
+                    "SELECT seq, readings, LENGTH(payload), device FROM held ORDER BY seq LIMIT ?",
+                    (_DROP_CHUNK,),
+                ).fetchall()
+            )
             if not rows:
                 break
             chunk, size = [], 0

@@ -304,11 +304,11 @@ class IngestCore:
 
     def _fresh(self, r: EcgReading | PpgReading, stream: str, t0: float) -> bool:
         """Whether a waveform chunk is new signal by its frame number (a resend or a duplicate
-        has one already fed; counters wrap at 2^30 or 2^32), for the processors' timeline. The
+        has one already fed; the numbers wrap at 2^32), for the processors' timeline. The
         newest in time sets the reference too (a rebooted wearable numbers its frames afresh)."""
         key = (r.device, stream)
         last = self._last_seq.get(key)
-        newer = last is None or r.seq > last or last - r.seq > 1 << 29
+        newer = last is None or 0 < (r.seq - last) % (1 << 32) < 1 << 31
         if newer or t0 >= self._newest.get(key, t0):
             self._last_seq[key] = r.seq
         return newer and last is not None

@@ -109,6 +109,29 @@ def test_a_gateway_clock_stepped_back_a_little_does_not_pause_the_analysis(tmp_p
     assert with_hr and with_hr[0] < 8.0, with_hr[:3]  # not 30 s
 
 
+def test_a_frame_resent_across_the_wrap_of_the_frame_numbers_is_not_a_clock_step(tmp_path: Path) -> None:
+    """Frame numbers start at random and wrap at 2^32: a frame resent from just before the wrap
+    is older, not newer, and is skipped as a resend rather than restarting the analysis (the first
+    version compared the numbers without the wrap: found by review)."""
+    frames = [msgspec.structs.replace(r, seq=(2**32 - 30 + k) % 2**32) for k, r in enumerate(_ecg(30))]
+    late = frames[25]  # before the wrap (k 30 is 0)
+    on_time = _core(tmp_path / "a")
+    resent = _core(tmp_path / "b")
+    a = [
+        v
+        for k in range(0, 70, 5)
+        for v in on_time.handle_batch([_msg(r, T0 + 30) for r in frames[k : k + 5]]).vitals
+    ]
+    b = []
+    for k in range(0, 70, 5):
+        batch = [r for r in frames[k : k + 5] if r is not late]
+        if k == 40:
+            batch.append(late)  # a RESEND's answer, after the wrap
+        b += resent.handle_batch([_msg(r, T0 + 30) for r in batch]).vitals
+    hr = lambda vs: [round(v.t.timestamp(), 2) for v in vs if v.source == "ecg" and v.hr_bpm is not None]  # noqa: E731
+    assert len(hr(b)) == len(hr(a))  # the hole is bridged, not a restart (two vitals fewer, then late)
+
+
 def test_future_dated_readings_are_dead_lettered(tmp_path: Path) -> None:
     (r,) = _ecg(1)[:1]
     core = _core(tmp_path)
