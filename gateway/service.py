@@ -564,7 +564,8 @@ class Gateway:
     def _untaken(self, device: str, seq: int) -> None:
         """A reading came back untaken: its device is held (its rows out of the spool's way)."""
         if self.holds.hold(device, self.mono()):
-            self.spool.hold(device, self._prefix(device))
+            if not self.spool.hold(device, self._prefix(device)):
+                self._send_again_later()
             self._status_now = True
             log.warning(
                 "gateway %s: nobody on the server takes %s's readings (not enrolled yet, or ingest "
@@ -573,16 +574,25 @@ class Gateway:
                 self.id, device, self.holds.max_s,
             )  # fmt: skip
         elif self.spool.holding(device) or self.spool.waiting(seq):  # a move cut short (full disk)
-            self.spool.hold(device, self._prefix(device))  # or rows left from before a restart
+            if not self.spool.hold(device, self._prefix(device)):  # or rows left from before a restart
+                self._send_again_later()
 
     def _release(self, device: str, delivered: list[str]) -> None:
         """A held device's readings are taken: what was held goes to the end of the spool."""
         self.holds.taken(device)
         if not self.spool.release(device, delivered):  # a full disk: held still, asked again later
             self.holds.hold(device, self.mono())
+            self._send_again_later()
             return
         self._status_now = True
         log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
+
+    def _send_again_later(self) -> None:
+        """A move a full card cut short left rows in the spool behind those already sent: a
+        round sends them again in a minute (as after a refusal), so none waits for a restart."""
+        due = self.mono() + _RETRY_FIRST_S
+        if self._retry_due is None or self._retry_due > due:
+            self._retry_due = due
 
     def _probe_answer(self, device: str, msg_id: str, *, taken: bool) -> None:
         if taken:
@@ -597,6 +607,9 @@ class Gateway:
         for device in self.holds.probes(now):
             if sent >= room:
                 break
+            if self.spool.moving(device):  # its rows in the spool go first, and answer for it
+                self.holds.unanswered(device, now)
+                continue
             row = self.spool.held_oldest(device)
             if row is None:  # nothing of it held any more (the overflow policy dropped it)
                 self._release(device, [])

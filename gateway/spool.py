@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS held (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS held_by_device ON held (device, seq);
+CREATE INDEX IF NOT EXISTS held_by_stream ON held (stream, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS status (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL, payload BLOB NOT NULL);
@@ -97,6 +98,7 @@ _TIGHT_WAL_PAGES = 64  # after a full disk: checkpoint every 64 pages (256 kB of
 _MIN_LIMIT_BYTES = 256 * 1024  # a full disk lowers the limit, but not below this
 _DROP_CHUNK = 64  # rows dropped per transaction by the overflow policy
 _MOVE_CHUNK = 500  # rows moved to or from the held rows per transaction
+_MOVE_MARK = "heldmove/"  # mark: a device's rows are being moved ("hold" or "release")
 _RESERVE_CHECK_S = 60.0
 
 
@@ -137,11 +139,12 @@ class Spool:
         self._held: dict[str, str] = dict(
             self.db.execute("SELECT device, MIN(prefix) FROM held GROUP BY device")
         )
-        # held devices some of whose rows may still be in the spool (a move a full disk cut short)
-        self._moving: set[str] = {
-            d for d, prefix in self._held.items()
-            if self.db.execute("SELECT 1 FROM spool WHERE substr(topic, 1, ?) = ? LIMIT 1", (len(prefix), prefix)).fetchone()
-        }  # fmt: skip
+        # Devices with rows in both tables: a move a full disk cut short, a hold (`_moving`) or a
+        # release (`_releasing`), as the mark written with its chunks says. Each is finished
+        # before the other is begun, so a device's rows keep their order.
+        moves = self.marks(_MOVE_MARK)
+        self._moving = {k[len(_MOVE_MARK) :] for k, v in moves.items() if v == "hold"}
+        self._releasing = {k[len(_MOVE_MARK) :] for k, v in moves.items() if v == "release"}
         self._reserve = self.path.with_suffix(".reserve")
         self._reserve_checked = 0.0
         self._keep_reserve()
@@ -248,6 +251,8 @@ class Spool:
         and its later rows go there at once. Moved in small transactions; reads the spool once. A
         full disk leaves the rest in the spool, and the device's new rows behind them: False
         (call again)."""
+        if device in self._releasing and not self._finish_release(device):
+            return False
         self._held[device] = prefix
         self._moving.add(device)
         after = 0
@@ -262,11 +267,25 @@ class Spool:
                 return False
             after = seqs[-1]
         self._moving.discard(device)
+        self._moved(device)
         return True
+
+    def _moved(self, device: str) -> None:
+        """A move is over: its mark goes (on a full disk it stays, and the next move clears it)."""
+        try:
+            with self._tx():
+                self.db.execute("DELETE FROM marks WHERE name = ?", (_MOVE_MARK + device,))
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
 
     def waiting(self, seq: int) -> bool:
         """Whether spool row `seq` is still there (not moved, acknowledged or dropped)."""
         return self.db.execute("SELECT 1 FROM spool WHERE seq = ?", (seq,)).fetchone() is not None
+
+    def moving(self, device: str) -> bool:
+        """Whether a device's rows are in both tables (a move, either way, a full disk cut short)."""
+        return device in self._moving or device in self._releasing
 
     def holding(self, device: str) -> bool:
         """Whether a device's rows are still partly in the spool (a hold a full disk cut short)."""
@@ -275,6 +294,7 @@ class Spool:
     def _move_to_held(self, device: str, prefix: str, seqs: list[int]) -> None:
         marks = ",".join("?" * len(seqs))
         with self._tx():
+            self._mark_move(device, "hold")
             row = self.db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool WHERE seq IN ({marks})", seqs
             ).fetchone()
@@ -322,21 +342,38 @@ class Spool:
 
             if not self._durably(forget):
                 return False
+        prefix = self._held.get(device)
+        if device in self._moving and prefix is not None and not self.hold(device, prefix):
+            return False  # a hold cut short is finished first: its rows in the spool are the newer
+        if not self._finish_release(device):
+            return False
+        self._held.pop(device, None)
+        return True
+
+    def _finish_release(self, device: str) -> bool:
+        self._releasing.add(device)
         while True:
             seqs = [int(q) for (q,) in self.db.execute(
                 "SELECT seq FROM held WHERE device = ? ORDER BY seq LIMIT ?", (device, _MOVE_CHUNK)
             )]  # fmt: skip
             if not seqs:
                 break
-            if not self._durably(self._move_to_spool, seqs):
+            if not self._durably(self._move_to_spool, device, seqs):
                 return False
-        self._held.pop(device, None)
-        self._moving.discard(device)
+        self._releasing.discard(device)
+        self._moved(device)
         return True
 
-    def _move_to_spool(self, seqs: list[int]) -> None:
+    def _mark_move(self, device: str, way: str) -> None:
+        self.db.execute(
+            "INSERT INTO marks (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (_MOVE_MARK + device, way),
+        )
+
+    def _move_to_spool(self, device: str, seqs: list[int]) -> None:
         marks = ",".join("?" * len(seqs))
         with self._tx():
+            self._mark_move(device, "release")
             row = self.db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held WHERE seq IN ({marks})", seqs
             ).fetchone()

@@ -333,3 +333,37 @@ def test_a_large_backlog_nobody_takes_does_not_hold_up_the_other_wearables(
     finally:
         gw.stop()
         server.close()
+
+
+def test_a_move_cut_short_either_way_is_finished_first_so_the_order_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release a full card cut short (some rows back in the spool, the rest held), then the
+    device held again, or the gateway restarted: the rows that had come back were put behind the
+    ones still held, or the first probe overtook them (found by review). Now a move cut short is
+    finished before another begins, and its direction is worked out again at a restart."""
+    import sqlite3
+
+    import gateway.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "_MOVE_CHUNK", 100)
+    spool = Spool(tmp_path / "s.sqlite")
+    spool.put(_rows("oxi-9", 300))
+    assert spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")
+    real = Spool._move_to_spool
+    calls = []
+
+    def full_after_one(self: Spool, device: str, seqs: list[int]) -> None:
+        calls.append(len(seqs))
+        if len(calls) > 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(self, device, seqs)
+
+    monkeypatch.setattr(Spool, "_move_to_spool", full_after_one)
+    assert not spool.release("oxi-9") and spool.moving("oxi-9")  # 100 back, 200 held
+    monkeypatch.setattr(Spool, "_move_to_spool", real)
+    again = Spool(tmp_path / "s.sqlite")  # a restart: which way was it going?
+    assert again.moving("oxi-9") and not again.holding("oxi-9")
+    assert again.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")  # held again: the release is finished first
+    assert again.release("oxi-9")
+    assert [m.id for m in again.peek(0, 1000)] == [f"oxi-9-{i}" for i in range(300)]
