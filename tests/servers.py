@@ -368,6 +368,18 @@ class InfluxDB1:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        for attempt in range(3):
+            try:
+                self._start()
+                break
+            except RuntimeError as exc:
+                # a free port taken by another test's server between choosing it and binding it
+                if attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                self.port, self.rpc_port = free_port(), free_port()
+        self.query(f'CREATE DATABASE "{self.database}"')
+
+    def _start(self) -> None:
         conf = self.workdir / "influxdb.conf"
         d = self.workdir
         conf.write_text(
@@ -377,10 +389,10 @@ class InfluxDB1:
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n{self.http_settings}\n'
             "[monitor]\n  store-enabled = false\n"
         )
+        self.log.write_bytes(b"")  # this attempt's output only
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([self.binary, "-config", str(conf)], stdout=log, stderr=log)
         _wait_port(self.port, 15, self.proc, self.log)
-        self.query(f'CREATE DATABASE "{self.database}"')
 
     def stop(self) -> None:
         _terminate(self.proc, 15)
