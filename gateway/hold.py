@@ -32,7 +32,6 @@ PROBE_MAX_S = 120.0
 class Hold:
     """One held device's probing."""
 
-    since: float  # when it was held (the caller's clock)
     wait_s: float  # until the probe after the next one
     probe_due: float
     probing: bool = False  # a probe is in flight
@@ -57,7 +56,7 @@ class Holds:
         restart). True when the device is newly held (worth telling people once)."""
         if device in self.devices:
             return False
-        self.devices[device] = Hold(now, min(2 * self.first_s, self.max_s), now + self.first_s)
+        self.devices[device] = Hold(min(2 * self.first_s, self.max_s), now + self.first_s)
         return True
 
     def probes(self, now: float) -> list[str]:

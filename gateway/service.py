@@ -135,8 +135,7 @@ class Gateway:
             self.decoder.clock.restore(name[len(_CLOCK) :], text)
         self.status_topic = contract.status_topic(self.site, self.id)
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._inflight: dict[int, int] = {}  # paho mid -> spool seq
-        self._inflight_device: dict[int, tuple[str | None, str]] = {}  # paho mid -> (device, message id)
+        self._inflight: dict[int, tuple[int, str | None, str]] = {}  # paho mid -> (spool seq, device, id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
         for device in self.spool.held_devices:  # held before a restart: held still, probed soon
             self.holds.hold(device, self.mono())
@@ -524,10 +523,9 @@ class Gateway:
                 if mid in self._probes:
                     self._probe_answer(*self._probes.pop(mid), taken=ok and not nobody)
                     continue
-                seq = self._inflight.pop(mid, None)
-                device, msg_id = self._inflight_device.pop(mid, (None, ""))
-                if seq is None:
+                if mid not in self._inflight:
                     continue
+                seq, device, msg_id = self._inflight.pop(mid)
                 if ok and nobody and device is not None:  # dropped by the broker: kept here
                     self._untaken(device, seq)
                 elif ok:
@@ -628,8 +626,7 @@ class Gateway:
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # not queued by paho
             log.warning("gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc)
             return False
-        self._inflight[info.mid] = msg.seq
-        self._inflight_device[info.mid] = (device, msg.id)
+        self._inflight[info.mid] = (msg.seq, device, msg.id)
         return True
 
     def _drained(self) -> None:
@@ -655,7 +652,7 @@ class Gateway:
             self._retry_due, self._retry_from, self._retry_end = None, 0, self._sent_upto
         batch: list[SpooledMessage] = []
         if self._retry_from is not None:  # a round of sending refused rows again
-            flying = set(self._inflight.values())
+            flying = {seq for seq, _, _ in self._inflight.values()}
             got = self.spool.peek(self._retry_from, room)
             again = [m for m in got if m.seq <= self._retry_end and m.seq not in flying]
             batch = again

@@ -406,51 +406,66 @@ class Spool:
 
     def _drop_held(self, limit: int) -> int:
         """Drop the oldest held rows until they take `limit` bytes at most; returns readings."""
-        dropped_msgs = dropped_readings = 0
-        while self._held_bytes > limit:
+        msgs, readings = self._drop_oldest("held", limit)
+        if msgs:  # (a device left with no rows stays held: its later rows still come here)
+            log.error(
+                "spool: dropped the %d oldest held messages (%d readings) of devices nobody on the server "
+                "takes: held rows may take %d bytes now",
+                msgs, readings, limit,
+            )  # fmt: skip
+        return readings
+
+    def _drop_oldest(self, table: str, limit: int) -> tuple[int, int]:
+        """The overflow policy on one table ("spool" or "held"): its oldest rows, waveforms first,
+        dropped and counted until its payloads take `limit` bytes at most, in small transactions
+        (a full disk leaves room for a short write-ahead log only; one big deletion would need
+        more than it frees). Stops early, keeping what it dropped, if even that cannot be
+        written. Returns (messages, readings) dropped."""
+        held = table == "held"
+        msgs = readings = 0
+        while (self._held_bytes if held else self._bytes) > limit:
             rows = (
                 self.db.execute(
-                    "SELECT seq, readings, LENGTH(payload), device FROM held WHERE stream IN (?, ?) "
-                    "ORDER BY seq LIMIT ?",
+                    f"SELECT seq, readings, LENGTH(payload) FROM {table} WHERE stream IN (?, ?) ORDER BY seq LIMIT ?",
                     (*_WAVEFORM_STREAMS, _DROP_CHUNK),
                 ).fetchall()
                 or self.db.execute(
-                    "SELECT seq, readings, LENGTH(payload), device FROM held ORDER BY seq LIMIT ?",
-                    (_DROP_CHUNK,),
+                    f"SELECT seq, readings, LENGTH(payload) FROM {table} ORDER BY seq LIMIT ?", (_DROP_CHUNK,)
                 ).fetchall()
             )
             if not rows:
                 break
+            over = self._held_bytes if held else self._bytes
             chunk, size = [], 0
-            for seq, readings, length, _ in rows:
-                if self._held_bytes - size <= limit:
+            for seq, n, length in rows:
+                if over - size <= limit:
                     break
-                chunk.append((int(seq), int(readings)))
+                chunk.append((int(seq), int(n)))
                 size += int(length)
             try:
                 with self._tx():
                     self.db.execute(
-                        f"DELETE FROM held WHERE seq IN ({','.join('?' * len(chunk))})", [q for q, _ in chunk]
+                        f"DELETE FROM {table} WHERE seq IN ({','.join('?' * len(chunk))})",
+                        [q for q, _ in chunk],
                     )
-                    for name in ("dropped_messages", "dropped_held"):
-                        self._bump(name, len(chunk))
+                    self._bump("dropped_messages", len(chunk))
                     self._bump("dropped_readings", sum(r for _, r in chunk))
+                    if held:
+                        self._bump("dropped_held", len(chunk))
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise
-                log.error("spool: the disk is too full to drop held rows from (%s)", exc)
+                log.error("spool: the disk is too full to drop rows from (%s)", exc)
                 break
-            self._held_bytes -= size
-            self._held_depth -= len(chunk)
-            dropped_msgs += len(chunk)
-            dropped_readings += sum(r for _, r in chunk)
-        if dropped_msgs:  # (a device left with no rows stays held: its later rows still come here)
-            log.error(
-                "spool: dropped the %d oldest held messages (%d readings) of devices nobody on the server "
-                "takes: held rows may take %d bytes now",
-                dropped_msgs, dropped_readings, limit,
-            )  # fmt: skip
-        return dropped_readings
+            if held:
+                self._held_bytes -= size
+                self._held_depth -= len(chunk)
+            else:
+                self._bytes -= size
+                self._depth -= len(chunk)
+            msgs += len(chunk)
+            readings += sum(r for _, r in chunk)
+        return msgs, readings
 
     def _make_room(self) -> int:
         """The disk is full: free the reserve, lower the limit, drop by the overflow policy."""
@@ -653,53 +668,16 @@ class Spool:
 
     # --- internals -------------------------------------------------------------------------
     def _overflow(self) -> int:
-        """Drop by the policy until under the limit, in small transactions (a full disk leaves
-        room for a short write-ahead log only; one big deletion would need more than it frees).
-        Stops early, keeping what it dropped, if even that cannot be written."""
-        dropped_readings = self._drop_held(self._held_limit())  # rows nobody takes go first
-        dropped_msgs = 0
-        while self._bytes > self.max_bytes:
-            rows = (
-                self.db.execute(
-                    "SELECT seq, readings, LENGTH(payload) FROM spool WHERE stream IN (?, ?) ORDER BY seq LIMIT ?",
-                    (*_WAVEFORM_STREAMS, _DROP_CHUNK),
-                ).fetchall()
-                or self.db.execute(
-                    "SELECT seq, readings, LENGTH(payload) FROM spool ORDER BY seq LIMIT ?", (_DROP_CHUNK,)
-                ).fetchall()
-            )
-            if not rows:
-                break
-            chunk, size = [], 0
-            for seq, readings, length in rows:
-                if self._bytes - size <= self.max_bytes:
-                    break
-                chunk.append((int(seq), int(readings)))
-                size += int(length)
-            try:
-                with self._tx():
-                    self.db.execute(
-                        f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))})",
-                        [q for q, _ in chunk],
-                    )
-                    self._bump("dropped_messages", len(chunk))
-                    self._bump("dropped_readings", sum(r for _, r in chunk))
-            except sqlite3.Error as exc:
-                if not _is_full(exc):
-                    raise
-                log.error("spool: the disk is too full to drop rows from (%s)", exc)
-                break
-            self._bytes -= size
-            self._depth -= len(chunk)
-            dropped_msgs += len(chunk)
-            dropped_readings += sum(r for _, r in chunk)
-        if dropped_msgs:
+        """Drop by the policy until under the limit: rows nobody takes first (`_drop_oldest`)."""
+        dropped = self._drop_held(self._held_limit())
+        msgs, readings = self._drop_oldest("spool", self.max_bytes)
+        if msgs:
             log.error(
-                "spool full (%d bytes, limit %d): dropped the %d oldest messages (up to %d readings); "
+                "spool full (%d bytes, limit %d): dropped the %d oldest messages (%d readings); "
                 "%d dropped in all since the spool was created",
-                self._bytes, self.max_bytes, dropped_msgs, dropped_readings, self.counter("dropped_readings"),
+                self._bytes, self.max_bytes, msgs, readings, self.counter("dropped_readings"),
             )  # fmt: skip
-        return dropped_readings
+        return dropped + readings
 
     def _bump(self, name: str, by: int) -> None:
         if by:

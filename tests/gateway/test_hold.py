@@ -22,8 +22,7 @@ from gateway.spool import Spool, snapshot
 from gateway.virtual import VirtualTransport
 from hardware import make_patients
 from nabz import contract
-from nabz.config import Config, GatewayConfig, MqttConfig
-from tests.gateway.helpers import running
+from tests.gateway.helpers import gateway_config, running
 from tests.servers import Mosquitto
 
 
@@ -250,10 +249,8 @@ def test_readings_of_a_wearable_nobody_takes_yet_are_kept_and_delivered_once_it_
     """The ECG patch's readings are taken from the start; the oximeter's only after 3 s (its
     owner subscribes late, as after `nabz enrol` with several workers). Every oximeter message
     the gateway made arrives, and the ECG's flow meanwhile."""
-    cfg = Config(
-        site="test",
-        mqtt=MqttConfig(url=mosquitto.url, reconnect_min_s=0.2, reconnect_max_s=1.0),
-        gateway=GatewayConfig(id="gw-0001", spool_path=str(tmp_path / "spool.sqlite"), status_interval_s=1.0),
+    cfg = gateway_config(
+        mosquitto.url, id="gw-0001", spool_path=str(tmp_path / "spool.sqlite"), status_interval_s=1.0
     )
     gw = Gateway(cfg, VirtualTransport(make_patients(1, 3)[0].devices))
     server = Listener(mosquitto.port)
@@ -307,10 +304,8 @@ def test_a_large_backlog_nobody_takes_does_not_hold_up_the_other_wearables(
     for k in range(0, 40_000, 5_000):
         spool.put([(f"{k + i:032x}", topic, bytes(1000), "ppg", 36) for i in range(5_000)])
     spool.close()
-    cfg = Config(
-        site="test",
-        mqtt=MqttConfig(url=mosquitto.url, reconnect_min_s=0.2, reconnect_max_s=1.0),
-        gateway=GatewayConfig(id="gw-0001", spool_path=str(tmp_path / "spool.sqlite"), status_interval_s=1.0),
+    cfg = gateway_config(
+        mosquitto.url, id="gw-0001", spool_path=str(tmp_path / "spool.sqlite"), status_interval_s=1.0
     )
     gw = Gateway(cfg, VirtualTransport(make_patients(1, 3)[0].devices))
     server = Listener(mosquitto.port)
