@@ -2,7 +2,9 @@
 station server, real mosquitto, the real ingest and alerts services.
 
 Screenshots and the measured numbers go to test-artifacts/station/ (gitignored): look at them.
-The tests in this module run in order on one running system, as a nurse's shift would.
+The tests in this module run in order on one running system, as a nurse's shift would: the
+patient page and the admin's audit log show the alarm the test before them acknowledged, so they
+need the module run whole; the others can run alone (the `nurse` fixture logs Sana in).
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def nurse(browser: Browser, stack: Stack) -> Iterator[Page]:
+    """Sana, logged in, on the ward page (each test that uses her can run alone)."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 860})
     page = ctx.new_page()
+    _login(page, stack.url, "sana", PASSWORDS["sana"])
+    expect(page.locator("article.tile")).to_have_count(3, timeout=10_000)
     yield page
     ctx.close()
 
@@ -91,7 +96,15 @@ def _metrics(url: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"^(\S+) (\S+)$", text, re.M)}
 
 
-def test_login_refuses_a_wrong_password_then_shows_the_ward(nurse: Page, stack: Stack) -> None:
+def test_login_refuses_a_wrong_password_then_shows_the_ward(browser: Browser, stack: Stack) -> None:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    try:
+        _login_and_look(ctx.new_page(), stack)
+    finally:
+        ctx.close()
+
+
+def _login_and_look(nurse: Page, stack: Stack) -> None:
     _login(nurse, stack.url, "sana", "not-her-password")
     expect(nurse.locator(".error")).to_have_text("Wrong user name or password.")
     t0 = time.monotonic()
