@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from nabz.cli import add_config_option, load_config, serve
@@ -105,20 +106,43 @@ def _enrol(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    store = Store(load_config(args).ingest.store_path)
+    path = Path(load_config(args).ingest.store_path)
+    new = not path.exists()
+    store = Store(path)
     store.enrol(args.device, args.patient, args.gateway, any_gateway=args.any_gateway)
     gateway = store.enrolment_gateways().get(args.device)
     print(
         f"{args.device} -> {args.patient}"
         + (f" (read by gateway {gateway} only)" if gateway is not None else " (any gateway)")
+        + f" in {path.absolute()}"
     )
+    if new:  # enrolling before ingest's first start is fine; enrolling into the wrong file is not
+        print(
+            f"nabz enrol: there was no ingest store at {path.absolute()}{_relative(path)}: made a new "
+            "one. Ingest reads enrolments from the store it runs with: check [ingest] store_path in "
+            "its configuration (--config)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _relative(path: Path) -> str:
+    return "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
 
 
 def _deadletter(args: argparse.Namespace) -> int:
     from ingest.store import Store
 
-    for d in Store(load_config(args).ingest.store_path).dead_letters()[-args.limit :]:
+    path = Path(load_config(args).ingest.store_path)
+    if not path.exists():  # opening it would make an empty store here and show nothing
+        print(
+            f"nabz deadletter: no ingest store at {path.absolute()}{_relative(path)}: check [ingest] "
+            "store_path in the configuration ingest runs with (--config), or run this from its "
+            "working directory",
+            file=sys.stderr,
+        )
+        return 2
+    for d in Store(path).dead_letters()[-args.limit :]:
         print(f"{d.received_at:.3f} {d.reason:20s} {d.topic} {d.detail} {d.payload[:120]!r}")
     return 0
 

@@ -172,6 +172,26 @@ def test_nabz_enrol_binds_a_device_to_a_gateway_from_the_command_line(tmp_path: 
     assert store.enrolment_gateways() == {} and "(any gateway)" in capsys.readouterr().out
 
 
+def test_nabz_enrol_and_deadletter_say_which_store_they_use(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Run from the wrong directory with the default (relative) store path, `nabz deadletter`
+    refuses instead of showing an empty store it made, and `nabz enrol` says that it made a new
+    store and where: an enrolment ingest never reads leaves the patient unmonitored."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NABZ_CONFIG", raising=False)
+    assert main(["deadletter"]) == 2
+    err = capsys.readouterr().err
+    assert f"no ingest store at {tmp_path / 'var' / 'nabz.sqlite'}" in err and "working directory" in err
+    assert not (tmp_path / "var" / "nabz.sqlite").exists()
+
+    assert main(["enrol", "ecg-0001", "p-0001"]) == 0
+    out = capsys.readouterr()
+    assert f"ecg-0001 -> p-0001 (any gateway) in {tmp_path / 'var' / 'nabz.sqlite'}" in out.out
+    assert "made a new one" in out.err and "[ingest] store_path" in out.err
+    assert main(["enrol", "oxi-0001", "p-0001"]) == 0  # the store is there now: nothing to warn of
+    assert capsys.readouterr().err == ""
+    assert main(["deadletter"]) == 0
+
+
 def test_a_store_from_before_gateway_bindings_gets_the_column(tmp_path: Path) -> None:
     import sqlite3
 
