@@ -47,6 +47,7 @@ class GatewayState:
     seen_at: float  # ingest's clock, when this status arrived
     reason: str = ""
     devices: tuple[DeviceHealth, ...] = ()  # each wearable as the gateway last reported it
+    held: tuple[str, ...] = ()  # wearables whose readings no server subscriber takes (kept there)
 
 
 # `device_status` fields as numbers, for state timelines (docs/contract.md section 3)
@@ -88,8 +89,9 @@ class GatewayStatuses:
             self.malformed += 1
             return "topic_mismatch"
         self.latest[(s.site, s.gateway)] = GatewayState(
-            s.site, s.gateway, s.state == "online", s.spool_depth or 0, now, s.reason or "", tuple(s.health)
-        )
+            s.site, s.gateway, s.state == "online", s.spool_depth or 0, now, s.reason or "", tuple(s.health),
+            tuple(s.held),
+        )  # fmt: skip
         return s.state
 
     def snapshot(self) -> list[GatewayState]:
@@ -110,7 +112,7 @@ def ops_lines(site: str, worker: int, totals: Totals, gateways: list[GatewayStat
     for g in gateways:
         out.append(
             f"{gw.name},gateway={_tag(g.gateway)},site={_tag(g.site)} "
-            f"online={int(g.online)}i,spool_depth={g.spool_depth}i {t_ns}"
+            f"online={int(g.online)}i,spool_depth={g.spool_depth}i,held={len(g.held)}i {t_ns}"
         )
         for d in g.devices if g.online else ():  # an offline gateway says nothing of its devices
             values = {
@@ -151,8 +153,11 @@ class Rates:
 def gateway_metrics(gateways: list[GatewayState]) -> list[Metric]:
     online = [({"site": g.site, "gateway": g.gateway}, float(g.online)) for g in gateways]
     depth = [({"site": g.site, "gateway": g.gateway}, float(g.spool_depth)) for g in gateways]
+    held = [({"site": g.site, "gateway": g.gateway}, float(len(g.held))) for g in gateways]
     return [
         Metric("nabz_gateway_online", "1 while the gateway's retained status says online", "gauge", online),
         Metric("nabz_gateway_spool_depth", "messages waiting in the gateway's spool (its last status)",
                "gauge", depth),
+        Metric("nabz_gateway_held_devices", "wearables whose readings no server subscriber takes: kept at "
+               "the gateway, unmonitored (not enrolled, or ingest not subscribed)", "gauge", held),
     ]  # fmt: skip

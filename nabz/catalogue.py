@@ -111,7 +111,7 @@ MEASUREMENTS: dict[str, Measurement] = {
             "gateway_status",
             "each gateway's retained status as ingest sees it (operations board)",
             ("site", "gateway"),
-            ("online", "spool_depth"),
+            ("online", "spool_depth", "held"),
         ),
         Measurement(
             "device_status",

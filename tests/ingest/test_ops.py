@@ -88,9 +88,15 @@ class Rig:
         self.pub.loop_start()
 
     def status(
-        self, gateway: str, state: str, depth: int | None, health: tuple[DeviceHealth, ...] = ()
+        self,
+        gateway: str,
+        state: str,
+        depth: int | None,
+        health: tuple[DeviceHealth, ...] = (),
+        held: tuple[str, ...] = (),
     ) -> None:
-        s = GatewayStatus(site="test", gateway=gateway, state=state, spool_depth=depth, health=list(health))  # type: ignore[arg-type]
+        s = GatewayStatus(site="test", gateway=gateway, state=state, spool_depth=depth, health=list(health),  # type: ignore[arg-type]
+                          held=list(held))  # fmt: skip
         self.pub.publish(
             contract.status_topic("test", gateway), contract.encode(s), qos=1, retain=True
         ).wait_for_publish(5)
@@ -111,7 +117,9 @@ def test_the_operations_board_data_lands_in_the_time_series_server_and_metrics_a
             device="oxi-0001", state="lost", battery_pct=12, gap_frames=40, device_state="sensor_fault"
         ),
     )
-    rig.status("gw-0001", "online", 12, health)  # retained before ingest starts: it must read it on subscribe
+    rig.status(
+        "gw-0001", "online", 12, health, held=("oxi-0009",)
+    )  # retained before ingest starts: it must read it on subscribe
     rig.status("gw-0002", "offline", None)
     rig.ingest.start()
     try:
@@ -137,6 +145,9 @@ def test_the_operations_board_data_lands_in_the_time_series_server_and_metrics_a
         assert last("gateway_status_online", site="test", gateway="gw-0001") == 1
         assert last("gateway_status_spool_depth", site="test", gateway="gw-0001") == 12
         assert last("gateway_status_online", site="test", gateway="gw-0002") == 0
+        # a wearable nobody on the server takes (not enrolled, or no ingest subscribed): unmonitored
+        assert last("gateway_status_held", site="test", gateway="gw-0001") == 1
+        assert last("gateway_status_held", site="test", gateway="gw-0002") == 0
         # each wearable of an online gateway, as the operations board draws it
         assert last("device_status_link", device="ecg-0001", gateway="gw-0001") == 1  # connected
         assert last("device_status_link", device="oxi-0001", gateway="gw-0001") == 3  # lost
@@ -154,6 +165,7 @@ def test_the_operations_board_data_lands_in_the_time_series_server_and_metrics_a
         assert _metric(body, "nabz_ingest_store_dead_letters_total", reason="missing_id") == 1
         assert _metric(body, "nabz_gateway_online", site="test", gateway="gw-0002") == 0
         assert _metric(body, "nabz_gateway_spool_depth", site="test", gateway="gw-0001") == 12
+        assert _metric(body, "nabz_gateway_held_devices", site="test", gateway="gw-0001") == 1
         assert _metric(body, "nabz_ingest_lag_seconds", worker="0") == 0
         assert _get(f"{health.url}/healthz") == (200, '{"ok": true, "problems": []}')
         assert (
