@@ -1,6 +1,7 @@
 """Readings and vitals -> InfluxDB line protocol (docs/contract.md section 3). Pure.
 
-Measurement, tag and field names come from nabz.catalogue. Tags are written in key order, as
+Measurement, tag and field names are those nabz.catalogue declares (tests/nabz/test_catalogue.py
+checks every kind of line against it). Tags are written in key order, as
 InfluxDB recommends; integers carry the `i` suffix and floats never do, so a field's type never
 changes between points.
 """

@@ -41,7 +41,31 @@ QUANTITIES: dict[str, Quantity] = {
         Quantity("signal_uv", "single-lead ECG voltage", "uV", "131329", "µV"),
         Quantity("red_counts", "PPG red channel, raw ADC counts", "{counts}", None, "none"),
         Quantity("ir_counts", "PPG infrared channel, raw ADC counts", "{counts}", None, "none"),
+        Quantity("pause_s", "longest RR gap in the last 10 s of ECG (a pause or asystole)", "s", None, "s"),
+        Quantity(
+            "af_score", "atrial-fibrillation suspicion from RR irregularity, 0 to 1", "1", None, "percentunit"
+        ),
+        Quantity(
+            "hrv_sdnn_ms", "heart-rate variability: SDNN of the last ~64 RR intervals", "ms", None, "ms"
+        ),
+        Quantity(
+            "hrv_rmssd_ms", "heart-rate variability: RMSSD of the last ~64 RR intervals", "ms", None, "ms"
+        ),
+        Quantity(
+            "resp_bpm",
+            "respiration rate derived from the ECG (beat amplitude and RR)",
+            "/min",
+            "9279-1",
+            "short",
+        ),
         Quantity("spool_depth", "messages waiting in a gateway's on-disk spool", "{messages}", None, "short"),
+        Quantity(
+            "held",
+            "wearables whose readings no server subscriber takes (kept at the gateway)",
+            "{devices}",
+            None,
+            "short",
+        ),
         Quantity(
             "online", "1 while a gateway's retained status says online, else 0", "1", None, "bool_on_off"
         ),
@@ -86,6 +110,19 @@ MEASUREMENTS: dict[str, Measurement] = {
         Measurement(
             "ppg", "raw PPG, one point per sample (100 Hz)", TAGS, ("red_counts", "ir_counts", "flags")
         ),
+        # `waveforms = "chunks"` (docs/storage.md): one point per message, samples packed in a string
+        Measurement(
+            "ecg_chunk",
+            "raw ECG, one point per message (samples packed)",
+            TAGS,
+            ("n", "rate_hz", "seq", "flags", "signal_uv"),
+        ),
+        Measurement(
+            "ppg_chunk",
+            "raw PPG, one point per message (samples packed)",
+            TAGS,
+            ("n", "rate_hz", "seq", "flags", "red_counts", "ir_counts"),
+        ),
         Measurement(
             "device_vitals",
             "values the wearable computed itself (Heart Rate and Pulse Oximeter services, battery)",
@@ -99,7 +136,19 @@ MEASUREMENTS: dict[str, Measurement] = {
             "vitals",
             "vitals derived by ingest from the raw waveforms",
             ("site", "patient", "source"),
-            ("hr_bpm", "pr_bpm", "spo2_pct", "spo2_calibrated", "pi_pct", "sqi"),
+            (
+                "hr_bpm",
+                "pr_bpm",
+                "spo2_pct",
+                "spo2_calibrated",
+                "pi_pct",
+                "sqi",
+                "pause_s",
+                "af_score",
+                "hrv_sdnn_ms",
+                "hrv_rmssd_ms",
+                "resp_bpm",
+            ),
         ),
         Measurement(
             "ingest_stats",
