@@ -224,6 +224,9 @@ class IngestCore:
                     result.stored_readings += n
                 else:
                     result.duplicates += 1  # stored meanwhile by another worker (a takeover)
+            # What another worker stored meanwhile is its to analyse: fed here too, its vitals
+            # would be derived and published twice (and this device's analysis see it out of turn).
+            accepted = [a for a, new in zip(accepted, stored, strict=True) if new]
         result.dead_lettered = len(rejected)
 
         # Out of order within a batch (a gateway draining its spool after an outage, QoS 1

@@ -229,3 +229,29 @@ def test_workers_opening_an_old_store_at_once_each_add_the_column_or_find_it_add
     _add_column(db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT")
     _add_column(db, "ALTER TABLE enrolment ADD COLUMN gateway TEXT")  # the second worker: no error
     assert [r[1] for r in db.execute("PRAGMA table_info(enrolment)")] == ["device", "gateway"]
+
+
+def test_a_message_another_worker_stored_meanwhile_is_not_analysed_twice(tmp_path: Path) -> None:
+    """Two workers get one message (a redelivery during a hand-over, a gateway resend): worker B
+    looks its id up before worker A commits it and inserts after. The store keeps one copy, and
+    only A derives vitals from it: B's would be a second set published to alerts and stored."""
+    import time
+    from datetime import UTC, datetime
+
+    a_store, b_store = Store(tmp_path / "s.sqlite"), Store(tmp_path / "s.sqlite")
+    a_store.enrol("hr-0001", "p-0001")
+    r = contract.HrReading(v=1, id="c" * 32, site="test", gateway="gw-0001", device="hr-0001",
+                           t=datetime.now(UTC), hr_bpm=70.0)  # fmt: skip
+    m = Message(contract.reading_topic("test", "gw-0001", "hr-0001", "hr"), contract.encode(r), time.time())
+    a = IngestCore(a_store)
+    a_result = []
+
+    class SinkB:  # B's InfluxDB write: A commits the same message meanwhile
+        def write(self, lines: list[str]) -> None:
+            if not a_result:
+                a_result.append(a.handle_batch([m]))
+
+    b_result = IngestCore(b_store, sink=SinkB(), keep_payloads=True).handle_batch([m])
+    assert (a_result[0].stored, len(a_result[0].vitals)) == (1, 1)
+    assert (b_result.stored, b_result.duplicates, b_result.vitals) == (0, 1, [])
+    assert a_store.db.execute("SELECT COUNT(*) FROM vitals").fetchone()[0] == 1
