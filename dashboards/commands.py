@@ -30,7 +30,9 @@ def register(sub: Any, bench: Any) -> None:
         "push",
         help="import the dashboards into a running Grafana through its HTTP API",
         description="Uses [grafana] url and token from the configuration (NABZ_GRAFANA__URL, "
-        "NABZ_GRAFANA__TOKEN); the token needs the Editor role on the folder.",
+        "NABZ_GRAFANA__TOKEN); the token needs the Editor role on the folder. Replaces dashboards of "
+        "the same uid whole, edits made in Grafana's UI included, and prints which it created and "
+        "which it replaced (the version replaced stays in Grafana's version history).",
     )
     add_config_option(push)
     push.add_argument("--url", help="Grafana base URL (overrides [grafana] url)")

@@ -6,13 +6,19 @@ Rules of this file:
   the build here rather than a panel in production.
 - Units come from the catalogue's Grafana units.
 - SpO2 from the PPG is labelled uncalibrated wherever it is shown.
+- `vitals` has one series per `source` (ecg, ppg, device): a panel asks for each source's value
+  with its own query and names it by that query (`_per_source`), so no two values share a label
+  and the PPG's SpO2 estimate never passes for the oximeter's reading.
+- Colour bands are the alarm rules' default limits (nabz.config.AlertsConfig), not NEWS2 bands:
+  a value turns orange where the default medium alarm starts, red where the high one starts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as db
@@ -26,6 +32,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from ingest.lines import WAVE_FLAGS, flags_of
 from ingest.opsstats import DEVICE_STATE_CODES, LINK_CODES
 from nabz.catalogue import MEASUREMENTS, QUANTITIES
+from nabz.config import AlertsConfig
 
 __all__ = ["DATASOURCE_UID", "GRAFANA_VERSION", "FluxTarget", "flux", "build_all", "to_json", "SchemaError"]
 
@@ -33,7 +40,14 @@ GRAFANA_VERSION = "11.6.0"
 DATASOURCE_UID = "nabz-influxdb"
 DATASOURCE = model.DataSourceRef(type_val="influxdb", uid=DATASOURCE_UID)
 BUCKET = "${bucket}"
-STALE_AFTER_S = 300  # matches the alerts service's default stale-data limit
+_ALARMS = AlertsConfig()  # the alarm rules' defaults (a patient's own limits are not shown here)
+STALE_AFTER_S = _ALARMS.stale_after_s  # the alerts service's default stale-data limit (300 s)
+# How far back the ward's patient list looks (schema.tagValues' own default, made explicit), and
+# so how far back "time since data" looks: a listed patient silent that long shows NO DATA.
+PATIENT_LIST_RANGE = "-30d"
+
+
+_P = TypeVar("_P", stat.Panel, timeseries.Panel)  # the panels `_per_source` adds queries to
 
 
 class SchemaError(ValueError):
@@ -69,8 +83,10 @@ def flux(
     aggregate: str | None = "mean",
     last: bool = False,
     extra: Sequence[str] = (),
+    start: str | None = None,
 ) -> str:
-    """A Flux query over catalogue names; `where` values may be Grafana variables like ${patient}."""
+    """A Flux query over catalogue names; `where` values may be Grafana variables like ${patient}.
+    `start` (e.g. "-30d") replaces the dashboard's time range by a fixed one."""
     m = MEASUREMENTS.get(measurement)
     if m is None:
         raise SchemaError(f"no measurement {measurement!r} in the catalogue")
@@ -82,7 +98,9 @@ def flux(
         raise SchemaError(f"{measurement} has no tags {bad_tags}; it has {list(m.tags)}")
     lines = [
         f'from(bucket: "{BUCKET}")',
-        "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)",
+        f"  |> range(start: {start})"
+        if start
+        else "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)",
         f'  |> filter(fn: (r) => r._measurement == "{measurement}")',
         "  |> filter(fn: (r) => " + " or ".join(f'r._field == "{f}"' for f in fields) + ")",
     ]
@@ -123,7 +141,10 @@ def _patient_variable(multi: bool) -> db.QueryVariable:
 
 def _tag_variable(tag: str, label: str, multi: bool) -> db.QueryVariable:
     """A variable listing the values of `tag` in the bucket (all of them, for a multi one)."""
-    query = f'import "influxdata/influxdb/schema"\nschema.tagValues(bucket: "{BUCKET}", tag: "{tag}")'
+    query = (
+        'import "influxdata/influxdb/schema"\n'
+        f'schema.tagValues(bucket: "{BUCKET}", tag: "{tag}", start: {PATIENT_LIST_RANGE})'
+    )
     return (
         db.QueryVariable(tag)
         .label(label)
@@ -153,87 +174,172 @@ def _base(uid: str, title: str, description: str) -> db.Dashboard:
     )
 
 
-def ward_overview() -> db.Dashboard:
-    """One tile per patient: latest HR, SpO2 (uncalibrated), signal quality, and time since last data."""
-    vitals = flux(
-        "vitals", ["hr_bpm", "spo2_pct", "sqi"], where={"patient": "${patient}"}, aggregate=None, last=True
+# Each value a panel shows from `vitals`, by (field, source), with the one label it is shown
+# under. `vitals` holds one series per source, so the same field comes from several: the ECG's
+# heart rate and the one the wearable computed itself (an ECG patch's or a chest strap's, Heart
+# Rate Service); the oximeter's own SpO2 and pulse and the server's estimate from its raw PPG
+# (uncalibrated: not measured against a reference oximeter; the oximeter's own reading is its
+# maker's calibration). The station's trends name them alike (dashboards/station/app.py).
+SOURCE_LABELS: dict[tuple[str, str], str] = {
+    ("hr_bpm", "ecg"): "HR (ECG)",
+    ("hr_bpm", "device"): "HR (patch/strap)",
+    ("pr_bpm", "device"): "Pulse rate (oximeter)",
+    ("pr_bpm", "ppg"): "Pulse rate (PPG)",
+    ("spo2_pct", "device"): "SpO2 (oximeter)",
+    ("spo2_pct", "ppg"): "SpO2 PPG estimate (uncalibrated)",
+    ("sqi", "ecg"): "ECG signal quality",
+    ("sqi", "ppg"): "PPG signal quality",
+}
+
+
+def _above(limit: float) -> float:
+    # Grafana colours a value from the step it reaches (>=); a "high" alarm starts strictly above
+    # its limit (alerts.rules.BandRule), so the step goes just above it: 130 /min is not orange.
+    return math.nextafter(limit, math.inf)
+
+
+def _hr_bands() -> db.ThresholdsConfig:
+    a = _ALARMS
+    return _thresholds(
+        (None, "red"),
+        (a.hr_critical_low_bpm, "orange"),
+        (a.hr_low_bpm, "green"),
+        (_above(a.hr_high_bpm), "orange"),
+        (_above(a.hr_critical_high_bpm), "red"),
     )
-    since = flux(
+
+
+def _band_props(field: str) -> list[model.DynamicConfigValue]:
+    """Unit, and colours at the default alarm limits (a "low" alarm starts strictly below its
+    limit, as Grafana's steps do); signal quality below min_sqi is not used by the alarms."""
+    a = _ALARMS
+    bands = {
+        "hr_bpm": _hr_bands(),
+        "pr_bpm": _hr_bands(),
+        "spo2_pct": _thresholds((None, "red"), (a.spo2_critical_pct, "orange"), (a.spo2_low_pct, "green")),
+        "sqi": _thresholds((None, "red"), (a.min_sqi, "green")),
+    }[field]
+    return [
+        model.DynamicConfigValue(id_val="unit", value=_unit(field)),
+        model.DynamicConfigValue(id_val="thresholds", value=bands.build()),
+    ]
+
+
+def _per_source(
+    panel: _P,
+    values: Sequence[tuple[str, str]],
+    *,
+    last: bool,
+    props: Callable[[str], list[model.DynamicConfigValue]] | None = None,
+) -> _P:
+    """One query per (field, source) of `vitals`, for the patient in ${patient}, each named by an
+    override on its own query (byFrameRefID) with its label from SOURCE_LABELS: names taken
+    from Grafana's series names (`hr_bpm {source="ecg", ...}`) would need regexps on its label
+    formatting, and one regexp per field named every source alike."""
+    for i, (name, source) in enumerate(values):
+        ref = chr(ord("A") + i)
+        query = flux(
+            "vitals",
+            [name],
+            where={"patient": "${patient}", "source": source},
+            aggregate=None if last else "mean",
+            last=last,
+        )
+        named = [model.DynamicConfigValue(id_val="displayName", value=SOURCE_LABELS[name, source])]
+        panel = panel.with_target(FluxTarget(query, ref_id=ref)).override_by_query(
+            ref, named + (props(name) if props else [])
+        )
+    return panel
+
+
+def _since_query() -> str:
+    """Seconds since the newest point of any kind from the patient (`vitals` of every source and
+    `device_vitals`, battery included, as the stale-data alarm counts any message), over
+    PATIENT_LIST_RANGE rather than the dashboard's hour: one value per patient, or none."""
+    who = {"patient": "${patient}"}
+    # last() per series; only its time is kept, so that series of float and bool fields
+    # (spo2_calibrated) can be put in one table by group()
+    keep = ['keep(columns: ["_time"])']
+    derived = flux(
         "vitals",
-        ["sqi"],  # every derived-vitals point carries its signal quality, whatever else it has
-        where={"patient": "${patient}"},
-        aggregate=None,
-        last=True,
-        extra=[
-            'map(fn: (r) => ({r with _value: float(v: uint(v: now()) - uint(v: r._time)) / 1000000000.0, _field: "seconds since data"}))',
-            "min()",
-        ],
+        ["hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi"],
+        where=who, aggregate=None, last=True, extra=keep, start=PATIENT_LIST_RANGE,
+    )  # fmt: skip
+    own = flux(
+        "device_vitals",
+        ["hr_bpm", "spo2_pct", "pr_bpm", "pi_pct", "battery_pct"],
+        where=who, aggregate=None, last=True, extra=keep, start=PATIENT_LIST_RANGE,
+    )  # fmt: skip
+    return "\n".join(
+        [
+            "derived = " + derived,
+            "own = " + own,
+            "union(tables: [derived, own])",
+            "  |> group()",
+            '  |> sort(columns: ["_time"])',
+            '  |> last(column: "_time")',
+            "  |> map(fn: (r) => ({_time: r._time, _value: float(v: int(v: now()) - int(v: r._time)) / 1000000000.0}))",
+            # a reading dated ahead of the server's clock (a gateway clock running fast) is fresh
+            "  |> map(fn: (r) => ({r with _value: if r._value < 0.0 then 0.0 else r._value}))",
+        ]
     )
+
+
+def ward_overview() -> db.Dashboard:
+    """One tile per patient: the latest value of each vital from each source, each under its own
+    label (SOURCE_LABELS), and time since the patient's last data."""
     tile = (
         stat.Panel()
         .title("$patient")
         .description(
-            "Latest derived vitals. SpO2 is uncalibrated (not measured against a reference oximeter)."
+            "Latest derived vitals of the last hour, each from its source: HR from the ECG and as the "
+            "ECG patch or chest strap computed it; SpO2 as the oximeter measured it, and the server's "
+            "estimate from the raw PPG, which is uncalibrated (not measured against a reference "
+            "oximeter); signal quality of the ECG and of the PPG. Colours: the default alarm limits "
+            "(orange from the medium alarm's, red from the high one's), not the patient's own."
         )
         .datasource(DATASOURCE)
-        .with_target(FluxTarget(vitals))
         .repeat("patient")
         .repeat_direction("h")
         .max_per_row(4)
         .span(6)
-        .height(5)
+        .height(6)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
         .graph_mode(common.BigValueGraphMode.NONE)
         .color_mode(common.BigValueColorMode.BACKGROUND)
-        .override_by_regexp(
-            _field_regexp("spo2_pct"),
-            [
-                model.DynamicConfigValue(id_val="unit", value=_unit("spo2_pct")),
-                model.DynamicConfigValue(id_val="displayName", value="SpO2 % (uncalibrated)"),
-                model.DynamicConfigValue(
-                    id_val="thresholds",
-                    value=_thresholds((None, "red"), (88, "orange"), (92, "green")).build(),
-                ),
-            ],
-        )
-        .override_by_regexp(
-            _field_regexp("hr_bpm"),
-            [
-                model.DynamicConfigValue(id_val="unit", value=_unit("hr_bpm")),
-                model.DynamicConfigValue(id_val="displayName", value="HR /min"),
-                model.DynamicConfigValue(
-                    id_val="thresholds",
-                    value=_thresholds(
-                        (None, "red"), (41, "orange"), (51, "green"), (111, "orange"), (131, "red")
-                    ).build(),
-                ),
-            ],
-        )
-        .override_by_regexp(
-            _field_regexp("sqi"),
-            [
-                model.DynamicConfigValue(id_val="unit", value=_unit("sqi")),
-                model.DynamicConfigValue(id_val="displayName", value="ECG signal quality"),
-                model.DynamicConfigValue(
-                    id_val="thresholds", value=_thresholds((None, "red"), (0.5, "green")).build()
-                ),
-            ],
-        )
+        # nothing in the last hour: Grafana draws noValue in the base step's colour
+        .no_value("NO DATA")
+        .thresholds(_thresholds((None, "red")))
     )
+    tile = _per_source(
+        tile,
+        [("hr_bpm", "ecg"), ("hr_bpm", "device"), ("spo2_pct", "device"), ("spo2_pct", "ppg"),
+         ("sqi", "ecg"), ("sqi", "ppg")],
+        last=True,
+        props=_band_props,
+    )  # fmt: skip
     stale = (
         stat.Panel()
         .title("$patient: time since data")
-        .description(f"Red after {STALE_AFTER_S // 60} min without data: the monitoring has gone quiet.")
+        .description(
+            f"Since the newest data of any of the patient's wearables (over {PATIENT_LIST_RANGE[1:]}). "
+            f"Red after {STALE_AFTER_S / 60:.0f} min, the alerts' default stale-data limit: the "
+            "monitoring has gone quiet. NO DATA (red): nothing at all in that time."
+        )
         .datasource(DATASOURCE)
-        .with_target(FluxTarget(since))
+        .with_target(FluxTarget(_since_query()))
         .repeat("patient")
         .repeat_direction("h")
         .max_per_row(4)
         .span(6)
         .height(3)
         .unit("s")
+        .display_name("since data")
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
         .color_mode(common.BigValueColorMode.BACKGROUND)
-        .thresholds(_thresholds((None, "green"), (60, "orange"), (STALE_AFTER_S, "red")))
+        # no value at all: Grafana draws noValue in the base step's colour, so the base is red
+        .no_value("NO DATA")
+        .thresholds(_thresholds((None, "red"), (0, "green"), (60, "orange"), (STALE_AFTER_S, "red")))
     )
     return (
         _base("nabz-ward", "Nabz — ward overview", "Every monitored patient at a glance.")
@@ -303,20 +409,32 @@ def patient_detail() -> db.Dashboard:
     """One patient's trends, raw ECG and PPG, RR intervals and battery."""
     who = {"patient": "${patient}"}
     panels = [
-        _series_panel(
-            "Heart rate (ECG) and pulse rate (PPG)",
-            flux("vitals", ["hr_bpm", "pr_bpm"], where=who),
-            _unit("hr_bpm"),
+        _per_source(
+            _series_panel("Heart rate and pulse rate", [], _unit("hr_bpm")).description(
+                "HR from the ECG and as the ECG patch or chest strap computed it; pulse rate as the "
+                "oximeter measured it and from the raw PPG."
+            ),
+            [("hr_bpm", "ecg"), ("hr_bpm", "device"), ("pr_bpm", "device"), ("pr_bpm", "ppg")],
+            last=False,
         ),
-        _series_panel(
-            "SpO2 — uncalibrated (server PPG) and as reported by the oximeter",
-            [flux("vitals", ["spo2_pct"], where=who), flux("device_vitals", ["spo2_pct"], where=who)],
-            _unit("spo2_pct"),
+        _per_source(
+            _series_panel(
+                "SpO2: oximeter, and PPG estimate (uncalibrated)", [], _unit("spo2_pct")
+            ).description(
+                "The oximeter's own reading, and the server's estimate from the raw PPG, which is "
+                "uncalibrated (not measured against a reference oximeter)."
+            ),
+            [("spo2_pct", "device"), ("spo2_pct", "ppg")],
+            last=False,
         ),
-        _series_panel("Signal quality", flux("vitals", ["sqi"], where=who), _unit("sqi"), span=6),
+        _per_source(
+            _series_panel("Signal quality", [], _unit("sqi"), span=6),
+            [("sqi", "ecg"), ("sqi", "ppg")],
+            last=False,
+        ),
         _series_panel(
             "Battery", flux("device_vitals", ["battery_pct"], where=who), _unit("battery_pct"), span=6
-        ),
+        ).display_name("Battery ${__field.labels.device}"),  # one series per wearable
         _series_panel("RR intervals", flux("rr", ["rr_ms"], where=who, aggregate=None), _unit("rr_ms")),
         _raw_panel("ECG (raw, last 10 s)", "ecg", "signal_uv", who),
         _raw_panel("PPG infrared (raw, last 10 s)", "ppg", "ir_counts", who),

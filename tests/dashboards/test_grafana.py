@@ -58,19 +58,25 @@ def test_every_panel_uses_the_provisioned_datasource(built) -> None:  # type: ig
                 assert target["datasource"]["uid"] == DATASOURCE_UID
 
 
+def _blocks(query: str) -> list[str]:
+    """A query's `from(...)` pipelines (a union has several), each up to the next."""
+    return ["from(bucket:" + b for b in query.split("from(bucket:")[1:]]
+
+
 def test_queries_name_only_what_ingest_writes(built) -> None:  # type: ignore[no-untyped-def]
     seen_measurements = set()
     for d in built.values():
         for panel in _panels(d):
             for target in panel["targets"]:
-                q = target["query"]
-                (measurement,) = re.findall(r'r\._measurement == "([^"]+)"', q)
-                m = MEASUREMENTS[measurement]
-                seen_measurements.add(measurement)
-                fields = re.findall(r'r\._field == "([^"]+)"', q)
-                assert fields and set(fields) <= set(m.fields), q
-                tags = set(re.findall(r"r\.([a-z_]+) (?:==|=~)", q)) - {"_measurement", "_field"}
-                assert tags <= set(m.tags), q
+                assert _blocks(target["query"]), target["query"]
+                for q in _blocks(target["query"]):
+                    (measurement,) = re.findall(r'r\._measurement == "([^"]+)"', q)
+                    m = MEASUREMENTS[measurement]
+                    seen_measurements.add(measurement)
+                    fields = re.findall(r'r\._field == "([^"]+)"', q)
+                    assert fields and set(fields) <= set(m.fields), q
+                    tags = set(re.findall(r"r\.([a-z_]+) (?:==|=~)", q)) - {"_measurement", "_field"}
+                    assert tags <= set(m.tags), q
     assert {
         "vitals",
         "device_vitals",
@@ -108,7 +114,9 @@ def test_spo2_is_labelled_uncalibrated_wherever_shown(built) -> None:  # type: i
     for d in built.values():
         for panel in _panels(d):
             text = json.dumps(panel)
-            if "spo2_pct" in text:
+            # "time since data" reads spo2_pct points for their time only; the names each SpO2
+            # series is shown under are checked in test_grafana_series.py
+            if "spo2_pct" in text and "since data" not in panel["title"]:
                 assert "uncalibrated" in text.lower(), panel["title"]
 
 
@@ -200,9 +208,19 @@ def test_the_dashboard_provider_points_at_a_folder() -> None:
 class _FakeGrafana(BaseHTTPRequestHandler):
     requests: list[tuple[str, str, dict[str, str], Any]] = []
     folder_exists = False
+    dashboards: dict[str, int] = {}  # uid -> version
+    login_page = False  # answer everything 200 with HTML, as a proxy's login page does
     token = "glsa_test"
 
     def _reply(self, status: int, body: Any) -> None:
+        if self.login_page:
+            data = b"<html><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -220,6 +238,12 @@ class _FakeGrafana(BaseHTTPRequestHandler):
         self._record()
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             return self._reply(401, {"message": "invalid API key"})
+        if self.path.startswith("/api/dashboards/uid/"):
+            version = self.dashboards.get(self.path.rsplit("/", 1)[1])
+            if version is None:
+                return self._reply(404, {"message": "Dashboard not found"})
+            meta = {"updatedBy": "sana", "updated": "2026-11-27T10:00:00Z", "version": version}
+            return self._reply(200, {"dashboard": {"version": version}, "meta": meta})
         self._reply(200 if self.folder_exists else 404, {"uid": "nabz"} if self.folder_exists else {})
 
     def do_POST(self) -> None:  # noqa: N802
@@ -239,7 +263,10 @@ class _FakeGrafana(BaseHTTPRequestHandler):
                 and d.get("uid")
                 and d["panels"]
             )
-            return self._reply(200 if ok else 400, {"status": "success", "url": f"/d/{d.get('uid')}/x"})
+            if not ok:
+                return self._reply(400, {"message": "bad request"})
+            version = type(self).dashboards[d["uid"]] = type(self).dashboards.get(d["uid"], 0) + 1
+            return self._reply(200, {"status": "success", "url": f"/d/{d['uid']}/x", "version": version})
         self._reply(404, {"message": "not found"})
 
     def log_message(self, *args: object) -> None:
@@ -250,6 +277,8 @@ class _FakeGrafana(BaseHTTPRequestHandler):
 def grafana() -> Iterator[str]:
     _FakeGrafana.requests = []
     _FakeGrafana.folder_exists = False
+    _FakeGrafana.dashboards = {}
+    _FakeGrafana.login_page = False
     server = HTTPServer(("127.0.0.1", 0), _FakeGrafana)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -274,7 +303,38 @@ def test_push_creates_the_folder_and_imports_each_dashboard(grafana: str) -> Non
     assert calls[:2] == [("GET", "/api/folders/nabz"), ("POST", "/api/folders")]
     posted = [b["dashboard"]["uid"] for m, p, _, b in _FakeGrafana.requests if p == "/api/dashboards/db"]
     assert sorted(posted) == ["nabz-ops", "nabz-patient", "nabz-ward"]
-    assert out.stdout.splitlines() == [f"/d/{uid}/x" for uid in posted]
+    assert out.stdout.splitlines() == [f"created /d/{uid}/x" for uid in posted]
+    assert "glsa_test" not in out.stdout + out.stderr
+
+
+def test_push_says_which_dashboards_it_replaced_and_what_they_were(grafana: str) -> None:
+    """A push replaces a dashboard of the same uid whole, edits made in Grafana's UI included:
+    the installer is told which, the version replaced and who saved it (Grafana's version
+    history keeps it)."""
+    assert _push(grafana, "glsa_test").returncode == 0
+    _FakeGrafana.dashboards["nabz-ward"] = 4  # since edited in the UI, by sana
+    out = _push(grafana, "glsa_test")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[1]: line for line in out.stdout.splitlines()}
+    assert set(lines) == {"/d/nabz-ops/x", "/d/nabz-patient/x", "/d/nabz-ward/x"}
+    assert lines["/d/nabz-ward/x"] == (
+        "replaced /d/nabz-ward/x (version 4, saved by sana at 2026-11-27T10:00:00Z;"
+        " kept in Grafana's version history)"
+    )
+    assert all(
+        line.startswith("replaced ") and "version 1," in lines[u]
+        for u, line in lines.items()
+        if "ward" not in u
+    )
+
+
+def test_push_to_a_page_that_is_not_grafana_says_so_in_one_line(grafana: str) -> None:
+    """A URL answering 200 with HTML (a proxy's login page, a wrong port) gave a traceback."""
+    _FakeGrafana.login_page = True
+    out = _push(grafana, "glsa_test")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "text/html" in out.stderr and "not Grafana's JSON API" in out.stderr
     assert "glsa_test" not in out.stdout + out.stderr
 
 
