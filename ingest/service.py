@@ -12,6 +12,11 @@ Rules of this file:
   in the store (`Store.note_subscriptions`): a device moved away is let go only once its new owner's
   subscription is confirmed (never a moment without a subscriber, when mosquitto would drop its
   readings), and on a reconnect to a kept session whatever it no longer owns is unsubscribed.
+- One process per slot (ingest.slots: a lock file beside the store), every slot on one `workers`.
+  Worker 0 (or the single worker) drains and ends the slots a change of `workers` left behind
+  (a removed slot, or the single worker's session): each is run here, under its lock, owning
+  nothing, until its devices' new owners have them, its queued messages and spill are stored,
+  and then its session at the broker is ended (`retiring`).
 - A batch that fails because the store or InfluxDB cannot take it (locked, busy, full, down) is
   held unacknowledged and retried with backoff (/healthz says so): nothing about the messages.
 - A batch that fails for another reason (a bug) is retried message by message; a message that
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -46,11 +52,12 @@ from ingest.influx import InfluxSink, SinkError
 from ingest.opsstats import GatewayStatuses, Rates, Totals, gateway_metrics, ops_lines
 from ingest.partition import device_filter, filter_device, holding, owned_devices, owner_of, slot_client_id
 from ingest.pipeline import BatchResult, IngestCore, Message
+from ingest.slots import SlotBusy, SlotLock, lock_path, retired_slots, slot_holders
 from ingest.store import Store
 from nabz import contract
 from nabz.config import Config, ConfigError
 from nabz.health import HealthServer, Metric
-from nabz.mqtt import connect, make_client, reason_ok
+from nabz.mqtt import connect, end_session, make_client, reason_ok
 from nabz.secrets import safe_url
 
 __all__ = ["IngestService"]
@@ -70,6 +77,7 @@ _LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
 _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
 _SYNC_S = 2.0  # enrolment changes are picked up this fast (subscriptions, with several workers)
 _STORE_RETRY_S = (0.5, 10.0)  # a batch the store cannot take: retried after 0.5, 1, 2 ... 10 s
+_RETIRE_QUIET_S = 1.0  # a retiring slot holding nothing ends after this long without a message
 
 
 def _store_unavailable(exc: BaseException) -> bool:
@@ -98,8 +106,12 @@ class IngestService:
         clock: Callable[[], float] = time.time,
         client_id: str | None = None,
         on_vitals: Callable[[list[contract.Vitals]], None] | None = None,
+        retiring: str | None = None,
     ) -> None:
+        """`retiring`: the client id of a slot a change of `workers` left behind, to drain and end
+        (worker 0 runs these itself, `_retire_left_behind`): it owns no patient."""
         self.config = config
+        self.retiring = retiring
         self.clock = clock
         # Without InfluxDB the embedded store is the only copy of the readings, and the broker's
         # acknowledgement follows its commit: each commit must survive a power loss (FULL). With
@@ -109,7 +121,7 @@ class IngestService:
             config.ingest.store_path, synchronous="NORMAL" if config.influx.url else "FULL"
         )
         self._base_client_id = client_id or config.ingest.client_id
-        cid = slot_client_id(self._base_client_id, config.ingest.worker, config.ingest.workers)
+        cid = retiring or slot_client_id(self._base_client_id, config.ingest.worker, config.ingest.workers)
         spill = (
             str(Path(config.influx.spill_dir) / cid)  # a configured directory holds one per worker
             if config.influx.spill_dir
@@ -153,7 +165,7 @@ class IngestService:
         self._next_stats = 0.0
         self._disconnected_at: float | None = time.monotonic()
         self.health: HealthServer | None = None
-        if config.ingest.metrics_listen:
+        if config.ingest.metrics_listen and retiring is None:
             self.health = HealthServer(
                 config.ingest.metrics_listen,
                 self.metrics,
@@ -161,8 +173,8 @@ class IngestService:
                 port_offset=config.ingest.worker if config.ingest.workers > 1 else 0,
             )
         ic = config.ingest
-        self._partitioned = ic.workers > 1
-        if self._partitioned and not 0 <= ic.worker < ic.workers:
+        self._partitioned = ic.workers > 1 or retiring is not None
+        if ic.workers > 1 and not 0 <= ic.worker < ic.workers:
             raise ValueError(f"ingest.worker {ic.worker} outside 0..{ic.workers - 1}")
         self.holding: set[str] = set()  # devices subscribed to (owned, or moved and not yet taken over)
         self._sub_lock = threading.RLock()  # one sync at a time (paho's thread on connect, the loop)
@@ -174,6 +186,11 @@ class IngestService:
         self._next_prune = 0.0
         self._next_prune_log = 0.0
         self._pruned = [0, 0]  # messages, vitals since the last log line
+        self._slot_lock: SlotLock | None = None
+        self._everything = False  # retiring the single worker's session: it has every reading
+        self._last_arrival = time.monotonic()
+        self.finished = threading.Event()  # a retiring slot: drained and ended
+        self._retirer: threading.Thread | None = None
         self.client = make_client(
             config.mqtt,
             client_id=cid,
@@ -203,7 +220,8 @@ class IngestService:
                 self._next_sync = 0.0
         else:
             client.subscribe([(contract.READINGS_FILTER, 1)])
-        client.subscribe([(contract.STATUS_FILTER, 1)])  # retained: every gateway's latest, at once
+        if self.retiring is None:
+            client.subscribe([(contract.STATUS_FILTER, 1)])  # retained: every gateway's latest, at once
         self._disconnected_at = None
         self.connected.set()
         log.info("ingest connected to %s", safe_url(self.config.mqtt.url))
@@ -237,21 +255,32 @@ class IngestService:
             if m.qos > 0:
                 client.ack(m.mid, m.qos)
             return
+        self._last_arrival = time.monotonic()
         self._queue.put(
-            _Incoming(Message(topic, bytes(m.payload), self.clock()), m.mid, m.qos, time.monotonic())
+            _Incoming(Message(topic, bytes(m.payload), self.clock()), m.mid, m.qos, self._last_arrival)
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        dsp_kernels.warm()  # compiled (or loaded from numba's cache) before the first message
-        connect(self.client, self.config.mqtt, persistent_session=True)
+        self._take_slot()
+        try:
+            dsp_kernels.warm()  # compiled (or loaded from numba's cache) before the first message
+            connect(self.client, self.config.mqtt, persistent_session=True)
+        except BaseException:
+            self._release_slot()
+            raise
         self._worker = threading.Thread(target=self._run, name="nabz-ingest", daemon=True)
         self._worker.start()
         if self.health is not None:
             self.health.start()
+        if self.retiring is None and self.config.ingest.worker == 0:
+            self._retirer = threading.Thread(target=self._retire_left_behind, name="nabz-retire", daemon=True)
+            self._retirer.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._retirer is not None:
+            self._retirer.join(timeout=20)
         if self._worker is not None:
             self._worker.join(timeout=10)
         if self.health is not None:
@@ -260,6 +289,89 @@ class IngestService:
         self.client.loop_stop()
         if self.sink is not None:
             self.sink.close()
+            if self.finished.is_set() and not self.sink.spill:  # a retired slot's, replayed: gone
+                shutil.rmtree(self.sink.spill.dir, ignore_errors=True)
+        self._release_slot()
+
+    def _take_slot(self) -> None:
+        """This slot's lock; refused when the slot runs already, or other slots run with another
+        `workers` (ingest.slots)."""
+        ic = self.config.ingest
+        path = lock_path(ic.store_path, self.instance)
+        try:
+            self._slot_lock = SlotLock.take(path, ic.workers)
+        except SlotBusy as exc:
+            raise ConfigError(
+                f"ingest slot {self.instance} is running already ({exc}) with the store {ic.store_path}: "
+                "two processes in one slot would split its patients' streams"
+            ) from None
+        if self.retiring is not None:
+            return
+        other = {
+            c: w
+            for c, (_pid, w) in slot_holders(path.parent, self._base_client_id).items()
+            if w != ic.workers
+        }
+        if other:
+            self._release_slot()
+            c, w = min(other.items())
+            raise ConfigError(
+                f"ingest slot {c} runs with workers = {w}, this one has workers = {ic.workers}: stop every "
+                "ingest worker and start them all with the same workers (docs/scale.md)"
+            )
+
+    def _release_slot(self) -> None:
+        if self._slot_lock is not None:
+            self._slot_lock.release(remove=self.retiring is not None and self.finished.is_set())
+            self._slot_lock = None
+
+    def _retire_left_behind(self) -> None:
+        """Worker 0: drain and end each slot a change of `workers` left behind (ingest.slots), one
+        after the other, each under its lock, once this worker is subscribed."""
+        ic = self.config.ingest
+        while not self.subscribed.wait(1.0):
+            if self._stop.is_set():
+                return
+        try:
+            seen = set(self.store.subscription_clients()) | set(self._spill_slots())
+        except sqlite3.Error as exc:
+            log.warning("ingest: could not look for slots left behind (%s); next start", exc)
+            return
+        if ic.workers > 1:
+            seen.add(self._base_client_id)  # the single worker's session, if there was one
+        for slot in retired_slots(self._base_client_id, ic.workers, seen):
+            if self._stop.is_set():
+                return
+            svc = IngestService(
+                self.config, store=self.store, client_id=self._base_client_id, retiring=slot,
+                on_vitals=self.on_vitals, clock=self.clock,
+            )  # fmt: skip
+            try:
+                svc.start()
+            except (ConfigError, SinkError) as exc:
+                log.error("ingest: slot %s, left behind by a change of workers, not drained: %s", slot, exc)
+                continue
+            log.info("ingest: draining slot %s, left behind by a change of workers", slot)
+            while not svc.finished.wait(0.5) and not self._stop.is_set():
+                pass
+            svc.stop()
+            if svc.finished.is_set():
+                log.warning(
+                    "ingest: slot %s, left behind by a change of workers, drained (%d messages stored) "
+                    "and its broker session ended", slot, svc.totals.stored,
+                )  # fmt: skip
+
+    def _spill_slots(self) -> list[str]:
+        """Client ids with a spill directory where this configuration keeps them."""
+        if not self.config.influx.url:
+            return []
+        if self.config.influx.spill_dir:
+            parent, prefix = Path(self.config.influx.spill_dir), ""
+        else:
+            parent, prefix = Path(self.config.ingest.store_path).parent, "influx-spill-"
+        if not parent.is_dir():
+            return []
+        return [p.name[len(prefix) :] for p in parent.iterdir() if p.is_dir() and p.name.startswith(prefix)]
 
     @property
     def backlog(self) -> int:
@@ -275,6 +387,9 @@ class IngestService:
         On a kept session the broker has this slot's subscriptions from before, some perhaps for
         devices moved away meanwhile (the broker would share their readings with the new owner):
         it unsubscribes from every enrolled device it is not to hold, noted or not."""
+        if self.retiring is not None:
+            self._sync_retiring(session_kept)
+            return
         ic = self.config.ingest
         group = ic.share_group
         with self._sub_lock:
@@ -323,12 +438,66 @@ class IngestService:
                 len(set(noted) - want),
             )
 
+    def _sync_retiring(self, session_kept: bool | None) -> None:
+        """A slot left behind: it owns nothing; it lets each device go once the device's owner has
+        a confirmed subscription (the single worker's session, which has every reading, once all
+        enrolled devices have theirs), and subscribes to nothing."""
+        group = self.config.ingest.share_group
+        with self._sub_lock:
+            self._note_confirmed()
+            self.core.refresh_enrolment()
+            enrolment = self.core.enrolment
+            noted = self.store.subscriptions(self.instance)
+            if session_kept is False:  # a new session: the broker kept nothing of this slot
+                self.store.note_subscriptions(self.instance, removed=set(noted))
+                self.holding, self._everything = set(), False
+                return
+            if session_kept and self.instance == self._base_client_id:
+                self._everything = True  # the single worker's plain subscription to all readings
+            held = {d for f in noted if (d := filter_device(f, group)) is not None}
+            hold = holding(set(), held, enrolment, self._taken_over(held, enrolment))
+            gone = {f for f in noted if filter_device(f, group) not in hold}
+            if self._everything and self._taken_over(set(enrolment), enrolment) == set(enrolment):
+                gone.add(contract.READINGS_FILTER)
+                self._everything = False
+            self.store.note_subscriptions(self.instance, removed=gone)
+            gone_list = sorted(gone)
+            for i in range(0, len(gone_list), 100):
+                self.client.unsubscribe(gone_list[i : i + 100])
+            if gone:
+                self._last_arrival = time.monotonic()  # what was on its way comes before the end
+            self.holding = hold
+
+    def _retired(self, pending: list[_Incoming]) -> bool:
+        """A retiring slot holds nothing, has stored all it got and its spill: end its session."""
+        quiet = time.monotonic() - self._last_arrival >= _RETIRE_QUIET_S
+        if pending or self.holding or self._everything or not quiet or not self._queue.empty():
+            return False
+        if not self.connected.is_set() or (self.sink is not None and self.sink.spill):
+            return False
+        self.client.disconnect()
+        self.client.loop_stop()
+        if not end_session(self.config.mqtt, self.instance):
+            log.warning(
+                "ingest: slot %s drained, but its broker session could not be ended; next start",
+                self.instance,
+            )
+            return False
+        try:
+            self.store.note_subscriptions(self.instance, removed=set(self.store.subscriptions(self.instance)))
+        except sqlite3.Error:
+            pass  # a session that no longer exists: the next start finds nothing at the broker
+        self.finished.set()
+        return True
+
     def _taken_over(self, moved: set[str], enrolment: dict[str, str]) -> set[str]:
         """Of these devices (held, owned by other workers now), those whose owner's session has a
         confirmed subscription to them."""
         ic = self.config.ingest
         if not moved:
             return set()
+        if ic.workers == 1:  # the single worker, subscribed to every reading (before it retires anyone)
+            return {d for d in moved if d in enrolment}
         owner = {
             d: slot_client_id(self._base_client_id, owner_of(enrolment[d], ic.workers), ic.workers)
             for d in moved
@@ -392,6 +561,8 @@ class IngestService:
                 pending = self._take_batch()
                 if not pending:
                     self._pending_since = None
+                    if self.retiring is not None and self._retired(pending):
+                        return
                     continue
                 self._pending_since = pending[0].mono
             try:
@@ -485,6 +656,8 @@ class IngestService:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         ic = self.config.ingest
+        if self.retiring is not None:  # no heartbeat, statistics or rates: a passing helper of worker 0
+            return
         if ic.heartbeat_s > 0 and now >= self._next_heartbeat and self.connected.is_set():
             self._next_heartbeat = now + ic.heartbeat_s
             self._heartbeat()

@@ -472,6 +472,11 @@ class Store:
                 "DELETE FROM subscriptions WHERE client = ? AND filter = ?", ((client, f) for f in removed)
             )
 
+    def subscription_clients(self) -> list[str]:
+        """Every worker slot with subscriptions noted."""
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT DISTINCT client FROM subscriptions")]
+
     def confirmed_subscriptions(self, filters: Collection[str]) -> set[tuple[str, str]]:
         """(client, filter) for each of these filters that a slot's session has, confirmed."""
         out: set[tuple[str, str]] = set()

@@ -13,6 +13,7 @@ import logging
 import random
 import ssl
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -319,6 +320,20 @@ def connect(client: paho.Client, config: MqttConfig, *, persistent_session: bool
     except (OSError, ValueError) as exc:
         raise MqttError(f"cannot connect to {config.url}: {exc}") from exc
     client.loop_start()
+
+
+def end_session(config: MqttConfig, client_id: str, timeout_s: float = 10.0) -> bool:
+    """End a client id's session at the broker, queued messages and subscriptions with it: connect
+    once with a clean start (and no session expiry), then disconnect. True once the broker said so."""
+    client = make_client(config, client_id)
+    done = threading.Event()
+    client.on_connect = lambda _c, _u, _f, reason, _p: done.set() if reason_ok(reason) else None
+    connect(client, config)
+    try:
+        return done.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def reason_ok(reason_code: object) -> bool:

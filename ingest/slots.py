@@ -1,0 +1,111 @@
+"""Ingest worker slots on one box: one process per slot, every slot on the same `workers`, and the
+slots a smaller `workers` (or the single worker a larger one) left behind.
+
+- A running slot holds an exclusive flock on ``ingest-slot-<client id>.lock`` beside the embedded
+  store, the file saying its pid and `workers`. A second process in the same slot would take the
+  broker session from the first at every reconnect, each getting part of its patients' streams
+  (two analyses, wrong rates, alarms raised twice): it refuses to start instead. So does a
+  slot started with another `workers` than the slots running (a rolling change of `workers`
+  would have two slots owning one patient).
+- A slot left behind keeps, at the broker, a persistent session with its subscriptions: mosquitto
+  would go on sharing the readings of the devices it had with their new owners (every other
+  message parked in a session nobody starts again), and the single worker's session would queue
+  every reading. `retired_slots` names them, from the store's subscription notes and the spill
+  directories on disk; worker 0 drains and ends each (ingest.service), under its lock.
+
+`retired_slots` is pure; `SlotLock` is the file shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.partition import slot_client_id
+
+__all__ = ["SlotBusy", "SlotLock", "lock_path", "retired_slots", "slot_holders"]
+
+_PREFIX = "ingest-slot-"
+
+
+class SlotBusy(Exception):
+    """The slot is running in another process (or a slot runs with another `workers`)."""
+
+
+def lock_path(store_path: str | Path, client_id: str) -> Path:
+    return Path(store_path).parent / f"{_PREFIX}{client_id}.lock"
+
+
+def retired_slots(base: str, workers: int, seen: Iterable[str]) -> list[str]:
+    """Of the client ids `seen` (the store's subscription notes, spill directories), the slots of
+    `base` that this `workers` does not run: ``<base>-<k>`` with k >= workers (or any k with one
+    worker), and ``<base>`` itself (the single worker's session) with several."""
+    live = {slot_client_id(base, w, workers) for w in range(max(1, workers))}
+    pattern = re.compile(rf"{re.escape(base)}(-\d+)?")
+    return sorted({c for c in seen if pattern.fullmatch(c) and c not in live})
+
+
+@dataclass
+class SlotLock:
+    path: Path
+    fd: int
+
+    @classmethod
+    def take(cls, path: Path, workers: int) -> SlotLock:
+        """The slot's lock, or SlotBusy naming the process that holds it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise SlotBusy(f"pid {holder[0]}" if holder else "another process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {workers}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self, *, remove: bool = False) -> None:
+        if self.fd < 0:
+            return
+        if remove:  # a retired slot's: nothing will take it again
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        os.close(self.fd)  # closing the descriptor releases the flock
+        self.fd = -1
+
+
+def slot_holders(directory: Path, base: str) -> dict[str, tuple[int, int]]:
+    """The slots of `base` running now beside this store: client id -> (pid, workers)."""
+    out: dict[str, tuple[int, int]] = {}
+    for path in directory.glob(f"{_PREFIX}{base}*.lock"):
+        client = path.name[len(_PREFIX) : -len(".lock")]
+        if client != base and not re.fullmatch(rf"{re.escape(base)}-\d+", client):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held exclusively: running
+                holder = _read(fd)
+                if holder is not None:
+                    out[client] = holder
+        finally:
+            os.close(fd)
+    return out
+
+
+def _read(fd: int) -> tuple[int, int] | None:
+    try:
+        pid, workers = os.pread(fd, 64, 0).decode().split()
+        return int(pid), int(workers)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
