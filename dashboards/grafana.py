@@ -460,6 +460,9 @@ def operations() -> db.Dashboard:
     # (all of them by default) narrows the per-gateway and per-wearable panels to a few homes.
     gw = {"gateway": "${gateway}"}
     spool = flux("gateway_status", ["spool_depth"], where=gw, aggregate="max")
+    # wearables whose readings nobody on the server takes (not enrolled, or no ingest worker
+    # subscribed): kept at the gateway, their patients unmonitored until it is put right
+    held = flux("gateway_status", ["held"], where=gw, aggregate="max")
     # the worst of each interval: a gateway offline for a moment shows, not only its last state
     online = flux("gateway_status", ["online"], where=gw, aggregate="min")
     gateways = (
@@ -489,7 +492,16 @@ def operations() -> db.Dashboard:
         .with_variable(_tag_variable("gateway", "Gateway", multi=True))
         .with_panel(_series_panel("Readings stored per second", rate, "short", span=12))
         .with_panel(_series_panel("Dead letters and duplicates", dead, _unit("dead_letters"), span=12))
-        .with_panel(_series_panel("Gateway spool depth", spool, _unit("spool_depth"), span=24))
+        .with_panel(_series_panel("Gateway spool depth", spool, _unit("spool_depth"), span=12))
+        .with_panel(
+            _series_panel("Wearables held at the gateway (nobody takes their readings)", held, _unit("held"))
+            .description(
+                "Wearables whose readings no ingest worker takes (the broker answers 'no matching "
+                "subscribers'): not enrolled, or ingest not subscribed. The gateway keeps their readings "
+                "and retries; their patients are not monitored until this is 0. `nabz gateway status` "
+                "on the gateway names them."
+            )
+        )
         .with_panel(gateways)
         .with_panel(
             _device_timeline(
