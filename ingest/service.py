@@ -52,7 +52,7 @@ from ingest.influx import InfluxSink, SinkError
 from ingest.opsstats import GatewayStatuses, Rates, Totals, gateway_metrics, ops_lines
 from ingest.partition import device_filter, filter_device, holding, owned_devices, owner_of, slot_client_id
 from ingest.pipeline import BatchResult, IngestCore, Message
-from ingest.slots import SlotBusy, SlotLock, lock_path, retired_slots, slot_holders
+from ingest.slots import SlotBusy, SlotLock, lock_path, lock_slots, retired_slots, slot_holders
 from ingest.store import Store
 from nabz import contract
 from nabz.config import Config, ConfigError
@@ -78,6 +78,19 @@ _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
 _SYNC_S = 2.0  # enrolment changes are picked up this fast (subscriptions, with several workers)
 _STORE_RETRY_S = (0.5, 10.0)  # a batch the store cannot take: retried after 0.5, 1, 2 ... 10 s
 _RETIRE_QUIET_S = 1.0  # a retiring slot holding nothing ends after this long without a message
+_RETIRE_SCAN_S = 60.0  # worker 0 looks for slots left behind (or whose retiring failed) this often
+
+
+def _put_away(spill_dir: Path) -> None:
+    """A retired slot's spill directory, its lines all in InfluxDB: removed, unless it holds
+    something else (`rejected.lp`, lines InfluxDB refused, for an operator to read): then renamed
+    `<name>.retired`, out of the way of the next look for slots left behind."""
+    leftovers = [p for p in spill_dir.iterdir() if p.name != "spill.lock" and p.suffix != ".spill"]
+    if leftovers:
+        spill_dir.rename(spill_dir.with_name(spill_dir.name + ".retired"))
+        log.warning("ingest: %s kept in %s.retired", ", ".join(p.name for p in leftovers), spill_dir)
+    else:
+        shutil.rmtree(spill_dir, ignore_errors=True)
 
 
 def _store_unavailable(exc: BaseException) -> bool:
@@ -187,9 +200,10 @@ class IngestService:
         self._next_prune_log = 0.0
         self._pruned = [0, 0]  # messages, vitals since the last log line
         self._slot_lock: SlotLock | None = None
-        self._everything = False  # retiring the single worker's session: it has every reading
+        self._converted = False  # retiring the single worker's session: its plain filter made per device
         self._last_arrival = time.monotonic()
-        self.finished = threading.Event()  # a retiring slot: drained and ended
+        self.session_ended = threading.Event()  # a retiring slot: drained, its broker session ended
+        self.finished = threading.Event()  # ... and its spill written to InfluxDB: retired
         self._retirer: threading.Thread | None = None
         self.client = make_client(
             config.mqtt,
@@ -273,7 +287,7 @@ class IngestService:
         self._worker.start()
         if self.health is not None:
             self.health.start()
-        if self.retiring is None and self.config.ingest.worker == 0:
+        if self.retiring is None and (self.config.ingest.worker == 0 or self.config.ingest.workers == 1):
             self._retirer = threading.Thread(target=self._retire_left_behind, name="nabz-retire", daemon=True)
             self._retirer.start()
 
@@ -289,8 +303,8 @@ class IngestService:
         self.client.loop_stop()
         if self.sink is not None:
             self.sink.close()
-            if self.finished.is_set() and not self.sink.spill:  # a retired slot's, replayed: gone
-                shutil.rmtree(self.sink.spill.dir, ignore_errors=True)
+            if self.finished.is_set():
+                _put_away(self.sink.spill.dir)
         self._release_slot()
 
     def _take_slot(self) -> None:
@@ -309,7 +323,7 @@ class IngestService:
             return
         other = {
             c: w
-            for c, (_pid, w) in slot_holders(path.parent, self._base_client_id).items()
+            for c, (_pid, w) in slot_holders(ic.store_path, self._base_client_id).items()
             if w != ic.workers
         }
         if other:
@@ -326,40 +340,65 @@ class IngestService:
             self._slot_lock = None
 
     def _retire_left_behind(self) -> None:
-        """Worker 0: drain and end each slot a change of `workers` left behind (ingest.slots), one
-        after the other, each under its lock, once this worker is subscribed."""
+        """Worker 0 (or the single worker): drain and end each slot a change of `workers` left
+        behind (ingest.slots), each on a thread of its own under its lock, once this worker is
+        subscribed; looked for again every minute (a slot whose retiring failed is found again:
+        its lock file stays until it is retired)."""
         ic = self.config.ingest
         while not self.subscribed.wait(1.0):
             if self._stop.is_set():
                 return
+        running: dict[str, threading.Thread] = {}
+        while not self._stop.is_set():
+            try:
+                seen = (
+                    set(self.store.subscription_clients()) | set(self._spill_slots())
+                    | set(lock_slots(ic.store_path))
+                )  # fmt: skip
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("ingest: could not look for slots left behind (%s); trying again later", exc)
+                seen = set()
+            for slot in retired_slots(self._base_client_id, ic.workers, seen):
+                if slot not in running or not running[slot].is_alive():
+                    running[slot] = threading.Thread(
+                        target=self._retire, args=(slot,), name=f"nabz-retire-{slot}", daemon=True
+                    )
+                    running[slot].start()
+            self._stop.wait(_RETIRE_SCAN_S)
+        for thread in running.values():
+            thread.join(timeout=15)
+
+    def _retire(self, slot: str) -> None:
+        """Drain and end one slot left behind; on any failure it is tried again at the next look."""
         try:
-            seen = set(self.store.subscription_clients()) | set(self._spill_slots())
-        except sqlite3.Error as exc:
-            log.warning("ingest: could not look for slots left behind (%s); next start", exc)
-            return
-        if ic.workers > 1:
-            seen.add(self._base_client_id)  # the single worker's session, if there was one
-        for slot in retired_slots(self._base_client_id, ic.workers, seen):
-            if self._stop.is_set():
-                return
             svc = IngestService(
                 self.config, store=self.store, client_id=self._base_client_id, retiring=slot,
                 on_vitals=self.on_vitals, clock=self.clock,
             )  # fmt: skip
-            try:
-                svc.start()
-            except (ConfigError, SinkError) as exc:
-                log.error("ingest: slot %s, left behind by a change of workers, not drained: %s", slot, exc)
-                continue
-            log.info("ingest: draining slot %s, left behind by a change of workers", slot)
-            while not svc.finished.wait(0.5) and not self._stop.is_set():
-                pass
+            svc.start()
+        except (ConfigError, SinkError) as exc:  # running (another workers), or its spill in use
+            log.error("ingest: slot %s, left behind by a change of workers, not drained: %s", slot, exc)
+            return
+        except Exception:
+            log.exception("ingest: slot %s, left behind by a change of workers, not drained", slot)
+            return
+        log.info("ingest: draining slot %s, left behind by a change of workers", slot)
+        try:
+            while not self._stop.wait(0.5):
+                if svc.session_ended.is_set():
+                    if svc.sink is None or not svc.sink.spill:  # its spill is in InfluxDB too
+                        svc.finished.set()
+                        break
+                elif svc._worker is None or not svc._worker.is_alive():
+                    log.error("ingest: slot %s: its broker session could not be ended; trying again", slot)
+                    break
+        finally:
             svc.stop()
-            if svc.finished.is_set():
-                log.warning(
-                    "ingest: slot %s, left behind by a change of workers, drained (%d messages stored) "
-                    "and its broker session ended", slot, svc.totals.stored,
-                )  # fmt: skip
+        if svc.finished.is_set():
+            log.warning(
+                "ingest: slot %s, left behind by a change of workers, drained (%d messages stored) and "
+                "its broker session ended", slot, svc.totals.stored,
+            )  # fmt: skip
 
     def _spill_slots(self) -> list[str]:
         """Client ids with a spill directory where this configuration keeps them."""
@@ -439,9 +478,11 @@ class IngestService:
             )
 
     def _sync_retiring(self, session_kept: bool | None) -> None:
-        """A slot left behind: it owns nothing; it lets each device go once the device's owner has
-        a confirmed subscription (the single worker's session, which has every reading, once all
-        enrolled devices have theirs), and subscribes to nothing."""
+        """A slot left behind: it owns nothing, and lets each device go once the device's owner has
+        a confirmed subscription. The single worker's session (a plain subscription to every
+        reading) is first made one shared subscription per enrolled device not yet taken over,
+        then its plain one dropped (in that order: never a moment without a subscriber), so each
+        device is handed over on its own, as a moved device is."""
         group = self.config.ingest.share_group
         with self._sub_lock:
             self._note_confirmed()
@@ -450,16 +491,24 @@ class IngestService:
             noted = self.store.subscriptions(self.instance)
             if session_kept is False:  # a new session: the broker kept nothing of this slot
                 self.store.note_subscriptions(self.instance, removed=set(noted))
-                self.holding, self._everything = set(), False
+                self.holding = set()
                 return
-            if session_kept and self.instance == self._base_client_id:
-                self._everything = True  # the single worker's plain subscription to all readings
+            if session_kept and self.instance == self._base_client_id and not self._converted:
+                self._converted = True
+                mine = {d for d in enrolment if d not in self._taken_over(set(enrolment), enrolment)}
+                per_device = sorted(device_filter(d, group) for d in mine)
+                self.store.note_subscriptions(self.instance, added=per_device)
+                for i in range(0, len(per_device), 100):
+                    part = per_device[i : i + 100]
+                    with self._ack_lock:
+                        _rc, mid = self.client.subscribe([(f, 1) for f in part])
+                        if mid is not None:
+                            self._sub_mids[mid] = part
+                self.client.unsubscribe(contract.READINGS_FILTER)
+                noted = {**noted, **dict.fromkeys(per_device, False)}
             held = {d for f in noted if (d := filter_device(f, group)) is not None}
             hold = holding(set(), held, enrolment, self._taken_over(held, enrolment))
             gone = {f for f in noted if filter_device(f, group) not in hold}
-            if self._everything and self._taken_over(set(enrolment), enrolment) == set(enrolment):
-                gone.add(contract.READINGS_FILTER)
-                self._everything = False
             self.store.note_subscriptions(self.instance, removed=gone)
             gone_list = sorted(gone)
             for i in range(0, len(gone_list), 100):
@@ -469,25 +518,22 @@ class IngestService:
             self.holding = hold
 
     def _retired(self, pending: list[_Incoming]) -> bool:
-        """A retiring slot holds nothing, has stored all it got and its spill: end its session."""
+        """A retiring slot that holds nothing and has stored all it got: end its broker session
+        (its spill, if InfluxDB is down, is written afterwards: `_retire` waits for it). True:
+        the batch loop ends (`session_ended` says whether the session did; if not, the slot is
+        tried again at worker 0's next look)."""
         quiet = time.monotonic() - self._last_arrival >= _RETIRE_QUIET_S
-        if pending or self.holding or self._everything or not quiet or not self._queue.empty():
-            return False
-        if not self.connected.is_set() or (self.sink is not None and self.sink.spill):
+        if pending or self.holding or not quiet or not self._queue.empty() or not self.connected.is_set():
             return False
         self.client.disconnect()
         self.client.loop_stop()
         if not end_session(self.config.mqtt, self.instance):
-            log.warning(
-                "ingest: slot %s drained, but its broker session could not be ended; next start",
-                self.instance,
-            )
-            return False
+            return True
         try:
             self.store.note_subscriptions(self.instance, removed=set(self.store.subscriptions(self.instance)))
         except sqlite3.Error:
-            pass  # a session that no longer exists: the next start finds nothing at the broker
-        self.finished.set()
+            pass  # notes of a session that no longer exists: the next look finds nothing at the broker
+        self.session_ended.set()
         return True
 
     def _taken_over(self, moved: set[str], enrolment: dict[str, str]) -> set[str]:

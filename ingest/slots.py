@@ -1,8 +1,9 @@
 """Ingest worker slots on one box: one process per slot, every slot on the same `workers`, and the
 slots a smaller `workers` (or the single worker a larger one) left behind.
 
-- A running slot holds an exclusive flock on ``ingest-slot-<client id>.lock`` beside the embedded
-  store, the file saying its pid and `workers`. A second process in the same slot would take the
+- A running slot holds an exclusive flock on ``<store file>.slot-<client id>.lock`` beside the
+  embedded store (one deployment's workers share that store), the file saying its pid and
+  `workers`. A second process in the same slot would take the
   broker session from the first at every reconnect, each getting part of its patients' streams
   (two analyses, wrong rates, alarms raised twice): it refuses to start instead. So does a
   slot started with another `workers` than the slots running (a rolling change of `workers`
@@ -10,8 +11,10 @@ slots a smaller `workers` (or the single worker a larger one) left behind.
 - A slot left behind keeps, at the broker, a persistent session with its subscriptions: mosquitto
   would go on sharing the readings of the devices it had with their new owners (every other
   message parked in a session nobody starts again), and the single worker's session would queue
-  every reading. `retired_slots` names them, from the store's subscription notes and the spill
-  directories on disk; worker 0 drains and ends each (ingest.service), under its lock.
+  every reading. `retired_slots` names them, from the store's subscription notes, the spill
+  directories and the slots' lock files (a slot's lock file goes only once it is retired, so one
+  whose drain was cut short is found again); worker 0 drains and ends each (ingest.service),
+  under its lock.
 
 `retired_slots` is pure; `SlotLock` is the file shell.
 """
@@ -22,15 +25,17 @@ import contextlib
 import fcntl
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.partition import slot_client_id
 
-__all__ = ["SlotBusy", "SlotLock", "lock_path", "retired_slots", "slot_holders"]
+__all__ = ["SlotBusy", "SlotLock", "lock_path", "lock_slots", "retired_slots", "slot_holders"]
 
-_PREFIX = "ingest-slot-"
+_INFIX = ".slot-"
+_TAKE_TRIES = 10  # a look at the lock by another starting slot (`slot_holders`) lasts microseconds
 
 
 class SlotBusy(Exception):
@@ -38,7 +43,19 @@ class SlotBusy(Exception):
 
 
 def lock_path(store_path: str | Path, client_id: str) -> Path:
-    return Path(store_path).parent / f"{_PREFIX}{client_id}.lock"
+    store = Path(store_path)
+    return store.parent / f"{store.name}{_INFIX}{client_id}.lock"
+
+
+def lock_slots(store_path: str | Path) -> dict[str, Path]:
+    """Client id -> lock file, for every slot that has run beside this store and not retired."""
+    store = Path(store_path)
+    head = f"{store.name}{_INFIX}"
+    return {p.name[len(head) : -len(".lock")]: p for p in store.parent.glob(f"{glob_escape(head)}*.lock")}
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def retired_slots(base: str, workers: int, seen: Iterable[str]) -> list[str]:
@@ -60,12 +77,16 @@ class SlotLock:
         """The slot's lock, or SlotBusy naming the process that holds it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read(fd)
-            os.close(fd)
-            raise SlotBusy(f"pid {holder[0]}" if holder else "another process") from None
+        for attempt in range(_TAKE_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 == _TAKE_TRIES:
+                    holder = _read(fd)
+                    os.close(fd)
+                    raise SlotBusy(f"pid {holder[0]}" if holder else "another process") from None
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {workers}\n".encode(), 0)
         return cls(path, fd)
@@ -80,11 +101,10 @@ class SlotLock:
         self.fd = -1
 
 
-def slot_holders(directory: Path, base: str) -> dict[str, tuple[int, int]]:
+def slot_holders(store_path: str | Path, base: str) -> dict[str, tuple[int, int]]:
     """The slots of `base` running now beside this store: client id -> (pid, workers)."""
     out: dict[str, tuple[int, int]] = {}
-    for path in directory.glob(f"{_PREFIX}{base}*.lock"):
-        client = path.name[len(_PREFIX) : -len(".lock")]
+    for client, path in lock_slots(store_path).items():
         if client != base and not re.fullmatch(rf"{re.escape(base)}-\d+", client):
             continue
         try:

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.partition import owner_of
+from ingest.partition import device_filter, owner_of
 from ingest.service import IngestService
 from ingest.spill import Spill
 from ingest.store import Store
@@ -141,7 +141,7 @@ def test_fewer_workers_lose_no_reading_and_the_removed_slot_is_ended(
         )
         assert rig.refused == 0  # never a moment without a subscriber ("No matching subscribers")
         _wait(
-            lambda: not (tmp_path / "ingest-slot-nabz-ingest-2.lock").exists(),
+            lambda: not (tmp_path / "ingest.sqlite.slot-nabz-ingest-2.lock").exists(),
             why=lambda: "slot 2 still held",
         )
         assert rig.store.subscriptions("nabz-ingest-2") == {}
@@ -165,7 +165,10 @@ def test_more_workers_end_the_single_workers_session(mosquitto: Mosquitto, tmp_p
         rig.start(0, 2)
         rig.start(1, 2)
         _wait(lambda: rig.stored(device) == 10, why=lambda: rig.stored(device))
-        _wait(lambda: not (tmp_path / "ingest-slot-nabz-ingest.lock").exists(), why=lambda: "still draining")
+        _wait(
+            lambda: not (tmp_path / "ingest.sqlite.slot-nabz-ingest.lock").exists(),
+            why=lambda: "still draining",
+        )
         rig.publish(5, device)
         _wait(lambda: rig.stored(device) == 15)
         assert rig.refused == 0
@@ -184,6 +187,7 @@ def test_a_removed_slots_spill_reaches_influxdb(
     with Spill(tmp_path / "spill" / "nabz-ingest-2") as spill:
         spill.append([f"device_vitals,device=hr-0009,patient=p-0009,site=test hr_bpm=7{k}.0 {k + 1}000000000"
                       for k in range(3)])  # fmt: skip
+    (tmp_path / "spill" / "nabz-ingest-2" / "rejected.lp").write_text("# refused by InfluxDB\nbad line\n")
     rig = Rig(mosquitto, tmp_path, influx)
     try:
         rig.start(0, 2)
@@ -191,6 +195,10 @@ def test_a_removed_slots_spill_reaches_influxdb(
         (series,) = victoria.export('{__name__="device_vitals_hr_bpm",device="hr-0009"}')
         assert series["values"] == [70.0, 71.0, 72.0]
         _wait(lambda: not (tmp_path / "spill" / "nabz-ingest-2").exists())
+        # the lines InfluxDB refused are an operator's to read: kept, out of the way
+        assert (
+            (tmp_path / "spill" / "nabz-ingest-2.retired" / "rejected.lp").read_text().endswith("bad line\n")
+        )
     finally:
         rig.close()
 
@@ -208,5 +216,52 @@ def test_a_slot_runs_in_one_process_and_all_slots_on_one_workers(
         with pytest.raises(ConfigError, match="runs with workers = 2, this one has workers = 3"):
             mixed.start()  # two slots would own one patient
         rig.start(1, 2)  # the right one starts
+    finally:
+        rig.close()
+
+
+def test_a_drain_cut_short_is_finished_at_the_next_start(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Worker 0 stopped while it drained a removed slot, after the slot's subscription notes had
+    gone (as they go at each UNSUBSCRIBE): the slot's lock file still names it, and the readings
+    queued in its session are stored at the next start."""
+    rig = Rig(mosquitto, tmp_path)
+    device = "hr-0001"
+    rig.store.enrol(device, _patient({3: 2, 2: 0}))
+    try:
+        for w in range(3):
+            rig.start(w, 3)
+        rig.stop_all()
+        rig.publish(10, device)  # queued in slot 2's session
+        rig.store.note_subscriptions("nabz-ingest-2", removed=set(rig.store.subscriptions("nabz-ingest-2")))
+        rig.start(0, 2)
+        rig.start(1, 2)
+        _wait(lambda: rig.stored(device) == 10, why=lambda: rig.stored(device))
+        _wait(lambda: not (tmp_path / "ingest.sqlite.slot-nabz-ingest-2.lock").exists())
+    finally:
+        rig.close()
+    assert not rig.session_kept("nabz-ingest-2")
+
+
+def test_going_to_more_workers_hands_each_device_over_on_its_own(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """1 -> 2 workers with worker 1 not started yet: worker 0's own patient is not shared with the
+    single worker's old session meanwhile (each would analyse part of the stream); that session
+    keeps only worker 1's device."""
+    rig = Rig(mosquitto, tmp_path)
+    mine, theirs = "hr-0001", "hr-0002"
+    rig.store.enrol(mine, _patient({2: 0}))
+    rig.store.enrol(theirs, _patient({2: 1}))
+    try:
+        rig.start(0, 1)
+        rig.stop_all()
+        w0 = rig.start(0, 2)
+        _wait(lambda: set(rig.store.subscriptions("nabz-ingest")) == {device_filter(theirs, "nabz-ingest")},
+              why=lambda: rig.store.subscriptions("nabz-ingest"))  # fmt: skip
+        time.sleep(0.5)
+        rig.publish(20, mine)
+        rig.publish(5, theirs)
+        _wait(lambda: (rig.stored(mine), rig.stored(theirs)) == (20, 5))
+        assert w0.totals.stored == 20  # every one of its patient's readings, none through the old session
     finally:
         rig.close()
