@@ -5,10 +5,14 @@ sends everything once a reading of the device is taken."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -16,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 import gateway.hold as hold_mod
+import gateway.spool as spool_mod
 from gateway.hold import Holds
 from gateway.service import Gateway
 from gateway.spool import Spool, snapshot
@@ -57,6 +62,22 @@ def test_a_probe_refused_by_the_broker_is_asked_again_not_held_for_ever() -> Non
     holds.probing(device)
     holds.unanswered(device, 1.0)  # the refusal
     assert holds.probes(2.9) == [] and holds.probes(3.0) == ["ecg-1"]
+
+
+def test_a_release_a_full_card_cut_short_is_tried_again_later_and_the_device_is_taken() -> None:
+    holds = Holds(first_s=1.0, max_s=4.0)
+    holds.hold("oxi-1", now=0.0)
+    holds.release_later("oxi-1", now=0.5)  # taken, but the rest of its rows could not move back
+    assert not holds.held("oxi-1") and holds and holds.probes(100.0) == []
+    tries = []
+    for k in range(1, 40):
+        for device in holds.releases_due(k * 0.5):
+            tries.append(k * 0.5)
+            holds.release_later(device, k * 0.5)  # still full
+    assert tries == [1.5, 3.5, 7.5, 11.5, 15.5, 19.5]  # after 1 s, then 2, then 4 at most
+    assert holds.hold("oxi-1", now=20.0) and not holds.releases  # nobody again: held, newly
+    holds.release_later("oxi-1", now=21.0)
+    assert holds.taken("oxi-1") is None and not holds  # all back at last
 
 
 # --- the spool's held rows ------------------------------------------------------------------------
@@ -362,3 +383,277 @@ def test_a_move_cut_short_either_way_is_finished_first_so_the_order_holds(
     assert again.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")  # held again: the release is finished first
     assert again.release("oxi-9")
     assert [m.id for m in again.peek(0, 1000)] == [f"oxi-9-{i}" for i in range(300)]
+
+
+# --- the gateway against a broker of the test's (exact answers, on a clock of the test's) ---------
+class FakeBroker:
+    """Stands in for paho and mosquitto: records what the gateway publishes, and answers each QoS 1
+    publish as mosquitto does: taken, or "No matching subscribers" for a device nobody takes."""
+
+    def __init__(self) -> None:
+        self.takes: set[str] = set()
+        self.delivered: dict[str, list[str]] = {}  # device -> message ids, in arrival order
+        self.sent: list[str] = []  # message ids of every reading published
+        self._pending: list[tuple[int, str, bytes]] = []
+        self._mids = itertools.count(1)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        mid = next(self._mids)
+        if not topic.endswith("/status"):
+            self._pending.append((mid, topic, payload))
+            self.sent.append(payload.split(b"|")[0].decode())
+        return SimpleNamespace(rc=paho.MQTT_ERR_SUCCESS, mid=mid)
+
+    def disconnect(self) -> None:
+        pass
+
+    def loop_stop(self) -> None:
+        pass
+
+    def answer(self, gw: Gateway, n: int | None = None) -> None:
+        """Answer the `n` oldest publishes (all by default)."""
+        n = len(self._pending) if n is None else n
+        answered, self._pending = self._pending[:n], self._pending[n:]
+        for mid, topic, payload in answered:
+            reading = contract.parse_reading_topic(topic)
+            assert reading is not None
+            if reading.device in self.takes:
+                self.delivered.setdefault(reading.device, []).append(payload.split(b"|")[0].decode())
+                gw._events.put(("ack", (mid, True, "Success", False)))
+            else:
+                gw._events.put(("ack", (mid, True, "No matching subscribers", True)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FullCard:
+    """One of the spool's moves on a full card: `room_for` chunks move, then none while `full`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, move: str, room_for: int = 0) -> None:
+        self.full, self.moved = True, 0
+        real = getattr(Spool, move)
+
+        def moving(spool: Spool, *args: Any) -> None:
+            if self.full and self.moved >= room_for:
+                raise sqlite3.OperationalError("database or disk is full")
+            self.moved += 1
+            real(spool, *args)
+
+        monkeypatch.setattr(Spool, move, moving)
+
+
+def _fake_gateway(tmp_path: Path, broker: FakeBroker, **gateway: Any) -> tuple[Gateway, Clock]:
+    clock = Clock()
+    cfg = gateway_config(
+        "mqtt://127.0.0.1:1", id="g", spool_path=str(tmp_path / "spool.sqlite"), status_interval_s=1e9,
+        **gateway,
+    )  # fmt: skip
+    gw = Gateway(cfg, VirtualTransport([]), monotonic=clock)
+    gw.client = broker  # type: ignore[assignment]
+    gw._events.put(("connected", True))
+    return gw, clock
+
+
+def _put(gw: Gateway, device: str, start: int, n: int, size: int = 0) -> None:
+    topic = contract.reading_topic(gw.site, gw.id, device, "ppg")
+    ids = [f"{device}-{i:04d}" for i in range(start, start + n)]
+    gw.spool.put([(i, topic, i.encode() + b"|" + bytes(size), "ppg", 1) for i in ids])
+
+
+def _ids(device: str, start: int, n: int) -> list[str]:
+    return [f"{device}-{i:04d}" for i in range(start, start + n)]
+
+
+def _run(gw: Gateway, broker: FakeBroker, clock: Clock, seconds: float, every: float = 1.0) -> None:
+    """Step the gateway every `every` s of its clock, the broker answering everything at once."""
+    end = clock.t + seconds
+    while clock.t < end:
+        clock.t += every
+        gw.step()
+        broker.answer(gw)
+    gw.step()
+
+
+def test_a_release_a_full_card_cuts_short_is_finished_once_it_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe is taken on a full card: not one held row can move back. The device stayed held
+    for ever, never probed again, and its readings, which the server now takes, waited for a
+    restart (found by review). Now it is taken, and its release is tried again until it is done."""
+    broker = FakeBroker()
+    gw, clock = _fake_gateway(tmp_path, broker)
+    _put(gw, "oxi-9", 0, 50)
+    _run(gw, broker, clock, 1)
+    assert gw.stats().held == ("oxi-9",) and gw.spool.held_depth == 50
+    card = FullCard(monkeypatch, "_move_to_spool")
+    broker.takes.add("oxi-9")  # its owner subscribes
+    _run(gw, broker, clock, 10)  # the probe is taken; nothing moves back
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 1) and gw.spool.held_depth == 49
+    assert gw.stats().held == ()  # taken: the status no longer names it
+    card.full = False  # room again
+    _put(gw, "oxi-9", 50, 5)
+    _run(gw, broker, clock, 300)
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 55)
+    assert (gw.spool.held_depth, gw.spool.depth, gw.spool.marks("heldmove/")) == (0, 0, {})
+    gw.stop(graceful=False)
+
+
+def test_a_release_cut_short_before_a_restart_is_finished_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release the full card cut short after its first chunk, then a restart: the mark left on
+    disk made the device "moving" at every start, and a moving device was never probed, so its
+    held readings never went (found by review). Now the start finishes the release, or tries it
+    again until the card has room."""
+    monkeypatch.setattr(spool_mod, "_MOVE_CHUNK", 10)
+    broker = FakeBroker()
+    gw, clock = _fake_gateway(tmp_path, broker)
+    _put(gw, "oxi-9", 0, 30)
+    _run(gw, broker, clock, 1)
+    card = FullCard(monkeypatch, "_move_to_spool", room_for=1)
+    broker.takes.add("oxi-9")
+    _run(gw, broker, clock, 10)  # the probe and the 10 rows that came back are delivered
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 11) and gw.spool.held_depth == 19
+    assert gw.spool.marks("heldmove/") == {"heldmove/oxi-9": "release"}
+    gw.stop(graceful=False)
+    gw, clock = _fake_gateway(tmp_path, broker)  # the card still full: taken, tried again later
+    _run(gw, broker, clock, 60)
+    assert gw.stats().held == () and gw.spool.held_depth == 19
+    gw.stop(graceful=False)
+    card.full = False
+    gw, clock = _fake_gateway(tmp_path, broker)  # room: finished at the start
+    assert gw.spool.held_depth == 0
+    _run(gw, broker, clock, 10)
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 30)
+    assert (gw.stats().held, gw.spool.held_depth, gw.spool.marks("heldmove/")) == ((), 0, {})
+    gw.stop(graceful=False)
+
+
+def test_a_reading_taken_in_the_batch_that_holds_its_device_is_not_sent_again(tmp_path: Path) -> None:
+    """Ten readings in flight; the first five are taken, then ingest's subscription goes and the
+    other five come back with nobody subscribed, all in one batch of answers. The hold moved the
+    five taken (their deletion still to come) aside with the others, and they were sent again,
+    the first as the probe (found by review)."""
+    broker = FakeBroker()
+    broker.takes.add("oxi-9")
+    gw, clock = _fake_gateway(tmp_path, broker)
+    _put(gw, "oxi-9", 0, 10)
+    gw.step()
+    broker.answer(gw, 5)
+    broker.takes.discard("oxi-9")  # a worker restarting
+    broker.answer(gw)
+    gw.step()
+    held = [r[0] for r in gw.spool.db.execute("SELECT id FROM held ORDER BY seq")]
+    assert held == _ids("oxi-9", 5, 5) and gw.spool.counter("published_messages") == 5
+    broker.takes.add("oxi-9")
+    _run(gw, broker, clock, 10)
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 10)  # each once
+    gw.stop(graceful=False)
+
+
+def test_a_held_device_whose_rows_were_all_dropped_stays_held_till_a_probe_is_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The overflow policy dropped every held row of a device: at its probe time it was "released"
+    with no probe at all, the log saying its readings were taken and the status no longer naming
+    it, though nobody took them (found by review). Now it stays held, and its next reading is
+    the probe."""
+    broker = FakeBroker()
+    broker.takes.add("ecg-1")
+    gw, clock = _fake_gateway(tmp_path, broker, spool_max_mb=1)
+    _put(gw, "oxi-9", 0, 5)
+    _run(gw, broker, clock, 1)
+    assert gw.stats().held == ("oxi-9",)
+    _put(gw, "ecg-1", 0, 1100, size=1000)  # an outage's backlog reaches the limit
+    assert gw.spool.held_depth == 0 and gw.spool.counter("dropped_held") == 5
+    with caplog.at_level(logging.INFO, logger="gateway.service"):
+        _run(gw, broker, clock, 10)
+        assert gw.stats().held == ("oxi-9",)
+        assert not [r for r in caplog.records if "are taken" in r.getMessage()]
+        _put(gw, "oxi-9", 5, 1)
+        broker.takes.add("oxi-9")
+        _run(gw, broker, clock, 300)
+        assert broker.delivered["oxi-9"] == _ids("oxi-9", 5, 1) and gw.stats().held == ()
+        assert len([r for r in caplog.records if "are taken" in r.getMessage()]) == 1
+    gw.stop(graceful=False)
+
+
+def test_a_wearable_held_at_the_limit_neither_floods_the_log_nor_makes_the_status_urgent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wearable enrolled nowhere, held for days, reaches the limit: every put then drops a held
+    row, and each drop was an ERROR line (1,200 a minute) and urgent news for the status (sent
+    every second instead of every 30 s; found by review). Now one line a minute, with counts."""
+    spool = Spool(tmp_path / "s.sqlite", max_bytes=200 * 1000)
+    spool.hold("ecg-9", "nabz/v1/s/gw/g/ecg-9/")
+    spool.put(_rows("ecg-9", 200, size=1000, stream="ecg"))  # at the limit
+    with caplog.at_level(logging.ERROR, logger="gateway.spool"):
+        dropped = [spool.put(_rows("ecg-9", 1, size=1000, stream="ecg", start=200 + i)) for i in range(100)]
+    assert spool.counter("dropped_held") == 100 and dropped == [0] * 100  # (the status says so in time)
+    assert len(caplog.records) == 1, len(caplog.records)
+
+
+def test_a_hold_a_full_card_cuts_short_is_tried_again_at_probe_times_and_sends_nothing_into_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold the full card stopped at its first chunk, no readings coming: every "nobody" answer
+    tried the hold again (a read of the whole spool each time), and every minute the device's
+    whole backlog was sent again into nothing (55 s of CPU a minute; found by review). Now the
+    hold is tried again at the device's probe times, and its rows wait for it."""
+    broker = FakeBroker()
+    broker.takes.add("ecg-1")
+    gw, clock = _fake_gateway(tmp_path, broker, max_inflight=50)
+    _put(gw, "oxi-9", 0, 1000)
+    _put(gw, "ecg-1", 0, 10)
+    card = FullCard(monkeypatch, "_move_to_held")
+    holds = []
+    hold = Spool.hold
+
+    def counted(spool: Spool, device: str, prefix: str) -> bool:
+        holds.append(device)
+        return hold(spool, device, prefix)
+
+    monkeypatch.setattr(Spool, "hold", counted)
+    _run(gw, broker, clock, 600, every=0.5)
+    assert len(broker.sent) == 50 + 10, len(broker.sent)  # the first 50 in flight; ecg-1's
+    assert broker.delivered["ecg-1"] == _ids("ecg-1", 0, 10)
+    assert 5 <= len(holds) <= 12, len(holds)  # at 5, 10, 20 ... s, then every 2 minutes
+    card.full = False
+    _run(gw, broker, clock, 130)
+    assert gw.spool.held_depth == 1000 and gw.stats().held == ("oxi-9",)
+    broker.takes.add("oxi-9")
+    _run(gw, broker, clock, 130)
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 1000)
+    gw.stop(graceful=False)
+
+
+def test_a_hold_cut_short_then_taken_delivers_its_readings_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold the full card cut short after its first chunk: the device's oldest rows held, its
+    newer ones still in the spool. Those went out as ordinary traffic, and once the device was
+    taken they arrived before the older ones (found by review). Now they wait for the hold, and
+    the probe is the oldest of all."""
+    monkeypatch.setattr(spool_mod, "_MOVE_CHUNK", 100)
+    broker = FakeBroker()
+    gw, clock = _fake_gateway(tmp_path, broker)
+    _put(gw, "oxi-9", 0, 300)
+    card = FullCard(monkeypatch, "_move_to_held", room_for=1)
+    gw.step()  # 100 in flight
+    broker.answer(gw, 1)
+    gw.step()  # nobody: the hold moves 100 rows, then the card is full
+    assert gw.spool.holding("oxi-9") and gw.spool.held_depth == 100
+    broker.answer(gw)
+    gw.step()
+    card.full = False
+    broker.takes.add("oxi-9")
+    _run(gw, broker, clock, 300)
+    first = list(dict.fromkeys(broker.delivered["oxi-9"]))
+    assert first == _ids("oxi-9", 0, 300)
+    gw.stop(graceful=False)
