@@ -78,19 +78,24 @@ _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
 _SYNC_S = 2.0  # enrolment changes are picked up this fast (subscriptions, with several workers)
 _STORE_RETRY_S = (0.5, 10.0)  # a batch the store cannot take: retried after 0.5, 1, 2 ... 10 s
 _RETIRE_QUIET_S = 1.0  # a retiring slot holding nothing ends after this long without a message
+_RETIRE_SYNC_S = 0.25  # a retiring slot looks for its devices' new owners this often
 _RETIRE_SCAN_S = 60.0  # worker 0 looks for slots left behind (or whose retiring failed) this often
 
 
 def _put_away(spill_dir: Path) -> None:
     """A retired slot's spill directory, its lines all in InfluxDB: removed, unless it holds
     something else (`rejected.lp`, lines InfluxDB refused, for an operator to read): then renamed
-    `<name>.retired`, out of the way of the next look for slots left behind."""
-    leftovers = [p for p in spill_dir.iterdir() if p.name != "spill.lock" and p.suffix != ".spill"]
-    if leftovers:
-        spill_dir.rename(spill_dir.with_name(spill_dir.name + ".retired"))
-        log.warning("ingest: %s kept in %s.retired", ", ".join(p.name for p in leftovers), spill_dir)
-    else:
-        shutil.rmtree(spill_dir, ignore_errors=True)
+    `<name>.retired-<UTC time>`, out of the way of the next look for slots left behind."""
+    try:
+        leftovers = [p for p in spill_dir.iterdir() if p.name != "spill.lock" and p.suffix != ".spill"]
+        if leftovers:
+            kept = spill_dir.with_name(f"{spill_dir.name}.retired-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+            spill_dir.rename(kept)
+            log.warning("ingest: %s kept in %s", ", ".join(p.name for p in leftovers), kept)
+        else:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+    except OSError as exc:
+        log.error("ingest: the retired spill directory %s was not put away: %s", spill_dir, exc)
 
 
 def _store_unavailable(exc: BaseException) -> bool:
@@ -200,7 +205,8 @@ class IngestService:
         self._next_prune_log = 0.0
         self._pruned = [0, 0]  # messages, vitals since the last log line
         self._slot_lock: SlotLock | None = None
-        self._converted = False  # retiring the single worker's session: its plain filter made per device
+        self._convert = False  # retiring the single worker's session: its plain filter to make per device
+        self._unsub_mids: set[int] = set()  # a retiring slot's UNSUBSCRIBEs not yet acknowledged
         self._last_arrival = time.monotonic()
         self.session_ended = threading.Event()  # a retiring slot: drained, its broker session ended
         self.finished = threading.Event()  # ... and its spill written to InfluxDB: retired
@@ -215,6 +221,7 @@ class IngestService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
 
     # --- paho thread ---------------------------------------------------------------------------
     def _on_connect(self, client: paho.Client, _u: object, flags: object, reason: object, _p: object) -> None:
@@ -254,7 +261,14 @@ class IngestService:
             )
         self.subscribed.set()
 
+    def _on_unsubscribe(self, _c: paho.Client, _u: object, mid: int, _r: object, _p: object) -> None:
+        with self._ack_lock:
+            self._unsub_mids.discard(mid)
+        self._last_arrival = time.monotonic()  # a retiring slot's quiet second counts from here
+
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        with self._ack_lock:  # gone with the connection: the reconnect's sync unsubscribes again
+            self._unsub_mids.clear()
         self.connected.clear()
         self.subscribed.clear()
         self._disconnected_at = time.monotonic()
@@ -297,15 +311,17 @@ class IngestService:
             self._retirer.join(timeout=20)
         if self._worker is not None:
             self._worker.join(timeout=10)
-        if self.health is not None:
-            self.health.stop()
-        self.client.disconnect()
-        self.client.loop_stop()
-        if self.sink is not None:
-            self.sink.close()
-            if self.finished.is_set():
-                _put_away(self.sink.spill.dir)
-        self._release_slot()
+        try:
+            if self.health is not None:
+                self.health.stop()
+            self.client.disconnect()
+            self.client.loop_stop()
+            if self.sink is not None:
+                self.sink.close()
+                if self.finished.is_set():
+                    _put_away(self.sink.spill.dir)
+        finally:
+            self._release_slot()
 
     def _take_slot(self) -> None:
         """This slot's lock; refused when the slot runs already, or other slots run with another
@@ -370,17 +386,17 @@ class IngestService:
 
     def _retire(self, slot: str) -> None:
         """Drain and end one slot left behind; on any failure it is tried again at the next look."""
+        svc: IngestService | None = None
         try:
             svc = IngestService(
                 self.config, store=self.store, client_id=self._base_client_id, retiring=slot,
                 on_vitals=self.on_vitals, clock=self.clock,
             )  # fmt: skip
             svc.start()
-        except (ConfigError, SinkError) as exc:  # running (another workers), or its spill in use
+        except Exception as exc:  # running (another workers), its spill in use, the broker away ...
             log.error("ingest: slot %s, left behind by a change of workers, not drained: %s", slot, exc)
-            return
-        except Exception:
-            log.exception("ingest: slot %s, left behind by a change of workers, not drained", slot)
+            if svc is not None and svc.sink is not None:
+                svc.sink.close()  # its spill directory, for the next look
             return
         log.info("ingest: draining slot %s, left behind by a change of workers", slot)
         try:
@@ -479,10 +495,13 @@ class IngestService:
 
     def _sync_retiring(self, session_kept: bool | None) -> None:
         """A slot left behind: it owns nothing, and lets each device go once the device's owner has
-        a confirmed subscription. The single worker's session (a plain subscription to every
-        reading) is first made one shared subscription per enrolled device not yet taken over,
-        then its plain one dropped (in that order: never a moment without a subscriber), so each
-        device is handed over on its own, as a moved device is."""
+        a confirmed subscription. On a kept session it holds every enrolled device, noted or not,
+        until then (a note goes before its UNSUBSCRIBE: a kill or a lost connection between them
+        leaves a subscription no note lists; unsubscribing a filter it never had is harmless).
+        The single worker's session
+        (a plain subscription to every reading) is first made one shared subscription per enrolled
+        device not yet taken over, then its plain one dropped (in that order: never a moment
+        without a subscriber), so each device is handed over on its own, as a moved device is."""
         group = self.config.ingest.share_group
         with self._sub_lock:
             self._note_confirmed()
@@ -491,31 +510,44 @@ class IngestService:
             noted = self.store.subscriptions(self.instance)
             if session_kept is False:  # a new session: the broker kept nothing of this slot
                 self.store.note_subscriptions(self.instance, removed=set(noted))
-                self.holding = set()
+                self.holding, self._convert = set(), False
                 return
-            if session_kept and self.instance == self._base_client_id and not self._converted:
-                self._converted = True
+            if session_kept:  # what it may have at the broker: any enrolled device, noted or not
+                if self.instance == self._base_client_id:
+                    self._convert = True
+                unnoted = sorted(f for d in enrolment if (f := device_filter(d, group)) not in noted)
+                self.store.note_subscriptions(self.instance, added=unnoted)
+                noted = {**noted, **dict.fromkeys(unnoted, False)}
+            if self._convert:
                 mine = {d for d in enrolment if d not in self._taken_over(set(enrolment), enrolment)}
                 per_device = sorted(device_filter(d, group) for d in mine)
-                self.store.note_subscriptions(self.instance, added=per_device)
                 for i in range(0, len(per_device), 100):
                     part = per_device[i : i + 100]
                     with self._ack_lock:
-                        _rc, mid = self.client.subscribe([(f, 1) for f in part])
+                        rc, mid = self.client.subscribe([(f, 1) for f in part])
+                        if rc != paho.MQTT_ERR_SUCCESS:  # not connected: all again at the reconnect
+                            return
                         if mid is not None:
                             self._sub_mids[mid] = part
-                self.client.unsubscribe(contract.READINGS_FILTER)
-                noted = {**noted, **dict.fromkeys(per_device, False)}
+                self._unsubscribe([contract.READINGS_FILTER])
+                self._convert = False
             held = {d for f in noted if (d := filter_device(f, group)) is not None}
             hold = holding(set(), held, enrolment, self._taken_over(held, enrolment))
             gone = {f for f in noted if filter_device(f, group) not in hold}
             self.store.note_subscriptions(self.instance, removed=gone)
-            gone_list = sorted(gone)
-            for i in range(0, len(gone_list), 100):
-                self.client.unsubscribe(gone_list[i : i + 100])
-            if gone:
-                self._last_arrival = time.monotonic()  # what was on its way comes before the end
+            self._unsubscribe(sorted(gone))
             self.holding = hold
+
+    def _unsubscribe(self, filters: list[str]) -> None:
+        """A retiring slot's UNSUBSCRIBEs, each awaited (`_retired`); one not sent (no connection)
+        is sent again at the reconnect, which unsubscribes whatever the slot does not hold."""
+        for i in range(0, len(filters), 100):
+            with self._ack_lock:
+                rc, mid = self.client.unsubscribe(filters[i : i + 100])
+                if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+                    self._unsub_mids.add(mid)
+        if filters:
+            self._last_arrival = time.monotonic()
 
     def _retired(self, pending: list[_Incoming]) -> bool:
         """A retiring slot that holds nothing and has stored all it got: end its broker session
@@ -523,7 +555,11 @@ class IngestService:
         the batch loop ends (`session_ended` says whether the session did; if not, the slot is
         tried again at worker 0's next look)."""
         quiet = time.monotonic() - self._last_arrival >= _RETIRE_QUIET_S
-        if pending or self.holding or not quiet or not self._queue.empty() or not self.connected.is_set():
+        with self._ack_lock:
+            unacknowledged = bool(self._unsub_mids)
+        if pending or self.holding or self._convert or unacknowledged or not quiet:
+            return False
+        if not self._queue.empty() or not self.connected.is_set():
             return False
         self.client.disconnect()
         self.client.loop_stop()
@@ -596,7 +632,8 @@ class IngestService:
             if self._confirmed:  # SUBACKs: noted at once, a moved device's old owner is waiting
                 self._try("noting confirmed subscriptions", self._note_confirmed)
             if time.monotonic() >= self._next_sync and (self.connected.is_set() or not self._partitioned):
-                self._next_sync = time.monotonic() + _SYNC_S
+                # a retiring slot lets go of a device as soon as its owner has it: shares are split meanwhile
+                self._next_sync = time.monotonic() + (_SYNC_S if self.retiring is None else _RETIRE_SYNC_S)
                 if self._partitioned:
                     kept, self._sync_on_connect = self._sync_on_connect, None
                     if not self._try("subscribing", partial(self.sync_subscriptions, session_kept=kept)):
@@ -661,6 +698,8 @@ class IngestService:
             self._store_trouble = None
             self._store_failures_in_row = 0
         self.client.ack_many([item.mid for item in items if item.qos == 1])  # in arrival order
+        if self.retiring is not None:  # the broker sends what it still has as these acks free room
+            self._last_arrival = time.monotonic()
         for item in items:
             if item.qos == 2:
                 self.client.ack(item.mid, item.qos)

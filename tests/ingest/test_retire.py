@@ -196,9 +196,8 @@ def test_a_removed_slots_spill_reaches_influxdb(
         assert series["values"] == [70.0, 71.0, 72.0]
         _wait(lambda: not (tmp_path / "spill" / "nabz-ingest-2").exists())
         # the lines InfluxDB refused are an operator's to read: kept, out of the way
-        assert (
-            (tmp_path / "spill" / "nabz-ingest-2.retired" / "rejected.lp").read_text().endswith("bad line\n")
-        )
+        (kept,) = (tmp_path / "spill").glob("nabz-ingest-2.retired-*")
+        assert (kept / "rejected.lp").read_text().endswith("bad line\n")
     finally:
         rig.close()
 
@@ -233,9 +232,14 @@ def test_a_drain_cut_short_is_finished_at_the_next_start(mosquitto: Mosquitto, t
         rig.stop_all()
         rig.publish(10, device)  # queued in slot 2's session
         rig.store.note_subscriptions("nabz-ingest-2", removed=set(rig.store.subscriptions("nabz-ingest-2")))
-        rig.start(0, 2)
+        w0 = rig.start(0, 2)
         rig.start(1, 2)
         _wait(lambda: rig.stored(device) == 10, why=lambda: rig.stored(device))
+        # its subscription, no longer noted, is let go too: the new owner alone gets what follows
+        _wait(lambda: rig.store.subscriptions("nabz-ingest-2") == {})
+        rig.publish(40, device, gap_s=0.05)
+        _wait(lambda: rig.stored(device) == 50, why=lambda: rig.stored(device))
+        assert w0.totals.stored == 40
         _wait(lambda: not (tmp_path / "ingest.sqlite.slot-nabz-ingest-2.lock").exists())
     finally:
         rig.close()
