@@ -140,6 +140,7 @@ class Gateway:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, tuple[int, str | None, str]] = {}  # paho mid -> (spool seq, device, id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
+        self.spool.taken = self.holds.releases  # their held rows are kept as the spool's (not dropped first)
         for device in self.spool.held_devices:  # held before a restart: held still, probed soon
             if not self.spool.releasing(device):
                 self.holds.hold(device, self.mono())
@@ -534,9 +535,27 @@ class Gateway:
         # same batch as a "nobody" answer of its device was moved aside first, and sent again
         # (found by review).
         self.spool.ack(acked)
+        # Every reading of a held device taken in this batch, the probe's and those in flight when
+        # it was held: its release removes them all (one at a time, the first release moved the
+        # others back to the spool, to be sent again: found by review).
+        taken: dict[str, list[str]] = {}
+        for mid, ok, _, nobody in answers:
+            device: str | None
+            if mid in self._probes:
+                device, msg_id = self._probes[mid]
+            elif mid in self._inflight:
+                _seq, device, msg_id = self._inflight[mid]
+            else:
+                continue
+            if ok and not nobody and device is not None and self.holds.held(device):
+                taken.setdefault(device, []).append(msg_id)
         for mid, ok, reason, nobody in answers:
             if mid in self._probes:
-                self._probe_answer(*self._probes.pop(mid), taken=ok and not nobody)
+                device, msg_id = self._probes.pop(mid)
+                if ok and not nobody:
+                    self._release(device, taken.get(device, [msg_id]))
+                else:
+                    self._probe_answer(device, msg_id, taken=False)
                 continue
             if mid not in self._inflight:
                 continue
@@ -546,7 +565,7 @@ class Gateway:
             elif ok:
                 self._retry_wait = _RETRY_FIRST_S  # the broker takes messages again
                 if device is not None and self.holds.held(device):  # sent before it was held
-                    self._release(device, [msg_id])  # and taken after all
+                    self._release(device, taken.get(device, [msg_id]))  # and taken after all
             else:
                 # Refused (not authorised, a quota): kept in the spool and sent again after a
                 # minute, then 2, 4 ... 15 at most (not in a tight loop), and reported.

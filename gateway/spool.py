@@ -44,7 +44,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,10 @@ class Spool:
         moves = {k[len(_MOVE_MARK) :]: v for k, v in self.marks(_MOVE_MARK).items()}
         self._moving = {d for d, v in moves.items() if v == "hold" and d in self._held}
         self._releasing = {d for d, v in moves.items() if v == "release" and d in self._held}
+        # Devices the server takes again whose release a full card cut short (the gateway's
+        # `Holds.releases`): their held rows are readings someone takes, under the spool's own
+        # policy (waveforms first), not the first to go as rows nobody takes (found by review).
+        self.taken: Container[str] = ()
         self._held_drops = (0, 0)  # (messages, readings) dropped from the held rows, not logged yet
         self._held_drops_logged_at = float("-inf")
         self._reserve = self.path.with_suffix(".reserve")
@@ -416,11 +420,12 @@ class Spool:
         """Bytes held rows may take now: what the rest of the spool leaves under the limit."""
         return max(0, self.max_bytes - self._bytes)
 
-    def _drop_held(self, limit: int) -> int:
-        """Drop the oldest held rows until they take `limit` bytes at most; returns readings.
+    def _drop_held(self, limit: int, exclude: Collection[str] = ()) -> int:
+        """Drop the oldest held rows (but those of the devices `exclude`d) until the held rows
+        take `limit` bytes at most, or none is left to drop; returns readings.
         Logged one line a minute at most, with counts: a wearable held for days at the limit
         drops a row at every put (found by review: 1,200 lines a minute)."""
-        msgs, readings = self._drop_oldest("held", limit)
+        msgs, readings = self._drop_oldest("held", limit, exclude)
         if msgs:  # (a device left with no rows stays held: its later rows still come here)
             msgs, readings = msgs + self._held_drops[0], readings + self._held_drops[1]
             self._held_drops = (msgs, readings)
@@ -435,7 +440,7 @@ class Spool:
                 )  # fmt: skip
         return readings
 
-    def _drop_oldest(self, table: str, limit: int) -> tuple[int, int]:
+    def _drop_oldest(self, table: str, limit: int, exclude: Collection[str] = ()) -> tuple[int, int]:
         """The overflow policy on one table ("spool" or "held"): its oldest rows, waveforms first,
         dropped and counted until its payloads take `limit` bytes at most, in small transactions
         (a full disk leaves room for a short write-ahead log only; one big deletion would need
@@ -443,14 +448,17 @@ class Spool:
         written. Returns (messages, readings) dropped."""
         held = table == "held"
         msgs = readings = 0
+        but = f" AND device NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         while (self._held_bytes if held else self._bytes) > limit:
             rows = (
                 self.db.execute(
-                    f"SELECT seq, readings, LENGTH(payload) FROM {table} WHERE stream IN (?, ?) ORDER BY seq LIMIT ?",
-                    (*_WAVEFORM_STREAMS, _DROP_CHUNK),
+                    f"SELECT seq, readings, LENGTH(payload) FROM {table} WHERE stream IN (?, ?){but} "
+                    "ORDER BY seq LIMIT ?",
+                    (*_WAVEFORM_STREAMS, *exclude, _DROP_CHUNK),
                 ).fetchall()
                 or self.db.execute(
-                    f"SELECT seq, readings, LENGTH(payload) FROM {table} ORDER BY seq LIMIT ?", (_DROP_CHUNK,)
+                    f"SELECT seq, readings, LENGTH(payload) FROM {table} WHERE 1{but} ORDER BY seq LIMIT ?",
+                    (*exclude, _DROP_CHUNK),
                 ).fetchall()
             )
             if not rows:
@@ -688,15 +696,27 @@ class Spool:
 
     # --- internals -------------------------------------------------------------------------
     def _overflow(self) -> int:
-        """Drop by the policy until under the limit: rows nobody takes first (`_drop_held`).
-        Returns the readings dropped from the spool (held ones are not news: see `put`)."""
-        self._drop_held(self._held_limit())
-        msgs, readings = self._drop_oldest("spool", self.max_bytes)
+        """Drop by the policy until under the limit: rows nobody takes first (`_drop_held`), then
+        the spool's oldest (waveforms first), a taken device's rows still held counting with the
+        spool's and going last. Returns the readings dropped that someone takes (news for the
+        status: see `put`)."""
+        taken = [d for d in self._held if d in self.taken]
+        taken_bytes = 0
+        if taken:
+            marks = ",".join("?" * len(taken))
+            (taken_bytes,) = self.db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM held WHERE device IN ({marks})", taken
+            ).fetchone()
+        self._drop_held(max(0, self._held_limit() - taken_bytes) + taken_bytes, exclude=taken)
+        msgs, readings = self._drop_oldest("spool", max(0, self.max_bytes - taken_bytes))
+        if taken and self._bytes + self._held_bytes > self.max_bytes:  # nothing else left to drop
+            more, more_readings = self._drop_oldest("held", self._held_limit())
+            msgs, readings = msgs + more, readings + more_readings
         if msgs:
             log.error(
                 "spool full (%d bytes, limit %d): dropped the %d oldest messages (%d readings); "
                 "%d dropped in all since the spool was created",
-                self._bytes, self.max_bytes, msgs, readings, self.counter("dropped_readings"),
+                self._bytes + self._held_bytes, self.max_bytes, msgs, readings, self.counter("dropped_readings"),
             )  # fmt: skip
         return readings
 

@@ -657,3 +657,42 @@ def test_a_hold_cut_short_then_taken_delivers_its_readings_in_order(
     first = list(dict.fromkeys(broker.delivered["oxi-9"]))
     assert first == _ids("oxi-9", 0, 300)
     gw.stop(graceful=False)
+
+
+def test_readings_in_flight_when_their_device_was_held_and_taken_in_one_batch_are_sent_once(
+    tmp_path: Path,
+) -> None:
+    """Ten readings in flight; the first comes back with nobody subscribed (the device is held,
+    the nine others moved aside), then ingest subscribes and the nine are taken in one batch of
+    answers. The first taken released the device with its own id only, the other eight went back
+    to the spool and were sent again (found by review: most of the duplicates of its runs)."""
+    broker = FakeBroker()
+    gw, clock = _fake_gateway(tmp_path, broker)
+    _put(gw, "oxi-9", 0, 10)
+    gw.step()
+    broker.answer(gw, 1)
+    gw.step()
+    assert gw.stats().held == ("oxi-9",)
+    broker.takes.add("oxi-9")
+    broker.answer(gw)
+    _run(gw, broker, clock, 30)
+    assert sorted(broker.delivered["oxi-9"]) == _ids("oxi-9", 0, 10)  # each once
+    assert (gw.stats().held, gw.spool.held_depth, gw.spool.depth) == ((), 0, 0)
+    gw.stop(graceful=False)
+
+
+def test_a_taken_devices_rows_still_held_are_kept_as_the_spools_not_dropped_first(tmp_path: Path) -> None:
+    """A wearable the server takes again, whose release a full card cut short, has its readings
+    still in the held table. They were dropped first, as readings nobody takes, ahead of another
+    wearable's waveforms (found by review). They are the spool's now: waveforms go first."""
+    spool = Spool(tmp_path / "s.sqlite", max_bytes=400 * 300)
+    spool.hold("oxi-9", "nabz/v1/s/gw/g/oxi-9/")
+    spool.put(_rows("oxi-9", 200))  # its vital signs, held
+    spool.taken = {"oxi-9"}  # taken; the release not done (the gateway's Holds.releases)
+    spool.put(_rows("ecg-1", 380, stream="ecg"))
+    assert spool.held_depth == 200  # every one of the taken device's readings kept
+    assert spool.depth == 200 and spool.counter("dropped_messages") == 180  # the oldest waveforms went
+    assert spool.counter("dropped_held") == 0
+    spool.taken = ()  # nobody takes it after all: its rows are the first to go again
+    spool.put(_rows("ecg-1", 10, stream="ecg", start=380))
+    assert spool.held_depth == 190 and spool.depth == 210
