@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -388,9 +389,9 @@ class IngestService:
         """Drain and end one slot left behind; on any failure it is tried again at the next look."""
         svc: IngestService | None = None
         try:
-            svc = IngestService(
-                self.config, store=self.store, client_id=self._base_client_id, retiring=slot,
-                on_vitals=self.on_vitals, clock=self.clock,
+            svc = IngestService(  # (not the configuration's [enrolment] again: this worker applied it)
+                msgspec.structs.replace(self.config, enrolment={}), store=self.store,
+                client_id=self._base_client_id, retiring=slot, on_vitals=self.on_vitals, clock=self.clock,
             )  # fmt: skip
             svc.start()
         except Exception as exc:  # running (another workers), its spill in use, the broker away ...

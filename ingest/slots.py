@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import re
 import time
@@ -51,15 +52,11 @@ def lock_slots(store_path: str | Path) -> dict[str, Path]:
     """Client id -> lock file, for every slot that has run beside this store and not retired."""
     store = Path(store_path)
     head = f"{store.name}{_INFIX}"
-    return {p.name[len(head) : -len(".lock")]: p for p in store.parent.glob(f"{glob_escape(head)}*.lock")}
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
+    return {p.name[len(head) : -len(".lock")]: p for p in store.parent.glob(f"{glob.escape(head)}*.lock")}
 
 
 def retired_slots(base: str, workers: int, seen: Iterable[str]) -> list[str]:
-    """Of the client ids `seen` (the store's subscription notes, spill directories), the slots of
+    """Of the client ids `seen` (the store's subscription notes, spill directories, lock files), the slots of
     `base` that this `workers` does not run: ``<base>-<k>`` with k >= workers (or any k with one
     worker), and ``<base>`` itself (the single worker's session) with several."""
     live = {slot_client_id(base, w, workers) for w in range(max(1, workers))}

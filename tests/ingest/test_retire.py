@@ -237,6 +237,7 @@ def test_a_drain_cut_short_is_finished_at_the_next_start(mosquitto: Mosquitto, t
         _wait(lambda: rig.stored(device) == 10, why=lambda: rig.stored(device))
         # its subscription, no longer noted, is let go too: the new owner alone gets what follows
         _wait(lambda: rig.store.subscriptions("nabz-ingest-2") == {})
+        time.sleep(0.3)  # (its note goes before its UNSUBSCRIBE reaches the broker)
         rig.publish(40, device, gap_s=0.05)
         _wait(lambda: rig.stored(device) == 50, why=lambda: rig.stored(device))
         assert w0.totals.stored == 40
