@@ -90,6 +90,7 @@ class HeartbeatWatch:
         self.working_at: dict[str, float] = {}  # service -> last heartbeat saying it works (monotonic)
         self.heard_at: dict[str, float] = {}  # service -> last heartbeat at all (monotonic)
         self.detail: dict[str, str] = {}  # service -> what its last heartbeat said was wrong
+        self.interval_s: dict[str, float] = {}  # service -> the interval its last heartbeat gave
         self.malformed = 0
         # From before a restart (`restore`): seconds each service had been silent by then, and the
         # wall time it was last heard working (for the text). Both give way to a heartbeat.
@@ -108,6 +109,7 @@ class HeartbeatWatch:
             self.malformed += 1
             return "topic_mismatch"
         self.heard_at[hb.service] = now
+        self.interval_s[hb.service] = hb.interval_s
         if hb.service == "alerts" and hb.state == "degraded":
             self.detail[hb.service] = hb.detail or "degraded"
             return "degraded"

@@ -83,6 +83,17 @@ class Holds:
             hold.probing = False
             _later(hold, now, self.max_s)
 
+    def server_back(self, now: float) -> list[str]:
+        """Ingest is heard working again after a silence (a broker or ingest restart): every held
+        device not already probing is probed now, its back-off from the start, instead of at its
+        next probe time, up to 2 minutes away after a long outage. Returns those devices."""
+        hurried = []
+        for device, hold in self.devices.items():
+            if not hold.probing and hold.probe_due > now:
+                hold.probe_due, hold.wait_s = now, min(2 * self.first_s, self.max_s)
+                hurried.append(device)
+        return hurried
+
     def release_later(self, device: str, now: float) -> None:
         """`device`'s readings are taken, but a full card kept some of its held rows from going
         back: it is no longer held, and its release is tried again after `first_s`, then twice as

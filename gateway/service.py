@@ -517,7 +517,11 @@ class Gateway:
             n += 1
             if kind == "heartbeat":
                 topic, payload = value
-                self.watch.feed(topic, payload, self.mono())
+                now = self.mono()
+                before = self.watch.working_at.get("ingest")
+                self.watch.feed(topic, payload, now)
+                if self.holds.devices and self.watch.working_at.get("ingest") == now:
+                    self._ingest_heard(before, now)
                 continue
             if kind == "connected":
                 self._connected = bool(value)
@@ -624,6 +628,18 @@ class Gateway:
         if held:
             self._status_now = True
             log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
+
+    def _ingest_heard(self, before: float | None, now: float) -> None:
+        """An ingest heartbeat while devices are held: after a silence of over three of its
+        intervals (a broker or ingest restart, when every device is held until ingest subscribes
+        again), each held device is probed at once instead of at its next probe time (up to 2
+        minutes away: every patient's readings that much late, suspected by review)."""
+        interval = self.watch.interval_s.get("ingest", 10.0)
+        if before is not None and now - before <= 3 * interval:
+            return
+        hurried = self.holds.server_back(now)
+        if hurried:
+            log.info("gateway %s: ingest is heard again; probing %d held devices now", self.id, len(hurried))
 
     def _probe_answer(self, device: str, msg_id: str, *, taken: bool) -> None:
         if taken:

@@ -696,3 +696,50 @@ def test_a_taken_devices_rows_still_held_are_kept_as_the_spools_not_dropped_firs
     spool.taken = ()  # nobody takes it after all: its rows are the first to go again
     spool.put(_rows("ecg-1", 10, stream="ecg", start=380))
     assert spool.held_depth == 190 and spool.depth == 210
+
+
+def _ingest_heartbeat(gw: Gateway) -> None:
+    from datetime import UTC, datetime
+
+    hb = contract.Heartbeat(site=gw.site, service="ingest", instance="nabz-ingest-0",
+                            t=datetime.now(UTC), interval_s=10.0)  # fmt: skip
+    gw._events.put(("heartbeat", (contract.heartbeat_topic(gw.site, "nabz-ingest-0"), contract.encode(hb))))
+
+
+def test_held_devices_are_probed_as_soon_as_ingest_is_heard_again_after_an_outage(tmp_path: Path) -> None:
+    """After a broker restart every device is held until ingest subscribes again; a long ingest
+    outage had stretched the probes to every 2 minutes, so each patient's readings reached the
+    server up to 2 minutes after ingest was back (suspected by review). Ingest's first heartbeat
+    after the silence now probes every held device at once; heartbeats in a row do not."""
+    broker = FakeBroker()
+    gw, clock = _fake_gateway(tmp_path, broker)
+    _put(gw, "oxi-9", 0, 20)
+    _ingest_heartbeat(gw)
+    _run(gw, broker, clock, 400, every=5.0)  # ingest silent: held, the probes now 2 minutes apart
+    assert gw.stats().held == ("oxi-9",) and "oxi-9" not in broker.delivered
+    clock.t += 5.0
+    _run(gw, broker, clock, 5.0)
+    probes_before = broker.sent.count("oxi-9-0000")
+    _ingest_heartbeat(gw)  # ingest is back, subscribed ...
+    gw.step()
+    _ingest_heartbeat(gw)  # (a second heartbeat right after it hurries nothing)
+    broker.takes.add("oxi-9")
+    _run(gw, broker, clock, 3.0)  # ... and within seconds, not minutes, the readings go
+    assert broker.delivered["oxi-9"] == _ids("oxi-9", 0, 20)
+    assert broker.sent.count("oxi-9-0000") == probes_before + 1
+    gw.stop(graceful=False)
+
+
+def test_an_ingest_heartbeat_hurries_only_probes_that_are_not_due_or_out() -> None:
+    holds = Holds(first_s=5.0, max_s=120.0)
+    holds.hold("a", 0.0)
+    holds.hold("b", 0.0)
+    for t in (5.0, 15.0, 35.0, 75.0):  # four probes of "a" answered "nobody"
+        holds.probing("a")
+        holds.unanswered("a", t)
+    holds.probing("b")  # one in flight
+    assert holds.server_back(100.0) == ["a"]
+    assert holds.probes(100.0) == ["a"]
+    holds.probing("a")
+    holds.unanswered("a", 100.0)
+    assert holds.devices["a"].probe_due == 110.0  # its back-off from the start
