@@ -83,6 +83,14 @@ _RETIRE_SYNC_S = 0.25  # a retiring slot looks for its devices' new owners this 
 _RETIRE_SCAN_S = 60.0  # worker 0 looks for slots left behind (or whose retiring failed) this often
 
 
+def _spill_place(config: Config) -> tuple[Path, str]:
+    """Where a slot's InfluxDB spill directory is, as (parent, prefix): ``<parent>/<prefix><client
+    id>``. A configured spill_dir holds one per worker; by default they sit beside the store."""
+    if config.influx.spill_dir:
+        return Path(config.influx.spill_dir), ""
+    return Path(config.ingest.store_path).parent, "influx-spill-"
+
+
 def _put_away(spill_dir: Path) -> None:
     """A retired slot's spill directory, its lines all in InfluxDB: removed, unless it holds
     something else (`rejected.lp`, lines InfluxDB refused, for an operator to read): then renamed
@@ -141,12 +149,10 @@ class IngestService:
         )
         self._base_client_id = client_id or config.ingest.client_id
         cid = retiring or slot_client_id(self._base_client_id, config.ingest.worker, config.ingest.workers)
-        spill = (
-            str(Path(config.influx.spill_dir) / cid)  # a configured directory holds one per worker
-            if config.influx.spill_dir
-            else str(Path(config.ingest.store_path).parent / f"influx-spill-{cid}")
+        parent, prefix = _spill_place(config)
+        self.sink = (
+            InfluxSink(config.influx, spill_dir=parent / f"{prefix}{cid}") if config.influx.url else None
         )
-        self.sink = InfluxSink(config.influx, spill_dir=spill) if config.influx.url else None
         try:
             self.core = IngestCore(
                 self.store,
@@ -421,10 +427,7 @@ class IngestService:
         """Client ids with a spill directory where this configuration keeps them."""
         if not self.config.influx.url:
             return []
-        if self.config.influx.spill_dir:
-            parent, prefix = Path(self.config.influx.spill_dir), ""
-        else:
-            parent, prefix = Path(self.config.ingest.store_path).parent, "influx-spill-"
+        parent, prefix = _spill_place(self.config)
         if not parent.is_dir():
             return []
         return [p.name[len(prefix) :] for p in parent.iterdir() if p.is_dir() and p.name.startswith(prefix)]

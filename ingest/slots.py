@@ -60,8 +60,12 @@ def retired_slots(base: str, workers: int, seen: Iterable[str]) -> list[str]:
     `base` that this `workers` does not run: ``<base>-<k>`` with k >= workers (or any k with one
     worker), and ``<base>`` itself (the single worker's session) with several."""
     live = {slot_client_id(base, w, workers) for w in range(max(1, workers))}
-    pattern = re.compile(rf"{re.escape(base)}(-\d+)?")
-    return sorted({c for c in seen if pattern.fullmatch(c) and c not in live})
+    return sorted({c for c in seen if _slot_of(base, c) and c not in live})
+
+
+def _slot_of(base: str, client: str) -> bool:
+    """Whether a client id is one of `base`'s slots: ``<base>`` or ``<base>-<k>``."""
+    return re.fullmatch(rf"{re.escape(base)}(-\d+)?", client) is not None
 
 
 @dataclass
@@ -102,7 +106,7 @@ def slot_holders(store_path: str | Path, base: str) -> dict[str, tuple[int, int]
     """The slots of `base` running now beside this store: client id -> (pid, workers)."""
     out: dict[str, tuple[int, int]] = {}
     for client, path in lock_slots(store_path).items():
-        if client != base and not re.fullmatch(rf"{re.escape(base)}-\d+", client):
+        if not _slot_of(base, client):
             continue
         try:
             fd = os.open(path, os.O_RDONLY)
