@@ -205,6 +205,8 @@ def _status(args: argparse.Namespace) -> int:
     failed = server.get("texts_failed", [])
     if failed:
         problems.append(f"{len(failed)} dead-man text(s) failed for good: {failed[-1].get('error')}")
+    if status.get("paused"):
+        problems.append("ingest is not heard: readings are kept in the spool until it is (not sent)")
     held = status.get("held", [])
     if held:
         problems.append(f"nobody on the server takes the readings of {', '.join(held)} (not enrolled?): kept")

@@ -110,7 +110,7 @@ class HeartbeatWatch:
             return "topic_mismatch"
         self.heard_at[hb.service] = now
         self.interval_s[hb.service] = hb.interval_s
-        if hb.service == "alerts" and hb.state == "degraded":
+        if (hb.service == "alerts" and hb.state == "degraded") or not hb.taking:
             self.detail[hb.service] = hb.detail or "degraded"
             return "degraded"
         self.detail.pop(hb.service, None)

@@ -20,6 +20,10 @@ Rules of this file:
 - The status (retained) is published at birth, every `status_interval_s`, and at once when
   something a person must know happens: a device lost or found, an unrecoverable gap, a spool
   overflow, a message the broker refused, a device whose readings nobody takes.
+- Readings stay in the spool while ingest is known to be away (gateway.pause): heard before, then
+  not heard taking readings for three of its heartbeat intervals (30 s at least) while connected.
+  A stopped ingest's session has the broker acknowledge readings and queue them, then drop what
+  is over its limit.
 - The gateway watches the server's heartbeats (gateway.deadman): silent too long, it logs an
   error and, with a modem (`gateway.deadman.modem`), texts the on-call numbers itself. Whom it
   would text is checked before anything starts (nobody, or the demo's placeholder number, is a
@@ -55,6 +59,7 @@ from gateway.deadman import (
 from gateway.decode import Decoder, Notification, normalize_uuid, utc_from_us
 from gateway.gaps import Expired, GapTracker, Verdict
 from gateway.hold import NO_MATCHING_SUBSCRIBERS, Holds
+from gateway.pause import SendPause
 from gateway.spool import Spool, SpooledMessage
 from gateway.transport import LinkHealth, Transport
 from nabz import contract
@@ -91,6 +96,7 @@ class GatewayStats:
     gap_frames: int = 0  # missing frames that never came back (all time)
     refused: int = 0  # messages the broker refused (this process)
     held: tuple[str, ...] = ()  # devices whose readings nobody on the server takes yet (kept)
+    paused: bool = False  # readings kept in the spool: ingest not heard (gateway.pause)
 
 
 class Gateway:
@@ -140,6 +146,7 @@ class Gateway:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, tuple[int, str | None, str]] = {}  # paho mid -> (spool seq, device, id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
+        self.pause = SendPause()  # readings kept here while ingest is away (gateway.pause)
         self.spool.taken = self.holds.releases  # their held rows are kept as the spool's (not dropped first)
         for device in self.spool.held_devices:  # held before a restart: held still, probed soon
             if not self.spool.releasing(device):
@@ -243,7 +250,7 @@ class Gateway:
             self._last_status = now
             self._status_now = False
             self._publish_status()
-        if self._connected:
+        if self._connected and not self._paused():
             work += self._publish()
         self._watch_server(now)
         return work
@@ -299,6 +306,7 @@ class Gateway:
             gap_frames=gap_frames,
             refused=self._refused,
             held=tuple(sorted(self.holds.devices)),
+            paused=self.pause.away_since is not None,
         )
 
     def status(self) -> GatewayStatus:
@@ -317,6 +325,7 @@ class Gateway:
             refused=self._refused,
             dead_letters=self.spool.counter("dead_letters"),
             held=sorted(self.holds.devices),
+            paused=self.pause.away_since is not None,
             health=[self._health(d, links.get(d)) for d in self.transport.devices],
         )
 
@@ -520,12 +529,17 @@ class Gateway:
                 now = self.mono()
                 before = self.watch.working_at.get("ingest")
                 self.watch.feed(topic, payload, now)
+                if self.watch.working_at.get("ingest") == now:  # (and taking readings)
+                    self._ingest_beat(now)
                 if self.holds.devices and self.watch.working_at.get("ingest") == now:
                     self._ingest_heard(before, now)
                 continue
             if kind == "connected":
                 self._connected = bool(value)
+                if not value:
+                    self.pause.disconnected()
                 if value:
+                    self.pause.connected(self.mono())
                     self._status_now = True  # the birth message, before anything else is sent
                     if self.spool.depth > 2 * self.config.gateway.max_inflight:
                         published = self.spool.counter("published_readings")
@@ -628,6 +642,29 @@ class Gateway:
         if held:
             self._status_now = True
             log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
+
+    def _paused(self) -> bool:
+        """Whether readings stay in the spool now: ingest, heard before, not heard for a while
+        while connected (the broker would queue them for it, then drop them: gateway.pause)."""
+        was = self.pause.away_since is not None
+        paused = self.pause.paused(self.mono())
+        if paused and not was:
+            self._status_now = True
+            log.warning(
+                "gateway %s: ingest not heard for %.0f s; keeping readings in the spool until it is "
+                "(the broker queues only so many for a stopped ingest, then drops them)",
+                self.id, self.pause.silent_s(self.mono()) or 0.0,
+            )  # fmt: skip
+        return paused
+
+    def _ingest_beat(self, now: float) -> None:
+        paused_for = self.pause.heard(now, self.watch.interval_s.get("ingest", 10.0))
+        if paused_for is not None:
+            self._status_now = True
+            log.info(
+                "gateway %s: ingest is heard again; sending the %d messages kept for %.0f s",
+                self.id, self.spool.depth, paused_for,
+            )  # fmt: skip
 
     def _ingest_heard(self, before: float | None, now: float) -> None:
         """An ingest heartbeat while devices are held: after a silence of over three of its

@@ -756,9 +756,12 @@ class IngestService:
         self.rates.add(self._totals(), now)
 
     def _heartbeat(self) -> None:
-        detail = None
+        problems = []
+        if self._store_trouble is not None:
+            problems.append(f"the embedded store cannot take readings ({self._store_trouble})")
         if self.sink is not None and self.sink.spill:
-            detail = f"InfluxDB down: {self.sink.spill.pending_lines} lines wait in the spill"
+            problems.append(f"InfluxDB down: {self.sink.spill.pending_lines} lines wait in the spill")
+        detail = "; ".join(problems) or None
         hb = contract.Heartbeat(
             site=self.config.site,
             service="ingest",
@@ -767,6 +770,7 @@ class IngestService:
             interval_s=self.config.ingest.heartbeat_s,
             state="degraded" if detail else "ok",
             detail=detail,
+            taking=self._store_trouble is None,
         )
         self.client.publish(
             contract.heartbeat_topic(self.config.site, self.instance), contract.encode(hb), qos=0

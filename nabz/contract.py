@@ -237,6 +237,9 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     # devices whose readings nobody on the server takes yet (the broker answered "No matching
     # subscribers": not enrolled, or ingest not subscribed); kept in the spool (gateway.hold)
     held: list[str] = []
+    # readings kept in the gateway's spool, not sent: ingest, heard before, silent for a while
+    # (the broker would queue them for it, then drop them: gateway.pause)
+    paused: bool = False
     health: list[DeviceHealth] = []
 
 
@@ -283,6 +286,9 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     interval_s: Annotated[float, msgspec.Meta(gt=0)]
     state: Literal["ok", "degraded"] = "ok"  # degraded: running, but part of its job is failing
     detail: str | None = None  # what is failing, for people
+    # ingest: false while it cannot take readings (its embedded store refuses batches): the
+    # broker queues them for it meanwhile, then drops them, so gateways keep theirs (gateway.pause)
+    taking: bool = True
 
 
 # ---------------------------------------------------------------------------------------------

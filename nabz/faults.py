@@ -117,8 +117,10 @@ class SharedClock:
 class Servers:
     """mosquitto, VictoriaMetrics and an uplink proxy (socat), each restartable."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, broker_queue: int = 0) -> None:
+        """`broker_queue`: mosquitto's `max_queued_messages` (0: unlimited)."""
         self.work = work
+        self.broker_queue = broker_queue
         work.mkdir(parents=True, exist_ok=True)
         self.mq_port, self.vm_port, self.uplink_port = free_port(), free_port(), free_port()
         self.mq: subprocess.Popen[bytes] | None = None
@@ -145,7 +147,7 @@ class Servers:
         conf.write_text(
             f"listener {self.mq_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.work / 'mq'}/\nautosave_interval 1\n"
-            "max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\n"
+            f"max_queued_messages {self.broker_queue}\nmax_inflight_messages 0\nlog_dest stderr\n"
             + ("user root\n" if os.geteuid() == 0 else "")
         )
         with self.mq_log.open("ab") as log:
@@ -424,6 +426,7 @@ class RigOptions:
     oncall: OncallConfig | None = None
     ingest_toml: str = ""  # more [ingest] lines
     virtual_gateways: bool = True  # a gateway per patient in this process (else the test brings its own)
+    broker_queue: int = 0  # mosquitto's max_queued_messages (0: unlimited)
 
 
 class Rig:
@@ -438,7 +441,7 @@ class Rig:
         work.mkdir(parents=True, exist_ok=True)
         self.o = options or RigOptions()
         self.clock = SharedClock.starting_now(self.o.speed, self.o.sim_span_s)
-        self.servers = Servers(work / "servers")
+        self.servers = Servers(work / "servers", self.o.broker_queue)
         self.people = make_patients(self.o.patients, self.o.seed, scenarios=self.o.scenarios)
         self.enrolment = {d.device_id: p.patient_id for p in self.people for d in p.devices}
         self.tally: Counter[tuple[str, str]] = Counter()
@@ -481,8 +484,8 @@ class Rig:
             mqtt=MqttConfig(url=self.servers.uplink_url, reconnect_min_s=0.2, reconnect_max_s=1.0),
             gateway=GatewayConfig(
                 id=gateway_id, spool_path=str(self.work / f"spool-{gateway_id}.sqlite"), status_interval_s=30.0,
-                # The dead-man is tested on its own (tests/gateway/test_deadman.py); here heartbeats
-                # come every real second, i.e. every `speed` simulated seconds.
+                # The dead-man is tested on its own (tests/gateway/test_deadman.py); here the alerts
+                # service's heartbeats come every real second, i.e. every `speed` simulated seconds.
                 deadman=DeadmanConfig(after_s=max(600.0, 30 * self.o.speed)),
             ),
         )  # fmt: skip
@@ -494,7 +497,10 @@ class Rig:
         )
         return (
             f'site = "test"\n[mqtt]\nurl = "{self.servers.mqtt_url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-            f'[ingest]\nstore_path = "{self.store_path}"\nclient_id = "rig-ingest"\nheartbeat_s = 1.0\n'
+            f'[ingest]\nstore_path = "{self.store_path}"\nclient_id = "rig-ingest"\n'
+            # every 10 simulated seconds at most: the gateways measure ingest's silence in
+            # simulated time, and keep their readings after 30 s of it (gateway.pause)
+            f"heartbeat_s = {min(1.0, 10.0 / self.o.speed)}\n"
             f"stats_interval_s = 2.0\n{self.o.ingest_toml}\n"
             + (influx if self.o.influx else "")
             + "[enrolment]\n"

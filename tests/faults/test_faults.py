@@ -132,6 +132,34 @@ def test_3_time_series_server_down_for_ten_minutes_of_data(tmp_path: Path) -> No
     alarms_once(alarms, DESAT)
 
 
+def test_7_ingest_down_longer_than_the_broker_queues_for_it(tmp_path: Path) -> None:
+    """Ingest is killed for 3 minutes of data while the broker queues at most 600 messages for its
+    session (`nabz broker config` writes 1,000,000: as long as ~2.4 minutes for 1,000 patients).
+    Mosquitto acknowledges to the gateways what it queues for ingest, then drops what is over, still
+    acknowledged: the gateways deleted those readings (~1,900 of ~2,500 messages here). Now they
+    keep them once ingest has been silent for 30 s, and send them when it is heard again."""
+    with Rig(tmp_path, RigOptions(scenarios=_desat(240.0), speed=10.0, broker_queue=600)) as rig:
+        assert rig.ingest is not None
+        rig.run_for(15)
+        rig.ingest.kill()
+        made_before = len(rig.sent)
+        rig.run_for(180)
+        made = len(rig.sent) - made_before
+        kept = sum(gw.spool.depth for gw in rig.gateways)
+        paused = [gw.stats().paused for gw in rig.gateways]
+        rig.ingest.start()
+        rig.run_for(100)
+        rig.settle()
+        count, alarms = rig.count(), rig.alarm_report()
+        generated_equals_stored(rig)
+        broker_log = rig.servers.mq_log.read_text(errors="replace")
+    assert made > 4 * 600 and kept > made - 600, (made, kept)  # the gateways kept what the broker could not
+    assert paused == [True, True]
+    assert "Outgoing messages are being dropped" not in broker_log
+    every_reading_once(count, at_least=2 * 280 * 350)
+    alarms_once(alarms, DESAT)
+
+
 def test_6_the_modem_fails_then_times_out_then_recovers_and_escalation_keeps_its_time(tmp_path: Path) -> None:
     """The GSM modem answers no network (+CMS ERROR 331), then swallows a text without an answer
     (a timeout), then network timeout (332): the primary's SMS goes out once the modem recovers,

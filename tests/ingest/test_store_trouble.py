@@ -220,3 +220,55 @@ def test_dead_letters_are_committed_synced_even_beside_influxdb(tmp_path: Path) 
     begin = said.index("BEGIN IMMEDIATE")
     assert "PRAGMA synchronous=FULL" in said[:begin] and "PRAGMA synchronous=FULL" not in clean
     assert _synchronous(store) == "NORMAL"  # and back for the next
+
+
+def test_while_the_store_cannot_take_readings_the_heartbeat_says_so_and_gateways_keep_theirs(
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest holds what its store refuses unacknowledged, so the broker queues the readings for
+    it and then drops them: the heartbeat says it is not taking readings (gateways keep theirs:
+    gateway.pause), and says it again when the store takes them."""
+    from gateway.deadman import HeartbeatWatch
+
+    monkeypatch.setattr(ingest.service, "_STORE_RETRY_S", (0.05, 0.05))
+    cfg = msgspec.structs.replace(
+        _config(mosquitto, tmp_path),
+        ingest=IngestConfig(store_path=str(tmp_path / "ingest.sqlite"), heartbeat_s=0.1),
+    )
+    store = BusyStore(tmp_path / "ingest.sqlite", busy=1_000_000)
+    beats: list[tuple[str, bytes]] = []
+    listener = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gateway-ear")
+    listener.on_message = lambda _c, _u, m: beats.append((m.topic, bytes(m.payload)))
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.subscribe(contract.heartbeat_filter("test"), 0)
+    listener.loop_start()
+    svc = IngestService(cfg, store=store, client_id="busy-ingest")
+    svc.start()
+    pub = None
+    try:
+        assert svc.subscribed.wait(10)
+        _wait(lambda: bool(beats))
+        assert msgspec.json.decode(beats[-1][1], type=contract.Heartbeat).taking
+        pub = _publish(mosquitto, 3)
+        _wait(lambda: svc.store_failures > 2)
+        n = len(beats)
+        _wait(lambda: len(beats) > n + 2)
+        hb = msgspec.json.decode(beats[-1][1], type=contract.Heartbeat)
+        assert not hb.taking and hb.state == "degraded"
+        assert hb.detail is not None and "embedded store cannot take readings" in hb.detail
+        watch = HeartbeatWatch(["ingest"], after_s=60.0)  # what a gateway makes of it
+        assert watch.feed(*beats[-1], now=1.0) == "degraded" and "ingest" not in watch.working_at
+        store.busy = 0  # the store takes batches again
+        store.go.set()
+        _wait(lambda: svc.totals.stored == 3)
+        n = len(beats)
+        _wait(lambda: len(beats) > n + 1)
+        assert msgspec.json.decode(beats[-1][1], type=contract.Heartbeat).taking
+    finally:
+        store.go.set()
+        svc.stop()
+        listener.loop_stop()
+        listener.disconnect()
+        if pub is not None:
+            pub.loop_stop()
+            pub.disconnect()

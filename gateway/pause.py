@@ -1,0 +1,78 @@
+"""When the gateway stops sending readings: while ingest is known to be away. Pure: no I/O, no
+clock of its own (every call takes `now`, seconds on a monotonic clock).
+
+While ingest is down its persistent MQTT session keeps its subscriptions, so the broker
+acknowledges every reading to the gateway (a plain "Success") and queues it for ingest, up to its
+`max_queued_messages`; beyond that it drops them, still acknowledged (mosquitto logs "Outgoing
+messages are being dropped"). The gateway, taking the acknowledgement as delivery, had deleted
+them from its spool: an ingest outage longer than the broker's queue lost readings without a
+trace (with `nabz broker config`'s 1,000,000: ~2.4 minutes for 1,000 patients, ~72 s for 2,000;
+checked against mosquitto 2.0.11 with a queue of 10: 20 publishes acknowledged, 10 delivered).
+
+So the gateway keeps its readings in its spool, which is made for outages of hours, once it has
+heard ingest's heartbeat before and then not for `after_s` (three of the intervals the
+heartbeat names, and at least `MIN_S`) while connected to the broker; it sends again at the first
+heartbeat. The broker then holds at most about `after_s` of the site's readings for a stopped
+ingest, and the rest waits at the homes.
+
+- A gateway that has never heard ingest (a server without heartbeats, an ACL that hides them, a
+  test broker with no ingest) never pauses: as before this module.
+- Silence is counted only while the gateway is connected: after an outage of its own link it
+  sends at once, and pauses only if ingest stays silent for `after_s` from the reconnection
+  (a rural link that is up for a minute now and then must not spend it waiting for a
+  heartbeat). Once ingest has been found away, the gateway stays paused across its own
+  reconnections until a heartbeat is heard: it had seen ingest gone.
+- Any ingest heartbeat counts, "degraded" too (InfluxDB down: ingest still takes readings, into
+  its spill), but not one saying `taking: false` (its embedded store refuses batches: it holds
+  them unacknowledged, and the broker queues the rest for it as if it were down). A heartbeat of
+  any worker counts: with several workers, one worker's slot being down is not seen here
+  (docs/scale.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SendPause", "MIN_S"]
+
+MIN_S = 30.0  # the shortest silence that pauses sending (seconds)
+INTERVALS = 3  # ... or this many of ingest's heartbeat intervals, if longer
+
+
+@dataclass
+class SendPause:
+    heard_at: float | None = None  # ingest's last heartbeat (None: never heard by this process)
+    interval_s: float = 10.0  # the interval ingest's last heartbeat named
+    listening_since: float | None = None  # connected (subscribed to heartbeats) since; None: not
+    away_since: float | None = None  # when ingest was found away (None: it is not)
+
+    @property
+    def after_s(self) -> float:
+        return max(MIN_S, INTERVALS * self.interval_s)
+
+    def heard(self, now: float, interval_s: float) -> float | None:
+        """An ingest heartbeat. Returns how long sending was paused, if it was."""
+        self.heard_at, self.interval_s = now, interval_s
+        since, self.away_since = self.away_since, None
+        return None if since is None else now - since
+
+    def connected(self, now: float) -> None:
+        self.listening_since = now
+
+    def disconnected(self) -> None:
+        self.listening_since = None
+
+    def paused(self, now: float) -> bool:
+        """Whether readings wait in the spool now (ingest found away)."""
+        if self.away_since is not None:
+            return True
+        if self.heard_at is None or self.listening_since is None:
+            return False
+        if now - max(self.heard_at, self.listening_since) > self.after_s:
+            self.away_since = now
+            return True
+        return False
+
+    def silent_s(self, now: float) -> float | None:
+        """How long ingest has not been heard (None: never heard)."""
+        return None if self.heard_at is None else now - self.heard_at
