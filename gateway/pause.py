@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 __all__ = ["SendPause", "MIN_S"]
 
-MIN_S = 30.0  # the shortest silence that pauses sending (seconds)
+MIN_S = 30.0  # the shortest silence that pauses sending (seconds; `[gateway] pause_after_s`)
 INTERVALS = 3  # ... or this many of ingest's heartbeat intervals, if longer
 
 
@@ -45,10 +45,25 @@ class SendPause:
     interval_s: float = 10.0  # the interval ingest's last heartbeat named
     listening_since: float | None = None  # connected (subscribed to heartbeats) since; None: not
     away_since: float | None = None  # when ingest was found away (None: it is not)
+    min_s: float | None = None  # the shortest silence that pauses (None: MIN_S)
 
     @property
     def after_s(self) -> float:
-        return max(MIN_S, INTERVALS * self.interval_s)
+        return max(MIN_S if self.min_s is None else self.min_s, INTERVALS * self.interval_s)
+
+    def saved(self) -> str:
+        """What a restart must not forget: whether ingest was heard, and whether it was away."""
+        return f"{int(self.heard_at is not None)}{int(self.away_since is not None)}"
+
+    def restore(self, saved: str, now: float) -> None:
+        """At start, from `saved`: a gateway restarted while ingest was away stays paused (until a
+        heartbeat), and one that had heard ingest counts its silence from now (found by review:
+        a restart forgot both, and sent its whole spool into a stopped ingest's queue)."""
+        heard, away = saved[:1] == "1", saved[1:2] == "1"
+        if heard:
+            self.heard_at = now
+        if away:
+            self.away_since = now
 
     def heard(self, now: float, interval_s: float) -> float | None:
         """An ingest heartbeat. Returns how long sending was paused, if it was."""

@@ -79,6 +79,7 @@ _GAPS = "gaps/"  # spool marks: gap tracker state per device/stream
 _CLOCK = "clock/"  # spool marks: each device's clock offset, so a restart keeps data time continuous
 _TRANSPORT = "transport/"  # spool marks: the transport's checkpoint
 _DEADMAN = "deadman/state"  # spool mark: the dead-man's state (gateway.deadman.dump)
+_PAUSE = "pause/state"  # spool mark: ingest heard, and found away (gateway.pause.SendPause.saved)
 _DEADMAN_SAVE_S = 5.0  # the dead-man's state is saved this often (and at once when it texts)
 
 
@@ -146,7 +147,10 @@ class Gateway:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._inflight: dict[int, tuple[int, str | None, str]] = {}  # paho mid -> (spool seq, device, id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
-        self.pause = SendPause()  # readings kept here while ingest is away (gateway.pause)
+        # readings kept here while ingest is away (gateway.pause); a restart keeps it
+        self.pause = SendPause(min_s=config.gateway.pause_after_s)
+        self.pause.restore(self.spool.marks(_PAUSE).get(_PAUSE, ""), self.mono())
+        self._pause_saved = self.pause.saved()
         self.spool.taken = self.holds.releases  # their held rows are kept as the spool's (not dropped first)
         for device in self.spool.held_devices:  # held before a restart: held still, probed soon
             if not self.spool.releasing(device):
@@ -650,6 +654,7 @@ class Gateway:
         paused = self.pause.paused(self.mono())
         if paused and not was:
             self._status_now = True
+            self._save_pause()
             log.warning(
                 "gateway %s: ingest not heard for %.0f s; keeping readings in the spool until it is "
                 "(the broker queues only so many for a stopped ingest, then drops them)",
@@ -657,8 +662,14 @@ class Gateway:
             )  # fmt: skip
         return paused
 
+    def _save_pause(self) -> None:
+        saved = self.pause.saved()
+        if saved != self._pause_saved and self.spool.set_marks({_PAUSE: saved}):
+            self._pause_saved = saved
+
     def _ingest_beat(self, now: float) -> None:
         paused_for = self.pause.heard(now, self.watch.interval_s.get("ingest", 10.0))
+        self._save_pause()
         if paused_for is not None:
             self._status_now = True
             log.info(

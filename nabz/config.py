@@ -127,6 +127,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     transport: Literal["virtual", "ble", "serial"] = "ble"
     devices: list[EnrolledDevice] = msgspec.field(default_factory=list)
     resend_timeout_s: float = 10.0  # a requested waveform range not back by then is a gap
+    # ingest heard before, then not heard taking readings this long (or three of its heartbeat
+    # intervals, if longer) while connected: readings stay in the spool until it is (gateway.pause)
+    pause_after_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     ble: BleConfig = msgspec.field(default_factory=BleConfig)
     serial: SerialConfig = msgspec.field(default_factory=SerialConfig)
     deadman: DeadmanConfig = msgspec.field(default_factory=DeadmanConfig)

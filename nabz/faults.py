@@ -487,6 +487,10 @@ class Rig:
                 # The dead-man is tested on its own (tests/gateway/test_deadman.py); here the alerts
                 # service's heartbeats come every real second, i.e. every `speed` simulated seconds.
                 deadman=DeadmanConfig(after_s=max(600.0, 30 * self.o.speed)),
+                # ingest's heartbeats come every real second: three of them, in simulated time
+                # (at speed 720, 30 simulated seconds are 42 ms: the gateways paused and resumed
+                # between heartbeats, found by review)
+                pause_after_s=max(30.0, 3 * self.o.speed),
             ),
         )  # fmt: skip
 
@@ -497,10 +501,7 @@ class Rig:
         )
         return (
             f'site = "test"\n[mqtt]\nurl = "{self.servers.mqtt_url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-            f'[ingest]\nstore_path = "{self.store_path}"\nclient_id = "rig-ingest"\n'
-            # every 10 simulated seconds at most: the gateways measure ingest's silence in
-            # simulated time, and keep their readings after 30 s of it (gateway.pause)
-            f"heartbeat_s = {min(1.0, 10.0 / self.o.speed)}\n"
+            f'[ingest]\nstore_path = "{self.store_path}"\nclient_id = "rig-ingest"\nheartbeat_s = 1.0\n'
             f"stats_interval_s = 2.0\n{self.o.ingest_toml}\n"
             + (influx if self.o.influx else "")
             + "[enrolment]\n"

@@ -21,7 +21,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import gateway.pause as pause_mod
 from gateway.pause import SendPause
 from gateway.service import Gateway
 from gateway.virtual import VirtualTransport
@@ -131,6 +130,30 @@ class Ingest:
             self.down()
 
 
+def _config_file(tmp_path: Path, broker: Mosquitto) -> Path:
+    cfg_file = tmp_path / "gateway.toml"
+    cfg_file.write_text(
+        f'site = "test"\n[mqtt]\nurl = "{broker.url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        f'[gateway]\nid = "gw-0001"\nspool_path = "{tmp_path / "spool.sqlite"}"\nstatus_interval_s = 1.0\n'
+        "pause_after_s = 0.6\n"  # (30 s in service)
+    )
+    return cfg_file
+
+
+def _counting_gateway(cfg_file: Path, sent: set[str]) -> Gateway:
+    """A gateway of one patient's wearables; the ids of the readings it hands to paho go to `sent`."""
+    gw = Gateway(load(cfg_file, environ={}), VirtualTransport(make_patients(1, 3)[0].devices))
+    publish = gw.client.publish
+
+    def counting(topic: str, payload: bytes, *a: object, **kw: object) -> object:
+        if not topic.endswith("/status"):
+            sent.add(json.loads(payload)["id"])
+        return publish(topic, payload, *a, **kw)  # type: ignore[arg-type]
+
+    gw.client.publish = counting  # type: ignore[method-assign]
+    return gw
+
+
 @pytest.fixture
 def small_queue(tmp_path: Path) -> Iterator[Mosquitto]:
     server = Mosquitto(tmp_path / "mosquitto", extra_config="max_queued_messages 20\n")
@@ -140,28 +163,14 @@ def small_queue(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def test_readings_made_while_ingest_is_away_longer_than_the_broker_queues_all_arrive(
-    small_queue: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    small_queue: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ingest (heartbeat every 0.2 s) goes away for 8 s while a patient's two wearables make
     ~55 messages, over twice what the broker queues for it (20). Every message the gateway made
     reaches ingest once it is back; the gateway said it was keeping them."""
-    monkeypatch.setattr(pause_mod, "MIN_S", 0.6)  # (30 s in service)
-    cfg_file = tmp_path / "gateway.toml"
-    cfg_file.write_text(
-        f'site = "test"\n[mqtt]\nurl = "{small_queue.url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-        f'[gateway]\nid = "gw-0001"\nspool_path = "{tmp_path / "spool.sqlite"}"\nstatus_interval_s = 1.0\n'
-    )
-    cfg = load(cfg_file, environ={})
-    gw = Gateway(cfg, VirtualTransport(make_patients(1, 3)[0].devices))
+    cfg_file = _config_file(tmp_path, small_queue)
     sent: set[str] = set()
-    publish = gw.client.publish
-
-    def counting(topic: str, payload: bytes, *a: object, **kw: object) -> object:
-        if not topic.endswith("/status"):
-            sent.add(json.loads(payload)["id"])
-        return publish(topic, payload, *a, **kw)  # type: ignore[arg-type]
-
-    gw.client.publish = counting  # type: ignore[method-assign]
+    gw = _counting_gateway(cfg_file, sent)
     ingest = Ingest(small_queue.port, interval_s=0.2)
     caplog.set_level(logging.INFO, logger="gateway.service")
     try:
@@ -201,3 +210,74 @@ def test_readings_made_while_ingest_is_away_longer_than_the_broker_queues_all_ar
     finally:
         gw.stop()
         ingest.close()
+
+
+def test_a_gateway_restarted_while_ingest_is_away_keeps_its_readings_until_ingest_is_heard(
+    small_queue: Mosquitto, tmp_path: Path
+) -> None:
+    """A restart (systemd, a power blip at the home) forgot that ingest was away: the new process
+    sent the whole spool into the stopped ingest's queue (24 of 66 lost in the reviewer's run)."""
+    cfg_file = _config_file(tmp_path, small_queue)
+    sent: set[str] = set()
+    ingest = Ingest(small_queue.port, interval_s=0.2)
+    first = _counting_gateway(cfg_file, sent)
+    first_stopped, second = False, None
+    try:
+        ingest.up()
+        with running(first):
+            deadline = time.monotonic() + 10
+            while ingest.count() < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ingest.down()
+            deadline = time.monotonic() + 10
+            while not first.stats().paused and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.stats().paused
+            time.sleep(2.0)
+        first.stop()
+        first_stopped = True
+        sent_before = len(sent)
+        second = _counting_gateway(cfg_file, sent)
+        with running(second):
+            time.sleep(5.0)  # 35 messages or so made: more than the broker queues (20)
+            assert second.stats().paused and len(sent) == sent_before  # nothing sent into the queue
+            kept = second.spool.depth
+            ingest.up()
+            time.sleep(1.0)
+            second.transport.stop()
+            assert second.drain(15)
+        deadline = time.monotonic() + 10
+        while ingest.count() < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kept > 30, kept
+        assert ingest.count() == len(sent), (ingest.count(), len(sent))
+    finally:
+        if not first_stopped:
+            first.stop()
+        if second is not None:
+            second.stop()
+        ingest.close()
+
+
+def test_a_restart_remembers_whether_ingest_was_heard_and_away() -> None:
+    p = SendPause()
+    assert p.saved() == "00"
+    fresh = SendPause()
+    fresh.restore(p.saved(), 100.0)
+    fresh.connected(100.0)
+    assert not fresh.paused(10_000.0)  # never heard: never paused
+    p.connected(0.0)
+    p.heard(1.0, 10.0)
+    heard = SendPause()
+    heard.restore(p.saved(), 500.0)
+    heard.connected(500.0)
+    assert not heard.paused(529.0) and heard.paused(531.0)  # its silence counted from the start
+    assert p.paused(40.0) and p.saved() == "11"
+    away = SendPause()
+    away.restore(p.saved(), 900.0)
+    assert away.paused(900.0)  # away: paused until a heartbeat
+    assert away.heard(905.0, 10.0) is not None and not away.paused(905.0)
+    broken = SendPause()
+    broken.restore("", 1.0)  # no mark (a gateway of an earlier version)
+    broken.connected(1.0)
+    assert not broken.paused(1_000.0)
