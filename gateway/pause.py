@@ -16,7 +16,10 @@ heartbeat. The broker then holds at most about `after_s` of the site's readings 
 ingest, and the rest waits at the homes.
 
 - A gateway that has never heard ingest (a server without heartbeats, an ACL that hides them, a
-  test broker with no ingest) never pauses: as before this module.
+  test broker with no ingest) never pauses. Having heard it is remembered across restarts (a spool
+  mark, with the interval ingest's heartbeat named and whether ingest was found away): a
+  restart does not end a pause, and a gateway that once heard a server's heartbeat pauses on any
+  later silence of it (`nabz gateway status` says so; the mark goes with the spool).
 - Silence is counted only while the gateway is connected: after an outage of its own link it
   sends at once, and pauses only if ingest stays silent for `after_s` from the reconnection
   (a rural link that is up for a minute now and then must not spend it waiting for a
@@ -41,7 +44,7 @@ INTERVALS = 3  # ... or this many of ingest's heartbeat intervals, if longer
 
 @dataclass
 class SendPause:
-    heard_at: float | None = None  # ingest's last heartbeat (None: never heard by this process)
+    heard_at: float | None = None  # ingest's last heartbeat (None: never heard; after a restart, its start)
     interval_s: float = 10.0  # the interval ingest's last heartbeat named
     listening_since: float | None = None  # connected (subscribed to heartbeats) since; None: not
     away_since: float | None = None  # when ingest was found away (None: it is not)
@@ -52,14 +55,19 @@ class SendPause:
         return max(MIN_S if self.min_s is None else self.min_s, INTERVALS * self.interval_s)
 
     def saved(self) -> str:
-        """What a restart must not forget: whether ingest was heard, and whether it was away."""
-        return f"{int(self.heard_at is not None)}{int(self.away_since is not None)}"
+        """What a restart must not forget: whether ingest was heard, whether it was away, and the
+        interval its heartbeat named (a slow heartbeat is not taken for a silence after a restart)."""
+        return f"{int(self.heard_at is not None)}{int(self.away_since is not None)}:{self.interval_s:g}"
 
     def restore(self, saved: str, now: float) -> None:
         """At start, from `saved`: a gateway restarted while ingest was away stays paused (until a
         heartbeat), and one that had heard ingest counts its silence from now (found by review:
         a restart forgot both, and sent its whole spool into a stopped ingest's queue)."""
         heard, away = saved[:1] == "1", saved[1:2] == "1"
+        try:
+            self.interval_s = float(saved.partition(":")[2] or self.interval_s)
+        except ValueError:
+            pass
         if heard:
             self.heard_at = now
         if away:

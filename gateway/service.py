@@ -151,6 +151,12 @@ class Gateway:
         self.pause = SendPause(min_s=config.gateway.pause_after_s)
         self.pause.restore(self.spool.marks(_PAUSE).get(_PAUSE, ""), self.mono())
         self._pause_saved = self.pause.saved()
+        self._pause_save_tried = float("-inf")
+        if self.pause.away_since is not None:
+            log.warning(
+                "gateway %s: ingest was not heard when this gateway stopped; keeping readings in the "
+                "spool until it is", self.id,
+            )  # fmt: skip
         self.spool.taken = self.holds.releases  # their held rows are kept as the spool's (not dropped first)
         for device in self.spool.held_devices:  # held before a restart: held still, probed soon
             if not self.spool.releasing(device):
@@ -660,12 +666,18 @@ class Gateway:
                 "(the broker queues only so many for a stopped ingest, then drops them)",
                 self.id, self.pause.silent_s(self.mono()) or 0.0,
             )  # fmt: skip
+        elif (
+            paused and self.pause.saved() != self._pause_saved and self.mono() - self._pause_save_tried >= 5.0
+        ):
+            self._save_pause()  # not written when it began (a full card): a restart must not forget it
         return paused
 
     def _save_pause(self) -> None:
         saved = self.pause.saved()
-        if saved != self._pause_saved and self.spool.set_marks({_PAUSE: saved}):
-            self._pause_saved = saved
+        if saved != self._pause_saved:
+            self._pause_save_tried = self.mono()
+            if self.spool.set_marks({_PAUSE: saved}):
+                self._pause_saved = saved
 
     def _ingest_beat(self, now: float) -> None:
         paused_for = self.pause.heard(now, self.watch.interval_s.get("ingest", 10.0))

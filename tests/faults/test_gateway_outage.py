@@ -92,6 +92,8 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
         config.write_text(
             f'site = "test"\n[mqtt]\nurl = "{rig.servers.uplink_url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
             f'[gateway]\nid = "gw-sf"\nspool_path = "{spool}"\nstatus_interval_s = 3600.0\ntransport = "serial"\n'
+            # ingest's heartbeats come every real second (720 simulated ones): three of them
+            f"pause_after_s = {3 * SPEED}\n"
             "[gateway.deadman]\nafter_s = 1e9\n"
             + "".join(f'[[gateway.devices]]\nid = "{d.device_id}"\n' for d in devices)
         )

@@ -261,7 +261,7 @@ def test_a_gateway_restarted_while_ingest_is_away_keeps_its_readings_until_inges
 
 def test_a_restart_remembers_whether_ingest_was_heard_and_away() -> None:
     p = SendPause()
-    assert p.saved() == "00"
+    assert p.saved() == "00:10"
     fresh = SendPause()
     fresh.restore(p.saved(), 100.0)
     fresh.connected(100.0)
@@ -272,12 +272,43 @@ def test_a_restart_remembers_whether_ingest_was_heard_and_away() -> None:
     heard.restore(p.saved(), 500.0)
     heard.connected(500.0)
     assert not heard.paused(529.0) and heard.paused(531.0)  # its silence counted from the start
-    assert p.paused(40.0) and p.saved() == "11"
+    assert p.paused(40.0) and p.saved() == "11:10"
     away = SendPause()
     away.restore(p.saved(), 900.0)
     assert away.paused(900.0)  # away: paused until a heartbeat
     assert away.heard(905.0, 10.0) is not None and not away.paused(905.0)
+    slow = SendPause()
+    slow.connected(0.0)
+    slow.heard(0.0, 60.0)  # a heartbeat every minute: three of them
+    again = SendPause()
+    again.restore(slow.saved(), 10.0)
+    again.connected(10.0)
+    assert not again.paused(189.0) and again.paused(191.0)
     broken = SendPause()
     broken.restore("", 1.0)  # no mark (a gateway of an earlier version)
     broken.connected(1.0)
     assert not broken.paused(1_000.0)
+
+
+def test_a_pause_the_full_card_kept_from_the_spool_is_written_once_there_is_room(tmp_path: Path) -> None:
+    """The mark that a restart reads was written only when the pause began: on a full card it
+    was lost for good, and a restart sent into the stopped ingest's queue again (found by review)."""
+    now = [100.0]
+    cfg = load(_config_file(tmp_path, Mosquitto(tmp_path / "unused")), environ={})
+    gw = Gateway(cfg, VirtualTransport(make_patients(1, 3)[0].devices), clock=lambda: now[0])
+    gw.pause.connected(now[0])
+    gw.pause.heard(now[0], 0.2)
+    set_marks = gw.spool.set_marks
+    gw.spool.set_marks = lambda marks: False  # type: ignore[method-assign]  # the card is full
+    now[0] += 1.0
+    assert gw._paused()
+    gw.spool.set_marks = set_marks  # type: ignore[method-assign]  # room again
+    now[0] += 1.0
+    assert gw._paused() and gw.spool.marks("pause/") == {}  # not at every step: 5 s on
+    now[0] += 5.0
+    assert gw._paused()
+    gw.spool.close()
+    again = Gateway(cfg, VirtualTransport(make_patients(1, 3)[0].devices), clock=lambda: now[0])
+    again.pause.connected(now[0])
+    assert again.stats().paused and again._paused()
+    again.spool.close()
