@@ -48,11 +48,16 @@ class SendPause:
     interval_s: float = 10.0  # the interval ingest's last heartbeat named
     listening_since: float | None = None  # connected (subscribed to heartbeats) since; None: not
     away_since: float | None = None  # when ingest was found away (None: it is not)
-    min_s: float | None = None  # the shortest silence that pauses (None: MIN_S)
+    min_s: float = MIN_S  # the shortest silence that pauses
 
     @property
     def after_s(self) -> float:
-        return max(MIN_S if self.min_s is None else self.min_s, INTERVALS * self.interval_s)
+        return max(self.min_s, INTERVALS * self.interval_s)
+
+    @property
+    def away(self) -> bool:
+        """Ingest found away: readings wait (as `paused` last said)."""
+        return self.away_since is not None
 
     def saved(self) -> str:
         """What a restart must not forget: whether ingest was heard, whether it was away, and the

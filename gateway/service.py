@@ -152,7 +152,7 @@ class Gateway:
         self.pause.restore(self.spool.marks(_PAUSE).get(_PAUSE, ""), self.mono())
         self._pause_saved = self.pause.saved()
         self._pause_save_tried = float("-inf")
-        if self.pause.away_since is not None:
+        if self.pause.away:
             log.warning(
                 "gateway %s: ingest was not heard when this gateway stopped; keeping readings in the "
                 "spool until it is", self.id,
@@ -316,7 +316,7 @@ class Gateway:
             gap_frames=gap_frames,
             refused=self._refused,
             held=tuple(sorted(self.holds.devices)),
-            paused=self.pause.away_since is not None,
+            paused=self.pause.away,
         )
 
     def status(self) -> GatewayStatus:
@@ -335,7 +335,7 @@ class Gateway:
             refused=self._refused,
             dead_letters=self.spool.counter("dead_letters"),
             held=sorted(self.holds.devices),
-            paused=self.pause.away_since is not None,
+            paused=self.pause.away,
             health=[self._health(d, links.get(d)) for d in self.transport.devices],
         )
 
@@ -540,8 +540,6 @@ class Gateway:
                 before = self.watch.working_at.get("ingest")
                 self.watch.feed(topic, payload, now)
                 if self.watch.working_at.get("ingest") == now:  # (and taking readings)
-                    self._ingest_beat(now)
-                if self.holds.devices and self.watch.working_at.get("ingest") == now:
                     self._ingest_heard(before, now)
                 continue
             if kind == "connected":
@@ -656,7 +654,7 @@ class Gateway:
     def _paused(self) -> bool:
         """Whether readings stay in the spool now: ingest, heard before, not heard for a while
         while connected (the broker would queue them for it, then drop them: gateway.pause)."""
-        was = self.pause.away_since is not None
+        was = self.pause.away
         paused = self.pause.paused(self.mono())
         if paused and not was:
             self._status_now = True
@@ -679,8 +677,14 @@ class Gateway:
             if self.spool.set_marks({_PAUSE: saved}):
                 self._pause_saved = saved
 
-    def _ingest_beat(self, now: float) -> None:
-        paused_for = self.pause.heard(now, self.watch.interval_s.get("ingest", 10.0))
+    def _ingest_heard(self, before: float | None, now: float) -> None:
+        """Ingest heard working (taking readings), last before at `before`: a pause ends; and
+        after a silence of over three of its intervals (a broker or ingest restart, when every
+        device is held until ingest subscribes again) each held device is probed at once instead
+        of at its next probe time (up to 2 minutes away: every patient's readings that much late,
+        suspected by review)."""
+        interval = self.watch.interval_s.get("ingest", 10.0)
+        paused_for = self.pause.heard(now, interval)
         self._save_pause()
         if paused_for is not None:
             self._status_now = True
@@ -688,14 +692,7 @@ class Gateway:
                 "gateway %s: ingest is heard again; sending the %d messages kept for %.0f s",
                 self.id, self.spool.depth, paused_for,
             )  # fmt: skip
-
-    def _ingest_heard(self, before: float | None, now: float) -> None:
-        """An ingest heartbeat while devices are held: after a silence of over three of its
-        intervals (a broker or ingest restart, when every device is held until ingest subscribes
-        again), each held device is probed at once instead of at its next probe time (up to 2
-        minutes away: every patient's readings that much late, suspected by review)."""
-        interval = self.watch.interval_s.get("ingest", 10.0)
-        if before is not None and now - before <= 3 * interval:
+        if not self.holds.devices or (before is not None and now - before <= 3 * interval):
             return
         hurried = self.holds.server_back(now)
         if hurried:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,6 +130,13 @@ class Ingest:
             self.down()
 
 
+def _wait(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Until `predicate` holds or the time is up (the assertions after say what was expected)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _config_file(tmp_path: Path, broker: Mosquitto) -> Path:
     cfg_file = tmp_path / "gateway.toml"
     cfg_file.write_text(
@@ -176,9 +183,7 @@ def test_readings_made_while_ingest_is_away_longer_than_the_broker_queues_all_ar
     try:
         ingest.up()
         with running(gw):
-            deadline = time.monotonic() + 10
-            while ingest.count() < 20 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait(lambda: ingest.count() >= 20)
             ingest.down()
             sent_before = len(sent)
             time.sleep(8.0)
@@ -196,9 +201,7 @@ def test_readings_made_while_ingest_is_away_longer_than_the_broker_queues_all_ar
             assert not gw.stats().paused
             gw.transport.stop()
             assert gw.drain(15)
-        deadline = time.monotonic() + 10
-        while ingest.count() < len(sent) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait(lambda: ingest.count() >= len(sent))
         # over twice what the broker queues were made meanwhile (the test means it), and most
         # of them waited at the gateway
         assert ingest.count() == len(sent), (ingest.count(), len(sent))
@@ -225,13 +228,9 @@ def test_a_gateway_restarted_while_ingest_is_away_keeps_its_readings_until_inges
     try:
         ingest.up()
         with running(first):
-            deadline = time.monotonic() + 10
-            while ingest.count() < 10 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait(lambda: ingest.count() >= 10)
             ingest.down()
-            deadline = time.monotonic() + 10
-            while not first.stats().paused and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait(lambda: first.stats().paused)
             assert first.stats().paused
             time.sleep(2.0)
         first.stop()
@@ -246,9 +245,7 @@ def test_a_gateway_restarted_while_ingest_is_away_keeps_its_readings_until_inges
             time.sleep(1.0)
             second.transport.stop()
             assert second.drain(15)
-        deadline = time.monotonic() + 10
-        while ingest.count() < len(sent) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait(lambda: ingest.count() >= len(sent))
         assert kept > 30, kept
         assert ingest.count() == len(sent), (ingest.count(), len(sent))
     finally:
