@@ -186,7 +186,9 @@ def test_readings_made_while_ingest_is_away_longer_than_the_broker_queues_all_ar
             _wait(lambda: ingest.count() >= 20)
             ingest.down()
             sent_before = len(sent)
-            time.sleep(8.0)
+            # over twice what the broker queues made meanwhile (~8 s; counted, not timed: a
+            # slow machine makes them more slowly)
+            _wait(lambda: len(sent) - sent_before + gw.spool.depth > 45, timeout_s=30.0)
             assert gw.stats().paused and gw.status().paused
             said = subprocess.run(
                 [sys.executable, "-m", "nabz.cli", "gateway", "status", "--config", str(cfg_file), "--json"],
@@ -238,7 +240,8 @@ def test_a_gateway_restarted_while_ingest_is_away_keeps_its_readings_until_inges
         sent_before = len(sent)
         second = _counting_gateway(cfg_file, sent)
         with running(second):
-            time.sleep(5.0)  # 35 messages or so made: more than the broker queues (20)
+            # more than the broker queues (20) made meanwhile (~5 s; counted, not timed)
+            _wait(lambda: second.spool.depth > 30, timeout_s=30.0)
             assert second.stats().paused and len(sent) == sent_before  # nothing sent into the queue
             kept = second.spool.depth
             ingest.up()
