@@ -145,6 +145,7 @@ class Gateway:
             self.decoder.clock.restore(name[len(_CLOCK) :], text)
         self.status_topic = contract.status_topic(self.site, self.id)
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()  # set with every event: `run` steps at once, not after its wait
         self._inflight: dict[int, tuple[int, str | None, str]] = {}  # paho mid -> (spool seq, device, id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
         # readings kept here while ingest is away (gateway.pause); a restart keeps it
@@ -209,13 +210,13 @@ class Gateway:
     def _on_connect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if reason_ok(reason):
             _c.subscribe(contract.heartbeat_filter(self.site), qos=0)
-            self._events.put(("connected", True))
+            self._post(("connected", True))
             log.info("gateway %s connected to %s", self.id, safe_url(self.config.mqtt.url))
         else:
             log.error("gateway %s: broker refused the connection: %s (retrying)", self.id, reason)
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        self._events.put(("connected", False))
+        self._post(("connected", False))
         if reason_ok(reason):
             log.info("gateway %s disconnected", self.id)
         else:
@@ -223,10 +224,14 @@ class Gateway:
 
     def _on_publish(self, _c: paho.Client, _u: object, mid: int, reason: object, _p: object) -> None:
         nobody = getattr(reason, "value", None) == NO_MATCHING_SUBSCRIBERS
-        self._events.put(("ack", (mid, reason_ok(reason), str(reason), nobody)))
+        self._post(("ack", (mid, reason_ok(reason), str(reason), nobody)))
 
     def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
-        self._events.put(("heartbeat", (m.topic, bytes(m.payload))))
+        self._post(("heartbeat", (m.topic, bytes(m.payload))))
+
+    def _post(self, event: tuple[str, Any]) -> None:
+        self._events.put(event)
+        self._wake.set()
 
     # --- owner thread ----------------------------------------------------------------------
     def start(self) -> None:
@@ -268,8 +273,12 @@ class Gateway:
     def run(self, stop: threading.Event, period_s: float = 0.05) -> None:
         """Step until `stop` is set (the gateway's main loop)."""
         while not stop.is_set():
+            self._wake.clear()
             if self.step() == 0:
-                stop.wait(period_s)
+                # Until the broker answers (or `period_s` for the wearables' data): a backlog sent
+                # `max_inflight` at a time waited the whole period for each window's
+                # acknowledgements, ~2,000 messages a second at most.
+                self._wake.wait(period_s)
 
     def drain(self, timeout_s: float) -> bool:
         """Step until the spool is empty (everything acknowledged) or the timeout passes."""
