@@ -151,7 +151,9 @@ class AlertService:
         self.health: HealthServer | None = None
         if config.alerts.metrics_listen:
             self.health = HealthServer(config.alerts.metrics_listen, self.metrics, self.problems)
-        self.client = make_client(config.mqtt, client_id=client_id, persistent_session=True, manual_ack=True)
+        self.client = make_client(
+            config.mqtt, client_id=client_id, persistent_session=True, manual_ack=True, server=True
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda _c, _u, m: self._queue.put((m.topic, bytes(m.payload), m.mid, m.qos))
@@ -159,7 +161,7 @@ class AlertService:
         # wait in the broker behind any backlog of vitals (after a restart, a minute's worth),
         # arrive after the page had given up, and be refused as too late. A command is worth
         # something only while the nurse waits for it, so this session is not kept.
-        self.commands = make_client(config.mqtt, client_id=f"{client_id}-commands")
+        self.commands = make_client(config.mqtt, client_id=f"{client_id}-commands", server=True)
         self.commands.on_connect = self._on_commands_connect
         # ... and a queue of their own (topic, payload, received at), handled before the vitals
         self._commands_q: queue.SimpleQueue[tuple[str, bytes, float]] = queue.SimpleQueue()

@@ -223,6 +223,7 @@ class IngestService:
             client_id=cid,
             persistent_session=True,
             manual_ack=True,
+            server=True,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

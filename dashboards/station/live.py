@@ -114,7 +114,7 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.load)
         site = self.config.site
-        client = make_client(self.config.mqtt, client_id=self.config.station.client_id)
+        client = make_client(self.config.mqtt, client_id=self.config.station.client_id, server=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -209,6 +209,36 @@ def test_healthz_says_when_the_broker_is_away(
         svc.stop()
 
 
+def test_after_a_long_broker_outage_ingest_is_back_within_its_short_server_back_off(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Ingest sits next to the broker: its waits between attempts stop at server_reconnect_max_s
+    (5 s; 1.5 here), not at the gateways' reconnect_max_s (60 s), which after a broker restart
+    held every patient's data and alarm up to a minute longer (its waits here were 1, 2, 4, 8 s)."""
+    cfg = Config(
+        site="test",
+        mqtt=MqttConfig(
+            url=mosquitto.url, reconnect_min_s=1.0, reconnect_max_s=60.0, server_reconnect_max_s=1.5
+        ),
+        ingest=IngestConfig(store_path=str(tmp_path / "i.sqlite")),
+    )
+    svc = IngestService(cfg, client_id="backoff-ingest")
+    svc.start()
+    try:
+        assert svc.subscribed.wait(10)
+        mosquitto.stop()
+        _wait(lambda: len(svc.client.reconnect_waits) >= 5, 20.0)
+        waits = list(svc.client.reconnect_waits)
+        assert len(waits) >= 5 and max(waits) <= 1.5, waits
+        svc.subscribed.clear()
+        mosquitto.start()
+        back = time.monotonic()
+        assert svc.subscribed.wait(10)
+        assert time.monotonic() - back < 3.0
+    finally:
+        svc.stop()
+
+
 def test_a_message_ingest_fails_on_is_dead_lettered_and_the_rest_are_stored(
     mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
