@@ -725,7 +725,8 @@ def gateway_main(argv: Sequence[str] | None = None) -> int:
     transport = make_transport(
         "serial", port=args.serial_port, baudrate=cfg.gateway.serial.baudrate,
         devices=[d.id for d in cfg.gateway.devices], clock=clock, replay_timeout_s=2.0 * speed,
-        retry_min_s=0.5 * speed, retry_max_s=10.0 * speed, lost_after_s=60.0 * speed,
+        retry_min_s=0.5 * speed, retry_max_s=10.0 * speed,
+        lost_after_s=cfg.gateway.serial.lost_after_s * speed,
     )  # fmt: skip
     gw = Gateway(cfg, transport, clock=clock)
     stop = threading.Event()

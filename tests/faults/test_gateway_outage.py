@@ -95,6 +95,9 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
             # ingest's heartbeats come every real second (720 simulated ones): three of them
             f"pause_after_s = {3 * SPEED}\n"
             "[gateway.deadman]\nafter_s = 1e9\n"
+            # real seconds (the rig's gateway runs the serial link's timers in real time): the
+            # sensor's end is reported lost during the drain, however fast that is
+            "[gateway.serial]\nlost_after_s = 15.0\n"
             + "".join(f'[[gateway.devices]]\nid = "{d.device_id}"\n' for d in devices)
         )
         master, slave, port = open_pty_pair()
@@ -145,6 +148,8 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
             drain_start = time.monotonic()
             wait_until(lambda: _depth(spool) == 0, 300, "the backlog did not drain")
             drain_s = time.monotonic() - drain_start
+            # the sensor's end, reported as its four wearables lost (a device_offline each, below)
+            wait_until(lambda: log.read_text().count(" lost (serial port") >= 4, 60, "the sensor's end")
             rig.settle(timeout_s=300)
             count, alarms = rig.count(), rig.alarm_report()
             per_stream = rig.stored_by_stream()
