@@ -58,7 +58,7 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The server's own processes (ingest, alerts, the nurse station) sit next to the broker and are
     # few: nothing to spread out, and every patient's data and alarm waits for them after a broker
     # restart. Their back-off stops here (or at reconnect_max_s, if that is less).
-    server_reconnect_max_s: float = 5.0
+    server_reconnect_max_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
     @property
     def host(self) -> str:

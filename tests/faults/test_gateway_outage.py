@@ -124,6 +124,7 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
             gw = _start_gateway(config, port, rig.clock, log)
             writer.join(600)
             assert not writer.is_alive()
+            losses = log.read_text().count(" lost (serial port")  # (a slow start may have had some)
             session = f"{sensor.session}:{sensor.lseq}"
             wait_until(
                 lambda: _mark(spool, f"transport/serial:{port}") == session, 300, "not everything spooled"
@@ -149,7 +150,9 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
             wait_until(lambda: _depth(spool) == 0, 300, "the backlog did not drain")
             drain_s = time.monotonic() - drain_start
             # the sensor's end, reported as its four wearables lost (a device_offline each, below)
-            wait_until(lambda: log.read_text().count(" lost (serial port") >= 4, 60, "the sensor's end")
+            wait_until(
+                lambda: log.read_text().count(" lost (serial port") >= losses + 4, 60, "the sensor's end"
+            )
             rig.settle(timeout_s=300)
             count, alarms = rig.count(), rig.alarm_report()
             per_stream = rig.stored_by_stream()
