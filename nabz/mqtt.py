@@ -279,6 +279,7 @@ def make_client(
     `server_reconnect_max_s`."""
     v5 = config.protocol == "5"
     max_s = min(config.reconnect_max_s, config.server_reconnect_max_s) if server else config.reconnect_max_s
+    min_s = min(config.reconnect_min_s, max_s)
     protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
     kwargs: dict[str, object] = {}
     if not v5:
@@ -288,7 +289,7 @@ def make_client(
         client_id=client_id,
         protocol=protocol,
         manual_ack=manual_ack,
-        backoff=Backoff(min(config.reconnect_min_s, max_s), max_s),
+        backoff=Backoff(min_s, max_s),
         **kwargs,
     )
     client.enable_logger(logging.getLogger("paho"))
@@ -301,7 +302,7 @@ def make_client(
         client.tls_set_context(context)
     if will is not None:
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-    client.reconnect_delay_set(max(1, int(min(config.reconnect_min_s, max_s))), max(1, int(max_s)))
+    client.reconnect_delay_set(max(1, int(min_s)), max(1, int(max_s)))
     client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(0)  # unbounded in paho; callers bound what they hand it
     return client
