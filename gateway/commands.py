@@ -205,7 +205,12 @@ def _status(args: argparse.Namespace) -> int:
     failed = server.get("texts_failed", [])
     if failed:
         problems.append(f"{len(failed)} dead-man text(s) failed for good: {failed[-1].get('error')}")
-    if status.get("paused"):
+    if status.get("paused") and status.get("behind"):
+        problems.append(
+            f"ingest ({', '.join(status['behind'])}) is far behind: readings are kept in the spool until it"
+            " has caught up (not sent)"
+        )
+    elif status.get("paused"):
         problems.append("ingest is not heard: readings are kept in the spool until it is (not sent)")
     held = status.get("held", [])
     if held:

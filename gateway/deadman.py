@@ -92,6 +92,7 @@ class HeartbeatWatch:
         self.detail: dict[str, str] = {}  # service -> what its last heartbeat said was wrong
         self.interval_s: dict[str, float] = {}  # service -> the interval its last heartbeat gave
         self.malformed = 0
+        self.last: Heartbeat | None = None  # the last heartbeat fed that was well formed
         # From before a restart (`restore`): seconds each service had been silent by then, and the
         # wall time it was last heard working (for the text). Both give way to a heartbeat.
         self.quiet_before: dict[str, float] = {}
@@ -108,6 +109,7 @@ class HeartbeatWatch:
         if len(parts) != 6 or parts[2] != hb.site or parts[4] != hb.instance:
             self.malformed += 1
             return "topic_mismatch"
+        self.last = hb
         self.heard_at[hb.service] = now
         self.interval_s[hb.service] = hb.interval_s
         if (hb.service == "alerts" and hb.state == "degraded") or not hb.taking:

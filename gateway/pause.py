@@ -30,16 +30,29 @@ ingest, and the rest waits at the homes.
   them unacknowledged, and the broker queues the rest for it as if it were down). A heartbeat of
   any worker counts: with several workers, one worker's slot being down is not seen here
   (docs/scale.md).
+
+Ingest running but far behind (found by review: after a long ingest outage every gateway sends
+its backlog at once, faster than ingest drains it, and the broker's queue for ingest fills and
+drops the excess just the same): each ingest heartbeat says how long the messages of its latest
+batch waited for it (`behind_s`: the broker's queue, read from the message expiry every reading
+is published with, `contract.QUEUE_CLOCK_S`, and ingest's own), and comes every second while
+that is a second or more. While a worker heard lately is `behind_max_s` or more behind, readings
+wait here too, until it is back within half of that. The broker then holds about that many
+seconds of ingest's work (with `nabz broker config`'s 1,000,000 messages and ingest's ~20,000 a
+second on two cores, docs/benchmarks.md, the queue holds ~50 s), plus what the gateways send in
+the second or so a heartbeat takes to reach them. Readings from a gateway on MQTT 3.1.1 carry no
+expiry: their time in the broker's queue is not seen.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["SendPause", "MIN_S"]
+__all__ = ["SendPause", "MIN_S", "BEHIND_S"]
 
 MIN_S = 30.0  # the shortest silence that pauses sending (seconds; `[gateway] pause_after_s`)
 INTERVALS = 3  # ... or this many of ingest's heartbeat intervals, if longer
+BEHIND_S = 5.0  # ingest this far behind pauses sending, until within half (`[gateway] pause_behind_s`)
 
 
 @dataclass
@@ -49,6 +62,9 @@ class SendPause:
     listening_since: float | None = None  # connected (subscribed to heartbeats) since; None: not
     away_since: float | None = None  # when ingest was found away (None: it is not)
     min_s: float = MIN_S  # the shortest silence that pauses
+    behind_max_s: float = BEHIND_S  # ingest this far behind pauses
+    # ingest workers far behind, as their heartbeats said: instance -> (behind_s, heard at)
+    lagging: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def after_s(self) -> float:
@@ -100,6 +116,24 @@ class SendPause:
             self.away_since = now
             return True
         return False
+
+    def behind(self, instance: str, behind_s: float | None, now: float) -> None:
+        """An ingest worker's heartbeat saying how far behind it is (None: it does not say).
+        Far behind from `behind_max_s`, and until back within half of it."""
+        was = instance in self.lagging
+        if behind_s is not None and (
+            behind_s > self.behind_max_s / 2 if was else behind_s >= self.behind_max_s
+        ):
+            self.lagging[instance] = (behind_s, now)
+        else:
+            self.lagging.pop(instance, None)
+
+    def catching_up(self, now: float) -> bool:
+        """Whether readings wait for ingest to catch up: a worker heard lately is far behind. A
+        worker not heard for `after_s` since is forgotten here (its silence is `paused`'s)."""
+        for instance in [i for i, (_, at) in self.lagging.items() if now - at > self.after_s]:
+            del self.lagging[instance]
+        return bool(self.lagging)
 
     def silent_s(self, now: float) -> float | None:
         """How long ingest has not been heard (None: never heard)."""

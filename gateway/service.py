@@ -65,7 +65,7 @@ from gateway.transport import LinkHealth, Transport
 from nabz import contract
 from nabz.config import Config
 from nabz.contract import DeviceHealth, GatewayStatus, Rejected
-from nabz.mqtt import Will, connect, make_client, reason_ok
+from nabz.mqtt import READING_PROPERTIES, Will, connect, make_client, reason_ok
 from nabz.secrets import safe_url
 
 __all__ = ["Gateway", "GatewayStats"]
@@ -152,7 +152,9 @@ class Gateway:
         self._inflight: dict[int, tuple[int, str | None, str]] = {}  # paho mid -> (spool seq, device, id)
         self.holds = Holds()  # devices whose readings nobody takes yet (gateway.hold)
         # readings kept here while ingest is away (gateway.pause); a restart keeps it
-        self.pause = SendPause(min_s=config.gateway.pause_after_s)
+        self.pause = SendPause(min_s=config.gateway.pause_after_s, behind_max_s=config.gateway.pause_behind_s)
+        # every reading carries the queue clock (MQTT v5): ingest reads its wait in the broker's queue
+        self._reading_props = READING_PROPERTIES if config.mqtt.protocol == "5" else None
         self.pause.restore(self.spool.marks(_PAUSE).get(_PAUSE, ""), self.mono())
         self._pause_saved = self.pause.saved()
         self._pause_save_tried = float("-inf")
@@ -332,7 +334,7 @@ class Gateway:
             gap_frames=gap_frames,
             refused=self._refused,
             held=tuple(sorted(self.holds.devices)),
-            paused=self.pause.away,
+            paused=self.pause.away or bool(self.pause.lagging),
         )
 
     def status(self) -> GatewayStatus:
@@ -351,7 +353,8 @@ class Gateway:
             refused=self._refused,
             dead_letters=self.spool.counter("dead_letters"),
             held=sorted(self.holds.devices),
-            paused=self.pause.away,
+            paused=self.pause.away or bool(self.pause.lagging),
+            behind=sorted(self.pause.lagging),
             health=[self._health(d, links.get(d)) for d in self.transport.devices],
         )
 
@@ -558,8 +561,12 @@ class Gateway:
                 topic, payload = value
                 now = self.mono()
                 before = self.watch.working_at.get("ingest")
+                self.watch.last = None
                 self.watch.feed(topic, payload, now)
                 if self.watch.working_at.get("ingest") == now:  # (and taking readings)
+                    hb = self.watch.last
+                    if hb is not None:
+                        self._ingest_behind(hb.instance, hb.behind_s, now)
                     self._ingest_heard(before, now)
                 continue
             if kind == "connected":
@@ -671,9 +678,35 @@ class Gateway:
             self._status_now = True
             log.info("gateway %s: %s's readings are taken; sending those held", self.id, device)
 
+    def _ingest_behind(self, instance: str, behind_s: float | None, now: float) -> None:
+        """An ingest worker's heartbeat said how far behind it is: far behind, readings wait here
+        (the broker would queue them for it, then drop them: gateway.pause)."""
+        was = self.pause.catching_up(now)
+        self.pause.behind(instance, behind_s, now)
+        if self.pause.catching_up(now) and not was:
+            self._status_now = True
+            log.warning(
+                "gateway %s: ingest (%s) is %.0f s behind; keeping readings in the spool until it "
+                "has caught up (the broker queues only so many for it, then drops them)",
+                self.id, instance, behind_s or 0.0,
+            )  # fmt: skip
+        self._caught_up(was, now)
+
+    def _caught_up(self, was: bool, now: float) -> None:
+        if was and not self.pause.catching_up(now):
+            self._status_now = True
+            log.info(
+                "gateway %s: ingest has caught up; sending the %d messages kept", self.id, self.spool.depth
+            )
+
     def _paused(self) -> bool:
         """Whether readings stay in the spool now: ingest, heard before, not heard for a while
-        while connected (the broker would queue them for it, then drop them: gateway.pause)."""
+        while connected, or far behind (the broker would queue them for it, then drop them:
+        gateway.pause)."""
+        if self.pause.lagging:
+            self._caught_up(True, self.mono())  # a worker far behind, silent since, is forgotten
+            if self.pause.lagging:
+                return True
         was = self.pause.away
         paused = self.pause.paused(self.mono())
         if paused and not was:
@@ -706,6 +739,7 @@ class Gateway:
         self._save_pause()
         if paused_for is not None:
             self._status_now = True
+        if paused_for is not None and not self.pause.lagging:  # (far behind: _ingest_behind said so)
             log.info(
                 "gateway %s: ingest is heard again; sending the %d messages kept for %.0f s",
                 self.id, self.spool.depth, paused_for,
@@ -741,7 +775,7 @@ class Gateway:
             if row is None:  # nothing of it held (the overflow policy dropped it, or a full card
                 self.holds.unanswered(device, now)  # let nothing move): asked about later, still held
                 continue
-            info = self.client.publish(row.topic, row.payload, qos=1)
+            info = self.client.publish(row.topic, row.payload, qos=1, properties=self._reading_props)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 self.holds.unanswered(device, now)
                 continue
@@ -751,7 +785,7 @@ class Gateway:
         return sent
 
     def _send(self, msg: SpooledMessage, device: str | None) -> bool:
-        info = self.client.publish(msg.topic, msg.payload, qos=1)
+        info = self.client.publish(msg.topic, msg.payload, qos=1, properties=self._reading_props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # not queued by paho
             log.warning("gateway %s: paho did not take message %d (rc %d); later", self.id, msg.seq, info.rc)
             return False

@@ -23,7 +23,10 @@ Rules of this file:
   still fails alone is dead-lettered `internal_error`, so one bad message cannot hold up
   everything behind it.
 - It says how it is doing (ingest.opsstats): a heartbeat from the batch loop every
-  `ingest.heartbeat_s` (gateways and the alerts service watch for its absence), `ingest_stats`
+  `ingest.heartbeat_s` (gateways and the alerts service watch for its absence), with how far
+  behind it is (`behind_s`: how long its latest batch's messages waited for it, in the broker's
+  queue as the gateways' message expiry shows and in its own; every second while that is a
+  second or more: gateways keep their readings while it is far behind), `ingest_stats`
   and `gateway_status` points to InfluxDB (worker 0 writes the gateways'), and `/metrics` and
   `/healthz` when `ingest.metrics_listen` is set. Gateways' retained status messages are read
   for these and acknowledged at once; they never enter a batch.
@@ -58,7 +61,7 @@ from ingest.store import Store
 from nabz import contract
 from nabz.config import Config, ConfigError
 from nabz.health import HealthServer, Metric
-from nabz.mqtt import connect, end_session, make_client, reason_ok
+from nabz.mqtt import connect, end_session, make_client, queued_s, reason_ok
 from nabz.secrets import safe_url
 
 __all__ = ["IngestService"]
@@ -75,6 +78,7 @@ _PRUNE_ROWS = 20_000  # per table and second at most (see _run)
 
 _STUCK_S = 60.0  # the batch loop silent this long (real seconds): /healthz says so
 _LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
+_BEHIND_BEAT_S = 1.0  # messages waiting this long for ingest: a heartbeat this often (gateway.pause)
 _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
 _SYNC_S = 2.0  # enrolment changes are picked up this fast (subscriptions, with several workers)
 _STORE_RETRY_S = (0.5, 10.0)  # a batch the store cannot take: retried after 0.5, 1, 2 ... 10 s
@@ -120,6 +124,7 @@ class _Incoming:
     mid: int
     qos: int
     mono: float  # time.monotonic() on arrival, for lag in real seconds whatever the clock
+    queued: float  # seconds it waited in the broker's queue before (nabz.mqtt.queued_s; 0: unknown)
 
 
 class IngestService:
@@ -186,6 +191,12 @@ class IngestService:
         self._loop_at = time.monotonic()  # the batch loop's last turn
         self._pending_since: float | None = None  # oldest message not yet stored (monotonic)
         self._last_lag_s = 0.0
+        # how far behind, for the heartbeat: the longest wait of the latest batch's messages,
+        # the broker's queue and ours (None: no batch since the last heartbeat)
+        self._behind_s: float | None = None
+        self._last_behind_s = 0.0  # the same, not reset (/metrics)
+        self._said_behind_s = 0.0  # what the last heartbeat said
+        self._last_heartbeat = float("-inf")
         self._next_heartbeat = 0.0
         self._next_stats = 0.0
         self._disconnected_at: float | None = time.monotonic()
@@ -293,7 +304,9 @@ class IngestService:
             return
         self._last_arrival = time.monotonic()
         self._queue.put(
-            _Incoming(Message(topic, bytes(m.payload), self.clock()), m.mid, m.qos, self._last_arrival)
+            _Incoming(
+                Message(topic, bytes(m.payload), self.clock()), m.mid, m.qos, self._last_arrival, queued_s(m)
+            )
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -709,7 +722,9 @@ class IngestService:
             if item.qos == 2:
                 self.client.ack(item.mid, item.qos)
         if items:
-            self._last_lag_s = time.monotonic() - items[0].mono
+            now = time.monotonic()
+            self._last_lag_s = now - items[0].mono
+            self._behind_s = self._last_behind_s = max(i.queued + now - i.mono for i in items)
         self._account(result)
         self._publish_vitals(result.vitals)
 
@@ -748,8 +763,14 @@ class IngestService:
         ic = self.config.ingest
         if self.retiring is not None:  # no heartbeat, statistics or rates: a passing helper of worker 0
             return
-        if ic.heartbeat_s > 0 and now >= self._next_heartbeat and self.connected.is_set():
+        # every heartbeat_s, and every _BEHIND_BEAT_S while behind and until one has said it no
+        # longer is: gateways wait meanwhile, and send again at that one (gateway.pause)
+        behind = max(
+            self._behind_s or 0.0, self._said_behind_s
+        ) >= _BEHIND_BEAT_S and now - self._last_heartbeat >= min(_BEHIND_BEAT_S, ic.heartbeat_s)
+        if ic.heartbeat_s > 0 and (now >= self._next_heartbeat or behind) and self.connected.is_set():
             self._next_heartbeat = now + ic.heartbeat_s
+            self._last_heartbeat = now
             self._heartbeat()
         if self.sink is not None and ic.stats_interval_s > 0 and now >= self._next_stats:
             self._next_stats = now + ic.stats_interval_s
@@ -772,7 +793,9 @@ class IngestService:
             state="degraded" if detail else "ok",
             detail=detail,
             taking=self._store_trouble is None,
+            behind_s=round(self._behind_s or 0.0, 3),
         )
+        self._said_behind_s, self._behind_s = hb.behind_s or 0.0, None
         self.client.publish(
             contract.heartbeat_topic(self.config.site, self.instance), contract.encode(hb), qos=0
         )
@@ -846,6 +869,8 @@ class IngestService:
                    ((labels, round(pending, 3)),)),
             Metric("nabz_ingest_last_batch_lag_seconds", "receipt to storage of the last batch's first message",
                    "gauge", ((labels, round(self._last_lag_s, 3)),)),
+            Metric("nabz_ingest_behind_seconds", "the longest wait of the last batch's messages, in the broker's"
+                   " queue and ingest's", "gauge", ((labels, round(self._last_behind_s, 3)),)),
             Metric("nabz_ingest_internal_errors_total", "messages dead-lettered because ingest failed on them",
                    "counter", ((labels, self.internal_errors),)),
             Metric("nabz_ingest_batch_failures_total", "batches that failed and were retried", "counter",

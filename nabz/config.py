@@ -134,6 +134,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # ingest heard before, then not heard taking readings this long (or three of its heartbeat
     # intervals, if longer) while connected: readings stay in the spool until it is (gateway.pause)
     pause_after_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # ingest this far behind (its heartbeat's behind_s: how long readings waited for it): readings
+    # stay in the spool until it is back within half of it (gateway.pause)
+    pause_behind_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     ble: BleConfig = msgspec.field(default_factory=BleConfig)
     serial: SerialConfig = msgspec.field(default_factory=SerialConfig)
     deadman: DeadmanConfig = msgspec.field(default_factory=DeadmanConfig)

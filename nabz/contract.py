@@ -55,11 +55,17 @@ __all__ = [
     "new_id",
     "WAVE_FLAGS",
     "MAX_PAYLOAD_BYTES",
+    "QUEUE_CLOCK_S",
 ]
 
 SCHEMA_VERSION = 1
 ROOT = "nabz/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
+# The MQTT v5 Message Expiry Interval a gateway gives every reading, in seconds (ten years). Not to
+# expire it: the broker counts the interval down while a reading waits in its queue and forwards
+# what is left, so ingest reads from each message how long it waited there, whatever the clocks
+# of the gateway and the server say (MQTT 5.0 section 3.3.2.3.3; the Heartbeat's `behind_s`).
+QUEUE_CLOCK_S = 10 * 365 * 86400
 
 # Identifiers that appear in topics and as storage tags: short, no MQTT wildcards or separators.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -237,9 +243,10 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     # devices whose readings nobody on the server takes yet (the broker answered "No matching
     # subscribers": not enrolled, or ingest not subscribed); kept in the spool (gateway.hold)
     held: list[str] = []
-    # readings kept in the gateway's spool, not sent: ingest, heard before, silent for a while
-    # (the broker would queue them for it, then drop them: gateway.pause)
+    # readings kept in the gateway's spool, not sent: ingest, heard before, silent for a while, or
+    # far behind (the broker would queue them for it, then drop them: gateway.pause)
     paused: bool = False
+    behind: list[str] = []  # paused for these ingest workers, far behind (the rest: ingest not heard)
     health: list[DeviceHealth] = []
 
 
@@ -289,6 +296,11 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     # ingest: false while it cannot take readings (its embedded store refuses batches): the
     # broker queues them for it meanwhile, then drops them, so gateways keep theirs (gateway.pause)
     taking: bool = True
+    # ingest: how far behind it is -- the longest any message of its latest batch waited for it,
+    # in the broker's queue (QUEUE_CLOCK_S) and its own, in seconds; 0 when nothing came since its
+    # last heartbeat. Gateways keep their readings while it is far behind (gateway.pause). Absent
+    # (None) from other services and from ingest before 2026-11-28.
+    behind_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,8 +26,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from nabz.config import MqttConfig
+from nabz.contract import QUEUE_CLOCK_S
 
-__all__ = ["MqttError", "Will", "Backoff", "Client", "make_client", "connect", "reason_ok"]
+__all__ = [
+    "MqttError", "Will", "Backoff", "Client", "make_client", "connect", "reason_ok", "READING_PROPERTIES",
+    "queued_s",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,49 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 # messages at once (MQTT v5 Receive Maximum; the protocol's default is 65,535): after an outage
 # the broker hands over its queue this much at a time instead of into the service's memory.
 RECEIVE_MAXIMUM = 4096
+
+
+class _ReadingProperties(Properties):
+    """The MQTT v5 properties of every reading a gateway publishes: its Message Expiry Interval,
+    `contract.QUEUE_CLOCK_S`, for ingest to read how long the reading waited in the broker's queue
+    (`queued_s`). Packed once: paho packs a message's properties at every publish."""
+
+    _packed: bytes
+
+    def __init__(self) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.MessageExpiryInterval = QUEUE_CLOCK_S
+        packed = super().pack()  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_packed", packed)  # (Properties' own setter takes only property names)
+
+    def pack(self) -> bytes:
+        return self._packed
+
+
+READING_PROPERTIES = _ReadingProperties()
+# The properties block of READING_PROPERTIES as it comes to a subscriber, but for the value:
+# length 5, then identifier 2 (Message Expiry Interval) and four bytes.
+_EXPIRY_ONLY = b"\x05\x02"
+
+
+class _Expiry:
+    """A message's properties when they are only a Message Expiry Interval (the readings'), decoded
+    on the fast path (`Client._plain_publish`) without building paho's `Properties`."""
+
+    __slots__ = ("MessageExpiryInterval",)
+
+    def __init__(self, left: int) -> None:
+        self.MessageExpiryInterval = left
+
+
+def queued_s(message: paho.MQTTMessage) -> float:
+    """How long a reading waited in the broker's queue, in whole seconds as the broker counts them
+    (the message expiry it was published with, `contract.QUEUE_CLOCK_S`, less what the broker
+    forwards); 0 for a message published without it (an MQTT 3.1.1 or older gateway)."""
+    left = getattr(message.properties, "MessageExpiryInterval", None)
+    if not isinstance(left, int) or not 0 <= left <= QUEUE_CLOCK_S:
+        return 0.0
+    return float(QUEUE_CLOCK_S - left)
 
 
 class MqttError(Exception):
@@ -172,9 +219,9 @@ class Client(paho.Client):
     # object even when there are none, and gives each incoming message an `info` with its own
     # threading.Condition, which only outgoing messages use: about a third of an ingest worker's
     # network thread at 1,950 patients (py-spy). The common case -- QoS 0 or 1, a UTF-8 topic, no
-    # v5 properties -- is decoded here into the same `MQTTMessage` (``info`` and ``properties``
-    # None); anything else (QoS 2, properties such as a topic alias, a malformed packet) goes
-    # through paho's own decoder.
+    # v5 properties but a reading's message expiry -- is decoded here into the same `MQTTMessage`
+    # (``info`` None, ``properties`` None or an `_Expiry`); anything else (QoS 2, other properties
+    # such as a topic alias, a malformed packet) goes through paho's own decoder.
     def _handle_publish(self) -> MQTTErrorCode:
         header, packet = self._in_packet["command"], self._in_packet["packet"]
         message = self._plain_publish(header, packet, 0, len(packet))
@@ -193,7 +240,13 @@ class Client(paho.Client):
             return None
         end = begin + 2 + ((data[begin] << 8) | data[begin + 1])  # the topic ends here
         start = end + (2 if qos else 0) + (1 if v5 else 0)  # the payload starts here
-        if end == begin + 2 or start > size or (v5 and data[start - 1] != 0):
+        expiry: _Expiry | None = None
+        if v5 and start <= size and data[start - 1] != 0:
+            if data[start - 1 : start + 1] != _EXPIRY_ONLY or start + 5 > size:
+                return None  # other properties
+            expiry = _Expiry(int.from_bytes(data[start + 1 : start + 5], "big"))
+            start += 5
+        if end == begin + 2 or start > size:
             return None
         topic = bytes(data[begin + 2 : end])
         try:
@@ -210,7 +263,7 @@ class Client(paho.Client):
         message.qos = qos
         message.retain = bool(header & 0x01)
         message.info = None  # type: ignore[assignment]
-        message.properties = None
+        message.properties = expiry  # type: ignore[assignment]
         return message
 
     def ack_many(self, mids: Sequence[int]) -> None:

@@ -397,7 +397,9 @@ class FakeBroker:
         self._pending: list[tuple[int, str, bytes]] = []
         self._mids = itertools.count(1)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, properties: Any = None
+    ) -> Any:
         mid = next(self._mids)
         if not topic.endswith("/status"):
             self._pending.append((mid, topic, payload))

@@ -202,7 +202,7 @@ def test_acknowledged_in_one_write_is_acknowledged(mosquitto: Mosquitto) -> None
 
 def _stream(seed: int, v5: bool = True) -> bytes:
     """A broker's side of a connection: PUBLISH packets of QoS 0, 1 and 2, retained or not, with
-    and without v5 properties, of lengths around the remaining length's varint boundaries, with
+    and without v5 properties (a user property, or a message expiry alone), of lengths around the remaining length's varint boundaries, with
     PUBRELs (QoS 2), PUBACKs and PINGRESPs between them."""
     import random
 
@@ -221,6 +221,7 @@ def _stream(seed: int, v5: bool = True) -> bytes:
     props.UserProperty = ("patient", "p-0001")
     with_props = props.pack()
     rng = random.Random(seed)
+    expiry_rng = random.Random(seed + 1000)
     out = bytearray()
     for k in range(600):
         qos, retain = rng.choice((0, 1, 1, 1, 2)), rng.random() < 0.1
@@ -228,6 +229,8 @@ def _stream(seed: int, v5: bool = True) -> bytes:
         var = len(topic).to_bytes(2, "big") + topic + ((k % 65535) + 1).to_bytes(2, "big")[: 2 if qos else 0]
         if v5:
             var += with_props if rng.random() < 0.1 else b"\x00"
+            if var[-1] == 0 and expiry_rng.random() < 0.3:  # a reading's message expiry only
+                var = var[:-1] + b"\x05\x02" + expiry_rng.randrange(1 << 32).to_bytes(4, "big")
         length = rng.choice(
             (0, 1, 127, 128, 129, 400, 16383, 16384, 16385, 70_000)
         )  # of all after the length
@@ -258,7 +261,8 @@ def _decoded(
 
     def on_message(c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
         user = list(getattr(m.properties, "UserProperty", []) or []) if m.properties else []
-        got.append((m.topic, bytes(m.payload), m.qos, m.mid, m.retain, m.dup, user))
+        expiry = getattr(m.properties, "MessageExpiryInterval", None)
+        got.append((m.topic, bytes(m.payload), m.qos, m.mid, m.retain, m.dup, user, expiry))
         if len(got) == stop_after:
             c.disconnect()
 
@@ -366,3 +370,54 @@ def test_a_persistent_session_takes_a_backlog_a_window_at_a_time(mosquitto: Mosq
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def test_a_reading_says_how_long_it_waited_in_the_brokers_queue(mosquitto: Mosquitto) -> None:
+    """Every reading a gateway publishes (MQTT v5) carries READING_PROPERTIES: mosquitto counts
+    its message expiry down while the reading waits in a queue, so the subscriber reads the wait
+    (`queued_s`, in the whole seconds the broker counts): 2 or 3 s for one kept 2.2 s for a
+    persistent session that was away, 0 or 1 for one delivered at once, 0 for one published
+    without them (an MQTT 3.1.1 gateway)."""
+    from nabz.mqtt import READING_PROPERTIES, queued_s
+
+    config = MqttConfig(url=mosquitto.url, protocol="5", keepalive_s=30)
+    got: dict[bytes, float] = {}
+    subscribed = threading.Event()
+
+    def start() -> paho.Client:
+        c = make_client(config, "clock-sub", persistent_session=True)
+        c.on_connect = lambda c, *_a: c.subscribe(TOPIC, qos=1)
+        c.on_subscribe = lambda *_a: subscribed.set()
+        c.on_message = lambda _c, _u, m: got.__setitem__(bytes(m.payload), queued_s(m))
+        connect(c, config, persistent_session=True)
+        assert subscribed.wait(10)
+        return c
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="clock-pub", protocol=MQTTProtocolVersion.MQTTv5)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    sub = start()
+    try:
+        pub.publish(TOPIC, b"at once", qos=1, properties=READING_PROPERTIES).wait_for_publish(10)
+        wait_for(1)
+        sub.disconnect()
+        sub.loop_stop()
+        pub.publish(TOPIC, b"kept", qos=1, properties=READING_PROPERTIES).wait_for_publish(10)
+        pub.publish(TOPIC, b"kept, no clock", qos=1).wait_for_publish(10)
+        time.sleep(2.2)
+        subscribed.clear()
+        sub = start()
+        wait_for(3)
+        assert got[b"at once"] in (0.0, 1.0)
+        assert got[b"kept"] in (2.0, 3.0)
+        assert got[b"kept, no clock"] == 0.0
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+        pub.disconnect()
+        pub.loop_stop()
