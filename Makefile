@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many processes (pytest-xdist; tests/conftest.py says which
+# tests run one at a time, in one of them)
+TEST_PROCESSES ?= 2
 
 # Debian packages the test suite drives as real parts (command -> package). The tests start their
 # own servers on free loopback ports; Debian's influxdb unit (port 8086 on every address, no
@@ -60,7 +63,7 @@ demo: venv
 test: venv npm debs esp32-stubs
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

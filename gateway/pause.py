@@ -41,7 +41,10 @@ wait here too, until it is back within half of that. The broker then holds about
 seconds of ingest's work (with `nabz broker config`'s 1,000,000 messages and ingest's ~20,000 a
 second on two cores, docs/benchmarks.md, the queue holds ~50 s), plus what the gateways send in
 the second or so a heartbeat takes to reach them. Readings from a gateway on MQTT 3.1.1 carry no
-expiry: their time in the broker's queue is not seen.
+expiry: their time in the broker's queue is not seen. The queue is first in, first out: what was
+queued before the pause waits about as long as the backlog, so in practice gateways send again
+when ingest has emptied it (an idle worker says 0) and ingest idles for up to a second then. A
+restarted gateway does not remember a worker far behind: it sends until the next heartbeat.
 """
 
 from __future__ import annotations

@@ -563,10 +563,9 @@ class Gateway:
                 before = self.watch.working_at.get("ingest")
                 self.watch.last = None
                 self.watch.feed(topic, payload, now)
-                if self.watch.working_at.get("ingest") == now:  # (and taking readings)
-                    hb = self.watch.last
-                    if hb is not None:
-                        self._ingest_behind(hb.instance, hb.behind_s, now)
+                hb = self.watch.last  # (None: malformed)
+                if hb is not None and hb.service == "ingest" and hb.taking:
+                    self._ingest_behind(hb.instance, hb.behind_s, now)
                     self._ingest_heard(before, now)
                 continue
             if kind == "connected":
@@ -683,17 +682,15 @@ class Gateway:
         (the broker would queue them for it, then drop them: gateway.pause)."""
         was = self.pause.catching_up(now)
         self.pause.behind(instance, behind_s, now)
-        if self.pause.catching_up(now) and not was:
+        behind = self.pause.catching_up(now)
+        if behind and not was:
             self._status_now = True
             log.warning(
                 "gateway %s: ingest (%s) is %.0f s behind; keeping readings in the spool until it "
                 "has caught up (the broker queues only so many for it, then drops them)",
                 self.id, instance, behind_s or 0.0,
             )  # fmt: skip
-        self._caught_up(was, now)
-
-    def _caught_up(self, was: bool, now: float) -> None:
-        if was and not self.pause.catching_up(now):
+        elif was and not behind:
             self._status_now = True
             log.info(
                 "gateway %s: ingest has caught up; sending the %d messages kept", self.id, self.spool.depth
@@ -704,9 +701,14 @@ class Gateway:
         while connected, or far behind (the broker would queue them for it, then drop them:
         gateway.pause)."""
         if self.pause.lagging:
-            self._caught_up(True, self.mono())  # a worker far behind, silent since, is forgotten
-            if self.pause.lagging:
+            if self.pause.catching_up(self.mono()):
                 return True
+            self._status_now = True  # the workers far behind are silent since: the silence rule's now
+            log.warning(
+                "gateway %s: the ingest worker far behind is not heard for %.0f s",
+                self.id,
+                self.pause.after_s,
+            )
         was = self.pause.away
         paused = self.pause.paused(self.mono())
         if paused and not was:

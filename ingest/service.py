@@ -24,9 +24,11 @@ Rules of this file:
   everything behind it.
 - It says how it is doing (ingest.opsstats): a heartbeat from the batch loop every
   `ingest.heartbeat_s` (gateways and the alerts service watch for its absence), with how far
-  behind it is (`behind_s`: how long its latest batch's messages waited for it, in the broker's
-  queue as the gateways' message expiry shows and in its own; every second while that is a
-  second or more: gateways keep their readings while it is far behind), `ingest_stats`
+  behind it is (`behind_s`: how long its latest batch's messages waited to be taken, in the
+  broker's queue as the gateways' message expiry shows and in its own, or the batch held now;
+  every second from a second behind until one says it is within half a second; after a
+  connection, not before its first batch: gateways keep their readings while it is far
+  behind), `ingest_stats`
   and `gateway_status` points to InfluxDB (worker 0 writes the gateways'), and `/metrics` and
   `/healthz` when `ingest.metrics_listen` is set. Gateways' retained status messages are read
   for these and acknowledged at once; they never enter a batch.
@@ -79,6 +81,8 @@ _PRUNE_ROWS = 20_000  # per table and second at most (see _run)
 _STUCK_S = 60.0  # the batch loop silent this long (real seconds): /healthz says so
 _LAG_S = 60.0  # a message waiting this long to be stored: /healthz says so
 _BEHIND_BEAT_S = 1.0  # messages waiting this long for ingest: a heartbeat this often (gateway.pause)
+_CAUGHT_UP_S = 0.5  # ... until one says they wait less than this
+_FIRST_BEAT_S = (0.5, 5.0)  # after connecting, the first heartbeat waits for the first batch (see _beat_due)
 _DISCONNECTED_S = 30.0  # away from the broker this long: /healthz says so
 _SYNC_S = 2.0  # enrolment changes are picked up this fast (subscriptions, with several workers)
 _STORE_RETRY_S = (0.5, 10.0)  # a batch the store cannot take: retried after 0.5, 1, 2 ... 10 s
@@ -196,6 +200,10 @@ class IngestService:
         self._behind_s: float | None = None
         self._last_behind_s = 0.0  # the same, not reset (/metrics)
         self._said_behind_s = 0.0  # what the last heartbeat said
+        self._pending_head: _Incoming | None = None  # the oldest message of the batch being stored
+        self._batch_started = time.monotonic()
+        self._connected_mono = 0.0  # when the latest connection came (monotonic)
+        self._batched_since_connect = False
         self._last_heartbeat = float("-inf")
         self._next_heartbeat = 0.0
         self._next_stats = 0.0
@@ -263,6 +271,7 @@ class IngestService:
         if self.retiring is None:
             client.subscribe([(contract.STATUS_FILTER, 1)])  # retained: every gateway's latest, at once
         self._disconnected_at = None
+        self._connected_mono, self._batched_since_connect = time.monotonic(), False
         self.connected.set()
         log.info("ingest connected to %s", safe_url(self.config.mqtt.url))
 
@@ -666,6 +675,8 @@ class IngestService:
                         return
                     continue
                 self._pending_since = pending[0].mono
+                self._pending_head = pending[0]
+            self._batch_started = time.monotonic()
             try:
                 result = self.core.handle_batch([i.msg for i in pending])
             except SinkError as exc:
@@ -722,9 +733,11 @@ class IngestService:
             if item.qos == 2:
                 self.client.ack(item.mid, item.qos)
         if items:
-            now = time.monotonic()
+            now, started = time.monotonic(), self._batch_started
             self._last_lag_s = now - items[0].mono
-            self._behind_s = self._last_behind_s = max(i.queued + now - i.mono for i in items)
+            # how long they waited to be taken: the broker's queue, then ours until the batch began
+            self._behind_s = self._last_behind_s = max(i.queued + started - i.mono for i in items)
+            self._pending_head, self._batched_since_connect = None, True
         self._account(result)
         self._publish_vitals(result.vitals)
 
@@ -763,12 +776,7 @@ class IngestService:
         ic = self.config.ingest
         if self.retiring is not None:  # no heartbeat, statistics or rates: a passing helper of worker 0
             return
-        # every heartbeat_s, and every _BEHIND_BEAT_S while behind and until one has said it no
-        # longer is: gateways wait meanwhile, and send again at that one (gateway.pause)
-        behind = max(
-            self._behind_s or 0.0, self._said_behind_s
-        ) >= _BEHIND_BEAT_S and now - self._last_heartbeat >= min(_BEHIND_BEAT_S, ic.heartbeat_s)
-        if ic.heartbeat_s > 0 and (now >= self._next_heartbeat or behind) and self.connected.is_set():
+        if ic.heartbeat_s > 0 and self._beat_due(now, ic.heartbeat_s) and self.connected.is_set():
             self._next_heartbeat = now + ic.heartbeat_s
             self._last_heartbeat = now
             self._heartbeat()
@@ -776,6 +784,30 @@ class IngestService:
             self._next_stats = now + ic.stats_interval_s
             self._write_stats()
         self.rates.add(self._totals(), now)
+
+    def _beat_due(self, now: float, interval_s: float) -> bool:
+        """Every `interval_s`; every _BEHIND_BEAT_S while behind by that much, until a heartbeat has
+        said it is within _CAUGHT_UP_S (gateways hold their readings meanwhile, and send again at
+        that one: gateway.pause). After a connection, not before the first batch is stored (what
+        the broker kept meanwhile comes first: a heartbeat then would say 0 behind, and every
+        paused gateway would send its backlog on top of it), unless nothing comes within half a
+        second; at most 5 s later in any case (a batch held because the store fails)."""
+        if not self._batched_since_connect:
+            quiet, most = _FIRST_BEAT_S
+            since = now - self._connected_mono
+            if since < most and (since < quiet or self._last_arrival > self._connected_mono):
+                return False
+        if now >= self._next_heartbeat:
+            return True
+        fast = self._behind_now(now) >= _BEHIND_BEAT_S or self._said_behind_s >= _CAUGHT_UP_S
+        return fast and now - self._last_heartbeat >= min(_BEHIND_BEAT_S, interval_s)
+
+    def _behind_now(self, now: float) -> float:
+        """How far behind for the heartbeat: the latest stored batch's longest wait, or the wait
+        so far of the batch being stored (held while the store or InfluxDB fails), if longer."""
+        head = self._pending_head
+        pending = 0.0 if head is None else head.queued + now - head.mono
+        return max(self._behind_s or 0.0, pending)
 
     def _heartbeat(self) -> None:
         problems = []
@@ -793,7 +825,7 @@ class IngestService:
             state="degraded" if detail else "ok",
             detail=detail,
             taking=self._store_trouble is None,
-            behind_s=round(self._behind_s or 0.0, 3),
+            behind_s=round(self._behind_now(time.monotonic()), 3),
         )
         self._said_behind_s, self._behind_s = hb.behind_s or 0.0, None
         self.client.publish(

@@ -135,8 +135,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # intervals, if longer) while connected: readings stay in the spool until it is (gateway.pause)
     pause_after_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # ingest this far behind (its heartbeat's behind_s: how long readings waited for it): readings
-    # stay in the spool until it is back within half of it (gateway.pause)
-    pause_behind_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # stay in the spool until it is back within half of it (gateway.pause). At least 1 s: ingest's
+    # heartbeat comes every second only until it says it is within half a second.
+    pause_behind_s: Annotated[float, msgspec.Meta(ge=1.0)] = 5.0
     ble: BleConfig = msgspec.field(default_factory=BleConfig)
     serial: SerialConfig = msgspec.field(default_factory=SerialConfig)
     deadman: DeadmanConfig = msgspec.field(default_factory=DeadmanConfig)

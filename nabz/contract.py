@@ -56,16 +56,22 @@ __all__ = [
     "WAVE_FLAGS",
     "MAX_PAYLOAD_BYTES",
     "QUEUE_CLOCK_S",
+    "QUEUE_WAIT_MAX_S",
 ]
 
 SCHEMA_VERSION = 1
 ROOT = "nabz/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
-# The MQTT v5 Message Expiry Interval a gateway gives every reading, in seconds (ten years). Not to
+# The MQTT v5 Message Expiry Interval a gateway gives every reading, in seconds (a year). Not to
 # expire it: the broker counts the interval down while a reading waits in its queue and forwards
-# what is left, so ingest reads from each message how long it waited there, whatever the clocks
-# of the gateway and the server say (MQTT 5.0 section 3.3.2.3.3; the Heartbeat's `behind_s`).
-QUEUE_CLOCK_S = 10 * 365 * 86400
+# what is left, so ingest reads from each message how long it waited there, in the broker's whole
+# seconds, whatever the gateway's clock says (MQTT 5.0 section 3.3.2.3.3; the Heartbeat's
+# `behind_s`). A year, not more: mosquitto adds it to its clock in a `time_t`, which on a 32-bit
+# system (Raspberry Pi OS armhf) overflows in January 2038; ten years overflowed from 2028 on,
+# and every reading counted as expired, dropped after its acknowledgement (found by review).
+QUEUE_CLOCK_S = 365 * 86400
+# A wait longer than this is not believed (a publisher with some other expiry): taken as unknown.
+QUEUE_WAIT_MAX_S = 86400
 
 # Identifiers that appear in topics and as storage tags: short, no MQTT wildcards or separators.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

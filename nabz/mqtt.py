@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from nabz.config import MqttConfig
-from nabz.contract import QUEUE_CLOCK_S
+from nabz.contract import QUEUE_CLOCK_S, QUEUE_WAIT_MAX_S
 
 __all__ = [
     "MqttError", "Will", "Backoff", "Client", "make_client", "connect", "reason_ok", "READING_PROPERTIES",
@@ -82,9 +82,11 @@ class _Expiry:
 def queued_s(message: paho.MQTTMessage) -> float:
     """How long a reading waited in the broker's queue, in whole seconds as the broker counts them
     (the message expiry it was published with, `contract.QUEUE_CLOCK_S`, less what the broker
-    forwards); 0 for a message published without it (an MQTT 3.1.1 or older gateway)."""
+    forwards); 0 for a message published without it (an MQTT 3.1.1 or older gateway) or with
+    some other expiry (a wait over `QUEUE_WAIT_MAX_S`: one bad publisher must not make every
+    gateway of the site hold its readings)."""
     left = getattr(message.properties, "MessageExpiryInterval", None)
-    if not isinstance(left, int) or not 0 <= left <= QUEUE_CLOCK_S:
+    if not isinstance(left, int) or not 0 <= QUEUE_CLOCK_S - left <= QUEUE_WAIT_MAX_S:
         return 0.0
     return float(QUEUE_CLOCK_S - left)
 
