@@ -43,6 +43,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 # A persistent session's services (ingest, alerts) take at most this many unacknowledged QoS 1
 # messages at once (MQTT v5 Receive Maximum; the protocol's default is 65,535): after an outage
 # the broker hands over its queue this much at a time instead of into the service's memory.
+# (mosquitto 2.0.11 keeps to it only until the first acknowledgement: docs/operations.md.)
 RECEIVE_MAXIMUM = 4096
 
 

@@ -10,10 +10,12 @@ import pytest
 from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics
 
 # `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup): most tests wait on
-# servers, and one process kept this 2-core box half idle. These run in one of them, one after
-# another: they keep simulated time in step with the real clock (the fault rig, the demo, the
-# BLE link), pace messages by the clock, or measure speed, and two of them at once would starve
-# each other of the two cores.
+# servers, and one process kept this 2-core box half idle. Each file's tests stay together, in
+# order, in one process (some share a module's servers and build on each other: the nurse
+# station's browser tests). These files run in one process, one after another: they keep
+# simulated time in step with the real clock (the fault rig, the demo, the BLE link), pace
+# messages by the clock, or measure speed, and two of them at once would starve each other of
+# the two cores.
 _ONE_AT_A_TIME = (
     "tests/faults/",
     "tests/gateway/test_ble.py",
@@ -28,8 +30,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.resolve().relative_to(_ROOT).as_posix().startswith(_ONE_AT_A_TIME):
-            item.add_marker(pytest.mark.xdist_group("one_at_a_time"))
+        path = item.path.resolve().relative_to(_ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group("one_at_a_time" if path.startswith(_ONE_AT_A_TIME) else path))
 
 
 @pytest.fixture
