@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
-# `make test` runs the suite in this many processes (pytest-xdist; tests/conftest.py says which
-# tests run one at a time, in one of them)
+# `make test` runs the suite in this many processes (pytest-xdist; 0: in this one; tests/conftest.py
+# says which tests run one at a time, in one of them)
 TEST_PROCESSES ?= 2
 
 # Debian packages the test suite drives as real parts (command -> package). The tests start their
@@ -63,7 +63,7 @@ demo: venv
 test: venv npm debs esp32-stubs
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

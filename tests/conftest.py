@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,13 +10,14 @@ import pytest
 
 from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics
 
-# `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup): most tests wait on
-# servers, and one process kept this 2-core box half idle. Each file's tests stay together, in
-# order, in one process (some share a module's servers and build on each other: the nurse
-# station's browser tests). These files run in one process, one after another: they keep
-# simulated time in step with the real clock (the fault rig, the demo, the BLE link), pace
-# messages by the clock, or measure speed, and two of them at once would starve each other of
-# the two cores.
+# `make test` runs the suite in two processes (pytest-xdist, `-n 2`): most tests wait on servers, and one
+# process kept this 2-core box half idle. Each file's tests stay together, in order, in one process
+# (some share a module's servers and build on each other: the nurse station's browser tests).
+# These files run in one process, one after another: they keep simulated time in step with the
+# real clock (the fault rig, the demo, the BLE link), pace messages by the clock, or measure
+# speed, and two of them at once would starve each other of the two cores. (xdist's own
+# `--dist loadgroup` does not group under pytest 9: it renames node ids through an attribute
+# pytest 9 no longer reads.)
 _ONE_AT_A_TIME = (
     "tests/faults/",
     "tests/gateway/test_ble.py",
@@ -25,13 +27,18 @@ _ONE_AT_A_TIME = (
     "tests/alerts/test_bench.py",
     "tests/ingest/test_bench_load.py",
 )
-_ROOT = Path(__file__).resolve().parent.parent
 
+if importlib.util.find_spec("xdist") is not None:  # (the hook is xdist's: unknown to pytest without it)
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        path = item.path.resolve().relative_to(_ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group("one_at_a_time" if path.startswith(_ONE_AT_A_TIME) else path))
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+        from xdist.scheduler import LoadFileScheduling
+
+        class OneAtATime(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                path = nodeid.split("::", 1)[0]
+                return "one at a time" if path.startswith(_ONE_AT_A_TIME) else path
+
+        return OneAtATime(config, log)
 
 
 @pytest.fixture
