@@ -204,6 +204,7 @@ class IngestService:
         self._batch_started = time.monotonic()
         self._connected_mono = 0.0  # when the latest connection came (monotonic)
         self._batched_since_connect = False
+        self._last_reading = 0.0  # when the latest reading came (monotonic): the first heartbeat's gate
         self._last_heartbeat = float("-inf")
         self._next_heartbeat = 0.0
         self._next_stats = 0.0
@@ -311,7 +312,7 @@ class IngestService:
             if m.qos > 0:
                 client.ack(m.mid, m.qos)
             return
-        self._last_arrival = time.monotonic()
+        self._last_arrival = self._last_reading = time.monotonic()
         self._queue.put(
             _Incoming(
                 Message(topic, bytes(m.payload), self.clock()), m.mid, m.qos, self._last_arrival, queued_s(m)
@@ -675,8 +676,7 @@ class IngestService:
                         return
                     continue
                 self._pending_since = pending[0].mono
-                self._pending_head = pending[0]
-            self._batch_started = time.monotonic()
+            self._pending_head, self._batch_started = pending[0], time.monotonic()
             try:
                 result = self.core.handle_batch([i.msg for i in pending])
             except SinkError as exc:
@@ -795,7 +795,7 @@ class IngestService:
         if not self._batched_since_connect:
             quiet, most = _FIRST_BEAT_S
             since = now - self._connected_mono
-            if since < most and (since < quiet or self._last_arrival > self._connected_mono):
+            if since < most and (since < quiet or self._last_reading > self._connected_mono):
                 return False
         if now >= self._next_heartbeat:
             return True

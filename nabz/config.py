@@ -136,7 +136,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pause_after_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # ingest this far behind (its heartbeat's behind_s: how long readings waited for it): readings
     # stay in the spool until it is back within half of it (gateway.pause). At least 1 s: ingest's
-    # heartbeat comes every second only until it says it is within half a second.
+    # heartbeat comes every second only until it says it is within half a second. Under 2 s it
+    # pauses for nothing now and then: the broker counts the waits in whole seconds (±1 s).
     pause_behind_s: Annotated[float, msgspec.Meta(ge=1.0)] = 5.0
     ble: BleConfig = msgspec.field(default_factory=BleConfig)
     serial: SerialConfig = msgspec.field(default_factory=SerialConfig)

@@ -67,7 +67,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 # what is left, so ingest reads from each message how long it waited there, in the broker's whole
 # seconds, whatever the gateway's clock says (MQTT 5.0 section 3.3.2.3.3; the Heartbeat's
 # `behind_s`). A year, not more: mosquitto adds it to its clock in a `time_t`, which on a 32-bit
-# system (Raspberry Pi OS armhf) overflows in January 2038; ten years overflowed from 2028 on,
+# system (Raspberry Pi OS armhf) overflows from January 2037 on; ten years did from 2028 on,
 # and every reading counted as expired, dropped after its acknowledgement (found by review).
 QUEUE_CLOCK_S = 365 * 86400
 # A wait longer than this is not believed (a publisher with some other expiry): taken as unknown.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,17 +27,18 @@ _ONE_AT_A_TIME = (
     "tests/ingest/test_bench_load.py",
 )
 
-if importlib.util.find_spec("xdist") is not None:  # (the hook is xdist's: unknown to pytest without it)
 
-    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-        from xdist.scheduler import LoadFileScheduling
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: ignored without it (or with -p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Overrides any --dist given: each file one scope, the files above one scope together."""
+    from xdist.scheduler import LoadFileScheduling
 
-        class OneAtATime(LoadFileScheduling):
-            def _split_scope(self, nodeid: str) -> str:
-                path = nodeid.split("::", 1)[0]
-                return "one at a time" if path.startswith(_ONE_AT_A_TIME) else path
+    class OneAtATime(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "one at a time" if path.startswith(_ONE_AT_A_TIME) else path
 
-        return OneAtATime(config, log)
+    return OneAtATime(config, log)
 
 
 @pytest.fixture

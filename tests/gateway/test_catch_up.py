@@ -176,10 +176,10 @@ def test_after_connecting_ingest_beats_once_its_first_batch_is_stored(tmp_path: 
     nothing comes within half a second, and 5 s at most (a batch the store cannot take)."""
     svc = IngestService(_ingest_config("mqtt://127.0.0.1:1", tmp_path, heartbeat_s=10.0), client_id="gate")
     svc._connected_mono, svc._batched_since_connect = 100.0, False  # noqa: SLF001
-    svc._last_arrival = 100.1  # noqa: SLF001 - messages came
+    svc._last_reading = 100.1  # noqa: SLF001 - readings came
     assert not svc._beat_due(100.2, 10.0) and not svc._beat_due(104.9, 10.0)  # noqa: SLF001
     assert svc._beat_due(105.1, 10.0)  # noqa: SLF001
-    svc._last_arrival = 99.0  # noqa: SLF001 - nothing came
+    svc._last_reading = 99.0  # noqa: SLF001 - nothing came
     assert not svc._beat_due(100.4, 10.0) and svc._beat_due(100.6, 10.0)  # noqa: SLF001
     svc._batched_since_connect = True  # noqa: SLF001
     assert svc._beat_due(100.1, 10.0)  # noqa: SLF001
