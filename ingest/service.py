@@ -203,6 +203,7 @@ class IngestService:
         self._pending_head: _Incoming | None = None  # the oldest message of the batch being stored
         self._batch_started = time.monotonic()
         self._connected_mono = 0.0  # when the latest connection came (monotonic)
+        self._batch_connected = 0.0  # ... as it was when the batch being stored was taken
         self._batched_since_connect = False
         self._last_reading = 0.0  # when the latest reading came (monotonic): the first heartbeat's gate
         self._last_heartbeat = float("-inf")
@@ -677,6 +678,7 @@ class IngestService:
                     continue
                 self._pending_since = pending[0].mono
             self._pending_head, self._batch_started = pending[0], time.monotonic()
+            self._batch_connected = self._connected_mono
             try:
                 result = self.core.handle_batch([i.msg for i in pending])
             except SinkError as exc:
@@ -737,7 +739,9 @@ class IngestService:
             self._last_lag_s = now - items[0].mono
             # how long they waited to be taken: the broker's queue, then ours until the batch began
             self._behind_s = self._last_behind_s = max(i.queued + started - i.mono for i in items)
-            self._pending_head, self._batched_since_connect = None, True
+            self._pending_head = None
+            # (a batch taken before a reconnection says nothing of what the broker kept meanwhile)
+            self._batched_since_connect |= self._batch_connected == self._connected_mono
         self._account(result)
         self._publish_vitals(result.vitals)
 
