@@ -36,8 +36,8 @@ its backlog at once, faster than ingest drains it, and the broker's queue for in
 drops the excess just the same): each ingest heartbeat says how long the messages of its latest
 batch waited for it (`behind_s`: the broker's queue, read from the message expiry every reading
 is published with, `contract.QUEUE_CLOCK_S`, and ingest's own), and comes every second from a
-second behind until one says it is within half a second. While a worker heard lately is `behind_max_s` or more behind, readings
-wait here too, until it is back within half of that. The broker then holds about that many
+second behind until one says it is within half a second. While a worker heard lately is
+`behind_max_s` or more behind, readings wait here too, until it is back within half of that. The broker then holds about that many
 seconds of ingest's work (with `nabz broker config`'s 1,000,000 messages and ingest's ~20,000 a
 second on two cores, docs/benchmarks.md, the queue holds ~50 s), plus what the gateways send in
 the second or so a heartbeat takes to reach them. Readings from a gateway on MQTT 3.1.1 carry no

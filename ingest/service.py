@@ -193,14 +193,14 @@ class IngestService:
         self._store_failures_in_row = 0
         self.heartbeats = 0
         self._loop_at = time.monotonic()  # the batch loop's last turn
-        self._pending_since: float | None = None  # oldest message not yet stored (monotonic)
         self._last_lag_s = 0.0
         # how far behind, for the heartbeat: the longest wait of the latest batch's messages,
         # the broker's queue and ours (None: no batch since the last heartbeat)
         self._behind_s: float | None = None
         self._last_behind_s = 0.0  # the same, not reset (/metrics)
         self._said_behind_s = 0.0  # what the last heartbeat said
-        self._pending_head: _Incoming | None = None  # the oldest message of the batch being stored
+        # the oldest message of the batch being stored (None: none), for /healthz and the heartbeat
+        self._pending_head: _Incoming | None = None
         self._batch_started = time.monotonic()
         self._connected_mono = 0.0  # when the latest connection came (monotonic)
         self._batch_connected = 0.0  # ... as it was when the batch being stored was taken
@@ -672,11 +672,9 @@ class IngestService:
             if not pending:
                 pending = self._take_batch()
                 if not pending:
-                    self._pending_since = None
                     if self.retiring is not None and self._retired(pending):
                         return
                     continue
-                self._pending_since = pending[0].mono
             self._pending_head, self._batch_started = pending[0], time.monotonic()
             self._batch_connected = self._connected_mono
             try:
@@ -862,8 +860,9 @@ class IngestService:
             out.append("the batch loop is not running")
         elif now - self._loop_at > _STUCK_S:
             out.append(f"the batch loop has not turned for {now - self._loop_at:.0f} s")
-        if self._pending_since is not None and now - self._pending_since > _LAG_S:
-            out.append(f"messages wait {now - self._pending_since:.0f} s to be stored")
+        head = self._pending_head
+        if head is not None and now - head.mono > _LAG_S:
+            out.append(f"messages wait {now - head.mono:.0f} s to be stored")
         if self._store_trouble is not None:
             out.append(f"the embedded store cannot take readings ({self._store_trouble}); they are held")
         if self.sink is not None and self.sink.stranded:
@@ -883,7 +882,8 @@ class IngestService:
             for name, v in dead.items()
             if name.startswith("dead_letters.")
         ]
-        pending = 0.0 if self._pending_since is None else time.monotonic() - self._pending_since
+        head = self._pending_head
+        pending = 0.0 if head is None else time.monotonic() - head.mono
         out = [
             Metric("nabz_ingest_stored_messages_total", "messages stored by this worker since it started", "counter",
                    ((labels, t.stored_messages),)),
