@@ -1,24 +1,33 @@
 """Contract validation on the ingest's hot path: the same answers as `contract.decode_reading`,
-three times faster for the messages that are valid.
+several times faster for the messages that are valid.
 
 `contract.decode_reading` parses JSON into Python objects and then converts them, which names
 the exact reason for any bad message. Nearly every message is good, so this first decodes
 straight into the stream's payload type (msgspec validates while parsing) and applies the same
 post-checks; anything that fails, for whatever reason, goes through `contract.decode_reading`, so
 the dead-letter reason is always the contract's own.
+
+`decode_many`, what the pipeline calls for a batch, goes further for waveforms: their sample
+arrays are left as JSON text by msgspec and read for the whole batch in one compiled pass
+(`_kernels.json_ints_k`) straight into numpy, never as Python integers, which is what the
+analysis and the storage packing want; an array that pass does not certainly read as the
+contract's (bounds, length, strict JSON integers) sends its message the slow way too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import cast
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from nabz import contract
-from nabz.contract import PpgReading, Reading, Rejected
+from nabz.contract import EcgReading, PpgReading, Reading, Rejected
 
-__all__ = ["decode_reading"]
+__all__ = ["decode_reading", "decode_many"]
 
 _DECODERS = {
     name: msgspec.json.Decoder(cls)
@@ -54,3 +63,110 @@ def decode_reading(topic: str, payload: bytes) -> Reading | Rejected:
             ):
                 return r
     return contract.decode_reading(topic, payload)
+
+
+# Waveforms with their sample arrays kept as JSON text (subclasses: isinstance, the stream tag
+# and every other field are the contract's); the arrays are read by `json_ints_k`.
+class _EcgWire(EcgReading, frozen=True, kw_only=True, tag="ecg"):
+    signal_uv: msgspec.Raw  # type: ignore[assignment]
+
+
+class _PpgWire(PpgReading, frozen=True, kw_only=True, tag="ppg"):
+    red_counts: msgspec.Raw  # type: ignore[assignment]
+    ir_counts: msgspec.Raw  # type: ignore[assignment]
+
+
+_WIRE: dict[str, msgspec.json.Decoder[_EcgWire | _PpgWire]] = {
+    "ecg": msgspec.json.Decoder(_EcgWire),
+    "ppg": msgspec.json.Decoder(_PpgWire),
+}
+
+
+def _meta(annotated: object) -> msgspec.Meta:
+    """The contract's constraints on a type (`Annotated[..., msgspec.Meta(...)]`)."""
+    return cast(msgspec.Meta, annotated.__metadata__[0])  # type: ignore[attr-defined]
+
+
+def _range(annotated: object) -> tuple[int, int]:
+    meta = _meta(annotated)
+    return int(cast(int, meta.ge)), int(cast(int, meta.le))
+
+
+_ECG_RANGE = _range(contract.Microvolts)
+_PPG_RANGE = _range(contract.Counts)
+_MOST = min(_meta(contract.Samples).max_length or 0, _meta(contract.PpgSamples).max_length or 0)
+_SAMPLE_FIELDS = {"ecg": ("signal_uv",), "ppg": ("red_counts", "ir_counts")}
+
+
+def _as_arrays(r: Reading | Rejected) -> Reading | Rejected:
+    """A waveform decoded the slow way, its sample lists made arrays as `decode_many` gives them."""
+    if isinstance(r, EcgReading | PpgReading):
+        for name in _SAMPLE_FIELDS[contract.stream_of(r)]:
+            msgspec.structs.force_setattr(r, name, _frozen(np.asarray(getattr(r, name), dtype=np.int64)))
+    return r
+
+
+def _frozen(a: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    a.flags.writeable = False
+    return a
+
+
+def decode_many(messages: Sequence[tuple[str, bytes]]) -> list[Reading | Rejected]:
+    """`decode_reading` of each (topic, payload), in order, with one difference: a waveform's
+    samples (`signal_uv`, `red_counts`, `ir_counts`) are read-only int64 numpy arrays, not
+    lists, holding the same values. Never raises on bad input."""
+    out: list[Reading | Rejected] = []
+    wire: list[int] = []  # indices in `out` of waveforms whose arrays are still JSON text
+    raws: list[msgspec.Raw] = []  # their arrays, in order (a PPG's red then ir)
+    lo: list[int] = []
+    hi: list[int] = []
+    for topic, payload in messages:
+        where = _where(topic) if len(payload) <= contract.MAX_PAYLOAD_BYTES else None
+        if where is not None and where.stream in _WIRE and payload.isascii():  # isascii: see decode_reading
+            try:
+                r = _WIRE[where.stream].decode(payload)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                pass
+            else:
+                if r.t.tzinfo is not None and (r.site, r.gateway, r.device) == (
+                    where.site,
+                    where.gateway,
+                    where.device,
+                ):
+                    wire.append(len(out))
+                    out.append(r)
+                    if isinstance(r, _EcgWire):
+                        raws.append(r.signal_uv)
+                        lo.append(_ECG_RANGE[0])
+                        hi.append(_ECG_RANGE[1])
+                    else:
+                        raws += (r.red_counts, r.ir_counts)
+                        lo += (_PPG_RANGE[0], _PPG_RANGE[0])
+                        hi += (_PPG_RANGE[1], _PPG_RANGE[1])
+                    continue
+        out.append(_as_arrays(decode_reading(topic, payload)))
+    if not raws:
+        return out
+    from ingest.dsp._kernels import json_ints_k  # here: `decode_reading` alone needs no compiler
+
+    text = b"".join(raws)
+    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
+    ends = np.cumsum(lengths)
+    values = np.empty(len(text) // 2 + 1, dtype=np.int64)
+    counts, ok = json_ints_k(
+        np.frombuffer(text, dtype=np.uint8), ends - lengths, ends, np.array(lo, dtype=np.int64),
+        np.array(hi, dtype=np.int64), _MOST, values,
+    )  # fmt: skip
+    values.flags.writeable = False  # the readings are frozen; their arrays are views of this
+    bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
+    good, j = ok.tolist(), 0
+    for i in wire:
+        r = cast(_EcgWire | _PpgWire, out[i])
+        names = _SAMPLE_FIELDS["ecg" if isinstance(r, _EcgWire) else "ppg"]
+        k, j = j, j + len(names)
+        if all(good[k:j]) and (len(names) == 1 or counts[k] == counts[k + 1]):
+            for m, name in enumerate(names, start=k):
+                msgspec.structs.force_setattr(r, name, values[bounds[m] : bounds[m + 1]])
+        else:  # not certainly valid: the contract's own decoding says what it is
+            out[i] = _as_arrays(contract.decode_reading(*messages[i]))
+    return out

@@ -16,6 +16,7 @@ from datetime import datetime
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 from nabz.contract import (
     BatteryReading,
@@ -99,6 +100,11 @@ def _float(x: float) -> str:
     return repr(float(x))
 
 
+def _ints(samples: Sequence[int] | npt.NDArray[np.int64]) -> list[int]:
+    """Samples as Python ints (an array's elements would print the same, but index slower)."""
+    return samples.tolist() if isinstance(samples, np.ndarray) else list(samples)
+
+
 def reading_lines(reading: Reading, patient: str) -> list[str]:
     """The points one reading writes. A message with nothing to store as fields writes none.
     A waveform message's flags, if any, go on its first sample's point."""
@@ -107,13 +113,13 @@ def reading_lines(reading: Reading, patient: str) -> list[str]:
     if isinstance(reading, EcgReading):
         series = _series("ecg", **tags)
         step = 1_000_000_000 / reading.rate_hz
-        x = reading.signal_uv
+        x = _ints(reading.signal_uv)
         first = f"{series} signal_uv={x[0]}i{_flags_field(reading.flags)} {t_ns}"
         return [first, *(f"{series} signal_uv={x[i]}i {t_ns + round(i * step)}" for i in range(1, len(x)))]
     if isinstance(reading, PpgReading):
         series = _series("ppg", **tags)
         step = 1_000_000_000 / reading.rate_hz
-        red, ir = reading.red_counts, reading.ir_counts
+        red, ir = _ints(reading.red_counts), _ints(reading.ir_counts)
         first = f"{series} red_counts={red[0]}i,ir_counts={ir[0]}i{_flags_field(reading.flags)} {t_ns}"
         rest = (
             f"{series} red_counts={red[i]}i,ir_counts={ir[i]}i {t_ns + round(i * step)}"
@@ -166,14 +172,18 @@ def pack_samples(samples: list[int]) -> str:
     return pack_many([samples])[0]
 
 
-def pack_many(runs: list[list[int]]) -> list[str]:
-    """`pack_samples` of several runs, their varints in one compiled pass (`_kernels.pack_runs_k`,
-    one call per batch, not per message). Samples are int16 µV or 24-bit counts, so a difference needs at most
-    4 varint bytes; 5 cover any value below 2**35."""
+def pack_many(runs: Sequence[Sequence[int] | npt.NDArray[np.int64]]) -> list[str]:
+    """`pack_samples` of several runs (lists, or int64 arrays as `ingest.decode.decode_many`
+    gives them), their varints in one compiled pass (`_kernels.pack_runs_k`, one call per batch,
+    not per message). Samples are int16 µV or 24-bit counts, so a difference needs at most 4
+    varint bytes; 5 cover any value below 2**35."""
     if not runs:
         return []
-    lengths = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
-    x = np.fromiter(itertools.chain.from_iterable(runs), dtype=np.int64, count=int(lengths.sum()))
+    lengths = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+    if all(isinstance(r, np.ndarray) for r in runs):
+        x = np.concatenate(runs).astype(np.int64, copy=False)
+    else:
+        x = np.fromiter(itertools.chain.from_iterable(runs), dtype=np.int64, count=int(lengths.sum()))
     from ingest.dsp._kernels import pack_runs_k  # here: `unpack_samples` alone needs no compiler
 
     data, ends = pack_runs_k(x, lengths)
@@ -212,7 +222,7 @@ def chunk_lines(reading: Reading, patient: str) -> list[str]:
 
 def chunk_lines_many(items: list[tuple[Reading, str]]) -> list[str]:
     """`chunk_lines` of a whole batch, packing every waveform in one pass."""
-    runs: list[list[int]] = []
+    runs: list[Sequence[int] | npt.NDArray[np.int64]] = []
     for r, _ in items:
         if isinstance(r, EcgReading):
             runs.append(r.signal_uv)

@@ -31,7 +31,7 @@ from typing import Protocol, TypedDict
 import msgspec
 import numpy as np
 
-from ingest.decode import decode_reading
+from ingest.decode import decode_many
 from ingest.dsp.ppg import Calibration
 from ingest.dsp.streams import EcgProcessor, PpgProcessor, PpgWindow, analyse_many
 from ingest.lines import chunk_lines_many, reading_lines, to_ns, vitals_lines
@@ -157,8 +157,8 @@ class IngestCore:
         rejected: list[tuple[Message, Rejected]] = []
         ids_in_batch: set[str] = set()
         refreshed = False  # enrolment re-read from the store at most once a batch (a flood of strangers)
-        for msg in batch:
-            outcome = decode_reading(msg.topic, msg.payload)
+        # (waveform samples come as int64 arrays: ingest.decode.decode_many)
+        for msg, outcome in zip(batch, decode_many([(m.topic, m.payload) for m in batch]), strict=True):
             if isinstance(outcome, Rejected):
                 rejected.append((msg, outcome))
                 continue
@@ -439,7 +439,8 @@ _CONTIGUOUS_S = 0.05  # a frame starting this close to where the previous one en
 
 
 def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
-    """Join each device's back-to-back waveform messages of a batch into one chunk for DSP.
+    """Join each device's back-to-back waveform messages of a batch into one chunk for DSP
+    (their samples are arrays, as `decode_many` gives them).
 
     The processors give the same output for any chunking (ingest.dsp.streams), so this only saves
     per-call work: a second of ECG arrives as two or three BLE frames. Flags are united.
@@ -460,13 +461,13 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
             flags = list(dict.fromkeys([*prev.flags, *r.flags]))
             if isinstance(r, EcgReading) and isinstance(prev, EcgReading):
                 merged: Reading = msgspec.structs.replace(
-                    prev, signal_uv=prev.signal_uv + r.signal_uv, flags=flags
+                    prev, signal_uv=np.concatenate((prev.signal_uv, r.signal_uv)), flags=flags
                 )
             elif isinstance(r, PpgReading) and isinstance(prev, PpgReading):
                 merged = msgspec.structs.replace(
                     prev,
-                    red_counts=prev.red_counts + r.red_counts,
-                    ir_counts=prev.ir_counts + r.ir_counts,
+                    red_counts=np.concatenate((prev.red_counts, r.red_counts)),
+                    ir_counts=np.concatenate((prev.ir_counts, r.ir_counts)),
                     flags=flags,
                 )
             else:  # pragma: no cover - guarded above

@@ -6,7 +6,7 @@ bytes from outside the process.
 | `ble` | gateway frame path: waveform header peek, gap tracker, `gateway.decode.Decoder` | mutated notifications of every characteristic |
 | `ble_control` | firmware `control_decode` (writes from the gateway), gateway `control_notify_decode` | mutated control values |
 | `serial` | `gateway.serial_protocol` LineReader and SerialLink, then the decoder | mutated byte streams of framed lines, in random chunks |
-| `mqtt_reading` | `nabz.contract.decode_reading` and ingest's fast path `ingest.decode` | mutated reading payloads and topics |
+| `mqtt_reading` | `nabz.contract.decode_reading` and ingest's fast paths `ingest.decode` (one message, a batch) | mutated reading payloads and topics |
 | `mqtt_server` | alerts: gateway status, vitals, nurse commands (through the engine); ingest's status tracker; the gateway's heartbeat watch | mutated payloads |
 | `at` | `alerts.gsm`: response lines, +CDS, +CMGR, and a whole send/poll against a modem that answers mutated lines | mutated AT responses |
 | `config` | `nabz.config.load` | mutated TOML files and environment overrides |
@@ -262,21 +262,28 @@ def _mqtt_case(rng: random.Random) -> tuple[str, bytes]:
 
 
 def _mqtt_run(_st: None, case: tuple[str, bytes]) -> str:
+    import msgspec
+    import numpy as np
+
+    from ingest.decode import decode_many
     from ingest.decode import decode_reading as fast
 
     topic, payload = case
     slow = contract.decode_reading(topic, payload)
-    quick = fast(topic, payload)
-    if isinstance(slow, Rejected) != isinstance(quick, Rejected):
-        raise Invariant(f"contract says {slow!r:.150}, ingest's fast path says {quick!r:.150}")
-    if isinstance(slow, Rejected):
-        assert isinstance(quick, Rejected)
-        if slow.reason != quick.reason:
-            raise Invariant(f"reasons differ: contract {slow.reason}, fast path {quick.reason}")
-        return slow.reason
-    if slow != quick:
-        raise Invariant("the two validators decoded different readings")
-    return "accepted"
+    batched = decode_many([case])[0]  # what the pipeline calls: samples as arrays
+    if not isinstance(batched, Rejected) and not isinstance(slow, Rejected):  # as the contract's type
+        fields = msgspec.structs.asdict(batched)
+        batched = type(slow)(**{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fields.items()})
+    for name, quick in (("fast path", fast(topic, payload)), ("batch path", batched)):
+        if isinstance(slow, Rejected) != isinstance(quick, Rejected):
+            raise Invariant(f"contract says {slow!r:.150}, ingest's {name} says {quick!r:.150}")
+        if isinstance(slow, Rejected):
+            assert isinstance(quick, Rejected)
+            if slow.reason != quick.reason:
+                raise Invariant(f"reasons differ: contract {slow.reason}, {name} {quick.reason}")
+        elif slow != quick:
+            raise Invariant(f"the contract and ingest's {name} decoded different readings")
+    return slow.reason if isinstance(slow, Rejected) else "accepted"
 
 
 # --- mqtt_server ---------------------------------------------------------------------------------
@@ -554,7 +561,7 @@ TARGETS: dict[str, Target] = {
         Target("ble_control", "control characteristic: firmware and gateway sides", _control_case, _control_run),
         Target("serial", "serial line protocol: line reader, link, decoder", _serial_case, _serial_run,
                _SerialState),
-        Target("mqtt_reading", "reading payloads: contract and ingest's fast path agree", _mqtt_case, _mqtt_run),
+        Target("mqtt_reading", "reading payloads: contract and ingest's fast paths agree", _mqtt_case, _mqtt_run),
         Target("mqtt_server", "alerts engine inputs, gateway status, heartbeats", _server_case, _server_run,
                _ServerState, lambda s: s.close()),
         Target("at", "GSM modem responses (TS 27.005 text mode)", _at_case, _at_run),

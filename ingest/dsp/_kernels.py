@@ -6,8 +6,10 @@ costs microseconds before it computes anything: measured in one worker, these st
 0.25 ms of its ~0.75 ms per patient-second. Here the same steps are plain loops compiled once
 (`cache=True`: the machine code is kept in ``__pycache__`` and reused by later processes).
 
-The same goes for the varints of a batch's waveform samples packed for storage
-(`ingest.lines.pack_many`), here so that there is one place for compiled code and one warm-up.
+The same goes for two steps of a batch's waveform samples outside the analysis: reading them
+from the messages' JSON (`json_ints_k`, for `ingest.decode.decode_many`) and packing them as
+varints for storage (`ingest.lines.pack_many`), here so that there is one place for compiled
+code and one warm-up.
 
 Rules of this file:
 - Pure functions of arrays and numbers; no Python objects in or out, no I/O.
@@ -32,6 +34,7 @@ __all__ = [
     "ecg_sqi_k",
     "af_score_k",
     "hrv_k",
+    "json_ints_k",
     "pack_runs_k",
     "ppg_peaks_k",
     "ppg_pi_k",
@@ -822,6 +825,74 @@ def pack_runs_k(x: _IArr, lengths: _IArr) -> tuple[npt.NDArray[np.uint8], _IArr]
     return out[:m], ends
 
 
+@njit(cache=True, nogil=True)
+def json_ints_k(
+    buf: npt.NDArray[np.uint8], starts: _IArr, ends: _IArr, lo: _IArr, hi: _IArr, most: int, out: _IArr
+) -> tuple[_IArr, npt.NDArray[np.bool_]]:
+    """JSON arrays of integers, `buf[starts[j]:ends[j]]` each, read into `out` end to end.
+
+    Reads only what is certainly valid: ``[`` integers ``]``, JSON whitespace around the
+    integers and commas, each integer ``-?(0|[1-9][0-9]*)`` of at most 9 digits within
+    ``lo[j]..hi[j]``, 1 to `most` of them. Anything else (empty, a fraction, an exponent, a
+    leading zero, junk) is not read: ``ok[j]`` False and nothing of it left in `out`. Returns
+    each array's count (0 where not read) and `ok`. `out` holds at least ``len(buf) // 2 + 1``.
+    (msgspec has parsed these arrays as JSON before; the syntax is checked here again all the same,
+    so that this reads nothing it was not certain of on its own.)
+    """
+    counts = np.zeros(starts.size, dtype=np.int64)
+    ok = np.zeros(starts.size, dtype=np.bool_)
+    k = 0
+    for j in range(starts.size):
+        i, e, first = starts[j], ends[j], k
+        good = e - i >= 3 and buf[i] == 91 and buf[e - 1] == 93  # [ ... ]
+        i += 1
+        e -= 1  # the closing bracket
+        while good and i < e and (buf[i] == 32 or buf[i] == 9 or buf[i] == 10 or buf[i] == 13):
+            i += 1
+        while good:
+            neg = i < e and buf[i] == 45  # -
+            if neg:
+                i += 1
+            if i >= e or buf[i] < 48 or buf[i] > 57:
+                good = False
+                break
+            if buf[i] == 48 and i + 1 < e and 48 <= buf[i + 1] <= 57:
+                good = False  # a leading zero is not JSON
+                break
+            v = 0
+            digits = 0
+            while i < e and 48 <= buf[i] <= 57:
+                v = v * 10 + (buf[i] - 48)
+                i += 1
+                digits += 1
+            if digits > 9 or k - first >= most:
+                good = False
+                break
+            if neg:
+                v = -v
+            if v < lo[j] or v > hi[j]:
+                good = False
+                break
+            out[k] = v
+            k += 1
+            while i < e and (buf[i] == 32 or buf[i] == 9 or buf[i] == 10 or buf[i] == 13):
+                i += 1
+            if i == e:
+                break
+            if buf[i] != 44:  # ,
+                good = False
+                break
+            i += 1
+            while i < e and (buf[i] == 32 or buf[i] == 9 or buf[i] == 10 or buf[i] == 13):
+                i += 1
+        if good:
+            counts[j] = k - first
+            ok[j] = True
+        else:
+            k = first
+    return counts, ok
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel now, not on a patient's first message."""
     x = np.sin(np.arange(800) * 0.08) * 1000.0
@@ -846,6 +917,9 @@ def warm() -> None:
     qrs_measure_k(buf[3], buf[2], buf[1], x, 400, 37, 39, 10, 10)
     sosfiltfilt_rows_k(np.vstack((sos, sos)), np.stack((x, x)), np.zeros((2, 2)), 200, np.zeros(2))
     pack_runs_k(x.astype(np.int64), np.array([300, 0, 500], dtype=np.int64))
+    text = np.frombuffer(b"[1, -2,3][4]", dtype=np.uint8)
+    bounds = np.array([-9, -9], dtype=np.int64)
+    json_ints_k(text, np.array([0, 9]), np.array([9, 12]), bounds, -bounds, 9, np.empty(7, dtype=np.int64))
     beats = np.cumsum(rr) / 1000.0
     grid = np.arange(beats[0], beats[-1], 0.25)
     series = resp_series_k(grid, beats, x[: beats.size], np.ones(grid.size))
