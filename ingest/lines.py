@@ -96,6 +96,17 @@ def _series(measurement: str, **tags: str) -> str:
     return ",".join(parts)
 
 
+@lru_cache(maxsize=1 << 16)
+def _device_series(measurement: str, site: str, patient: str, device: str) -> str:
+    """`_series` of a device's measurement, its arguments positional (a cache hit costs less)."""
+    return _series(measurement, site=site, patient=patient, device=device)
+
+
+@lru_cache(maxsize=1 << 16)
+def _vitals_series(site: str, patient: str, source: str) -> str:
+    return _series("vitals", site=site, patient=patient, source=source)
+
+
 def _float(x: float) -> str:
     return repr(float(x))
 
@@ -148,18 +159,27 @@ def reading_lines(reading: Reading, patient: str) -> list[str]:
     return [f"{series} {present} {t_ns}"] if present else []
 
 
-def vitals_lines(v: Vitals) -> list[str]:
-    """The point one derived-vitals message writes (none if it carries no value)."""
-    series = _series("vitals", site=v.site, patient=v.patient, source=v.source)
-    values: list[str] = []
-    for name in ("hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi", "pause_s", "af_score", "hrv_sdnn_ms",
-                 "hrv_rmssd_ms", "resp_bpm"):  # fmt: skip
-        x = getattr(v, name)
-        if x is not None and math.isfinite(x):
-            values.append(f"{name}={_float(x)}")
+_VITALS_FIELDS = ("hr_bpm", "pr_bpm", "spo2_pct", "pi_pct", "sqi", "pause_s", "af_score", "hrv_sdnn_ms",
+                  "hrv_rmssd_ms", "resp_bpm")  # fmt: skip
+
+
+def vitals_lines(v: Vitals, t_ns: int | None = None) -> list[str]:
+    """The point one derived-vitals message writes (none if it carries no value); `t_ns`: its
+    time as `to_ns` gives it, where the caller has it already."""
+    got = (v.hr_bpm, v.pr_bpm, v.spo2_pct, v.pi_pct, v.sqi, v.pause_s, v.af_score, v.hrv_sdnn_ms,
+           v.hrv_rmssd_ms, v.resp_bpm)  # fmt: skip
+    values = [
+        f"{name}={float(x)!r}"
+        for name, x in zip(_VITALS_FIELDS, got, strict=True)
+        if x is not None and math.isfinite(x)
+    ]
     if v.spo2_pct is not None:
         values.append(f"spo2_calibrated={'true' if v.spo2_calibrated else 'false'}")
-    return [f"{series} {','.join(values)} {to_ns(v.t)}"] if values else []
+    if not values:
+        return []
+    return [
+        f"{_vitals_series(v.site, v.patient, v.source)} {','.join(values)} {to_ns(v.t) if t_ns is None else t_ns}"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,13 +252,13 @@ def chunk_lines_many(items: list[tuple[Reading, str]]) -> list[str]:
     out: list[str] = []
     for r, patient in items:
         if isinstance(r, EcgReading):
-            series = _series("ecg_chunk", site=r.site, patient=patient, device=r.device)
+            series = _device_series("ecg_chunk", r.site, patient, r.device)
             out.append(
                 f"{series} n={len(r.signal_uv)}i,rate_hz={r.rate_hz}i,seq={r.seq}i{_flags_field(r.flags)},"
                 f'signal_uv="{next(packed)}" {to_ns(r.t)}'
             )
         elif isinstance(r, PpgReading):
-            series = _series("ppg_chunk", site=r.site, patient=patient, device=r.device)
+            series = _device_series("ppg_chunk", r.site, patient, r.device)
             out.append(
                 f"{series} n={len(r.red_counts)}i,rate_hz={r.rate_hz}i,seq={r.seq}i{_flags_field(r.flags)},"
                 f'red_counts="{next(packed)}",ir_counts="{next(packed)}" {to_ns(r.t)}'

@@ -379,14 +379,15 @@ class IngestCore:
         return out
 
     def _store_vitals(self, vitals: list[Vitals]) -> None:
+        times = [to_ns(v.t) for v in vitals]
         try:
             rows = [
                 (
-                    v.id, v.site, v.patient, v.device, v.source, to_ns(v.t), v.hr_bpm, v.pr_bpm, v.spo2_pct,
+                    v.id, v.site, v.patient, v.device, v.source, t_ns, v.hr_bpm, v.pr_bpm, v.spo2_pct,
                     int(v.spo2_calibrated), v.pi_pct, v.sqi, v.battery_pct, ",".join(v.flags),
                     v.pause_s, v.af_score, v.hrv_sdnn_ms, v.hrv_rmssd_ms, v.resp_bpm,
                 )
-                for v in vitals
+                for v, t_ns in zip(vitals, times, strict=True)
             ]  # fmt: skip
             with self.store.batch():
                 self.store.add_vitals(rows)
@@ -400,8 +401,8 @@ class IngestCore:
             )
         if self.sink is not None:
             lines: list[str] = []
-            for v in vitals:
-                lines.extend(vitals_lines(v))
+            for v, t_ns in zip(vitals, times, strict=True):
+                lines.extend(vitals_lines(v, t_ns))
             try:
                 self.sink.write(lines)
             except Exception as exc:  # derived values can be recomputed from stored raw data
