@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypedDict
+from typing import Protocol, TypedDict, cast
 
 import msgspec
 import numpy as np
@@ -233,7 +234,7 @@ class IngestCore:
         # redelivery): signal processing sees each device's messages in time order.
         # Committed: from here on nothing raises (see the rules above).
         self._pending_ppg = []
-        ordered = sorted(accepted, key=lambda a: (a.reading.device, a.stream, a.t))
+        ordered = sorted(accepted, key=_ORDER)
         live = [a for a in ordered if not self._late(a)]
         if len(live) < len(ordered):
             self._bump("late_no_dsp", len(ordered) - len(live))
@@ -436,6 +437,7 @@ def _implausible(r: Reading, stream: str, t: float, received_at: float) -> Rejec
     return None
 
 
+_ORDER = operator.attrgetter("reading.device", "stream", "t")  # each device's streams, in time order
 _CONTIGUOUS_S = 0.05  # a frame starting this close to where the previous one ended continues it
 
 
@@ -447,33 +449,56 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
     per-call work: a second of ECG arrives as two or three BLE frames. Flags are united.
     """
     out: list[_Accepted] = []
+    run: list[_Accepted] = []  # back-to-back frames of one device and stream, joined when it ends
+    end = 0.0  # where the run's last frame ends, epoch seconds
     for a in ordered:
-        r, last = a.reading, out[-1] if out else None
-        prev = last.reading if last is not None else None
-        if (
-            last is not None
-            and a.stream == last.stream
-            and isinstance(r, EcgReading | PpgReading)
-            and isinstance(prev, EcgReading | PpgReading)
-            and prev.device == r.device
-            and prev.rate_hz == r.rate_hz
-            and abs(a.t - last.t - contract.reading_count(prev) / prev.rate_hz) <= _CONTIGUOUS_S
-        ):
-            flags = list(dict.fromkeys([*prev.flags, *r.flags]))
-            if isinstance(r, EcgReading) and isinstance(prev, EcgReading):
-                merged: Reading = msgspec.structs.replace(
-                    prev, signal_uv=np.concatenate((prev.signal_uv, r.signal_uv)), flags=flags
-                )
-            elif isinstance(r, PpgReading) and isinstance(prev, PpgReading):
-                merged = msgspec.structs.replace(
-                    prev,
-                    red_counts=np.concatenate((prev.red_counts, r.red_counts)),
-                    ir_counts=np.concatenate((prev.ir_counts, r.ir_counts)),
-                    flags=flags,
-                )
-            else:  # pragma: no cover - guarded above
-                raise TypeError(type(r))
-            out[-1] = _Accepted(last.msg, merged, last.patient, last.t, last.stream)
-        else:
-            out.append(a)
+        r = a.reading
+        if isinstance(r, EcgReading | PpgReading):
+            if run:
+                first = run[0].reading
+                assert isinstance(first, EcgReading | PpgReading)
+                if (
+                    a.stream == run[0].stream
+                    and r.device == first.device
+                    and r.rate_hz == first.rate_hz
+                    and abs(a.t - end) <= _CONTIGUOUS_S
+                ):
+                    run.append(a)
+                    end = a.t + contract.reading_count(r) / r.rate_hz
+                    continue
+                out.append(_joined(run))
+            run = [a]
+            end = a.t + contract.reading_count(r) / r.rate_hz
+            continue
+        if run:
+            out.append(_joined(run))
+            run = []
+        out.append(a)
+    if run:
+        out.append(_joined(run))
     return out
+
+
+def _joined(run: list[_Accepted]) -> _Accepted:
+    """One chunk of a run of back-to-back waveform frames (itself if it is one frame)."""
+    head = run[0]
+    if len(run) == 1:
+        return head
+    first = head.reading
+    flags = list(dict.fromkeys(f for a in run for f in cast(EcgReading | PpgReading, a.reading).flags))
+    if isinstance(first, EcgReading):
+        ecg = [cast(EcgReading, a.reading) for a in run]
+        merged: Reading = msgspec.structs.replace(
+            first, signal_uv=np.concatenate([r.signal_uv for r in ecg]), flags=flags
+        )
+    elif isinstance(first, PpgReading):
+        ppg = [cast(PpgReading, a.reading) for a in run]
+        merged = msgspec.structs.replace(
+            first,
+            red_counts=np.concatenate([r.red_counts for r in ppg]),
+            ir_counts=np.concatenate([r.ir_counts for r in ppg]),
+            flags=flags,
+        )
+    else:  # pragma: no cover - runs are of waveforms only
+        raise TypeError(type(first))
+    return _Accepted(head.msg, merged, head.patient, head.t, head.stream)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ._kernels import peak_to_peak_k
 from .ecg import _MAX_INTERVALS, _MIN_INTERVALS, _rate_and_pause, _sqi_core
 from .hrv import Hrv, af_score, hrv_time_domain
 from .ppg import Calibration, _check_calibration, ppg_process_many
@@ -251,7 +252,7 @@ class EcgProcessor:
         for p in peaks.tolist():  # QRS peak-to-peak around each new beat
             if p - half >= first and p + half < self._clock.n:
                 raw = self._stream.window(p - half, p + half + 1)[0]
-                self._beats.append((p / self._fs, float(raw.max() - raw.min())))
+                self._beats.append((p / self._fs, float(peak_to_peak_k(raw))))
         start = self._clock.n - self._keep
         while len(self._peaks) > 1 and self._peaks[1] < start:  # keep one beat before the window
             self._peaks.pop(0)
