@@ -152,7 +152,9 @@ def decode_many(messages: Sequence[tuple[str, bytes]]) -> list[Reading | Rejecte
     text = b"".join(raws)
     lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
     ends = np.cumsum(lengths)
-    values = np.empty(len(text) // 2 + 1, dtype=np.int64)
+    # room for what can be read: an integer and its comma take 2 bytes, and an array gives 4,096
+    # at most (sized by the text alone, whitespace could ask for gigabytes)
+    values = np.empty(sum(min(n // 2 + 1, _MOST) for n in lengths.tolist()), dtype=np.int64)
     counts, ok = json_ints_k(
         np.frombuffer(text, dtype=np.uint8), ends - lengths, ends, np.array(lo, dtype=np.int64),
         np.array(hi, dtype=np.int64), _MOST, values,

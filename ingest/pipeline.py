@@ -450,7 +450,10 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
     """
     out: list[_Accepted] = []
     run: list[_Accepted] = []  # back-to-back frames of one device and stream, joined when it ends
-    end = 0.0  # where the run's last frame ends, epoch seconds
+    # where the run ends by its first frame's time and its samples so far (not by its last frame's
+    # time: small offsets between frames would add up unchecked over a long run, and the
+    # processors take a chunk's first time as the clock to follow)
+    end = 0.0
     for a in ordered:
         r = a.reading
         if isinstance(r, EcgReading | PpgReading):
@@ -464,7 +467,7 @@ def _merge_contiguous(ordered: list[_Accepted]) -> list[_Accepted]:
                     and abs(a.t - end) <= _CONTIGUOUS_S
                 ):
                     run.append(a)
-                    end = a.t + contract.reading_count(r) / r.rate_hz
+                    end += contract.reading_count(r) / r.rate_hz
                     continue
                 out.append(_joined(run))
             run = [a]

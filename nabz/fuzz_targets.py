@@ -273,6 +273,14 @@ def _mqtt_run(_st: None, case: tuple[str, bytes]) -> str:
     batched = decode_many([case])[0]  # what the pipeline calls: samples as arrays
     if not isinstance(batched, Rejected) and not isinstance(slow, Rejected):  # as the contract's type
         fields = msgspec.structs.asdict(batched)
+        for name in ("signal_uv", "red_counts", "ir_counts"):
+            a = fields.get(name)
+            if name in fields and not (
+                isinstance(a, np.ndarray) and a.dtype == np.int64 and not a.flags.writeable
+            ):
+                raise Invariant(
+                    f"ingest's batch path gave {name} as {type(a).__name__}, not a read-only int64 array"
+                )
         batched = type(slow)(**{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fields.items()})
     for name, quick in (("fast path", fast(topic, payload)), ("batch path", batched)):
         if isinstance(slow, Rejected) != isinstance(quick, Rejected):

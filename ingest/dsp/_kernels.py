@@ -851,7 +851,8 @@ def json_ints_k(
     integers and commas, each integer ``-?(0|[1-9][0-9]*)`` of at most 9 digits within
     ``lo[j]..hi[j]``, 1 to `most` of them. Anything else (empty, a fraction, an exponent, a
     leading zero, junk) is not read: ``ok[j]`` False and nothing of it left in `out`. Returns
-    each array's count (0 where not read) and `ok`. `out` holds at least ``len(buf) // 2 + 1``.
+    each array's count (0 where not read) and `ok`. `out` holds, for each array, ``min(its
+    length // 2 + 1, most)`` values (an integer and its comma take 2 bytes).
     (msgspec has parsed these arrays as JSON before; the syntax is checked here again all the same,
     so that this reads nothing it was not certain of on its own.)
     """

@@ -4,6 +4,7 @@ letter with its reason; derived vitals come from the stored waveforms."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.decode import Decoder, Notification
@@ -290,3 +291,32 @@ def test_frames_taken_together_give_the_vitals_of_frames_taken_one_at_a_time(tmp
     assert len(alone) > 80 and sum(row["source"] == "ecg" for row in alone) > 15
     assert [{**row, "t": None} for row in together] == [{**row, "t": None} for row in alone]
     assert max(abs(float(a["t"]) - float(b["t"])) for a, b in zip(alone, together, strict=True)) < 0.1  # type: ignore[arg-type]
+
+
+def test_frames_whose_times_drift_from_their_samples_are_not_joined_past_the_tolerance() -> None:
+    """A long backlog of frames stamped 0.5 % slower than their samples: joined, each chunk's
+    samples keep within 50 ms of every frame's own time (the processors follow a chunk's first
+    time as the clock; offsets added up over a joined run would be taken for a hole later)."""
+    import numpy as np
+
+    from ingest.pipeline import _Accepted, _merge_contiguous
+
+    t0 = 1_795_597_200.0
+    frames = []
+    for k in range(300):  # 50 samples at 250 Hz = 0.2 s, stamped 0.201 s apart
+        r = contract.EcgReading(
+            v=1, id=f"{k:032x}", site="demo", gateway="gw-0001", device="ecg-0001",
+            t=datetime.fromtimestamp(t0 + 0.201 * k, UTC), seq=k, rate_hz=250,
+            signal_uv=np.arange(50, dtype=np.int64) + 50 * k,  # type: ignore[arg-type]
+        )  # fmt: skip
+        frames.append(_Accepted(Message("t", b"", 0.0), r, "p-0001", t0 + 0.201 * k, "ecg"))
+    chunks = _merge_contiguous(frames)
+    assert 1 < len(chunks) < 300  # joined, but not all into one
+    assert sum(len(c.reading.signal_uv) for c in chunks) == 300 * 50  # type: ignore[union-attr]
+    at = 0
+    for c in chunks:
+        n = len(c.reading.signal_uv)  # type: ignore[union-attr]
+        assert c.reading.signal_uv[0] == at * 50  # type: ignore[union-attr,index]
+        for k in range(at, at + n // 50):  # each frame of the chunk against the chunk's clock
+            assert abs(frames[k].t - (c.t + (k - at) * 0.2)) <= 0.05 + 1e-6
+        at += n // 50
