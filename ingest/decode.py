@@ -123,8 +123,7 @@ def _range(annotated: object) -> tuple[int, int]:
     return int(cast(int, meta.ge)), int(cast(int, meta.le))
 
 
-_ECG_RANGE = _range(contract.Microvolts)
-_PPG_RANGE = _range(contract.Counts)
+_RANGES = {"ecg": _range(contract.Microvolts), "ppg": _range(contract.Counts)}  # a sample's bounds
 _MOST = min(_meta(contract.Samples).max_length or 0, _meta(contract.PpgSamples).max_length or 0)
 _SAMPLE_FIELDS = {"ecg": ("signal_uv",), "ppg": ("red_counts", "ir_counts")}
 
@@ -165,16 +164,13 @@ def decode_many(messages: Sequence[tuple[str, bytes]]) -> list[Reading | Rejecte
                     where.gateway,
                     where.device,
                 ):
-                    if isinstance(r, _EcgWire):
+                    if where.stream in _SAMPLE_FIELDS:
                         wire.append(len(out))
-                        raws.append(r.signal_uv)
-                        lo.append(_ECG_RANGE[0])
-                        hi.append(_ECG_RANGE[1])
-                    elif isinstance(r, _PpgWire):
-                        wire.append(len(out))
-                        raws += (r.red_counts, r.ir_counts)
-                        lo += (_PPG_RANGE[0], _PPG_RANGE[0])
-                        hi += (_PPG_RANGE[1], _PPG_RANGE[1])
+                        least, most = _RANGES[where.stream]
+                        for name in _SAMPLE_FIELDS[where.stream]:
+                            raws.append(getattr(r, name))
+                            lo.append(least)
+                            hi.append(most)
                     out.append(r)
                     continue
         out.append(_as_arrays(contract.decode_reading(topic, payload)))
@@ -187,7 +183,7 @@ def decode_many(messages: Sequence[tuple[str, bytes]]) -> list[Reading | Rejecte
     ends = np.cumsum(lengths)
     # room for what can be read: an integer and its comma take 2 bytes, and an array gives 4,096
     # at most (sized by the text alone, whitespace could ask for gigabytes)
-    values = np.empty(sum(min(n // 2 + 1, _MOST) for n in lengths.tolist()), dtype=np.int64)
+    values = np.empty(int(np.minimum(lengths // 2 + 1, _MOST).sum()), dtype=np.int64)
     counts, ok = json_ints_k(
         np.frombuffer(text, dtype=np.uint8), ends - lengths, ends, np.array(lo, dtype=np.int64),
         np.array(hi, dtype=np.int64), _MOST, values,
@@ -197,7 +193,7 @@ def decode_many(messages: Sequence[tuple[str, bytes]]) -> list[Reading | Rejecte
     good, j = ok.tolist(), 0
     for i in wire:
         r = cast(_EcgWire | _PpgWire, out[i])
-        names = _SAMPLE_FIELDS["ecg" if isinstance(r, _EcgWire) else "ppg"]
+        names = _SAMPLE_FIELDS[contract.stream_of(r)]
         k, j = j, j + len(names)
         if all(good[k:j]) and (len(names) == 1 or counts[k] == counts[k + 1]):
             for m, name in enumerate(names, start=k):

@@ -7,9 +7,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from gateway.decode import Decoder, Notification
-from hardware import make_patients
-from ingest.pipeline import IngestCore, Message
+from hardware import MonitoredPatient, make_patients
+from ingest.pipeline import IngestCore, Message, _Accepted, _merge_contiguous
 from ingest.store import Store
 from nabz import contract
 from nabz.cli import main
@@ -17,6 +19,22 @@ from nabz.contract import Rejected
 from tests.contract_doc import vectors
 
 T0_US = 1_795_597_200_000_000
+
+
+def _seconds(patient: MonitoredPatient, seconds: int) -> list[list[Message]]:
+    """A simulated patient's messages as its gateway publishes them, second by second."""
+    decoder = Decoder("demo", "gw-0001")
+    out = []
+    for second in range(seconds):
+        batch = []
+        for device in patient.devices:
+            for n in device.advance(1.0):
+                r = decoder.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + second * 1_000_000))
+                assert not isinstance(r, Rejected)
+                topic = contract.reading_topic("demo", "gw-0001", r.device, contract.stream_of(r))
+                batch.append(Message(topic, contract.encode(r), 0.0))
+        out.append(batch)
+    return out
 
 
 def _doc(name: str) -> Message:
@@ -71,18 +89,10 @@ def test_a_device_that_is_not_enrolled_is_kept_not_stored_as_anybodys(tmp_path: 
 
 def test_vitals_are_derived_from_simulated_waveforms(tmp_path: Path) -> None:
     (patient,) = make_patients(1, seed=3)
-    decoder = Decoder("demo", "gw-0001")
     enrolment = {d.device_id: patient.patient_id for d in patient.devices}
     core = IngestCore(Store(tmp_path / "s.sqlite"), enrolment=enrolment)
     vitals = []
-    for second in range(15):
-        batch = []
-        for device in patient.devices:
-            for n in device.advance(1.0):
-                r = decoder.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + second * 1_000_000))
-                assert not isinstance(r, Rejected)
-                topic = contract.reading_topic("demo", "gw-0001", r.device, contract.stream_of(r))
-                batch.append(Message(topic, contract.encode(r), 0.0))
+    for batch in _seconds(patient, 15):
         vitals += core.handle_batch(batch).vitals
     ecg_hr = [v.hr_bpm for v in vitals if v.source == "ecg" and v.hr_bpm is not None]
     spo2 = [v for v in vitals if v.source == "ppg" and v.spo2_pct is not None]
@@ -266,16 +276,8 @@ def test_frames_taken_together_give_the_vitals_of_frames_taken_one_at_a_time(tmp
     (Across a lost frame the PPG's values may move too, by the sample or so that jitter moves
     the hole: not asserted here.)"""
     (patient,) = make_patients(1, seed=5)
-    decoder = Decoder("demo", "gw-0001")
     enrolment = {d.device_id: patient.patient_id for d in patient.devices}
-    messages = []
-    for second in range(25):
-        for device in patient.devices:
-            for n in device.advance(1.0):
-                r = decoder.decode(Notification(n.device_id, n.char_uuid, n.data, T0_US + second * 1_000_000))
-                assert not isinstance(r, Rejected)
-                topic = contract.reading_topic("demo", "gw-0001", r.device, contract.stream_of(r))
-                messages.append(Message(topic, contract.encode(r), 0.0))
+    messages = [m for second in _seconds(patient, 25) for m in second]
 
     def vitals(batch_size: int, name: str) -> list[dict[str, object]]:
         core = IngestCore(Store(tmp_path / f"{name}.sqlite"), enrolment=enrolment)
@@ -297,10 +299,6 @@ def test_frames_whose_times_drift_from_their_samples_are_not_joined_past_the_tol
     """A long backlog of frames stamped 0.5 % slower than their samples: joined, each chunk's
     samples keep within 50 ms of every frame's own time (the processors follow a chunk's first
     time as the clock; offsets added up over a joined run would be taken for a hole later)."""
-    import numpy as np
-
-    from ingest.pipeline import _Accepted, _merge_contiguous
-
     t0 = 1_795_597_200.0
     frames = []
     for k in range(300):  # 50 samples at 250 Hz = 0.2 s, stamped 0.201 s apart
