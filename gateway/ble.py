@@ -458,7 +458,7 @@ class BleTransport(Transport):
             if uuid == _BATTERY and "read" in char.properties:
                 # The level now, not in a minute: the gateway's status carries it.
                 value = bytes(await client.read_gatt_char(char))
-                self._queue.append(Notification(dev.id, uuid, value, int(self.clock() * 1_000_000)))
+                self._queue.append(Notification(dev.id, uuid, value, *self._stamp()))
             if uuid in SUBSCRIBE and ("notify" in char.properties or "indicate" in char.properties):
                 await client.start_notify(char, self._deliver(dev.id, uuid))
                 dev.subscribed.append(uuid)
@@ -470,17 +470,21 @@ class BleTransport(Transport):
                 # RESEND just written - says its state later, on the next notification).
                 value = bytes(await client.read_gatt_char(char))
                 if value[:1] == bytes((codec.CTRL_OP_STATUS,)):
-                    self._queue.append(
-                        Notification(dev.id, codec.NABZ_CONTROL, value, int(self.clock() * 1_000_000))
-                    )
+                    self._queue.append(Notification(dev.id, codec.NABZ_CONTROL, value, *self._stamp()))
 
     def _deliver(self, device: str, uuid: str) -> Callable[[BleakGATTCharacteristic, bytearray], None]:
-        queue, clock = self._queue, self.clock
+        queue, stamp = self._queue, self._stamp
 
         def on_notify(_char: BleakGATTCharacteristic, data: bytearray) -> None:
-            queue.append(Notification(device, uuid, bytes(data), int(clock() * 1_000_000)))
+            queue.append(Notification(device, uuid, bytes(data), *stamp()))
 
         return on_notify
+
+    def _stamp(self) -> tuple[int, int | None]:
+        """A notification's receive time on the wall clock (µs) and, when the monotonic clock is
+        another, on that one too: the decoder sees a step of the wall clock between the two."""
+        rx_us = int(self.clock() * 1_000_000)
+        return rx_us, None if self.mono is self.clock else int(self.mono() * 1_000_000)
 
     async def _write(self, device: str, client: BleakClient, char: str, data: bytes) -> None:
         try:

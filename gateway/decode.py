@@ -65,12 +65,16 @@ _BATTERY = f"{codec.UUID_BATTERY_LEVEL:04x}"
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """One BLE notification as a transport delivered it. rx_us: gateway UTC clock, µs since epoch."""
+    """One BLE notification as a transport delivered it. rx_us: gateway UTC clock, µs since epoch.
+    mono_us: the gateway's monotonic clock at the same moment, from a transport that has one apart
+    from its wall clock: a step of the wall clock (NTP on a Pi that booted without the time) shows
+    as a change of rx_us - mono_us, and the device clocks' offsets follow it at once."""
 
     device: str
     char: str
     data: bytes
     rx_us: int
+    mono_us: int | None = None
 
 
 def utc_from_us(us: int) -> datetime:
@@ -91,34 +95,57 @@ class ClockSync:
 
     Radio and queueing only ever delay a notification, so the smallest (receive time − device time
     of the frame's last sample) over recent frames estimates the offset plus the least latency. The
-    offset in use moves towards that estimate by at most `SLEW_US` per frame: less than one sample
-    period, so consecutive frames never overlap in time (an overlap would overwrite points in
-    InfluxDB). An error beyond `STEP_US` (the gateway's clock was stepped) is corrected at once and
-    counted in `steps`; forward only when the window's lateness is even (within `STEADY_US`), since
-    a gateway that stalled and reads its backlog at once also sees every frame late, by less and
-    less (found by the fault suite at 720× speed: a 5 s jump, then frames overlapping in time).
-    Resent frames carry old samples: they use the offset but do not move it. A device clock that
-    runs backwards means the wearable restarted: its estimate starts afresh.
+    offset in use moves towards that estimate by at most `SLEW_US` per frame when it comes earlier
+    (less latency than seen before): less than one sample period, so consecutive frames never
+    overlap in time (an overlap would overwrite points in InfluxDB); and by at most `DRIFT_US` when
+    it comes later, which follows a device clock slower than the gateway's by 200-300 ppm at the
+    frames' rates (a crystal drifts by tens) but not the growth of a backlog. A frame earlier than the offset allows by more than `STEP_US` (data cannot arrive
+    before it was measured: the offset was too large) steps it back at once. Resent frames carry
+    old samples: they use the offset but do not move it. A device clock that runs backwards means
+    the wearable restarted: its estimate starts afresh.
+
+    Frames that come later and later never step the offset forward, however steadily: a backlog
+    (a gateway or a serial line that fell behind, a radio link retrying) looks the same as a
+    gateway clock stepped forward, and stepping over it left a hole in the data and an overlap when
+    it drained (until 2026-11-28, when every recent frame was late by about the same amount; found
+    by the six-hour outage fault test, whose sensor falls behind a clock running 720 times real
+    time: 45 steps forward and 426 back in one run, and a desaturation split in two too short to
+    alarm). A step of the gateway's own wall clock is seen as what it is, a change of wall minus
+    monotonic time between notifications (`Notification.mono_us`), and every device's offset
+    follows it at once, counted in `steps`.
 
     The estimate survives a restart of the gateway (`dump`/`restore`, kept in the spool with the
     readings). Without it the first frames after a restart - a wired sensor replaying what the
     gateway missed, late by the whole downtime - would set the offset, shifting the replayed data
     forward by the downtime and then stepping back over it (found by the fault suite: data 139 s
     ahead, then frames overlapping in time). A restored offset is held, and late frames do not move
-    it, until a frame arrives on time again (within `STEP_US`) or `HOLD_FRAMES` have passed.
+    it, until a frame arrives on time again (within `STEP_US`) or `HOLD_FRAMES` have passed; then
+    the estimate starts afresh from the frames (the wall clock may have been set while the gateway
+    was down, which the monotonic clock cannot tell across a reboot).
     """
 
     SLEW_US = 1_000
+    DRIFT_US = 100
     STEP_US = 2_000_000
-    STEADY_US = 1_500_000  # lateness this even over the window: a stepped clock, not a backlog
     WINDOW = 32
     HOLD_FRAMES = 8192  # about an hour of ECG frames: a restored offset is trusted this long at most
 
     devices: dict[str, _DeviceClock] = field(default_factory=dict)
     steps: int = 0
     changed: set[str] = field(default_factory=set)
+    wall_minus_mono: int | None = None  # µs, at the last notification that carried both clocks
 
-    def observe(self, device: str, t0_us: int, t_end_us: int, rx_us: int, resent: bool = False) -> int:
+    def observe(
+        self,
+        device: str,
+        t0_us: int,
+        t_end_us: int,
+        rx_us: int,
+        resent: bool = False,
+        mono_us: int | None = None,
+    ) -> int:
+        if mono_us is not None:
+            self._follow_wall_clock(rx_us - mono_us)
         seen = rx_us - t_end_us
         st = self.devices.get(device)
         self.changed.add(device)
@@ -130,26 +157,37 @@ class ClockSync:
         st.last_t0 = t0_us
         if st.anchored:
             # After a gateway restart: late frames (a replay of what it missed) keep the restored
-            # offset; a frame on time, or one earlier than the offset allows, ends the hold.
+            # offset; a frame on time, or one earlier than the offset allows, ends the hold, and
+            # a hold that runs out starts the estimate afresh.
             st.anchored -= 1
-            if seen > st.offset + self.STEP_US and st.anchored:
-                return st.offset
+            if seen > st.offset + self.STEP_US:
+                if st.anchored:
+                    return st.offset
+                st.offset = seen
+                self.steps += 1
             st.anchored = 0
             st.recent.clear()
         st.recent.append(seen)
-        least = min(st.recent)
-        delta = least - st.offset
-        # Earlier than the offset allows: data cannot come before it was measured, so the
-        # gateway's clock went back: step at once. Later: a clock stepped forward leaves every
-        # frame late by the same amount, but a stalled gateway reading its backlog at once sees
-        # lateness fall from frame to frame as it catches up; only the first is a step.
-        steady = max(st.recent) - least <= self.STEADY_US
-        if delta < -self.STEP_US or (delta > self.STEP_US and steady):
+        delta = min(st.recent) - st.offset
+        if delta < -self.STEP_US:
             st.offset += delta
             self.steps += 1
         else:
-            st.offset += max(-self.SLEW_US, min(self.SLEW_US, delta))
+            st.offset += max(-self.SLEW_US, min(self.DRIFT_US, delta))
         return st.offset
+
+    def _follow_wall_clock(self, wall_minus_mono: int) -> None:
+        """The gateway's wall clock stepped when wall minus monotonic time changes by more than
+        `STEP_US` (NTP slews it by parts per million otherwise): every offset moves with it."""
+        last, self.wall_minus_mono = self.wall_minus_mono, wall_minus_mono
+        if last is None or abs(wall_minus_mono - last) <= self.STEP_US:
+            return
+        shift = wall_minus_mono - last
+        for name, st in self.devices.items():
+            st.offset += shift
+            st.recent = deque((x + shift for x in st.recent), maxlen=self.WINDOW)
+            self.changed.add(name)
+        self.steps += 1
 
     def reset(self, device: str) -> None:
         self.devices.pop(device, None)
@@ -200,7 +238,8 @@ class Decoder:
         self.gateway = gateway
         self.new_id = new_id
         self.clock = ClockSync()
-        self._wave_late: dict[str, tuple[int, int]] = {}  # device -> (rx_us, late_us) of its last live frame
+        # device -> (rx_us, late_us, span_us) of its last live frame
+        self._wave_late: dict[str, tuple[int, int, int]] = {}
         self._last_t: dict[tuple[str, str], int] = {}  # (device, characteristic) -> last `t` given, µs
 
     def decode(self, n: Notification) -> Reading | Rejected:
@@ -238,15 +277,26 @@ class Decoder:
         }
 
     def _late_us(self, n: Notification, char: str) -> int:
-        """When a standard characteristic's value was measured: its receive time, less the delay of
-        the same device's last waveform frame when that frame arrived in the last few seconds
-        (lines read in one burst, or replayed after a restart, share a receive time but not a
-        measurement time). At least a microsecond after the last value of the same characteristic
-        of the device, so that no two share a point in the time-series store."""
+        """When a standard characteristic's value was measured. After a waveform frame of the same
+        device: the value came after the frame's last sample and before the next frame, which is
+        due one frame's span later, so it is stamped that frame's end (its device time, as late as
+        the frame came) plus the time between their receptions, at most one span: lines read in one
+        burst, or replayed after a restart, share a receive time but not a measurement time, and
+        a pause in reading between the frame and the value tells nothing of when it was measured
+        (the six-hour outage fault test on CI: a value read a moment after its frame was stamped
+        seconds ahead, and the next ones bunched a microsecond apart after it, as below, so a
+        desaturation raised no alarm). This holds while the frame is recent: it arrived in the last
+        few seconds or, if it came late, within as long as it was late (a backlog that deep, read in
+        pieces, is still as late). Otherwise, or with no frame: its receive time. At least a
+        microsecond after the last value of the same characteristic of the device, so that no two
+        share a point in the time-series store."""
         t = n.rx_us
         wave = self._wave_late.get(n.device)
-        if wave is not None and 0 <= n.rx_us - wave[0] <= self.LATE_FOR_US:
-            t -= wave[1]
+        if wave is not None:
+            rx_us, late_us, span_us = wave
+            since = n.rx_us - rx_us
+            if 0 <= since <= max(self.LATE_FOR_US, late_us):
+                t = rx_us - late_us + min(since, span_us)
         key = (n.device, char)
         t = max(t, self._last_t.get(key, t - 1) + 1)
         self._last_t[key] = t
@@ -289,9 +339,10 @@ class Decoder:
         t0_us = frame["t0_us"]
         t_end_us = t0_us + (count - 1) * 1_000_000 // rate
         resent = bool(frame["flags"] & codec.WAVE_FLAG_RESENT)
-        offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent)
+        offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent, n.mono_us)
         if not resent:
-            self._wave_late[n.device] = (n.rx_us, max(0, n.rx_us - (t_end_us + offset)))
+            span_us = count * 1_000_000 // rate  # the next frame is due this long after this one
+            self._wave_late[n.device] = (n.rx_us, max(0, n.rx_us - (t_end_us + offset)), span_us)
         env = self._envelope(n)
         env["t"] = utc_from_us(t0_us + offset)
         env["device_t_us"] = t0_us

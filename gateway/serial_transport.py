@@ -175,6 +175,7 @@ class SerialTransport(Transport):
                 log.info("serial %s: asking the sensor to replay from line %d", self.port_name, resume[1])
                 self._send(encode_replay(*resume))
         out: list[Notification] = []
+        distinct = self.mono is not self.clock  # a simulated clock is both: no step to see between them
         for generation, rx_us, mono, data in chunks:
             if generation != self._reader_generation:
                 self._reader_generation = generation
@@ -187,7 +188,7 @@ class SerialTransport(Transport):
                 if isinstance(frame, Notify):
                     if not self.allowlist or frame.device in self.allowlist:
                         self._heard(rx_us / 1e6, mono)
-                    self._notify(frame, rx_us, out)
+                    self._notify(frame, rx_us, int(mono * 1_000_000) if distinct else None, out)
                 elif isinstance(frame, ReplayStart):
                     self._heard(rx_us / 1e6, mono)
                     self.link.on_replay_start(frame)
@@ -252,7 +253,7 @@ class SerialTransport(Transport):
             self._events.extend(LinkEvent(d, "lost", int(now * 1e6), detail) for d in self.devices)
         log.error("serial %s: link lost: %s", self.port_name, why)
 
-    def _notify(self, frame: Notify, rx_us: int, out: list[Notification]) -> None:
+    def _notify(self, frame: Notify, rx_us: int, mono_us: int | None, out: list[Notification]) -> None:
         decision = self.link.on_notify(frame, rx_us / 1e6)
         if decision.replay_from is not None and self.link.session is not None:
             log.info(
@@ -272,7 +273,7 @@ class SerialTransport(Transport):
             return
         if frame.device not in self._seen:
             self._seen.append(frame.device)
-        out.append(Notification(frame.device, frame.char, frame.data, rx_us))
+        out.append(Notification(frame.device, frame.char, frame.data, rx_us, mono_us))
 
     def _bad(self, reason: str, line: bytes) -> None:
         self.bad_lines[reason] = self.bad_lines.get(reason, 0) + 1

@@ -17,12 +17,14 @@ import pytest
 
 from firmware import nabz_codec as codec
 from gateway.ble import BleTransport
+from gateway.decode import Decoder
 from gateway.service import Gateway
 from hardware import make_patients
 from hardware.ble_peripherals import NabzPeripheral, VirtualRadio, peripheral_address
 from hardware.ble_standard import HeartRateStrap, StandardOximeter
 from nabz.broker import free_port
 from nabz.config import EnrolledDevice
+from nabz.contract import EcgReading
 from tests.gateway.helpers import Collector, gateway_config, health, running
 from tests.servers import Mosquitto
 
@@ -498,3 +500,33 @@ def test_a_real_loss_is_reported_on_time_and_retried_despite_an_ntp_step_back(ra
         assert [e.kind for e in transport.take_events()] == ["connected", "found"]
     finally:
         transport.stop()
+
+
+def test_waveforms_follow_an_ntp_step_of_the_wall_clock_at_once(radio: VirtualRadio) -> None:
+    """NTP setting a Pi's clock 2 hours forward while an ECG patch streams: the frames that follow
+    are dated on the new clock from the first one (each notification carries the wall and the
+    monotonic clocks, and the decoder sees the step between them), neither 2 hours in the past for
+    a while nor for good."""
+    p = radio.add_wearables([make_patients(1, seed=28)[0].devices[0]])[0]
+    wall = _SteppedWall()
+    transport = _stepped_transport(radio, p, wall)
+    decoder = Decoder("demo", "gw-0001")
+    frames: list[EcgReading] = []
+
+    def take(n: int) -> bool:
+        frames.extend(r for r in map(decoder.decode, transport.poll(0)) if isinstance(r, EcgReading))
+        return len(frames) >= n
+
+    transport.start(0)
+    try:
+        _until(lambda: _state(transport, p) == "connected", 20, lambda: transport.health(0))
+        radio.start()
+        _until(lambda: take(10), 20, lambda: "no frames")
+        before = len(frames)
+        wall.offset_s += 2 * 3600
+        _until(lambda: take(before + 10), 10, lambda: "no frames after the step")
+    finally:
+        transport.stop()
+    late = [round((r.rx - r.t).total_seconds(), 2) for r in frames]
+    assert all(0 < s < 3 for s in late), late  # received within a frame and a radio's delay of its start
+    assert decoder.clock.steps == 1

@@ -42,15 +42,39 @@ def test_a_restarted_wearable_gets_a_fresh_clock_and_resent_frames_do_not_move_i
 
 
 def test_a_stepped_gateway_clock_is_followed_at_once_and_counted() -> None:
+    # ECG frames 20 ms after their last sample; after frame 10, NTP steps the wall clock forward
+    # 60 s (the monotonic clock goes on): the next frame is stamped by the new clock, no later.
     sync = ClockSync()
-    sync.observe("d", 0, 400_000, UTC0 + 400_000)
-    sync.observe("d", 452_000, 852_000, UTC0 + 852_000 + 60_000_000)  # NTP stepped us forward 60 s
-    # the window still holds the old minimum: no step yet
-    assert sync.steps == 0
-    for k in range(2, 40):
-        sync.observe("d", k * 452_000, k * 452_000 + 400_000, UTC0 + k * 452_000 + 400_000 + 60_000_000)
-    assert sync.steps == 1
-    assert sync.devices["d"].offset == UTC0 + 60_000_000
+    offsets = []
+    for k in range(40):
+        t_end = k * 452_000 + 400_000
+        mono = 5_000_000 + t_end + 20_000
+        wall = UTC0 + t_end + 20_000 + (60_000_000 if k > 10 else 0)
+        offsets.append(sync.observe("d", k * 452_000, t_end, wall, mono_us=mono))
+    assert offsets[11] - offsets[10] == 60_000_000 and sync.steps == 1
+    assert max(offsets[11:]) - min(offsets[11:]) <= 1_000 and max(offsets[:11]) - min(offsets[:11]) <= 1_000
+
+
+def test_a_backlog_that_lasts_and_drains_is_not_a_clock_step() -> None:
+    """A PPG stream falls 5 s behind for a minute (a serial line or a radio link that fell behind,
+    its delay steady), then catches up. Its device clock and the gateway's are steady: the frames
+    keep their spacing, with neither a hole when the delay sets in nor an overlap when it goes
+    (until 2026-11-28 the offset stepped 5 s forward once every recent frame was as late, and back
+    when the backlog drained)."""
+    d = Decoder("demo", "gw-0001")
+    boot, frame_us = 2_000_000, 37 * 10_000
+    starts: list[float] = []
+    for k in range(400):
+        t0 = boot + k * frame_us
+        behind = 0 if k < 50 else max(0, 5_000_000 - max(0, k - 210) * 200_000)  # 0, 5 s, drains
+        rx = UTC0 + t0 + frame_us + 20_000 + behind
+        frame = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, t0, [1, 2] * 37)
+        r = d.decode(Notification("oxi-0001", codec.NABZ_PPG_WAVEFORM, frame, rx, mono_us=rx - UTC0))
+        assert isinstance(r, PpgReading)
+        starts.append(r.t.timestamp() * 1e6)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert d.clock.steps == 0
+    assert all(frame_us - 1_500 <= g <= frame_us + 1_500 for g in gaps), (min(gaps), max(gaps))
 
 
 def test_bad_bytes_become_reasons() -> None:
@@ -110,6 +134,31 @@ def test_vital_signs_read_in_a_backlog_keep_the_time_they_were_measured() -> Non
     steps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(abs(s - 1.0) < 0.03 for s in steps), steps  # a second apart, backlog or not
     assert times[-1] < late_read / 1e6 - 4  # not stamped when the backlog was read
+
+
+def test_vital_signs_of_a_deep_backlog_read_in_pieces_keep_their_times() -> None:
+    # A wired hub's lines 120 s behind (the gateway fell behind and catches up, half a second a
+    # second), read in pieces: now and then a pause of 8 s falls between a PPG frame and the SpO2
+    # value after it.
+    # The value is as late as the frame; stamped on arrival it would jump 120 s ahead, and the
+    # values after it would be bunched a microsecond apart until the data caught up with it
+    # (found by the six-hour outage fault test on CI: a desaturation bunched into one instant
+    # raised no alarm).
+    d = Decoder("demo", "gw-0001")
+    boot, behind = 3_000_000, 120_000_000
+    times: list[float] = []
+    for k in range(60):
+        t0 = boot + k * 1_000_000
+        rx = UTC0 + t0 + (200_000 if k < 5 else behind - k * 500_000)  # live at first, then behind
+        frame = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, t0, [1, 2] * 20)
+        wave = d.decode(Notification("oxi-0001", codec.NABZ_PPG_WAVEFORM, frame, rx))
+        paused = k % 7 == 6
+        value = codec.plx_continuous_encode(97.0, 70.0)
+        plx = d.decode(Notification("oxi-0001", "2a5f", value, rx + (8_000_000 if paused else 10_000)))
+        assert isinstance(plx, Spo2Reading) and isinstance(wave, PpgReading)
+        times.append(plx.t.timestamp())
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(0.5 < s < 1.5 for s in steps), [round(s, 3) for s in steps]  # a second apart, however read
 
 
 def test_vital_signs_without_a_waveform_are_stamped_on_arrival_and_never_share_a_time() -> None:

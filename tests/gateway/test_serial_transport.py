@@ -268,11 +268,15 @@ def test_a_wall_clock_step_neither_loses_a_streaming_sensor_nor_delays_a_real_lo
     try:
         _until(lambda: bool(opened), "port opened")
         port.incoming.put(_line(0))
-        _drain(tr, notes=1)
+        (before,), _ = _drain(tr, notes=1)
         wall.t += 45 * 60  # the step
         mono.t += 1.0
         port.incoming.put(_line(1))
-        _drain(tr, notes=1)
+        (after,), _ = _drain(tr, notes=1)
+        # each notification carries both clocks: the decoder moves the device clocks' offsets with
+        # the wall clock's step (gateway.decode.ClockSync)
+        assert before.mono_us is not None and after.mono_us is not None
+        assert (after.rx_us - after.mono_us) - (before.rx_us - before.mono_us) == (45 * 60 - 1) * 1_000_000
         assert tr.health(0)["ecg-0001"].state == "connected" and [e.kind for e in tr.take_events()] == [
             "connected"
         ]
