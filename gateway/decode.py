@@ -86,7 +86,9 @@ class _DeviceClock:
     offset: int
     last_t0: int
     recent: deque[int]
-    anchored: int = 0  # frames still to see while a restored offset holds (0: not anchored)
+    # While a restored offset holds: the receive time it holds until, µs (-1: from the first
+    # frame after the restore; 0: not held)
+    held_until: int = 0
 
 
 @dataclass(slots=True)
@@ -99,10 +101,11 @@ class ClockSync:
     (less latency than seen before): less than one sample period, so consecutive frames never
     overlap in time (an overlap would overwrite points in InfluxDB); and by at most `DRIFT_US` when
     it comes later, which follows a device clock slower than the gateway's by 200-300 ppm at the
-    frames' rates (a crystal drifts by tens) but not the growth of a backlog. A frame earlier than the offset allows by more than `STEP_US` (data cannot arrive
-    before it was measured: the offset was too large) steps it back at once. Resent frames carry
-    old samples: they use the offset but do not move it. A device clock that runs backwards means
-    the wearable restarted: its estimate starts afresh.
+    frames' rates (a crystal drifts by tens) but not the growth of a backlog. A frame earlier than
+    the offset allows by more than `STEP_US` (data cannot arrive before it was measured: the
+    offset was too large) steps it back at once. Resent frames carry old samples: they use the
+    offset but do not move it. A device clock that runs backwards means the wearable restarted:
+    its estimate starts afresh.
 
     Frames that come later and later never step the offset forward, however steadily: a backlog
     (a gateway or a serial line that fell behind, a radio link retrying) looks the same as a
@@ -119,7 +122,9 @@ class ClockSync:
     gateway missed, late by the whole downtime - would set the offset, shifting the replayed data
     forward by the downtime and then stepping back over it (found by the fault suite: data 139 s
     ahead, then frames overlapping in time). A restored offset is held, and late frames do not move
-    it, until a frame arrives on time again (within `STEP_US`) or `HOLD_FRAMES` have passed; then
+    it, until a frame arrives on time again (within `STEP_US`) or `HOLD_US` have passed since the
+    first frame after the restore (by the gateway's clock, not by frames: a replay read faster
+    than real time ran a hold of 8,192 frames out before it had caught up, until 2026-11-28); then
     the estimate starts afresh from the frames (the wall clock may have been set while the gateway
     was down, which the monotonic clock cannot tell across a reboot).
     """
@@ -128,7 +133,7 @@ class ClockSync:
     DRIFT_US = 100
     STEP_US = 2_000_000
     WINDOW = 32
-    HOLD_FRAMES = 8192  # about an hour of ECG frames: a restored offset is trusted this long at most
+    HOLD_US = 3_600_000_000  # a restored offset is trusted this long at most
 
     devices: dict[str, _DeviceClock] = field(default_factory=dict)
     steps: int = 0
@@ -145,7 +150,7 @@ class ClockSync:
         mono_us: int | None = None,
     ) -> int:
         if mono_us is not None:
-            self._follow_wall_clock(rx_us - mono_us)
+            self.follow_wall_clock(rx_us - mono_us)
         seen = rx_us - t_end_us
         st = self.devices.get(device)
         self.changed.add(device)
@@ -155,17 +160,18 @@ class ClockSync:
         if resent:
             return st.offset
         st.last_t0 = t0_us
-        if st.anchored:
+        if st.held_until:
             # After a gateway restart: late frames (a replay of what it missed) keep the restored
             # offset; a frame on time, or one earlier than the offset allows, ends the hold, and
             # a hold that runs out starts the estimate afresh.
-            st.anchored -= 1
+            if st.held_until < 0:
+                st.held_until = rx_us + self.HOLD_US
             if seen > st.offset + self.STEP_US:
-                if st.anchored:
+                if rx_us < st.held_until:
                     return st.offset
                 st.offset = seen
                 self.steps += 1
-            st.anchored = 0
+            st.held_until = 0
             st.recent.clear()
         st.recent.append(seen)
         delta = min(st.recent) - st.offset
@@ -176,18 +182,22 @@ class ClockSync:
             st.offset += max(-self.SLEW_US, min(self.DRIFT_US, delta))
         return st.offset
 
-    def _follow_wall_clock(self, wall_minus_mono: int) -> None:
+    def follow_wall_clock(self, wall_minus_mono: int) -> int:
         """The gateway's wall clock stepped when wall minus monotonic time changes by more than
-        `STEP_US` (NTP slews it by parts per million otherwise): every offset moves with it."""
+        `STEP_US` (NTP slews it by parts per million otherwise): every offset moves with it.
+        Returns the step, µs (0: none)."""
         last, self.wall_minus_mono = self.wall_minus_mono, wall_minus_mono
         if last is None or abs(wall_minus_mono - last) <= self.STEP_US:
-            return
+            return 0
         shift = wall_minus_mono - last
         for name, st in self.devices.items():
             st.offset += shift
             st.recent = deque((x + shift for x in st.recent), maxlen=self.WINDOW)
+            if st.held_until > 0:
+                st.held_until += shift
             self.changed.add(name)
         self.steps += 1
+        return shift
 
     def reset(self, device: str) -> None:
         self.devices.pop(device, None)
@@ -203,7 +213,7 @@ class ClockSync:
         except ValueError:
             return
         self.devices[device] = _DeviceClock(
-            offset, last_t0, deque([offset], maxlen=self.WINDOW), self.HOLD_FRAMES
+            offset, last_t0, deque([offset], maxlen=self.WINDOW), held_until=-1
         )
 
     def take_changed(self) -> dict[str, str]:
@@ -232,6 +242,10 @@ class Decoder:
     """Decodes notifications for one gateway into contract readings."""
 
     LATE_FOR_US = 5_000_000  # a waveform frame this recent says how late what follows it is
+    # Values of one characteristic are at least this far apart: the time-series server keeps
+    # milliseconds (VictoriaMetrics deduplicates within 1 ms, docs/storage.md), so two values a
+    # microsecond apart would be one point there.
+    SPACING_US = 1_000
 
     def __init__(self, site: str, gateway: str, new_id: Callable[[], str] = contract.new_id) -> None:
         self.site = site
@@ -240,7 +254,9 @@ class Decoder:
         self.clock = ClockSync()
         # device -> (rx_us, late_us, span_us) of its last live frame
         self._wave_late: dict[str, tuple[int, int, int]] = {}
-        self._last_t: dict[tuple[str, str], int] = {}  # (device, characteristic) -> last `t` given, µs
+        # (device, characteristic) -> the last `t` given, µs, and the receive time of the frame
+        # it was stamped from (None: stamped on arrival)
+        self._last_t: dict[tuple[str, str], tuple[int, int | None]] = {}
 
     def decode(self, n: Notification) -> Reading | Rejected:
         char = normalize_uuid(n.char)
@@ -284,23 +300,45 @@ class Decoder:
         burst, or replayed after a restart, share a receive time but not a measurement time, and
         a pause in reading between the frame and the value tells nothing of when it was measured
         (the six-hour outage fault test on CI: a value read a moment after its frame was stamped
-        seconds ahead, and the next ones bunched a microsecond apart after it, as below, so a
-        desaturation raised no alarm). This holds while the frame is recent: it arrived in the last
-        few seconds or, if it came late, within as long as it was late (a backlog that deep, read in
-        pieces, is still as late). Otherwise, or with no frame: its receive time. At least a
-        microsecond after the last value of the same characteristic of the device, so that no two
-        share a point in the time-series store."""
-        t = n.rx_us
+        seconds ahead, and the next ones bunched after it, so a desaturation raised no alarm). This
+        holds while the frame is recent: it arrived in the last few seconds or, if it came late,
+        within as long as it was late (a backlog that deep, read in pieces, is still as late). A
+        second value of the characteristic after the same frame means the frames stopped and the
+        values did not (a PPG sensor failing while the oximeter still reports): it is stamped on
+        arrival, less as late as that frame came. Otherwise, or with no frame: its receive time.
+        At least `SPACING_US` after the last value of the same characteristic of the device, so
+        that each is a point of its own in the time-series store."""
+        self._follow_wall_clock(n)
+        key = (n.device, char)
+        last_t, last_anchor = self._last_t.get(key, (None, None))
+        t, anchor = n.rx_us, None
         wave = self._wave_late.get(n.device)
         if wave is not None:
             rx_us, late_us, span_us = wave
             since = n.rx_us - rx_us
             if 0 <= since <= max(self.LATE_FOR_US, late_us):
-                t = rx_us - late_us + min(since, span_us)
-        key = (n.device, char)
-        t = max(t, self._last_t.get(key, t - 1) + 1)
-        self._last_t[key] = t
+                anchor = rx_us
+                if rx_us != last_anchor:
+                    t = rx_us - late_us + min(since, span_us)
+                else:  # a second value after one frame: the frames stopped, the values did not
+                    t = n.rx_us - late_us
+        if last_t is not None:
+            t = max(t, last_t + self.SPACING_US)
+        self._last_t[key] = (t, anchor)
         return t
+
+    def _follow_wall_clock(self, n: Notification) -> None:
+        """A step of the gateway's wall clock (`ClockSync.follow_wall_clock`) moves the times kept
+        here with the device clocks' offsets: after a step back, vital signs would otherwise be
+        stamped a millisecond apart after the last one until the clock passed it again."""
+        if n.mono_us is None:
+            return
+        shift = self.clock.follow_wall_clock(n.rx_us - n.mono_us)
+        if shift:
+            self._wave_late = {d: (rx + shift, late, span) for d, (rx, late, span) in self._wave_late.items()}
+            self._last_t = {
+                k: (t + shift, None if a is None else a + shift) for k, (t, a) in self._last_t.items()
+            }
 
     def parse_wave(self, n: Notification) -> dict[str, Any] | Rejected | None:
         """A waveform frame's fields, checked whole (header, length, flags, its kind against its
@@ -339,7 +377,8 @@ class Decoder:
         t0_us = frame["t0_us"]
         t_end_us = t0_us + (count - 1) * 1_000_000 // rate
         resent = bool(frame["flags"] & codec.WAVE_FLAG_RESENT)
-        offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent, n.mono_us)
+        self._follow_wall_clock(n)
+        offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent)
         if not resent:
             span_us = count * 1_000_000 // rate  # the next frame is due this long after this one
             self._wave_late[n.device] = (n.rx_us, max(0, n.rx_us - (t_end_us + offset)), span_us)

@@ -163,21 +163,36 @@ class Peripheral:
             asyncio.get_running_loop().create_task(self.device.start_advertising(auto_restart=False))
 
     # --- sending -----------------------------------------------------------------------------
-    async def notify(self, characteristic: gatt.Characteristic[Any], value: bytes) -> None:
+    def _subscribed(self, characteristic: gatt.Characteristic[Any], bit: int) -> bool:
+        """Whether a connected central has enabled notification (bit 0) or indication (bit 1) of
+        `characteristic` in its CCCD: a central that has just connected has not yet, and hears
+        nothing of it until it does."""
+        return any(
+            len(cccd := cccds.get(characteristic.handle, b"")) == 2 and cccd[0] & bit
+            for cccds in self.device.gatt_server.subscribers.values()
+        )
+
+    async def notify(self, characteristic: gatt.Characteristic[Any], value: bytes) -> bool:
+        """Notify `value` to the centrals subscribed to it. True if one was: what a test may count
+        as heard."""
         characteristic.value = value
         if not (self.in_range and self.device.connections):
             self.dropped += 1
-            return
+            return False
+        heard = self._subscribed(characteristic, 0x01)
         await self.device.notify_subscribers(characteristic, value)
         self.notifications += 1
+        return heard
 
-    async def indicate(self, characteristic: gatt.Characteristic[Any], value: bytes) -> None:
+    async def indicate(self, characteristic: gatt.Characteristic[Any], value: bytes) -> bool:
         characteristic.value = value
         if not (self.in_range and self.device.connections):
             self.dropped += 1
-            return
+            return False
+        heard = self._subscribed(characteristic, 0x02)
         await self.device.indicate_subscribers(characteristic, value)
         self.notifications += 1
+        return heard
 
     async def pump(self, seconds: float) -> None:
         """Let `seconds` of device time pass: sample, notify."""
@@ -221,7 +236,7 @@ class NabzPeripheral(Peripheral):
         }
         self.resend_requests = 0
         self.generated: Counter[str] = Counter()  # readings by stream, as docs/contract.md counts
-        self.heard: Counter[str] = Counter()  # ... of which sent while a central was connected
+        self.heard: Counter[str] = Counter()  # ... of which sent to a subscribed central
 
     @property
     def is_ecg(self) -> bool:
@@ -257,9 +272,8 @@ class NabzPeripheral(Peripheral):
         for n in self.sim.advance(seconds):
             stream, readings = stream_of(n.char_uuid, n.data)
             self.generated[stream] += readings
-            if self.in_range and self.connected:
+            if await self.notify(self.by_uuid[n.char_uuid], n.data):
                 self.heard[stream] += readings
-            await self.notify(self.by_uuid[n.char_uuid], n.data)
 
     def _read_control(self, connection: Connection) -> bytes:
         level = self.battery.value

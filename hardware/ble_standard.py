@@ -74,14 +74,11 @@ class HeartRateStrap(Peripheral):
         while self.second < int(self.t):
             self.second += 1
             value = self.measurement(self.second)
-            heard = self.in_range and self.connected
-            await self.notify(self.hrm, value)
-            if heard:
+            if await self.notify(self.hrm, value):
                 self.sent.append(("2a37", value))
             if self.second % 30 == 1:
                 level = max(5, 95 - self.second // 60)
-                await self.notify(self.battery, bytes([level]))
-                if heard:
+                if await self.notify(self.battery, bytes([level])):
                     self.sent.append(("2a19", bytes([level])))
 
 
@@ -133,17 +130,13 @@ class StandardOximeter(Peripheral):
         while self.second < int(self.t):
             self.second += 1
             value = self.measurement(self.second)
-            heard = self.in_range and self.connected
-            await self.notify(self.continuous, value)
-            if heard:
+            if await self.notify(self.continuous, value):
                 self.sent.append(("2a5f", value))
             if self.second % 5 == 0:
                 stamp = (2026, 11, 25, 9, self.second // 60 % 60, self.second % 60)
                 spot = codec.plx_spot_check_encode(96.5, 71.0, timestamp=stamp, meas_status=1 << 7)
-                await self.indicate(self.spot, spot)
-                if heard:
+                if await self.indicate(self.spot, spot):
                     self.sent.append(("2a5e", spot))
             if self.second % 30 == 1:
-                await self.notify(self.battery, bytes([88]))
-                if heard:
+                if await self.notify(self.battery, bytes([88])):
                     self.sent.append(("2a19", bytes([88])))

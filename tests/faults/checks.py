@@ -16,6 +16,7 @@ def every_reading_once(count: ReadingCount, at_least: int) -> None:
     assert (count.stored_messages, count.stored_readings) == (count.sent_messages, count.sent_readings)
     if count.vm_expected:  # the time-series server, series by series, timestamp by timestamp
         assert count.vm_missing == {} and count.vm_doubled == 0, (count.vm_missing, count.vm_doubled)
+        assert count.vm_shared == {}  # no two points of a series on one millisecond
         assert count.vm_stored == count.vm_expected
 
 

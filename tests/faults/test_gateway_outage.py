@@ -157,19 +157,16 @@ def test_4_gateway_offline_for_six_hours_of_data_killed_in_the_middle(tmp_path: 
             # Everything is on the gateway's disk and nothing has left it: read it as it is.
             with _spool_db(spool) as db:
                 rows = db.execute("SELECT id, topic, stream, readings FROM spool").fetchall()
-                order = db.execute(
-                    "SELECT topic, json_extract(CAST(payload AS TEXT), '$.seq') FROM spool "
-                    "WHERE stream IN ('ecg', 'ppg') ORDER BY seq"
-                ).fetchall()
-                frames = db.execute(
+                frames = db.execute(  # in the order of the spool
                     "SELECT topic, json_extract(p, '$.seq'), json_extract(p, '$.t'), json_extract(p, '$.rate_hz'), "
                     "json_array_length(p, CASE stream WHEN 'ecg' THEN '$.signal_uv' ELSE '$.red_counts' END) "
-                    "FROM (SELECT topic, stream, CAST(payload AS TEXT) AS p FROM spool WHERE stream IN ('ecg', 'ppg'))"
+                    "FROM (SELECT seq, topic, stream, CAST(payload AS TEXT) AS p FROM spool "
+                    "WHERE stream IN ('ecg', 'ppg')) ORDER BY seq"
                 ).fetchall()
             rig.sent = {mid: (topic.split("/")[5], stream, n) for mid, topic, stream, n in rows}
             assert sum(n for _, _, _, n in rows) == sum(sensor.tally.values())
             last: dict[str, int] = {}
-            for topic, seq in order:  # per device and stream, in the order of the spool, seq +1 each
+            for topic, seq, *_ in frames:  # per device and stream, in the order of the spool, seq +1 each
                 assert seq == last.get(topic, seq - 1) + 1, (topic, seq, last.get(topic))
                 last[topic] = seq
             assert _stamping_faults(frames) == {}

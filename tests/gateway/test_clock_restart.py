@@ -60,3 +60,42 @@ def test_a_device_that_rebooted_while_the_gateway_was_down_starts_afresh() -> No
     )  # device time went back
     assert offset == UTC0 + 9_000_000_000 - 11 * FRAME_US
     assert sync.take_changed() == {"ecg-0001": f"{offset}:{10 * FRAME_US}"}
+
+
+def test_a_replay_longer_than_an_hour_of_frames_is_held_until_it_catches_up() -> None:
+    # The gateway was down 75 minutes; the sensor replays what it buffered ten times faster than
+    # real time while it goes on measuring, and catches up after ~11,000 frames (8.5 minutes):
+    # the restored offset holds all through (a hold that counted frames ran out at 8,192 and
+    # stamped the rest ahead, then stepped back over it).
+    live_rx = {k: UTC0 + k * FRAME_US + FRAME_US + 20_000 for k in range(14_000)}
+    before = ClockSync()
+    times = _frames(before, 0, 1000, live_rx)
+    restart_rx = UTC0 + 1000 * FRAME_US + 75 * 60_000_000
+    rx = {k: max(live_rx[k], restart_rx + (k - 1000) * FRAME_US // 10) for k in range(1000, 14_000)}
+    assert sum(rx[k] > live_rx[k] for k in rx) > 10_000
+    after = ClockSync()
+    after.restore("ecg-0001", before.dump("ecg-0001"))
+    times.update(_frames(after, 1000, 14_000, rx))
+    steps = [times[k + 1] - times[k] for k in range(13_999)]
+    assert FRAME_US - 2_000 < min(steps) and max(steps) < FRAME_US + 2_000
+    assert after.steps == 0
+
+
+def test_a_hold_that_never_sees_a_frame_on_time_ends_after_an_hour() -> None:
+    # The gateway's wall clock was set 10 minutes ahead while it was down (a Pi without a
+    # real-time clock), so every frame after the restart looks 10 minutes late. The restored
+    # offset is trusted for an hour by the gateway's clock, then the estimate starts afresh.
+    skew = 600_000_000
+    live_rx = {k: UTC0 + k * FRAME_US + FRAME_US + 20_000 for k in range(1000)}
+    before = ClockSync()
+    _frames(before, 0, 1000, live_rx)
+    rx = {k: UTC0 + k * FRAME_US + FRAME_US + 20_000 + skew for k in range(1000, 10_000)}
+    after = ClockSync()
+    after.restore("ecg-0001", before.dump("ecg-0001"))
+    restored = after.devices["ecg-0001"].offset
+    times = _frames(after, 1000, 10_000, rx)
+    offsets = {k: t - k * FRAME_US for k, t in times.items()}
+    hour = next(k for k in rx if rx[k] - rx[1000] >= ClockSync.HOLD_US)
+    assert {offsets[k] for k in range(1000, hour)} == {restored}
+    assert all(abs(offsets[k] - restored - skew) < 2_000 for k in range(hour, 10_000))
+    assert after.steps == 1

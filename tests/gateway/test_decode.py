@@ -77,6 +77,28 @@ def test_a_backlog_that_lasts_and_drains_is_not_a_clock_step() -> None:
     assert all(frame_us - 1_500 <= g <= frame_us + 1_500 for g in gaps), (min(gaps), max(gaps))
 
 
+def test_a_slow_device_clock_is_followed_and_a_growing_backlog_is_not() -> None:
+    """The offset moves later by at most 0.1 ms a frame: enough for a device clock 190 ppm slow
+    (a crystal is off by tens), whose frames stay stamped within a few ms of when they were
+    measured over two hours; too little to follow a link falling behind by 2 ms a frame, whose
+    frames keep their spacing instead of stretching with the delay."""
+    sync, frame_us = ClockSync(), 113 * 4_000
+    late = []
+    for k in range(16_000):  # two hours of ECG frames
+        t0 = k * frame_us
+        true_end = UTC0 + (t0 + 112 * 4_000) * (1 + 190e-6)  # when the last sample was measured
+        offset = sync.observe("slow", t0, t0 + 112 * 4_000, round(true_end) + 20_000)
+        late.append(true_end + 20_000 - (t0 + 112 * 4_000 + offset))  # 20 ms: the least latency
+    assert max(abs(x) for x in late[100:]) < 5_000, max(late[100:], key=abs)
+    starts = []
+    for k in range(600):
+        t0 = k * frame_us
+        rx = UTC0 + t0 + 112 * 4_000 + 20_000 + max(0, k - 100) * 2_000
+        starts.append(t0 + sync.observe("lagging", t0, t0 + 112 * 4_000, rx))
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert max(gaps) <= frame_us + ClockSync.DRIFT_US == frame_us + 100 and sync.steps == 0
+
+
 def test_bad_bytes_become_reasons() -> None:
     d = Decoder("demo", "gw-0001")
     cases = [
@@ -161,12 +183,56 @@ def test_vital_signs_of_a_deep_backlog_read_in_pieces_keep_their_times() -> None
     assert all(0.5 < s < 1.5 for s in steps), [round(s, 3) for s in steps]  # a second apart, however read
 
 
-def test_vital_signs_without_a_waveform_are_stamped_on_arrival_and_never_share_a_time() -> None:
+def test_vital_signs_without_a_waveform_are_stamped_on_arrival_and_never_share_a_millisecond() -> None:
+    # Two in one read: a millisecond apart, since the time-series server keeps milliseconds.
     d = Decoder("demo", "gw-0001")
     a = d.decode(Notification("strap", "2a37", codec.hrm_encode(72), UTC0))
-    b = d.decode(Notification("strap", "2a37", codec.hrm_encode(73), UTC0))  # two in one read
+    b = d.decode(Notification("strap", "2a37", codec.hrm_encode(73), UTC0))
     assert isinstance(a, HrReading) and isinstance(b, HrReading)
-    assert a.t == a.rx and b.t.timestamp() * 1e6 == UTC0 + 1
+    assert a.t == a.rx and b.t.timestamp() * 1e6 == UTC0 + 1_000
+
+
+def test_vital_signs_go_on_at_their_own_pace_when_the_waveform_stops() -> None:
+    # An oximeter's PPG frames arrive 100 ms late, a SpO2 value after each; at frame 20 the PPG
+    # stops (the sensor's FIFO failing) while the oximeter goes on reporting SpO2 once a second.
+    # Stamped from the last frame, the values for the next 5 s would be bunched together.
+    d = Decoder("demo", "gw-0001")
+    boot, times = 3_000_000, []
+    for k in range(30):
+        t0 = boot + k * 1_000_000
+        rx = UTC0 + t0 + 290_000
+        if k < 20:
+            frame = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, t0, [1, 2] * 20)
+            assert isinstance(
+                d.decode(Notification("oxi-0001", codec.NABZ_PPG_WAVEFORM, frame, rx)), PpgReading
+            )
+        value = codec.plx_continuous_encode(97.0, 70.0)
+        plx = d.decode(Notification("oxi-0001", "2a5f", value, rx + 10_000))
+        assert isinstance(plx, Spo2Reading)
+        times.append(plx.t.timestamp())
+    steps = [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
+    assert all(0.95 <= s <= 1.05 for s in steps), str(steps)
+
+
+def test_vital_signs_follow_a_step_of_the_gateway_clock_back() -> None:
+    # An ECG patch's frames and a heart rate after each, 20 ms late; NTP steps the gateway's wall clock back an
+    # hour (the monotonic clock goes on). The heart rates after it keep their spacing by the new
+    # clock, not bunched after the last one stamped by the old.
+    d = Decoder("demo", "gw-0001")
+    boot, hour, times = 3_000_000, 3_600_000_000, []
+    for k in range(20):
+        t0 = boot + k * 500_000  # 125 samples at 250 Hz
+        t_end = t0 + 124 * 4_000
+        step = -hour if k >= 10 else 0
+        rx, mono = UTC0 + t_end + 20_000 + step, t_end + 20_000
+        frame = codec.wave_encode(codec.WAVE_KIND_ECG, 0, 250, k, t0, [0] * 125)
+        ecg = d.decode(Notification("ecg-0001", codec.NABZ_ECG_WAVEFORM, frame, rx, mono))
+        hr = d.decode(Notification("ecg-0001", "2a37", codec.hrm_encode(72), rx + 5_000, mono + 5_000))
+        assert isinstance(ecg, EcgReading) and isinstance(hr, HrReading)
+        times.append(hr.t.timestamp() * 1e6 - step)
+    steps = [round((b - a) / 1e6, 3) for a, b in zip(times, times[1:], strict=False)]
+    assert all(0.49 <= s <= 0.51 for s in steps), str(steps)
+    assert d.clock.steps == 1
 
 
 def test_a_backlog_read_at_once_after_a_stall_keeps_frames_contiguous() -> None:
