@@ -61,6 +61,7 @@ _HRM = f"{codec.UUID_HEART_RATE_MEASUREMENT:04x}"
 _PLX_CONT = f"{codec.UUID_PLX_CONTINUOUS:04x}"
 _PLX_SPOT = f"{codec.UUID_PLX_SPOT_CHECK:04x}"
 _BATTERY = f"{codec.UUID_BATTERY_LEVEL:04x}"
+_SERIES = {_PLX_SPOT: _PLX_CONT}  # characteristics stored in one series (docs/storage.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,7 @@ class ClockSync:
         resent: bool = False,
         mono_us: int | None = None,
     ) -> int:
-        if mono_us is not None:
+        if mono_us is not None:  # the offsets alone (`Decoder` follows the clock itself first)
             self.follow_wall_clock(rx_us - mono_us)
         seen = rx_us - t_end_us
         st = self.devices.get(device)
@@ -253,9 +254,12 @@ class Decoder:
         self.new_id = new_id
         self.clock = ClockSync()
         # device -> (rx_us, late_us, span_us) of its last live frame
-        self._wave_late: dict[str, tuple[int, int, int]] = {}
-        # (device, characteristic) -> the last `t` given, µs, and the receive time of the frame
-        # it was stamped from (None: stamped on arrival)
+        # device -> (rx_us, late_us, span_us, number) of its last live frame; numbered, since
+        # frames read in one chunk of a serial line share a receive time
+        self._wave_late: dict[str, tuple[int, int, int, int]] = {}
+        self._frames = 0
+        # (device, series) -> the last `t` given, µs, and the number of the frame it was stamped
+        # from (None: stamped on arrival)
         self._last_t: dict[tuple[str, str], tuple[int, int | None]] = {}
 
     def decode(self, n: Notification) -> Reading | Rejected:
@@ -303,22 +307,22 @@ class Decoder:
         seconds ahead, and the next ones bunched after it, so a desaturation raised no alarm). This
         holds while the frame is recent: it arrived in the last few seconds or, if it came late,
         within as long as it was late (a backlog that deep, read in pieces, is still as late). A
-        second value of the characteristic after the same frame means the frames stopped and the
-        values did not (a PPG sensor failing while the oximeter still reports): it is stamped on
-        arrival, less as late as that frame came. Otherwise, or with no frame: its receive time.
-        At least `SPACING_US` after the last value of the same characteristic of the device, so
-        that each is a point of its own in the time-series store."""
+        second value of the series after the same frame means the frames stopped and the values
+        did not (a PPG sensor failing while the oximeter still reports): it is stamped on arrival,
+        less as late as that frame came. Otherwise, or with no frame: its receive time. At least
+        `SPACING_US` after the device's last value of the same series (spot-check and continuous
+        SpO2 are one), so that each is a point of its own in the time-series store."""
         self._follow_wall_clock(n)
-        key = (n.device, char)
+        key = (n.device, _SERIES.get(char, char))
         last_t, last_anchor = self._last_t.get(key, (None, None))
         t, anchor = n.rx_us, None
         wave = self._wave_late.get(n.device)
         if wave is not None:
-            rx_us, late_us, span_us = wave
+            rx_us, late_us, span_us, number = wave
             since = n.rx_us - rx_us
             if 0 <= since <= max(self.LATE_FOR_US, late_us):
-                anchor = rx_us
-                if rx_us != last_anchor:
+                anchor = number
+                if anchor != last_anchor:
                     t = rx_us - late_us + min(since, span_us)
                 else:  # a second value after one frame: the frames stopped, the values did not
                     t = n.rx_us - late_us
@@ -335,10 +339,8 @@ class Decoder:
             return
         shift = self.clock.follow_wall_clock(n.rx_us - n.mono_us)
         if shift:
-            self._wave_late = {d: (rx + shift, late, span) for d, (rx, late, span) in self._wave_late.items()}
-            self._last_t = {
-                k: (t + shift, None if a is None else a + shift) for k, (t, a) in self._last_t.items()
-            }
+            self._wave_late = {d: (w[0] + shift, *w[1:]) for d, w in self._wave_late.items()}
+            self._last_t = {k: (t + shift, a) for k, (t, a) in self._last_t.items()}
 
     def parse_wave(self, n: Notification) -> dict[str, Any] | Rejected | None:
         """A waveform frame's fields, checked whole (header, length, flags, its kind against its
@@ -381,7 +383,9 @@ class Decoder:
         offset = self.clock.observe(n.device, t0_us, t_end_us, n.rx_us, resent)
         if not resent:
             span_us = count * 1_000_000 // rate  # the next frame is due this long after this one
-            self._wave_late[n.device] = (n.rx_us, max(0, n.rx_us - (t_end_us + offset)), span_us)
+            self._frames += 1
+            late_us = max(0, n.rx_us - (t_end_us + offset))
+            self._wave_late[n.device] = (n.rx_us, late_us, span_us, self._frames)
         env = self._envelope(n)
         env["t"] = utc_from_us(t0_us + offset)
         env["device_t_us"] = t0_us

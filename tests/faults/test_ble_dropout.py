@@ -33,8 +33,8 @@ WAVES = ("ecg", "ppg")
 
 
 def _expected(p: NabzPeripheral) -> Counter[tuple[str, str]]:
-    """Every waveform sample generated (before gaps), vitals sent while connected, and a battery
-    reading per connection (read on connect) on top of those notified."""
+    """Every waveform sample generated (before gaps), vitals sent to the subscribed gateway, and a
+    battery reading per connection (read on connect) on top of those notified."""
     out: Counter[tuple[str, str]] = Counter()
     for stream, n in p.generated.items():
         if stream in WAVES:

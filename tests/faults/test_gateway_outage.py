@@ -41,8 +41,8 @@ from tests.faults.checks import alarms_once, every_reading_once
 
 # At 720 times the simulated sensor could not keep up with the clock here: it fell up to 11 minutes
 # behind over the six hours, a backlog growing for hours, which the gateway stamps by the device's
-# time (held past an hour of frames after the restart, it is taken for a clock set while the gateway
-# was down, docs/gateway.md). At 360 times it keeps up with room to spare.
+# time (still late an hour of the gateway's clock after the restart, it is taken for a clock set while
+# the gateway was down, docs/gateway.md). At 360 times it keeps up with room to spare.
 SPEED = 360.0
 OUTAGE_S = 6 * 3600  # device time
 PATIENTS = 2  # the volume of two patients' wearables behind one home gateway

@@ -193,14 +193,16 @@ def test_vital_signs_without_a_waveform_are_stamped_on_arrival_and_never_share_a
 
 
 def test_vital_signs_go_on_at_their_own_pace_when_the_waveform_stops() -> None:
-    # An oximeter's PPG frames arrive 100 ms late, a SpO2 value after each; at frame 20 the PPG
-    # stops (the sensor's FIFO failing) while the oximeter goes on reporting SpO2 once a second.
-    # Stamped from the last frame, the values for the next 5 s would be bunched together.
+    # An oximeter's PPG frames arrive 90 ms after their last sample, a SpO2 value 10 ms after each;
+    # the link slows by 300 ms at frame 19, the PPG's last (the sensor's FIFO failing), while the
+    # oximeter goes on reporting SpO2 once a second over the slower link. Stamped from the last
+    # frame, the values for the next 5 s would be bunched together; stamped on arrival, they would
+    # jump 300 ms ahead. After 5 s without a frame they are stamped on arrival.
     d = Decoder("demo", "gw-0001")
-    boot, times = 3_000_000, []
+    boot, times, arrived = 3_000_000, [], []  # arrived: how far before its arrival a value is stamped
     for k in range(30):
         t0 = boot + k * 1_000_000
-        rx = UTC0 + t0 + 290_000
+        rx = UTC0 + t0 + 280_000 + (300_000 if k >= 19 else 0)  # the frame's end is t0 + 190 ms
         if k < 20:
             frame = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, t0, [1, 2] * 20)
             assert isinstance(
@@ -210,8 +212,49 @@ def test_vital_signs_go_on_at_their_own_pace_when_the_waveform_stops() -> None:
         plx = d.decode(Notification("oxi-0001", "2a5f", value, rx + 10_000))
         assert isinstance(plx, Spo2Reading)
         times.append(plx.t.timestamp())
+        arrived.append(round((plx.rx - plx.t).total_seconds(), 3))
     steps = [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
-    assert all(0.95 <= s <= 1.05 for s in steps), str(steps)
+    assert all(0.99 <= s <= 1.01 for s in steps[:23]), str(steps)  # values 20-23: from frame 19
+    assert arrived == [0.0] * 19 + [0.3] * 5 + [0.0] * 6
+
+
+def test_a_vital_sign_read_in_the_next_chunk_after_its_frame_keeps_its_time() -> None:
+    # A wired hub's lines 20 s behind, read in chunks 3 s apart by a busy gateway; a chunk's lines
+    # share a receive time. Each chunk holds the SpO2 value of the frame that ended the chunk
+    # before, then a PPG frame and its value, then another frame. The value that comes first
+    # goes with the frame before it, not with the frame before that one, read at the same time.
+    d = Decoder("demo", "gw-0001")
+    boot, times = 3_000_000, {}
+
+    def frame(k: int, rx: int) -> None:
+        data = codec.wave_encode(codec.WAVE_KIND_PPG, 0, 100, k, boot + k * 1_000_000, [1, 2] * 20)
+        assert isinstance(d.decode(Notification("oxi-0001", codec.NABZ_PPG_WAVEFORM, data, rx)), PpgReading)
+
+    def value(k: int, rx: int) -> None:
+        r = d.decode(Notification("oxi-0001", "2a5f", codec.plx_continuous_encode(97.0, 70.0), rx))
+        assert isinstance(r, Spo2Reading)
+        times[k] = r.t.timestamp()
+
+    frame(0, UTC0 + boot + 200_000)  # live, before the hub fell behind
+    value(0, UTC0 + boot + 210_000)
+    frame(1, UTC0 + boot + 20_000_000)
+    for j in range(1, 8):
+        rx = UTC0 + boot + 20_000_000 + j * 3_000_000
+        value(2 * j - 1, rx)
+        frame(2 * j, rx)
+        value(2 * j, rx)
+        frame(2 * j + 1, rx)
+    steps = [round(times[k + 1] - times[k], 3) for k in range(len(times) - 1)]
+    assert all(0.5 <= s <= 1.5 for s in steps), str(steps)
+
+
+def test_spot_check_and_continuous_spo2_read_together_are_a_millisecond_apart() -> None:
+    # Both go to one series in the store (docs/storage.md).
+    d = Decoder("demo", "gw-0001")
+    cont = d.decode(Notification("po-60", "2a5f", codec.plx_continuous_encode(97.0, 70.0), UTC0))
+    spot = d.decode(Notification("po-60", "2a5e", codec.plx_spot_check_encode(96.5, 71.0), UTC0))
+    assert isinstance(cont, Spo2Reading) and isinstance(spot, Spo2Reading)
+    assert spot.t.timestamp() * 1e6 - cont.t.timestamp() * 1e6 == 1_000
 
 
 def test_vital_signs_follow_a_step_of_the_gateway_clock_back() -> None:
