@@ -69,6 +69,13 @@ def test_a_message_is_stored_once_by_workers_in_either_mode(tmp_path: Path) -> N
     with first.batch():
         assert first.add_ledger([("m2", T, "ecg", 5)]) == [False]
     assert first.count_readings() == 10 and first.counter("duplicates") == 2
+    # A batch of which some were stored meanwhile, in either table: each says which, and only the
+    # new ones count.
+    with first.batch():
+        ledger_ids = ["m3", "5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8", "m4", "m2"]
+        assert first.add_ledger([(i, T, "ecg", 5) for i in ledger_ids]) == [True, False, True, False]
+    assert first.count_readings() == 20 and first.counter("duplicates") == 4
+    assert sorted(first.message_ids()) == sorted(["5b0f3c1e9a7d4e55a1c2d3e4f5a6b7c8", "m2", "m3", "m4"])
 
 
 def test_packed_ids_are_one_to_one(tmp_path: Path) -> None:
